@@ -1,0 +1,166 @@
+"""Jobs, participants, submissions, model versions and metrics as plain frozen dataclasses."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+
+from coordinator.domain.rounds import Protection
+from coordinator.errors import InvalidInput
+from fedsilo.codec import TensorSpec
+
+__all__ = [
+    "ALGORITHMS",
+    "Job",
+    "JobSpec",
+    "JobState",
+    "MetricReport",
+    "ModelVersion",
+    "Participant",
+    "ParticipantStatus",
+    "Submission",
+    "TrainingPlan",
+]
+
+ALGORITHMS = frozenset({"fedavg"})
+
+
+class JobState(enum.StrEnum):
+    """Lifecycle of a job. CREATED -> RUNNING -> COMPLETED | FAILED."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ParticipantStatus(enum.StrEnum):
+    """Membership of an organization."""
+
+    ACTIVE = "active"
+    PENDING = "pending"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Local training settings sent to every participant with each round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What an admin asks for. ``validate`` names the bad field and the reason."""
+
+    name: str
+    task_name: str
+    protection: Protection = Protection.NONE
+    algorithm: str = "fedavg"
+    num_rounds: int = 5
+    min_participants: int = 2
+    round_timeout_seconds: float = 300.0
+    max_failed_rounds: int = 3
+    training: TrainingPlan = field(default_factory=TrainingPlan)
+    task_config_json: str = "{}"
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        if not self.name or len(self.name) > 200:
+            problems.append("name must be 1-200 characters")
+        if not self.task_name or len(self.task_name) > 200:
+            problems.append("task_name must be 1-200 characters")
+        if self.algorithm not in ALGORITHMS:
+            problems.append(f"algorithm must be one of {sorted(ALGORITHMS)}, not {self.algorithm!r}")
+        if self.protection is not Protection.NONE:
+            problems.append(
+                f"protection {self.protection.value!r} is not available in this version; use 'none'"
+            )
+        if not 1 <= self.num_rounds <= 100_000:
+            problems.append("num_rounds must be between 1 and 100000")
+        if not 1 <= self.min_participants <= 10_000:
+            problems.append("min_participants must be between 1 and 10000")
+        if not 1.0 <= self.round_timeout_seconds <= 7 * 24 * 3600:
+            problems.append("round_timeout_seconds must be between 1 and 604800")
+        if not 0 <= self.max_failed_rounds <= 1000:
+            problems.append("max_failed_rounds must be between 0 and 1000")
+        plan = self.training
+        if not 1 <= plan.local_epochs <= 1000:
+            problems.append("training.local_epochs must be between 1 and 1000")
+        if not 1 <= plan.batch_size <= 1_000_000:
+            problems.append("training.batch_size must be between 1 and 1000000")
+        if not 0.0 < plan.learning_rate <= 10.0:
+            problems.append("training.learning_rate must be in (0, 10]")
+        try:
+            if not isinstance(json.loads(self.task_config_json or "{}"), dict):
+                problems.append("task_config_json must be a JSON object")
+        except ValueError:
+            problems.append("task_config_json is not valid JSON")
+        if problems:
+            raise InvalidInput("invalid job: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as persisted: its spec, state, latest committed model version and weight layout."""
+
+    job_id: str
+    spec: JobSpec
+    state: JobState
+    model_version: int
+    weight_specs: tuple[TensorSpec, ...]
+    created_at: float
+    failed_rounds: int = 0
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Participant:
+    """An organization known to the coordinator, identified by its certificate's org id."""
+
+    org_id: str
+    status: ParticipantStatus
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One accepted payload, unique on (round, participant, phase), with its content hash."""
+
+    round_id: str
+    org_id: str
+    phase: str
+    content_sha256: bytes
+    size_bytes: int
+    num_examples: int
+    acknowledgement_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A committed global model: version N is the result of the N-th committed round."""
+
+    job_id: str
+    version: int
+    blob_ref: str
+    round_id: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class MetricReport:
+    """One participant's evaluation of one model version on its held-out data."""
+
+    job_id: str
+    version: int
+    org_id: str
+    num_examples: int
+    loss: float
+    accuracy: float
+    created_at: float

@@ -1,0 +1,45 @@
+"""The coordinator's error tree; transport/ maps each class to one gRPC status."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictingSubmission",
+    "CoordinatorError",
+    "InvalidInput",
+    "NotAuthorized",
+    "NotFound",
+    "StorageUnavailable",
+    "WrongPhase",
+]
+
+
+class CoordinatorError(Exception):
+    """Base of every error a coordinator use case raises on purpose.
+
+    The message is public: it is sent to the caller, so it never contains key material,
+    tensors or other secrets.
+    """
+
+
+class InvalidInput(CoordinatorError):
+    """The request is malformed: shapes, dtypes, counts, NaN/Inf, sizes or bad configuration."""
+
+
+class NotFound(CoordinatorError):
+    """The job, round or model version does not exist."""
+
+
+class WrongPhase(CoordinatorError):
+    """The request does not fit the current state: wrong phase, late, or not in the cohort."""
+
+
+class ConflictingSubmission(CoordinatorError):
+    """A different payload was already accepted for this (round, participant, phase)."""
+
+
+class NotAuthorized(CoordinatorError):
+    """The caller's certificate does not carry the role this call needs."""
+
+
+class StorageUnavailable(CoordinatorError):
+    """The database or blob store cannot be reached; nothing was changed."""

@@ -1,0 +1,79 @@
+"""Content-addressed blob store: files named by SHA-256 under the data dir, fsync'd on write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from coordinator.errors import NotFound, StorageUnavailable
+
+__all__ = ["BlobStore"]
+
+_REF = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlobStore:
+    """Immutable blobs keyed by the hex SHA-256 of their bytes."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"blob store directory is not usable: {exc.strerror}") from exc
+
+    def _path(self, ref: str) -> Path:
+        if not _REF.match(ref):
+            raise NotFound("unknown blob reference")
+        return self._root / ref[:2] / ref
+
+    def put(self, data: bytes) -> str:
+        """Store data durably (write, fsync, rename, fsync dir); return its reference."""
+        ref = hashlib.sha256(data).hexdigest()
+        path = self._path(ref)
+        if path.exists():
+            return ref
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write to the blob store: {exc.strerror}") from exc
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        path = self._path(ref)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound("blob is missing from the blob store") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read the blob store: {exc.strerror}") from exc
+        if hashlib.sha256(data).hexdigest() != ref:
+            raise StorageUnavailable("blob store content is corrupted")
+        return data
+
+    def delete(self, ref: str) -> None:
+        try:
+            self._path(ref).unlink(missing_ok=True)
+        except OSError:
+            pass  # an orphaned blob wastes space but breaks nothing
+
+    def refs(self) -> list[str]:
+        return sorted(p.name for p in self._root.glob("??/*") if _REF.match(p.name))

@@ -1,0 +1,125 @@
+"""SQLAlchemy schema of the coordinator database; uniqueness lives here, not in Python checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["SCHEMA_VERSION", "metadata"]
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("org_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("weight_specs_json", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("failed_rounds", Integer, nullable=False, default=0),
+    Column("failure_reason", Text),
+    Column("row_version", Integer, nullable=False, default=0),
+)
+
+rounds = Table(
+    "rounds",
+    metadata,
+    Column("round_id", String(36), primary_key=True),
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("protection", String(16), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("row_version", Integer, nullable=False),
+    Column("base_version", Integer, nullable=False),
+    Column("cohort_json", Text, nullable=False),
+    Column("deadline_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("contributors_json", Text, nullable=False),
+    Column("total_weight", BigInteger, nullable=False),
+    Column("train_loss_sum", Float, nullable=False),
+    Column("accumulator_ref", String(64)),
+    Column("result_ref", String(64)),
+    Column("abort_reason", Text),
+    UniqueConstraint("job_id", "number", name="uq_rounds_job_number"),
+)
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("round_id", String(36), ForeignKey("rounds.round_id"), nullable=False),
+    Column("org_id", String(64), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("content_sha256", LargeBinary(32), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("num_examples", BigInteger, nullable=False),
+    Column("acknowledgement_id", String(36), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("round_id", "org_id", "phase", name="uq_submissions_round_org_phase"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("blob_ref", String(64), nullable=False),
+    Column("round_id", String(36)),
+    Column("created_at", Float, nullable=False),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("org_id", String(64), primary_key=True),
+    Column("num_examples", BigInteger, nullable=False),
+    Column("loss", Float, nullable=False),
+    Column("accuracy", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+)

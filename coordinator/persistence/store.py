@@ -1,0 +1,435 @@
+"""Repositories over SQLAlchemy: one ``Store`` per database, one transaction per use case.
+
+``sqlite://`` (in memory), a SQLite file and PostgreSQL all run the same code and pass the same
+contract tests (tests/unit/coordinator/persistence). Rounds and jobs are updated with a
+compare-and-set on their ``row_version`` so a stale writer can never half-apply a transition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from coordinator.domain.jobs import (
+    Job,
+    JobSpec,
+    JobState,
+    MetricReport,
+    ModelVersion,
+    Participant,
+    ParticipantStatus,
+    Submission,
+    TrainingPlan,
+)
+from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.errors import CoordinatorError, StorageUnavailable
+from coordinator.persistence import schema as t
+from fedsilo.codec import TensorSpec
+
+__all__ = ["DuplicateKey", "StaleWrite", "Store", "Transaction"]
+
+
+class DuplicateKey(CoordinatorError):
+    """A unique constraint refused the row (a concurrent or repeated insert)."""
+
+
+class StaleWrite(CoordinatorError):
+    """A compare-and-set update found another row_version: someone else changed the row."""
+
+
+class Store:
+    """A database holding the coordinator's state."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = _make_engine(url)
+        try:
+            t.metadata.create_all(self._engine)
+            with self._engine.begin() as conn:
+                row = conn.execute(select(t.schema_info.c.version)).first()
+                if row is None:
+                    conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
+                elif row.version != t.SCHEMA_VERSION:
+                    raise StorageUnavailable(
+                        f"database schema version {row.version} is not {t.SCHEMA_VERSION}"
+                    )
+        except DBAPIError as exc:
+            raise StorageUnavailable(f"cannot open the database: {_reason(exc)}") from exc
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One database transaction; committed on success, rolled back on any error."""
+        try:
+            with self._engine.begin() as conn:
+                yield Transaction(conn)
+        except IntegrityError as exc:
+            raise DuplicateKey("a unique constraint refused the change") from exc
+        except DBAPIError as exc:
+            raise StorageUnavailable(f"database unavailable: {_reason(exc)}") from exc
+
+
+def _reason(exc: DBAPIError) -> str:
+    # The first line of the driver's message names the cause without SQL or parameters.
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 10}}
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Transaction:
+    """Repository operations inside one open transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    # -- participants ------------------------------------------------------------------------
+
+    def get_participant(self, org_id: str) -> Participant | None:
+        row = self._conn.execute(
+            select(t.participants).where(t.participants.c.org_id == org_id)
+        ).first()
+        return None if row is None else _participant(row)
+
+    def add_participant(self, participant: Participant) -> None:
+        self._conn.execute(
+            insert(t.participants).values(
+                org_id=participant.org_id,
+                status=participant.status.value,
+                first_seen=participant.first_seen,
+                last_seen=participant.last_seen,
+            )
+        )
+
+    def touch_participant(self, org_id: str, now: float) -> None:
+        self._conn.execute(
+            update(t.participants).where(t.participants.c.org_id == org_id).values(last_seen=now)
+        )
+
+    def list_participants(self) -> list[Participant]:
+        rows = self._conn.execute(select(t.participants).order_by(t.participants.c.org_id))
+        return [_participant(r) for r in rows]
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        self._conn.execute(insert(t.jobs).values(**_job_values(job), row_version=0))
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self._conn.execute(select(t.jobs).where(t.jobs.c.job_id == job_id)).first()
+        return None if row is None else _job(row)
+
+    def list_jobs(self, states: tuple[JobState, ...] | None = None) -> list[Job]:
+        query = select(t.jobs).order_by(t.jobs.c.created_at, t.jobs.c.job_id)
+        if states is not None:
+            query = query.where(t.jobs.c.state.in_([s.value for s in states]))
+        return [_job(r) for r in self._conn.execute(query)]
+
+    def update_job(self, job: Job) -> None:
+        """Write the job's mutable fields (state, version, failures)."""
+        values = _job_values(job)
+        result = self._conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.job_id == job.job_id)
+            .values(
+                state=values["state"],
+                model_version=values["model_version"],
+                failed_rounds=values["failed_rounds"],
+                failure_reason=values["failure_reason"],
+                row_version=t.jobs.c.row_version + 1,
+            )
+        )
+        if result.rowcount != 1:
+            raise StaleWrite(f"job {job.job_id} vanished")
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def add_round(self, round_: Round) -> None:
+        self._conn.execute(insert(t.rounds).values(**_round_values(round_)))
+
+    def get_round(self, round_id: str) -> Round | None:
+        row = self._conn.execute(select(t.rounds).where(t.rounds.c.round_id == round_id)).first()
+        return None if row is None else _round(row)
+
+    def list_rounds(self, job_id: str) -> list[Round]:
+        rows = self._conn.execute(
+            select(t.rounds).where(t.rounds.c.job_id == job_id).order_by(t.rounds.c.number)
+        )
+        return [_round(r) for r in rows]
+
+    def open_rounds(self) -> list[Round]:
+        """Rounds of any job that are not yet committed or aborted."""
+        terminal = [Phase.COMMITTED.value, Phase.ABORTED.value]
+        rows = self._conn.execute(
+            select(t.rounds).where(t.rounds.c.phase.not_in(terminal)).order_by(t.rounds.c.created_at)
+        )
+        return [_round(r) for r in rows]
+
+    def update_round(self, round_: Round, expected_row_version: int) -> None:
+        """Compare-and-set: write only if the stored row_version is still the expected one."""
+        values = _round_values(round_)
+        del values["round_id"]
+        result = self._conn.execute(
+            update(t.rounds)
+            .where(t.rounds.c.round_id == round_.round_id)
+            .where(t.rounds.c.row_version == expected_row_version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise StaleWrite(f"round {round_.round_id} changed concurrently")
+
+    # -- submissions -------------------------------------------------------------------------
+
+    def get_submission(self, round_id: str, org_id: str, phase: str) -> Submission | None:
+        c = t.submissions.c
+        row = self._conn.execute(
+            select(t.submissions).where(c.round_id == round_id, c.org_id == org_id, c.phase == phase)
+        ).first()
+        return None if row is None else _submission(row)
+
+    def add_submission(self, sub: Submission) -> None:
+        self._conn.execute(
+            insert(t.submissions).values(
+                round_id=sub.round_id,
+                org_id=sub.org_id,
+                phase=sub.phase,
+                content_sha256=sub.content_sha256,
+                size_bytes=sub.size_bytes,
+                num_examples=sub.num_examples,
+                acknowledgement_id=sub.acknowledgement_id,
+                created_at=sub.created_at,
+            )
+        )
+
+    def list_submissions(self, round_id: str) -> list[Submission]:
+        rows = self._conn.execute(
+            select(t.submissions).where(t.submissions.c.round_id == round_id).order_by(t.submissions.c.id)
+        )
+        return [_submission(r) for r in rows]
+
+    # -- model versions ----------------------------------------------------------------------
+
+    def add_model_version(self, mv: ModelVersion) -> None:
+        self._conn.execute(
+            insert(t.model_versions).values(
+                job_id=mv.job_id,
+                version=mv.version,
+                blob_ref=mv.blob_ref,
+                round_id=mv.round_id,
+                created_at=mv.created_at,
+            )
+        )
+
+    def get_model_version(self, job_id: str, version: int) -> ModelVersion | None:
+        c = t.model_versions.c
+        row = self._conn.execute(
+            select(t.model_versions).where(c.job_id == job_id, c.version == version)
+        ).first()
+        return None if row is None else ModelVersion(
+            row.job_id, row.version, row.blob_ref, row.round_id, row.created_at
+        )
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def add_metric(self, report: MetricReport) -> None:
+        self._conn.execute(
+            insert(t.metrics).values(
+                job_id=report.job_id,
+                version=report.version,
+                org_id=report.org_id,
+                num_examples=report.num_examples,
+                loss=report.loss,
+                accuracy=report.accuracy,
+                created_at=report.created_at,
+            )
+        )
+
+    def get_metric(self, job_id: str, version: int, org_id: str) -> MetricReport | None:
+        c = t.metrics.c
+        row = self._conn.execute(
+            select(t.metrics).where(c.job_id == job_id, c.version == version, c.org_id == org_id)
+        ).first()
+        return None if row is None else _metric(row)
+
+    def list_metrics(self, job_id: str) -> list[MetricReport]:
+        c = t.metrics.c
+        rows = self._conn.execute(
+            select(t.metrics).where(c.job_id == job_id).order_by(c.version, c.org_id)
+        )
+        return [_metric(r) for r in rows]
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def add_audit(self, at: float, actor: str, action: str, outcome: str, detail: str) -> None:
+        self._conn.execute(
+            insert(t.audit_log).values(at=at, actor=actor, action=action, outcome=outcome, detail=detail)
+        )
+
+    def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._conn.execute(select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+
+# -- row mapping -----------------------------------------------------------------------------
+
+
+def _participant(row: Any) -> Participant:
+    return Participant(row.org_id, ParticipantStatus(row.status), row.first_seen, row.last_seen)
+
+
+def _spec_to_json(spec: JobSpec) -> str:
+    return json.dumps(
+        {
+            "name": spec.name,
+            "task_name": spec.task_name,
+            "protection": spec.protection.value,
+            "algorithm": spec.algorithm,
+            "num_rounds": spec.num_rounds,
+            "min_participants": spec.min_participants,
+            "round_timeout_seconds": spec.round_timeout_seconds,
+            "max_failed_rounds": spec.max_failed_rounds,
+            "training": {
+                "local_epochs": spec.training.local_epochs,
+                "batch_size": spec.training.batch_size,
+                "learning_rate": spec.training.learning_rate,
+                "seed": spec.training.seed,
+            },
+            "task_config_json": spec.task_config_json,
+        },
+        sort_keys=True,
+    )
+
+
+def _spec_from_json(text: str) -> JobSpec:
+    data = json.loads(text)
+    return JobSpec(
+        name=data["name"],
+        task_name=data["task_name"],
+        protection=Protection(data["protection"]),
+        algorithm=data["algorithm"],
+        num_rounds=data["num_rounds"],
+        min_participants=data["min_participants"],
+        round_timeout_seconds=data["round_timeout_seconds"],
+        max_failed_rounds=data["max_failed_rounds"],
+        training=TrainingPlan(**data["training"]),
+        task_config_json=data["task_config_json"],
+    )
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "name": job.spec.name,
+        "spec_json": _spec_to_json(job.spec),
+        "state": job.state.value,
+        "model_version": job.model_version,
+        "weight_specs_json": json.dumps([[s.dtype, list(s.shape)] for s in job.weight_specs]),
+        "created_at": job.created_at,
+        "failed_rounds": job.failed_rounds,
+        "failure_reason": job.failure_reason,
+    }
+
+
+def _job(row: Any) -> Job:
+    specs = tuple(TensorSpec(d, tuple(shape)) for d, shape in json.loads(row.weight_specs_json))
+    return Job(
+        job_id=row.job_id,
+        spec=_spec_from_json(row.spec_json),
+        state=JobState(row.state),
+        model_version=row.model_version,
+        weight_specs=specs,
+        created_at=row.created_at,
+        failed_rounds=row.failed_rounds,
+        failure_reason=row.failure_reason,
+    )
+
+
+def _round_values(r: Round) -> dict[str, Any]:
+    return {
+        "round_id": r.round_id,
+        "job_id": r.job_id,
+        "number": r.number,
+        "protection": r.protection.value,
+        "phase": r.phase.value,
+        "row_version": r.row_version,
+        "base_version": r.base_version,
+        "cohort_json": json.dumps(list(r.cohort)),
+        "deadline_at": r.deadline_at,
+        "created_at": r.created_at,
+        "finished_at": r.finished_at,
+        "contributors_json": json.dumps(list(r.contributors)),
+        "total_weight": r.total_weight,
+        "train_loss_sum": r.train_loss_sum,
+        "accumulator_ref": r.accumulator_ref,
+        "result_ref": r.result_ref,
+        "abort_reason": r.abort_reason,
+    }
+
+
+def _round(row: Any) -> Round:
+    return Round(
+        round_id=row.round_id,
+        job_id=row.job_id,
+        number=row.number,
+        protection=Protection(row.protection),
+        phase=Phase(row.phase),
+        row_version=row.row_version,
+        base_version=row.base_version,
+        cohort=tuple(json.loads(row.cohort_json)),
+        deadline_at=row.deadline_at,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        contributors=tuple(json.loads(row.contributors_json)),
+        total_weight=row.total_weight,
+        train_loss_sum=row.train_loss_sum,
+        accumulator_ref=row.accumulator_ref,
+        result_ref=row.result_ref,
+        abort_reason=row.abort_reason,
+    )
+
+
+def _submission(row: Any) -> Submission:
+    return Submission(
+        round_id=row.round_id,
+        org_id=row.org_id,
+        phase=row.phase,
+        content_sha256=bytes(row.content_sha256),
+        size_bytes=row.size_bytes,
+        num_examples=row.num_examples,
+        acknowledgement_id=row.acknowledgement_id,
+        created_at=row.created_at,
+    )
+
+
+def _metric(row: Any) -> MetricReport:
+    return MetricReport(
+        row.job_id, row.version, row.org_id, row.num_examples, row.loss, row.accuracy, row.created_at
+    )

@@ -1,0 +1,620 @@
+"""Coordinator use cases: jobs, rounds, submissions, FedAvg aggregation, metrics and membership.
+
+Every use case runs in one database transaction. State changes of a round go through the pure
+``transition`` of the domain and are written with a compare-and-set on the round's row version.
+A single process-wide lock serializes writers, so the running FedAvg sum is read, extended and
+written back by one submitter at a time; the accumulator lives in the blob store, so memory is
+O(model) whatever the number of participants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from coordinator.domain.jobs import (
+    Job,
+    JobSpec,
+    JobState,
+    MetricReport,
+    ModelVersion,
+    Participant,
+    ParticipantStatus,
+    Submission,
+)
+from coordinator.domain.rounds import Phase, Round, RoundEvent, transition
+from coordinator.errors import (
+    ConflictingSubmission,
+    InvalidInput,
+    NotAuthorized,
+    NotFound,
+    WrongPhase,
+)
+from coordinator.persistence.blobs import BlobStore
+from coordinator.persistence.store import DuplicateKey, Store, Transaction
+from fedsilo.codec import CodecError, PayloadHeader, check_finite, decode_tensors, encode_tensors
+from fedsilo.logs import context
+
+__all__ = [
+    "Acknowledgement",
+    "CoordinatorService",
+    "CoordinatorSettings",
+    "JobView",
+    "MetricsSummary",
+    "UpdateSubmission",
+    "WorkItem",
+    "WorkKind",
+]
+
+log = logging.getLogger("coordinator")
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """Operational limits of the coordinator (see docs/configuration.md)."""
+
+    liveness_seconds: float = 30.0
+    max_payload_bytes: int = 1 << 30
+    max_examples: int = 1 << 40
+    auto_approve: bool = True
+
+
+class WorkKind(enum.StrEnum):
+    WAIT = "wait"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """What a participant should do next."""
+
+    kind: WorkKind
+    job: Job | None = None
+    round: Round | None = None
+    model_version: int = 0
+    seconds_left: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpdateSubmission:
+    """A participant's update for one round, as received (payload checked separately)."""
+
+    job_id: str
+    round_id: str
+    phase: Phase
+    base_version: int
+    num_examples: int
+    train_loss: float
+    header: PayloadHeader
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    acknowledgement_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class MetricsSummary:
+    """Evaluation of one model version, weighted by each reporter's number of examples."""
+
+    version: int
+    reports: int
+    num_examples: int
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job with its rounds and per-version metrics, for status displays."""
+
+    job: Job
+    rounds: tuple[Round, ...]
+    metrics: tuple[MetricsSummary, ...]
+
+
+class CoordinatorService:
+    """The coordinator's use cases over a Store and a BlobStore."""
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        settings: CoordinatorSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._settings = settings or CoordinatorSettings()
+        self._clock = clock
+        self._new_id = new_id
+        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        self._generation = 0
+
+    @property
+    def settings(self) -> CoordinatorSettings:
+        return self._settings
+
+    # -- change notification (long polls) -------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def wait_for_work(
+        self, org_id: str, wait_seconds: float, still_wanted: Callable[[], bool] = lambda: True
+    ) -> WorkItem:
+        """Long poll: return as soon as there is work for org_id, or WAIT after wait_seconds."""
+        deadline = time.monotonic() + max(0.0, wait_seconds)
+        while True:
+            with self._changed:
+                generation = self._generation
+            item = self.next_work(org_id)
+            remaining = deadline - time.monotonic()
+            if item.kind is not WorkKind.WAIT or remaining <= 0 or not still_wanted():
+                return item
+            with self._changed:
+                if self._generation == generation:
+                    self._changed.wait(timeout=min(remaining, 1.0))
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def authenticate_participant(self, org_id: str) -> Participant:
+        """Register an organization on first contact, refresh its liveness, refuse if revoked."""
+        now = self._clock()
+        with self._store.transaction() as tx:
+            participant = tx.get_participant(org_id)
+            if participant is None:
+                status = (
+                    ParticipantStatus.ACTIVE if self._settings.auto_approve else ParticipantStatus.PENDING
+                )
+                participant = Participant(org_id, status, now, now)
+                tx.add_participant(participant)
+                log.info("new participant registered as %s", status.value, **context(org=org_id))
+            else:
+                tx.touch_participant(org_id, now)
+                participant = dataclasses.replace(participant, last_seen=now)
+        if participant.status is ParticipantStatus.REVOKED:
+            raise NotAuthorized("this organization's membership is revoked")
+        return participant
+
+    def list_participants(self) -> list[Participant]:
+        with self._store.transaction() as tx:
+            return tx.list_participants()
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+        """Validate the spec and initial weights, store them as model version 0."""
+        spec.validate()
+        weights = _decode(header, payload, self._settings.max_payload_bytes)
+        for index, array in enumerate(weights):
+            if array.dtype != np.float32:
+                raise InvalidInput(f"initial weight tensor {index} must be float32, not {array.dtype}")
+        check_finite_or_invalid(weights)
+        now = self._clock()
+        job = Job(
+            job_id=self._new_id(),
+            spec=spec,
+            state=JobState.CREATED,
+            model_version=0,
+            weight_specs=header.tensors,
+            created_at=now,
+        )
+        blob_ref = self._blobs.put(payload)
+        with self._lock, self._store.transaction() as tx:
+            tx.add_job(job)
+            tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
+            tx.add_audit(now, actor, "job.create", "ok", f"job={job.job_id} task={spec.task_name}")
+        log.info("job created: %s (%d rounds)", spec.name, spec.num_rounds, **context(job=job.job_id))
+        return job
+
+    def start_job(self, job_id: str, actor: str) -> Job:
+        with self._lock, self._store.transaction() as tx:
+            job = _require_job(tx, job_id)
+            if job.state is not JobState.CREATED:
+                raise WrongPhase(f"job is {job.state.value}; only a created job can be started")
+            job = dataclasses.replace(job, state=JobState.RUNNING)
+            tx.update_job(job)
+            tx.add_audit(self._clock(), actor, "job.start", "ok", f"job={job_id}")
+        log.info("job started", **context(job=job_id))
+        self.tick()
+        return job
+
+    def get_job(self, job_id: str) -> JobView:
+        with self._store.transaction() as tx:
+            job = _require_job(tx, job_id)
+            return JobView(job, tuple(tx.list_rounds(job_id)), _summaries(tx.list_metrics(job_id)))
+
+    def list_jobs(self) -> list[JobView]:
+        with self._store.transaction() as tx:
+            return [
+                JobView(j, tuple(tx.list_rounds(j.job_id)), _summaries(tx.list_metrics(j.job_id)))
+                for j in tx.list_jobs()
+            ]
+
+    def read_model(self, job_id: str, version: int) -> tuple[int, bytes]:
+        """The payload of a committed model version (-1: the latest)."""
+        with self._store.transaction() as tx:
+            job = _require_job(tx, job_id)
+            wanted = job.model_version if version < 0 else version
+            model = tx.get_model_version(job_id, wanted)
+        if model is None:
+            raise NotFound(f"model version {version} does not exist for this job")
+        return wanted, self._blobs.get(model.blob_ref)
+
+    def job_weight_specs(self, job_id: str) -> Job:
+        with self._store.transaction() as tx:
+            return _require_job(tx, job_id)
+
+    # -- participant work -----------------------------------------------------------------------
+
+    def next_work(self, org_id: str) -> WorkItem:
+        """EVALUATE the latest model it helped build, else TRAIN in an open round, else WAIT."""
+        now = self._clock()
+        with self._store.transaction() as tx:
+            open_by_job = {r.job_id: r for r in tx.open_rounds()}
+            for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
+                if job.model_version >= 1 and tx.get_metric(job.job_id, job.model_version, org_id) is None:
+                    latest = tx.get_model_version(job.job_id, job.model_version)
+                    producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
+                    if producer is not None and org_id in producer.contributors:
+                        return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
+            for job_id, round_ in open_by_job.items():
+                if (
+                    round_.phase is Phase.INPUTS
+                    and org_id in round_.cohort
+                    and org_id not in round_.contributors
+                    and now <= round_.deadline_at
+                ):
+                    job = _require_job(tx, job_id)
+                    return WorkItem(
+                        WorkKind.TRAIN, job, round_, round_.base_version, round_.deadline_at - now
+                    )
+        return WorkItem(WorkKind.WAIT)
+
+    def submit_update(
+        self, org_id: str, update: UpdateSubmission, payload: bytes
+    ) -> Acknowledgement:
+        """Accept one participant's update into the round's running weighted sum, exactly once."""
+        now = self._clock()
+        with self._lock:
+            with self._store.transaction() as tx:
+                round_ = tx.get_round(update.round_id)
+                if round_ is None or round_.job_id != update.job_id:
+                    raise NotFound("no such round in this job")
+                previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
+                if previous is not None:
+                    return self._repeated(tx, previous, update, org_id, now)
+                job = _require_job(tx, update.job_id)
+                self._check_admissible(round_, update, org_id, now)
+            weights = _decode(update.header, payload, self._settings.max_payload_bytes)
+            _check_layout(weights, job)
+            check_finite_or_invalid(weights)
+            if not 1 <= update.num_examples <= self._settings.max_examples:
+                raise InvalidInput(f"num_examples must be between 1 and {self._settings.max_examples}")
+            if not np.isfinite(update.train_loss):
+                raise InvalidInput("train_loss must be finite")
+            accumulator = self._accumulator(round_, job)
+            for acc, array in zip(accumulator, weights, strict=True):
+                acc += array.astype(np.float64) * float(update.num_examples)
+            _, acc_payload = encode_tensors(accumulator)
+            acc_ref = self._blobs.put(acc_payload)
+            ack = Acknowledgement(self._new_id(), duplicate=False)
+            updated = dataclasses.replace(
+                round_,
+                row_version=round_.row_version + 1,
+                contributors=(*round_.contributors, org_id),
+                total_weight=round_.total_weight + update.num_examples,
+                train_loss_sum=round_.train_loss_sum + update.train_loss * update.num_examples,
+                accumulator_ref=acc_ref,
+            )
+            try:
+                with self._store.transaction() as tx:
+                    tx.add_submission(
+                        Submission(
+                            round_.round_id,
+                            org_id,
+                            update.phase.value,
+                            update.header.sha256,
+                            update.header.total_bytes,
+                            update.num_examples,
+                            ack.acknowledgement_id,
+                            now,
+                        )
+                    )
+                    tx.update_round(updated, expected_row_version=round_.row_version)
+            except DuplicateKey:
+                # Lost a race with an identical retry on another stream: answer like a retry.
+                with self._store.transaction() as tx:
+                    previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
+                    if previous is None:
+                        raise
+                    return self._repeated(tx, previous, update, org_id, now)
+            if round_.accumulator_ref and round_.accumulator_ref != acc_ref:
+                self._blobs.delete(round_.accumulator_ref)
+        log.info(
+            "update accepted (%d examples, %d bytes)",
+            update.num_examples,
+            update.header.total_bytes,
+            **context(job=round_.job_id, round=str(round_.number), phase="inputs", org=org_id),
+        )
+        self.tick()
+        return ack
+
+    def _repeated(
+        self, tx: Transaction, previous: Submission, update: UpdateSubmission, org_id: str, now: float
+    ) -> Acknowledgement:
+        if previous.content_sha256 == update.header.sha256:
+            return Acknowledgement(previous.acknowledgement_id, duplicate=True)
+        tx.add_audit(
+            now, org_id, "submission.conflict", "rejected",
+            f"round={update.round_id} phase={update.phase.value}",
+        )
+        log.warning("conflicting re-submission rejected", **context(round=update.round_id, org=org_id))
+        raise ConflictingSubmission("a different update was already accepted for this round and phase")
+
+    @staticmethod
+    def _check_admissible(round_: Round, update: UpdateSubmission, org_id: str, now: float) -> None:
+        if round_.phase is not update.phase:
+            raise WrongPhase(
+                f"round is in phase {round_.phase.value}, not {update.phase.value}"
+            )
+        if org_id not in round_.cohort:
+            raise WrongPhase("this organization is not in the round's cohort")
+        if now > round_.deadline_at:
+            raise WrongPhase("the phase deadline has passed")
+        if update.base_version != round_.base_version:
+            raise WrongPhase(
+                f"update is based on model version {update.base_version}, "
+                f"the round trains version {round_.base_version}"
+            )
+
+    def _accumulator(self, round_: Round, job: Job) -> list[npt.NDArray[np.float64]]:
+        if round_.accumulator_ref is None:
+            return [np.zeros(s.shape, dtype=np.float64) for s in job.weight_specs]
+        payload = self._blobs.get(round_.accumulator_ref)
+        header = PayloadHeader(
+            tuple(dataclasses.replace(s, dtype="float64") for s in job.weight_specs),
+            len(payload),
+            _sha256(payload),
+        )
+        return decode_tensors(header, payload)
+
+    def report_metrics(self, report: MetricReport) -> bool:
+        """Store one evaluation; returns True for an identical repeat."""
+        if report.num_examples < 1:
+            raise InvalidInput("num_examples must be at least 1")
+        if not (np.isfinite(report.loss) and np.isfinite(report.accuracy)):
+            raise InvalidInput("loss and accuracy must be finite")
+        if not 0.0 <= report.accuracy <= 1.0:
+            raise InvalidInput("accuracy must be between 0 and 1")
+        with self._lock, self._store.transaction() as tx:
+            job = _require_job(tx, report.job_id)
+            if not 0 <= report.version <= job.model_version:
+                raise NotFound(f"model version {report.version} does not exist for this job")
+            previous = tx.get_metric(report.job_id, report.version, report.org_id)
+            if previous is not None:
+                same = (previous.num_examples, previous.loss, previous.accuracy) == (
+                    report.num_examples, report.loss, report.accuracy,
+                )
+                if same:
+                    return True
+                raise ConflictingSubmission("different metrics were already reported for this version")
+            tx.add_metric(report)
+        self._notify()
+        return False
+
+    # -- the driver -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance every job: finish or abort rounds, commit aggregates, open new rounds."""
+        changed = False
+        with self._lock:
+            with self._store.transaction() as tx:
+                open_rounds = tx.open_rounds()
+                running = tx.list_jobs((JobState.RUNNING,))
+            for round_ in open_rounds:
+                changed |= self._advance_round(round_)
+            busy = {r.job_id for r in open_rounds}
+            for job in running:
+                if job.job_id not in busy:
+                    changed |= self._open_round(job)
+        if changed:
+            self._notify()
+
+    def _advance_round(self, round_: Round) -> bool:
+        now = self._clock()
+        if round_.phase is Phase.CREATED:
+            self._write_transition(round_, RoundEvent.PHASE_COMPLETE, now)
+            return True
+        if round_.phase is Phase.INPUTS:
+            everyone = set(round_.contributors) >= set(round_.cohort)
+            if not everyone and now <= round_.deadline_at:
+                return False
+            with self._store.transaction() as tx:
+                job = _require_job(tx, round_.job_id)
+            if len(round_.contributors) < job.spec.min_participants:
+                self._abort(
+                    round_,
+                    job,
+                    f"deadline passed with {len(round_.contributors)} of "
+                    f"{job.spec.min_participants} required updates",
+                    now,
+                )
+                return True
+            self._aggregate(round_, job, now)
+            return True
+        if round_.phase is Phase.AGGREGATED:
+            self._commit(round_, now)
+            return True
+        return False
+
+    def _write_transition(
+        self, round_: Round, event: RoundEvent, now: float, **changes: Any
+    ) -> Round:
+        following = dataclasses.replace(transition(round_, event, now=now), **changes)
+        with self._store.transaction() as tx:
+            tx.update_round(following, expected_row_version=round_.row_version)
+        log.info(
+            "round %s -> %s",
+            round_.phase.value,
+            following.phase.value,
+            **context(job=round_.job_id, round=str(round_.number), phase=following.phase.value),
+        )
+        return following
+
+    def _aggregate(self, round_: Round, job: Job, now: float) -> None:
+        """Weighted FedAvg: the running sum divided by the total number of examples."""
+        accumulator = self._accumulator(round_, job)
+        mean = [(acc / float(round_.total_weight)).astype(np.float32) for acc in accumulator]
+        _, payload = encode_tensors(mean)
+        result_ref = self._blobs.put(payload)
+        self._write_transition(round_, RoundEvent.PHASE_COMPLETE, now, result_ref=result_ref)
+
+    def _commit(self, round_: Round, now: float) -> None:
+        following = transition(round_, RoundEvent.PHASE_COMPLETE, now=now)
+        assert round_.result_ref is not None  # AGGREGATED always carries its result
+        with self._store.transaction() as tx:
+            job = _require_job(tx, round_.job_id)
+            version = round_.base_version + 1
+            tx.add_model_version(ModelVersion(job.job_id, version, round_.result_ref, round_.round_id, now))
+            state = JobState.COMPLETED if version >= job.spec.num_rounds else job.state
+            tx.update_job(dataclasses.replace(job, model_version=version, state=state, failed_rounds=0))
+            tx.update_round(following, expected_row_version=round_.row_version)
+        if round_.accumulator_ref:
+            self._blobs.delete(round_.accumulator_ref)
+        log.info(
+            "model version %d committed from %d updates%s",
+            version,
+            len(round_.contributors),
+            "; job completed" if state is JobState.COMPLETED else "",
+            **context(job=job.job_id, round=str(round_.number), phase="committed"),
+        )
+
+    def _abort(self, round_: Round, job: Job, reason: str, now: float) -> None:
+        following = transition(round_, RoundEvent.ABORT, now=now, reason=reason)
+        failed = job.failed_rounds + 1
+        exhausted = failed > job.spec.max_failed_rounds
+        updated_job = dataclasses.replace(
+            job,
+            failed_rounds=failed,
+            state=JobState.FAILED if exhausted else job.state,
+            failure_reason=f"{failed} rounds failed in a row; last: {reason}" if exhausted else None,
+        )
+        with self._store.transaction() as tx:
+            tx.update_round(following, expected_row_version=round_.row_version)
+            tx.update_job(updated_job)
+        if round_.accumulator_ref:
+            self._blobs.delete(round_.accumulator_ref)
+        log.warning(
+            "round aborted: %s%s", reason, "; job failed" if exhausted else "",
+            **context(job=job.job_id, round=str(round_.number), phase="aborted"),
+        )
+
+    def _open_round(self, job: Job) -> bool:
+        now = self._clock()
+        live_after = now - self._settings.liveness_seconds
+        with self._store.transaction() as tx:
+            cohort = tuple(
+                p.org_id
+                for p in tx.list_participants()
+                if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
+            )
+            if len(cohort) < job.spec.min_participants:
+                return False
+            number = len(tx.list_rounds(job.job_id)) + 1
+            round_ = Round(
+                round_id=self._new_id(),
+                job_id=job.job_id,
+                number=number,
+                protection=job.spec.protection,
+                phase=Phase.CREATED,
+                row_version=0,
+                base_version=job.model_version,
+                cohort=cohort,
+                deadline_at=now + job.spec.round_timeout_seconds,
+                created_at=now,
+            )
+            tx.add_round(round_)
+        log.info(
+            "round opened with cohort of %d", len(cohort),
+            **context(job=job.job_id, round=str(number), phase="created"),
+        )
+        self._advance_round(round_)
+        return True
+
+
+def _require_job(tx: Transaction, job_id: str) -> Job:
+    job = tx.get_job(job_id)
+    if job is None:
+        raise NotFound("no such job")
+    return job
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _decode(header: PayloadHeader, payload: bytes, limit: int) -> list[npt.NDArray[Any]]:
+    if header.total_bytes > limit:
+        raise InvalidInput(f"payload of {header.total_bytes} bytes exceeds the {limit}-byte limit")
+    try:
+        return decode_tensors(header, payload)
+    except CodecError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def check_finite_or_invalid(weights: list[npt.NDArray[Any]]) -> None:
+    try:
+        check_finite(weights)
+    except CodecError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def _check_layout(weights: list[npt.NDArray[Any]], job: Job) -> None:
+    expected = job.weight_specs
+    if len(weights) != len(expected):
+        raise InvalidInput(f"update has {len(weights)} tensors, the model has {len(expected)}")
+    for index, (array, spec) in enumerate(zip(weights, expected, strict=True)):
+        if array.dtype.name != spec.dtype:
+            raise InvalidInput(f"tensor {index} has dtype {array.dtype.name}, expected {spec.dtype}")
+        if tuple(array.shape) != spec.shape:
+            raise InvalidInput(
+                f"tensor {index} has shape {list(array.shape)}, expected {list(spec.shape)}"
+            )
+
+
+def _summaries(reports: list[MetricReport]) -> tuple[MetricsSummary, ...]:
+    by_version: dict[int, list[MetricReport]] = {}
+    for report in reports:
+        by_version.setdefault(report.version, []).append(report)
+    summaries = []
+    for version, group in sorted(by_version.items()):
+        total = sum(r.num_examples for r in group)
+        summaries.append(
+            MetricsSummary(
+                version,
+                len(group),
+                total,
+                sum(r.loss * r.num_examples for r in group) / total,
+                sum(r.accuracy * r.num_examples for r in group) / total,
+            )
+        )
+    return tuple(summaries)

@@ -1,0 +1,218 @@
+"""The one interceptor layer: identity from the peer certificate, role checks, error mapping, audit.
+
+Identity is read only from the mTLS peer certificate (``auth_context``), never from a request
+field. Every coordinator error becomes a gRPC status through ``STATUS_BY_ERROR``; anything else
+becomes INTERNAL with a generic message (details go to the server log only). Garbage request bytes
+are caught at deserialization and answered with INVALID_ARGUMENT instead of grpc's INTERNAL.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from coordinator.errors import (
+    ConflictingSubmission,
+    InvalidInput,
+    NotAuthorized,
+    NotFound,
+    StorageUnavailable,
+    WrongPhase,
+)
+from fedsilo.chunking import ChunkError
+from fedsilo.codec import CodecError
+from fedsilo.logs import context as log_context
+from fedsilo.pki import Role
+from fedsilo.tls import PeerIdentity, identity_from_auth_context
+
+__all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "current_identity", "status_for"]
+
+log = logging.getLogger("coordinator.transport")
+
+STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ChunkError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (WrongPhase, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConflictingSubmission, grpc.StatusCode.ALREADY_EXISTS),
+    (NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
+    (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+"""The only place where an error class becomes a gRPC status code."""
+
+ROLE_BY_SERVICE: dict[str, frozenset[Role]] = {
+    "fedsilo.v1.ParticipantService": frozenset({Role.PARTICIPANT}),
+    "fedsilo.v1.AdminService": frozenset({Role.ADMIN}),
+    "grpc.health.v1.Health": frozenset(Role),
+    "grpc.reflection.v1alpha.ServerReflection": frozenset(Role),
+    "grpc.reflection.v1.ServerReflection": frozenset(Role),
+}
+
+_identity: contextvars.ContextVar[PeerIdentity | None] = contextvars.ContextVar(
+    "fedsilo_identity", default=None
+)
+
+
+def current_identity() -> PeerIdentity:
+    """The caller's identity, set by AuthInterceptor for the duration of the call."""
+    identity = _identity.get()
+    if identity is None:
+        raise NotAuthorized("no authenticated identity")
+    return identity
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class _Malformed:
+    """Stands in for a request message whose bytes did not parse."""
+
+
+MALFORMED = _Malformed()
+
+
+def _safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parse failure means garbage input
+            return MALFORMED
+
+    return deserialize
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler with identity, authorization, input and error handling."""
+
+    def __init__(self, audit: Callable[[str, str, str], None] | None = None) -> None:
+        self._audit = audit
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        service = method.lstrip("/").split("/", 1)[0]
+        allowed = ROLE_BY_SERVICE.get(service, frozenset())
+        return _wrap(handler, method, allowed, self._audit)
+
+
+def _authorize(
+    context: grpc.ServicerContext,
+    method: str,
+    allowed: frozenset[Role],
+    audit: Callable[[str, str, str], None] | None,
+) -> PeerIdentity:
+    identity = identity_from_auth_context(context.auth_context())
+    if identity is None:
+        if audit:
+            audit("-", method, "unauthenticated")
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+    assert identity is not None
+    if identity.role not in allowed:
+        if audit:
+            audit(identity.org_id, method, "permission_denied")
+        log.warning("role %s refused on %s", identity.role.value, method, **log_context(org=identity.org_id))
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"a {identity.role.value} certificate may not call {method}",
+        )
+    return identity
+
+
+def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    code, message = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error in %s", method)
+    else:
+        log.info("%s -> %s: %s", method, code.name, message)
+    context.abort(code, message)
+
+
+def _wrap(
+    handler: Any,
+    method: str,
+    allowed: frozenset[Role],
+    audit: Callable[[str, str, str], None] | None,
+) -> Any:
+    def guard_request(request: Any, context: grpc.ServicerContext) -> None:
+        if request is MALFORMED:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+
+    def guard_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        for request in requests:
+            guard_request(request, context)
+            yield request
+
+    def run(behavior: Callable[..., Any], request: Any, context: grpc.ServicerContext) -> Any:
+        identity = _authorize(context, method, allowed, audit)
+        token = _identity.set(identity)
+        try:
+            return behavior(request, context)
+        except Exception as exc:
+            if context.code() is not None:
+                raise  # context.abort() already chose the status
+            _fail(context, exc, method)
+        finally:
+            _identity.reset(token)
+        return None
+
+    def stream_out(
+        behavior: Callable[..., Iterator[Any]], request: Any, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        identity = _authorize(context, method, allowed, audit)
+        token = _identity.set(identity)
+        try:
+            yield from behavior(request, context)
+        except Exception as exc:
+            if context.code() is not None:
+                raise
+            _fail(context, exc, method)
+        finally:
+            _identity.reset(token)
+
+    deserializer = _safe_deserializer(handler.request_deserializer)
+    serializer = handler.response_serializer
+
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            guard_request(request, context)
+            return run(inner_uu, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            guard_request(request, context)
+            yield from stream_out(inner_us, request, context)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return run(inner_su, guard_stream(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+    inner_ss = handler.stream_stream
+
+    def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        yield from stream_out(inner_ss, guard_stream(requests, context), context)
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)

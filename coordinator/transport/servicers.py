@@ -1,0 +1,303 @@
+"""Thin gRPC servicers: identity from the interceptor, decode, call the service, encode."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import grpc
+
+from coordinator.domain.jobs import JobSpec, MetricReport, TrainingPlan
+from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.errors import InvalidInput
+from coordinator.service.rounds import (
+    CoordinatorService,
+    JobView,
+    UpdateSubmission,
+    WorkItem,
+    WorkKind,
+)
+from coordinator.transport.interceptors import current_identity
+from fedsilo import chunking
+from fedsilo.codec import PayloadHeader, TensorSpec, header_from_proto, header_to_proto
+from fedsilo.v1 import fedsilo_pb2 as pb
+from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+
+__all__ = ["AdminServicer", "ParticipantServicer", "job_view_to_pb", "spec_from_pb"]
+
+MAX_WAIT_SECONDS = 30.0
+
+PROTECTION_TO_PB = {
+    Protection.NONE: pb.PROTECTION_NONE,
+    Protection.SECAGG: pb.PROTECTION_SECAGG,
+    Protection.PAILLIER: pb.PROTECTION_PAILLIER,
+}
+PROTECTION_FROM_PB = {v: k for k, v in PROTECTION_TO_PB.items()}
+PHASE_TO_PB = {phase: getattr(pb, f"ROUND_PHASE_{phase.name}") for phase in Phase}
+PHASE_FROM_PB = {v: k for k, v in PHASE_TO_PB.items()}
+JOB_STATE_TO_PB = {
+    "created": pb.JOB_STATE_CREATED,
+    "running": pb.JOB_STATE_RUNNING,
+    "completed": pb.JOB_STATE_COMPLETED,
+    "failed": pb.JOB_STATE_FAILED,
+}
+KIND_TO_PB = {
+    WorkKind.WAIT: pb.TASK_KIND_WAIT,
+    WorkKind.TRAIN: pb.TASK_KIND_TRAIN,
+    WorkKind.EVALUATE: pb.TASK_KIND_EVALUATE,
+}
+
+
+def _header_of(payload: bytes, specs: tuple[TensorSpec, ...]) -> PayloadHeader:
+    return PayloadHeader(specs, len(payload), hashlib.sha256(payload).digest())
+
+
+def _training_to_pb(plan: TrainingPlan) -> pb.TrainingSettings:
+    return pb.TrainingSettings(
+        local_epochs=plan.local_epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        seed=plan.seed,
+    )
+
+
+def _receive_payload(
+    requests: Iterator[object], header: PayloadHeader, limit: int
+) -> bytes:
+    """Collect the data chunks that follow a header, bounded by the announced and allowed size."""
+    if header.total_bytes > limit:
+        raise InvalidInput(f"payload of {header.total_bytes} bytes exceeds the {limit}-byte limit")
+
+    def pieces() -> Iterator[bytes]:
+        for message in requests:
+            if message.WhichOneof("item") != "data":  # type: ignore[attr-defined]
+                raise InvalidInput("only data chunks may follow the header")
+            yield message.data  # type: ignore[attr-defined]
+
+    return chunking.assemble(pieces(), header.total_bytes, header.sha256)
+
+
+class ParticipantServicer(pb_grpc.ParticipantServiceServicer):  # type: ignore[misc]
+    """The API participant daemons call (participant certificates only)."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.GetTaskResponse:  # noqa: N802
+        org = current_identity().org_id
+        self._service.authenticate_participant(org)
+        wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
+        item = self._service.wait_for_work(org, wait, context.is_active)
+        return _work_to_pb(item)
+
+    def DownloadModel(  # noqa: N802
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelChunk]:
+        self._service.authenticate_participant(current_identity().org_id)
+        version, payload = self._service.read_model(request.job_id, request.version)
+        job = self._service.job_weight_specs(request.job_id)
+        yield from _model_chunks_with_specs(request.job_id, version, payload, job.weight_specs)
+
+    def SubmitUpdate(  # noqa: N802
+        self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
+    ) -> pb.SubmitUpdateResponse:
+        org = current_identity().org_id
+        self._service.authenticate_participant(org)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise InvalidInput("the first message of SubmitUpdate must be its header")
+        h = first.header
+        if h.phase not in PHASE_FROM_PB:
+            raise InvalidInput("unknown round phase")
+        header = header_from_proto(h.payload)
+        payload = _receive_payload(request_iterator, header, self._service.settings.max_payload_bytes)
+        update = UpdateSubmission(
+            job_id=h.job_id,
+            round_id=h.round_id,
+            phase=PHASE_FROM_PB[h.phase],
+            base_version=h.base_version,
+            num_examples=h.num_examples,
+            train_loss=h.train_loss,
+            header=header,
+        )
+        ack = self._service.submit_update(org, update, payload)
+        return pb.SubmitUpdateResponse(acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate)
+
+    def ReportMetrics(  # noqa: N802
+        self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
+    ) -> pb.ReportMetricsResponse:
+        org = current_identity().org_id
+        self._service.authenticate_participant(org)
+        report = MetricReport(
+            job_id=request.job_id,
+            version=request.model_version,
+            org_id=org,
+            num_examples=request.num_examples,
+            loss=request.loss,
+            accuracy=request.accuracy,
+            created_at=0.0,
+        )
+        duplicate = self._service.report_metrics(report)
+        return pb.ReportMetricsResponse(duplicate=duplicate)
+
+
+def _model_chunks_with_specs(
+    job_id: str, version: int, payload: bytes, specs: tuple[TensorSpec, ...]
+) -> Iterator[pb.ModelChunk]:
+    header = _header_of(payload, specs)
+    info = pb.ModelInfo(job_id=job_id, version=version, header=header_to_proto(header))
+    yield pb.ModelChunk(info=info)
+    for piece in chunking.split(payload):
+        yield pb.ModelChunk(data=piece)
+
+
+def _work_to_pb(item: WorkItem) -> pb.GetTaskResponse:
+    response = pb.GetTaskResponse(kind=KIND_TO_PB[item.kind])
+    if item.job is not None:
+        spec = item.job.spec
+        response.job_id = item.job.job_id
+        response.task_name = spec.task_name
+        response.model_version = item.model_version
+        response.training.CopyFrom(_training_to_pb(spec.training))
+        response.protection = PROTECTION_TO_PB[spec.protection]
+        response.task_config_json = spec.task_config_json
+    if item.round is not None:
+        response.round_id = item.round.round_id
+        response.round_number = item.round.number
+        response.phase = PHASE_TO_PB[item.round.phase]
+        response.seconds_left = item.seconds_left
+    return response
+
+
+def _round_to_pb(round_: Round) -> pb.RoundStatus:
+    return pb.RoundStatus(
+        round_id=round_.round_id,
+        number=round_.number,
+        phase=PHASE_TO_PB[round_.phase],
+        base_version=round_.base_version,
+        cohort=list(round_.cohort),
+        contributors=list(round_.contributors),
+        started_at=round_.created_at,
+        finished_at=round_.finished_at or 0.0,
+        abort_reason=round_.abort_reason or "",
+        train_loss=(round_.train_loss_sum / round_.total_weight) if round_.total_weight else 0.0,
+    )
+
+
+def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
+    return pb.JobSpec(
+        name=spec.name,
+        task_name=spec.task_name,
+        protection=PROTECTION_TO_PB[spec.protection],
+        algorithm=spec.algorithm,
+        num_rounds=spec.num_rounds,
+        min_participants=spec.min_participants,
+        round_timeout_seconds=spec.round_timeout_seconds,
+        training=_training_to_pb(spec.training),
+        task_config_json=spec.task_config_json,
+        max_failed_rounds=spec.max_failed_rounds,
+    )
+
+
+def spec_from_pb(message: pb.JobSpec) -> JobSpec:
+    """Decode a job spec; unset numeric fields take the documented defaults."""
+    defaults = JobSpec(name="", task_name="")
+    plan = TrainingPlan()
+    t = message.training
+    if message.protection == pb.PROTECTION_UNSPECIFIED:
+        protection = defaults.protection
+    elif message.protection in PROTECTION_FROM_PB:
+        protection = PROTECTION_FROM_PB[message.protection]
+    else:
+        raise InvalidInput("unknown protection mode")
+    return JobSpec(
+        name=message.name,
+        task_name=message.task_name,
+        protection=protection,
+        algorithm=message.algorithm or defaults.algorithm,
+        num_rounds=message.num_rounds or defaults.num_rounds,
+        min_participants=message.min_participants or defaults.min_participants,
+        round_timeout_seconds=message.round_timeout_seconds or defaults.round_timeout_seconds,
+        max_failed_rounds=message.max_failed_rounds or defaults.max_failed_rounds,
+        training=TrainingPlan(
+            local_epochs=t.local_epochs or plan.local_epochs,
+            batch_size=t.batch_size or plan.batch_size,
+            learning_rate=t.learning_rate or plan.learning_rate,
+            seed=t.seed,
+        ),
+        task_config_json=message.task_config_json or "{}",
+    )
+
+
+def job_view_to_pb(view: JobView) -> pb.JobStatus:
+    job = view.job
+    return pb.JobStatus(
+        job_id=job.job_id,
+        spec=_spec_to_pb(job.spec),
+        state=JOB_STATE_TO_PB[job.state.value],
+        model_version=job.model_version,
+        rounds=[_round_to_pb(r) for r in view.rounds],
+        metrics=[
+            pb.VersionMetrics(
+                version=m.version,
+                reports=m.reports,
+                num_examples=m.num_examples,
+                loss=m.loss,
+                accuracy=m.accuracy,
+            )
+            for m in view.metrics
+        ],
+        created_at=job.created_at,
+        failure_reason=job.failure_reason or "",
+    )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+    """The API operators call (admin certificates only)."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    def CreateJob(  # noqa: N802
+        self, request_iterator: Iterator[pb.CreateJobRequest], context: grpc.ServicerContext
+    ) -> pb.JobStatus:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise InvalidInput("the first message of CreateJob must be its header")
+        spec = spec_from_pb(first.header.spec)
+        header = header_from_proto(first.header.initial_weights)
+        payload = _receive_payload(request_iterator, header, self._service.settings.max_payload_bytes)
+        job = self._service.create_job(spec, header, payload, actor=current_identity().org_id)
+        return job_view_to_pb(self._service.get_job(job.job_id))
+
+    def StartJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
+        self._service.start_job(request.job_id, actor=current_identity().org_id)
+        return job_view_to_pb(self._service.get_job(request.job_id))
+
+    def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
+        return job_view_to_pb(self._service.get_job(request.job_id))
+
+    def ListJobs(  # noqa: N802
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=[job_view_to_pb(v) for v in self._service.list_jobs()])
+
+    def ListParticipants(  # noqa: N802
+        self, request: pb.ListParticipantsRequest, context: grpc.ServicerContext
+    ) -> pb.ListParticipantsResponse:
+        return pb.ListParticipantsResponse(
+            participants=[
+                pb.ParticipantInfo(
+                    org_id=p.org_id, status=p.status.value, first_seen=p.first_seen, last_seen=p.last_seen
+                )
+                for p in self._service.list_participants()
+            ]
+        )
+
+    def DownloadModel(  # noqa: N802
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelChunk]:
+        version, payload = self._service.read_model(request.job_id, request.version)
+        job = self._service.job_weight_specs(request.job_id)
+        yield from _model_chunks_with_specs(request.job_id, version, payload, job.weight_specs)
+

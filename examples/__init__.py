@@ -1,0 +1,1 @@
+"""Example tasks: handwritten digits with Keras (``digits``) and with numpy (``digits-linear``)."""

@@ -1,0 +1,1 @@
+"""Handwritten digits (scikit-learn) as a fedsilo task: Keras model, non-IID partitions."""

@@ -1,0 +1,7 @@
+"""``python -m fedsilo``: the same as the ``fedsilo`` command."""
+
+import sys
+
+from fedsilo.cli import main
+
+sys.exit(main())

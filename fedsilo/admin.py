@@ -1,0 +1,70 @@
+"""Client of the coordinator's admin API (admin certificates only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy.typing as npt
+
+from fedsilo.codec import encode_tensors, header_to_proto
+from fedsilo.tls import TlsFiles, channel_credentials, check_insecure_allowed
+from fedsilo.v1 import fedsilo_pb2 as pb
+from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from fedsilo.wire import header_then_chunks, receive_model
+
+__all__ = ["AdminClient"]
+
+OPTIONS = [("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)]
+
+
+class AdminClient:
+    """Thin wrapper: every call has a deadline; errors surface as grpc.RpcError."""
+
+    def __init__(self, target: str, tls: TlsFiles | None, timeout: float = 30.0) -> None:
+        if tls is None:
+            check_insecure_allowed(target)
+            self._channel = grpc.insecure_channel(target, options=OPTIONS)
+        else:
+            self._channel = grpc.secure_channel(target, channel_credentials(tls), options=OPTIONS)
+        self._stub = pb_grpc.AdminServiceStub(self._channel)
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_job(self, spec: pb.JobSpec, initial_weights: list[npt.NDArray[Any]]) -> pb.JobStatus:
+        header, payload = encode_tensors(initial_weights)
+        first = pb.CreateJobRequest(
+            header=pb.CreateJobHeader(spec=spec, initial_weights=header_to_proto(header))
+        )
+        requests = header_then_chunks(first, payload, lambda d: pb.CreateJobRequest(data=d))
+        result: pb.JobStatus = self._stub.CreateJob(requests, timeout=self._timeout)
+        return result
+
+    def start_job(self, job_id: str) -> pb.JobStatus:
+        result: pb.JobStatus = self._stub.StartJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
+        return result
+
+    def get_job(self, job_id: str) -> pb.JobStatus:
+        result: pb.JobStatus = self._stub.GetJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
+        return result
+
+    def list_jobs(self) -> list[pb.JobStatus]:
+        return list(self._stub.ListJobs(pb.ListJobsRequest(), timeout=self._timeout).jobs)
+
+    def list_participants(self) -> list[pb.ParticipantInfo]:
+        response = self._stub.ListParticipants(pb.ListParticipantsRequest(), timeout=self._timeout)
+        return list(response.participants)
+
+    def download_model(self, job_id: str, version: int = -1) -> tuple[int, list[npt.NDArray[Any]]]:
+        stream = self._stub.DownloadModel(
+            pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout
+        )
+        return receive_model(stream)

@@ -1,0 +1,239 @@
+"""Daemon configuration: one YAML file, every key overridable by a ``FEDSILO_*`` variable.
+
+A key's variable is its dotted path upper-cased with dots as underscores: ``database.url`` is
+``FEDSILO_DATABASE_URL``. Bad configuration fails at start with the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "CoordinatorConfig",
+    "ParticipantConfig",
+    "TlsSection",
+    "env_name",
+    "load_config",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key is missing, unknown or has an invalid value."""
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """Mutual TLS files. ``insecure: true`` is accepted only on loopback addresses."""
+
+    ca_cert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    """SQLAlchemy URL; empty means a SQLite file in the data directory."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_payload_bytes: int = 1 << 30
+    liveness_seconds: float = 30.0
+    max_workers: int = 32
+    max_concurrent_rpcs: int = 256
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """``fedsilo coordinator serve`` settings."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("fedsilo-data")
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    auto_approve: bool = True
+    tick_seconds: float = 0.5
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class BackoffSection:
+    initial_seconds: float = 0.5
+    max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """``fedsilo participant run`` settings."""
+
+    coordinator: str = "localhost:50051"
+    state_dir: Path = Path("fedsilo-participant")
+    tls: TlsSection = field(default_factory=TlsSection)
+    tasks: dict[str, str] = field(default_factory=dict)
+    task_config: dict[str, Any] = field(default_factory=dict)
+    poll_seconds: float = 20.0
+    rpc_timeout_seconds: float = 120.0
+    backoff: BackoffSection = field(default_factory=BackoffSection)
+    log_level: str = "INFO"
+
+
+def env_name(path: str) -> str:
+    return "FEDSILO_" + path.upper().replace(".", "_")
+
+
+def load_config(
+    cls: type[T], path: Path | None, environ: Mapping[str, str] | None = None
+) -> T:
+    """Read YAML (if given), apply FEDSILO_* overrides, and build a validated ``cls``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys to values")
+        raw = loaded
+        base_dir = path.resolve().parent
+    else:
+        base_dir = Path.cwd()
+    result = _build(cls, raw, "", os.environ if environ is None else environ, base_dir)
+    _validate(result)
+    return result
+
+
+def _build(cls: type[T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, str], base: Path) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(raw) - names
+    if unknown:
+        key = prefix + sorted(unknown)[0]
+        raise ConfigError(f"{key}: unknown configuration key")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = prefix + f.name
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            section = raw.get(f.name, {})
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"{key}: must be a mapping")
+            values[f.name] = _build(hint, section, key + ".", env, base)  # type: ignore[arg-type]
+            continue
+        variable = env_name(key)
+        if variable in env:
+            values[f.name] = _coerce(hint, env[variable], key, from_env=True, base=base)
+        elif f.name in raw:
+            values[f.name] = _coerce(hint, raw[f.name], key, from_env=False, base=base)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, *, from_env: bool, base: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _coerce(options[0], value, key, from_env=from_env, base=base)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected an integer")
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str | int | float):
+                raise ValueError("expected a string")
+            return str(value)
+        if hint is Path:
+            if not isinstance(value, str) or not value:
+                raise ValueError("expected a path")
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else base / path
+        if origin is dict:
+            if from_env:
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError("expected a mapping")
+            value_type = typing.get_args(hint)[1]
+            if value_type is str and not all(isinstance(v, str) for v in value.values()):
+                raise ValueError("expected a mapping of strings")
+            return dict(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: invalid value {value!r}: {exc}") from None
+    raise ConfigError(f"{key}: unsupported setting type")
+
+
+def _validate(config: object) -> None:
+    if isinstance(config, CoordinatorConfig):
+        _positive(config.tick_seconds, "tick_seconds")
+        _positive(config.grace_seconds, "grace_seconds")
+        _positive(config.limits.max_payload_bytes, "limits.max_payload_bytes")
+        _positive(config.limits.liveness_seconds, "limits.liveness_seconds")
+        _positive(config.limits.max_workers, "limits.max_workers")
+        _positive(config.limits.max_concurrent_rpcs, "limits.max_concurrent_rpcs")
+        if ":" not in config.listen:
+            raise ConfigError(f"listen: {config.listen!r} must be host:port")
+        _check_tls(config.tls)
+    if isinstance(config, ParticipantConfig):
+        _positive(config.poll_seconds, "poll_seconds")
+        _positive(config.rpc_timeout_seconds, "rpc_timeout_seconds")
+        _positive(config.backoff.initial_seconds, "backoff.initial_seconds")
+        if config.backoff.max_seconds < config.backoff.initial_seconds:
+            raise ConfigError("backoff.max_seconds: must not be below backoff.initial_seconds")
+        if ":" not in config.coordinator:
+            raise ConfigError(f"coordinator: {config.coordinator!r} must be host:port")
+        _check_tls(config.tls)
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _check_tls(tls: TlsSection) -> None:
+    if tls.insecure:
+        return
+    for name in ("ca_cert", "cert", "key"):
+        value = getattr(tls, name)
+        if value is None:
+            raise ConfigError(f"tls.{name}: required (mutual TLS is on by default)")
+        if not value.is_file():
+            raise ConfigError(f"tls.{name}: file {value} does not exist")

@@ -1,0 +1,309 @@
+"""``fedsilo demo``: a whole consortium on one machine — coordinator and organizations as processes.
+
+It makes a throwaway CA and certificates, starts the coordinator (SQLite in a temporary
+directory) and one participant daemon per organization as separate OS processes on loopback
+with mutual TLS, runs the digits job, shows a per-round table, trains the same model centrally
+on the pooled data for comparison, and stops every process it started by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from fedsilo.admin import AdminClient
+from fedsilo.pki import make_demo_pki
+from fedsilo.tasks import as_float32, load_task
+from fedsilo.tls import TlsFiles, channel_credentials
+from fedsilo.v1 import fedsilo_pb2 as pb
+
+__all__ = ["DemoOptions", "Process", "run_demo", "wait_for"]
+
+T = TypeVar("T")
+
+TASK_SPECS = {"digits": "examples.digits.task:task", "digits-linear": "examples.synthetic.task:task"}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    participants: int = 3
+    rounds: int | None = None
+    protection: str = "none"
+    summary_json: Path | None = None
+    seed: int = 0
+    task: str = "digits"
+    keep: bool = False
+
+
+class DemoError(RuntimeError):
+    """The demo could not complete; the message says which step failed."""
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll condition until it returns a value other than None/False, or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process we started; stopped by its own pid only."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return int(self.popen.returncode)
+
+
+def _health_serving(target: str, tls: TlsFiles) -> bool:
+    with grpc.secure_channel(target, channel_credentials(tls)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def run_demo(options: DemoOptions, console: Console) -> int:
+    # TensorFlow's C++ start-up chatter would bury the table; children inherit this.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not 1 <= options.participants <= 8:
+        raise ValueError("--participants must be between 1 and 8 on one machine")
+    if options.protection != "none":
+        raise ValueError(
+            f"protection {options.protection!r} is not available in this version; use --protection none"
+        )
+    task = load_task(options.task, TASK_SPECS)
+    settings = _module_attr(options.task, "default_settings")
+    rounds = options.rounds or _module_attr(options.task, "default_rounds")
+    workdir = Path(tempfile.mkdtemp(prefix="fedsilo-demo-"))
+    processes: list[Process] = []
+    keep = options.keep
+    started = time.monotonic()
+    try:
+        orgs = [f"org-{i + 1}" for i in range(options.participants)]
+        pki = make_demo_pki(workdir / "pki", orgs)
+        admin_tls = TlsFiles(pki.ca_cert, pki.admin_cert, pki.admin_key)
+        port_file = workdir / "coordinator.port"
+        coordinator_config = {
+            "listen": "127.0.0.1:0",
+            "data_dir": str(workdir / "coordinator"),
+            "tls": {
+                "ca_cert": str(pki.ca_cert),
+                "cert": str(pki.coordinator_cert),
+                "key": str(pki.coordinator_key),
+            },
+            "limits": {"liveness_seconds": 120},
+            "tick_seconds": 0.2,
+        }
+        coordinator_yaml = workdir / "coordinator.yaml"
+        coordinator_yaml.write_text(yaml.safe_dump(coordinator_config))
+        (workdir / "logs").mkdir()
+        console.print(f"[bold]fedsilo demo[/bold]: {options.participants} organizations, "
+                      f"{rounds} rounds, task {options.task}, protection {options.protection}")
+        console.print(f"  working directory {workdir}")
+        processes.append(
+            Process(
+                "coordinator",
+                [sys.executable, "-m", "fedsilo", "coordinator", "serve",
+                 "--config", str(coordinator_yaml), "--port-file", str(port_file)],
+                workdir / "logs" / "coordinator.log",
+            )
+        )
+        port = wait_for(
+            lambda: _port_if_written(port_file, processes[0]), 60, "the coordinator to listen"
+        )
+        target = f"localhost:{port}"
+        wait_for(lambda: _health_serving(target, admin_tls), 30, "the coordinator to be healthy")
+        console.print(f"  coordinator serving on {target} (mutual TLS)")
+
+        for index, org in enumerate(orgs):
+            files = pki.participants[org]
+            participant_config = {
+                "coordinator": target,
+                "state_dir": str(workdir / org),
+                "tls": {"ca_cert": str(pki.ca_cert), "cert": str(files.cert_path),
+                        "key": str(files.key_path)},
+                "tasks": {options.task: TASK_SPECS[options.task]},
+                "task_config": {"partition": index, "num_partitions": options.participants,
+                                "seed": options.seed},
+                "poll_seconds": 5,
+                "backoff": {"initial_seconds": 0.2, "max_seconds": 2},
+            }
+            config_path = workdir / f"{org}.yaml"
+            config_path.write_text(yaml.safe_dump(participant_config))
+            processes.append(
+                Process(org, [sys.executable, "-m", "fedsilo", "participant", "run",
+                              "--config", str(config_path)], workdir / "logs" / f"{org}.log")
+            )
+
+        with AdminClient(target, admin_tls) as admin:
+            wait_for(
+                lambda: _check_alive(processes) or len(admin.list_participants()) >= len(orgs),
+                120, "every organization to connect",
+            )
+            console.print(f"  {len(orgs)} organizations connected: {', '.join(orgs)}")
+            spec = pb.JobSpec(
+                name=f"{options.task}-demo",
+                task_name=options.task,
+                protection=pb.PROTECTION_NONE,
+                algorithm="fedavg",
+                num_rounds=rounds,
+                min_participants=len(orgs),
+                round_timeout_seconds=300,
+                training=pb.TrainingSettings(
+                    local_epochs=settings.local_epochs,
+                    batch_size=settings.batch_size,
+                    learning_rate=settings.learning_rate,
+                    seed=options.seed,
+                ),
+            )
+            status = admin.create_job(spec, as_float32(task.initial_weights(options.seed)))
+            admin.start_job(status.job_id)
+            final = _follow(admin, status.job_id, len(orgs), rounds, processes, console)
+        if final.state != pb.JOB_STATE_COMPLETED:
+            raise DemoError(f"job ended as {final.state}: {final.failure_reason}")
+        federated = {m.version: m for m in final.metrics}[final.model_version].accuracy
+
+        console.print("  training the same model centrally on the pooled data for comparison ...")
+        central = _central_accuracy(task, options, orgs, settings, rounds)
+        table = Table(title="result")
+        table.add_column("training")
+        table.add_column("test accuracy")
+        table.add_row(f"federated ({len(orgs)} organizations, {rounds} rounds)", f"{federated:.4f}")
+        table.add_row("central (pooled data)", f"{central:.4f}")
+        console.print(table)
+        console.print(f"  difference {central - federated:+.4f}; "
+                      f"total {time.monotonic() - started:.1f}s")
+        if options.summary_json is not None:
+            summary = {
+                "rounds": rounds,
+                "participants": len(orgs),
+                "protection": options.protection,
+                "final_accuracy": federated,
+                "central_accuracy": central,
+            }
+            options.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        return 0
+    except DemoError as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        for process in processes:
+            console.print(f"  log of {process.name}: {process.log_path}")
+        keep = True
+        return 1
+    finally:
+        codes = {p.name: p.stop() for p in reversed(processes)}
+        unclean = {name: code for name, code in codes.items() if code not in (0, -signal.SIGTERM)}
+        if unclean:
+            console.print(f"[yellow]processes exited uncleanly:[/yellow] {unclean}")
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _module_attr(task_name: str, attr: str) -> Any:
+    import importlib
+
+    module = importlib.import_module(TASK_SPECS[task_name].split(":")[0])
+    return getattr(module, attr)
+
+
+def _port_if_written(port_file: Path, coordinator: Process) -> int | None:
+    if coordinator.popen.poll() is not None:
+        raise DemoError(f"the coordinator exited with code {coordinator.popen.returncode}")
+    try:
+        return int(port_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _check_alive(processes: list[Process]) -> bool:
+    for process in processes:
+        if process.popen.poll() is not None:
+            raise DemoError(f"{process.name} exited with code {process.popen.returncode}")
+    return False
+
+
+def _follow(
+    admin: AdminClient, job_id: str, orgs: int, rounds: int, processes: list[Process], console: Console
+) -> pb.JobStatus:
+    """Print one row per committed round once its model has been evaluated by every contributor."""
+    header = f"  {'round':>5}  {'participants':>12}  {'loss':>8}  {'accuracy':>8}  {'seconds':>7}"
+    console.print(header)
+    printed: set[int] = set()
+
+    def step() -> pb.JobStatus | None:
+        _check_alive(processes)
+        status = admin.get_job(job_id)
+        metrics = {m.version: m for m in status.metrics}
+        for round_ in status.rounds:
+            if round_.number in printed:
+                continue
+            if round_.phase == pb.ROUND_PHASE_ABORTED:
+                printed.add(round_.number)
+                console.print(f"  {round_.number:>5}  aborted: {round_.abort_reason}")
+                continue
+            m = metrics.get(round_.base_version + 1)
+            if round_.phase == pb.ROUND_PHASE_COMMITTED and m and m.reports >= len(round_.contributors):
+                printed.add(round_.number)
+                seconds = round_.finished_at - round_.started_at
+                console.print(
+                    f"  {round_.number:>5}  {len(round_.contributors):>12}  {m.loss:>8.4f}  "
+                    f"{m.accuracy:>8.4f}  {seconds:>7.2f}"
+                )
+        if status.state == pb.JOB_STATE_FAILED:
+            return status
+        if status.state == pb.JOB_STATE_COMPLETED:
+            last = metrics.get(status.model_version)
+            if last and last.reports >= orgs:
+                return status
+        return None
+
+    return wait_for(step, 300 + 60 * rounds, "the job to finish", interval=0.25)
+
+
+def _central_accuracy(task: Any, options: DemoOptions, orgs: list[str], settings: Any, rounds: int) -> float:
+    from dataclasses import replace
+
+    from examples.digits.central import central_baseline
+
+    configs = [
+        {"partition": i, "num_partitions": len(orgs), "seed": options.seed} for i in range(len(orgs))
+    ]
+    result = central_baseline(task, configs, replace(settings, seed=options.seed), rounds)
+    return float(result.accuracy)

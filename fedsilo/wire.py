@@ -1,0 +1,34 @@
+"""Streaming helpers shared by every client: send a payload after its header, receive a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import numpy.typing as npt
+
+from fedsilo import chunking
+from fedsilo.codec import CodecError, decode_tensors, header_from_proto
+from fedsilo.v1 import fedsilo_pb2 as pb
+
+__all__ = ["header_then_chunks", "receive_model"]
+
+M = TypeVar("M")
+
+
+def header_then_chunks(header_message: M, payload: bytes, data_message: Callable[[bytes], M]) -> Iterator[M]:
+    """The request stream of an upload: one header message, then the payload in chunks."""
+    yield header_message
+    for piece in chunking.split(payload):
+        yield data_message(piece)
+
+
+def receive_model(chunks: Iterable[pb.ModelChunk]) -> tuple[int, list[npt.NDArray[Any]]]:
+    """Read a DownloadModel stream: info first, then data; check size and hash; decode."""
+    iterator = iter(chunks)
+    first = next(iterator, None)
+    if first is None or first.WhichOneof("item") != "info":
+        raise CodecError("model stream must start with its info message")
+    header = header_from_proto(first.info.header)
+    payload = chunking.assemble((c.data for c in iterator), header.total_bytes, header.sha256)
+    return int(first.info.version), decode_tensors(header, payload)

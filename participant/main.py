@@ -1,0 +1,63 @@
+"""``fedsilo participant run``: the long-lived participant daemon of one organization."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from fedsilo.config import ParticipantConfig, load_config
+from fedsilo.logs import configure
+from fedsilo.tls import TlsFiles
+from participant.service.answers import AnswerStore
+from participant.service.runner import ParticipantDaemon
+from participant.transport.client import Backoff, CoordinatorClient, open_channel
+
+__all__ = ["build_daemon", "run"]
+
+log = logging.getLogger("participant")
+
+
+def build_daemon(config: ParticipantConfig, stop: threading.Event) -> tuple[ParticipantDaemon, object]:
+    """Wire a daemon from its configuration; returns it and the channel to close."""
+    tls = None
+    if not config.tls.insecure:
+        assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
+        tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
+    channel = open_channel(config.coordinator, tls)
+    client = CoordinatorClient(
+        channel,
+        config.rpc_timeout_seconds,
+        Backoff(config.backoff.initial_seconds, config.backoff.max_seconds),
+        stop,
+    )
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    daemon = ParticipantDaemon(
+        client,
+        AnswerStore(config.state_dir),
+        config.tasks,
+        config.task_config,
+        stop,
+        config.poll_seconds,
+    )
+    return daemon, channel
+
+
+def run(config_path: Path | None) -> int:
+    config = load_config(ParticipantConfig, config_path)
+    configure(config.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon, channel = build_daemon(config, stop)
+    try:
+        daemon.run()
+    finally:
+        channel.close()  # type: ignore[attr-defined]
+    return 0

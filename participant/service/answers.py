@@ -1,0 +1,80 @@
+"""Durable record of what this participant answered, so a restart re-sends identical bytes.
+
+Each answer is two files under ``state_dir/answers`` written with mode 0600 and fsync'd before the
+first send: the payload and a small JSON header. A participant never sends two different updates
+for one round (TEST-MATRIX R17).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsilo.codec import PayloadHeader, TensorSpec
+
+__all__ = ["AnswerStore", "StoredAnswer"]
+
+_SAFE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    header: PayloadHeader
+    payload: bytes
+    num_examples: int
+    train_loss: float
+
+
+class AnswerStore:
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir / "answers"
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _paths(self, round_id: str, phase: str) -> tuple[Path, Path]:
+        if not _SAFE.match(round_id) or not _SAFE.match(phase):
+            raise ValueError("round id or phase is not a safe file name")
+        stem = self._dir / f"{round_id}.{phase}"
+        return stem.with_suffix(f".{phase}.bin"), stem.with_suffix(f".{phase}.json")
+
+    def load(self, round_id: str, phase: str) -> StoredAnswer | None:
+        payload_path, meta_path = self._paths(round_id, phase)
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        payload = payload_path.read_bytes()
+        header = PayloadHeader(
+            tuple(TensorSpec(d, tuple(s)) for d, s in meta["tensors"]),
+            meta["total_bytes"],
+            bytes.fromhex(meta["sha256"]),
+        )
+        return StoredAnswer(header, payload, meta["num_examples"], meta["train_loss"])
+
+    def save(self, round_id: str, phase: str, answer: StoredAnswer) -> None:
+        payload_path, meta_path = self._paths(round_id, phase)
+        _write_private(payload_path, answer.payload)
+        meta = {
+            "tensors": [[s.dtype, list(s.shape)] for s in answer.header.tensors],
+            "total_bytes": answer.header.total_bytes,
+            "sha256": answer.header.sha256.hex(),
+            "num_examples": answer.num_examples,
+            "train_loss": answer.train_loss,
+        }
+        # The metadata file is written last: its presence means the answer is complete.
+        _write_private(meta_path, json.dumps(meta).encode())
+
+    def forget(self, round_id: str, phase: str) -> None:
+        for path in self._paths(round_id, phase):
+            path.unlink(missing_ok=True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

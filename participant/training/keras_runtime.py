@@ -1,0 +1,157 @@
+"""Keras training runtime behind a task: the only code that imports TensorFlow/Keras.
+
+A task module supplies a model factory ``build_model(keras) -> keras.Model`` (it receives the
+keras module, so the task itself never imports TensorFlow) and delegates ``initial_weights``,
+``train`` and ``evaluate`` to a ``KerasTaskRuntime``. Keras is imported on first use, so merely
+importing a task (for example to list installed tasks) stays cheap and TensorFlow-free.
+
+Design decisions:
+
+- One built and compiled model per runtime, reused for every round: rebuilding per round would
+  retrace the training function each time and leak graph state in a long-lived daemon.
+- Each ``train`` call starts from a *fresh* optimizer state (moments and step counter zeroed,
+  learning rate set from the round's settings), so a round's result depends only on its inputs
+  (global weights, data, settings), not on which rounds this process happened to run before.
+- Randomness (batch shuffling) is seeded with ``keras.utils.set_random_seed(settings.seed)``.
+- Calls are serialized by a lock: the model is shared state and Keras is not re-entrant.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedsilo.tasks import EvalResult, LocalData, TrainingSettings, TrainResult, as_float32
+from participant.training.validation import check_settings, check_weights
+
+__all__ = ["KerasTaskRuntime", "ModelFactory", "OptimizerFactory"]
+
+Weights = list[npt.NDArray[Any]]
+ModelFactory = Callable[[ModuleType], Any]
+"""``build_model(keras) -> keras.Model``: an uncompiled model whose input shape is known."""
+OptimizerFactory = Callable[[ModuleType, float], Any]
+"""``make_optimizer(keras, learning_rate) -> keras.optimizers.Optimizer``."""
+
+# Evaluation has no gradient state, so one large batch is just faster.
+_EVAL_BATCH_SIZE = 1024
+
+
+def _adam(keras: ModuleType, learning_rate: float) -> Any:
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+class KerasTaskRuntime:
+    """Train and evaluate one Keras classifier (integer labels, softmax output) on numpy data."""
+
+    def __init__(
+        self, build_model: ModelFactory, *, make_optimizer: OptimizerFactory = _adam
+    ) -> None:
+        self._build_model = build_model
+        self._make_optimizer = make_optimizer
+        self._lock = threading.Lock()
+        self._keras: ModuleType | None = None
+        self._model: Any = None
+        self._optimizer: Any = None
+
+    # -- public API (the Task methods a task delegates) ---------------------------------------
+
+    def initial_weights(self, seed: int) -> Weights:
+        """Weights of a freshly initialized model; the same seed gives the same weights."""
+        with self._lock:
+            keras = self._import_keras()
+            # Initializers draw from Keras' global seed; building a throwaway model under a fixed
+            # seed is the one generic way to re-run every layer's initializer. Called once per
+            # job, so the extra model is cheap.
+            keras.utils.set_random_seed(seed)
+            model = self._build_model(keras)
+            return as_float32(model.get_weights())
+
+    def train(self, weights: Weights, data: LocalData, settings: TrainingSettings) -> TrainResult:
+        """Fit from ``weights`` on the training split for ``settings.local_epochs`` epochs."""
+        check_settings(settings)
+        if data.num_train == 0:
+            raise ValueError("cannot train on an empty training split")
+        with self._lock:
+            keras, model = self._compiled_model()
+            self._set_weights(model, weights)
+            self._reset_optimizer(settings.learning_rate)
+            keras.utils.set_random_seed(settings.seed)
+            history = model.fit(
+                np.asarray(data.x_train, dtype=np.float32),
+                np.asarray(data.y_train),
+                epochs=settings.local_epochs,
+                batch_size=settings.batch_size,
+                shuffle=True,
+                verbose=0,
+            )
+            new_weights = as_float32(model.get_weights())
+        loss = float(history.history["loss"][-1])
+        if not math.isfinite(loss) or not all(np.isfinite(w).all() for w in new_weights):
+            # Diverged training must not reach aggregation, where one NaN poisons the sum.
+            raise FloatingPointError(
+                f"local training diverged (loss={loss}); lower the learning rate"
+            )
+        metrics = {"accuracy": float(history.history["accuracy"][-1])}
+        return TrainResult(
+            weights=new_weights, num_examples=data.num_train, loss=loss, metrics=metrics
+        )
+
+    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult:
+        """Loss and accuracy of ``weights`` on the held-out test split."""
+        if data.num_test == 0:
+            raise ValueError("cannot evaluate on an empty test split")
+        with self._lock:
+            _, model = self._compiled_model()
+            self._set_weights(model, weights)
+            scores = model.evaluate(
+                np.asarray(data.x_test, dtype=np.float32),
+                np.asarray(data.y_test),
+                batch_size=_EVAL_BATCH_SIZE,
+                verbose=0,
+                return_dict=True,
+            )
+        return EvalResult(
+            num_examples=data.num_test,
+            loss=float(scores["loss"]),
+            accuracy=float(scores["accuracy"]),
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _import_keras(self) -> ModuleType:
+        if self._keras is None:
+            import keras  # the lazy import is the point: see the module docstring
+
+            self._keras = keras
+        return self._keras
+
+    def _compiled_model(self) -> tuple[ModuleType, Any]:
+        keras = self._import_keras()
+        if self._model is None:
+            model = self._build_model(keras)
+            # The learning rate is overwritten at every train call (_reset_optimizer).
+            optimizer = self._make_optimizer(keras, 0.001)
+            model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+            self._model, self._optimizer = model, optimizer
+        return keras, self._model
+
+    def _set_weights(self, model: Any, weights: Weights) -> None:
+        check_weights(weights, [tuple(v.shape) for v in model.weights])
+        model.set_weights(as_float32(weights))
+
+    def _reset_optimizer(self, learning_rate: float) -> None:
+        # Zero the step counter and every slot (Adam moments, momentum...), then set this
+        # round's rate: FedAvg local training starts each round from a clean optimizer.
+        for variable in self._optimizer.variables:
+            variable.assign(np.zeros(tuple(variable.shape), dtype=variable.dtype))
+        self._optimizer.learning_rate = learning_rate

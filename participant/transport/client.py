@@ -1,0 +1,190 @@
+"""gRPC client of the participant API: deadlines on every call, backoff with jitter, chunked I/O."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy.typing as npt
+
+from fedsilo.chunking import MAX_MESSAGE_BYTES
+from fedsilo.codec import PayloadHeader, header_to_proto
+from fedsilo.tasks import TrainingSettings
+from fedsilo.tls import TlsFiles, channel_credentials, check_insecure_allowed
+from fedsilo.v1 import fedsilo_pb2 as pb
+from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from fedsilo.wire import header_then_chunks, receive_model
+from participant.domain.assignments import Assignment, AssignmentKind, SubmissionReceipt
+
+__all__ = ["CLIENT_OPTIONS", "Backoff", "CoordinatorClient", "Stopped", "open_channel"]
+
+T = TypeVar("T")
+
+CLIENT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+_KINDS = {
+    pb.TASK_KIND_WAIT: AssignmentKind.WAIT,
+    pb.TASK_KIND_TRAIN: AssignmentKind.TRAIN,
+    pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
+}
+_PHASES = {value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()}
+_PHASE_VALUES = {v: k for k, v in _PHASES.items()}
+
+
+class Stopped(Exception):
+    """The daemon was asked to stop while waiting."""
+
+
+def open_channel(target: str, tls: TlsFiles | None) -> grpc.Channel:
+    """A channel with mutual TLS; plaintext only to a loopback address (tests)."""
+    if tls is None:
+        check_insecure_allowed(target)
+        return grpc.insecure_channel(target, options=CLIENT_OPTIONS)
+    return grpc.secure_channel(target, channel_credentials(tls), options=CLIENT_OPTIONS)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped; reset after a success."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._maximum, self._initial * (2**self._attempt))
+        self._attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class CoordinatorClient:
+    """Calls the coordinator's participant API; every call carries a deadline."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        rpc_timeout: float,
+        backoff: Backoff,
+        stop: threading.Event,
+    ) -> None:
+        self._stub = pb_grpc.ParticipantServiceStub(channel)
+        self._timeout = rpc_timeout
+        self._backoff = backoff
+        self._stop = stop
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        """Run call until it succeeds or fails for a non-transient reason, backing off between."""
+        while True:
+            if self._stop.is_set():
+                raise Stopped()
+            try:
+                result = call()
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:  # type: ignore[attr-defined]
+                    raise
+                if self._stop.wait(self._backoff.next_delay()):
+                    raise Stopped() from None
+                continue
+            self._backoff.reset()
+            return result
+
+    def get_assignment(self, wait_seconds: float) -> Assignment:
+        """Long-poll for work; returns WAIT if nothing came within wait_seconds."""
+        future = self._stub.GetTask.future(
+            pb.GetTaskRequest(wait_seconds=wait_seconds), timeout=wait_seconds + 15
+        )
+        while True:
+            try:
+                response = future.result(timeout=0.25)
+                break
+            except grpc.FutureTimeoutError:
+                if self._stop.is_set():
+                    future.cancel()
+                    raise Stopped() from None
+        return _assignment_from_pb(response)
+
+    def download_model(self, job_id: str, version: int) -> tuple[int, list[npt.NDArray[Any]]]:
+        stream = self._stub.DownloadModel(
+            pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout
+        )
+        return receive_model(stream)
+
+    def submit_update(
+        self,
+        assignment: Assignment,
+        num_examples: int,
+        train_loss: float,
+        header: PayloadHeader,
+        payload: bytes,
+    ) -> SubmissionReceipt:
+        first = pb.SubmitUpdateRequest(
+            header=pb.UpdateHeader(
+                job_id=assignment.job_id,
+                round_id=assignment.round_id,
+                phase=_PHASE_VALUES[assignment.phase],
+                base_version=assignment.model_version,
+                num_examples=num_examples,
+                train_loss=train_loss,
+                payload=header_to_proto(header),
+            )
+        )
+        requests = header_then_chunks(first, payload, lambda d: pb.SubmitUpdateRequest(data=d))
+        response = self._stub.SubmitUpdate(requests, timeout=self._timeout)
+        return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
+
+    def report_metrics(
+        self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
+    ) -> bool:
+        response = self._stub.ReportMetrics(
+            pb.ReportMetricsRequest(
+                job_id=job_id,
+                model_version=version,
+                num_examples=num_examples,
+                loss=loss,
+                accuracy=accuracy,
+            ),
+            timeout=self._timeout,
+        )
+        return bool(response.duplicate)
+
+
+def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
+    kind = _KINDS.get(response.kind, AssignmentKind.WAIT)
+    if kind is AssignmentKind.WAIT:
+        return Assignment(AssignmentKind.WAIT)
+    t = response.training
+    try:
+        task_config = json.loads(response.task_config_json or "{}")
+    except ValueError:
+        task_config = None
+    if not isinstance(task_config, dict):
+        raise ValueError("coordinator sent a task configuration that is not a JSON object")
+    return Assignment(
+        kind=kind,
+        job_id=response.job_id,
+        task_name=response.task_name,
+        round_id=response.round_id,
+        round_number=response.round_number,
+        phase=_PHASES.get(response.phase, "unspecified"),
+        model_version=response.model_version,
+        training=TrainingSettings(t.local_epochs, t.batch_size, t.learning_rate, t.seed),
+        task_config=task_config,
+        seconds_left=response.seconds_left,
+    )
