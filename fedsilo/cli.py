@@ -22,7 +22,11 @@ from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = ["main"]
 
-PROTECTIONS = {"none": pb.PROTECTION_NONE, "secagg": pb.PROTECTION_SECAGG, "paillier": pb.PROTECTION_PAILLIER}
+PROTECTIONS = {
+    "none": pb.PROTECTION_NONE,
+    "secagg": pb.PROTECTION_SECAGG,
+    "paillier": pb.PROTECTION_PAILLIER,
+}
 PHASE_NAMES = {v: k.removeprefix("ROUND_PHASE_").lower() for k, v in pb.RoundPhase.items()}
 STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in pb.JobState.items()}
 
@@ -81,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     listing = job_cmds.add_parser("list", help="list jobs")
     _add_admin_connection(listing)
 
-    participants = commands.add_parser("participants", help="organizations known to the coordinator")
+    participants = commands.add_parser(
+        "participants", help="organizations known to the coordinator"
+    )
     participants_cmds = participants.add_subparsers(dest="action", required=True)
     _add_admin_connection(participants_cmds.add_parser("list", help="list organizations"))
 
@@ -114,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        console.print(f"[red]error:[/red] {code.name}: {exc.details()}")  # type: ignore[attr-defined]
+        code = exc.code()
+        console.print(f"[red]error:[/red] {code.name}: {exc.details()}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -249,9 +255,13 @@ def _watch(client: Any, job_id: str, as_json: bool, console: Console) -> int:
             if done and round_.number not in printed:
                 printed.add(round_.number)
                 row = _round_row(round_, metrics.get(round_.base_version + 1))
-                console.print(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))
+                console.print(
+                    json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items())
+                )
         if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED):
-            console.print(f"job {STATE_NAMES[status.state]} at model version {status.model_version}")
+            console.print(
+                f"job {STATE_NAMES[status.state]} at model version {status.model_version}"
+            )
             return 0 if status.state == pb.JOB_STATE_COMPLETED else 1
         time.sleep(1.0)  # a human-facing refresh interval, not a wait for a condition
 
@@ -294,7 +304,9 @@ def _show_job(status: pb.JobStatus, as_json: bool, console: Console) -> None:
         console.print(f"[red]failure:[/red] {status.failure_reason}")
 
 
-def _print_table(console: Console, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def _print_table(
+    console: Console, title: str, columns: list[str], rows: list[dict[str, Any]]
+) -> None:
     table = Table(title=title)
     for column in columns:
         table.add_column(column)

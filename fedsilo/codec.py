@@ -30,7 +30,7 @@ __all__ = [
     "specs_of",
 ]
 
-_DTYPES: dict[str, int] = {
+_DTYPES: dict[str, pb.DType.ValueType] = {
     "float32": pb.D_TYPE_FLOAT32,
     "float64": pb.D_TYPE_FLOAT64,
     "int32": pb.D_TYPE_INT32,
@@ -41,6 +41,7 @@ _DTYPES: dict[str, int] = {
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_TENSORS = 10_000
 MAX_RANK = 8
+MAX_ELEMENTS = 1 << 40
 
 
 class CodecError(ValueError):
@@ -99,8 +100,11 @@ def decode_tensors(header: PayloadHeader, payload: bytes) -> list[npt.NDArray[An
     for spec in header.tensors:
         dtype = np.dtype(spec.dtype).newbyteorder("<")
         count = math.prod(spec.shape)
-        flat = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
-        arrays.append(flat.reshape(spec.shape).astype(np.dtype(spec.dtype), copy=True))
+        try:
+            flat = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+            arrays.append(flat.reshape(spec.shape).astype(np.dtype(spec.dtype), copy=True))
+        except ValueError as exc:
+            raise CodecError(f"tensor shape {list(spec.shape)} cannot be decoded: {exc}") from None
         offset += spec.nbytes
     return arrays
 
@@ -114,7 +118,9 @@ def check_finite(arrays: Sequence[npt.NDArray[Any]]) -> None:
 
 def header_to_proto(header: PayloadHeader) -> pb.PayloadHeader:
     return pb.PayloadHeader(
-        tensors=[pb.TensorSpec(dtype=_DTYPES[s.dtype], shape=list(s.shape)) for s in header.tensors],
+        tensors=[
+            pb.TensorSpec(dtype=_DTYPES[s.dtype], shape=list(s.shape)) for s in header.tensors
+        ],
         total_bytes=header.total_bytes,
         sha256=header.sha256,
     )
@@ -130,6 +136,10 @@ def header_from_proto(message: pb.PayloadHeader) -> PayloadHeader:
             raise CodecError(f"tensor {index} has an unknown dtype")
         if len(spec.shape) > MAX_RANK or any(d < 0 for d in spec.shape):
             raise CodecError(f"tensor {index} has an invalid shape {list(spec.shape)}")
+        # numpy refuses shapes whose non-zero dimensions multiply past its index range, even
+        # for an empty tensor; refuse them here with a clear error instead.
+        if math.prod(max(int(d), 1) for d in spec.shape) > MAX_ELEMENTS:
+            raise CodecError(f"tensor {index} has too many elements {list(spec.shape)}")
         specs.append(TensorSpec(_DTYPE_NAMES[spec.dtype], tuple(int(d) for d in spec.shape)))
     if len(message.sha256) != hashlib.sha256().digest_size:
         raise CodecError("payload hash must be a 32-byte SHA-256 digest")

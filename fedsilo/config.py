@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -102,9 +103,7 @@ def env_name(path: str) -> str:
     return "FEDSILO_" + path.upper().replace(".", "_")
 
 
-def load_config(
-    cls: type[T], path: Path | None, environ: Mapping[str, str] | None = None
-) -> T:
+def load_config(cls: type[T], path: Path | None, environ: Mapping[str, str] | None = None) -> T:
     """Read YAML (if given), apply FEDSILO_* overrides, and build a validated ``cls``."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -129,12 +128,14 @@ def load_config(
     return result
 
 
-def _build(cls: type[T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, str], base: Path) -> T:
+def _build(
+    cls: type[T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, str], base: Path
+) -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(raw) - names
     if unknown:
-        key = prefix + sorted(unknown)[0]
+        key = prefix + sorted(str(k) for k in unknown)[0]
         raise ConfigError(f"{key}: unknown configuration key")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -224,7 +225,7 @@ def _validate(config: object) -> None:
 
 
 def _positive(value: float, key: str) -> None:
-    if value <= 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{key}: must be positive, got {value}")
 
 

@@ -12,32 +12,30 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
 from fedsilo.admin import AdminClient
 from fedsilo.pki import make_demo_pki
+from fedsilo.processes import Process, WaitTimeout, health_serving, wait_for
 from fedsilo.tasks import as_float32, load_task
-from fedsilo.tls import TlsFiles, channel_credentials
+from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["DemoOptions", "Process", "run_demo", "wait_for"]
+__all__ = ["DemoOptions", "run_demo"]
 
-T = TypeVar("T")
-
-TASK_SPECS = {"digits": "examples.digits.task:task", "digits-linear": "examples.synthetic.task:task"}
+TASK_SPECS = {
+    "digits": "examples.digits.task:task",
+    "digits-linear": "examples.synthetic.task:task",
+}
 
 
 @dataclass(frozen=True)
@@ -55,51 +53,6 @@ class DemoError(RuntimeError):
     """The demo could not complete; the message says which step failed."""
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll condition until it returns a value other than None/False, or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Process:
-    """A child process we started; stopped by its own pid only."""
-
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-        return int(self.popen.returncode)
-
-
-def _health_serving(target: str, tls: TlsFiles) -> bool:
-    with grpc.secure_channel(target, channel_credentials(tls)) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 def run_demo(options: DemoOptions, console: Console) -> int:
     # TensorFlow's C++ start-up chatter would bury the table; children inherit this.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -107,7 +60,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         raise ValueError("--participants must be between 1 and 8 on one machine")
     if options.protection != "none":
         raise ValueError(
-            f"protection {options.protection!r} is not available in this version; use --protection none"
+            f"protection {options.protection!r} is not available in this version; "
+            "use --protection none"
         )
     task = load_task(options.task, TASK_SPECS)
     settings = _module_attr(options.task, "default_settings")
@@ -135,14 +89,25 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         coordinator_yaml = workdir / "coordinator.yaml"
         coordinator_yaml.write_text(yaml.safe_dump(coordinator_config))
         (workdir / "logs").mkdir()
-        console.print(f"[bold]fedsilo demo[/bold]: {options.participants} organizations, "
-                      f"{rounds} rounds, task {options.task}, protection {options.protection}")
+        console.print(
+            f"[bold]fedsilo demo[/bold]: {options.participants} organizations, "
+            f"{rounds} rounds, task {options.task}, protection {options.protection}"
+        )
         console.print(f"  working directory {workdir}")
         processes.append(
             Process(
                 "coordinator",
-                [sys.executable, "-m", "fedsilo", "coordinator", "serve",
-                 "--config", str(coordinator_yaml), "--port-file", str(port_file)],
+                [
+                    sys.executable,
+                    "-m",
+                    "fedsilo",
+                    "coordinator",
+                    "serve",
+                    "--config",
+                    str(coordinator_yaml),
+                    "--port-file",
+                    str(port_file),
+                ],
                 workdir / "logs" / "coordinator.log",
             )
         )
@@ -150,7 +115,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             lambda: _port_if_written(port_file, processes[0]), 60, "the coordinator to listen"
         )
         target = f"localhost:{port}"
-        wait_for(lambda: _health_serving(target, admin_tls), 30, "the coordinator to be healthy")
+        wait_for(lambda: health_serving(target, admin_tls), 30, "the coordinator to be healthy")
         console.print(f"  coordinator serving on {target} (mutual TLS)")
 
         for index, org in enumerate(orgs):
@@ -158,25 +123,43 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             participant_config = {
                 "coordinator": target,
                 "state_dir": str(workdir / org),
-                "tls": {"ca_cert": str(pki.ca_cert), "cert": str(files.cert_path),
-                        "key": str(files.key_path)},
+                "tls": {
+                    "ca_cert": str(pki.ca_cert),
+                    "cert": str(files.cert_path),
+                    "key": str(files.key_path),
+                },
                 "tasks": {options.task: TASK_SPECS[options.task]},
-                "task_config": {"partition": index, "num_partitions": options.participants,
-                                "seed": options.seed},
+                "task_config": {
+                    "partition": index,
+                    "num_partitions": options.participants,
+                    "seed": options.seed,
+                },
                 "poll_seconds": 5,
                 "backoff": {"initial_seconds": 0.2, "max_seconds": 2},
             }
             config_path = workdir / f"{org}.yaml"
             config_path.write_text(yaml.safe_dump(participant_config))
             processes.append(
-                Process(org, [sys.executable, "-m", "fedsilo", "participant", "run",
-                              "--config", str(config_path)], workdir / "logs" / f"{org}.log")
+                Process(
+                    org,
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedsilo",
+                        "participant",
+                        "run",
+                        "--config",
+                        str(config_path),
+                    ],
+                    workdir / "logs" / f"{org}.log",
+                )
             )
 
         with AdminClient(target, admin_tls) as admin:
             wait_for(
                 lambda: _check_alive(processes) or len(admin.list_participants()) >= len(orgs),
-                120, "every organization to connect",
+                120,
+                "every organization to connect",
             )
             console.print(f"  {len(orgs)} organizations connected: {', '.join(orgs)}")
             spec = pb.JobSpec(
@@ -209,8 +192,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         table.add_row(f"federated ({len(orgs)} organizations, {rounds} rounds)", f"{federated:.4f}")
         table.add_row("central (pooled data)", f"{central:.4f}")
         console.print(table)
-        console.print(f"  difference {central - federated:+.4f}; "
-                      f"total {time.monotonic() - started:.1f}s")
+        console.print(
+            f"  difference {central - federated:+.4f}; total {time.monotonic() - started:.1f}s"
+        )
         if options.summary_json is not None:
             summary = {
                 "rounds": rounds,
@@ -221,7 +205,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             }
             options.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
         return 0
-    except DemoError as exc:
+    except (DemoError, WaitTimeout) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         for process in processes:
             console.print(f"  log of {process.name}: {process.log_path}")
@@ -260,7 +244,12 @@ def _check_alive(processes: list[Process]) -> bool:
 
 
 def _follow(
-    admin: AdminClient, job_id: str, orgs: int, rounds: int, processes: list[Process], console: Console
+    admin: AdminClient,
+    job_id: str,
+    orgs: int,
+    rounds: int,
+    processes: list[Process],
+    console: Console,
 ) -> pb.JobStatus:
     """Print one row per committed round once its model has been evaluated by every contributor."""
     header = f"  {'round':>5}  {'participants':>12}  {'loss':>8}  {'accuracy':>8}  {'seconds':>7}"
@@ -279,7 +268,11 @@ def _follow(
                 console.print(f"  {round_.number:>5}  aborted: {round_.abort_reason}")
                 continue
             m = metrics.get(round_.base_version + 1)
-            if round_.phase == pb.ROUND_PHASE_COMMITTED and m and m.reports >= len(round_.contributors):
+            if (
+                round_.phase == pb.ROUND_PHASE_COMMITTED
+                and m
+                and m.reports >= len(round_.contributors)
+            ):
                 printed.add(round_.number)
                 seconds = round_.finished_at - round_.started_at
                 console.print(
@@ -297,13 +290,16 @@ def _follow(
     return wait_for(step, 300 + 60 * rounds, "the job to finish", interval=0.25)
 
 
-def _central_accuracy(task: Any, options: DemoOptions, orgs: list[str], settings: Any, rounds: int) -> float:
+def _central_accuracy(
+    task: Any, options: DemoOptions, orgs: list[str], settings: Any, rounds: int
+) -> float:
     from dataclasses import replace
 
     from examples.digits.central import central_baseline
 
     configs = [
-        {"partition": i, "num_partitions": len(orgs), "seed": options.seed} for i in range(len(orgs))
+        {"partition": i, "num_partitions": len(orgs), "seed": options.seed}
+        for i in range(len(orgs))
     ]
     result = central_baseline(task, configs, replace(settings, seed=options.seed), rounds)
     return float(result.accuracy)

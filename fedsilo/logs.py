@@ -12,7 +12,10 @@ from typing import Any
 __all__ = ["CONTEXT_FIELDS", "configure", "context"]
 
 CONTEXT_FIELDS = ("job", "round", "phase", "org")
-FORMAT = "%(asctime)s %(levelname)s %(name)s job=%(job)s round=%(round)s phase=%(phase)s org=%(org)s %(message)s"
+FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s "
+    "job=%(job)s round=%(round)s phase=%(phase)s org=%(org)s %(message)s"
+)
 
 
 class _ContextDefaults(logging.Filter):
@@ -24,7 +27,10 @@ class _ContextDefaults(logging.Filter):
 
 
 def context(
-    job: str | None = None, round: str | None = None, phase: str | None = None, org: str | None = None
+    job: str | None = None,
+    round: str | None = None,
+    phase: str | None = None,
+    org: str | None = None,
 ) -> dict[str, Any]:
     """The ``extra=`` mapping for a log call: ``log.info("...", extra=context(job=...))``."""
     values = {"job": job, "round": round, "phase": phase, "org": org}

@@ -16,7 +16,9 @@ __all__ = ["header_then_chunks", "receive_model"]
 M = TypeVar("M")
 
 
-def header_then_chunks(header_message: M, payload: bytes, data_message: Callable[[bytes], M]) -> Iterator[M]:
+def header_then_chunks(
+    header_message: M, payload: bytes, data_message: Callable[[bytes], M]
+) -> Iterator[M]:
     """The request stream of an upload: one header message, then the payload in chunks."""
     yield header_message
     for piece in chunking.split(payload):

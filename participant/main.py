@@ -19,7 +19,9 @@ __all__ = ["build_daemon", "run"]
 log = logging.getLogger("participant")
 
 
-def build_daemon(config: ParticipantConfig, stop: threading.Event) -> tuple[ParticipantDaemon, object]:
+def build_daemon(
+    config: ParticipantConfig, stop: threading.Event
+) -> tuple[ParticipantDaemon, object]:
     """Wire a daemon from its configuration; returns it and the channel to close."""
     tls = None
     if not config.tls.insecure:

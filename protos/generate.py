@@ -1,4 +1,4 @@
-"""Regenerate the committed wire code under fedsilo/v1/ from protos/ (run: python protos/generate.py)."""
+"""Regenerate the committed wire code under fedsilo/v1/ from protos/ (python protos/generate.py)."""
 
 from __future__ import annotations
 

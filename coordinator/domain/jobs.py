@@ -75,7 +75,9 @@ class JobSpec:
         if not self.task_name or len(self.task_name) > 200:
             problems.append("task_name must be 1-200 characters")
         if self.algorithm not in ALGORITHMS:
-            problems.append(f"algorithm must be one of {sorted(ALGORITHMS)}, not {self.algorithm!r}")
+            problems.append(
+                f"algorithm must be one of {sorted(ALGORITHMS)}, not {self.algorithm!r}"
+            )
         if self.protection is not Protection.NONE:
             problems.append(
                 f"protection {self.protection.value!r} is not available in this version; use 'none'"

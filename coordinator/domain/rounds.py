@@ -124,7 +124,8 @@ def transition(round_: Round, event: RoundEvent, *, now: float, reason: str | No
         following = TRANSITIONS[(round_.protection, round_.phase, event)]
     except KeyError:
         raise IllegalTransition(
-            f"{event.value} is not allowed in phase {round_.phase.value} ({round_.protection.value})"
+            f"{event.value} is not allowed in phase {round_.phase.value} "
+            f"({round_.protection.value})"
         ) from None
     finished = now if following in TERMINAL_PHASES else round_.finished_at
     return dataclasses.replace(

@@ -26,7 +26,7 @@ class BlobStore:
             raise StorageUnavailable(f"blob store directory is not usable: {exc.strerror}") from exc
 
     def _path(self, ref: str) -> Path:
-        if not _REF.match(ref):
+        if not _REF.fullmatch(ref):
             raise NotFound("unknown blob reference")
         return self._root / ref[:2] / ref
 
@@ -76,4 +76,4 @@ class BlobStore:
             pass  # an orphaned blob wastes space but breaks nothing
 
     def refs(self) -> list[str]:
-        return sorted(p.name for p in self._root.glob("??/*") if _REF.match(p.name))
+        return sorted(p.name for p in self._root.glob("??/*") if _REF.fullmatch(p.name))

@@ -60,7 +60,11 @@ class Store:
                         f"database schema version {row.version} is not {t.SCHEMA_VERSION}"
                     )
         except DBAPIError as exc:
+            self._engine.dispose()
             raise StorageUnavailable(f"cannot open the database: {_reason(exc)}") from exc
+        except StorageUnavailable:
+            self._engine.dispose()
+            raise
 
     @property
     def engine(self) -> Engine:
@@ -189,7 +193,9 @@ class Transaction:
         """Rounds of any job that are not yet committed or aborted."""
         terminal = [Phase.COMMITTED.value, Phase.ABORTED.value]
         rows = self._conn.execute(
-            select(t.rounds).where(t.rounds.c.phase.not_in(terminal)).order_by(t.rounds.c.created_at)
+            select(t.rounds)
+            .where(t.rounds.c.phase.not_in(terminal))
+            .order_by(t.rounds.c.created_at)
         )
         return [_round(r) for r in rows]
 
@@ -211,7 +217,9 @@ class Transaction:
     def get_submission(self, round_id: str, org_id: str, phase: str) -> Submission | None:
         c = t.submissions.c
         row = self._conn.execute(
-            select(t.submissions).where(c.round_id == round_id, c.org_id == org_id, c.phase == phase)
+            select(t.submissions).where(
+                c.round_id == round_id, c.org_id == org_id, c.phase == phase
+            )
         ).first()
         return None if row is None else _submission(row)
 
@@ -231,7 +239,9 @@ class Transaction:
 
     def list_submissions(self, round_id: str) -> list[Submission]:
         rows = self._conn.execute(
-            select(t.submissions).where(t.submissions.c.round_id == round_id).order_by(t.submissions.c.id)
+            select(t.submissions)
+            .where(t.submissions.c.round_id == round_id)
+            .order_by(t.submissions.c.id)
         )
         return [_submission(r) for r in rows]
 
@@ -253,8 +263,10 @@ class Transaction:
         row = self._conn.execute(
             select(t.model_versions).where(c.job_id == job_id, c.version == version)
         ).first()
-        return None if row is None else ModelVersion(
-            row.job_id, row.version, row.blob_ref, row.round_id, row.created_at
+        return (
+            None
+            if row is None
+            else ModelVersion(row.job_id, row.version, row.blob_ref, row.round_id, row.created_at)
         )
 
     # -- metrics -----------------------------------------------------------------------------
@@ -286,15 +298,29 @@ class Transaction:
         )
         return [_metric(r) for r in rows]
 
+    def blob_in_use(self, ref: str) -> bool:
+        """Whether any round or model version still references the blob."""
+        r, m = t.rounds.c, t.model_versions.c
+        in_rounds = select(r.round_id).where((r.accumulator_ref == ref) | (r.result_ref == ref))
+        in_models = select(m.version).where(m.blob_ref == ref)
+        return (
+            self._conn.execute(in_rounds.limit(1)).first() is not None
+            or self._conn.execute(in_models.limit(1)).first() is not None
+        )
+
     # -- audit -------------------------------------------------------------------------------
 
     def add_audit(self, at: float, actor: str, action: str, outcome: str, detail: str) -> None:
         self._conn.execute(
-            insert(t.audit_log).values(at=at, actor=actor, action=action, outcome=outcome, detail=detail)
+            insert(t.audit_log).values(
+                at=at, actor=actor, action=action, outcome=outcome, detail=detail
+            )
         )
 
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._conn.execute(select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit))
+        rows = self._conn.execute(
+            select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)
+        )
         return [dict(r._mapping) for r in rows]
 
 
@@ -431,5 +457,11 @@ def _submission(row: Any) -> Submission:
 
 def _metric(row: Any) -> MetricReport:
     return MetricReport(
-        row.job_id, row.version, row.org_id, row.num_examples, row.loss, row.accuracy, row.created_at
+        row.job_id,
+        row.version,
+        row.org_id,
+        row.num_examples,
+        row.loss,
+        row.accuracy,
+        row.created_at,
     )

@@ -182,7 +182,9 @@ class CoordinatorService:
             participant = tx.get_participant(org_id)
             if participant is None:
                 status = (
-                    ParticipantStatus.ACTIVE if self._settings.auto_approve else ParticipantStatus.PENDING
+                    ParticipantStatus.ACTIVE
+                    if self._settings.auto_approve
+                    else ParticipantStatus.PENDING
                 )
                 participant = Participant(org_id, status, now, now)
                 tx.add_participant(participant)
@@ -206,7 +208,9 @@ class CoordinatorService:
         weights = _decode(header, payload, self._settings.max_payload_bytes)
         for index, array in enumerate(weights):
             if array.dtype != np.float32:
-                raise InvalidInput(f"initial weight tensor {index} must be float32, not {array.dtype}")
+                raise InvalidInput(
+                    f"initial weight tensor {index} must be float32, not {array.dtype}"
+                )
         check_finite_or_invalid(weights)
         now = self._clock()
         job = Job(
@@ -222,7 +226,9 @@ class CoordinatorService:
             tx.add_job(job)
             tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
             tx.add_audit(now, actor, "job.create", "ok", f"job={job.job_id} task={spec.task_name}")
-        log.info("job created: %s (%d rounds)", spec.name, spec.num_rounds, **context(job=job.job_id))
+        log.info(
+            "job created: %s (%d rounds)", spec.name, spec.num_rounds, **context(job=job.job_id)
+        )
         return job
 
     def start_job(self, job_id: str, actor: str) -> Job:
@@ -271,7 +277,10 @@ class CoordinatorService:
         with self._store.transaction() as tx:
             open_by_job = {r.job_id: r for r in tx.open_rounds()}
             for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
-                if job.model_version >= 1 and tx.get_metric(job.job_id, job.model_version, org_id) is None:
+                if (
+                    job.model_version >= 1
+                    and tx.get_metric(job.job_id, job.model_version, org_id) is None
+                ):
                     latest = tx.get_model_version(job.job_id, job.model_version)
                     producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
                     if producer is not None and org_id in producer.contributors:
@@ -300,15 +309,18 @@ class CoordinatorService:
                 if round_ is None or round_.job_id != update.job_id:
                     raise NotFound("no such round in this job")
                 previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
-                if previous is not None:
-                    return self._repeated(tx, previous, update, org_id, now)
-                job = _require_job(tx, update.job_id)
-                self._check_admissible(round_, update, org_id, now)
+                if previous is None:
+                    job = _require_job(tx, update.job_id)
+                    self._check_admissible(round_, update, org_id, now)
+            if previous is not None:
+                return self._repeated(previous, update, org_id, now)
             weights = _decode(update.header, payload, self._settings.max_payload_bytes)
             _check_layout(weights, job)
             check_finite_or_invalid(weights)
             if not 1 <= update.num_examples <= self._settings.max_examples:
-                raise InvalidInput(f"num_examples must be between 1 and {self._settings.max_examples}")
+                raise InvalidInput(
+                    f"num_examples must be between 1 and {self._settings.max_examples}"
+                )
             if not np.isfinite(update.train_loss):
                 raise InvalidInput("train_loss must be finite")
             accumulator = self._accumulator(round_, job)
@@ -344,11 +356,10 @@ class CoordinatorService:
                 # Lost a race with an identical retry on another stream: answer like a retry.
                 with self._store.transaction() as tx:
                     previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
-                    if previous is None:
-                        raise
-                    return self._repeated(tx, previous, update, org_id, now)
-            if round_.accumulator_ref and round_.accumulator_ref != acc_ref:
-                self._blobs.delete(round_.accumulator_ref)
+                if previous is None:
+                    raise
+                return self._repeated(previous, update, org_id, now)
+            self._discard_blob(round_.accumulator_ref)
         log.info(
             "update accepted (%d examples, %d bytes)",
             update.num_examples,
@@ -359,23 +370,45 @@ class CoordinatorService:
         return ack
 
     def _repeated(
-        self, tx: Transaction, previous: Submission, update: UpdateSubmission, org_id: str, now: float
+        self,
+        previous: Submission,
+        update: UpdateSubmission,
+        org_id: str,
+        now: float,
     ) -> Acknowledgement:
         if previous.content_sha256 == update.header.sha256:
             return Acknowledgement(previous.acknowledgement_id, duplicate=True)
-        tx.add_audit(
-            now, org_id, "submission.conflict", "rejected",
-            f"round={update.round_id} phase={update.phase.value}",
+        with self._store.transaction() as tx:
+            tx.add_audit(
+                now,
+                org_id,
+                "submission.conflict",
+                "rejected",
+                f"round={update.round_id} phase={update.phase.value}",
+            )
+        log.warning(
+            "conflicting re-submission rejected", **context(round=update.round_id, org=org_id)
         )
-        log.warning("conflicting re-submission rejected", **context(round=update.round_id, org=org_id))
-        raise ConflictingSubmission("a different update was already accepted for this round and phase")
+        raise ConflictingSubmission(
+            "a different update was already accepted for this round and phase"
+        )
+
+    def _discard_blob(self, ref: str | None) -> None:
+        """Delete a superseded blob unless another round or model version still points at it.
+
+        Blobs are content-addressed, so two jobs whose running sums happen to be equal share one.
+        """
+        if ref is None:
+            return
+        with self._store.transaction() as tx:
+            in_use = tx.blob_in_use(ref)
+        if not in_use:
+            self._blobs.delete(ref)
 
     @staticmethod
     def _check_admissible(round_: Round, update: UpdateSubmission, org_id: str, now: float) -> None:
         if round_.phase is not update.phase:
-            raise WrongPhase(
-                f"round is in phase {round_.phase.value}, not {update.phase.value}"
-            )
+            raise WrongPhase(f"round is in phase {round_.phase.value}, not {update.phase.value}")
         if org_id not in round_.cohort:
             raise WrongPhase("this organization is not in the round's cohort")
         if now > round_.deadline_at:
@@ -412,11 +445,15 @@ class CoordinatorService:
             previous = tx.get_metric(report.job_id, report.version, report.org_id)
             if previous is not None:
                 same = (previous.num_examples, previous.loss, previous.accuracy) == (
-                    report.num_examples, report.loss, report.accuracy,
+                    report.num_examples,
+                    report.loss,
+                    report.accuracy,
                 )
                 if same:
                     return True
-                raise ConflictingSubmission("different metrics were already reported for this version")
+                raise ConflictingSubmission(
+                    "different metrics were already reported for this version"
+                )
             tx.add_metric(report)
         self._notify()
         return False
@@ -494,12 +531,15 @@ class CoordinatorService:
         with self._store.transaction() as tx:
             job = _require_job(tx, round_.job_id)
             version = round_.base_version + 1
-            tx.add_model_version(ModelVersion(job.job_id, version, round_.result_ref, round_.round_id, now))
+            tx.add_model_version(
+                ModelVersion(job.job_id, version, round_.result_ref, round_.round_id, now)
+            )
             state = JobState.COMPLETED if version >= job.spec.num_rounds else job.state
-            tx.update_job(dataclasses.replace(job, model_version=version, state=state, failed_rounds=0))
+            tx.update_job(
+                dataclasses.replace(job, model_version=version, state=state, failed_rounds=0)
+            )
             tx.update_round(following, expected_row_version=round_.row_version)
-        if round_.accumulator_ref:
-            self._blobs.delete(round_.accumulator_ref)
+        self._discard_blob(round_.accumulator_ref)
         log.info(
             "model version %d committed from %d updates%s",
             version,
@@ -516,15 +556,18 @@ class CoordinatorService:
             job,
             failed_rounds=failed,
             state=JobState.FAILED if exhausted else job.state,
-            failure_reason=f"{failed} rounds failed in a row; last: {reason}" if exhausted else None,
+            failure_reason=f"{failed} rounds failed in a row; last: {reason}"
+            if exhausted
+            else None,
         )
         with self._store.transaction() as tx:
             tx.update_round(following, expected_row_version=round_.row_version)
             tx.update_job(updated_job)
-        if round_.accumulator_ref:
-            self._blobs.delete(round_.accumulator_ref)
+        self._discard_blob(round_.accumulator_ref)
         log.warning(
-            "round aborted: %s%s", reason, "; job failed" if exhausted else "",
+            "round aborted: %s%s",
+            reason,
+            "; job failed" if exhausted else "",
             **context(job=job.job_id, round=str(round_.number), phase="aborted"),
         )
 
@@ -554,7 +597,8 @@ class CoordinatorService:
             )
             tx.add_round(round_)
         log.info(
-            "round opened with cohort of %d", len(cohort),
+            "round opened with cohort of %d",
+            len(cohort),
             **context(job=job.job_id, round=str(number), phase="created"),
         )
         self._advance_round(round_)
@@ -594,7 +638,9 @@ def _check_layout(weights: list[npt.NDArray[Any]], job: Job) -> None:
         raise InvalidInput(f"update has {len(weights)} tensors, the model has {len(expected)}")
     for index, (array, spec) in enumerate(zip(weights, expected, strict=True)):
         if array.dtype.name != spec.dtype:
-            raise InvalidInput(f"tensor {index} has dtype {array.dtype.name}, expected {spec.dtype}")
+            raise InvalidInput(
+                f"tensor {index} has dtype {array.dtype.name}, expected {spec.dtype}"
+            )
         if tuple(array.shape) != spec.shape:
             raise InvalidInput(
                 f"tensor {index} has shape {list(array.shape)}, expected {list(spec.shape)}"

@@ -125,7 +125,9 @@ def _authorize(
     if identity.role not in allowed:
         if audit:
             audit(identity.org_id, method, "permission_denied")
-        log.warning("role %s refused on %s", identity.role.value, method, **log_context(org=identity.org_id))
+        log.warning(
+            "role %s refused on %s", identity.role.value, method, **log_context(org=identity.org_id)
+        )
         context.abort(
             grpc.StatusCode.PERMISSION_DENIED,
             f"a {identity.role.value} certificate may not call {method}",
@@ -150,7 +152,9 @@ def _wrap(
 ) -> Any:
     def guard_request(request: Any, context: grpc.ServicerContext) -> None:
         if request is MALFORMED:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
+            )
 
     def guard_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         for request in requests:

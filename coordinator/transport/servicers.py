@@ -61,9 +61,7 @@ def _training_to_pb(plan: TrainingPlan) -> pb.TrainingSettings:
     )
 
 
-def _receive_payload(
-    requests: Iterator[object], header: PayloadHeader, limit: int
-) -> bytes:
+def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: int) -> bytes:
     """Collect the data chunks that follow a header, bounded by the announced and allowed size."""
     if header.total_bytes > limit:
         raise InvalidInput(f"payload of {header.total_bytes} bytes exceeds the {limit}-byte limit")
@@ -77,13 +75,15 @@ def _receive_payload(
     return chunking.assemble(pieces(), header.total_bytes, header.sha256)
 
 
-class ParticipantServicer(pb_grpc.ParticipantServiceServicer):  # type: ignore[misc]
+class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
     """The API participant daemons call (participant certificates only)."""
 
     def __init__(self, service: CoordinatorService) -> None:
         self._service = service
 
-    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.GetTaskResponse:  # noqa: N802
+    def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.ServicerContext
+    ) -> pb.GetTaskResponse:  # noqa: N802
         org = current_identity().org_id
         self._service.authenticate_participant(org)
         wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
@@ -110,7 +110,9 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):  # type: ignore[m
         if h.phase not in PHASE_FROM_PB:
             raise InvalidInput("unknown round phase")
         header = header_from_proto(h.payload)
-        payload = _receive_payload(request_iterator, header, self._service.settings.max_payload_bytes)
+        payload = _receive_payload(
+            request_iterator, header, self._service.settings.max_payload_bytes
+        )
         update = UpdateSubmission(
             job_id=h.job_id,
             round_id=h.round_id,
@@ -121,7 +123,9 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):  # type: ignore[m
             header=header,
         )
         ack = self._service.submit_update(org, update, payload)
-        return pb.SubmitUpdateResponse(acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate)
+        return pb.SubmitUpdateResponse(
+            acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate
+        )
 
     def ReportMetrics(  # noqa: N802
         self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
@@ -252,7 +256,7 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
     )
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+class AdminServicer(pb_grpc.AdminServiceServicer):
     """The API operators call (admin certificates only)."""
 
     def __init__(self, service: CoordinatorService) -> None:
@@ -266,7 +270,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
             raise InvalidInput("the first message of CreateJob must be its header")
         spec = spec_from_pb(first.header.spec)
         header = header_from_proto(first.header.initial_weights)
-        payload = _receive_payload(request_iterator, header, self._service.settings.max_payload_bytes)
+        payload = _receive_payload(
+            request_iterator, header, self._service.settings.max_payload_bytes
+        )
         job = self._service.create_job(spec, header, payload, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(job.job_id))
 
@@ -288,7 +294,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         return pb.ListParticipantsResponse(
             participants=[
                 pb.ParticipantInfo(
-                    org_id=p.org_id, status=p.status.value, first_seen=p.first_seen, last_seen=p.last_seen
+                    org_id=p.org_id,
+                    status=p.status.value,
+                    first_seen=p.first_seen,
+                    last_seen=p.last_seen,
                 )
                 for p in self._service.list_participants()
             ]
@@ -300,4 +309,3 @@ class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
         version, payload = self._service.read_model(request.job_id, request.version)
         job = self._service.job_weight_specs(request.job_id)
         yield from _model_chunks_with_specs(request.job_id, version, payload, job.weight_specs)
-

@@ -71,9 +71,9 @@ class ParticipantDaemon:
             elif assignment.kind is AssignmentKind.EVALUATE:
                 self._evaluate(assignment)
         except grpc.RpcError as exc:
-            if exc.code() not in GIVE_UP:  # type: ignore[attr-defined]
+            if exc.code() not in GIVE_UP:
                 raise
-            log.warning("coordinator refused: %s", exc.details(), **ctx)  # type: ignore[attr-defined]
+            log.warning("coordinator refused: %s", exc.details(), **ctx)
 
     def _task_and_data(self, assignment: Assignment) -> tuple[Task, LocalData]:
         key = (assignment.job_id, assignment.task_name)
@@ -85,7 +85,9 @@ class ParticipantDaemon:
         return self._data[key]
 
     def _train(self, assignment: Assignment) -> None:
-        ctx = context(job=assignment.job_id, round=str(assignment.round_number), phase=assignment.phase)
+        ctx = context(
+            job=assignment.job_id, round=str(assignment.round_number), phase=assignment.phase
+        )
         answer = self._answers.load(assignment.round_id, assignment.phase)
         if answer is None:
             task, data = self._task_and_data(assignment)
@@ -93,11 +95,17 @@ class ParticipantDaemon:
                 lambda: self._client.download_model(assignment.job_id, assignment.model_version)
             )
             if version != assignment.model_version:
-                log.warning("coordinator sent version %d, expected %d", version, assignment.model_version, **ctx)
+                log.warning(
+                    "coordinator sent version %d, expected %d",
+                    version,
+                    assignment.model_version,
+                    **ctx,
+                )
                 return
             # A per-round seed keeps training reproducible, so a retry after a crash can match.
             settings = replace(
-                assignment.training, seed=assignment.training.seed * 1_000_003 + assignment.round_number
+                assignment.training,
+                seed=assignment.training.seed * 1_000_003 + assignment.round_number,
             )
             result = task.train(weights, data, settings)
             header, payload = encode_tensors(as_float32(result.weights))
@@ -127,6 +135,9 @@ class ParticipantDaemon:
         )
         log.info(
             "model version %d: loss %.4f accuracy %.4f on %d held-out examples",
-            version, result.loss, result.accuracy, result.num_examples,
+            version,
+            result.loss,
+            result.accuracy,
+            result.num_examples,
             **context(job=assignment.job_id),
         )

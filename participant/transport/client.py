@@ -40,7 +40,9 @@ _KINDS = {
     pb.TASK_KIND_TRAIN: AssignmentKind.TRAIN,
     pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
 }
-_PHASES = {value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()}
+_PHASES = {
+    value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()
+}
 _PHASE_VALUES = {v: k for k, v in _PHASES.items()}
 
 
@@ -97,7 +99,7 @@ class CoordinatorClient:
             try:
                 result = call()
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:  # type: ignore[attr-defined]
+                if exc.code() not in RETRYABLE:
                     raise
                 if self._stop.wait(self._backoff.next_delay()):
                     raise Stopped() from None

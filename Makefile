@@ -1,0 +1,46 @@
+# fedsilo: `make demo` runs the local consortium demo, `make test` runs the whole test suite.
+# Both create the virtual environment in .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint typecheck check protos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[tf,postgres,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedsilo demo --summary-json out.json
+
+# The whole suite: unit, integration, system, PostgreSQL and TensorFlow tests.
+test: $(STAMP)
+	scripts/ensure-postgres.sh
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+# Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not tf and not postgres and not system and not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) out.json

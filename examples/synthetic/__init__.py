@@ -1,0 +1,1 @@
+"""Numpy-only digits task (``digits-linear``): fast, TensorFlow-free, for tests and demos."""

@@ -1,0 +1,276 @@
+"""Integration fixtures: an in-process coordinator over real mutual TLS, raw stubs and daemons.
+
+Everything talks gRPC over 127.0.0.1 with certificates from a test consortium CA (TEST-MATRIX
+"inproc"). Every channel, daemon thread and server a fixture starts is closed, stopped and joined
+at teardown (warnings are errors). Nothing sleeps to wait: conditions are polled with a deadline.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator.persistence.blobs import BlobStore
+from coordinator.transport.server import RunningCoordinator, start_coordinator
+from fedsilo.admin import AdminClient
+from fedsilo.config import (
+    BackoffSection,
+    CoordinatorConfig,
+    DatabaseSection,
+    LimitsSection,
+    ParticipantConfig,
+    TlsSection,
+)
+from fedsilo.pki import Role, create_ca, issue, make_demo_pki
+from fedsilo.tls import TlsFiles, channel_credentials
+from fedsilo.v1 import fedsilo_pb2 as pb
+from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from participant.main import build_daemon
+
+# pytest imports test modules with --import-mode=importlib, which does not put this directory on
+# sys.path; the daemons load the test task by its "module:attr" spec, so it must be importable.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from inproc_consortium import (  # noqa: E402
+    ORGS,
+    RPC_TIMEOUT_S,
+    ConsortiumPki,
+    DaemonThread,
+    initial_weights,
+    open_round,
+    shift_job_spec,
+    target_of,
+    wait_for_job,
+)
+from integration_shift_task import ORG_SETTINGS, TASK_SPEC  # noqa: E402
+
+# -- PKI -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> ConsortiumPki:
+    demo = make_demo_pki(tmp_path / "pki", list(ORGS))
+    foreign_ca = create_ca("evil consortium CA")
+    foreign_ca_files = foreign_ca.save(tmp_path / "foreign-ca")
+    foreign_org_a = issue(foreign_ca, "org-a", Role.PARTICIPANT, tmp_path / "foreign")
+    return ConsortiumPki(demo, foreign_ca_files.cert_path, foreign_org_a)
+
+
+# -- coordinator -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_test_coordinator(
+    pki: ConsortiumPki, tmp_path: Path
+) -> Iterator[Callable[..., RunningCoordinator]]:
+    """Factory: start a coordinator on 127.0.0.1:<port> (0 = any); all are stopped at teardown.
+
+    ``tick_seconds`` is how often the round driver runs on its own; deadlines are also applied
+    whenever a submission or a job start triggers a tick.
+    """
+    started: list[RunningCoordinator] = []
+
+    def start(port: int = 0, tick_seconds: float = 0.05) -> RunningCoordinator:
+        data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
+        config = CoordinatorConfig(
+            listen=f"127.0.0.1:{port}",
+            data_dir=data_dir,
+            database=DatabaseSection(url=f"sqlite:///{data_dir / 'coordinator.db'}"),
+            tls=TlsSection(
+                ca_cert=pki.demo.ca_cert,
+                cert=pki.demo.coordinator_cert,
+                key=pki.demo.coordinator_key,
+            ),
+            limits=LimitsSection(liveness_seconds=60.0),
+            tick_seconds=tick_seconds,
+        )
+        running = start_coordinator(config)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop(grace=1)
+
+
+@pytest.fixture
+def coordinator(
+    request: pytest.FixtureRequest, start_test_coordinator: Callable[..., RunningCoordinator]
+) -> RunningCoordinator:
+    """The test's coordinator; ``@pytest.mark.parametrize("coordinator", [{...}], indirect=True)``
+    passes keyword arguments to the factory (e.g. ``tick_seconds``)."""
+    return start_test_coordinator(0, **getattr(request, "param", {}))
+
+
+@pytest.fixture
+def blob_refs(coordinator: RunningCoordinator, tmp_path: Path) -> Callable[[], list[str]]:
+    """Everything in the coordinator's content-addressed blob store right now."""
+    blobs = BlobStore(tmp_path / "coordinator" / "blobs")
+    return blobs.refs
+
+
+@pytest.fixture
+def target(coordinator: RunningCoordinator) -> str:
+    return target_of(coordinator.port)
+
+
+@pytest.fixture
+def admin(pki: ConsortiumPki, target: str) -> Iterator[AdminClient]:
+    with AdminClient(target, pki.admin_tls(), timeout=RPC_TIMEOUT_S) as client:
+        yield client
+
+
+# -- raw channels and stubs ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_channel(target: str) -> Iterator[Callable[..., grpc.Channel]]:
+    """Factory: a secure channel to the coordinator with the given TLS files; closed at teardown.
+
+    No message size options are set on purpose: a raw client must be able to send what the
+    product's own clients would refuse to send, so the server's limits are what is tested.
+    """
+    channels: list[grpc.Channel] = []
+
+    def open_(tls: TlsFiles, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        channel = grpc.secure_channel(target, channel_credentials(tls), options=options or [])
+        channels.append(channel)
+        return channel
+
+    yield open_
+    for channel in channels:
+        channel.close()
+
+
+@pytest.fixture
+def participant_channel(
+    pki: ConsortiumPki, open_channel: Callable[..., grpc.Channel]
+) -> Callable[[str], grpc.Channel]:
+    """Factory: a secure channel presenting the certificate of one organization."""
+    return lambda org: open_channel(pki.participant_tls(org))
+
+
+@pytest.fixture
+def participant_stub(
+    participant_channel: Callable[[str], grpc.Channel],
+) -> Callable[[str], pb_grpc.ParticipantServiceStub]:
+    """Factory: a raw ParticipantService stub authenticated as one organization."""
+    return lambda org: pb_grpc.ParticipantServiceStub(participant_channel(org))
+
+
+@pytest.fixture
+def health_check(
+    pki: ConsortiumPki, open_channel: Callable[..., grpc.Channel]
+) -> Callable[[], int]:
+    """Calls grpc.health.v1 Check("") on a fresh admin channel; returns the status enum."""
+
+    def check() -> int:
+        stub = health_pb2_grpc.HealthStub(open_channel(pki.admin_tls()))
+        response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S)
+        return int(response.status)
+
+    return check
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def register(
+    participant_stub: Callable[[str], pb_grpc.ParticipantServiceStub],
+) -> Callable[..., None]:
+    """Make organizations known (and live) to the coordinator with one non-waiting GetTask."""
+
+    def register_(*orgs: str) -> None:
+        for org in orgs:
+            participant_stub(org).GetTask(pb.GetTaskRequest(wait_seconds=0), timeout=RPC_TIMEOUT_S)
+
+    return register_
+
+
+@pytest.fixture
+def running_round(
+    admin: AdminClient, register: Callable[..., None]
+) -> Callable[..., tuple[str, pb.RoundStatus]]:
+    """Factory: register orgs, create and start a shift job, return (job_id, its open round)."""
+
+    def start(
+        orgs: tuple[str, ...] = ORGS,
+        min_participants: int | None = None,
+        round_timeout_seconds: float = 60.0,
+        num_rounds: int = 1,
+    ) -> tuple[str, pb.RoundStatus]:
+        register(*orgs)
+        spec = shift_job_spec(
+            num_rounds=num_rounds,
+            min_participants=len(orgs) if min_participants is None else min_participants,
+            round_timeout_seconds=round_timeout_seconds,
+        )
+        job_id = admin.create_job(spec, initial_weights()).job_id
+        admin.start_job(job_id)
+        status = wait_for_job(admin, job_id, lambda s: open_round(s) is not None, "a round")
+        round_ = open_round(status)
+        assert round_ is not None
+        assert sorted(round_.cohort) == sorted(orgs)
+        return job_id, round_
+
+    return start
+
+
+# -- participant daemons in threads ----------------------------------------------------------------
+
+
+@pytest.fixture
+def run_daemon(pki: ConsortiumPki, tmp_path: Path) -> Iterator[Callable[..., DaemonThread]]:
+    """Factory: start org's daemon against a target; every daemon is stopped and joined after."""
+    daemons: list[DaemonThread] = []
+
+    def start(
+        org: str,
+        target: str,
+        poll_seconds: float = 1.0,
+        backoff: BackoffSection = BackoffSection(initial_seconds=0.05, max_seconds=0.5),
+    ) -> DaemonThread:
+        tls = pki.participant_tls(org)
+        config = ParticipantConfig(
+            coordinator=target,
+            state_dir=tmp_path / "participants" / org,
+            tls=TlsSection(ca_cert=tls.ca_cert, cert=tls.cert, key=tls.key),
+            tasks=dict(TASK_SPEC),
+            task_config=dict(ORG_SETTINGS[org]),
+            poll_seconds=poll_seconds,
+            rpc_timeout_seconds=RPC_TIMEOUT_S,
+            backoff=backoff,
+        )
+        stop = threading.Event()
+        daemon, channel = build_daemon(config, stop)
+        errors: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                daemon.run()
+            except BaseException as exc:  # reported by the test, not lost in the thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=body, name=f"daemon-{org}", daemon=True)
+        running = DaemonThread(org, stop, channel, thread, errors)  # type: ignore[arg-type]
+        daemons.append(running)
+        thread.start()
+        return running
+
+    yield start
+    stuck = [d.org for d in daemons if not d.stop()]
+    for d in daemons:
+        d.channel.close()
+    assert not stuck, f"daemon threads did not stop: {stuck}"
+    failures = [(d.org, repr(e)) for d in daemons for e in d.errors]
+    assert not failures, f"daemon threads raised: {failures}"

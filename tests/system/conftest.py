@@ -1,0 +1,122 @@
+"""Real processes on loopback: a coordinator and participant daemons, started and ended by pid."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedsilo.admin import AdminClient
+from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.processes import Process, health_serving, wait_for
+from fedsilo.tls import TlsFiles
+
+LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Consortium:
+    """A coordinator and organizations as OS processes in one temporary directory."""
+
+    root: Path
+    pki: DemoPki
+    port: int
+    orgs: list[str]
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def admin_tls(self) -> TlsFiles:
+        return TlsFiles(self.pki.ca_cert, self.pki.admin_cert, self.pki.admin_key)
+
+    def coordinator_config(self) -> Path:
+        path = self.root / "coordinator.yaml"
+        if not path.exists():
+            config = {
+                "listen": f"127.0.0.1:{self.port}",
+                "data_dir": str(self.root / "coordinator"),
+                "tls": {
+                    "ca_cert": str(self.pki.ca_cert),
+                    "cert": str(self.pki.coordinator_cert),
+                    "key": str(self.pki.coordinator_key),
+                },
+                "tick_seconds": 0.1,
+                "grace_seconds": 5,
+            }
+            path.write_text(yaml.safe_dump(config))
+        return path
+
+    def start_coordinator(self, env: dict[str, str] | None = None) -> Process:
+        args = [
+            sys.executable,
+            "-m",
+            "fedsilo",
+            "coordinator",
+            "serve",
+            "--config",
+            str(self.coordinator_config()),
+        ]
+        log = self.root / f"coordinator-{len(self.processes)}.log"
+        process = Process("coordinator", args, log, env)
+        self.processes["coordinator"] = process
+        wait_for(lambda: self._serving(process), 60, "the coordinator to serve")
+        return process
+
+    def _serving(self, process: Process) -> bool:
+        if process.popen.poll() is not None:
+            raise AssertionError(f"coordinator exited: {process.log_path.read_text()[-2000:]}")
+        return health_serving(self.target, self.admin_tls)
+
+    def start_participant(self, org: str) -> Process:
+        files = self.pki.participants[org]
+        config = {
+            "coordinator": self.target,
+            "state_dir": str(self.root / org),
+            "tls": {
+                "ca_cert": str(self.pki.ca_cert),
+                "cert": str(files.cert_path),
+                "key": str(files.key_path),
+            },
+            "tasks": LINEAR_TASK,
+            "task_config": {"partition": self.orgs.index(org), "num_partitions": len(self.orgs)},
+            "poll_seconds": 2,
+            "backoff": {"initial_seconds": 0.1, "max_seconds": 1},
+        }
+        path = self.root / f"{org}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        args = [sys.executable, "-m", "fedsilo", "participant", "run", "--config", str(path)]
+        process = Process(org, args, self.root / f"{org}.log")
+        self.processes[org] = process
+        return process
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.target, self.admin_tls)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.stop(timeout=10)
+
+
+@pytest.fixture
+def consortium(tmp_path: Path) -> Iterator[Consortium]:
+    orgs = ["org-1", "org-2", "org-3"]
+    pki = make_demo_pki(tmp_path / "pki", orgs)
+    group = Consortium(tmp_path, pki, free_port(), orgs)
+    try:
+        yield group
+    finally:
+        group.stop_all()

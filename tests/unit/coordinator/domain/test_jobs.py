@@ -1,0 +1,115 @@
+"""JobSpec validation: the defaults pass, and each bad field is named in the error."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+
+from coordinator.domain.jobs import JobSpec, TrainingPlan
+from coordinator.domain.rounds import Protection
+from coordinator.errors import CoordinatorError, InvalidInput
+
+
+def spec(**changes: Any) -> JobSpec:
+    return dataclasses.replace(JobSpec(name="digits", task_name="digits-linear"), **changes)
+
+
+def plan(**changes: Any) -> TrainingPlan:
+    return dataclasses.replace(TrainingPlan(), **changes)
+
+
+def test_defaults_are_valid() -> None:
+    spec().validate()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "n" * 200},
+        {"task_name": "t" * 200},
+        {"num_rounds": 1},
+        {"num_rounds": 100_000},
+        {"min_participants": 1},
+        {"min_participants": 10_000},
+        {"round_timeout_seconds": 1.0},
+        {"round_timeout_seconds": 604_800.0},
+        {"max_failed_rounds": 0},
+        {"max_failed_rounds": 1000},
+        {"training": plan(local_epochs=1000, batch_size=1_000_000, learning_rate=10.0)},
+        {"training": plan(learning_rate=1e-9, seed=-5)},
+        {"task_config_json": ""},
+        {"task_config_json": '{"layers": [1, 2]}'},
+    ],
+    ids=lambda c: ",".join(f"{k}" for k in c),
+)
+def test_boundary_values_are_valid(changes: dict[str, Any]) -> None:
+    spec(**changes).validate()
+
+
+BAD_FIELDS = [
+    ("name", {"name": ""}, "name must be 1-200 characters"),
+    ("name", {"name": "n" * 201}, "name must be 1-200 characters"),
+    ("task_name", {"task_name": ""}, "task_name must"),
+    ("task_name", {"task_name": "t" * 201}, "task_name must"),
+    ("algorithm", {"algorithm": "fedprox"}, "algorithm must be one of"),
+    ("protection", {"protection": Protection.SECAGG}, "protection 'secagg'"),
+    ("protection", {"protection": Protection.PAILLIER}, "protection 'paillier'"),
+    ("num_rounds", {"num_rounds": 0}, "num_rounds"),
+    ("num_rounds", {"num_rounds": 100_001}, "num_rounds"),
+    ("min_participants", {"min_participants": 0}, "min_participants"),
+    ("min_participants", {"min_participants": 10_001}, "min_participants"),
+    ("round_timeout_seconds", {"round_timeout_seconds": 0.5}, "round_timeout_seconds"),
+    ("round_timeout_seconds", {"round_timeout_seconds": 604_801.0}, "round_timeout_seconds"),
+    ("round_timeout_seconds", {"round_timeout_seconds": float("nan")}, "round_timeout_seconds"),
+    ("max_failed_rounds", {"max_failed_rounds": -1}, "max_failed_rounds"),
+    ("max_failed_rounds", {"max_failed_rounds": 1001}, "max_failed_rounds"),
+    ("training.local_epochs", {"training": plan(local_epochs=0)}, "training.local_epochs"),
+    ("training.batch_size", {"training": plan(batch_size=0)}, "training.batch_size"),
+    ("training.batch_size", {"training": plan(batch_size=1_000_001)}, "training.batch_size"),
+    ("training.learning_rate", {"training": plan(learning_rate=0.0)}, "training.learning_rate"),
+    ("training.learning_rate", {"training": plan(learning_rate=10.5)}, "training.learning_rate"),
+    (
+        "training.learning_rate",
+        {"training": plan(learning_rate=float("nan"))},
+        "training.learning_rate",
+    ),
+    ("task_config_json", {"task_config_json": "[1, 2]"}, "task_config_json must be a JSON object"),
+    ("task_config_json", {"task_config_json": "{oops"}, "task_config_json is not valid JSON"),
+]
+
+
+FIELD_NAMES = {field for field, _, _ in BAD_FIELDS}
+
+
+@pytest.mark.parametrize(
+    ("field", "changes", "expected"),
+    BAD_FIELDS,
+    ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(BAD_FIELDS)],
+)
+def test_bad_field_is_named(field: str, changes: dict[str, Any], expected: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        spec(**changes).validate()
+    message = str(refused.value)
+    assert expected in message
+    assert message.startswith("invalid job: ")
+    # Only the bad field is blamed, never one that is fine.
+    for other in FIELD_NAMES - {field}:
+        assert not re.search(rf"(?<![\w.]){re.escape(other)}\b", message), (other, message)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    bad = spec(name="", num_rounds=0, training=plan(batch_size=0))
+    with pytest.raises(InvalidInput) as refused:
+        bad.validate()
+    message = str(refused.value)
+    for field in ("name must", "num_rounds", "training.batch_size"):
+        assert field in message
+    assert message.count(";") == 2
+
+
+def test_invalid_input_is_a_coordinator_error() -> None:
+    # transport/ maps the CoordinatorError tree to gRPC codes; a bare ValueError would be INTERNAL.
+    assert issubclass(InvalidInput, CoordinatorError)

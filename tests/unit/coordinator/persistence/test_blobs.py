@@ -1,0 +1,121 @@
+"""The content-addressed blob store: round trips, de-duplication, corruption and bad paths."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from coordinator.errors import NotFound, StorageUnavailable
+from coordinator.persistence.blobs import BlobStore
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_put_get_round_trip(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = bytes(range(256)) * 1000
+    ref = blobs.put(data)
+    assert ref == hashlib.sha256(data).hexdigest()
+    assert blobs.get(ref) == data
+    assert (tmp_path / "blobs" / ref[:2] / ref).read_bytes() == data
+    assert blobs.refs() == [ref]
+
+
+def test_empty_blob_round_trip(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    ref = blobs.put(b"")
+    assert blobs.get(ref) == b""
+
+
+def test_same_bytes_same_ref_and_one_file(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    first = blobs.put(b"weights")
+    second = blobs.put(b"weights")
+    other = blobs.put(b"weights!")
+    assert first == second != other
+    assert sorted(blobs.refs()) == sorted([first, other])
+    assert len(files_under(tmp_path)) == 2  # no duplicate and no leftover temporary file
+
+
+def test_blobs_survive_a_new_store_over_the_same_dir(tmp_path: Path) -> None:
+    ref = BlobStore(tmp_path).put(b"durable")
+    assert BlobStore(tmp_path).get(ref) == b"durable"
+
+
+def test_corrupted_blob_is_detected(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    ref = blobs.put(b"the real model")
+    (tmp_path / ref[:2] / ref).write_bytes(b"the evil model")
+    with pytest.raises(StorageUnavailable, match="corrupted"):
+        blobs.get(ref)
+
+
+def test_truncated_blob_is_detected(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    ref = blobs.put(b"0123456789")
+    (tmp_path / ref[:2] / ref).write_bytes(b"01234")
+    with pytest.raises(StorageUnavailable, match="corrupted"):
+        blobs.get(ref)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "",
+        "abc",
+        "A" * 64,  # upper case is not how refs are written
+        "g" * 64,
+        "0" * 63,
+        "0" * 65,
+        "../" + "0" * 61,
+        "/etc/passwd",
+    ],
+)
+def test_malformed_ref_is_not_found_and_touches_no_path(tmp_path: Path, ref: str) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    with pytest.raises(NotFound):
+        blobs.get(ref)
+    with pytest.raises(NotFound):
+        blobs.delete(ref)
+    assert list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_missing_blob_is_not_found(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with pytest.raises(NotFound):
+        blobs.get(hashlib.sha256(b"never stored").hexdigest())
+
+
+def test_delete_removes_and_tolerates_missing(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    ref = blobs.put(b"temporary")
+    blobs.delete(ref)
+    blobs.delete(ref)
+    with pytest.raises(NotFound):
+        blobs.get(ref)
+    assert blobs.refs() == []
+
+
+def test_root_that_is_a_file_is_unavailable(tmp_path: Path) -> None:
+    # Tests run as root, where chmod does not stop writes: block the directory with a file.
+    occupied = tmp_path / "occupied"
+    occupied.write_bytes(b"not a directory")
+    with pytest.raises(StorageUnavailable, match="not usable"):
+        BlobStore(occupied)
+    with pytest.raises(StorageUnavailable, match="not usable"):
+        BlobStore(occupied / "blobs")
+
+
+def test_unwritable_shard_is_unavailable_and_leaves_nothing(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = b"cannot land"
+    ref = hashlib.sha256(data).hexdigest()
+    (tmp_path / ref[:2]).write_bytes(b"a file where the shard directory belongs")
+    with pytest.raises(StorageUnavailable, match="cannot write"):
+        blobs.put(data)
+    assert blobs.refs() == []
+    assert [p.name for p in files_under(tmp_path)] == [ref[:2]]
