@@ -161,8 +161,10 @@ def _wrap(
             guard_request(request, context)
             yield request
 
+    # Authorization comes first: an unauthorized caller learns nothing about its input.
     def run(behavior: Callable[..., Any], request: Any, context: grpc.ServicerContext) -> Any:
         identity = _authorize(context, method, allowed, audit)
+        guard_request(request, context)
         token = _identity.set(identity)
         try:
             return behavior(request, context)
@@ -178,6 +180,7 @@ def _wrap(
         behavior: Callable[..., Iterator[Any]], request: Any, context: grpc.ServicerContext
     ) -> Iterator[Any]:
         identity = _authorize(context, method, allowed, audit)
+        guard_request(request, context)
         token = _identity.set(identity)
         try:
             yield from behavior(request, context)
@@ -195,7 +198,6 @@ def _wrap(
         inner_uu = handler.unary_unary
 
         def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            guard_request(request, context)
             return run(inner_uu, request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
@@ -203,7 +205,6 @@ def _wrap(
         inner_us = handler.unary_stream
 
         def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            guard_request(request, context)
             yield from stream_out(inner_us, request, context)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)

@@ -102,10 +102,10 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
         org = current_identity().org_id
-        self._service.authenticate_participant(org)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidInput("the first message of SubmitUpdate must be its header")
+        self._service.authenticate_participant(org)
         h = first.header
         if h.phase not in PHASE_FROM_PB:
             raise InvalidInput("unknown round phase")
@@ -222,7 +222,11 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
         num_rounds=message.num_rounds or defaults.num_rounds,
         min_participants=message.min_participants or defaults.min_participants,
         round_timeout_seconds=message.round_timeout_seconds or defaults.round_timeout_seconds,
-        max_failed_rounds=message.max_failed_rounds or defaults.max_failed_rounds,
+        max_failed_rounds=(
+            message.max_failed_rounds
+            if message.HasField("max_failed_rounds")
+            else defaults.max_failed_rounds
+        ),
         training=TrainingPlan(
             local_epochs=t.local_epochs or plan.local_epochs,
             batch_size=t.batch_size or plan.batch_size,

@@ -60,6 +60,32 @@ class SoftmaxRegressionTask:
         check_weights(weights, _SHAPES)
         if data.num_train == 0:
             raise ValueError("cannot train on an empty training split")
+        try:
+            # Overflow means divergence: fail loudly instead of returning Inf/NaN weights that
+            # would poison the aggregate of every organization.
+            with np.errstate(over="raise", invalid="raise"):
+                new_weights, loss = self._fit(weights, data, settings)
+        except FloatingPointError as exc:
+            raise FloatingPointError(
+                f"local training diverged ({exc}); lower the learning rate"
+            ) from exc
+        return TrainResult(weights=new_weights, num_examples=data.num_train, loss=loss)
+
+    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult:
+        check_weights(weights, _SHAPES)
+        if data.num_test == 0:
+            raise ValueError("cannot evaluate on an empty test split")
+        x = np.asarray(data.x_test, dtype=np.float64)
+        y = np.asarray(data.y_test, dtype=np.int64)
+        log_probs = _log_softmax(x @ np.asarray(weights[0], np.float64) + weights[1])
+        accuracy = float((log_probs.argmax(axis=1) == y).mean())
+        return EvalResult(
+            num_examples=data.num_test, loss=_cross_entropy(log_probs, y), accuracy=accuracy
+        )
+
+    def _fit(
+        self, weights: Weights, data: LocalData, settings: TrainingSettings
+    ) -> tuple[Weights, float]:
         # float64 inside, float32 out: the wire format is float32, the arithmetic need not be.
         kernel = np.array(weights[0], dtype=np.float64)
         bias = np.array(weights[1], dtype=np.float64)
@@ -85,22 +111,8 @@ class SoftmaxRegressionTask:
             epoch_loss = float(np.mean(batch_losses))
         new_weights = as_float32([kernel, bias])
         if not np.isfinite(epoch_loss) or not all(np.isfinite(w).all() for w in new_weights):
-            raise FloatingPointError(
-                f"local training diverged (loss={epoch_loss}); lower the learning rate"
-            )
-        return TrainResult(weights=new_weights, num_examples=data.num_train, loss=epoch_loss)
-
-    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult:
-        check_weights(weights, _SHAPES)
-        if data.num_test == 0:
-            raise ValueError("cannot evaluate on an empty test split")
-        x = np.asarray(data.x_test, dtype=np.float64)
-        y = np.asarray(data.y_test, dtype=np.int64)
-        log_probs = _log_softmax(x @ np.asarray(weights[0], np.float64) + weights[1])
-        accuracy = float((log_probs.argmax(axis=1) == y).mean())
-        return EvalResult(
-            num_examples=data.num_test, loss=_cross_entropy(log_probs, y), accuracy=accuracy
-        )
+            raise FloatingPointError(f"non-finite loss or weights (loss={epoch_loss})")
+        return new_weights, epoch_loss
 
 
 task = SoftmaxRegressionTask()

@@ -527,6 +527,7 @@ class JobSpec(_message.Message):
     round_timeout_seconds: _builtins.float
     task_config_json: _builtins.str
     max_failed_rounds: _builtins.int
+    """Absent means the default (3); 0 means the job fails on its first aborted round."""
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
     def __init__(
@@ -541,13 +542,15 @@ class JobSpec(_message.Message):
         round_timeout_seconds: _builtins.float = ...,
         training: Global___TrainingSettings | None = ...,
         task_config_json: _builtins.str = ...,
-        max_failed_rounds: _builtins.int = ...,
+        max_failed_rounds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_failed_rounds: _TypeAlias = _typing.Literal["max_failed_rounds"]  # noqa: Y015
+    _WhichOneofArgType__max_failed_rounds: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_failed_rounds) -> _WhichOneofReturnType__max_failed_rounds | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 

@@ -229,12 +229,6 @@ def test_conflicting_resubmission_is_rejected_and_the_original_kept(
     assert_weights_equal(model, expected_fedavg(initial_weights(), contributions(*ORGS)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: CoordinatorService._repeated (coordinator/service/rounds.py) writes the "
-    "'submission.conflict' audit row in the submit transaction and then raises "
-    "ConflictingSubmission inside it, so the audit row is rolled back (TEST-MATRIX R8: audited)",
-)
 def test_conflicting_resubmission_is_audited(
     running_round: StartRound, participant_stub: StubFor, coordinator: RunningCoordinator
 ) -> None:
@@ -513,23 +507,7 @@ BAD_UPDATES: dict[str, Callable[[Update], list[Any]]] = {
 }
 
 
-KNOWN_BAD_UPDATE_BUGS = {
-    "zero-size tensor with overflowing dimensions": "product bug: decode_tensors "
-    "(fedsilo/codec.py) lets numpy's ValueError 'array is too big' escape for shape "
-    "[0, 2**62, 2**62]; coordinator/service/rounds.py _decode only converts CodecError, so the "
-    "call ends INTERNAL instead of INVALID_ARGUMENT",
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BAD_UPDATE_BUGS[case]))
-        if case in KNOWN_BAD_UPDATE_BUGS
-        else case
-        for case in BAD_UPDATES
-    ],
-)
+@pytest.mark.parametrize("case", list(BAD_UPDATES))
 def test_bad_update_is_invalid_argument_and_nothing_is_stored(
     case: str,
     running_round: StartRound,
@@ -651,9 +629,6 @@ def test_bad_admin_requests_are_refused_and_create_nothing(
     assert admin.get_job(job_id).state == pb.JOB_STATE_RUNNING
 
 
-@pytest.mark.xfail(
-    strict=True, reason=KNOWN_BAD_UPDATE_BUGS["zero-size tensor with overflowing dimensions"]
-)
 def test_initial_weights_with_an_overflowing_empty_tensor_are_invalid_argument(
     open_channel: Callable[..., grpc.Channel],
     tls_for: Callable[[str], TlsFiles],
