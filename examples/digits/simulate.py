@@ -67,12 +67,14 @@ def federated_average(results: Sequence[TrainResult]) -> Weights:
     if total <= 0:
         raise ValueError("cannot average updates that were trained on no examples")
     averaged: Weights = []
-    for layer in zip(*(r.weights for r in results), strict=True):
+    for index, layer in enumerate(zip(*(r.weights for r in results), strict=True)):
         # float64 accumulation: the float32 sum of a few updates loses digits for no reason.
-        acc = sum(
-            np.asarray(w, dtype=np.float64) * r.num_examples
-            for w, r in zip(layer, results, strict=True)
-        )
+        acc = np.zeros(np.shape(layer[0]), dtype=np.float64)
+        for w, r in zip(layer, results, strict=True):
+            if np.shape(w) != acc.shape:
+                # Broadcasting would silently "average" arrays of different shapes.
+                raise ValueError(f"weight {index}: shapes differ, {np.shape(w)} != {acc.shape}")
+            acc += np.asarray(w, dtype=np.float64) * r.num_examples
         averaged.append((acc / total).astype(np.float32))
     return averaged
 

@@ -8,19 +8,26 @@ importing a task (for example to list installed tasks) stays cheap and TensorFlo
 Design decisions:
 
 - One built and compiled model per runtime, reused for every round: rebuilding per round would
-  retrace the training function each time and leak graph state in a long-lived daemon.
+  retrace the training function each time (about half a second on two cores) and churn memory
+  in a long-lived daemon.
 - Each ``train`` call starts from a *fresh* optimizer state (moments and step counter zeroed,
   learning rate set from the round's settings), so a round's result depends only on its inputs
   (global weights, data, settings), not on which rounds this process happened to run before.
-- Randomness (batch shuffling) is seeded with ``keras.utils.set_random_seed(settings.seed)``.
+- Randomness (initializers, batch shuffling) is seeded with ``keras.utils.set_random_seed``.
+  That call also reseeds Python's ``random`` and numpy's global generator for the whole
+  process; their states are restored afterwards so the rest of the daemon (retry jitter, ...)
+  does not become predictable or replay the same sequence after every round.
 - Calls are serialized by a lock: the model is shared state and Keras is not re-entrant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -40,6 +47,18 @@ OptimizerFactory = Callable[[ModuleType, float], Any]
 
 # Evaluation has no gradient state, so one large batch is just faster.
 _EVAL_BATCH_SIZE = 1024
+
+
+@contextlib.contextmanager
+def _seeded(keras: ModuleType, seed: int) -> Iterator[None]:
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _adam(keras: ModuleType, learning_rate: float) -> Any:
@@ -68,8 +87,8 @@ class KerasTaskRuntime:
             # Initializers draw from Keras' global seed; building a throwaway model under a fixed
             # seed is the one generic way to re-run every layer's initializer. Called once per
             # job, so the extra model is cheap.
-            keras.utils.set_random_seed(seed)
-            model = self._build_model(keras)
+            with _seeded(keras, seed):
+                model = self._build_model(keras)
             return as_float32(model.get_weights())
 
     def train(self, weights: Weights, data: LocalData, settings: TrainingSettings) -> TrainResult:
@@ -81,15 +100,15 @@ class KerasTaskRuntime:
             keras, model = self._compiled_model()
             self._set_weights(model, weights)
             self._reset_optimizer(settings.learning_rate)
-            keras.utils.set_random_seed(settings.seed)
-            history = model.fit(
-                np.asarray(data.x_train, dtype=np.float32),
-                np.asarray(data.y_train),
-                epochs=settings.local_epochs,
-                batch_size=settings.batch_size,
-                shuffle=True,
-                verbose=0,
-            )
+            with _seeded(keras, settings.seed):
+                history = model.fit(
+                    np.asarray(data.x_train, dtype=np.float32),
+                    np.asarray(data.y_train),
+                    epochs=settings.local_epochs,
+                    batch_size=settings.batch_size,
+                    shuffle=True,
+                    verbose=0,
+                )
             new_weights = as_float32(model.get_weights())
         loss = float(history.history["loss"][-1])
         if not math.isfinite(loss) or not all(np.isfinite(w).all() for w in new_weights):
@@ -121,6 +140,21 @@ class KerasTaskRuntime:
             loss=float(scores["loss"]),
             accuracy=float(scores["accuracy"]),
         )
+
+    def export_keras(self, weights: Weights, path: Path) -> None:
+        """Save the architecture with ``weights`` as a native Keras ``.keras`` file.
+
+        The exported model is uncompiled: optimizer state is local to each training round and
+        means nothing to whoever serves or fine-tunes the global model.
+        """
+        if path.suffix != ".keras":
+            raise ValueError(f"{path}: a Keras model file must end in .keras")
+        with self._lock:
+            keras = self._import_keras()
+            model = self._build_model(keras)
+            self._set_weights(model, weights)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            model.save(path)
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class Consortium:
             str(self.coordinator_config()),
         ]
         log = self.root / f"coordinator-{len(self.processes)}.log"
+        previous = self.processes.get("coordinator")
+        if previous is not None:
+            previous.stop()  # ends it if still running and closes its log
         process = Process("coordinator", args, log, env)
         self.processes["coordinator"] = process
         wait_for(lambda: self._serving(process), 60, "the coordinator to serve")

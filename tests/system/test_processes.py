@@ -109,8 +109,18 @@ def test_sigterm_stops_coordinator_and_participant_cleanly(consortium) -> None: 
 def test_demo_with_numpy_task_writes_its_summary(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     result = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "fedsilo", "demo", "--task", "digits-linear", "--rounds", "3",
-         "--summary-json", str(summary)],
+        [
+            sys.executable,
+            "-m",
+            "fedsilo",
+            "demo",
+            "--task",
+            "digits-linear",
+            "--rounds",
+            "3",
+            "--summary-json",
+            str(summary),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -118,7 +128,13 @@ def test_demo_with_numpy_task_writes_its_summary(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(summary.read_text())
-    assert set(data) == {"rounds", "participants", "protection", "final_accuracy", "central_accuracy"}
+    assert set(data) == {
+        "rounds",
+        "participants",
+        "protection",
+        "final_accuracy",
+        "central_accuracy",
+    }
     assert (data["rounds"], data["participants"], data["protection"]) == (3, 3, "none")
     assert 0.8 < data["final_accuracy"] <= 1.0
     assert "round" in result.stdout and "central" in result.stdout

@@ -42,6 +42,9 @@ def test_federated_average_refuses_mismatched_or_empty_updates() -> None:
     two = TrainResult(weights=[np.zeros(2, np.float32)] * 2, num_examples=1, loss=0.0)
     with pytest.raises(ValueError):
         federated_average([one, two])
+    broadcastable = TrainResult(weights=[np.zeros(1, np.float32)], num_examples=1, loss=0.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        federated_average([one, broadcastable])
     with pytest.raises(ValueError):
         federated_average([TrainResult(weights=one.weights, num_examples=0, loss=0.0)])
 

@@ -1,0 +1,140 @@
+"""The admin CLI against a real coordinator process: create, start, watch, status, list, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsilo.processes import wait_for
+
+pytestmark = pytest.mark.system
+
+
+def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    env = {
+        **os.environ,
+        "FEDSILO_COORDINATOR": consortium.target,
+        "FEDSILO_TLS_CA_CERT": str(consortium.pki.ca_cert),
+        "FEDSILO_TLS_CERT": str(consortium.pki.admin_cert),
+        "FEDSILO_TLS_KEY": str(consortium.pki.admin_key),
+        "COLUMNS": "200",
+    }
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "fedsilo", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    for org in consortium.orgs:
+        consortium.start_participant(org)
+    wait_for(
+        lambda: len(json.loads(_fedsilo(consortium, "participants", "list", "--json").stdout)) == 3,
+        60,
+        "three organizations",
+    )
+    table = _fedsilo(consortium, "participants", "list").stdout
+    assert all(org in table for org in consortium.orgs) and "status" in table
+
+    created = _fedsilo(
+        consortium,
+        "job",
+        "create",
+        "--task",
+        "digits-linear",
+        "--rounds",
+        "2",
+        "--min-participants",
+        "3",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "0.5",
+        "--json",
+    )
+    job = json.loads(created.stdout)
+    assert job["state"] == "JOB_STATE_CREATED" and job["model_version"] == "0"
+
+    started = json.loads(_fedsilo(consortium, "job", "start", job["job_id"], "--json").stdout)
+    assert started["state"] == "JOB_STATE_RUNNING"
+    watched = _fedsilo(consortium, "job", "watch", job["job_id"])
+    assert "job completed at model version 2" in watched.stdout
+    assert watched.stdout.count("phase=committed") == 2
+
+    status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
+    assert status["state"] == "JOB_STATE_COMPLETED"
+    assert [r["phase"] for r in status["rounds"]] == ["ROUND_PHASE_COMMITTED"] * 2
+    listed = json.loads(_fedsilo(consortium, "job", "list", "--json").stdout)
+    assert [j["job_id"] for j in listed] == [job["job_id"]]
+
+    again = _fedsilo(consortium, "job", "start", job["job_id"], check=False)
+    assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stdout
+
+
+def test_admin_cli_without_credentials_fails_clearly(consortium, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSILO_")}
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "fedsilo", "participants", "list", "--coordinator", "localhost:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "admin certificate" in result.stdout
+
+
+def test_participant_certificate_cannot_use_the_admin_cli(consortium) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    files = consortium.pki.participants["org-1"]
+    result = _fedsilo(
+        consortium,
+        "participants",
+        "list",
+        "--cert",
+        str(files.cert_path),
+        "--key",
+        str(files.key_path),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "PERMISSION_DENIED" in result.stdout
+
+
+@pytest.mark.tf
+def test_model_export_writes_a_keras_file_with_the_global_weights(
+    consortium, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
+    job_id = json.loads(created.stdout)["job_id"]
+    out = tmp_path / "model.keras"
+    exported = _fedsilo(
+        consortium, "model", "export", job_id, "--task", "digits", "--out", str(out), "--json"
+    )
+    assert json.loads(exported.stdout)["version"] == 0
+
+    import keras
+    import numpy as np
+
+    from examples.digits.task import task
+
+    model = keras.saving.load_model(out)  # our own file, written by this test
+    expected = task.initial_weights(5)
+    assert len(model.get_weights()) == len(expected)
+    for got, want in zip(model.get_weights(), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
