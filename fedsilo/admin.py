@@ -63,6 +63,37 @@ class AdminClient:
         response = self._stub.ListParticipants(pb.ListParticipantsRequest(), timeout=self._timeout)
         return list(response.participants)
 
+    def approve_participant(self, org_id: str) -> pb.ParticipantInfo:
+        result: pb.ParticipantInfo = self._stub.ApproveParticipant(
+            pb.OrgRef(org_id=org_id), timeout=self._timeout
+        )
+        return result
+
+    def revoke_participant(self, org_id: str) -> pb.ParticipantInfo:
+        result: pb.ParticipantInfo = self._stub.RevokeParticipant(
+            pb.OrgRef(org_id=org_id), timeout=self._timeout
+        )
+        return result
+
+    def revoke_certificate(self, serial_hex: str, reason: str = "") -> bool:
+        """Revoke a certificate by serial; True if it was already revoked."""
+        response = self._stub.RevokeCertificate(
+            pb.RevokeCertificateRequest(serial_hex=serial_hex, reason=reason), timeout=self._timeout
+        )
+        return bool(response.already_revoked)
+
+    def audit_events(self, limit: int = 100) -> list[pb.AuditEvent]:
+        response = self._stub.ListAuditEvents(
+            pb.ListAuditEventsRequest(limit=limit), timeout=self._timeout
+        )
+        return list(response.events)
+
+    def server_info(self) -> pb.ServerInfo:
+        result: pb.ServerInfo = self._stub.GetServerInfo(
+            pb.GetServerInfoRequest(), timeout=self._timeout
+        )
+        return result
+
     def download_model(self, job_id: str, version: int = -1) -> tuple[int, list[npt.NDArray[Any]]]:
         stream = self._stub.DownloadModel(
             pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout

@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     participants_cmds = participants.add_subparsers(dest="action", required=True)
     _add_admin_connection(participants_cmds.add_parser("list", help="list organizations"))
+    for name, text in (("approve", "admit a pending organization"), ("revoke", "expel one")):
+        membership = participants_cmds.add_parser(name, help=text)
+        membership.add_argument("org_id")
+        _add_admin_connection(membership)
+
+    audit = commands.add_parser("audit", help="the coordinator's audit log")
+    audit_cmds = audit.add_subparsers(dest="action", required=True)
+    audit_list = audit_cmds.add_parser("list", help="admin actions and rejected requests")
+    audit_list.add_argument("--limit", type=int, default=50)
+    _add_admin_connection(audit_list)
 
     model = commands.add_parser("model", help="global models")
     model_cmds = model.add_subparsers(dest="action", required=True)
@@ -157,6 +167,28 @@ def _admin(args: argparse.Namespace, console: Console) -> int:
 
     tls = _admin_tls(args)
     with AdminClient(args.coordinator, tls, timeout=args.timeout) as client:
+        if args.command == "audit":
+            events = [_to_dict(e) for e in client.audit_events(args.limit)]
+            if args.json:
+                print(json.dumps(events, indent=2))
+            else:
+                for event in events:
+                    event["at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["at"]))
+                columns = ["at", "actor", "action", "outcome", "detail"]
+                _print_table(console, "audit log (newest first)", columns, events)
+            return 0
+        if args.command == "participants" and args.action in ("approve", "revoke"):
+            change = (
+                client.approve_participant
+                if args.action == "approve"
+                else client.revoke_participant
+            )
+            info = _to_dict(change(args.org_id))
+            if args.json:
+                print(json.dumps(info))
+            else:
+                console.print(f"{info['org_id']}: {info['status']}")
+            return 0
         if args.command == "participants":
             rows = [_to_dict(p) for p in client.list_participants()]
             if args.json:

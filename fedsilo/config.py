@@ -58,6 +58,7 @@ class LimitsSection:
     liveness_seconds: float = 30.0
     max_workers: int = 32
     max_concurrent_rpcs: int = 256
+    max_calls_per_org: int = 16
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class CoordinatorConfig:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     tls: TlsSection = field(default_factory=TlsSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
-    auto_approve: bool = True
+    auto_approve: bool = False
     tick_seconds: float = 0.5
     grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -210,6 +211,7 @@ def _validate(config: object) -> None:
         _positive(config.limits.liveness_seconds, "limits.liveness_seconds")
         _positive(config.limits.max_workers, "limits.max_workers")
         _positive(config.limits.max_concurrent_rpcs, "limits.max_concurrent_rpcs")
+        _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
         if ":" not in config.listen:
             raise ConfigError(f"listen: {config.listen!r} must be host:port")
         _check_tls(config.tls)

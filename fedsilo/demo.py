@@ -161,7 +161,12 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 120,
                 "every organization to connect",
             )
-            console.print(f"  {len(orgs)} organizations connected: {', '.join(orgs)}")
+            # New members wait as pending until an admin admits them, as in production.
+            for org in orgs:
+                admin.approve_participant(org)
+            console.print(
+                f"  {len(orgs)} organizations connected and approved: {', '.join(orgs)}"
+            )
             spec = pb.JobSpec(
                 name=f"{options.task}-demo",
                 task_name=options.task,

@@ -8,6 +8,7 @@ that only the consortium CA is trusted.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 
 from fedsilo.pki import Role, subject_identity
 
+log = logging.getLogger("fedsilo.tls")
+
 __all__ = [
     "InsecureTransportError",
     "PeerIdentity",
@@ -25,8 +28,10 @@ __all__ = [
     "TlsFiles",
     "channel_credentials",
     "check_insecure_allowed",
+    "files_stamp",
     "identity_from_auth_context",
     "is_loopback_address",
+    "reloading_server_credentials",
     "server_credentials",
 ]
 
@@ -57,6 +62,8 @@ class PeerIdentity:
 
     org_id: str
     role: Role
+    serial_hex: str = ""
+    """The certificate's serial number in lower-case hex: what revocation lists name."""
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
@@ -69,6 +76,52 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
         # so no servicer code runs for it.
         require_client_auth=True,
     )
+
+
+def _stamp(files: TlsFiles) -> tuple[tuple[int, int], ...]:
+    stamps = []
+    for path in (files.ca_cert, files.cert, files.key):
+        try:
+            stat = path.stat()
+        except OSError:
+            return ()
+        stamps.append((stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
+def reloading_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Like ``server_credentials``, but renewed files are picked up without a restart.
+
+    gRPC asks for the configuration at each new handshake; when the files changed (and the new
+    set is valid) new connections use it, while established connections and the rounds they
+    serve carry on undisturbed.
+    """
+    ca_pem, cert_pem, key_pem = _read_checked(files)
+    stamp = [_stamp(files)]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        current = _stamp(files)
+        if current == stamp[0]:
+            return None
+        try:
+            ca, cert, key = _read_checked(files)
+        except TlsConfigError as exc:
+            # Half-written or mismatched files: keep serving with the previous certificate.
+            log.warning("renewed TLS files not usable yet: %s", exc)
+            return None
+        stamp[0] = current
+        log.info("TLS certificate files changed: new connections use the renewed certificate")
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    initial = grpc.ssl_server_certificate_configuration(
+        [(key_pem, cert_pem)], root_certificates=ca_pem
+    )
+    return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
+
+
+def files_stamp(files: TlsFiles) -> tuple[tuple[int, int], ...]:
+    """A cheap fingerprint (mtime, size) of the three files, to notice renewals."""
+    return _stamp(files)
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
@@ -93,7 +146,7 @@ def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]]) -> P
         org_id, role = subject_identity(cert.subject)
     except ValueError:
         return None
-    return PeerIdentity(org_id=org_id, role=role)
+    return PeerIdentity(org_id=org_id, role=role, serial_hex=format(cert.serial_number, "x"))
 
 
 def is_loopback_address(address: str) -> bool:

@@ -113,6 +113,15 @@ metrics = Table(
     Column("created_at", Float, nullable=False),
 )
 
+revoked_certificates = Table(
+    "revoked_certificates",
+    metadata,
+    Column("serial_hex", String(64), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

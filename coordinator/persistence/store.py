@@ -138,6 +138,13 @@ class Transaction:
             update(t.participants).where(t.participants.c.org_id == org_id).values(last_seen=now)
         )
 
+    def set_participant_status(self, org_id: str, status: ParticipantStatus) -> None:
+        self._conn.execute(
+            update(t.participants)
+            .where(t.participants.c.org_id == org_id)
+            .values(status=status.value)
+        )
+
     def list_participants(self) -> list[Participant]:
         rows = self._conn.execute(select(t.participants).order_by(t.participants.c.org_id))
         return [_participant(r) for r in rows]
@@ -307,6 +314,18 @@ class Transaction:
             self._conn.execute(in_rounds.limit(1)).first() is not None
             or self._conn.execute(in_models.limit(1)).first() is not None
         )
+
+    # -- certificate revocation --------------------------------------------------------------
+
+    def add_revoked_certificate(self, serial_hex: str, reason: str, actor: str, at: float) -> None:
+        self._conn.execute(
+            insert(t.revoked_certificates).values(
+                serial_hex=serial_hex, reason=reason, actor=actor, at=at
+            )
+        )
+
+    def revoked_serials(self) -> set[str]:
+        return set(self._conn.execute(select(t.revoked_certificates.c.serial_hex)).scalars())
 
     # -- audit -------------------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from coordinator.domain.jobs import (
     JobState,
     MetricReport,
     ModelVersion,
-    Participant,
     ParticipantStatus,
     Submission,
 )
@@ -37,7 +36,6 @@ from coordinator.domain.rounds import Phase, Round, RoundEvent, transition
 from coordinator.errors import (
     ConflictingSubmission,
     InvalidInput,
-    NotAuthorized,
     NotFound,
     WrongPhase,
 )
@@ -67,7 +65,6 @@ class CoordinatorSettings:
     liveness_seconds: float = 30.0
     max_payload_bytes: int = 1 << 30
     max_examples: int = 1 << 40
-    auto_approve: bool = True
 
 
 class WorkKind(enum.StrEnum):
@@ -172,33 +169,6 @@ class CoordinatorService:
             with self._changed:
                 if self._generation == generation:
                     self._changed.wait(timeout=min(remaining, 1.0))
-
-    # -- membership -----------------------------------------------------------------------------
-
-    def authenticate_participant(self, org_id: str) -> Participant:
-        """Register an organization on first contact, refresh its liveness, refuse if revoked."""
-        now = self._clock()
-        with self._store.transaction() as tx:
-            participant = tx.get_participant(org_id)
-            if participant is None:
-                status = (
-                    ParticipantStatus.ACTIVE
-                    if self._settings.auto_approve
-                    else ParticipantStatus.PENDING
-                )
-                participant = Participant(org_id, status, now, now)
-                tx.add_participant(participant)
-                log.info("new participant registered as %s", status.value, **context(org=org_id))
-            else:
-                tx.touch_participant(org_id, now)
-                participant = dataclasses.replace(participant, last_seen=now)
-        if participant.status is ParticipantStatus.REVOKED:
-            raise NotAuthorized("this organization's membership is revoked")
-        return participant
-
-    def list_participants(self) -> list[Participant]:
-        with self._store.transaction() as tx:
-            return tx.list_participants()
 
     # -- jobs -----------------------------------------------------------------------------------
 

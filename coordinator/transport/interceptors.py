@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,7 +31,7 @@ from fedsilo.logs import context as log_context
 from fedsilo.pki import Role
 from fedsilo.tls import PeerIdentity, identity_from_auth_context
 
-__all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "current_identity", "status_for"]
+__all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "CallLimiter", "current_identity", "status_for"]
 
 log = logging.getLogger("coordinator.transport")
 
@@ -92,11 +94,43 @@ def _safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[
     return deserialize
 
 
+class CallLimiter:
+    """At most ``per_org`` concurrent calls per organization, so one cannot starve the others."""
+
+    def __init__(self, per_org: int) -> None:
+        self._per_org = per_org
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+
+    def acquire(self, org_id: str) -> bool:
+        with self._lock:
+            count = self._active.get(org_id, 0)
+            if count >= self._per_org:
+                return False
+            self._active[org_id] = count + 1
+            return True
+
+    def release(self, org_id: str) -> None:
+        with self._lock:
+            remaining = self._active[org_id] - 1
+            if remaining:
+                self._active[org_id] = remaining
+            else:
+                del self._active[org_id]
+
+
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Wraps every handler with identity, authorization, input and error handling."""
 
-    def __init__(self, audit: Callable[[str, str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        audit: Callable[[str, str, str], None] | None = None,
+        is_revoked: Callable[[str], bool] = lambda serial: False,
+        limiter: CallLimiter | None = None,
+    ) -> None:
         self._audit = audit
+        self._is_revoked = is_revoked
+        self._limiter = limiter
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -107,22 +141,32 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         service = method.lstrip("/").split("/", 1)[0]
         allowed = ROLE_BY_SERVICE.get(service, frozenset())
-        return _wrap(handler, method, allowed, self._audit)
+        return _wrap(
+            handler, method, _Policy(allowed, self._audit, self._is_revoked, self._limiter)
+        )
 
 
-def _authorize(
-    context: grpc.ServicerContext,
-    method: str,
-    allowed: frozenset[Role],
-    audit: Callable[[str, str, str], None] | None,
-) -> PeerIdentity:
+@dataclass(frozen=True)
+class _Policy:
+    allowed: frozenset[Role]
+    audit: Callable[[str, str, str], None] | None
+    is_revoked: Callable[[str], bool]
+    limiter: CallLimiter | None
+
+
+def _authorize(context: grpc.ServicerContext, method: str, policy: _Policy) -> PeerIdentity:
+    audit = policy.audit
     identity = identity_from_auth_context(context.auth_context())
     if identity is None:
         if audit:
             audit("-", method, "unauthenticated")
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
     assert identity is not None
-    if identity.role not in allowed:
+    if policy.is_revoked(identity.serial_hex):
+        if audit:
+            audit(identity.org_id, method, "certificate_revoked")
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "this certificate has been revoked")
+    if identity.role not in policy.allowed:
         if audit:
             audit(identity.org_id, method, "permission_denied")
         log.warning(
@@ -135,6 +179,19 @@ def _authorize(
     return identity
 
 
+def _acquire(context: grpc.ServicerContext, identity: PeerIdentity, policy: _Policy) -> None:
+    if policy.limiter is not None and not policy.limiter.acquire(identity.org_id):
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "too many concurrent calls from this organization; retry with backoff",
+        )
+
+
+def _release(identity: PeerIdentity, policy: _Policy) -> None:
+    if policy.limiter is not None:
+        policy.limiter.release(identity.org_id)
+
+
 def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
@@ -144,12 +201,7 @@ def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     context.abort(code, message)
 
 
-def _wrap(
-    handler: Any,
-    method: str,
-    allowed: frozenset[Role],
-    audit: Callable[[str, str, str], None] | None,
-) -> Any:
+def _wrap(handler: Any, method: str, policy: _Policy) -> Any:
     def guard_request(request: Any, context: grpc.ServicerContext) -> None:
         if request is MALFORMED:
             context.abort(
@@ -163,8 +215,9 @@ def _wrap(
 
     # Authorization comes first: an unauthorized caller learns nothing about its input.
     def run(behavior: Callable[..., Any], request: Any, context: grpc.ServicerContext) -> Any:
-        identity = _authorize(context, method, allowed, audit)
+        identity = _authorize(context, method, policy)
         guard_request(request, context)
+        _acquire(context, identity, policy)
         token = _identity.set(identity)
         try:
             return behavior(request, context)
@@ -174,13 +227,15 @@ def _wrap(
             _fail(context, exc, method)
         finally:
             _identity.reset(token)
+            _release(identity, policy)
         return None
 
     def stream_out(
         behavior: Callable[..., Iterator[Any]], request: Any, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        identity = _authorize(context, method, allowed, audit)
+        identity = _authorize(context, method, policy)
         guard_request(request, context)
+        _acquire(context, identity, policy)
         token = _identity.set(identity)
         try:
             yield from behavior(request, context)
@@ -190,6 +245,7 @@ def _wrap(
             _fail(context, exc, method)
         finally:
             _identity.reset(token)
+            _release(identity, policy)
 
     deserializer = _safe_deserializer(handler.request_deserializer)
     serializer = handler.response_serializer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -14,12 +13,13 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
+from coordinator.service.membership import MembershipService
 from coordinator.service.rounds import CoordinatorService, CoordinatorSettings
-from coordinator.transport.interceptors import AuthInterceptor
+from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.config import CoordinatorConfig
-from fedsilo.tls import TlsFiles, check_insecure_allowed, server_credentials
+from fedsilo.tls import TlsFiles, check_insecure_allowed, reloading_server_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -54,6 +54,7 @@ class RunningCoordinator:
     server: grpc.Server
     port: int
     service: CoordinatorService
+    membership: MembershipService
     store: Store
     health: health.HealthServicer
     stop_driver: threading.Event
@@ -76,25 +77,29 @@ def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     settings = CoordinatorSettings(
         liveness_seconds=config.limits.liveness_seconds,
         max_payload_bytes=config.limits.max_payload_bytes,
-        auto_approve=config.auto_approve,
     )
     service = CoordinatorService(store, blobs, settings)
+    membership = MembershipService(store, auto_approve=config.auto_approve)
 
     def audit(actor: str, method: str, outcome: str) -> None:
         try:
-            with store.transaction() as tx:
-                tx.add_audit(time.time(), actor, method, outcome, "")
+            membership.record(actor, method, outcome)
         except Exception:  # noqa: BLE001 - auditing must never turn a refusal into a crash
             log.exception("could not write the audit record")
 
+    interceptor = AuthInterceptor(
+        audit, membership.is_certificate_revoked, CallLimiter(config.limits.max_calls_per_org)
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.limits.max_workers),
-        interceptors=[AuthInterceptor(audit)],
+        interceptors=[interceptor],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
-    pb_grpc.add_ParticipantServiceServicer_to_server(ParticipantServicer(service), server)
-    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(service), server)
+    pb_grpc.add_ParticipantServiceServicer_to_server(
+        ParticipantServicer(service, membership), server
+    )
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(service, membership), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
@@ -106,7 +111,7 @@ def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     else:
         assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
         files = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
-        port = server.add_secure_port(config.listen, server_credentials(files))
+        port = server.add_secure_port(config.listen, reloading_server_credentials(files))
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     server.start()
@@ -126,7 +131,9 @@ def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     for name in SERVICE_NAMES[:2] + ("",):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("coordinator listening on port %d (database %s)", port, _redacted(store.url))
-    return RunningCoordinator(server, port, service, store, health_servicer, stop, driver)
+    return RunningCoordinator(
+        server, port, service, membership, store, health_servicer, stop, driver
+    )
 
 
 def _redacted(url: str) -> str:

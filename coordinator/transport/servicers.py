@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 
 import grpc
 
-from coordinator.domain.jobs import JobSpec, MetricReport, TrainingPlan
+import fedsilo
+from coordinator.domain.jobs import (
+    JobSpec,
+    MetricReport,
+    Participant,
+    ParticipantStatus,
+    TrainingPlan,
+)
 from coordinator.domain.rounds import Phase, Protection, Round
 from coordinator.errors import InvalidInput
+from coordinator.service.membership import MembershipService
 from coordinator.service.rounds import (
     CoordinatorService,
     JobView,
@@ -75,17 +84,47 @@ def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: i
     return chunking.assemble(pieces(), header.total_bytes, header.sha256)
 
 
+def _server_info(membership: MembershipService, require_registered: bool) -> pb.ServerInfo:
+    identity = current_identity()
+    status = ""
+    if require_registered:
+        member = membership.authenticate_participant(identity.org_id, require_active=False)
+        status = member.status.value
+    return pb.ServerInfo(
+        server_time=time.time(),
+        version=fedsilo.__version__,
+        org_id=identity.org_id,
+        role=identity.role.value,
+        membership=status,
+    )
+
+
+def _participant_info(p: Participant) -> pb.ParticipantInfo:
+    return pb.ParticipantInfo(
+        org_id=p.org_id, status=p.status.value, first_seen=p.first_seen, last_seen=p.last_seen
+    )
+
+
 class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
     """The API participant daemons call (participant certificates only)."""
 
-    def __init__(self, service: CoordinatorService) -> None:
+    def __init__(self, service: CoordinatorService, membership: MembershipService) -> None:
         self._service = service
+        self._membership = membership
+
+    def GetServerInfo(  # noqa: N802
+        self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ServerInfo:
+        return _server_info(self._membership, require_registered=True)
 
     def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.ServicerContext
     ) -> pb.GetTaskResponse:  # noqa: N802
         org = current_identity().org_id
-        self._service.authenticate_participant(org)
+        member = self._membership.authenticate_participant(org, require_active=False)
+        if member.status is not ParticipantStatus.ACTIVE:
+            # Pending organizations keep polling until an admin approves them.
+            return pb.GetTaskResponse(kind=pb.TASK_KIND_WAIT)
         wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
         item = self._service.wait_for_work(org, wait, context.is_active)
         return _work_to_pb(item)
@@ -93,7 +132,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
     def DownloadModel(  # noqa: N802
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        self._service.authenticate_participant(current_identity().org_id)
+        self._membership.authenticate_participant(current_identity().org_id)
         version, payload = self._service.read_model(request.job_id, request.version)
         job = self._service.job_weight_specs(request.job_id)
         yield from _model_chunks_with_specs(request.job_id, version, payload, job.weight_specs)
@@ -105,7 +144,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidInput("the first message of SubmitUpdate must be its header")
-        self._service.authenticate_participant(org)
+        self._membership.authenticate_participant(org)
         h = first.header
         if h.phase not in PHASE_FROM_PB:
             raise InvalidInput("unknown round phase")
@@ -131,7 +170,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ReportMetricsResponse:
         org = current_identity().org_id
-        self._service.authenticate_participant(org)
+        self._membership.authenticate_participant(org)
         report = MetricReport(
             job_id=request.job_id,
             version=request.model_version,
@@ -263,8 +302,52 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """The API operators call (admin certificates only)."""
 
-    def __init__(self, service: CoordinatorService) -> None:
+    def __init__(self, service: CoordinatorService, membership: MembershipService) -> None:
         self._service = service
+        self._membership = membership
+
+    def GetServerInfo(  # noqa: N802
+        self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ServerInfo:
+        return _server_info(self._membership, require_registered=False)
+
+    def ApproveParticipant(  # noqa: N802
+        self, request: pb.OrgRef, context: grpc.ServicerContext
+    ) -> pb.ParticipantInfo:
+        actor = current_identity().org_id
+        return _participant_info(self._membership.approve(request.org_id, actor))
+
+    def RevokeParticipant(  # noqa: N802
+        self, request: pb.OrgRef, context: grpc.ServicerContext
+    ) -> pb.ParticipantInfo:
+        actor = current_identity().org_id
+        return _participant_info(self._membership.revoke(request.org_id, actor))
+
+    def RevokeCertificate(  # noqa: N802
+        self, request: pb.RevokeCertificateRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeCertificateResponse:
+        already = self._membership.revoke_certificate(
+            request.serial_hex, request.reason, current_identity().org_id
+        )
+        return pb.RevokeCertificateResponse(already_revoked=already)
+
+    def ListAuditEvents(  # noqa: N802
+        self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditEventsResponse:
+        events = self._membership.audit_events(request.limit or 100)
+        return pb.ListAuditEventsResponse(
+            events=[
+                pb.AuditEvent(
+                    id=e.event_id,
+                    at=e.at,
+                    actor=e.actor,
+                    action=e.action,
+                    outcome=e.outcome,
+                    detail=e.detail,
+                )
+                for e in events
+            ]
+        )
 
     def CreateJob(  # noqa: N802
         self, request_iterator: Iterator[pb.CreateJobRequest], context: grpc.ServicerContext
@@ -296,15 +379,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.ListParticipantsRequest, context: grpc.ServicerContext
     ) -> pb.ListParticipantsResponse:
         return pb.ListParticipantsResponse(
-            participants=[
-                pb.ParticipantInfo(
-                    org_id=p.org_id,
-                    status=p.status.value,
-                    first_seen=p.first_seen,
-                    last_seen=p.last_seen,
-                )
-                for p in self._service.list_participants()
-            ]
+            participants=[_participant_info(p) for p in self._membership.list_participants()]
         )
 
     def DownloadModel(  # noqa: N802

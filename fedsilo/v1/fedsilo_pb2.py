@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64silo/v1/fedsilo.proto\x12\nfedsilo.v1\"=\n\nTensorSpec\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.fedsilo.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\"]\n\rPayloadHeader\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.fedsilo.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"&\n\x0eGetTaskRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"a\n\x10TrainingSettings\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"\xca\x02\n\x0fGetTaskResponse\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedsilo.v1.TaskKind\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x11\n\ttask_name\x18\x03 \x01(\t\x12\x10\n\x08round_id\x18\x04 \x01(\t\x12\x14\n\x0cround_number\x18\x05 \x01(\x03\x12%\n\x05phase\x18\x06 \x01(\x0e\x32\x16.fedsilo.v1.RoundPhase\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.fedsilo.v1.TrainingSettings\x12\x14\n\x0cseconds_left\x18\t \x01(\x01\x12*\n\nprotection\x18\n \x01(\x0e\x32\x16.fedsilo.v1.Protection\x12\x18\n\x10task_config_json\x18\x0b \x01(\t\"7\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"K\n\nModelChunk\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x15.fedsilo.v1.ModelInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"W\n\tModelInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\x06header\x18\x03 \x01(\x0b\x32\x19.fedsilo.v1.PayloadHeader\"\xc3\x01\n\x0cUpdateHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12%\n\x05phase\x18\x03 \x01(\x0e\x32\x16.fedsilo.v1.RoundPhase\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12*\n\x07payload\x18\x06 \x01(\x0b\x32\x19.fedsilo.v1.PayloadHeader\x12\x12\n\ntrain_loss\x18\x07 \x01(\x01\"Y\n\x13SubmitUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedsilo.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"E\n\x14SubmitUpdateResponse\x12\x1a\n\x12\x61\x63knowledgement_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"s\n\x14ReportMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\"*\n\x15ReportMetricsResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xb6\x02\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12*\n\nprotection\x18\x03 \x01(\x0e\x32\x16.fedsilo.v1.Protection\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x12\n\nnum_rounds\x18\x05 \x01(\x05\x12\x18\n\x10min_participants\x18\x06 \x01(\x05\x12\x1d\n\x15round_timeout_seconds\x18\x07 \x01(\x01\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.fedsilo.v1.TrainingSettings\x12\x18\n\x10task_config_json\x18\t \x01(\t\x12\x1e\n\x11max_failed_rounds\x18\n \x01(\x05H\x00\x88\x01\x01\x42\x14\n\x12_max_failed_rounds\"Y\n\x10\x43reateJobRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedsilo.v1.CreateJobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"h\n\x0f\x43reateJobHeader\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.fedsilo.v1.JobSpec\x12\x32\n\x0finitial_weights\x18\x02 \x01(\x0b\x32\x19.fedsilo.v1.PayloadHeader\"\xe5\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x03\x12%\n\x05phase\x18\x03 \x01(\x0e\x32\x16.fedsilo.v1.RoundPhase\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12\x0e\n\x06\x63ohort\x18\x05 \x03(\t\x12\x14\n\x0c\x63ontributors\x18\x06 \x03(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x14\n\x0c\x61\x62ort_reason\x18\t \x01(\t\x12\x12\n\ntrain_loss\x18\n \x01(\x01\"h\n\x0eVersionMetrics\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07reports\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\"\xfc\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.fedsilo.v1.JobSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.fedsilo.v1.JobState\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\'\n\x06rounds\x18\x05 \x03(\x0b\x32\x17.fedsilo.v1.RoundStatus\x12+\n\x07metrics\x18\x06 \x03(\x0b\x32\x1a.fedsilo.v1.VersionMetrics\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"7\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.fedsilo.v1.JobStatus\"X\n\x0fParticipantInfo\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nfirst_seen\x18\x03 \x01(\x01\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\"\x19\n\x17ListParticipantsRequest\"M\n\x18ListParticipantsResponse\x12\x31\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1b.fedsilo.v1.ParticipantInfo*\x91\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\x02\x12\x10\n\x0c\x44_TYPE_INT32\x10\x03\x12\x10\n\x0c\x44_TYPE_INT64\x10\x04\x12\x11\n\rD_TYPE_UINT32\x10\x05\x12\x11\n\rD_TYPE_UINT64\x10\x06*m\n\nProtection\x12\x1a\n\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROTECTION_NONE\x10\x01\x12\x15\n\x11PROTECTION_SECAGG\x10\x02\x12\x17\n\x13PROTECTION_PAILLIER\x10\x03*\x8d\x02\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUND_PHASE_CREATED\x10\x01\x12\x14\n\x10ROUND_PHASE_KEYS\x10\x02\x12\x16\n\x12ROUND_PHASE_SHARES\x10\x03\x12\x16\n\x12ROUND_PHASE_INPUTS\x10\x04\x12\x1b\n\x17ROUND_PHASE_CONSISTENCY\x10\x05\x12\x16\n\x12ROUND_PHASE_UNMASK\x10\x06\x12\x1a\n\x16ROUND_PHASE_AGGREGATED\x10\x07\x12\x19\n\x15ROUND_PHASE_COMMITTED\x10\x08\x12\x17\n\x13ROUND_PHASE_ABORTED\x10\t*\x82\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_CREATED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04*f\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x03\x32\xd0\x02\n\x12ParticipantService\x12\x42\n\x07GetTask\x12\x1a.fedsilo.v1.GetTaskRequest\x1a\x1b.fedsilo.v1.GetTaskResponse\x12K\n\rDownloadModel\x12 .fedsilo.v1.DownloadModelRequest\x1a\x16.fedsilo.v1.ModelChunk0\x01\x12S\n\x0cSubmitUpdate\x12\x1f.fedsilo.v1.SubmitUpdateRequest\x1a .fedsilo.v1.SubmitUpdateResponse(\x01\x12T\n\rReportMetrics\x12 .fedsilo.v1.ReportMetricsRequest\x1a!.fedsilo.v1.ReportMetricsResponse2\xb1\x03\n\x0c\x41\x64minService\x12\x42\n\tCreateJob\x12\x1c.fedsilo.v1.CreateJobRequest\x1a\x15.fedsilo.v1.JobStatus(\x01\x12\x35\n\x08StartJob\x12\x12.fedsilo.v1.JobRef\x1a\x15.fedsilo.v1.JobStatus\x12\x33\n\x06GetJob\x12\x12.fedsilo.v1.JobRef\x1a\x15.fedsilo.v1.JobStatus\x12\x45\n\x08ListJobs\x12\x1b.fedsilo.v1.ListJobsRequest\x1a\x1c.fedsilo.v1.ListJobsResponse\x12]\n\x10ListParticipants\x12#.fedsilo.v1.ListParticipantsRequest\x1a$.fedsilo.v1.ListParticipantsResponse\x12K\n\rDownloadModel\x12 .fedsilo.v1.DownloadModelRequest\x1a\x16.fedsilo.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64silo/v1/fedsilo.proto\x12\nfedsilo.v1\"=\n\nTensorSpec\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.fedsilo.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\"]\n\rPayloadHeader\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.fedsilo.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"&\n\x0eGetTaskRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"a\n\x10TrainingSettings\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"\xca\x02\n\x0fGetTaskResponse\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedsilo.v1.TaskKind\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x11\n\ttask_name\x18\x03 \x01(\t\x12\x10\n\x08round_id\x18\x04 \x01(\t\x12\x14\n\x0cround_number\x18\x05 \x01(\x03\x12%\n\x05phase\x18\x06 \x01(\x0e\x32\x16.fedsilo.v1.RoundPhase\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.fedsilo.v1.TrainingSettings\x12\x14\n\x0cseconds_left\x18\t \x01(\x01\x12*\n\nprotection\x18\n \x01(\x0e\x32\x16.fedsilo.v1.Protection\x12\x18\n\x10task_config_json\x18\x0b \x01(\t\"7\n\x14\x44ownloadModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"K\n\nModelChunk\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x15.fedsilo.v1.ModelInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"W\n\tModelInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\x06header\x18\x03 \x01(\x0b\x32\x19.fedsilo.v1.PayloadHeader\"\xc3\x01\n\x0cUpdateHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12%\n\x05phase\x18\x03 \x01(\x0e\x32\x16.fedsilo.v1.RoundPhase\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12*\n\x07payload\x18\x06 \x01(\x0b\x32\x19.fedsilo.v1.PayloadHeader\x12\x12\n\ntrain_loss\x18\x07 \x01(\x01\"Y\n\x13SubmitUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedsilo.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"E\n\x14SubmitUpdateResponse\x12\x1a\n\x12\x61\x63knowledgement_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"s\n\x14ReportMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\"*\n\x15ReportMetricsResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\x16\n\x14GetServerInfoRequest\"d\n\nServerInfo\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x12\n\nmembership\x18\x05 \x01(\t\"\xb6\x02\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12*\n\nprotection\x18\x03 \x01(\x0e\x32\x16.fedsilo.v1.Protection\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x12\n\nnum_rounds\x18\x05 \x01(\x05\x12\x18\n\x10min_participants\x18\x06 \x01(\x05\x12\x1d\n\x15round_timeout_seconds\x18\x07 \x01(\x01\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.fedsilo.v1.TrainingSettings\x12\x18\n\x10task_config_json\x18\t \x01(\t\x12\x1e\n\x11max_failed_rounds\x18\n \x01(\x05H\x00\x88\x01\x01\x42\x14\n\x12_max_failed_rounds\"Y\n\x10\x43reateJobRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedsilo.v1.CreateJobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"h\n\x0f\x43reateJobHeader\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.fedsilo.v1.JobSpec\x12\x32\n\x0finitial_weights\x18\x02 \x01(\x0b\x32\x19.fedsilo.v1.PayloadHeader\"\xe5\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x03\x12%\n\x05phase\x18\x03 \x01(\x0e\x32\x16.fedsilo.v1.RoundPhase\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12\x0e\n\x06\x63ohort\x18\x05 \x03(\t\x12\x14\n\x0c\x63ontributors\x18\x06 \x03(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x14\n\x0c\x61\x62ort_reason\x18\t \x01(\t\x12\x12\n\ntrain_loss\x18\n \x01(\x01\"h\n\x0eVersionMetrics\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07reports\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\"\xfc\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.fedsilo.v1.JobSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.fedsilo.v1.JobState\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\'\n\x06rounds\x18\x05 \x03(\x0b\x32\x17.fedsilo.v1.RoundStatus\x12+\n\x07metrics\x18\x06 \x03(\x0b\x32\x1a.fedsilo.v1.VersionMetrics\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"7\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.fedsilo.v1.JobStatus\"X\n\x0fParticipantInfo\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nfirst_seen\x18\x03 \x01(\x01\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\"\x19\n\x17ListParticipantsRequest\"\x18\n\x06OrgRef\x12\x0e\n\x06org_id\x18\x01 \x01(\t\">\n\x18RevokeCertificateRequest\x12\x12\n\nserial_hex\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x19RevokeCertificateResponse\x12\x17\n\x0f\x61lready_revoked\x18\x01 \x01(\x08\"d\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\'\n\x16ListAuditEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"A\n\x17ListAuditEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.fedsilo.v1.AuditEvent\"M\n\x18ListParticipantsResponse\x12\x31\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1b.fedsilo.v1.ParticipantInfo*\x91\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\x02\x12\x10\n\x0c\x44_TYPE_INT32\x10\x03\x12\x10\n\x0c\x44_TYPE_INT64\x10\x04\x12\x11\n\rD_TYPE_UINT32\x10\x05\x12\x11\n\rD_TYPE_UINT64\x10\x06*m\n\nProtection\x12\x1a\n\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROTECTION_NONE\x10\x01\x12\x15\n\x11PROTECTION_SECAGG\x10\x02\x12\x17\n\x13PROTECTION_PAILLIER\x10\x03*\x8d\x02\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUND_PHASE_CREATED\x10\x01\x12\x14\n\x10ROUND_PHASE_KEYS\x10\x02\x12\x16\n\x12ROUND_PHASE_SHARES\x10\x03\x12\x16\n\x12ROUND_PHASE_INPUTS\x10\x04\x12\x1b\n\x17ROUND_PHASE_CONSISTENCY\x10\x05\x12\x16\n\x12ROUND_PHASE_UNMASK\x10\x06\x12\x1a\n\x16ROUND_PHASE_AGGREGATED\x10\x07\x12\x19\n\x15ROUND_PHASE_COMMITTED\x10\x08\x12\x17\n\x13ROUND_PHASE_ABORTED\x10\t*\x82\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_CREATED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04*f\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x03\x32\x9b\x03\n\x12ParticipantService\x12I\n\rGetServerInfo\x12 .fedsilo.v1.GetServerInfoRequest\x1a\x16.fedsilo.v1.ServerInfo\x12\x42\n\x07GetTask\x12\x1a.fedsilo.v1.GetTaskRequest\x1a\x1b.fedsilo.v1.GetTaskResponse\x12K\n\rDownloadModel\x12 .fedsilo.v1.DownloadModelRequest\x1a\x16.fedsilo.v1.ModelChunk0\x01\x12S\n\x0cSubmitUpdate\x12\x1f.fedsilo.v1.SubmitUpdateRequest\x1a .fedsilo.v1.SubmitUpdateResponse(\x01\x12T\n\rReportMetrics\x12 .fedsilo.v1.ReportMetricsRequest\x1a!.fedsilo.v1.ReportMetricsResponse2\xc7\x06\n\x0c\x41\x64minService\x12\x42\n\tCreateJob\x12\x1c.fedsilo.v1.CreateJobRequest\x1a\x15.fedsilo.v1.JobStatus(\x01\x12\x35\n\x08StartJob\x12\x12.fedsilo.v1.JobRef\x1a\x15.fedsilo.v1.JobStatus\x12\x33\n\x06GetJob\x12\x12.fedsilo.v1.JobRef\x1a\x15.fedsilo.v1.JobStatus\x12\x45\n\x08ListJobs\x12\x1b.fedsilo.v1.ListJobsRequest\x1a\x1c.fedsilo.v1.ListJobsResponse\x12]\n\x10ListParticipants\x12#.fedsilo.v1.ListParticipantsRequest\x1a$.fedsilo.v1.ListParticipantsResponse\x12\x45\n\x12\x41pproveParticipant\x12\x12.fedsilo.v1.OrgRef\x1a\x1b.fedsilo.v1.ParticipantInfo\x12\x44\n\x11RevokeParticipant\x12\x12.fedsilo.v1.OrgRef\x1a\x1b.fedsilo.v1.ParticipantInfo\x12`\n\x11RevokeCertificate\x12$.fedsilo.v1.RevokeCertificateRequest\x1a%.fedsilo.v1.RevokeCertificateResponse\x12Z\n\x0fListAuditEvents\x12\".fedsilo.v1.ListAuditEventsRequest\x1a#.fedsilo.v1.ListAuditEventsResponse\x12I\n\rGetServerInfo\x12 .fedsilo.v1.GetServerInfoRequest\x1a\x16.fedsilo.v1.ServerInfo\x12K\n\rDownloadModel\x12 .fedsilo.v1.DownloadModelRequest\x1a\x16.fedsilo.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedsilo.v1.fedsilo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2816
-  _globals['_DTYPE']._serialized_end=2961
-  _globals['_PROTECTION']._serialized_start=2963
-  _globals['_PROTECTION']._serialized_end=3072
-  _globals['_ROUNDPHASE']._serialized_start=3075
-  _globals['_ROUNDPHASE']._serialized_end=3344
-  _globals['_JOBSTATE']._serialized_start=3347
-  _globals['_JOBSTATE']._serialized_end=3477
-  _globals['_TASKKIND']._serialized_start=3479
-  _globals['_TASKKIND']._serialized_end=3581
+  _globals['_DTYPE']._serialized_start=3296
+  _globals['_DTYPE']._serialized_end=3441
+  _globals['_PROTECTION']._serialized_start=3443
+  _globals['_PROTECTION']._serialized_end=3552
+  _globals['_ROUNDPHASE']._serialized_start=3555
+  _globals['_ROUNDPHASE']._serialized_end=3824
+  _globals['_JOBSTATE']._serialized_start=3827
+  _globals['_JOBSTATE']._serialized_end=3957
+  _globals['_TASKKIND']._serialized_start=3959
+  _globals['_TASKKIND']._serialized_end=4061
   _globals['_TENSORSPEC']._serialized_start=40
   _globals['_TENSORSPEC']._serialized_end=101
   _globals['_PAYLOADHEADER']._serialized_start=103
@@ -67,32 +67,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTMETRICSREQUEST']._serialized_end=1368
   _globals['_REPORTMETRICSRESPONSE']._serialized_start=1370
   _globals['_REPORTMETRICSRESPONSE']._serialized_end=1412
-  _globals['_JOBSPEC']._serialized_start=1415
-  _globals['_JOBSPEC']._serialized_end=1725
-  _globals['_CREATEJOBREQUEST']._serialized_start=1727
-  _globals['_CREATEJOBREQUEST']._serialized_end=1816
-  _globals['_CREATEJOBHEADER']._serialized_start=1818
-  _globals['_CREATEJOBHEADER']._serialized_end=1922
-  _globals['_ROUNDSTATUS']._serialized_start=1925
-  _globals['_ROUNDSTATUS']._serialized_end=2154
-  _globals['_VERSIONMETRICS']._serialized_start=2156
-  _globals['_VERSIONMETRICS']._serialized_end=2260
-  _globals['_JOBSTATUS']._serialized_start=2263
-  _globals['_JOBSTATUS']._serialized_end=2515
-  _globals['_JOBREF']._serialized_start=2517
-  _globals['_JOBREF']._serialized_end=2541
-  _globals['_LISTJOBSREQUEST']._serialized_start=2543
-  _globals['_LISTJOBSREQUEST']._serialized_end=2560
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2562
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2617
-  _globals['_PARTICIPANTINFO']._serialized_start=2619
-  _globals['_PARTICIPANTINFO']._serialized_end=2707
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=2709
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=2734
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=2736
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=2813
-  _globals['_PARTICIPANTSERVICE']._serialized_start=3584
-  _globals['_PARTICIPANTSERVICE']._serialized_end=3920
-  _globals['_ADMINSERVICE']._serialized_start=3923
-  _globals['_ADMINSERVICE']._serialized_end=4356
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1414
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1436
+  _globals['_SERVERINFO']._serialized_start=1438
+  _globals['_SERVERINFO']._serialized_end=1538
+  _globals['_JOBSPEC']._serialized_start=1541
+  _globals['_JOBSPEC']._serialized_end=1851
+  _globals['_CREATEJOBREQUEST']._serialized_start=1853
+  _globals['_CREATEJOBREQUEST']._serialized_end=1942
+  _globals['_CREATEJOBHEADER']._serialized_start=1944
+  _globals['_CREATEJOBHEADER']._serialized_end=2048
+  _globals['_ROUNDSTATUS']._serialized_start=2051
+  _globals['_ROUNDSTATUS']._serialized_end=2280
+  _globals['_VERSIONMETRICS']._serialized_start=2282
+  _globals['_VERSIONMETRICS']._serialized_end=2386
+  _globals['_JOBSTATUS']._serialized_start=2389
+  _globals['_JOBSTATUS']._serialized_end=2641
+  _globals['_JOBREF']._serialized_start=2643
+  _globals['_JOBREF']._serialized_end=2667
+  _globals['_LISTJOBSREQUEST']._serialized_start=2669
+  _globals['_LISTJOBSREQUEST']._serialized_end=2686
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2688
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2743
+  _globals['_PARTICIPANTINFO']._serialized_start=2745
+  _globals['_PARTICIPANTINFO']._serialized_end=2833
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=2835
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=2860
+  _globals['_ORGREF']._serialized_start=2862
+  _globals['_ORGREF']._serialized_end=2886
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=2888
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=2950
+  _globals['_REVOKECERTIFICATERESPONSE']._serialized_start=2952
+  _globals['_REVOKECERTIFICATERESPONSE']._serialized_end=3004
+  _globals['_AUDITEVENT']._serialized_start=3006
+  _globals['_AUDITEVENT']._serialized_end=3106
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=3108
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=3147
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=3149
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=3214
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=3216
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=3293
+  _globals['_PARTICIPANTSERVICE']._serialized_start=4064
+  _globals['_PARTICIPANTSERVICE']._serialized_end=4475
+  _globals['_ADMINSERVICE']._serialized_start=4478
+  _globals['_ADMINSERVICE']._serialized_end=5317
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,11 @@ class ParticipantServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetServerInfo = channel.unary_unary(
+                '/fedsilo.v1.ParticipantService/GetServerInfo',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ServerInfo.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/fedsilo.v1.ParticipantService/GetTask',
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.GetTaskRequest.SerializeToString,
@@ -58,6 +63,12 @@ class ParticipantServiceStub:
 
 class ParticipantServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def GetServerInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -86,6 +97,11 @@ class ParticipantServiceServicer:
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ServerInfo.SerializeToString,
+            ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.GetTaskRequest.FromString,
@@ -116,6 +132,33 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ParticipantService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.ParticipantService/GetServerInfo',
+            fedsilo_dot_v1_dot_fedsilo__pb2.GetServerInfoRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetTask(request,
@@ -260,6 +303,31 @@ class AdminServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListParticipantsRequest.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListParticipantsResponse.FromString,
                 _registered_method=True)
+        self.ApproveParticipant = channel.unary_unary(
+                '/fedsilo.v1.AdminService/ApproveParticipant',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.OrgRef.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ParticipantInfo.FromString,
+                _registered_method=True)
+        self.RevokeParticipant = channel.unary_unary(
+                '/fedsilo.v1.AdminService/RevokeParticipant',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.OrgRef.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ParticipantInfo.FromString,
+                _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/fedsilo.v1.AdminService/RevokeCertificate',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.RevokeCertificateResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/fedsilo.v1.AdminService/ListAuditEvents',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/fedsilo.v1.AdminService/GetServerInfo',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ServerInfo.FromString,
+                _registered_method=True)
         self.DownloadModel = channel.unary_stream(
                 '/fedsilo.v1.AdminService/DownloadModel',
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.DownloadModelRequest.SerializeToString,
@@ -300,6 +368,36 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -333,6 +431,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListParticipants,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListParticipantsRequest.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListParticipantsResponse.SerializeToString,
+            ),
+            'ApproveParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveParticipant,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.OrgRef.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ParticipantInfo.SerializeToString,
+            ),
+            'RevokeParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeParticipant,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.OrgRef.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ParticipantInfo.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.RevokeCertificateResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ServerInfo.SerializeToString,
             ),
             'DownloadModel': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadModel,
@@ -475,6 +598,141 @@ class AdminService:
             '/fedsilo.v1.AdminService/ListParticipants',
             fedsilo_dot_v1_dot_fedsilo__pb2.ListParticipantsRequest.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.ListParticipantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/ApproveParticipant',
+            fedsilo_dot_v1_dot_fedsilo__pb2.OrgRef.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.ParticipantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/RevokeParticipant',
+            fedsilo_dot_v1_dot_fedsilo__pb2.OrgRef.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.ParticipantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/RevokeCertificate',
+            fedsilo_dot_v1_dot_fedsilo__pb2.RevokeCertificateRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.RevokeCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/ListAuditEvents',
+            fedsilo_dot_v1_dot_fedsilo__pb2.ListAuditEventsRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/GetServerInfo',
+            fedsilo_dot_v1_dot_fedsilo__pb2.GetServerInfoRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -92,6 +92,8 @@ def start_test_coordinator(
             ),
             limits=LimitsSection(liveness_seconds=60.0),
             tick_seconds=tick_seconds,
+            # Membership approval has its own tests; here every consortium member is admitted.
+            auto_approve=True,
         )
         running = start_coordinator(config)
         started.append(running)

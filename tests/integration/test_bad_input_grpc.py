@@ -685,7 +685,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 10  # 4 participant + 6 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 16  # 5 participant + 11 admin RPCs; update when the API grows
 
 
 def _raw_call(
@@ -855,6 +855,8 @@ def test_oversized_messages_are_resource_exhausted_before_application_code(
 def _valid_request(path: str, job_id: str) -> list[bytes]:
     """A well-formed request body for every fedsilo RPC, as raw bytes."""
     name = path.rsplit("/", 1)[1]
+    if name == "GetServerInfo":
+        return [pb.GetServerInfoRequest().SerializeToString()]
     if path.startswith("/fedsilo.v1.AdminService/"):
         if name == "CreateJob":
             header, payload = encode_tensors(initial_weights())
@@ -873,6 +875,12 @@ def _valid_request(path: str, job_id: str) -> list[bytes]:
             return [pb.ListJobsRequest().SerializeToString()]
         if name == "ListParticipants":
             return [pb.ListParticipantsRequest().SerializeToString()]
+        if name in ("ApproveParticipant", "RevokeParticipant"):
+            return [pb.OrgRef(org_id=ORG_A).SerializeToString()]
+        if name == "RevokeCertificate":
+            return [pb.RevokeCertificateRequest(serial_hex="abc123").SerializeToString()]
+        if name == "ListAuditEvents":
+            return [pb.ListAuditEventsRequest(limit=5).SerializeToString()]
         return [pb.DownloadModelRequest(job_id=job_id, version=0).SerializeToString()]
     if name == "GetTask":
         return [pb.GetTaskRequest(wait_seconds=0).SerializeToString()]

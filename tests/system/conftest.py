@@ -55,6 +55,7 @@ class Consortium:
                     "key": str(self.pki.coordinator_key),
                 },
                 "tick_seconds": 0.1,
+                "auto_approve": True,
                 "grace_seconds": 5,
             }
             path.write_text(yaml.safe_dump(config))

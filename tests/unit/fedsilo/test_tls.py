@@ -133,7 +133,8 @@ def test_participant_of_the_consortium_connects_and_is_identified(
     reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert _who_am_i(channel) == b"org-b/participant"
-    assert server.servicer.seen == [PeerIdentity("org-b", Role.PARTICIPANT)]
+    serial = format(pki.load_certificate(demo.participants["org-b"].cert_path).serial_number, "x")
+    assert server.servicer.seen == [PeerIdentity("org-b", Role.PARTICIPANT, serial)]
 
 
 def test_admin_role_comes_from_the_certificate(
@@ -142,7 +143,8 @@ def test_admin_role_comes_from_the_certificate(
     files = TlsFiles(demo.ca_cert, demo.admin_cert, demo.admin_key)
     channel = open_channel(server.target, channel_credentials(files))
     assert _who_am_i(channel) == b"admin/admin"
-    assert server.servicer.seen == [PeerIdentity("admin", Role.ADMIN)]
+    serial = format(pki.load_certificate(demo.admin_cert).serial_number, "x")
+    assert server.servicer.seen == [PeerIdentity("admin", Role.ADMIN, serial)]
 
 
 def test_cert_from_a_foreign_ca_fails_the_handshake(
@@ -240,7 +242,7 @@ def test_identity_is_none_for_an_unknown_role(demo: pki.DemoPki) -> None:
 def test_identity_reads_cn_and_ou(demo: pki.DemoPki) -> None:
     cert = pki.load_certificate(demo.coordinator_cert)
     assert identity_from_auth_context(_auth_context_for(cert)) == PeerIdentity(
-        "coordinator", Role.COORDINATOR
+        "coordinator", Role.COORDINATOR, format(cert.serial_number, "x")
     )
 
 

@@ -1,0 +1,148 @@
+"""Membership use cases: who may take part, revocation of organizations and certificates, audit.
+
+An organization is known by the org id in its certificate. Its first call registers it as
+PENDING (or ACTIVE when the coordinator runs with ``auto_approve``); only an admin makes it
+ACTIVE. A revoked organization, or a revoked certificate, is refused on its next call: the
+revocation set is kept in memory and updated in the same process that writes it, so no restart
+is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.domain.jobs import Participant, ParticipantStatus
+from coordinator.errors import InvalidInput, NotAuthorized, NotFound
+from coordinator.persistence.store import DuplicateKey, Store
+from fedsilo.logs import context
+
+__all__ = ["AuditEvent", "MembershipService"]
+
+log = logging.getLogger("coordinator.membership")
+
+_SERIAL = re.compile(r"[0-9a-f]{1,64}")
+MAX_AUDIT_EVENTS = 10_000
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    event_id: int
+    at: float
+    actor: str
+    action: str
+    outcome: str
+    detail: str
+
+
+class MembershipService:
+    """Registration, approval, revocation and the audit log."""
+
+    def __init__(
+        self, store: Store, *, auto_approve: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._auto_approve = auto_approve
+        self._clock = clock
+        self._lock = threading.Lock()
+        with store.transaction() as tx:
+            self._revoked = tx.revoked_serials()
+
+    # -- callers --------------------------------------------------------------------------------
+
+    def authenticate_participant(self, org_id: str, *, require_active: bool = True) -> Participant:
+        """Register on first contact and refresh liveness; refuse revoked (and pending) members."""
+        now = self._clock()
+        with self._store.transaction() as tx:
+            participant = tx.get_participant(org_id)
+            if participant is None:
+                status = (
+                    ParticipantStatus.ACTIVE if self._auto_approve else ParticipantStatus.PENDING
+                )
+                participant = Participant(org_id, status, now, now)
+                tx.add_participant(participant)
+                tx.add_audit(now, org_id, "participant.register", status.value, "")
+                log.info("new organization registered as %s", status.value, **context(org=org_id))
+            else:
+                tx.touch_participant(org_id, now)
+                participant = dataclasses.replace(participant, last_seen=now)
+        if participant.status is ParticipantStatus.REVOKED:
+            raise NotAuthorized("this organization's membership is revoked")
+        if require_active and participant.status is not ParticipantStatus.ACTIVE:
+            raise NotAuthorized("this organization's membership is pending an admin's approval")
+        return participant
+
+    def is_certificate_revoked(self, serial_hex: str) -> bool:
+        return serial_hex in self._revoked
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def list_participants(self) -> list[Participant]:
+        with self._store.transaction() as tx:
+            return tx.list_participants()
+
+    def approve(self, org_id: str, actor: str) -> Participant:
+        return self._set_status(org_id, ParticipantStatus.ACTIVE, actor, "participant.approve")
+
+    def revoke(self, org_id: str, actor: str) -> Participant:
+        return self._set_status(org_id, ParticipantStatus.REVOKED, actor, "participant.revoke")
+
+    def _set_status(
+        self, org_id: str, status: ParticipantStatus, actor: str, action: str
+    ) -> Participant:
+        with self._store.transaction() as tx:
+            participant = tx.get_participant(org_id)
+            if participant is None:
+                raise NotFound("no such organization (it registers on its first call)")
+            if (
+                participant.status is ParticipantStatus.REVOKED
+                and status is ParticipantStatus.ACTIVE
+            ):
+                raise InvalidInput("a revoked organization cannot be approved again")
+            tx.set_participant_status(org_id, status)
+            tx.add_audit(self._clock(), actor, action, "ok", f"org={org_id}")
+        log.info("%s by %s", action, actor, **context(org=org_id))
+        return dataclasses.replace(participant, status=status)
+
+    def revoke_certificate(self, serial_hex: str, reason: str, actor: str) -> bool:
+        """Revoke one certificate by serial; returns True if it was already revoked."""
+        serial = serial_hex.strip().lower()
+        if not _SERIAL.fullmatch(serial):
+            raise InvalidInput("serial must be the certificate's serial number in hex")
+        if len(reason) > 500:
+            raise InvalidInput("reason must be at most 500 characters")
+        with self._lock:
+            if serial in self._revoked:
+                return True
+            try:
+                with self._store.transaction() as tx:
+                    tx.add_revoked_certificate(serial, reason, actor, self._clock())
+                    tx.add_audit(
+                        self._clock(), actor, "certificate.revoke", "ok", f"serial={serial}"
+                    )
+            except DuplicateKey:
+                pass  # revoked meanwhile by another coordinator process sharing the database
+            self._revoked.add(serial)
+        log.warning("certificate %s revoked by %s", serial, actor)
+        return False
+
+    def record(self, actor: str, action: str, outcome: str, detail: str = "") -> None:
+        """Write an audit event (rejected requests, admin actions)."""
+        with self._store.transaction() as tx:
+            tx.add_audit(self._clock(), actor, action, outcome, detail)
+
+    def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+        if not 1 <= limit <= MAX_AUDIT_EVENTS:
+            raise InvalidInput(f"limit must be between 1 and {MAX_AUDIT_EVENTS}")
+        with self._store.transaction() as tx:
+            rows: list[dict[str, Any]] = tx.list_audit(limit)
+        return [
+            AuditEvent(r["id"], r["at"], r["actor"], r["action"], r["outcome"], r["detail"])
+            for r in rows
+        ]
