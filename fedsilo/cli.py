@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
+from fedsilo import pki_cli
 from fedsilo.config import ConfigError
 from fedsilo.tls import TlsConfigError, TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = coordinator_cmds.add_parser("serve", help="serve until SIGTERM")
     serve.add_argument("--config", type=Path, help="YAML configuration file")
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+
+    pki_cli.register(commands)
 
     participant = commands.add_parser("participant", help="run an organization's daemon")
     participant_cmds = participant.add_subparsers(dest="action", required=True)
@@ -146,6 +149,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         from participant.main import run
 
         return run(args.config)
+    if args.command == "pki":
+        return pki_cli.run(args, console)
     if args.command == "demo":
         from fedsilo.demo import DemoOptions, run_demo
 

@@ -164,9 +164,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             # New members wait as pending until an admin admits them, as in production.
             for org in orgs:
                 admin.approve_participant(org)
-            console.print(
-                f"  {len(orgs)} organizations connected and approved: {', '.join(orgs)}"
-            )
+            console.print(f"  {len(orgs)} organizations connected and approved: {', '.join(orgs)}")
             spec = pb.JobSpec(
                 name=f"{options.task}-demo",
                 task_name=options.task,

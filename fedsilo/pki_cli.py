@@ -34,9 +34,7 @@ from rich.markup import escape
 
 from fedsilo import pki
 from fedsilo.pki import Role
-from fedsilo.tls import TlsFiles, channel_credentials
-from fedsilo.v1 import fedsilo_pb2 as pb
-from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from fedsilo.tls import TlsFiles
 
 __all__ = ["normalize_serial_hex", "register", "run", "serial_hex"]
 
@@ -139,7 +137,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     # The certificate to revoke is positional because --cert is the admin's own TLS certificate,
     # as in every other admin command.
     target.add_argument(
-        "certificate", nargs="?", type=Path, metavar="CERT", help="PEM certificate to revoke"
+        "certificate",
+        nargs="?",
+        type=Path,
+        metavar="CERTIFICATE",
+        help="PEM certificate to revoke",
     )
     target.add_argument("--serial", metavar="HEX", help="serial number of the certificate")
     revoke.add_argument("--reason", default="", help="why (recorded in the audit log)")
@@ -382,20 +384,44 @@ def _revoke(args: argparse.Namespace, console: Console) -> int:
 
 def _send_revocation(target: str, tls: TlsFiles, timeout: float, serial: str, reason: str) -> bool:
     """Call AdminService.RevokeCertificate; return whether the serial was already revoked."""
-    request = pb.RevokeCertificateRequest(serial_hex=serial, reason=reason)
-    with grpc.secure_channel(target, channel_credentials(tls)) as channel:
-        response = pb_grpc.AdminServiceStub(channel).RevokeCertificate(request, timeout=timeout)
-    return bool(response.already_revoked)
+    # Imported here: the CA-side commands must not need numpy and the gRPC client stack.
+    from fedsilo.admin import AdminClient
+
+    with AdminClient(target, tls, timeout=timeout) as client:
+        return client.revoke_certificate(serial, reason)
 
 
 def _add_admin_connection(parser: argparse.ArgumentParser) -> None:
     # Same flags and environment variables as the other admin commands in fedsilo.cli.
     env = os.environ
     group = parser.add_argument_group("coordinator connection (admin certificate)")
-    group.add_argument("--coordinator", default=env.get("FEDSILO_COORDINATOR", "localhost:50051"))
-    group.add_argument("--ca-cert", type=Path, default=_env_path("FEDSILO_TLS_CA_CERT"))
-    group.add_argument("--cert", type=Path, default=_env_path("FEDSILO_TLS_CERT"))
-    group.add_argument("--key", type=Path, default=_env_path("FEDSILO_TLS_KEY"))
+    group.add_argument(
+        "--coordinator",
+        default=env.get("FEDSILO_COORDINATOR", "localhost:50051"),
+        metavar="HOST:PORT",
+        help="coordinator address (env FEDSILO_COORDINATOR)",
+    )
+    group.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=_env_path("FEDSILO_TLS_CA_CERT"),
+        metavar="FILE",
+        help="consortium CA certificate (env FEDSILO_TLS_CA_CERT)",
+    )
+    group.add_argument(
+        "--cert",
+        type=Path,
+        default=_env_path("FEDSILO_TLS_CERT"),
+        metavar="FILE",
+        help="your admin certificate (env FEDSILO_TLS_CERT)",
+    )
+    group.add_argument(
+        "--key",
+        type=Path,
+        default=_env_path("FEDSILO_TLS_KEY"),
+        metavar="FILE",
+        help="your admin private key (env FEDSILO_TLS_KEY)",
+    )
     group.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, seconds")
 
 

@@ -12,7 +12,7 @@ from fedsilo.logs import configure
 from fedsilo.tls import TlsFiles
 from participant.service.answers import AnswerStore
 from participant.service.runner import ParticipantDaemon
-from participant.transport.client import Backoff, CoordinatorClient, open_channel
+from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
 
 __all__ = ["build_daemon", "run"]
 
@@ -21,15 +21,15 @@ log = logging.getLogger("participant")
 
 def build_daemon(
     config: ParticipantConfig, stop: threading.Event
-) -> tuple[ParticipantDaemon, object]:
+) -> tuple[ParticipantDaemon, ChannelSource]:
     """Wire a daemon from its configuration; returns it and the channel to close."""
     tls = None
     if not config.tls.insecure:
         assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
         tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
-    channel = open_channel(config.coordinator, tls)
+    channels = ChannelSource(config.coordinator, tls)
     client = CoordinatorClient(
-        channel,
+        channels,
         config.rpc_timeout_seconds,
         Backoff(config.backoff.initial_seconds, config.backoff.max_seconds),
         stop,
@@ -43,7 +43,7 @@ def build_daemon(
         stop,
         config.poll_seconds,
     )
-    return daemon, channel
+    return daemon, channels
 
 
 def run(config_path: Path | None) -> int:
@@ -61,5 +61,5 @@ def run(config_path: Path | None) -> int:
     try:
         daemon.run()
     finally:
-        channel.close()  # type: ignore[attr-defined]
+        channel.close()
     return 0

@@ -113,8 +113,9 @@ class MembershipService:
     def revoke_certificate(self, serial_hex: str, reason: str, actor: str) -> bool:
         """Revoke one certificate by serial; returns True if it was already revoked."""
         serial = serial_hex.strip().lower()
-        if not _SERIAL.fullmatch(serial):
+        if not _SERIAL.fullmatch(serial) or int(serial, 16) == 0:
             raise InvalidInput("serial must be the certificate's serial number in hex")
+        serial = format(int(serial, 16), "x")  # the form identities carry: no leading zeros
         if len(reason) > 500:
             raise InvalidInput("reason must be at most 500 characters")
         with self._lock:

@@ -12,7 +12,7 @@ import grpc
 
 from fedsilo.codec import encode_tensors
 from fedsilo.logs import context
-from fedsilo.tasks import LocalData, Task, as_float32, load_task
+from fedsilo.tasks import LocalData, Task, TaskNotFoundError, as_float32, load_task
 from participant.domain.assignments import Assignment, AssignmentKind
 from participant.service.answers import AnswerStore, StoredAnswer
 from participant.transport.client import CoordinatorClient, Stopped
@@ -55,12 +55,26 @@ class ParticipantDaemon:
 
     def run(self) -> None:
         log.info("participant daemon started")
-        try:
-            while not self._stop.is_set():
+        while not self._stop.is_set():
+            try:
                 assignment = self._client.retrying(lambda: self._client.get_assignment(self._poll))
                 self.handle(assignment)
-        except Stopped:
-            pass
+            except Stopped:
+                break
+            except grpc.RpcError as exc:
+                # A long-lived daemon outlives refusals (pending approval, a certificate being
+                # rotated, a coordinator error): report and try again after a backoff.
+                log.warning(
+                    "coordinator answered %s: %s; retrying",
+                    exc.code().name,
+                    exc.details(),
+                )
+                if self._client.pause():
+                    break
+            except (TaskNotFoundError, ValueError, ArithmeticError) as exc:
+                log.error("cannot run this work item: %s", exc)
+                if self._client.pause():
+                    break
         log.info("participant daemon stopped")
 
     def handle(self, assignment: Assignment) -> None:

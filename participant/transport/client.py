@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections.abc import Callable
@@ -14,15 +15,30 @@ import numpy.typing as npt
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.codec import PayloadHeader, header_to_proto
 from fedsilo.tasks import TrainingSettings
-from fedsilo.tls import TlsFiles, channel_credentials, check_insecure_allowed
+from fedsilo.tls import (
+    TlsConfigError,
+    TlsFiles,
+    channel_credentials,
+    check_insecure_allowed,
+    files_stamp,
+)
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 from fedsilo.wire import header_then_chunks, receive_model
 from participant.domain.assignments import Assignment, AssignmentKind, SubmissionReceipt
 
-__all__ = ["CLIENT_OPTIONS", "Backoff", "CoordinatorClient", "Stopped", "open_channel"]
+__all__ = [
+    "CLIENT_OPTIONS",
+    "Backoff",
+    "ChannelSource",
+    "CoordinatorClient",
+    "Stopped",
+    "open_channel",
+]
 
 T = TypeVar("T")
+
+log = logging.getLogger("participant.transport")
 
 CLIENT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -58,6 +74,38 @@ def open_channel(target: str, tls: TlsFiles | None) -> grpc.Channel:
     return grpc.secure_channel(target, channel_credentials(tls), options=CLIENT_OPTIONS)
 
 
+class ChannelSource:
+    """The channel to the coordinator, reopened when renewed certificate files appear.
+
+    Certificates are rotated by replacing the files; the next call then handshakes with the new
+    certificate, without restarting the daemon or losing the round in progress. Only the
+    daemon's own thread uses the channel, so the old one is closed between calls.
+    """
+
+    def __init__(self, target: str, tls: TlsFiles | None) -> None:
+        self._target = target
+        self._tls = tls
+        self._stamp = files_stamp(tls) if tls else ()
+        self._channel = open_channel(target, tls)
+
+    def current(self) -> grpc.Channel:
+        if self._tls is not None:
+            stamp = files_stamp(self._tls)
+            if stamp and stamp != self._stamp:
+                try:
+                    fresh = open_channel(self._target, self._tls)
+                except TlsConfigError as exc:
+                    log.warning("renewed certificate files not usable yet: %s", exc)
+                else:
+                    log.info("certificate files changed: reconnecting with the renewed certificate")
+                    self._channel.close()
+                    self._channel, self._stamp = fresh, stamp
+        return self._channel
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 class Backoff:
     """Exponential backoff with full jitter, capped; reset after a success."""
 
@@ -81,15 +129,22 @@ class CoordinatorClient:
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channels: ChannelSource,
         rpc_timeout: float,
         backoff: Backoff,
         stop: threading.Event,
     ) -> None:
-        self._stub = pb_grpc.ParticipantServiceStub(channel)
+        self._channels = channels
         self._timeout = rpc_timeout
         self._backoff = backoff
         self._stop = stop
+
+    def _stub(self) -> pb_grpc.ParticipantServiceStub:
+        return pb_grpc.ParticipantServiceStub(self._channels.current())
+
+    def pause(self) -> bool:
+        """Wait one backoff step after a failure; True if asked to stop meanwhile."""
+        return self._stop.wait(self._backoff.next_delay())
 
     def retrying(self, call: Callable[[], T]) -> T:
         """Run call until it succeeds or fails for a non-transient reason, backing off between."""
@@ -109,7 +164,7 @@ class CoordinatorClient:
 
     def get_assignment(self, wait_seconds: float) -> Assignment:
         """Long-poll for work; returns WAIT if nothing came within wait_seconds."""
-        future = self._stub.GetTask.future(
+        future = self._stub().GetTask.future(
             pb.GetTaskRequest(wait_seconds=wait_seconds), timeout=wait_seconds + 15
         )
         while True:
@@ -123,7 +178,7 @@ class CoordinatorClient:
         return _assignment_from_pb(response)
 
     def download_model(self, job_id: str, version: int) -> tuple[int, list[npt.NDArray[Any]]]:
-        stream = self._stub.DownloadModel(
+        stream = self._stub().DownloadModel(
             pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout
         )
         return receive_model(stream)
@@ -148,13 +203,13 @@ class CoordinatorClient:
             )
         )
         requests = header_then_chunks(first, payload, lambda d: pb.SubmitUpdateRequest(data=d))
-        response = self._stub.SubmitUpdate(requests, timeout=self._timeout)
+        response = self._stub().SubmitUpdate(requests, timeout=self._timeout)
         return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
 
     def report_metrics(
         self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
     ) -> bool:
-        response = self._stub.ReportMetrics(
+        response = self._stub().ReportMetrics(
             pb.ReportMetricsRequest(
                 job_id=job_id,
                 model_version=version,

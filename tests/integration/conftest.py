@@ -79,8 +79,16 @@ def start_test_coordinator(
     """
     started: list[RunningCoordinator] = []
 
-    def start(port: int = 0, tick_seconds: float = 0.05) -> RunningCoordinator:
-        data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
+    def start(
+        port: int = 0,
+        tick_seconds: float = 0.05,
+        *,
+        auto_approve: bool = True,
+        max_calls_per_org: int = 16,
+        data_dir: Path | None = None,
+    ) -> RunningCoordinator:
+        if data_dir is None:
+            data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
         config = CoordinatorConfig(
             listen=f"127.0.0.1:{port}",
             data_dir=data_dir,
@@ -90,10 +98,10 @@ def start_test_coordinator(
                 cert=pki.demo.coordinator_cert,
                 key=pki.demo.coordinator_key,
             ),
-            limits=LimitsSection(liveness_seconds=60.0),
+            limits=LimitsSection(liveness_seconds=60.0, max_calls_per_org=max_calls_per_org),
             tick_seconds=tick_seconds,
-            # Membership approval has its own tests; here every consortium member is admitted.
-            auto_approve=True,
+            # Membership approval has its own tests; elsewhere every consortium member is admitted.
+            auto_approve=auto_approve,
         )
         running = start_coordinator(config)
         started.append(running)
@@ -254,7 +262,8 @@ def run_daemon(pki: ConsortiumPki, tmp_path: Path) -> Iterator[Callable[..., Dae
             backoff=backoff,
         )
         stop = threading.Event()
-        daemon, channel = build_daemon(config, stop)
+        daemon, channels = build_daemon(config, stop)
+        channel = channels.current()
         errors: list[BaseException] = []
 
         def body() -> None:
