@@ -27,11 +27,11 @@ class WaitTimeout(TimeoutError):
 def wait_for(
     condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
 ) -> T:
-    """Poll condition until it returns a value other than None/False, or fail after timeout."""
+    """Poll condition until it returns a truthy value (returned), or fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -441,3 +441,32 @@ def test_admin_api_refuses_a_participant_certificate_and_audits_it(
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
     events = [(e.actor, e.action, e.outcome) for e in admin.audit_events()]
     assert ("org-a", "/fedsilo.v1.AdminService/ListJobs", "permission_denied") in events
+
+
+# -- TLS parameters --------------------------------------------------------------------------------
+
+
+def _negotiate(port: int, pki: ConsortiumPki, maximum: ssl.TLSVersion) -> tuple[str, str]:
+    files = pki.participant_tls("org-a")
+    context = ssl.create_default_context(cafile=str(files.ca_cert))
+    context.load_cert_chain(str(files.cert), str(files.key))
+    context.maximum_version = maximum
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=RPC_TIMEOUT_S) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        version, cipher = tls.version(), tls.cipher()
+    assert version is not None and cipher is not None
+    return version, cipher[0]
+
+
+def test_tls_13_is_negotiated_and_tls_12_gets_only_forward_secret_aead_ciphers(
+    coordinator: RunningCoordinator, pki: ConsortiumPki
+) -> None:
+    assert _negotiate(coordinator.port, pki, ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
+    # gRPC Python cannot set a server's minimum TLS version (see README, security notes); what
+    # a TLS 1.2-only client gets is at least ephemeral key exchange with an AEAD cipher.
+    version, cipher = _negotiate(coordinator.port, pki, ssl.TLSVersion.TLSv1_2)
+    assert version == "TLSv1.2"
+    assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
