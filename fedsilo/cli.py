@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,9 +15,10 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from fedsilo import pki_cli
+from fedsilo import doctor, pki_cli
+from fedsilo.admin_connection import add_admin_connection, admin_tls
 from fedsilo.config import ConfigError
-from fedsilo.tls import TlsConfigError, TlsFiles
+from fedsilo.tls import TlsConfigError
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = ["main"]
@@ -30,22 +30,6 @@ PROTECTIONS = {
 }
 PHASE_NAMES = {v: k.removeprefix("ROUND_PHASE_").lower() for k, v in pb.RoundPhase.items()}
 STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in pb.JobState.items()}
-
-
-def _add_admin_connection(parser: argparse.ArgumentParser) -> None:
-    env = os.environ
-    group = parser.add_argument_group("coordinator connection (admin certificate)")
-    group.add_argument("--coordinator", default=env.get("FEDSILO_COORDINATOR", "localhost:50051"))
-    group.add_argument("--ca-cert", type=Path, default=_env_path("FEDSILO_TLS_CA_CERT"))
-    group.add_argument("--cert", type=Path, default=_env_path("FEDSILO_TLS_CERT"))
-    group.add_argument("--key", type=Path, default=_env_path("FEDSILO_TLS_KEY"))
-    group.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds")
-    group.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     participant_cmds = participant.add_subparsers(dest="action", required=True)
     run = participant_cmds.add_parser("run", help="run until SIGTERM")
     run.add_argument("--config", type=Path, help="YAML configuration file")
+    doctor.register(participant_cmds)
 
     job = commands.add_parser("job", help="create, start and follow jobs")
     job_cmds = job.add_subparsers(dest="action", required=True)
@@ -80,29 +65,29 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--seed", type=int, default=0)
     create.add_argument("--task-config", default="{}", help="JSON object passed to every task")
     create.add_argument("--start", action="store_true", help="start the job right away")
-    _add_admin_connection(create)
+    add_admin_connection(create)
     for name in ("start", "status", "watch"):
         sub = job_cmds.add_parser(name, help=f"{name} a job")
         sub.add_argument("job_id")
-        _add_admin_connection(sub)
+        add_admin_connection(sub)
     listing = job_cmds.add_parser("list", help="list jobs")
-    _add_admin_connection(listing)
+    add_admin_connection(listing)
 
     participants = commands.add_parser(
         "participants", help="organizations known to the coordinator"
     )
     participants_cmds = participants.add_subparsers(dest="action", required=True)
-    _add_admin_connection(participants_cmds.add_parser("list", help="list organizations"))
+    add_admin_connection(participants_cmds.add_parser("list", help="list organizations"))
     for name, text in (("approve", "admit a pending organization"), ("revoke", "expel one")):
         membership = participants_cmds.add_parser(name, help=text)
         membership.add_argument("org_id")
-        _add_admin_connection(membership)
+        add_admin_connection(membership)
 
     audit = commands.add_parser("audit", help="the coordinator's audit log")
     audit_cmds = audit.add_subparsers(dest="action", required=True)
     audit_list = audit_cmds.add_parser("list", help="admin actions and rejected requests")
     audit_list.add_argument("--limit", type=int, default=50)
-    _add_admin_connection(audit_list)
+    add_admin_connection(audit_list)
 
     model = commands.add_parser("model", help="global models")
     model_cmds = model.add_subparsers(dest="action", required=True)
@@ -111,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--task", required=True, help="task that defines the architecture")
     export.add_argument("--out", type=Path, required=True, help="output .keras file")
     export.add_argument("--version", type=int, default=-1, help="model version (default latest)")
-    _add_admin_connection(export)
+    add_admin_connection(export)
 
     demo = commands.add_parser("demo", help="run a local multi-organization training demo")
     demo.add_argument("--participants", type=int, default=3)
@@ -146,6 +131,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 
         return serve(args.config, args.port_file)
     if args.command == "participant":
+        if args.action == "doctor":
+            return doctor.run(args, console)
         from participant.main import run
 
         return run(args.config)
@@ -170,7 +157,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 def _admin(args: argparse.Namespace, console: Console) -> int:
     from fedsilo.admin import AdminClient
 
-    tls = _admin_tls(args)
+    tls = admin_tls(args)
     with AdminClient(args.coordinator, tls, timeout=args.timeout) as client:
         if args.command == "audit":
             events = [_to_dict(e) for e in client.audit_events(args.limit)]
@@ -220,16 +207,6 @@ def _admin(args: argparse.Namespace, console: Console) -> int:
             _show_job(client.get_job(args.job_id), args.json, console)
             return 0
         return _watch(client, args.job_id, args.json, console)
-
-
-def _admin_tls(args: argparse.Namespace) -> TlsFiles | None:
-    given = [args.ca_cert, args.cert, args.key]
-    if all(given):
-        return TlsFiles(args.ca_cert, args.cert, args.key)
-    raise ConfigError(
-        "admin commands need --ca-cert, --cert and --key (or FEDSILO_TLS_CA_CERT, "
-        "FEDSILO_TLS_CERT, FEDSILO_TLS_KEY): the admin API requires an admin certificate"
-    )
 
 
 def _create(client: Any, args: argparse.Namespace, console: Console) -> int:

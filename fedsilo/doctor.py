@@ -876,18 +876,26 @@ def register(participant_subparsers: argparse._SubParsersAction[argparse.Argumen
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         help="seconds allowed for each network step (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     """Execute ``participant doctor``: print the diagnosis, return the exit code."""
     try:
-        if not args.timeout > 0:
-            raise ConfigError(f"--timeout must be positive, got {args.timeout}")
         config = load_config(ParticipantConfig, args.config)
     except ConfigError as exc:
         results = [

@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-import os
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedsilo import pki
+from fedsilo.admin_connection import AdminConnectionError, add_admin_connection, admin_tls
 from fedsilo.pki import Role
 from fedsilo.tls import TlsFiles
 
@@ -145,7 +145,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     target.add_argument("--serial", metavar="HEX", help="serial number of the certificate")
     revoke.add_argument("--reason", default="", help="why (recorded in the audit log)")
-    _add_admin_connection(revoke)
+    add_admin_connection(revoke, json_flag=False)
     _add_json_flag(revoke)
 
 
@@ -368,7 +368,10 @@ def _revoke(args: argparse.Namespace, console: Console) -> int:
         serial = normalize_serial_hex(args.serial)
     if args.timeout <= 0:
         raise _UserError(f"--timeout must be positive, got {args.timeout}")
-    tls = _admin_tls(args)
+    try:
+        tls = admin_tls(args)
+    except AdminConnectionError as exc:
+        raise _UserError(str(exc)) from None
     already_revoked = _send_revocation(args.coordinator, tls, args.timeout, serial, args.reason)
     result = {
         "serial_hex": serial,
@@ -389,54 +392,6 @@ def _send_revocation(target: str, tls: TlsFiles, timeout: float, serial: str, re
 
     with AdminClient(target, tls, timeout=timeout) as client:
         return client.revoke_certificate(serial, reason)
-
-
-def _add_admin_connection(parser: argparse.ArgumentParser) -> None:
-    # Same flags and environment variables as the other admin commands in fedsilo.cli.
-    env = os.environ
-    group = parser.add_argument_group("coordinator connection (admin certificate)")
-    group.add_argument(
-        "--coordinator",
-        default=env.get("FEDSILO_COORDINATOR", "localhost:50051"),
-        metavar="HOST:PORT",
-        help="coordinator address (env FEDSILO_COORDINATOR)",
-    )
-    group.add_argument(
-        "--ca-cert",
-        type=Path,
-        default=_env_path("FEDSILO_TLS_CA_CERT"),
-        metavar="FILE",
-        help="consortium CA certificate (env FEDSILO_TLS_CA_CERT)",
-    )
-    group.add_argument(
-        "--cert",
-        type=Path,
-        default=_env_path("FEDSILO_TLS_CERT"),
-        metavar="FILE",
-        help="your admin certificate (env FEDSILO_TLS_CERT)",
-    )
-    group.add_argument(
-        "--key",
-        type=Path,
-        default=_env_path("FEDSILO_TLS_KEY"),
-        metavar="FILE",
-        help="your admin private key (env FEDSILO_TLS_KEY)",
-    )
-    group.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, seconds")
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
-
-
-def _admin_tls(args: argparse.Namespace) -> TlsFiles:
-    if args.ca_cert and args.cert and args.key:
-        return TlsFiles(args.ca_cert, args.cert, args.key)
-    raise _UserError(
-        "revoke needs --ca-cert, --cert and --key (or FEDSILO_TLS_CA_CERT, FEDSILO_TLS_CERT, "
-        "FEDSILO_TLS_KEY): the admin API requires an admin certificate"
-    )
 
 
 # ------------------------------------------------------------------------------------- helpers

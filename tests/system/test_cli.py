@@ -18,10 +18,10 @@ pytestmark = pytest.mark.system
 def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     env = {
         **os.environ,
-        "FEDSILO_COORDINATOR": consortium.target,
-        "FEDSILO_TLS_CA_CERT": str(consortium.pki.ca_cert),
-        "FEDSILO_TLS_CERT": str(consortium.pki.admin_cert),
-        "FEDSILO_TLS_KEY": str(consortium.pki.admin_key),
+        "FEDSILO_ADMIN_COORDINATOR": consortium.target,
+        "FEDSILO_ADMIN_CA_CERT": str(consortium.pki.ca_cert),
+        "FEDSILO_ADMIN_CERT": str(consortium.pki.admin_cert),
+        "FEDSILO_ADMIN_KEY": str(consortium.pki.admin_key),
         "COLUMNS": "200",
     }
     result = subprocess.run(  # noqa: S603
@@ -138,3 +138,19 @@ def test_model_export_writes_a_keras_file_with_the_global_weights(
     assert len(model.get_weights()) == len(expected)
     for got, want in zip(model.get_weights(), expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_participant_doctor_passes_against_a_running_coordinator(consortium) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    consortium.start_participant("org-2")  # writes org-2.yaml; the daemon also runs
+    result = _fedsilo(
+        consortium,
+        "participant",
+        "doctor",
+        "--config",
+        str(consortium.root / "org-2.yaml"),
+        "--json",
+    )
+    checks = {c["name"]: c["result"] for c in json.loads(result.stdout)}
+    assert set(checks.values()) == {"pass"}, checks
+    assert {"certificate", "tls handshake", "clock", "membership"} <= set(checks)

@@ -25,7 +25,7 @@ from fedsilo.pki import Role
 from fedsilo.pki_cli import normalize_serial_hex, register, run, serial_hex
 from fedsilo.tls import TlsFiles
 
-TLS_ENV = ("FEDSILO_COORDINATOR", "FEDSILO_TLS_CA_CERT", "FEDSILO_TLS_CERT", "FEDSILO_TLS_KEY")
+TLS_ENV = ("FEDSILO_ADMIN_COORDINATOR", "FEDSILO_ADMIN_CA_CERT", "FEDSILO_ADMIN_CERT", "FEDSILO_ADMIN_KEY")
 
 
 @pytest.fixture(autouse=True)
@@ -543,10 +543,10 @@ def test_revoke_by_serial_normalizes_it(tmp_path: Path, recorder: RevocationReco
 def test_revoke_takes_the_connection_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorder: RevocationRecorder
 ) -> None:
-    monkeypatch.setenv("FEDSILO_COORDINATOR", "10.1.2.3:7000")
-    monkeypatch.setenv("FEDSILO_TLS_CA_CERT", str(tmp_path / "env-ca.crt"))
-    monkeypatch.setenv("FEDSILO_TLS_CERT", str(tmp_path / "env-admin.crt"))
-    monkeypatch.setenv("FEDSILO_TLS_KEY", str(tmp_path / "env-admin.key"))
+    monkeypatch.setenv("FEDSILO_ADMIN_COORDINATOR", "10.1.2.3:7000")
+    monkeypatch.setenv("FEDSILO_ADMIN_CA_CERT", str(tmp_path / "env-ca.crt"))
+    monkeypatch.setenv("FEDSILO_ADMIN_CERT", str(tmp_path / "env-admin.crt"))
+    monkeypatch.setenv("FEDSILO_ADMIN_KEY", str(tmp_path / "env-admin.key"))
 
     code, output = _run("revoke", "--serial", "ff")
 
@@ -563,7 +563,7 @@ def test_revoke_without_admin_certificate_stops_before_calling(
     code, output = _run("revoke", "--serial", "ff", "--ca-cert", str(tmp_path / "ca.crt"))
 
     assert code == 2
-    _assert_one_line_error(output, "--cert", "--key", "FEDSILO_TLS_CERT")
+    _assert_one_line_error(output, "--cert", "--key", "FEDSILO_ADMIN_CERT")
     assert recorder.calls == []
 
 
