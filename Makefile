@@ -21,6 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-postgres.sh
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.

@@ -86,13 +86,16 @@ def start_test_coordinator(
         auto_approve: bool = True,
         max_calls_per_org: int = 16,
         data_dir: Path | None = None,
+        database_url: str | None = None,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
         config = CoordinatorConfig(
             listen=f"127.0.0.1:{port}",
             data_dir=data_dir,
-            database=DatabaseSection(url=f"sqlite:///{data_dir / 'coordinator.db'}"),
+            database=DatabaseSection(
+                url=database_url or f"sqlite:///{data_dir / 'coordinator.db'}"
+            ),
             tls=TlsSection(
                 ca_cert=pki.demo.ca_cert,
                 cert=pki.demo.coordinator_cert,
