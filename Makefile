@@ -41,7 +41,7 @@ protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench
+	$(BIN)/python tests/bench/bench_secagg.py
 
 clean:
 	rm -rf $(VENV) out.json

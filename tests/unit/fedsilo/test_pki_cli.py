@@ -25,7 +25,12 @@ from fedsilo.pki import Role
 from fedsilo.pki_cli import normalize_serial_hex, register, run, serial_hex
 from fedsilo.tls import TlsFiles
 
-TLS_ENV = ("FEDSILO_ADMIN_COORDINATOR", "FEDSILO_ADMIN_CA_CERT", "FEDSILO_ADMIN_CERT", "FEDSILO_ADMIN_KEY")
+TLS_ENV = (
+    "FEDSILO_ADMIN_COORDINATOR",
+    "FEDSILO_ADMIN_CA_CERT",
+    "FEDSILO_ADMIN_CERT",
+    "FEDSILO_ADMIN_KEY",
+)
 
 
 @pytest.fixture(autouse=True)

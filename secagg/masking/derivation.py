@@ -1,0 +1,87 @@
+"""Everything derived from the round keys: share-channel keys, pairwise mask seeds, signed payloads.
+
+Every derivation and every signed or authenticated byte string starts with a domain-separation
+label and binds the job id, the round id and the round config fingerprint, so nothing can be
+replayed into another job, round, phase or purpose (TEST-MATRIX S5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from secagg.masking.config import RoundConfig
+from secagg.primitives.agreement import shared_secrets
+from secagg.primitives.encoding import encode_fields, encode_text
+from secagg.primitives.kdf import derive_key
+
+__all__ = [
+    "advertise_keys_payload",
+    "consistency_payload",
+    "mask_is_added",
+    "pairwise_mask_seeds",
+    "share_associated_data",
+    "share_channel_keys",
+]
+
+_SALT = b"fedsilo/secagg/v1"
+_ADVERTISE_KEYS = b"fedsilo/secagg/v1/advertise-keys"
+_CONSISTENCY = b"fedsilo/secagg/v1/consistency"
+_SHARE_CHANNEL = b"fedsilo/secagg/v1/share-channel"
+_SHARE_AD = b"fedsilo/secagg/v1/share"
+_PAIRWISE_MASK = b"fedsilo/secagg/v1/pairwise-mask"
+
+
+def _round_fields(label: bytes, config: RoundConfig) -> list[bytes]:
+    return [label, encode_text(config.job_id), encode_text(config.round_id), config.fingerprint]
+
+
+def advertise_keys_payload(
+    config: RoundConfig, participant: str, encryption_key: bytes, masking_key: bytes
+) -> bytes:
+    """What a participant signs in round 0 (AdvertiseKeys): (job, round, id, c_pk, s_pk)."""
+    fields = _round_fields(_ADVERTISE_KEYS, config)
+    fields += [encode_text(participant), encryption_key, masking_key]
+    return encode_fields(fields)
+
+
+def consistency_payload(config: RoundConfig, participant: str, survivors: Iterable[str]) -> bytes:
+    """What a participant signs in round 3 (ConsistencyCheck): the sorted survivor set U3."""
+    members = encode_fields(encode_text(member) for member in sorted(survivors))
+    return encode_fields([*_round_fields(_CONSISTENCY, config), encode_text(participant), members])
+
+
+def share_channel_keys(
+    config: RoundConfig, encryption_private: bytes, peer_encryption_keys: Sequence[bytes]
+) -> list[bytes]:
+    """AES-256-GCM keys for round-1 shares with each peer: HKDF(X25519(c_sk, c_pk_peer))."""
+    info = encode_fields(_round_fields(_SHARE_CHANNEL, config))
+    return [
+        derive_key(secret, salt=_SALT, info=info)
+        for secret in shared_secrets(encryption_private, peer_encryption_keys)
+    ]
+
+
+def share_associated_data(config: RoundConfig, sender: str, receiver: str) -> bytes:
+    """Associated data of a share ciphertext: (job, round, sender, receiver) binds its direction."""
+    fields = _round_fields(_SHARE_AD, config) + [encode_text(sender), encode_text(receiver)]
+    return encode_fields(fields)
+
+
+def pairwise_mask_seeds(
+    config: RoundConfig, masking_private: bytes, peer_masking_keys: Sequence[bytes]
+) -> list[bytes]:
+    """``s_uv = HKDF(X25519(s_sk_u, s_pk_v), round)`` per peer; symmetric in u, v (round 2)."""
+    info = encode_fields(_round_fields(_PAIRWISE_MASK, config))
+    return [
+        derive_key(secret, salt=_SALT, info=info)
+        for secret in shared_secrets(masking_private, peer_masking_keys)
+    ]
+
+
+def mask_is_added(owner: str, peer: str) -> bool:
+    """True if ``owner`` adds ``PRG(s_uv)`` for ``peer`` (peer > owner); otherwise it subtracts.
+
+    Bonawitz round 2: ``y_u = x_u + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv)``; the
+    two terms of every pair cancel in the sum.
+    """
+    return peer > owner
