@@ -10,3 +10,5 @@ Errors raised by the coordinator's use cases form one tree (see ``coordinator.er
     ├── NotAuthorized         wrong role or unknown identity               -> PERMISSION_DENIED
     └── StorageUnavailable    database or blob store unavailable           -> UNAVAILABLE
 """
+
+import fedsilo  # noqa: F401 - applies the TLS 1.3-only policy before grpc is imported

@@ -20,6 +20,7 @@ from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.config import CoordinatorConfig
 from fedsilo.tls import TlsFiles, check_insecure_allowed, reloading_server_credentials
+from fedsilo.tls_policy import tls13_only_in_effect
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -104,6 +105,11 @@ def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
 
+    if not config.tls.insecure and not tls13_only_in_effect():
+        log.warning(
+            "grpc was imported before fedsilo: TLS 1.2 clients may be accepted "
+            "(see fedsilo/tls_policy.py)"
+        )
     if config.tls.insecure:
         check_insecure_allowed(config.listen)
         log.warning("serving WITHOUT TLS on %s (loopback only; for tests)", config.listen)

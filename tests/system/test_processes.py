@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +106,26 @@ def test_sigterm_stops_coordinator_and_participant_cleanly(consortium) -> None: 
     coordinator.popen.send_signal(signal.SIGTERM)
     assert coordinator.popen.wait(timeout=15) == 0
     assert "coordinator stopped" in Path(coordinator.log_path).read_text()
+
+
+def _handshake(consortium, maximum: ssl.TLSVersion) -> str:  # type: ignore[no-untyped-def]
+    files = consortium.pki.participants["org-1"]
+    context = ssl.create_default_context(cafile=str(consortium.pki.ca_cert))
+    context.load_cert_chain(str(files.cert_path), str(files.key_path))
+    context.maximum_version = maximum
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", consortium.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return str(tls.version())
+
+
+def test_coordinator_speaks_tls_13_only(consortium) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    assert _handshake(consortium, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    with pytest.raises(ssl.SSLError):
+        _handshake(consortium, ssl.TLSVersion.TLSv1_2)
 
 
 def test_demo_with_numpy_task_writes_its_summary(tmp_path: Path) -> None:
