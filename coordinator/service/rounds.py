@@ -225,19 +225,16 @@ class CoordinatorService:
                 for j in tx.list_jobs()
             ]
 
-    def read_model(self, job_id: str, version: int) -> tuple[int, bytes]:
-        """The payload of a committed model version (-1: the latest)."""
+    def read_model(self, job_id: str, version: int) -> tuple[int, PayloadHeader, bytes]:
+        """A committed model version (-1: the latest): its number, header and payload."""
         with self._store.transaction() as tx:
             job = _require_job(tx, job_id)
             wanted = job.model_version if version < 0 else version
             model = tx.get_model_version(job_id, wanted)
         if model is None:
             raise NotFound(f"model version {version} does not exist for this job")
-        return wanted, self._blobs.get(model.blob_ref)
-
-    def job_weight_specs(self, job_id: str) -> Job:
-        with self._store.transaction() as tx:
-            return _require_job(tx, job_id)
+        payload = self._blobs.get(model.blob_ref)
+        return wanted, PayloadHeader(job.weight_specs, len(payload), _sha256(payload)), payload
 
     # -- participant work -----------------------------------------------------------------------
 

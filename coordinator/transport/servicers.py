@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 
@@ -28,7 +27,7 @@ from coordinator.service.rounds import (
 )
 from coordinator.transport.interceptors import current_identity
 from fedsilo import chunking
-from fedsilo.codec import PayloadHeader, TensorSpec, header_from_proto, header_to_proto
+from fedsilo.codec import PayloadHeader, header_from_proto, header_to_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -55,10 +54,6 @@ KIND_TO_PB = {
     WorkKind.TRAIN: pb.TASK_KIND_TRAIN,
     WorkKind.EVALUATE: pb.TASK_KIND_EVALUATE,
 }
-
-
-def _header_of(payload: bytes, specs: tuple[TensorSpec, ...]) -> PayloadHeader:
-    return PayloadHeader(specs, len(payload), hashlib.sha256(payload).digest())
 
 
 def _training_to_pb(plan: TrainingPlan) -> pb.TrainingSettings:
@@ -133,9 +128,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
         self._membership.authenticate_participant(current_identity().org_id)
-        version, payload = self._service.read_model(request.job_id, request.version)
-        job = self._service.job_weight_specs(request.job_id)
-        yield from _model_chunks_with_specs(request.job_id, version, payload, job.weight_specs)
+        yield from _model_chunks(self._service, request)
 
     def SubmitUpdate(  # noqa: N802
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
@@ -184,11 +177,12 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         return pb.ReportMetricsResponse(duplicate=duplicate)
 
 
-def _model_chunks_with_specs(
-    job_id: str, version: int, payload: bytes, specs: tuple[TensorSpec, ...]
+def _model_chunks(
+    service: CoordinatorService, request: pb.DownloadModelRequest
 ) -> Iterator[pb.ModelChunk]:
-    header = _header_of(payload, specs)
-    info = pb.ModelInfo(job_id=job_id, version=version, header=header_to_proto(header))
+    """The DownloadModel stream: the model's info (header), then its payload in chunks."""
+    version, header, payload = service.read_model(request.job_id, request.version)
+    info = pb.ModelInfo(job_id=request.job_id, version=version, header=header_to_proto(header))
     yield pb.ModelChunk(info=info)
     for piece in chunking.split(payload):
         yield pb.ModelChunk(data=piece)
@@ -385,6 +379,4 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def DownloadModel(  # noqa: N802
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        version, payload = self._service.read_model(request.job_id, request.version)
-        job = self._service.job_weight_specs(request.job_id)
-        yield from _model_chunks_with_specs(request.job_id, version, payload, job.weight_specs)
+        yield from _model_chunks(self._service, request)

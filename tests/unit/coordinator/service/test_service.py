@@ -190,7 +190,7 @@ class Harness:
 
     def model(self, job_id: str, version: int) -> list[npt.NDArray[Any]]:
         job = self.service.get_job(job_id).job
-        got, payload = self.service.read_model(job_id, version)
+        got, _, payload = self.service.read_model(job_id, version)
         assert got == (job.model_version if version < 0 else version)
         header = PayloadHeader(job.weight_specs, len(payload), hashlib.sha256(payload).digest())
         return decode_tensors(header, payload)
