@@ -154,3 +154,26 @@ def test_participant_doctor_passes_against_a_running_coordinator(consortium) -> 
     checks = {c["name"]: c["result"] for c in json.loads(result.stdout)}
     assert set(checks.values()) == {"pass"}, checks
     assert {"certificate", "tls handshake", "clock", "membership"} <= set(checks)
+
+
+def test_membership_and_revocation_commands_reach_the_coordinator(consortium) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    consortium.start_participant("org-3")
+    wait_for(
+        lambda: "org-3" in _fedsilo(consortium, "participants", "list").stdout,
+        60,
+        "org-3 to register",
+    )
+    revoked = _fedsilo(consortium, "participants", "revoke", "org-3", "--json")
+    assert json.loads(revoked.stdout)["status"] == "revoked"
+
+    cert = str(consortium.pki.participants["org-1"].cert_path)
+    first = _fedsilo(consortium, "pki", "revoke", cert, "--reason", "key lost")
+    assert "revoked" in first.stdout.lower()
+
+    events = json.loads(_fedsilo(consortium, "audit", "list", "--json").stdout)
+    actions = [(e["actor"], e["action"]) for e in events]
+    assert ("admin", "participant.revoke") in actions
+    assert ("admin", "certificate.revoke") in actions
+    table = _fedsilo(consortium, "audit", "list").stdout
+    assert "participant.revoke" in table and "certificate.revoke" in table
