@@ -22,7 +22,7 @@ log = logging.getLogger("participant")
 def build_daemon(
     config: ParticipantConfig, stop: threading.Event
 ) -> tuple[ParticipantDaemon, ChannelSource]:
-    """Wire a daemon from its configuration; returns it and the channel to close."""
+    """Wire a daemon from its configuration; returns it and its channels, to close after."""
     tls = None
     if not config.tls.insecure:
         assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
@@ -57,9 +57,9 @@ def run(config_path: Path | None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon, channel = build_daemon(config, stop)
+    daemon, channels = build_daemon(config, stop)
     try:
         daemon.run()
     finally:
-        channel.close()
+        channels.close()
     return 0

@@ -65,10 +65,6 @@ class AnswerStore:
         # The metadata file is written last: its presence means the answer is complete.
         _write_private(meta_path, json.dumps(meta).encode())
 
-    def forget(self, round_id: str, phase: str) -> None:
-        for path in self._paths(round_id, phase):
-            path.unlink(missing_ok=True)
-
 
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
