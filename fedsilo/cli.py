@@ -56,9 +56,33 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--task", required=True, help="task name (an installed fedsilo task)")
     create.add_argument("--name", help="job name (default: the task name)")
     create.add_argument("--rounds", type=int, default=5)
-    create.add_argument("--protection", choices=sorted(PROTECTIONS), default="none")
+    create.add_argument(
+        "--protection",
+        choices=sorted(PROTECTIONS),
+        default="secagg",
+        help="secagg (default): the coordinator sees only the sum; none: every update in clear",
+    )
     create.add_argument("--min-participants", type=int, default=2)
-    create.add_argument("--round-timeout", type=float, default=300.0, help="seconds per round")
+    create.add_argument(
+        "--round-timeout", type=float, default=300.0, help="seconds for local training (INPUTS)"
+    )
+    create.add_argument(
+        "--phase-timeout",
+        type=float,
+        default=60.0,
+        help="seconds for each small secagg phase (keys, shares, consistency, unmask)",
+    )
+    secagg = create.add_argument_group("secure aggregation (docs/secagg.md)")
+    secagg.add_argument(
+        "--threshold", type=int, default=0, help="minimum survivors t (default: a majority)"
+    )
+    secagg.add_argument("--clip", type=float, default=1.0, help="clip of each update value")
+    secagg.add_argument("--levels-bits", type=int, default=13, help="q: 2^q levels per unit")
+    secagg.add_argument("--modulus-bits", type=int, choices=[32, 64], default=32)
+    secagg.add_argument("--max-participants", type=int, default=16, help="largest cohort")
+    secagg.add_argument(
+        "--max-weight", type=int, default=8192, help="cap on one organization's example count"
+    )
     create.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     create.add_argument("--batch-size", type=int, default=32)
     create.add_argument("--learning-rate", type=float, default=0.01)
@@ -101,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a local multi-organization training demo")
     demo.add_argument("--participants", type=int, default=3)
     demo.add_argument("--rounds", type=int, help="rounds (default: the task's)")
-    demo.add_argument("--protection", choices=sorted(PROTECTIONS), default="none")
+    demo.add_argument("--protection", choices=["none", "secagg"], default="secagg")
     demo.add_argument("--summary-json", type=Path, help="write the result summary here")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--task", default="digits", choices=["digits", "digits-linear"])
@@ -227,6 +251,15 @@ def _create(client: Any, args: argparse.Namespace, console: Console) -> int:
         num_rounds=args.rounds,
         min_participants=args.min_participants,
         round_timeout_seconds=args.round_timeout,
+        phase_timeout_seconds=args.phase_timeout,
+        secagg=pb.SecAggSettings(
+            threshold=args.threshold,
+            modulus_bits=args.modulus_bits,
+            clip=args.clip,
+            levels_bits=args.levels_bits,
+            max_participants=args.max_participants,
+            max_weight=args.max_weight,
+        ),
         training=pb.TrainingSettings(
             local_epochs=args.epochs,
             batch_size=args.batch_size,

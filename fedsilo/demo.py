@@ -32,6 +32,8 @@ from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = ["DemoOptions", "run_demo"]
 
+DEMO_PROTECTIONS = {"secagg": pb.PROTECTION_SECAGG, "none": pb.PROTECTION_NONE}
+
 TASK_SPECS = {
     "digits": "examples.digits.task:task",
     "digits-linear": "examples.synthetic.task:task",
@@ -42,7 +44,7 @@ TASK_SPECS = {
 class DemoOptions:
     participants: int = 3
     rounds: int | None = None
-    protection: str = "none"
+    protection: str = "secagg"
     summary_json: Path | None = None
     seed: int = 0
     task: str = "digits"
@@ -58,11 +60,13 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not 1 <= options.participants <= 8:
         raise ValueError("--participants must be between 1 and 8 on one machine")
-    if options.protection != "none":
+    if options.protection not in DEMO_PROTECTIONS:
         raise ValueError(
-            f"protection {options.protection!r} is not available in this version; "
-            "use --protection none"
+            f"protection {options.protection!r} is not available in the demo; "
+            f"use one of {', '.join(DEMO_PROTECTIONS)}"
         )
+    if options.protection == "secagg" and options.participants < 2:
+        raise ValueError("secure aggregation needs at least 2 participants")
     task = load_task(options.task, TASK_SPECS)
     settings = _module_attr(options.task, "default_settings")
     rounds = options.rounds or _module_attr(options.task, "default_rounds")
@@ -168,7 +172,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             spec = pb.JobSpec(
                 name=f"{options.task}-demo",
                 task_name=options.task,
-                protection=pb.PROTECTION_NONE,
+                protection=DEMO_PROTECTIONS[options.protection],
                 algorithm="fedavg",
                 num_rounds=rounds,
                 min_participants=len(orgs),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -64,6 +64,8 @@ class PeerIdentity:
     role: Role
     serial_hex: str = ""
     """The certificate's serial number in lower-case hex: what revocation lists name."""
+    certificate_pem: bytes = field(default=b"", repr=False, compare=False)
+    """The certificate itself (PEM), as verified in the handshake."""
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
@@ -146,7 +148,12 @@ def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]]) -> P
         org_id, role = subject_identity(cert.subject)
     except ValueError:
         return None
-    return PeerIdentity(org_id=org_id, role=role, serial_hex=format(cert.serial_number, "x"))
+    return PeerIdentity(
+        org_id=org_id,
+        role=role,
+        serial_hex=format(cert.serial_number, "x"),
+        certificate_pem=bytes(pems[0]),
+    )
 
 
 def is_loopback_address(address: str) -> bool:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from coordinator.domain.rounds import Protection
 from coordinator.errors import InvalidInput
 from fedsilo.codec import TensorSpec
+from secagg.errors import SecAggError
+from secagg.masking.quantize import check_bit_budget
 
 __all__ = [
     "ALGORITHMS",
@@ -19,6 +21,8 @@ __all__ = [
     "ModelVersion",
     "Participant",
     "ParticipantStatus",
+    "PhaseMessage",
+    "SecAggSettings",
     "Submission",
     "TrainingPlan",
 ]
@@ -54,12 +58,61 @@ class TrainingPlan:
 
 
 @dataclass(frozen=True)
+class SecAggSettings:
+    """Secure-aggregation parameters of a job (DESIGN §4.1-4.2, docs/secagg.md).
+
+    ``threshold`` is the minimum number of survivors ``t`` (0: a strict majority); a round uses
+    ``max(threshold, n // 2 + 1)`` for its cohort of ``n`` and needs ``n >= t``. A cohort has at
+    most ``max_participants`` members and a participant's weight (its example count) is capped at
+    ``max_weight``: together with ``clip`` and ``levels_bits`` they must pass the bit budget
+    ``max_participants * max_weight * rint(clip * 2^levels_bits) < 2^(modulus_bits - 1)``.
+    The defaults fit 16 organizations of up to 8192 examples each in 32-bit words, with a mean
+    error of at most ``2^-14`` per coordinate of the update.
+    """
+
+    threshold: int = 0
+    modulus_bits: int = 32
+    clip: float = 1.0
+    levels_bits: int = 13
+    max_participants: int = 16
+    max_weight: int = 8192
+
+    def threshold_for(self, cohort_size: int) -> int:
+        """``t`` for a cohort of ``cohort_size``: the configured minimum or a strict majority."""
+        return max(self.threshold, cohort_size // 2 + 1)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if not 0 <= self.threshold <= self.max_participants:
+            found.append(
+                f"secagg.threshold must be between 0 and the cohort limit {self.max_participants}"
+            )
+        if not 2 <= self.max_participants <= 10_000:
+            found.append("secagg.max_participants must be between 2 and 10000")
+        if not found:
+            try:
+                check_bit_budget(
+                    self.max_participants,
+                    self.max_weight,
+                    self.clip,
+                    self.levels_bits,
+                    self.modulus_bits,
+                )
+            except SecAggError as exc:
+                found.append(f"secagg: {exc}")
+        return found
+
+
+@dataclass(frozen=True)
 class JobSpec:
-    """What an admin asks for. ``validate`` names the bad field and the reason."""
+    """What an admin asks for. ``validate`` names the bad field and the reason.
+
+    ``secagg`` is the default protection; ``none`` exists for tests and comparisons only.
+    """
 
     name: str
     task_name: str
-    protection: Protection = Protection.NONE
+    protection: Protection = Protection.SECAGG
     algorithm: str = "fedavg"
     num_rounds: int = 5
     min_participants: int = 2
@@ -67,6 +120,8 @@ class JobSpec:
     max_failed_rounds: int = 3
     training: TrainingPlan = field(default_factory=TrainingPlan)
     task_config_json: str = "{}"
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
+    phase_timeout_seconds: float = 60.0
 
     def validate(self) -> None:
         problems: list[str] = []
@@ -78,10 +133,17 @@ class JobSpec:
             problems.append(
                 f"algorithm must be one of {sorted(ALGORITHMS)}, not {self.algorithm!r}"
             )
-        if self.protection is not Protection.NONE:
-            problems.append(
-                f"protection {self.protection.value!r} is not available in this version; use 'none'"
-            )
+        if self.protection is Protection.PAILLIER:
+            problems.append("protection 'paillier' is not available in this version")
+        if self.protection is Protection.SECAGG:
+            problems.extend(self.secagg.problems())
+            if self.min_participants < 2:
+                problems.append("secure aggregation needs min_participants of at least 2")
+            limit = self.secagg.max_participants
+            if 2 <= limit < self.min_participants:
+                problems.append(f"min_participants must not exceed the secagg cohort limit {limit}")
+        if not 1.0 <= self.phase_timeout_seconds <= 24 * 3600:
+            problems.append("phase_timeout_seconds must be between 1 and 86400")
         if not 1 <= self.num_rounds <= 100_000:
             problems.append("num_rounds must be between 1 and 100000")
         if not 1 <= self.min_participants <= 10_000:
@@ -142,6 +204,19 @@ class Submission:
     num_examples: int
     acknowledgement_id: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class PhaseMessage:
+    """The body of an accepted small secure-aggregation message (keys, shares, signatures,
+    unmask shares), with the sender's certificate for KEYS (what peers verify the keys against).
+    """
+
+    round_id: str
+    org_id: str
+    phase: str
+    body: bytes
+    certificate_pem: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -89,6 +89,18 @@ submissions = Table(
     Column("acknowledgement_id", String(36), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("round_id", "org_id", "phase", name="uq_submissions_round_org_phase"),
+)
+
+phase_messages = Table(
+    "phase_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("round_id", String(36), ForeignKey("rounds.round_id"), nullable=False, index=True),
+    Column("org_id", String(64), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("certificate_pem", LargeBinary, nullable=False),
+    UniqueConstraint("round_id", "org_id", "phase", name="uq_phase_messages_round_org_phase"),
 )
 
 model_versions = Table(

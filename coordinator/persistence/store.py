@@ -7,6 +7,7 @@ compare-and-set on their ``row_version`` so a stale writer can never half-apply 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from coordinator.domain.jobs import (
     ModelVersion,
     Participant,
     ParticipantStatus,
+    PhaseMessage,
+    SecAggSettings,
     Submission,
     TrainingPlan,
 )
@@ -43,6 +46,9 @@ class StaleWrite(CoordinatorError):
     """A compare-and-set update found another row_version: someone else changed the row."""
 
 
+_UPGRADABLE = frozenset({1})
+
+
 class Store:
     """A database holding the coordinator's state."""
 
@@ -55,6 +61,9 @@ class Store:
                 row = conn.execute(select(t.schema_info.c.version)).first()
                 if row is None:
                     conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
+                elif row.version in _UPGRADABLE:
+                    # Version 1 lacks only the phase_messages table, which create_all just added.
+                    conn.execute(update(t.schema_info).values(version=t.SCHEMA_VERSION))
                 elif row.version != t.SCHEMA_VERSION:
                     raise StorageUnavailable(
                         f"database schema version {row.version} is not {t.SCHEMA_VERSION}"
@@ -252,6 +261,31 @@ class Transaction:
         )
         return [_submission(r) for r in rows]
 
+    # -- secure-aggregation phase messages ---------------------------------------------------
+
+    def add_phase_message(self, message: PhaseMessage) -> None:
+        self._conn.execute(
+            insert(t.phase_messages).values(
+                round_id=message.round_id,
+                org_id=message.org_id,
+                phase=message.phase,
+                body=message.body,
+                certificate_pem=message.certificate_pem,
+            )
+        )
+
+    def list_phase_messages(self, round_id: str, phase: str | None = None) -> list[PhaseMessage]:
+        """The accepted messages of a round (of one phase), in the order they were accepted."""
+        c = t.phase_messages.c
+        query = select(t.phase_messages).where(c.round_id == round_id)
+        if phase is not None:
+            query = query.where(c.phase == phase)
+        rows = self._conn.execute(query.order_by(c.id))
+        return [
+            PhaseMessage(r.round_id, r.org_id, r.phase, bytes(r.body), bytes(r.certificate_pem))
+            for r in rows
+        ]
+
     # -- model versions ----------------------------------------------------------------------
 
     def add_model_version(self, mv: ModelVersion) -> None:
@@ -368,6 +402,8 @@ def _spec_to_json(spec: JobSpec) -> str:
                 "seed": spec.training.seed,
             },
             "task_config_json": spec.task_config_json,
+            "secagg": dataclasses.asdict(spec.secagg),
+            "phase_timeout_seconds": spec.phase_timeout_seconds,
         },
         sort_keys=True,
     )
@@ -386,6 +422,9 @@ def _spec_from_json(text: str) -> JobSpec:
         max_failed_rounds=data["max_failed_rounds"],
         training=TrainingPlan(**data["training"]),
         task_config_json=data["task_config_json"],
+        # Jobs stored before secure aggregation existed carry neither field: the defaults.
+        secagg=SecAggSettings(**data.get("secagg", {})),
+        phase_timeout_seconds=data.get("phase_timeout_seconds", 60.0),
     )
 
 

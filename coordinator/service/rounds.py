@@ -32,7 +32,7 @@ from coordinator.domain.jobs import (
     ParticipantStatus,
     Submission,
 )
-from coordinator.domain.rounds import Phase, Round, RoundEvent, transition
+from coordinator.domain.rounds import Phase, Protection, Round, RoundEvent, transition
 from coordinator.errors import (
     ConflictingSubmission,
     InvalidInput,
@@ -41,21 +41,28 @@ from coordinator.errors import (
 )
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import DuplicateKey, Store, Transaction
+from coordinator.service.secure_rounds import SMALL_PHASES, SecAggStep, SecureRounds
 from fedsilo.codec import CodecError, PayloadHeader, check_finite, decode_tensors, encode_tensors
 from fedsilo.logs import context
+from secagg.errors import SecAggError
 
 __all__ = [
     "Acknowledgement",
     "CoordinatorService",
     "CoordinatorSettings",
     "JobView",
+    "MessageSubmission",
     "MetricsSummary",
+    "RoundOutcome",
     "UpdateSubmission",
     "WorkItem",
     "WorkKind",
 ]
 
 log = logging.getLogger("coordinator")
+
+_MAX_HELD_ROUNDS = 100
+"""At most this many held rounds are looked up per GetTask call."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class WorkKind(enum.StrEnum):
     WAIT = "wait"
     TRAIN = "train"
     EVALUATE = "evaluate"
+    SECAGG_STEP = "secagg_step"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,26 @@ class WorkItem:
     round: Round | None = None
     model_version: int = 0
     seconds_left: float = 0.0
+    secagg: SecAggStep | None = None
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """How a round a participant asked about ended (COMMITTED or ABORTED)."""
+
+    round_id: str
+    phase: Phase
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageSubmission:
+    """A small secure-aggregation message (KEYS, SHARES, CONSISTENCY, UNMASK) as received."""
+
+    job_id: str
+    round_id: str
+    phase: Phase
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -139,6 +167,7 @@ class CoordinatorService:
         self._settings = settings or CoordinatorSettings()
         self._clock = clock
         self._new_id = new_id
+        self._secure = SecureRounds(blobs)
         self._lock = threading.RLock()
         self._changed = threading.Condition()
         self._generation = 0
@@ -197,8 +226,18 @@ class CoordinatorService:
             tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
             tx.add_audit(now, actor, "job.create", "ok", f"job={job.job_id} task={spec.task_name}")
         log.info(
-            "job created: %s (%d rounds)", spec.name, spec.num_rounds, **context(job=job.job_id)
+            "job created: %s (%d rounds, protection %s)",
+            spec.name,
+            spec.num_rounds,
+            spec.protection.value,
+            **context(job=job.job_id),
         )
+        if spec.protection is Protection.NONE:
+            log.warning(
+                "job %s uses protection 'none': the coordinator sees every update in the clear",
+                spec.name,
+                **context(job=job.job_id),
+            )
         return job
 
     def start_job(self, job_id: str, actor: str) -> Job:
@@ -253,17 +292,110 @@ class CoordinatorService:
                     if producer is not None and org_id in producer.contributors:
                         return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
             for job_id, round_ in open_by_job.items():
-                if (
-                    round_.phase is Phase.INPUTS
-                    and org_id in round_.cohort
-                    and org_id not in round_.contributors
-                    and now <= round_.deadline_at
-                ):
+                if org_id not in round_.cohort or now > round_.deadline_at:
+                    continue
+                if round_.protection is Protection.SECAGG:
+                    job = _require_job(tx, job_id)
+                    step = self._secure.step_for(tx, round_, job, org_id)
+                    if step is not None:
+                        kind = (
+                            WorkKind.TRAIN
+                            if round_.phase is Phase.INPUTS
+                            else (WorkKind.SECAGG_STEP)
+                        )
+                        return WorkItem(
+                            kind,
+                            job,
+                            round_,
+                            round_.base_version,
+                            round_.deadline_at - now,
+                            step,
+                        )
+                elif round_.phase is Phase.INPUTS and org_id not in round_.contributors:
                     job = _require_job(tx, job_id)
                     return WorkItem(
                         WorkKind.TRAIN, job, round_, round_.base_version, round_.deadline_at - now
                     )
         return WorkItem(WorkKind.WAIT)
+
+    def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcome]:
+        """Of the given rounds, those that ended; an unknown round counts as aborted."""
+        outcomes = []
+        with self._store.transaction() as tx:
+            for round_id in round_ids[:_MAX_HELD_ROUNDS]:
+                round_ = tx.get_round(round_id)
+                if round_ is None:
+                    outcomes.append(RoundOutcome(round_id, Phase.ABORTED, "no such round"))
+                elif round_.is_terminal:
+                    outcomes.append(RoundOutcome(round_id, round_.phase, round_.abort_reason or ""))
+        return outcomes
+
+    def submit_message(
+        self, org_id: str, message: MessageSubmission, certificate_pem: bytes
+    ) -> Acknowledgement:
+        """Accept one small secure-aggregation message, exactly once (duplicates acknowledged)."""
+        now = self._clock()
+        digest = _sha256(message.body)
+        with self._lock:
+            with self._store.transaction() as tx:
+                round_ = tx.get_round(message.round_id)
+                if round_ is None or round_.job_id != message.job_id:
+                    raise NotFound("no such round in this job")
+                previous = tx.get_submission(round_.round_id, org_id, message.phase.value)
+                if previous is None:
+                    job = _require_job(tx, message.job_id)
+                    if round_.protection is not Protection.SECAGG:
+                        raise WrongPhase("this round does not use secure aggregation")
+                    if message.phase not in SMALL_PHASES:
+                        raise InvalidInput(
+                            f"phase {message.phase.value} is not answered with a message"
+                        )
+                    self._check_phase(round_, message.phase, org_id, now)
+                    row = self._secure.check_message(
+                        tx, round_, job, org_id, message.phase, message.body, certificate_pem
+                    )
+            if previous is not None:
+                return self._repeated(
+                    previous, digest, org_id, message.round_id, message.phase, now
+                )
+            ack = Acknowledgement(self._new_id(), duplicate=False)
+            try:
+                with self._store.transaction() as tx:
+                    tx.add_submission(
+                        Submission(
+                            round_.round_id,
+                            org_id,
+                            message.phase.value,
+                            digest,
+                            len(message.body),
+                            0,
+                            ack.acknowledgement_id,
+                            now,
+                        )
+                    )
+                    tx.add_phase_message(row)
+                    # Bumping the row version serializes this with any concurrent phase change.
+                    tx.update_round(
+                        dataclasses.replace(round_, row_version=round_.row_version + 1),
+                        expected_row_version=round_.row_version,
+                    )
+            except DuplicateKey:
+                with self._store.transaction() as tx:
+                    previous = tx.get_submission(round_.round_id, org_id, message.phase.value)
+                if previous is None:
+                    raise
+                return self._repeated(
+                    previous, digest, org_id, message.round_id, message.phase, now
+                )
+        log.info(
+            "%s message accepted",
+            message.phase.value,
+            **context(
+                job=round_.job_id, round=str(round_.number), phase=message.phase.value, org=org_id
+            ),
+        )
+        self.tick()
+        return ack
 
     def submit_update(
         self, org_id: str, update: UpdateSubmission, payload: bytes
@@ -280,7 +412,11 @@ class CoordinatorService:
                     job = _require_job(tx, update.job_id)
                     self._check_admissible(round_, update, org_id, now)
             if previous is not None:
-                return self._repeated(previous, update, org_id, now)
+                return self._repeated(
+                    previous, update.header.sha256, org_id, update.round_id, update.phase, now
+                )
+            if round_.protection is Protection.SECAGG:
+                return self._submit_masked(org_id, round_, job, update, payload, now)
             weights = _decode(update.header, payload, self._settings.max_payload_bytes)
             _check_layout(weights, job)
             check_finite_or_invalid(weights)
@@ -325,7 +461,9 @@ class CoordinatorService:
                     previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
                 if previous is None:
                     raise
-                return self._repeated(previous, update, org_id, now)
+                return self._repeated(
+                    previous, update.header.sha256, org_id, update.round_id, update.phase, now
+                )
             self._discard_blob(round_.accumulator_ref)
         log.info(
             "update accepted (%d examples, %d bytes)",
@@ -336,14 +474,82 @@ class CoordinatorService:
         self.tick()
         return ack
 
+    def _submit_masked(
+        self,
+        org_id: str,
+        round_: Round,
+        job: Job,
+        update: UpdateSubmission,
+        payload: bytes,
+        now: float,
+    ) -> Acknowledgement:
+        """Add a masked input to the round's running sum modulo R (caller holds the lock)."""
+        if update.num_examples != 0 or update.train_loss != 0.0:
+            raise InvalidInput(
+                "under secure aggregation the example count travels inside the masked input: "
+                "num_examples and train_loss must be 0"
+            )
+        with self._store.transaction() as tx:
+            self._secure.check_masked_input(tx, round_, job, org_id, update.header)
+        if update.header.total_bytes > self._settings.max_payload_bytes:
+            raise InvalidInput(
+                f"payload of {update.header.total_bytes} bytes exceeds the "
+                f"{self._settings.max_payload_bytes}-byte limit"
+            )
+        try:
+            sum_ref, _ = self._secure.add_input(round_, job, update.header, payload)
+        except CodecError as exc:
+            raise InvalidInput(str(exc)) from exc
+        ack = Acknowledgement(self._new_id(), duplicate=False)
+        updated = dataclasses.replace(
+            round_,
+            row_version=round_.row_version + 1,
+            contributors=(*round_.contributors, org_id),
+            accumulator_ref=sum_ref,
+        )
+        try:
+            with self._store.transaction() as tx:
+                tx.add_submission(
+                    Submission(
+                        round_.round_id,
+                        org_id,
+                        update.phase.value,
+                        update.header.sha256,
+                        update.header.total_bytes,
+                        0,
+                        ack.acknowledgement_id,
+                        now,
+                    )
+                )
+                tx.update_round(updated, expected_row_version=round_.row_version)
+        except DuplicateKey:
+            with self._store.transaction() as tx:
+                previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
+            if previous is None:
+                raise
+            return self._repeated(
+                previous, update.header.sha256, org_id, update.round_id, update.phase, now
+            )
+        if sum_ref != round_.accumulator_ref:
+            self._discard_blob(round_.accumulator_ref)
+        log.info(
+            "masked input accepted (%d bytes)",
+            update.header.total_bytes,
+            **context(job=round_.job_id, round=str(round_.number), phase="inputs", org=org_id),
+        )
+        self.tick()
+        return ack
+
     def _repeated(
         self,
         previous: Submission,
-        update: UpdateSubmission,
+        digest: bytes,
         org_id: str,
+        round_id: str,
+        phase: Phase,
         now: float,
     ) -> Acknowledgement:
-        if previous.content_sha256 == update.header.sha256:
+        if previous.content_sha256 == digest:
             return Acknowledgement(previous.acknowledgement_id, duplicate=True)
         with self._store.transaction() as tx:
             tx.add_audit(
@@ -351,13 +557,11 @@ class CoordinatorService:
                 org_id,
                 "submission.conflict",
                 "rejected",
-                f"round={update.round_id} phase={update.phase.value}",
+                f"round={round_id} phase={phase.value}",
             )
-        log.warning(
-            "conflicting re-submission rejected", **context(round=update.round_id, org=org_id)
-        )
+        log.warning("conflicting re-submission rejected", **context(round=round_id, org=org_id))
         raise ConflictingSubmission(
-            "a different update was already accepted for this round and phase"
+            "a different submission was already accepted for this round and phase"
         )
 
     def _discard_blob(self, ref: str | None) -> None:
@@ -373,13 +577,19 @@ class CoordinatorService:
             self._blobs.delete(ref)
 
     @staticmethod
-    def _check_admissible(round_: Round, update: UpdateSubmission, org_id: str, now: float) -> None:
-        if round_.phase is not update.phase:
-            raise WrongPhase(f"round is in phase {round_.phase.value}, not {update.phase.value}")
+    def _check_phase(round_: Round, phase: Phase, org_id: str, now: float) -> None:
+        if round_.phase is not phase:
+            raise WrongPhase(f"round is in phase {round_.phase.value}, not {phase.value}")
         if org_id not in round_.cohort:
             raise WrongPhase("this organization is not in the round's cohort")
         if now > round_.deadline_at:
             raise WrongPhase("the phase deadline has passed")
+
+    @classmethod
+    def _check_admissible(
+        cls, round_: Round, update: UpdateSubmission, org_id: str, now: float
+    ) -> None:
+        cls._check_phase(round_, update.phase, org_id, now)
         if update.base_version != round_.base_version:
             raise WrongPhase(
                 f"update is based on model version {update.base_version}, "
@@ -445,6 +655,12 @@ class CoordinatorService:
 
     def _advance_round(self, round_: Round) -> bool:
         now = self._clock()
+        if round_.protection is Protection.SECAGG and round_.phase in (
+            Phase.CREATED,
+            *SMALL_PHASES,
+            Phase.INPUTS,
+        ):
+            return self._advance_secure(round_, now)
         if round_.phase is Phase.CREATED:
             self._write_transition(round_, RoundEvent.PHASE_COMPLETE, now)
             return True
@@ -469,6 +685,65 @@ class CoordinatorService:
             self._commit(round_, now)
             return True
         return False
+
+    def _advance_secure(self, round_: Round, now: float) -> bool:
+        """Close the current secagg phase once everyone expected answered, or at its deadline."""
+        with self._store.transaction() as tx:
+            job = _require_job(tx, round_.job_id)
+            expected = self._secure.expected(tx, round_)
+            answered = self._secure.senders(tx, round_, round_.phase)
+        spec = job.spec
+        phase_deadline = now + spec.phase_timeout_seconds
+        if round_.phase is Phase.CREATED:
+            self._write_transition(
+                round_, RoundEvent.PHASE_COMPLETE, now, deadline_at=phase_deadline
+            )
+            return True
+        if set(answered) < set(expected) and now <= round_.deadline_at:
+            return False
+        threshold = spec.secagg.threshold_for(len(round_.cohort))
+        needed = (
+            max(threshold, spec.min_participants) if round_.phase is Phase.INPUTS else threshold
+        )
+        if len(answered) < needed:
+            self._abort(
+                round_,
+                job,
+                f"phase {round_.phase.value} closed with {len(answered)} of {len(expected)} "
+                f"answers, fewer than the {needed} required",
+                now,
+            )
+            return True
+        if round_.phase is Phase.UNMASK:
+            self._unmask(round_, job, now)
+            return True
+        following_deadline = (
+            now + spec.round_timeout_seconds if round_.phase is Phase.SHARES else phase_deadline
+        )
+        self._write_transition(
+            round_, RoundEvent.PHASE_COMPLETE, now, deadline_at=following_deadline
+        )
+        return True
+
+    def _unmask(self, round_: Round, job: Job, now: float) -> None:
+        """Reconstruct the masks from the UNMASK answers and store the new model (AGGREGATED)."""
+        _, base_header, base_payload = self.read_model(job.job_id, round_.base_version)
+        base = decode_tensors(base_header, base_payload)
+        try:
+            with self._store.transaction() as tx:
+                result = self._secure.unmask(tx, round_, job, base)
+        except SecAggError as exc:
+            self._abort(round_, job, f"unmasking failed: {exc}", now)
+            return
+        _, payload = encode_tensors(result.weights)
+        result_ref = self._blobs.put(payload)
+        self._write_transition(
+            round_,
+            RoundEvent.PHASE_COMPLETE,
+            now,
+            result_ref=result_ref,
+            total_weight=result.total_weight,
+        )
 
     def _write_transition(
         self, round_: Round, event: RoundEvent, now: float, **changes: Any
@@ -543,10 +818,17 @@ class CoordinatorService:
         live_after = now - self._settings.liveness_seconds
         with self._store.transaction() as tx:
             cohort = tuple(
-                p.org_id
-                for p in tx.list_participants()
-                if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
+                sorted(
+                    p.org_id
+                    for p in tx.list_participants()
+                    if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
+                )
             )
+            if job.spec.protection is Protection.SECAGG:
+                # The bit budget holds for at most max_participants; t must not exceed the cohort.
+                cohort = cohort[: job.spec.secagg.max_participants]
+                if job.spec.secagg.threshold_for(len(cohort)) > len(cohort):
+                    return False
             if len(cohort) < job.spec.min_participants:
                 return False
             number = len(tx.list_rounds(job.job_id)) + 1

@@ -13,6 +13,7 @@ from coordinator.domain.jobs import (
     MetricReport,
     Participant,
     ParticipantStatus,
+    SecAggSettings,
     TrainingPlan,
 )
 from coordinator.domain.rounds import Phase, Protection, Round
@@ -21,10 +22,12 @@ from coordinator.service.membership import MembershipService
 from coordinator.service.rounds import (
     CoordinatorService,
     JobView,
+    MessageSubmission,
     UpdateSubmission,
     WorkItem,
     WorkKind,
 )
+from coordinator.service.secure_rounds import SecAggStep
 from coordinator.transport.interceptors import current_identity
 from fedsilo import chunking
 from fedsilo.codec import PayloadHeader, header_from_proto, header_to_proto
@@ -53,6 +56,7 @@ KIND_TO_PB = {
     WorkKind.WAIT: pb.TASK_KIND_WAIT,
     WorkKind.TRAIN: pb.TASK_KIND_TRAIN,
     WorkKind.EVALUATE: pb.TASK_KIND_EVALUATE,
+    WorkKind.SECAGG_STEP: pb.TASK_KIND_SECAGG_STEP,
 }
 
 
@@ -121,8 +125,16 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
             # Pending organizations keep polling until an admin approves them.
             return pb.GetTaskResponse(kind=pb.TASK_KIND_WAIT)
         wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
-        item = self._service.wait_for_work(org, wait, context.is_active)
-        return _work_to_pb(item)
+        held = list(request.held_round_ids)
+        finished = self._service.round_outcomes(held) if held else []
+        # A participant told that rounds ended gets that answer at once, not after a long poll.
+        item = self._service.wait_for_work(org, 0.0 if finished else wait, context.is_active)
+        response = _work_to_pb(item)
+        for outcome in finished:
+            response.finished_rounds.add(
+                round_id=outcome.round_id, phase=PHASE_TO_PB[outcome.phase], reason=outcome.reason
+            )
+        return response
 
     def DownloadModel(  # noqa: N802
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
@@ -155,6 +167,24 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
             header=header,
         )
         ack = self._service.submit_update(org, update, payload)
+        return pb.SubmitUpdateResponse(
+            acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate
+        )
+
+    def SubmitMessage(  # noqa: N802
+        self, request: pb.SubmitMessageRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitUpdateResponse:
+        identity = current_identity()
+        self._membership.authenticate_participant(identity.org_id)
+        if request.phase not in PHASE_FROM_PB:
+            raise InvalidInput("unknown round phase")
+        message = MessageSubmission(
+            job_id=request.job_id,
+            round_id=request.round_id,
+            phase=PHASE_FROM_PB[request.phase],
+            body=request.body,
+        )
+        ack = self._service.submit_message(identity.org_id, message, identity.certificate_pem)
         return pb.SubmitUpdateResponse(
             acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate
         )
@@ -203,10 +233,32 @@ def _work_to_pb(item: WorkItem) -> pb.GetTaskResponse:
         response.round_number = item.round.number
         response.phase = PHASE_TO_PB[item.round.phase]
         response.seconds_left = item.seconds_left
+    if item.secagg is not None:
+        response.secagg.CopyFrom(_step_to_pb(item.secagg))
     return response
 
 
-def _round_to_pb(round_: Round) -> pb.RoundStatus:
+def _step_to_pb(step: SecAggStep) -> pb.SecAggStep:
+    p = step.parameters
+    return pb.SecAggStep(
+        parameters=pb.SecAggParameters(
+            threshold=p.threshold,
+            modulus_bits=p.modulus_bits,
+            vector_length=p.vector_length,
+            cohort=list(p.cohort),
+            clip=p.clip,
+            levels_bits=p.levels_bits,
+            max_participants=p.max_participants,
+            max_weight=p.max_weight,
+        ),
+        keys=[pb.AdvertisedKeys(signed_keys=k, certificate_pem=c) for k, c in step.keys],
+        shares=list(step.shares),
+        survivors=list(step.survivors),
+        unmask_request=step.unmask_request,
+    )
+
+
+def _round_to_pb(round_: Round, spec: JobSpec) -> pb.RoundStatus:
     return pb.RoundStatus(
         round_id=round_.round_id,
         number=round_.number,
@@ -218,6 +270,11 @@ def _round_to_pb(round_: Round) -> pb.RoundStatus:
         finished_at=round_.finished_at or 0.0,
         abort_reason=round_.abort_reason or "",
         train_loss=(round_.train_loss_sum / round_.total_weight) if round_.total_weight else 0.0,
+        threshold=(
+            spec.secagg.threshold_for(len(round_.cohort))
+            if round_.protection is Protection.SECAGG
+            else 0
+        ),
     )
 
 
@@ -233,6 +290,15 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         training=_training_to_pb(spec.training),
         task_config_json=spec.task_config_json,
         max_failed_rounds=spec.max_failed_rounds,
+        secagg=pb.SecAggSettings(
+            threshold=spec.secagg.threshold,
+            modulus_bits=spec.secagg.modulus_bits,
+            clip=spec.secagg.clip,
+            levels_bits=spec.secagg.levels_bits,
+            max_participants=spec.secagg.max_participants,
+            max_weight=spec.secagg.max_weight,
+        ),
+        phase_timeout_seconds=spec.phase_timeout_seconds,
     )
 
 
@@ -267,6 +333,20 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
             seed=t.seed,
         ),
         task_config_json=message.task_config_json or "{}",
+        secagg=_secagg_from_pb(message.secagg),
+        phase_timeout_seconds=message.phase_timeout_seconds or defaults.phase_timeout_seconds,
+    )
+
+
+def _secagg_from_pb(message: pb.SecAggSettings) -> SecAggSettings:
+    d = SecAggSettings()
+    return SecAggSettings(
+        threshold=message.threshold or d.threshold,
+        modulus_bits=message.modulus_bits or d.modulus_bits,
+        clip=message.clip or d.clip,
+        levels_bits=message.levels_bits or d.levels_bits,
+        max_participants=message.max_participants or d.max_participants,
+        max_weight=message.max_weight or d.max_weight,
     )
 
 
@@ -277,7 +357,7 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
         spec=_spec_to_pb(job.spec),
         state=JOB_STATE_TO_PB[job.state.value],
         model_version=job.model_version,
-        rounds=[_round_to_pb(r) for r in view.rounds],
+        rounds=[_round_to_pb(r, job.spec) for r in view.rounds],
         metrics=[
             pb.VersionMetrics(
                 version=m.version,

@@ -130,6 +130,10 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     TASK_KIND_WAIT: _TaskKind.ValueType  # 1
     TASK_KIND_TRAIN: _TaskKind.ValueType  # 2
     TASK_KIND_EVALUATE: _TaskKind.ValueType  # 3
+    TASK_KIND_SECAGG_STEP: _TaskKind.ValueType  # 4
+    """A small secure-aggregation step (KEYS, SHARES, CONSISTENCY or UNMASK): answer with
+    SubmitMessage. The INPUTS step of a secagg round is a TRAIN task carrying its shares.
+    """
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
@@ -137,6 +141,10 @@ TASK_KIND_UNSPECIFIED: TaskKind.ValueType  # 0
 TASK_KIND_WAIT: TaskKind.ValueType  # 1
 TASK_KIND_TRAIN: TaskKind.ValueType  # 2
 TASK_KIND_EVALUATE: TaskKind.ValueType  # 3
+TASK_KIND_SECAGG_STEP: TaskKind.ValueType  # 4
+"""A small secure-aggregation step (KEYS, SHARES, CONSISTENCY or UNMASK): answer with
+SubmitMessage. The INPUTS step of a secagg round is a TRAIN task carrying its shares.
+"""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
@@ -197,20 +205,167 @@ class GetTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    HELD_ROUND_IDS_FIELD_NUMBER: _builtins.int
     wait_seconds: _builtins.float
     """How long the coordinator may hold the call open waiting for work (long poll)."""
+    @_builtins.property
+    def held_round_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Rounds this participant still keeps secure-aggregation secrets for; the answer says which of
+        them have ended, so their secrets can be deleted.
+        """
+
     def __init__(
         self,
         *,
         wait_seconds: _builtins.float = ...,
+        held_round_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_round_ids", b"held_round_ids", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTaskRequest: _TypeAlias = GetTaskRequest  # noqa: Y015
+
+@_typing.final
+class SecAggParameters(_message.Message):
+    """The parameters of a secure-aggregation round (DESIGN §4.1-4.2); every participant checks them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MODULUS_BITS_FIELD_NUMBER: _builtins.int
+    VECTOR_LENGTH_FIELD_NUMBER: _builtins.int
+    COHORT_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    LEVELS_BITS_FIELD_NUMBER: _builtins.int
+    MAX_PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    MAX_WEIGHT_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    modulus_bits: _builtins.int
+    vector_length: _builtins.int
+    clip: _builtins.float
+    levels_bits: _builtins.int
+    max_participants: _builtins.int
+    max_weight: _builtins.int
+    @_builtins.property
+    def cohort(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        threshold: _builtins.int = ...,
+        modulus_bits: _builtins.int = ...,
+        vector_length: _builtins.int = ...,
+        cohort: _abc.Iterable[_builtins.str] | None = ...,
+        clip: _builtins.float = ...,
+        levels_bits: _builtins.int = ...,
+        max_participants: _builtins.int = ...,
+        max_weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "cohort", b"cohort", "levels_bits", b"levels_bits", "max_participants", b"max_participants", "max_weight", b"max_weight", "modulus_bits", b"modulus_bits", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggParameters: _TypeAlias = SecAggParameters  # noqa: Y015
+
+@_typing.final
+class AdvertisedKeys(_message.Message):
+    """A participant's signed round keys with the certificate it held when it sent them; the
+    receiver verifies the certificate against the consortium CA and the signature against it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_KEYS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    signed_keys: _builtins.bytes
+    certificate_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        signed_keys: _builtins.bytes = ...,
+        certificate_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "signed_keys", b"signed_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvertisedKeys: _TypeAlias = AdvertisedKeys  # noqa: Y015
+
+@_typing.final
+class SecAggStep(_message.Message):
+    """What a participant needs for the current secure-aggregation phase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
+    unmask_request: _builtins.bytes
+    """UNMASK: the unmask request (survivors, dropped and the consistency signatures)."""
+    @_builtins.property
+    def parameters(self) -> Global___SecAggParameters: ...
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertisedKeys]:
+        """SHARES: the signed keys of everyone who advertised keys (U1)."""
+
+    @_builtins.property
+    def shares(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """INPUTS: the encrypted shares addressed to the caller."""
+
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CONSISTENCY: the survivor set U3 to sign."""
+
+    def __init__(
+        self,
+        *,
+        parameters: Global___SecAggParameters | None = ...,
+        keys: _abc.Iterable[Global___AdvertisedKeys] | None = ...,
+        shares: _abc.Iterable[_builtins.bytes] | None = ...,
+        survivors: _abc.Iterable[_builtins.str] | None = ...,
+        unmask_request: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "parameters", b"parameters", "shares", b"shares", "survivors", b"survivors", "unmask_request", b"unmask_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggStep: _TypeAlias = SecAggStep  # noqa: Y015
+
+@_typing.final
+class RoundOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.str
+    phase: Global___RoundPhase.ValueType
+    """COMMITTED or ABORTED"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.str = ...,
+        phase: Global___RoundPhase.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phase", b"phase", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundOutcome: _TypeAlias = RoundOutcome  # noqa: Y015
 
 @_typing.final
 class TrainingSettings(_message.Message):
@@ -255,6 +410,8 @@ class GetTaskResponse(_message.Message):
     SECONDS_LEFT_FIELD_NUMBER: _builtins.int
     PROTECTION_FIELD_NUMBER: _builtins.int
     TASK_CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    SECAGG_FIELD_NUMBER: _builtins.int
+    FINISHED_ROUNDS_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -268,6 +425,12 @@ class GetTaskResponse(_message.Message):
     task_config_json: _builtins.str
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
+    @_builtins.property
+    def secagg(self) -> Global___SecAggStep: ...
+    @_builtins.property
+    def finished_rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundOutcome]:
+        """Of the request's held_round_ids, those that have ended."""
+
     def __init__(
         self,
         *,
@@ -282,10 +445,12 @@ class GetTaskResponse(_message.Message):
         seconds_left: _builtins.float = ...,
         protection: Global___Protection.ValueType = ...,
         task_config_json: _builtins.str = ...,
+        secagg: Global___SecAggStep | None = ...,
+        finished_rounds: _abc.Iterable[Global___RoundOutcome] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secagg", b"secagg", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "seconds_left", b"seconds_left", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,6 +616,39 @@ class SubmitUpdateResponse(_message.Message):
 Global___SubmitUpdateResponse: _TypeAlias = SubmitUpdateResponse  # noqa: Y015
 
 @_typing.final
+class SubmitMessageRequest(_message.Message):
+    """A small phase message of a secure-aggregation round. The body is the canonical encoding of
+    the phase's message: KEYS SignedKeys, SHARES the encrypted shares, CONSISTENCY a
+    ConsistencySignature, UNMASK an UnmaskResponse (docs/secagg.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    round_id: _builtins.str
+    phase: Global___RoundPhase.ValueType
+    body: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        round_id: _builtins.str = ...,
+        phase: Global___RoundPhase.ValueType = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "job_id", b"job_id", "phase", b"phase", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitMessageRequest: _TypeAlias = SubmitMessageRequest  # noqa: Y015
+
+@_typing.final
 class ReportMetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -566,6 +764,8 @@ class JobSpec(_message.Message):
     TRAINING_FIELD_NUMBER: _builtins.int
     TASK_CONFIG_JSON_FIELD_NUMBER: _builtins.int
     MAX_FAILED_ROUNDS_FIELD_NUMBER: _builtins.int
+    SECAGG_FIELD_NUMBER: _builtins.int
+    PHASE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task_name: _builtins.str
     protection: Global___Protection.ValueType
@@ -576,8 +776,16 @@ class JobSpec(_message.Message):
     task_config_json: _builtins.str
     max_failed_rounds: _builtins.int
     """Absent means the default (3); 0 means the job fails on its first aborted round."""
+    phase_timeout_seconds: _builtins.float
+    """Deadline of each small secagg phase (KEYS, SHARES, CONSISTENCY, UNMASK); INPUTS uses
+    round_timeout_seconds.
+    """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
+    @_builtins.property
+    def secagg(self) -> Global___SecAggSettings:
+        """Secure aggregation (protection secagg); unset fields take the documented defaults."""
+
     def __init__(
         self,
         *,
@@ -591,16 +799,53 @@ class JobSpec(_message.Message):
         training: Global___TrainingSettings | None = ...,
         task_config_json: _builtins.str = ...,
         max_failed_rounds: _builtins.int | None = ...,
+        secagg: Global___SecAggSettings | None = ...,
+        phase_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_failed_rounds: _TypeAlias = _typing.Literal["max_failed_rounds"]  # noqa: Y015
     _WhichOneofArgType__max_failed_rounds: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_failed_rounds) -> _WhichOneofReturnType__max_failed_rounds | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class SecAggSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MODULUS_BITS_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    LEVELS_BITS_FIELD_NUMBER: _builtins.int
+    MAX_PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    MAX_WEIGHT_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    """Minimum number of survivors t; the coordinator uses max(t, a strict majority of the cohort)."""
+    modulus_bits: _builtins.int
+    clip: _builtins.float
+    levels_bits: _builtins.int
+    max_participants: _builtins.int
+    max_weight: _builtins.int
+    def __init__(
+        self,
+        *,
+        threshold: _builtins.int = ...,
+        modulus_bits: _builtins.int = ...,
+        clip: _builtins.float = ...,
+        levels_bits: _builtins.int = ...,
+        max_participants: _builtins.int = ...,
+        max_weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "levels_bits", b"levels_bits", "max_participants", b"max_participants", "max_weight", b"max_weight", "modulus_bits", b"modulus_bits", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggSettings: _TypeAlias = SecAggSettings  # noqa: Y015
 
 @_typing.final
 class CreateJobRequest(_message.Message):
@@ -665,6 +910,7 @@ class RoundStatus(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ABORT_REASON_FIELD_NUMBER: _builtins.int
     TRAIN_LOSS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     number: _builtins.int
     phase: Global___RoundPhase.ValueType
@@ -673,6 +919,7 @@ class RoundStatus(_message.Message):
     finished_at: _builtins.float
     abort_reason: _builtins.str
     train_loss: _builtins.float
+    threshold: _builtins.int
     @_builtins.property
     def cohort(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -690,10 +937,11 @@ class RoundStatus(_message.Message):
         finished_at: _builtins.float = ...,
         abort_reason: _builtins.str = ...,
         train_loss: _builtins.float = ...,
+        threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "base_version", b"base_version", "cohort", b"cohort", "contributors", b"contributors", "finished_at", b"finished_at", "number", b"number", "phase", b"phase", "round_id", b"round_id", "started_at", b"started_at", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "base_version", b"base_version", "cohort", b"cohort", "contributors", b"contributors", "finished_at", b"finished_at", "number", b"number", "phase", b"phase", "round_id", b"round_id", "started_at", b"started_at", "threshold", b"threshold", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

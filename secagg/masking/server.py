@@ -220,6 +220,31 @@ class SecAggServer:
             np.add(self._sum, vector, out=self._sum)
         self._input_senders.append(sender)
 
+    def restore_inputs(self, senders: Sequence[str], total: MaskVector | None) -> None:
+        """Rebuild round 2 from durable state: ``senders`` and their running sum ``total``.
+
+        A caller that keeps the modular sum of the masked inputs itself (in a blob store, so a
+        restart does not lose it) uses this instead of :meth:`receive_masked_input`. ``total``
+        may be None when only the survivor bookkeeping is needed; :meth:`finish` then refuses.
+        """
+        self._require(ServerPhase.INPUTS)
+        if self._input_senders:
+            raise WrongPhase("inputs were already received in this round")
+        if len(set(senders)) != len(senders):
+            raise InvalidInput("the input senders list a participant twice")
+        for sender in senders:
+            self._check_sender(sender, self._share_senders, "did not send shares")
+        if total is not None:
+            if not isinstance(total, np.ndarray) or total.ndim != 1:
+                raise InvalidInput("the sum of masked inputs must be a 1-D numpy array")
+            if total.dtype != self._config.dtype or total.size != self._config.vector_length:
+                raise InvalidInput(
+                    f"the sum of masked inputs must be {self._config.vector_length} words of "
+                    f"{self._config.dtype}, got {total.size} of {total.dtype}"
+                )
+            self._sum = np.array(total, dtype=self._config.dtype, copy=True)
+        self._input_senders = list(senders)
+
     def close_inputs(self) -> tuple[str, ...]:
         """End round 2: U3 is everyone in U2 who sent a masked input; returns U3."""
         self._require(ServerPhase.INPUTS)
@@ -287,7 +312,8 @@ class SecAggServer:
             self._abort(str(error))
             raise
         total = self._sum
-        assert total is not None  # U3 has at least t >= 2 members, so inputs were added
+        if total is None:
+            raise WrongPhase("the sum of the masked inputs is not known to this server")
         apply_masks(total, add=add, subtract=subtract, workers=self._workers)
         self._sum = None
         self._phase = ServerPhase.FINISHED

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from inproc_consortium import (
     ORGS,
@@ -595,6 +596,17 @@ def test_bad_admin_requests_are_refused_and_create_nothing(
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
+        "secagg bit budget exceeded": (
+            lambda: admin.create_job(
+                _with(
+                    shift_job_spec(),
+                    protection=pb.PROTECTION_SECAGG,
+                    secagg=pb.SecAggSettings(levels_bits=30),
+                ),
+                weights,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
         "unknown protection": (
             lambda: admin.create_job(_with(shift_job_spec(), protection=17), weights),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -656,7 +668,10 @@ def _with(spec: pb.JobSpec, **fields: Any) -> pb.JobSpec:
     changed = pb.JobSpec()
     changed.CopyFrom(spec)
     for name, value in fields.items():
-        setattr(changed, name, value)
+        if isinstance(value, Message):
+            getattr(changed, name).CopyFrom(value)
+        else:
+            setattr(changed, name, value)
     return changed
 
 
@@ -685,7 +700,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 16  # 5 participant + 11 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 17  # 6 participant + 11 admin RPCs; update when the API grows
 
 
 def _raw_call(
@@ -889,6 +904,11 @@ def _valid_request(path: str, job_id: str) -> list[bytes]:
     if name == "ReportMetrics":
         request = pb.ReportMetricsRequest(
             job_id=job_id, model_version=0, num_examples=5, loss=0.5, accuracy=0.5
+        )
+        return [request.SerializeToString()]
+    if name == "SubmitMessage":
+        request = pb.SubmitMessageRequest(
+            job_id=job_id, round_id=str(uuid.uuid4()), phase=pb.ROUND_PHASE_KEYS, body=b"keys"
         )
         return [request.SerializeToString()]
     round_ = pb.RoundStatus(round_id=str(uuid.uuid4()))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.domain.jobs import JobSpec, TrainingPlan
+from coordinator.domain.jobs import JobSpec, SecAggSettings, TrainingPlan
 from coordinator.domain.rounds import Protection
 from coordinator.errors import CoordinatorError, InvalidInput
 
@@ -21,8 +21,23 @@ def plan(**changes: Any) -> TrainingPlan:
     return dataclasses.replace(TrainingPlan(), **changes)
 
 
+def secagg(**changes: Any) -> SecAggSettings:
+    return dataclasses.replace(SecAggSettings(), **changes)
+
+
 def test_defaults_are_valid() -> None:
     spec().validate()
+
+
+def test_secure_aggregation_is_the_default_protection() -> None:
+    assert spec().protection is Protection.SECAGG
+
+
+def test_the_threshold_is_at_least_a_strict_majority_of_the_cohort() -> None:
+    assert SecAggSettings().threshold_for(5) == 3
+    assert SecAggSettings().threshold_for(4) == 3
+    assert secagg(threshold=5).threshold_for(5) == 5
+    assert secagg(threshold=2).threshold_for(6) == 4
 
 
 @pytest.mark.parametrize(
@@ -32,8 +47,15 @@ def test_defaults_are_valid() -> None:
         {"task_name": "t" * 200},
         {"num_rounds": 1},
         {"num_rounds": 100_000},
-        {"min_participants": 1},
-        {"min_participants": 10_000},
+        {"min_participants": 1, "protection": Protection.NONE},
+        {"min_participants": 10_000, "protection": Protection.NONE},
+        {"min_participants": 2},
+        {"min_participants": 16},
+        {"phase_timeout_seconds": 1.0},
+        {"phase_timeout_seconds": 86_400.0},
+        {"secagg": secagg(threshold=16)},
+        {"secagg": secagg(modulus_bits=64, levels_bits=40, clip=4.0, max_weight=1 << 16)},
+        {"secagg": secagg(levels_bits=14, max_participants=8)},
         {"round_timeout_seconds": 1.0},
         {"round_timeout_seconds": 604_800.0},
         {"max_failed_rounds": 0},
@@ -55,12 +77,25 @@ BAD_FIELDS = [
     ("task_name", {"task_name": ""}, "task_name must"),
     ("task_name", {"task_name": "t" * 201}, "task_name must"),
     ("algorithm", {"algorithm": "fedprox"}, "algorithm must be one of"),
-    ("protection", {"protection": Protection.SECAGG}, "protection 'secagg'"),
     ("protection", {"protection": Protection.PAILLIER}, "protection 'paillier'"),
     ("num_rounds", {"num_rounds": 0}, "num_rounds"),
     ("num_rounds", {"num_rounds": 100_001}, "num_rounds"),
     ("min_participants", {"min_participants": 0}, "min_participants"),
     ("min_participants", {"min_participants": 10_001}, "min_participants"),
+    ("min_participants", {"min_participants": 1}, "min_participants of at least 2"),
+    ("min_participants", {"min_participants": 17}, "must not exceed the secagg cohort limit 16"),
+    ("phase_timeout_seconds", {"phase_timeout_seconds": 0.5}, "phase_timeout_seconds"),
+    ("phase_timeout_seconds", {"phase_timeout_seconds": 86_401.0}, "phase_timeout_seconds"),
+    ("secagg.threshold", {"secagg": secagg(threshold=17)}, "secagg.threshold"),
+    ("secagg.threshold", {"secagg": secagg(threshold=-1)}, "secagg.threshold"),
+    ("secagg.max_participants", {"secagg": secagg(max_participants=1)}, "secagg.max_part"),
+    (
+        "secagg.levels_bits",
+        {"secagg": secagg(levels_bits=14)},
+        "bit budget exceeded: n_max * w_max * rint(clip * 2^q) = 16 * 8192 * 16384",
+    ),
+    ("secagg.clip", {"secagg": secagg(clip=float("nan"))}, "clip must be a positive finite"),
+    ("secagg.modulus_bits", {"secagg": secagg(modulus_bits=16)}, "k must be one of"),
     ("round_timeout_seconds", {"round_timeout_seconds": 0.5}, "round_timeout_seconds"),
     ("round_timeout_seconds", {"round_timeout_seconds": 604_801.0}, "round_timeout_seconds"),
     ("round_timeout_seconds", {"round_timeout_seconds": float("nan")}, "round_timeout_seconds"),

@@ -28,7 +28,7 @@ from coordinator.domain.jobs import (
     ParticipantStatus,
     TrainingPlan,
 )
-from coordinator.domain.rounds import Phase, Round
+from coordinator.domain.rounds import Phase, Protection, Round
 from coordinator.errors import (
     ConflictingSubmission,
     InvalidInput,
@@ -71,6 +71,7 @@ def make_spec(**changes: Any) -> JobSpec:
     spec = JobSpec(
         name="digits",
         task_name="digits-linear",
+        protection=Protection.NONE,
         num_rounds=2,
         min_participants=2,
         round_timeout_seconds=TIMEOUT_S,

@@ -1,0 +1,337 @@
+"""The coordinator's part of secure aggregation: route messages, track survivors, unmask the sum.
+
+Nothing here is kept only in memory. Every accepted small message (signed keys, encrypted shares,
+consistency signatures, unmask shares) is a row in ``phase_messages``; the masked inputs are
+added into one running sum modulo ``R`` in the blob store. The participant sets of the paper are
+read back from those rows:
+
+    U1 = who sent KEYS, U2 = who sent SHARES, U3 = the round's contributors (masked inputs),
+    U4 = who sent CONSISTENCY, U5 = who sent UNMASK.
+
+A phase accepts messages only while the round is in it and before its deadline, so once the
+round has moved on the stored rows are exactly the set that closed the phase. To check a new
+message, or to unmask, the pure ``secagg.SecAggServer`` is rebuilt by replaying the rows in the
+order they were accepted; it verifies every signature against the certificate the sender
+presented in the TLS handshake when it sent its keys.
+
+The coordinator learns the sum over U3 and the sets, never one participant's update: each masked
+input is uniformly random on its own, and the coordinator never holds both the self-mask share
+and the key share of one participant (the participants refuse to reveal both; docs/secagg.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography import x509
+
+from coordinator.domain.jobs import Job, PhaseMessage
+from coordinator.domain.rounds import Phase, Round
+from coordinator.errors import InvalidInput, WrongPhase
+from coordinator.persistence.blobs import BlobStore
+from coordinator.persistence.store import Transaction
+from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
+from fedsilo.protection import SecAggParameters, decode_share_list, unflatten
+from secagg import (
+    ConsistencySignature,
+    RoundConfig,
+    SecAggServer,
+    SignedKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg import errors as secagg_errors
+from secagg.primitives.signatures import VerifyingKey, verifying_key
+
+__all__ = ["SecAggStep", "SecureRounds", "SMALL_PHASES"]
+
+SMALL_PHASES = (Phase.KEYS, Phase.SHARES, Phase.CONSISTENCY, Phase.UNMASK)
+"""The phases answered with SubmitMessage; INPUTS is answered with SubmitUpdate."""
+
+_MAX_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SecAggStep:
+    """What one participant needs for the current phase of a secure round."""
+
+    parameters: SecAggParameters
+    keys: tuple[tuple[bytes, bytes], ...] = ()
+    """SHARES: (signed keys, certificate PEM) of every member of U1."""
+    shares: tuple[bytes, ...] = ()
+    """INPUTS: the encrypted shares addressed to this participant."""
+    survivors: tuple[str, ...] = ()
+    """CONSISTENCY: U3."""
+    unmask_request: bytes = b""
+    """UNMASK: the request every member of U4 answers."""
+
+
+@dataclass(frozen=True)
+class Unmasked:
+    """The result of a secure round: the new weights and the sum of the participants' weights."""
+
+    weights: list[npt.NDArray[np.float32]]
+    total_weight: int
+
+
+class SecureRounds:
+    """Secure-aggregation bookkeeping of the coordinator over its store and blob store."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+
+    # -- round parameters -----------------------------------------------------------------------
+
+    @staticmethod
+    def vector_length(job: Job) -> int:
+        """Every weight of the model plus the weight word (``QuantizationSpec.encoded_length``)."""
+        return sum(math.prod(spec.shape) for spec in job.weight_specs) + 1
+
+    def parameters(self, round_: Round, job: Job) -> SecAggParameters:
+        settings = job.spec.secagg
+        return SecAggParameters(
+            threshold=settings.threshold_for(len(round_.cohort)),
+            modulus_bits=settings.modulus_bits,
+            vector_length=self.vector_length(job),
+            cohort=tuple(sorted(round_.cohort)),
+            clip=settings.clip,
+            levels_bits=settings.levels_bits,
+            max_participants=settings.max_participants,
+            max_weight=settings.max_weight,
+        )
+
+    def config(self, round_: Round, job: Job) -> RoundConfig:
+        p = self.parameters(round_, job)
+        return RoundConfig(
+            job.job_id, round_.round_id, p.cohort, p.threshold, p.vector_length, p.modulus_bits
+        )
+
+    def input_spec(self, job: Job) -> TensorSpec:
+        """The one tensor a masked input is: ``vector_length`` words of ``uint<k>``."""
+        return TensorSpec(f"uint{job.spec.secagg.modulus_bits}", (self.vector_length(job),))
+
+    # -- participant sets -----------------------------------------------------------------------
+
+    @staticmethod
+    def senders(tx: Transaction, round_: Round, phase: Phase) -> tuple[str, ...]:
+        """Who had a message of ``phase`` accepted (U1, U2, U4, U5), in acceptance order."""
+        if phase is Phase.INPUTS:
+            return round_.contributors
+        return tuple(m.org_id for m in tx.list_phase_messages(round_.round_id, phase.value))
+
+    def expected(self, tx: Transaction, round_: Round) -> tuple[str, ...]:
+        """Who may still answer the round's current phase: the survivors of the phase before."""
+        before = {
+            Phase.KEYS: None,
+            Phase.SHARES: Phase.KEYS,
+            Phase.INPUTS: Phase.SHARES,
+            Phase.CONSISTENCY: Phase.INPUTS,
+            Phase.UNMASK: Phase.CONSISTENCY,
+        }
+        if round_.phase not in before:
+            return ()
+        previous = before[round_.phase]
+        if previous is None:
+            return round_.cohort
+        return self.senders(tx, round_, previous)
+
+    # -- what a participant is asked ------------------------------------------------------------
+
+    def step_for(self, tx: Transaction, round_: Round, job: Job, org_id: str) -> SecAggStep | None:
+        """The step ``org_id`` has to answer now, or None if it has nothing to do."""
+        if org_id not in self.expected(tx, round_):
+            return None
+        if org_id in self.senders(tx, round_, round_.phase):
+            return None
+        parameters = self.parameters(round_, job)
+        if round_.phase is Phase.KEYS:
+            return SecAggStep(parameters)
+        if round_.phase is Phase.SHARES:
+            keys = tx.list_phase_messages(round_.round_id, Phase.KEYS.value)
+            return SecAggStep(parameters, keys=tuple((m.body, m.certificate_pem) for m in keys))
+        if round_.phase is Phase.INPUTS:
+            routed = [
+                share.to_bytes()
+                for message in tx.list_phase_messages(round_.round_id, Phase.SHARES.value)
+                if message.org_id != org_id
+                for share in decode_share_list(message.body)
+                if share.receiver == org_id
+            ]
+            return SecAggStep(parameters, shares=tuple(routed))
+        if round_.phase is Phase.CONSISTENCY:
+            return SecAggStep(parameters, survivors=tuple(sorted(round_.contributors)))
+        return SecAggStep(parameters, unmask_request=self.unmask_request(tx, round_).to_bytes())
+
+    def unmask_request(self, tx: Transaction, round_: Round) -> UnmaskRequest:
+        survivors = tuple(sorted(round_.contributors))
+        dropped = tuple(
+            sorted(set(self.senders(tx, round_, Phase.SHARES)) - set(round_.contributors))
+        )
+        signatures = tuple(
+            ConsistencySignature.from_bytes(m.body)
+            for m in sorted(
+                tx.list_phase_messages(round_.round_id, Phase.CONSISTENCY.value),
+                key=lambda m: m.org_id,
+            )
+        )
+        return UnmaskRequest(survivors, dropped, signatures)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def check_message(
+        self,
+        tx: Transaction,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        phase: Phase,
+        body: bytes,
+        certificate_pem: bytes,
+    ) -> PhaseMessage:
+        """Validate a small message against the replayed round; return the row to store."""
+        if phase not in SMALL_PHASES:
+            raise InvalidInput(f"phase {phase.value} is not answered with a message")
+        if len(body) > _MAX_MESSAGE_BYTES:
+            raise InvalidInput(f"a phase message is limited to {_MAX_MESSAGE_BYTES} bytes")
+        if org_id not in self.expected(tx, round_):
+            raise WrongPhase(f"this organization does not take part in the {phase.value} phase")
+        newcomer = (org_id, certificate_pem) if phase is Phase.KEYS else None
+        try:
+            server = self._replay(tx, round_, job, newcomer=newcomer)
+            if phase is Phase.KEYS:
+                server.receive_keys(org_id, SignedKeys.from_bytes(body))
+            elif phase is Phase.SHARES:
+                server.receive_shares(org_id, decode_share_list(body))
+            elif phase is Phase.CONSISTENCY:
+                server.receive_consistency(org_id, ConsistencySignature.from_bytes(body))
+            else:
+                server.receive_unmask(org_id, UnmaskResponse.from_bytes(body))
+        except secagg_errors.WrongPhase as exc:
+            raise WrongPhase(str(exc)) from None
+        except secagg_errors.SecAggError as exc:
+            raise InvalidInput(f"the {phase.value} message was refused: {exc}") from None
+        return PhaseMessage(
+            round_.round_id,
+            org_id,
+            phase.value,
+            body,
+            certificate_pem if phase is Phase.KEYS else b"",
+        )
+
+    def check_masked_input(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, header: PayloadHeader
+    ) -> None:
+        """A masked input comes from a member of U2 and is one vector of the round's words."""
+        if org_id not in self.senders(tx, round_, Phase.SHARES):
+            raise WrongPhase("this organization sent no shares in this round")
+        expected = self.input_spec(job)
+        if header.tensors != (expected,):
+            got = ", ".join(f"{s.dtype}{list(s.shape)}" for s in header.tensors) or "nothing"
+            raise InvalidInput(
+                f"a masked input is one tensor {expected.dtype}{list(expected.shape)}, got {got}"
+            )
+
+    # -- the running sum of masked inputs -------------------------------------------------------
+
+    def add_input(
+        self, round_: Round, job: Job, header: PayloadHeader, payload: bytes
+    ) -> tuple[str, PayloadHeader]:
+        """Add one masked input to the round's sum (mod R); store it, return (ref, header)."""
+        (vector,) = decode_tensors(header, payload)
+        total = self.input_sum(round_, job)
+        np.add(total, vector, out=total)  # unsigned wrap-around: addition modulo R = 2^k
+        sum_header, sum_payload = encode_tensors([total])
+        return self._blobs.put(sum_payload), sum_header
+
+    def input_sum(self, round_: Round, job: Job) -> npt.NDArray[Any]:
+        spec = self.input_spec(job)
+        if round_.accumulator_ref is None:
+            return np.zeros(spec.shape, dtype=spec.dtype)
+        payload = self._blobs.get(round_.accumulator_ref)
+        header = PayloadHeader((spec,), len(payload), hashlib.sha256(payload).digest())
+        (total,) = decode_tensors(header, payload)
+        return total
+
+    # -- unmasking ------------------------------------------------------------------------------
+
+    def unmask(
+        self, tx: Transaction, round_: Round, job: Job, base: list[npt.NDArray[Any]]
+    ) -> Unmasked:
+        """Remove every mask from the stored sum; the new weights are base + the mean delta.
+
+        Raises secagg's SecAggError (inconsistent shares, too few answers) for the caller to
+        abort the round with.
+        """
+        server = self._replay(tx, round_, job, total=self.input_sum(round_, job))
+        total = server.finish()
+        mean = self.parameters(round_, job).quantization().dequantize(total)
+        delta = unflatten(mean.mean, job.weight_specs, dtype="float64")
+        weights = [
+            (np.asarray(b, dtype=np.float64) + d).astype(np.float32)
+            for b, d in zip(base, delta, strict=True)
+        ]
+        return Unmasked(weights, mean.total_weight)
+
+    def _replay(
+        self,
+        tx: Transaction,
+        round_: Round,
+        job: Job,
+        *,
+        newcomer: tuple[str, bytes] | None = None,
+        total: npt.NDArray[Any] | None = None,
+    ) -> SecAggServer:
+        """The pure server with every stored message of the round replayed, up to its phase."""
+        messages = tx.list_phase_messages(round_.round_id)
+        by_phase: dict[str, list[PhaseMessage]] = {}
+        for message in messages:
+            by_phase.setdefault(message.phase, []).append(message)
+        keys = by_phase.get(Phase.KEYS.value, [])
+        certificates = {m.org_id: m.certificate_pem for m in keys}
+        if newcomer is not None:
+            certificates.setdefault(*newcomer)
+        server = SecAggServer(
+            self.config(round_, job),
+            verifying_keys={org: _certificate_key(pem) for org, pem in certificates.items()},
+        )
+        for message in keys:
+            server.receive_keys(message.org_id, SignedKeys.from_bytes(message.body))
+        if round_.phase is Phase.KEYS:
+            return server
+        server.close_keys()
+        for message in by_phase.get(Phase.SHARES.value, []):
+            server.receive_shares(message.org_id, decode_share_list(message.body))
+        if round_.phase is Phase.SHARES:
+            return server
+        server.close_shares()
+        server.restore_inputs(round_.contributors, total)
+        if round_.phase is Phase.INPUTS:
+            return server
+        server.close_inputs()
+        for message in by_phase.get(Phase.CONSISTENCY.value, []):
+            server.receive_consistency(
+                message.org_id, ConsistencySignature.from_bytes(message.body)
+            )
+        if round_.phase is Phase.CONSISTENCY:
+            return server
+        server.close_consistency()
+        for message in by_phase.get(Phase.UNMASK.value, []):
+            server.receive_unmask(message.org_id, UnmaskResponse.from_bytes(message.body))
+        return server
+
+
+def _certificate_key(pem: bytes) -> VerifyingKey:
+    """The organization key in a certificate the TLS handshake already verified."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise InvalidInput("the sender's certificate could not be read") from None
+    try:
+        return verifying_key(certificate.public_key())
+    except secagg_errors.SecAggError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -1,0 +1,89 @@
+"""What the coordinator and the participants agree on for a secure-aggregation round.
+
+A participant's contribution is its model *delta* (trained weights minus the round's base
+weights), flattened in the order of the model's tensors (each C-ordered) into one float64 vector,
+clipped, scaled by its weight and quantized (``secagg.QuantizationSpec``). The coordinator
+dequantizes the unmasked sum into the weighted mean delta and adds it to the base weights, which
+equals the FedAvg of the trained weights (DESIGN §4.1).
+
+This module has no TensorFlow, gRPC or database code; both sides import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedsilo.codec import TensorSpec
+from secagg import QuantizationSpec
+from secagg.masking.messages import EncryptedShare
+from secagg.primitives.encoding import decode_fields, encode_fields
+
+__all__ = [
+    "SecAggParameters",
+    "decode_share_list",
+    "encode_share_list",
+    "flatten",
+    "unflatten",
+]
+
+
+@dataclass(frozen=True)
+class SecAggParameters:
+    """The parameters of one round as sent to every participant (``pb.SecAggParameters``)."""
+
+    threshold: int
+    modulus_bits: int
+    vector_length: int
+    cohort: tuple[str, ...]
+    clip: float
+    levels_bits: int
+    max_participants: int
+    max_weight: int
+
+    def quantization(self) -> QuantizationSpec:
+        """The quantization spec; raises secagg's BitBudgetExceeded if the sums could overflow."""
+        return QuantizationSpec(
+            clip=self.clip,
+            levels_bits=self.levels_bits,
+            modulus_bits=self.modulus_bits,
+            max_participants=self.max_participants,
+            max_weight=self.max_weight,
+        )
+
+
+def flatten(weights: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+    """One float64 vector of every tensor's C-ordered values, in tensor order."""
+    if not weights:
+        return np.zeros(0, dtype=np.float64)
+    return np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights])
+
+
+def unflatten(
+    vector: npt.NDArray[Any], specs: Sequence[TensorSpec], dtype: str = "float32"
+) -> list[npt.NDArray[Any]]:
+    """Split a flat vector back into tensors of the given shapes (cast to ``dtype``)."""
+    sizes = [math.prod(spec.shape) for spec in specs]
+    if vector.ndim != 1 or vector.size != sum(sizes):
+        raise ValueError(f"a vector of {vector.size} values does not fill {sum(sizes)} weights")
+    tensors: list[npt.NDArray[Any]] = []
+    offset = 0
+    for spec, size in zip(specs, sizes, strict=True):
+        tensors.append(vector[offset : offset + size].reshape(spec.shape).astype(dtype))
+        offset += size
+    return tensors
+
+
+def encode_share_list(shares: Sequence[EncryptedShare]) -> bytes:
+    """The SHARES phase message body: the canonical fields of every encrypted share."""
+    return encode_fields(share.to_bytes() for share in shares)
+
+
+def decode_share_list(body: bytes) -> tuple[EncryptedShare, ...]:
+    """Invert :func:`encode_share_list`; malformed bytes raise secagg's InvalidInput."""
+    return tuple(EncryptedShare.from_bytes(item) for item in decode_fields(body))

@@ -1,0 +1,615 @@
+"""Secure-aggregation rounds in the coordinator service, driven with real secagg participants.
+
+No gRPC: each organization is a real ``SecAggClient`` with a CA-issued certificate, answering
+what ``next_work`` asks through ``submit_message``/``submit_update``. The oracle (TEST-MATRIX):
+a committed model equals base + the weighted mean delta over exactly the recorded contributors,
+within the quantization bound; nothing is released with fewer than ``t``; bad messages change
+nothing; the coordinator's files never hold one organization's update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from coordinator.domain.jobs import Job, JobSpec, SecAggSettings, TrainingPlan
+from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.errors import ConflictingSubmission, InvalidInput, NotFound, WrongPhase
+from coordinator.persistence import schema
+from coordinator.persistence.blobs import BlobStore
+from coordinator.persistence.store import Store
+from coordinator.service.membership import MembershipService
+from coordinator.service.rounds import (
+    CoordinatorService,
+    MessageSubmission,
+    UpdateSubmission,
+    WorkItem,
+    WorkKind,
+)
+from fedsilo.codec import PayloadHeader, encode_tensors
+from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
+from fedsilo.protection import SecAggParameters, decode_share_list, encode_share_list, flatten
+from secagg import (
+    EncryptedShare,
+    ParticipantContext,
+    RoundConfig,
+    SecAggClient,
+    SignedKeys,
+    UnmaskRequest,
+)
+from secagg.primitives.signatures import VerifyingKey
+
+T0 = 1_700_000_000.0
+SHAPES = ((4, 3), (3,))
+PHASE_S = 10.0
+INPUTS_S = 60.0
+
+
+@dataclass(frozen=True)
+class Org:
+    org_id: str
+    key: Any
+    certificate_pem: bytes
+
+
+@pytest.fixture(scope="module")
+def orgs() -> dict[str, Org]:
+    ca = create_ca(now=dt.datetime.now(dt.UTC))
+    made = {}
+    for org_id in ("org-a", "org-b", "org-c", "org-d", "org-e", "mallory"):
+        key = make_key()
+        cert = sign_csr(ca, make_csr(org_id, Role.PARTICIPANT, key))
+        made[org_id] = Org(org_id, key, cert.public_bytes(serialization.Encoding.PEM))
+    return made
+
+
+def base_weights() -> list[npt.NDArray[np.float32]]:
+    return [np.full(shape, 0.25, dtype=np.float32) for shape in SHAPES]
+
+
+def trained_weights(org_id: str) -> list[npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(sum(org_id.encode()))
+    return [(0.25 + rng.uniform(-0.6, 0.6, size=s)).astype(np.float32) for s in SHAPES]
+
+
+EXAMPLES = {"org-a": 120, "org-b": 300, "org-c": 45, "org-d": 77, "org-e": 500}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+
+@dataclass
+class Participant:
+    """An honest secagg participant; ``stop_before`` is the first phase it no longer answers."""
+
+    org: Org
+    peers: dict[str, VerifyingKey]
+    stop_before: Phase | None = None
+    client: SecAggClient | None = None
+    answered: list[Phase] = field(default_factory=list)
+
+    def act(self, service: CoordinatorService, item: WorkItem) -> bool:
+        assert item.round is not None and item.job is not None and item.secagg is not None
+        phase = item.round.phase
+        if self.stop_before is not None and _order(phase) >= _order(self.stop_before):
+            return False
+        p = item.secagg.parameters
+        if phase is Phase.KEYS:
+            config = RoundConfig(
+                item.job.job_id,
+                item.round.round_id,
+                p.cohort,
+                p.threshold,
+                p.vector_length,
+                p.modulus_bits,
+            )
+            context = ParticipantContext(self.org.org_id, self.org.key, self.peers)
+            self.client = SecAggClient.start(config, context)
+            body = self.client.advertise_keys().to_bytes()
+        else:
+            assert self.client is not None
+            if phase is Phase.SHARES:
+                keys = [SignedKeys.from_bytes(signed) for signed, _ in item.secagg.keys]
+                body = encode_share_list(self.client.share_keys(keys))
+            elif phase is Phase.INPUTS:
+                self.submit_input(service, item, p)
+                self.answered.append(phase)
+                return True
+            elif phase is Phase.CONSISTENCY:
+                body = self.client.sign_survivors(item.secagg.survivors).to_bytes()
+            else:
+                request = UnmaskRequest.from_bytes(item.secagg.unmask_request)
+                body = self.client.unmask(request).to_bytes()
+        service.submit_message(
+            self.org.org_id,
+            MessageSubmission(item.job.job_id, item.round.round_id, phase, body),
+            self.org.certificate_pem,
+        )
+        self.answered.append(phase)
+        return True
+
+    def submit_input(
+        self, service: CoordinatorService, item: WorkItem, p: SecAggParameters
+    ) -> None:
+        assert self.client is not None and item.round is not None and item.secagg is not None
+        shares = [EncryptedShare.from_bytes(s) for s in item.secagg.shares]
+        vector = p.quantization().quantize(delta(self.org.org_id), EXAMPLES[self.org.org_id])
+        masked = self.client.mask_input(shares, vector)
+        header, payload = encode_tensors([masked.vector])
+        service.submit_update(
+            self.org.org_id,
+            UpdateSubmission(
+                item.round.job_id, item.round.round_id, Phase.INPUTS, 0, 0, 0.0, header
+            ),
+            payload,
+        )
+
+
+_PHASES = (Phase.KEYS, Phase.SHARES, Phase.INPUTS, Phase.CONSISTENCY, Phase.UNMASK)
+
+
+def _order(phase: Phase) -> int:
+    return _PHASES.index(phase)
+
+
+def delta(org_id: str) -> npt.NDArray[np.float64]:
+    return flatten(trained_weights(org_id)) - flatten(base_weights())
+
+
+@dataclass
+class Consortium:
+    tmp: Path
+    orgs: dict[str, Org]
+    members: tuple[str, ...]
+    clock: Clock = field(default_factory=Clock)
+    stores: list[Store] = field(default_factory=list)
+    participants: dict[str, Participant] = field(init=False)
+    service: CoordinatorService = field(init=False)
+    blobs: BlobStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.restart()
+        peers = {o: v.certificate_pem for o, v in self.orgs.items()}
+        from cryptography import x509
+
+        keys: dict[str, VerifyingKey] = {
+            o: x509.load_pem_x509_certificate(pem).public_key()  # type: ignore[misc]
+            for o, pem in peers.items()
+        }
+        self.participants = {
+            m: Participant(self.orgs[m], {o: k for o, k in keys.items() if o != m})
+            for m in self.members
+        }
+        membership = MembershipService(self.store, auto_approve=True, clock=lambda: self.clock.now)
+        for member in self.members:
+            membership.authenticate_participant(member, require_active=False)
+
+    def restart(self) -> None:
+        self.stores.append(Store(f"sqlite:///{self.tmp / 'coordinator.db'}"))
+        self.blobs = BlobStore(self.tmp / "blobs")
+        ids = itertools.count(1)
+        prefix = len(self.stores)
+        self.service = CoordinatorService(
+            self.stores[-1],
+            self.blobs,
+            clock=lambda: self.clock.now,
+            new_id=lambda: f"id-{prefix}-{next(ids)}",
+        )
+
+    @property
+    def store(self) -> Store:
+        return self.stores[-1]
+
+    def start(self, **changes: Any) -> Job:
+        spec = JobSpec(
+            name="secure",
+            task_name="digits-linear",
+            num_rounds=1,
+            min_participants=2,
+            round_timeout_seconds=INPUTS_S,
+            phase_timeout_seconds=PHASE_S,
+            max_failed_rounds=0,
+            training=TrainingPlan(seed=1),
+        )
+        header, payload = encode_tensors(base_weights())
+        job = self.service.create_job(
+            dataclasses.replace(spec, **changes), header, payload, "admin"
+        )
+        self.service.start_job(job.job_id, "admin")
+        return job
+
+    def round(self, job: Job) -> Round:
+        return self.service.get_job(job.job_id).rounds[-1]
+
+    def step(self) -> bool:
+        """Every participant answers what it is asked once; True if anyone answered."""
+        acted = False
+        for member, participant in self.participants.items():
+            item = self.service.next_work(member)
+            if item.kind in (WorkKind.SECAGG_STEP, WorkKind.TRAIN):
+                acted |= participant.act(self.service, item)
+        return acted
+
+    def run(self, job: Job, max_steps: int = 20) -> Round:
+        """Answer until nobody has anything to do, then let deadlines pass until the round ends."""
+        for _ in range(max_steps):
+            round_ = self.round(job)
+            if round_.is_terminal:
+                return round_
+            if not self.step():
+                self.clock.now = round_.deadline_at + 1
+                self.service.tick()
+        raise AssertionError("the round did not end")
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+
+@pytest.fixture
+def consortium(tmp_path: Path, orgs: dict[str, Org]) -> Iterator[Consortium]:
+    made = Consortium(tmp_path, orgs, ("org-a", "org-b", "org-c", "org-d", "org-e"))
+    yield made
+    made.close()
+
+
+def committed_delta(c: Consortium, job: Job) -> npt.NDArray[np.float64]:
+    import hashlib
+
+    from fedsilo.codec import decode_tensors
+
+    version, header, payload = c.service.read_model(job.job_id, -1)
+    assert version == 1
+    assert hashlib.sha256(payload).digest() == header.sha256
+    return flatten(decode_tensors(header, payload)) - flatten(base_weights())
+
+
+def expected_delta(contributors: tuple[str, ...]) -> npt.NDArray[np.float64]:
+    total = sum(EXAMPLES[m] for m in contributors)
+    clip = SecAggSettings().clip
+    return sum(np.clip(delta(m), -clip, clip) * EXAMPLES[m] for m in contributors) / total  # type: ignore[return-value]
+
+
+def bound() -> float:
+    # The quantization bound plus the float32 rounding of the stored weights.
+    return math.ldexp(1.0, -(SecAggSettings().levels_bits + 1)) + 1e-6
+
+
+# -- honest rounds ------------------------------------------------------------------------------
+
+
+def test_a_secure_round_commits_the_weighted_mean_of_everyone(consortium: Consortium) -> None:
+    job = consortium.start()
+    assert consortium.round(job).phase is Phase.KEYS
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    assert sorted(finished.contributors) == sorted(consortium.members)
+    assert finished.total_weight == sum(EXAMPLES.values())
+    got = committed_delta(consortium, job)
+    assert np.max(np.abs(got - expected_delta(consortium.members))) <= bound()
+    for participant in consortium.participants.values():
+        assert participant.answered == list(_PHASES)
+
+
+def test_the_default_protection_is_secure_aggregation(consortium: Consortium) -> None:
+    header, payload = encode_tensors(base_weights())
+    job = consortium.service.create_job(JobSpec(name="d", task_name="t"), header, payload, "admin")
+    assert job.spec.protection is Protection.SECAGG
+
+
+def test_protection_none_is_logged_as_a_warning(
+    consortium: Consortium, caplog: pytest.LogCaptureFixture
+) -> None:
+    header, payload = encode_tensors(base_weights())
+    with caplog.at_level(logging.WARNING, logger="coordinator"):
+        consortium.service.create_job(
+            JobSpec(name="plain", task_name="t", protection=Protection.NONE), header, payload, "a"
+        )
+    assert any("protection 'none'" in r.getMessage() for r in caplog.records)
+
+
+def test_dropout_after_shares_is_cancelled_and_left_out_of_the_sum(
+    consortium: Consortium,
+) -> None:
+    # R2: org-e sent its shares but no masked input; its pairwise masks are removed via s_sk.
+    consortium.participants["org-e"].stop_before = Phase.INPUTS
+    job = consortium.start()
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    survivors = ("org-a", "org-b", "org-c", "org-d")
+    assert sorted(finished.contributors) == list(survivors)
+    assert finished.total_weight == sum(EXAMPLES[m] for m in survivors)
+    assert np.max(np.abs(committed_delta(consortium, job) - expected_delta(survivors))) <= bound()
+
+
+def test_dropout_after_the_masked_input_stays_in_the_sum(consortium: Consortium) -> None:
+    # R1: org-a and org-b sent their inputs and then vanished; 3 of 5 still reach t = 3.
+    consortium.participants["org-a"].stop_before = Phase.CONSISTENCY
+    consortium.participants["org-b"].stop_before = Phase.UNMASK
+    job = consortium.start()
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    assert sorted(finished.contributors) == sorted(consortium.members)
+    got = committed_delta(consortium, job)
+    assert np.max(np.abs(got - expected_delta(consortium.members))) <= bound()
+
+
+@pytest.mark.parametrize("phase", _PHASES)
+def test_fewer_than_t_answers_abort_and_release_nothing(
+    consortium: Consortium, phase: Phase
+) -> None:
+    # R3/R4: 3 of 5 stop answering at `phase`; t = 3 cannot be met.
+    for member in ("org-c", "org-d", "org-e"):
+        consortium.participants[member].stop_before = phase
+    job = consortium.start()
+    finished = consortium.run(job)
+    assert finished.phase is Phase.ABORTED
+    assert f"phase {phase.value} closed with 2 of" in (finished.abort_reason or "")
+    assert consortium.service.get_job(job.job_id).job.model_version == 0
+    # The participants are told when they ask about the round.
+    (outcome,) = consortium.service.round_outcomes([finished.round_id])
+    assert outcome.phase is Phase.ABORTED and outcome.reason == finished.abort_reason
+
+
+def test_a_configured_threshold_above_the_majority_is_enforced(consortium: Consortium) -> None:
+    consortium.participants["org-e"].stop_before = Phase.INPUTS
+    job = consortium.start(secagg=SecAggSettings(threshold=5))
+    finished = consortium.run(job)
+    assert finished.phase is Phase.ABORTED
+    assert "fewer than the 5 required" in (finished.abort_reason or "")
+
+
+def test_a_restarted_coordinator_continues_the_round_from_the_database(
+    consortium: Consortium,
+) -> None:
+    job = consortium.start()
+    for _ in range(3):  # keys, shares, inputs
+        consortium.step()
+    assert consortium.round(job).phase is Phase.CONSISTENCY
+    consortium.restart()
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    got = committed_delta(consortium, job)
+    assert np.max(np.abs(got - expected_delta(consortium.members))) <= bound()
+
+
+def test_unknown_rounds_are_reported_as_ended(consortium: Consortium) -> None:
+    job = consortium.start()
+    open_round = consortium.round(job)
+    assert consortium.service.round_outcomes([open_round.round_id]) == []
+    (unknown,) = consortium.service.round_outcomes(["no-such-round"])
+    assert unknown.phase is Phase.ABORTED
+
+
+# -- bad messages change nothing -----------------------------------------------------------------
+
+
+def _state(c: Consortium) -> tuple[int, int, int]:
+    with c.store.engine.connect() as conn:
+        counts = [
+            len(conn.execute(select(table)).all())
+            for table in (schema.submissions, schema.phase_messages)
+        ]
+        versions = conn.execute(select(schema.rounds.c.row_version)).all()
+    return counts[0], counts[1], sum(v[0] for v in versions)
+
+
+def _keys_message(c: Consortium, job: Job, member: str) -> tuple[MessageSubmission, bytes]:
+    item = c.service.next_work(member)
+    assert item.kind is WorkKind.SECAGG_STEP and item.round is not None
+    participant = c.participants[member]
+    assert participant.act(c.service, item)  # sends and records its keys
+    assert participant.client is not None
+    body = participant.client.advertise_keys().to_bytes()
+    return MessageSubmission(job.job_id, item.round.round_id, Phase.KEYS, body), body
+
+
+def test_an_identical_message_is_acknowledged_once_and_a_different_one_refused(
+    consortium: Consortium,
+) -> None:
+    job = consortium.start()
+    message, _ = _keys_message(consortium, job, "org-a")
+    pem = consortium.orgs["org-a"].certificate_pem
+    before = _state(consortium)
+    again = consortium.service.submit_message("org-a", message, pem)
+    assert again.duplicate
+    other = dataclasses.replace(message, body=message.body[:-1] + bytes([message.body[-1] ^ 1]))
+    with pytest.raises(ConflictingSubmission):
+        consortium.service.submit_message("org-a", other, pem)
+    assert _state(consortium) == before
+
+
+def _bad_messages(c: Consortium, job: Job) -> Iterator[tuple[str, str, MessageSubmission, bytes]]:
+    round_id = c.round(job).round_id
+    pem = c.orgs["org-b"].certificate_pem
+    mallory_pem = c.orgs["mallory"].certificate_pem
+    good, body = _keys_message(c, job, "org-b")
+    keys = SignedKeys.from_bytes(body)
+    forged = SignedKeys(keys.participant, keys.masking_key, keys.encryption_key, keys.signature)
+    yield "org-c", "garbage", dataclasses.replace(good, body=b"\x00garbage"), pem
+    yield "org-c", "not signed", dataclasses.replace(good, body=forged.to_bytes()), pem
+    yield "org-c", "keys of another org", good, pem
+    yield "mallory", "not in the cohort", good, mallory_pem
+    yield "org-c", "wrong phase", dataclasses.replace(good, phase=Phase.SHARES), pem
+    yield "org-c", "INPUTS by message", dataclasses.replace(good, phase=Phase.INPUTS), pem
+    yield "org-c", "other round", dataclasses.replace(good, round_id="nope"), pem
+    yield "org-c", "no certificate", dataclasses.replace(good, body=body), b""
+    assert round_id
+
+
+def test_bad_messages_are_refused_and_change_nothing(consortium: Consortium) -> None:
+    job = consortium.start()
+    cases = list(_bad_messages(consortium, job))
+    before = _state(consortium)
+    for sender, what, message, pem in cases:
+        with pytest.raises((InvalidInput, WrongPhase, NotFound)):
+            consortium.service.submit_message(sender, message, pem)
+        assert _state(consortium) == before, what
+
+
+def test_bad_masked_inputs_are_refused_and_change_nothing(consortium: Consortium) -> None:
+    job = consortium.start()
+    consortium.step()
+    consortium.step()
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.INPUTS
+    length = sum(math.prod(s) for s in SHAPES) + 1
+    good = np.zeros(length, dtype=np.uint32)
+    cases: list[tuple[str, list[npt.NDArray[Any]], dict[str, Any]]] = [
+        ("wrong dtype", [good.astype(np.uint64)], {}),
+        ("float", [good.astype(np.float32)], {}),
+        ("too short", [good[:-1]], {}),
+        ("two tensors", [good, good], {}),
+        ("examples revealed", [good], {"num_examples": 10}),
+        ("loss revealed", [good], {"train_loss": 0.5}),
+        ("old base version", [good], {"base_version": 7}),
+    ]
+    before = _state(consortium)
+    for what, tensors, changes in cases:
+        header, payload = encode_tensors(tensors)
+        update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header)
+        with pytest.raises((InvalidInput, WrongPhase)):
+            consortium.service.submit_update(
+                "org-a", dataclasses.replace(update, **changes), payload
+            )
+        assert _state(consortium) == before, what
+
+
+def test_an_organization_that_sent_no_shares_may_not_send_an_input(
+    consortium: Consortium,
+) -> None:
+    consortium.participants["org-e"].stop_before = Phase.SHARES
+    job = consortium.start()
+    consortium.step()
+    consortium.step()
+    consortium.clock.now = consortium.round(job).deadline_at + 1
+    consortium.service.tick()  # SHARES closes at its deadline without org-e
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.INPUTS
+    assert consortium.service.next_work("org-e").kind is WorkKind.WAIT
+    vector = np.zeros(sum(math.prod(s) for s in SHAPES) + 1, dtype=np.uint32)
+    header, payload = encode_tensors([vector])
+    before = _state(consortium)
+    with pytest.raises(WrongPhase, match="sent no shares"):
+        consortium.service.submit_update(
+            "org-e",
+            UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header),
+            payload,
+        )
+    assert _state(consortium) == before
+
+
+# -- privacy ------------------------------------------------------------------------------------
+
+
+def test_the_coordinator_files_hold_no_individual_update(consortium: Consortium) -> None:
+    """After a round, no blob or database value is (close to) one organization's update."""
+    consortium.participants["org-e"].stop_before = Phase.INPUTS
+    job = consortium.start()
+    assert consortium.run(job).phase is Phase.COMMITTED
+    spec = SecAggSettings()
+    quantized = {
+        m: SecAggParameters(3, 32, 0, (), spec.clip, spec.levels_bits, 16, 8192)
+        .quantization()
+        .quantize(delta(m), EXAMPLES[m])
+        for m in consortium.members
+    }
+    individual = {m: trained_weights(m) for m in consortium.members}
+    blobs = [p.read_bytes() for p in (consortium.tmp / "blobs").rglob("*") if p.is_file()]
+    with consortium.store.engine.connect() as conn:
+        rows = [
+            value
+            for table in schema.metadata.sorted_tables
+            for row in conn.execute(select(table)).all()
+            for value in row
+            if isinstance(value, bytes)
+        ]
+    assert blobs
+    for data in (*blobs, *rows, (consortium.tmp / "coordinator.db").read_bytes()):
+        for member in consortium.members:
+            assert quantized[member].tobytes() not in data
+            assert quantized[member][:-1].tobytes()[:64] not in data
+            trained = b"".join(t.tobytes() for t in individual[member])
+            assert trained[:48] not in data
+    tolerance = bound()
+    for data in blobs:
+        if len(data) % 4 == 0 and len(data) // 4 == sum(math.prod(s) for s in SHAPES):
+            vector = np.frombuffer(data, dtype=np.float32).astype(np.float64)
+            for member in consortium.members:
+                weights = flatten(individual[member])
+                assert np.max(np.abs(vector - weights)) > tolerance, member
+
+
+def test_unmask_request_never_asks_for_both_shares_of_one_peer(consortium: Consortium) -> None:
+    consortium.participants["org-e"].stop_before = Phase.INPUTS
+    job = consortium.start()
+    for _ in range(3):
+        consortium.step()
+    consortium.clock.now = consortium.round(job).deadline_at + 1
+    consortium.service.tick()  # INPUTS closes at its deadline without org-e
+    consortium.step()
+    item = consortium.service.next_work("org-a")
+    assert item.kind is WorkKind.SECAGG_STEP and item.secagg is not None
+    request = UnmaskRequest.from_bytes(item.secagg.unmask_request)
+    assert set(request.survivors).isdisjoint(request.dropped)
+    assert request.dropped == ("org-e",)
+    assert len(request.signatures) == 4
+    assert consortium.round(job).phase is Phase.UNMASK
+
+
+def test_shares_are_routed_only_to_their_receiver(consortium: Consortium) -> None:
+    consortium.start()
+    consortium.step()
+    consortium.step()
+    for member in consortium.members:
+        item = consortium.service.next_work(member)
+        assert item.kind is WorkKind.TRAIN and item.secagg is not None
+        routed = [EncryptedShare.from_bytes(s) for s in item.secagg.shares]
+        assert {s.receiver for s in routed} == {member}
+        assert sorted(s.sender for s in routed) == sorted(set(consortium.members) - {member})
+    assert decode_share_list(encode_share_list(routed)) == tuple(routed)
+
+
+def test_stored_messages_keep_the_sender_certificate_for_keys_only(
+    consortium: Consortium,
+) -> None:
+    job = consortium.start()
+    consortium.run(job)
+    with consortium.store.transaction() as tx:
+        messages = tx.list_phase_messages(consortium.round(job).round_id)
+    assert {m.phase for m in messages} == {"keys", "shares", "consistency", "unmask"}
+    for message in messages:
+        expected = (
+            consortium.orgs[message.org_id].certificate_pem if message.phase == "keys" else b""
+        )
+        assert message.certificate_pem == expected
+
+
+def test_payload_header_of_a_masked_input_is_checked(consortium: Consortium) -> None:
+    job = consortium.start()
+    consortium.step()
+    consortium.step()
+    round_ = consortium.round(job)
+    vector = np.zeros(sum(math.prod(s) for s in SHAPES) + 1, dtype=np.uint32)
+    header, payload = encode_tensors([vector])
+    lying = PayloadHeader(header.tensors, header.total_bytes, b"\x00" * 32)
+    update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, lying)
+    before = _state(consortium)
+    with pytest.raises(InvalidInput):
+        consortium.service.submit_update("org-a", update, payload)
+    assert _state(consortium) == before
