@@ -12,9 +12,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from secagg.errors import InvalidInput
+from secagg.primitives.signatures import VerifyingKey, verifying_key
 
 __all__ = [
     "DEFAULT_CA_VALID_DAYS",
@@ -22,6 +26,7 @@ __all__ = [
     "CertificateAuthority",
     "DemoPki",
     "IssuedFiles",
+    "PeerCertificateError",
     "Role",
     "create_ca",
     "issue",
@@ -34,6 +39,7 @@ __all__ = [
     "sign_csr",
     "subject_identity",
     "validate_org_id",
+    "verify_peer_certificate",
     "write_certificate",
     "write_private_key",
 ]
@@ -119,6 +125,10 @@ class DemoPki:
         return self.admin.key_path
 
 
+class PeerCertificateError(ValueError):
+    """A certificate another party presented is not one this organization accepts."""
+
+
 def validate_org_id(org_id: str) -> str:
     """Return ``org_id`` unchanged if it is a valid organization id, else raise ValueError."""
     if not isinstance(org_id, str) or _ORG_ID_PATTERN.match(org_id) is None:
@@ -165,6 +175,71 @@ def subject_identity(name: x509.Name) -> tuple[str, Role]:
         known = ", ".join(r.value for r in Role)
         raise ValueError(f"unknown role {unit!r} in subject OU (known: {known})") from None
     return org_id, role
+
+
+def verify_peer_certificate(
+    pem: bytes, ca: x509.Certificate, org_id: str, role: Role, now: dt.datetime
+) -> VerifyingKey:
+    """Check a peer's PEM certificate and return its signature-verification key.
+
+    The certificate must be issued directly by the consortium CA ``ca`` (signature checked with
+    the CA's key), be valid at ``now``, not be a CA itself, name exactly ``org_id`` and ``role``
+    in its subject, and carry an EC P-256 or Ed25519 key. Secure aggregation checks every peer's
+    signed round keys against this key, so a certificate from any other source would let whoever
+    forwards the keys substitute them (TEST-MATRIX S14). Raises PeerCertificateError.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise PeerCertificateError(
+            f"the certificate of {org_id!r} is not a PEM certificate"
+        ) from None
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PeerCertificateError(
+            f"the certificate of {org_id!r} is not issued by the consortium CA"
+        ) from None
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise PeerCertificateError(
+            f"the certificate of {org_id!r} is not valid at {now:%Y-%m-%d %H:%M:%S} UTC (valid "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S})"
+        )
+    try:
+        extensions = cert.extensions
+    except ValueError:
+        raise PeerCertificateError(
+            f"the certificate of {org_id!r} has malformed extensions"
+        ) from None
+    # fedsilo's CA always sets both; a certificate that says it is a CA or may not sign is not an
+    # organization's signing certificate, whoever issued it.
+    for extension in extensions:
+        value = extension.value
+        if (isinstance(value, x509.BasicConstraints) and value.ca) or (
+            isinstance(value, x509.KeyUsage) and not value.digital_signature
+        ):
+            raise PeerCertificateError(
+                f"the certificate of {org_id!r} is not a signing certificate of an organization"
+            )
+    try:
+        subject, subject_role = subject_identity(cert.subject)
+    except ValueError as exc:
+        raise PeerCertificateError(f"the certificate of {org_id!r}: {exc}") from None
+    if subject != org_id:
+        raise PeerCertificateError(f"the certificate for {org_id!r} names {subject!r}")
+    if subject_role is not Role(role):
+        raise PeerCertificateError(
+            f"the certificate of {org_id!r} has role {subject_role.value}, not {Role(role).value}"
+        )
+    try:
+        return verifying_key(cert.public_key())
+    except InvalidInput:
+        raise PeerCertificateError(
+            f"the certificate of {org_id!r} carries a key that is not EC P-256 or Ed25519"
+        ) from None
 
 
 def create_ca(

@@ -12,6 +12,8 @@ from fedsilo.logs import configure
 from fedsilo.tls import TlsFiles
 from participant.service.answers import AnswerStore
 from participant.service.runner import ParticipantDaemon
+from participant.service.secagg_state import SecAggStateStore
+from participant.service.secure_rounds import IdentityFiles
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
 
 __all__ = ["build_daemon", "run"]
@@ -22,7 +24,12 @@ log = logging.getLogger("participant")
 def build_daemon(
     config: ParticipantConfig, stop: threading.Event
 ) -> tuple[ParticipantDaemon, ChannelSource]:
-    """Wire a daemon from its configuration; returns it and its channels, to close after."""
+    """Wire a daemon from its configuration; returns it and its channels, to close after.
+
+    With TLS, the organization's TLS key and certificate are also its secure-aggregation
+    identity (read when first needed and again after renewal); without TLS (loopback tests only)
+    the daemon runs plain rounds and refuses secure ones.
+    """
     tls = None
     if not config.tls.insecure:
         assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
@@ -38,6 +45,8 @@ def build_daemon(
     daemon = ParticipantDaemon(
         client,
         AnswerStore(config.state_dir),
+        SecAggStateStore(config.state_dir),
+        IdentityFiles(tls) if tls is not None else None,
         config.tasks,
         config.task_config,
         stop,

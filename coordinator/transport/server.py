@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -70,8 +71,18 @@ class RunningCoordinator:
         self.store.close()
 
 
-def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
-    """Open the database and blob store, bind the listener and start serving."""
+ParticipantServicerFactory = Callable[[CoordinatorService, MembershipService], ParticipantServicer]
+
+
+def start_coordinator(
+    config: CoordinatorConfig,
+    participant_servicer: ParticipantServicerFactory = ParticipantServicer,
+) -> RunningCoordinator:
+    """Open the database and blob store, bind the listener and start serving.
+
+    ``participant_servicer`` builds the participant API; tests pass a subclass that deviates
+    from the protocol to play a malicious coordinator (TEST-MATRIX "evil").
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.database_url())
     blobs = BlobStore(config.data_dir / "blobs")
@@ -98,7 +109,7 @@ def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
         maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
     pb_grpc.add_ParticipantServiceServicer_to_server(
-        ParticipantServicer(service, membership), server
+        participant_servicer(service, membership), server
     )
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(service, membership), server)
     health_servicer = health.HealthServicer()

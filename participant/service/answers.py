@@ -65,6 +65,13 @@ class AnswerStore:
         # The metadata file is written last: its presence means the answer is complete.
         _write_private(meta_path, json.dumps(meta).encode())
 
+    def forget(self, round_id: str, phase: str) -> None:
+        """Delete a stored answer once its round has ended (nothing if there is none)."""
+        payload_path, meta_path = self._paths(round_id, phase)
+        # The metadata first: without it the answer counts as absent, whatever remains.
+        for path in (meta_path, payload_path):
+            path.unlink(missing_ok=True)
+
 
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import numpy.typing as npt
 
 from fedsilo.codec import encode_tensors
 from fedsilo.logs import context
-from fedsilo.tasks import LocalData, Task, TaskNotFoundError, as_float32, load_task
-from participant.domain.assignments import Assignment, AssignmentKind
+from fedsilo.tasks import LocalData, Task, TaskNotFoundError, TrainResult, as_float32, load_task
+from participant.domain.assignments import Assignment, AssignmentKind, Protection
 from participant.service.answers import AnswerStore, StoredAnswer
+from participant.service.secagg_state import SecAggStateStore
+from participant.service.secure_rounds import OrgIdentity, SecureRounds, StepOutcome
 from participant.transport.client import CoordinatorClient, Stopped
 
 __all__ = ["ParticipantDaemon"]
@@ -34,12 +36,18 @@ GIVE_UP = frozenset(
 
 
 class ParticipantDaemon:
-    """Runs until ``stop`` is set: outbound calls only, local data never leaves this process."""
+    """Runs until ``stop`` is set: outbound calls only, local data never leaves this process.
+
+    ``identity`` gives the organization's key and certificate for secure aggregation; without it
+    (a participant without TLS) secure-aggregation work is refused and plain rounds still run.
+    """
 
     def __init__(
         self,
         client: CoordinatorClient,
         answers: AnswerStore,
+        secagg_states: SecAggStateStore,
+        identity: Callable[[], OrgIdentity] | None,
         tasks: Mapping[str, str],
         task_config: Mapping[str, Any],
         stop: threading.Event,
@@ -52,13 +60,20 @@ class ParticipantDaemon:
         self._stop = stop
         self._poll = poll_seconds
         self._data: dict[tuple[str, str], tuple[Task, LocalData]] = {}
+        self._secure = SecureRounds(client, secagg_states, answers, identity, self._train_round)
 
     def run(self) -> None:
         log.info("participant daemon started")
         while not self._stop.is_set():
             try:
-                assignment = self._client.retrying(lambda: self._client.get_assignment(self._poll))
-                self.handle(assignment)
+                reply = self._client.retrying(
+                    lambda: self._client.get_assignment(self._poll, self._secure.held_round_ids())
+                )
+                self._secure.finish_rounds(reply.finished_rounds)
+                if not self.handle(reply.assignment) and self._client.pause():
+                    # Work left unanswered (a refused secure round) is offered again at once:
+                    # wait a backoff step rather than ask again in a tight loop.
+                    break
             except Stopped:
                 break
             except grpc.RpcError as exc:
@@ -77,10 +92,21 @@ class ParticipantDaemon:
                     break
         log.info("participant daemon stopped")
 
-    def handle(self, assignment: Assignment) -> None:
+    def handle(self, assignment: Assignment) -> bool:
+        """Do one unit of work; False if a secure-aggregation task was left unanswered."""
         ctx = context(job=assignment.job_id or None, round=str(assignment.round_number or "-"))
+        secure = assignment.kind is AssignmentKind.SECAGG_STEP or (
+            assignment.kind is AssignmentKind.TRAIN and assignment.protection is Protection.SECAGG
+        )
         try:
+            if secure:
+                return self._secure.step(assignment) is StepOutcome.ANSWERED
             if assignment.kind is AssignmentKind.TRAIN:
+                if assignment.protection is not Protection.NONE:
+                    raise ValueError(
+                        f"protection {assignment.protection.value} is not supported by this "
+                        "participant"
+                    )
                 self._train(assignment)
             elif assignment.kind is AssignmentKind.EVALUATE:
                 self._evaluate(assignment)
@@ -88,6 +114,8 @@ class ParticipantDaemon:
             if exc.code() not in GIVE_UP:
                 raise
             log.warning("coordinator refused: %s", exc.details(), **ctx)
+            return not secure
+        return True
 
     def _task_and_data(self, assignment: Assignment) -> tuple[Task, LocalData]:
         key = (assignment.job_id, assignment.task_name)
@@ -116,12 +144,7 @@ class ParticipantDaemon:
                     **ctx,
                 )
                 return
-            # A per-round seed keeps training reproducible, so a retry after a crash can match.
-            settings = replace(
-                assignment.training,
-                seed=assignment.training.seed * 1_000_003 + assignment.round_number,
-            )
-            result = task.train(weights, data, settings)
+            result = task.train(weights, data, assignment.round_settings())
             header, payload = encode_tensors(as_float32(result.weights))
             answer = StoredAnswer(header, payload, result.num_examples, float(result.loss))
             self._answers.save(assignment.round_id, assignment.phase, answer)
@@ -135,6 +158,11 @@ class ParticipantDaemon:
             )
         )
         log.info("update acknowledged%s", " (duplicate)" if receipt.duplicate else "", **ctx)
+
+    def _train_round(self, assignment: Assignment, weights: list[npt.NDArray[Any]]) -> TrainResult:
+        """Local training for a secure round, exactly as for a plain one (same round seed)."""
+        task, data = self._task_and_data(assignment)
+        return task.train(weights, data, assignment.round_settings())
 
     def _evaluate(self, assignment: Assignment) -> None:
         task, data = self._task_and_data(assignment)

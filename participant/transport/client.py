@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.codec import PayloadHeader, header_to_proto
+from fedsilo.protection import SecAggParameters
 from fedsilo.tasks import TrainingSettings
 from fedsilo.tls import (
     TlsConfigError,
@@ -25,7 +26,16 @@ from fedsilo.tls import (
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 from fedsilo.wire import header_then_chunks, receive_model
-from participant.domain.assignments import Assignment, AssignmentKind, SubmissionReceipt
+from participant.domain.assignments import (
+    AdvertisedKeys,
+    Assignment,
+    AssignmentKind,
+    Protection,
+    RoundOutcome,
+    SecAggStepData,
+    SubmissionReceipt,
+    TaskReply,
+)
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -55,6 +65,14 @@ _KINDS = {
     pb.TASK_KIND_WAIT: AssignmentKind.WAIT,
     pb.TASK_KIND_TRAIN: AssignmentKind.TRAIN,
     pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
+    pb.TASK_KIND_SECAGG_STEP: AssignmentKind.SECAGG_STEP,
+}
+_PROTECTIONS = {
+    # A coordinator that does not say is one from before protection modes: plain FedAvg.
+    pb.PROTECTION_UNSPECIFIED: Protection.NONE,
+    pb.PROTECTION_NONE: Protection.NONE,
+    pb.PROTECTION_SECAGG: Protection.SECAGG,
+    pb.PROTECTION_PAILLIER: Protection.PAILLIER,
 }
 _PHASES = {
     value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()
@@ -162,11 +180,14 @@ class CoordinatorClient:
             self._backoff.reset()
             return result
 
-    def get_assignment(self, wait_seconds: float) -> Assignment:
-        """Long-poll for work; returns WAIT if nothing came within wait_seconds."""
-        future = self._stub().GetTask.future(
-            pb.GetTaskRequest(wait_seconds=wait_seconds), timeout=wait_seconds + 15
-        )
+    def get_assignment(self, wait_seconds: float, held_round_ids: Sequence[str] = ()) -> TaskReply:
+        """Long-poll for work; the assignment is WAIT if nothing came within wait_seconds.
+
+        ``held_round_ids`` are the rounds this participant keeps secure-aggregation state for;
+        the reply names those that have ended.
+        """
+        request = pb.GetTaskRequest(wait_seconds=wait_seconds, held_round_ids=list(held_round_ids))
+        future = self._stub().GetTask.future(request, timeout=wait_seconds + 15)
         while True:
             try:
                 response = future.result(timeout=0.25)
@@ -175,7 +196,13 @@ class CoordinatorClient:
                 if self._stop.is_set():
                     future.cancel()
                     raise Stopped() from None
-        return _assignment_from_pb(response)
+        finished = tuple(
+            RoundOutcome(
+                outcome.round_id, outcome.phase == pb.ROUND_PHASE_COMMITTED, outcome.reason
+            )
+            for outcome in response.finished_rounds
+        )
+        return TaskReply(_assignment_from_pb(response), finished)
 
     def download_model(self, job_id: str, version: int) -> tuple[int, list[npt.NDArray[Any]]]:
         stream = self._stub().DownloadModel(
@@ -206,6 +233,19 @@ class CoordinatorClient:
         response = self._stub().SubmitUpdate(requests, timeout=self._timeout)
         return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
 
+    def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
+        """Send the answer to a small secure-aggregation phase (the canonical message bytes)."""
+        response = self._stub().SubmitMessage(
+            pb.SubmitMessageRequest(
+                job_id=assignment.job_id,
+                round_id=assignment.round_id,
+                phase=_PHASE_VALUES[assignment.phase],
+                body=body,
+            ),
+            timeout=self._timeout,
+        )
+        return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
+
     def report_metrics(
         self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
     ) -> bool:
@@ -233,6 +273,16 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         task_config = None
     if not isinstance(task_config, dict):
         raise ValueError("coordinator sent a task configuration that is not a JSON object")
+    protection = _PROTECTIONS.get(response.protection)
+    if protection is None:
+        raise ValueError("coordinator sent an unknown protection mode")
+    secagg = None
+    if kind is AssignmentKind.SECAGG_STEP or (
+        kind is AssignmentKind.TRAIN and protection is Protection.SECAGG
+    ):
+        if not response.HasField("secagg") or not response.secagg.HasField("parameters"):
+            raise ValueError("coordinator sent a secure-aggregation task without its parameters")
+        secagg = _secagg_step_from_pb(response.secagg)
     return Assignment(
         kind=kind,
         job_id=response.job_id,
@@ -244,4 +294,27 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         training=TrainingSettings(t.local_epochs, t.batch_size, t.learning_rate, t.seed),
         task_config=task_config,
         seconds_left=response.seconds_left,
+        protection=protection,
+        secagg=secagg,
+    )
+
+
+def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
+    p = step.parameters
+    parameters = SecAggParameters(
+        threshold=p.threshold,
+        modulus_bits=p.modulus_bits,
+        vector_length=p.vector_length,
+        cohort=tuple(p.cohort),
+        clip=p.clip,
+        levels_bits=p.levels_bits,
+        max_participants=p.max_participants,
+        max_weight=p.max_weight,
+    )
+    return SecAggStepData(
+        parameters=parameters,
+        keys=tuple(AdvertisedKeys(k.signed_keys, k.certificate_pem) for k in step.keys),
+        shares=tuple(step.shares),
+        survivors=tuple(step.survivors),
+        unmask_request=step.unmask_request,
     )

@@ -18,7 +18,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.persistence.blobs import BlobStore
-from coordinator.transport.server import RunningCoordinator, start_coordinator
+from coordinator.transport.server import (
+    ParticipantServicerFactory,
+    RunningCoordinator,
+    start_coordinator,
+)
+from coordinator.transport.servicers import ParticipantServicer
 from fedsilo.admin import AdminClient
 from fedsilo.config import (
     BackoffSection,
@@ -87,6 +92,7 @@ def start_test_coordinator(
         max_calls_per_org: int = 16,
         data_dir: Path | None = None,
         database_url: str | None = None,
+        participant_servicer: ParticipantServicerFactory = ParticipantServicer,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -106,7 +112,7 @@ def start_test_coordinator(
             # Membership approval has its own tests; elsewhere every consortium member is admitted.
             auto_approve=auto_approve,
         )
-        running = start_coordinator(config)
+        running = start_coordinator(config, participant_servicer)
         started.append(running)
         return running
 

@@ -1,0 +1,31 @@
+"""Named crash points for fault-injection tests (TEST-MATRIX "crash").
+
+A process started with ``FEDSILO_FAULT_AT=<point>`` kills itself with SIGKILL the first time it
+reaches that point: no cleanup, no flushing, exactly like a power cut. Unset (production), a
+crash point is one dictionary lookup. Every point is listed here so tests can loop over them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["ENV_VAR", "POINTS", "crash_point"]
+
+ENV_VAR = "FEDSILO_FAULT_AT"
+
+POINTS: dict[str, str] = {
+    "participant.secagg.after_keys": "a participant's KEYS message was acknowledged",
+    "participant.secagg.after_shares": "a participant's SHARES message was acknowledged",
+    "participant.secagg.after_inputs": "a participant's masked input was acknowledged",
+    "participant.secagg.after_consistency": "a participant's CONSISTENCY message was acknowledged",
+    "participant.secagg.after_unmask": "a participant's UNMASK message was acknowledged",
+}
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if ``FEDSILO_FAULT_AT`` names this point."""
+    if name not in POINTS:
+        raise ValueError(f"unknown crash point {name!r}")
+    if os.environ.get(ENV_VAR) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,133 @@
+"""Durable per-round secure-aggregation state of this participant (DESIGN §3, TEST-MATRIX R17).
+
+One JSON file per round, ``state_dir/secagg/<round_id>.json``: the directory is mode 0700, the
+file 0600, written to a temporary file, fsync'd and renamed over the previous one, so a crash
+leaves the old state or the new one, never a mix. Until its round ends, a file holds that round's
+secrets (the client's key pairs, its self-mask seed and the shares it keeps for its peers): it is
+treated like a private key and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsilo.protection import SecAggParameters
+from participant.service.answers import _write_private
+
+__all__ = ["SecAggStateStore", "SecureRoundState", "StateUnreadable"]
+
+_FORMAT = "fedsilo-participant-secagg/1"
+_SUFFIX = ".json"
+# Round ids are UUIDs; anything else must not reach the file system as a path component.
+_ROUND_ID = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+
+
+class StateUnreadable(ValueError):
+    """A stored round state that cannot be decoded (damaged or from another version)."""
+
+
+@dataclass(frozen=True)
+class SecureRoundState:
+    """What this participant keeps for one secure-aggregation round.
+
+    ``client`` is ``SecAggClient.to_dict()`` (round secrets), or None if the participant refused
+    the round before it started (``refusal`` says why). ``peer_certificates`` maps each org id to
+    the PEM certificate accepted in the SHARES phase: later phases verify signatures with the
+    same keys. ``parameters`` are the round's parameters as first received; every later phase
+    must carry the same.
+    """
+
+    parameters: SecAggParameters
+    client: Mapping[str, Any] | None = field(default=None, repr=False)
+    peer_certificates: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    refusal: str = ""
+
+
+class SecAggStateStore:
+    """The per-round state files under ``state_dir/secagg``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir / "secagg"
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir leaves an existing directory's mode alone and is subject to the umask.
+        os.chmod(self._dir, 0o700)
+
+    def _path(self, round_id: str) -> Path:
+        if not isinstance(round_id, str) or _ROUND_ID.match(round_id) is None:
+            raise ValueError("round id is not a safe file name")
+        return self._dir / f"{round_id}{_SUFFIX}"
+
+    def round_ids(self) -> list[str]:
+        """Every round with a state file, sorted."""
+        return sorted(
+            path.name.removesuffix(_SUFFIX)
+            for path in self._dir.iterdir()
+            if path.name.endswith(_SUFFIX) and _ROUND_ID.match(path.name.removesuffix(_SUFFIX))
+        )
+
+    def load(self, round_id: str) -> SecureRoundState | None:
+        """The stored state of a round, None if there is none; StateUnreadable if damaged."""
+        path = self._path(round_id)
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return _decode(json.loads(text))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Never echo the content: it holds round secrets.
+            raise StateUnreadable(f"the stored state of round {round_id} is damaged") from None
+
+    def save(self, round_id: str, state: SecureRoundState) -> None:
+        """Replace the round's state atomically and durably (before any answer is sent)."""
+        _write_private(self._path(round_id), json.dumps(_encode(state)).encode())
+
+    def delete(self, round_id: str) -> None:
+        """Forget the round: its secrets are gone for good."""
+        path = self._path(round_id)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+
+
+def _encode(state: SecureRoundState) -> dict[str, Any]:
+    parameters = asdict(state.parameters)
+    parameters["cohort"] = list(state.parameters.cohort)
+    return {
+        "format": _FORMAT,
+        "parameters": parameters,
+        "client": dict(state.client) if state.client is not None else None,
+        # latin-1 maps every byte to one character, so the exact bytes come back.
+        "peer_certificates": {
+            org: pem.decode("latin-1") for org, pem in sorted(state.peer_certificates.items())
+        },
+        "refusal": state.refusal,
+    }
+
+
+def _decode(data: Any) -> SecureRoundState:
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise ValueError("unknown state format")
+    raw = data["parameters"]
+    parameters = SecAggParameters(
+        threshold=int(raw["threshold"]),
+        modulus_bits=int(raw["modulus_bits"]),
+        vector_length=int(raw["vector_length"]),
+        cohort=tuple(str(member) for member in raw["cohort"]),
+        clip=float(raw["clip"]),
+        levels_bits=int(raw["levels_bits"]),
+        max_participants=int(raw["max_participants"]),
+        max_weight=int(raw["max_weight"]),
+    )
+    client = data["client"]
+    if client is not None and not isinstance(client, dict):
+        raise ValueError("client state is not an object")
+    certificates = {
+        str(org): str(pem).encode("latin-1") for org, pem in data["peer_certificates"].items()
+    }
+    return SecureRoundState(parameters, client, certificates, str(data["refusal"]))

@@ -1,0 +1,576 @@
+"""The participant's side of secure aggregation: answer each phase of a round, or refuse it.
+
+For every phase (docs/secagg.md) the daemon restores the round's ``secagg.SecAggClient`` from its
+state file, lets it check the coordinator's request against its own bookkeeping, saves the new
+state and only then sends the answer, so a restart answers byte-identically (TEST-MATRIX R17).
+A request an honest coordinator never makes (S10-S15) is refused: the client aborts, the
+aborted state is saved, nothing is sent, and the round is never answered again. A round whose
+state is gone (secrets lost) is treated as dropped. When the coordinator reports that a round has
+ended, its state and stored answers are deleted (R4).
+
+The module talks to the coordinator only through :class:`SecureRoundClient`, so tests can drive
+whole rounds in-process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedsilo.codec import PayloadHeader, encode_tensors
+from fedsilo.faults import crash_point
+from fedsilo.logs import context
+from fedsilo.pki import (
+    PeerCertificateError,
+    Role,
+    load_certificate,
+    load_private_key,
+    subject_identity,
+    verify_peer_certificate,
+)
+from fedsilo.protection import SecAggParameters, encode_share_list, flatten
+from fedsilo.tasks import TrainResult
+from fedsilo.tls import TlsFiles, files_stamp
+from participant.domain.assignments import (
+    Assignment,
+    AssignmentKind,
+    RoundOutcome,
+    SecAggPhase,
+    SecAggStepData,
+    SubmissionReceipt,
+)
+from participant.service.answers import AnswerStore, StoredAnswer
+from participant.service.secagg_state import SecAggStateStore, SecureRoundState, StateUnreadable
+from secagg import (
+    ClientPhase,
+    EncryptedShare,
+    ParticipantContext,
+    ProtocolViolation,
+    RoundConfig,
+    SecAggClient,
+    SecAggError,
+    SignedKeys,
+    UnmaskRequest,
+)
+from secagg.primitives.randomness import RandomSource
+from secagg.primitives.signatures import SigningKey, VerifyingKey, verifying_key
+
+__all__ = [
+    "IdentityFiles",
+    "OrgIdentity",
+    "SecAggUnavailable",
+    "SecureRoundClient",
+    "SecureRounds",
+    "StepOutcome",
+    "Trainer",
+    "load_org_identity",
+]
+
+log = logging.getLogger("participant")
+
+T = TypeVar("T")
+Weights = list[npt.NDArray[Any]]
+Trainer = Callable[[Assignment, Weights], TrainResult]
+"""Trains the assignment's task locally from the given base weights, with the round's seed."""
+
+
+class SecAggUnavailable(ValueError):
+    """This participant cannot take part in secure aggregation (no usable organization key)."""
+
+
+class StepOutcome(enum.StrEnum):
+    """What the daemon did with one secure-aggregation task."""
+
+    ANSWERED = "answered"
+    """The phase's answer was sent (or sent again, byte-identical)."""
+    REFUSED = "refused"
+    """The request is one an honest coordinator never makes: this participant left the round."""
+    LEFT = "left"
+    """This participant refused or left the round earlier: nothing is sent, ever."""
+    DROPPED = "dropped"
+    """No usable state for a round past KEYS (secrets lost): it acts as dropped."""
+    SKIPPED = "skipped"
+    """Nothing sent this time (the coordinator served another model version); may be retried."""
+
+
+class SecureRoundClient(Protocol):
+    """The coordinator calls secure aggregation needs (``CoordinatorClient`` implements them)."""
+
+    def retrying(self, call: Callable[[], T]) -> T: ...
+
+    def download_model(self, job_id: str, version: int) -> tuple[int, Weights]: ...
+
+    def submit_update(
+        self,
+        assignment: Assignment,
+        num_examples: int,
+        train_loss: float,
+        header: PayloadHeader,
+        payload: bytes,
+    ) -> SubmissionReceipt: ...
+
+    def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt: ...
+
+
+@dataclass(frozen=True)
+class OrgIdentity:
+    """Who this participant is in secure aggregation: its org id, org key and consortium CA."""
+
+    participant_id: str
+    signing_key: SigningKey = field(repr=False)
+    ca: x509.Certificate = field(repr=False)
+
+
+def load_org_identity(files: TlsFiles) -> OrgIdentity:
+    """The organization's identity from its TLS files: the org id is the certificate's CN, the
+    TLS private key (EC P-256) signs the round keys, ``ca_cert`` checks the peers' certificates.
+    """
+    try:
+        cert = load_certificate(files.cert)
+        org_id, role = subject_identity(cert.subject)
+        ca = load_certificate(files.ca_cert)
+    except (OSError, ValueError) as exc:
+        raise SecAggUnavailable(f"cannot load this organization's certificates: {exc}") from None
+    try:
+        key = load_private_key(files.key)
+    except (OSError, ValueError, TypeError):
+        # The message of a failed key parse is not repeated: it is about secret material.
+        raise SecAggUnavailable(f"cannot load the organization key {files.key}") from None
+    if role is not Role.PARTICIPANT:
+        raise SecAggUnavailable(
+            f"the certificate {files.cert} has role {role.value}, not participant"
+        )
+    if cert.public_key() != key.public_key():
+        raise SecAggUnavailable(f"the key {files.key} does not belong to the certificate")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise SecAggUnavailable(
+            f"secure aggregation signs with an EC P-256 organization key; {files.key} is not one"
+        )
+    return OrgIdentity(org_id, key, ca)
+
+
+class IdentityFiles:
+    """The organization identity from its TLS files, read again when the files are renewed."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self._files = files
+        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._identity: OrgIdentity | None = None
+
+    def __call__(self) -> OrgIdentity:
+        stamp = files_stamp(self._files)
+        if self._identity is None or stamp != self._stamp:
+            self._identity = load_org_identity(self._files)
+            self._stamp = stamp
+        return self._identity
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A phase's answer, sent only after ``state`` is saved: a message body or a masked input."""
+
+    state: SecureRoundState
+    body: bytes = b""
+    masked: StoredAnswer | None = None
+    stored_before: bool = False
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class SecureRounds:
+    """Answers secure-aggregation tasks for one organization, one round state file per round."""
+
+    def __init__(
+        self,
+        client: SecureRoundClient,
+        states: SecAggStateStore,
+        answers: AnswerStore,
+        identity: Callable[[], OrgIdentity] | None,
+        train: Trainer,
+        *,
+        clock: Callable[[], dt.datetime] = _utc_now,
+        random: RandomSource = os.urandom,
+        workers: int = 1,
+    ) -> None:
+        self._client = client
+        self._states = states
+        self._answers = answers
+        self._identity = identity
+        self._train = train
+        self._clock = clock
+        self._random = random
+        self._workers = workers
+        self._silenced: set[tuple[str, str, StepOutcome]] = set()
+
+    def held_round_ids(self) -> list[str]:
+        """Rounds this participant keeps state for; the coordinator says which have ended."""
+        return self._states.round_ids()
+
+    def finish_rounds(self, outcomes: Iterable[RoundOutcome]) -> None:
+        """Delete the state and stored answers of rounds that ended (their secrets, R4)."""
+        held = set(self._states.round_ids())
+        for outcome in outcomes:
+            if outcome.round_id not in held:
+                continue
+            # The answer first: while the state file exists the round is still reported as held,
+            # so an interrupted clean-up is finished on the next poll.
+            self._answers.forget(outcome.round_id, SecAggPhase.INPUTS)
+            self._states.delete(outcome.round_id)
+            self._silenced = {key for key in self._silenced if key[0] != outcome.round_id}
+            if outcome.committed:
+                log.info("round %s ended (committed); its secrets are deleted", outcome.round_id)
+            else:
+                log.info(
+                    "round %s ended (aborted: %s); its secrets are deleted",
+                    outcome.round_id,
+                    outcome.reason or "no reason given",
+                )
+
+    def step(self, assignment: Assignment) -> StepOutcome:
+        """Answer one phase of a secure-aggregation round, or refuse it (see the module doc)."""
+        data = assignment.secagg
+        if data is None:
+            raise ValueError("a secure-aggregation task came without its parameters")
+        phase = _phase_of(assignment)
+        identity = self._current_identity()
+        ctx = context(
+            job=assignment.job_id,
+            round=str(assignment.round_number),
+            phase=phase.value,
+            org=identity.participant_id,
+        )
+        try:
+            state = self._states.load(assignment.round_id)
+        except StateUnreadable as exc:
+            return self._silent(
+                assignment,
+                StepOutcome.DROPPED,
+                logging.ERROR,
+                "%s: acting as dropped",
+                exc,
+                ctx=ctx,
+            )
+        if state is None:
+            if phase is SecAggPhase.KEYS:
+                return self._start(assignment, data, identity, ctx)
+            return self._silent(
+                assignment,
+                StepOutcome.DROPPED,
+                logging.WARNING,
+                "no secure-aggregation state for this round (its secrets are lost): acting as "
+                "dropped",
+                ctx=ctx,
+            )
+        if state.client is None:
+            return self._silent(
+                assignment,
+                StepOutcome.LEFT,
+                logging.INFO,
+                "this participant refused the round (%s): not answering",
+                state.refusal,
+                ctx=ctx,
+            )
+        try:
+            client = SecAggClient.restore(
+                state.client, self._context(identity, _certificate_keys(state.peer_certificates))
+            )
+        except (SecAggError, ValueError) as exc:
+            return self._silent(
+                assignment,
+                StepOutcome.DROPPED,
+                logging.ERROR,
+                "the stored state of this round is unusable (%s): acting as dropped",
+                exc,
+                ctx=ctx,
+            )
+        if client.phase is ClientPhase.ABORTED:
+            return self._silent(
+                assignment,
+                StepOutcome.LEFT,
+                logging.INFO,
+                "this participant left the round: not answering",
+                ctx=ctx,
+            )
+
+        try:
+            _check_unchanged(assignment, data.parameters, state, client)
+            answer = self._answer(phase, assignment, data, identity, state, client, ctx)
+        except (SecAggError, PeerCertificateError) as exc:
+            client.abort(str(exc))
+            self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
+            log.error("refused the round: %s", exc, **ctx)
+            return StepOutcome.REFUSED
+        if answer is None:
+            return StepOutcome.SKIPPED
+        self._send(assignment, answer, ctx)
+        return StepOutcome.ANSWERED
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def _start(
+        self,
+        assignment: Assignment,
+        data: SecAggStepData,
+        identity: OrgIdentity,
+        ctx: dict[str, Any],
+    ) -> StepOutcome:
+        """Bonawitz round 0: check the round's parameters, make and sign the round keys."""
+        parameters = _normalized(data.parameters)
+        try:
+            config = _round_config(assignment, parameters)
+            # The bit budget: refuse a round whose sums could overflow (BitBudgetExceeded).
+            parameters.quantization()
+            client = SecAggClient.start(config, self._context(identity, {}))
+        except SecAggError as exc:
+            refused = SecureRoundState(parameters, None, {}, refusal=str(exc))
+            self._states.save(assignment.round_id, refused)
+            log.error("refused the round: %s", exc, **ctx)
+            return StepOutcome.REFUSED
+        answer = _Answer(
+            SecureRoundState(parameters, client.to_dict()), client.advertise_keys().to_bytes()
+        )
+        self._send(assignment, answer, ctx)
+        return StepOutcome.ANSWERED
+
+    def _answer(
+        self,
+        phase: SecAggPhase,
+        assignment: Assignment,
+        data: SecAggStepData,
+        identity: OrgIdentity,
+        state: SecureRoundState,
+        client: SecAggClient,
+        ctx: dict[str, Any],
+    ) -> _Answer | None:
+        if phase is SecAggPhase.KEYS:
+            return _Answer(state, client.advertise_keys().to_bytes())
+        if phase is SecAggPhase.SHARES:
+            return self._share_keys(data, identity, state, client)
+        if phase is SecAggPhase.INPUTS:
+            return self._mask_input(assignment, data, state, client, ctx)
+        if phase is SecAggPhase.CONSISTENCY:
+            signature = client.sign_survivors(list(data.survivors))
+            return _Answer(replace(state, client=client.to_dict()), signature.to_bytes())
+        request = UnmaskRequest.from_bytes(data.unmask_request)
+        response = client.unmask(request)
+        log.info(
+            "revealing %d self-mask shares and %d key shares of dropped peers",
+            len(response.self_mask_shares),
+            len(response.masking_key_shares),
+            **ctx,
+        )
+        return _Answer(replace(state, client=client.to_dict()), response.to_bytes())
+
+    def _share_keys(
+        self,
+        data: SecAggStepData,
+        identity: OrgIdentity,
+        state: SecureRoundState,
+        client: SecAggClient,
+    ) -> _Answer:
+        """Bonawitz round 1: accept the peers' certificates, then let the client check U1."""
+        keys = [SignedKeys.from_bytes(item.signed_keys) for item in data.keys]
+        offered: dict[str, bytes] = {}
+        for entry, item in zip(keys, data.keys, strict=True):
+            if entry.participant in offered:
+                raise ProtocolViolation(f"the key list has two entries for {entry.participant!r}")
+            offered[entry.participant] = item.certificate_pem
+        if client.phase is ClientPhase.KEYS_ADVERTISED:
+            now = self._clock()
+            # S14: a peer's keys count only with a certificate of the consortium CA for its id.
+            peer_keys = {
+                org: verify_peer_certificate(pem, identity.ca, org, Role.PARTICIPANT, now)
+                for org, pem in offered.items()
+            }
+            client = SecAggClient.restore(client.to_dict(), self._context(identity, peer_keys))
+        elif offered != dict(state.peer_certificates):
+            # Later phases verify signatures with the certificates accepted the first time.
+            raise ProtocolViolation("the key list's certificates differ from those accepted before")
+        shares = client.share_keys(keys)
+        new_state = replace(state, client=client.to_dict(), peer_certificates=offered)
+        return _Answer(new_state, encode_share_list(shares))
+
+    def _mask_input(
+        self,
+        assignment: Assignment,
+        data: SecAggStepData,
+        state: SecureRoundState,
+        client: SecAggClient,
+        ctx: dict[str, Any],
+    ) -> _Answer | None:
+        """Bonawitz round 2: train, encode the weighted delta, mask it (DESIGN §4.1)."""
+        stored = self._answers.load(assignment.round_id, SecAggPhase.INPUTS)
+        if stored is not None:
+            log.info("re-sending the stored masked input for this round", **ctx)
+            return _Answer(state, masked=stored, stored_before=True)
+        if client.phase not in (ClientPhase.SHARES_SENT, ClientPhase.INPUT_SENT):
+            raise ProtocolViolation(
+                f"out of order: a masked input requested in phase {client.phase.value}"
+            )
+        shares = [EncryptedShare.from_bytes(item) for item in data.shares]
+        version, base = self._client.retrying(
+            lambda: self._client.download_model(assignment.job_id, assignment.model_version)
+        )
+        if version != assignment.model_version:
+            log.warning(
+                "coordinator sent version %d, expected %d", version, assignment.model_version, **ctx
+            )
+            return None
+        result = self._train(assignment, base)
+        update = flatten(_delta(base, result.weights))
+        parameters = data.parameters
+        if parameters.vector_length != update.size + 1:
+            raise ProtocolViolation(
+                f"the round expects vectors of {parameters.vector_length} words, but this "
+                f"model's update encodes to {update.size + 1}"
+            )
+        weight = min(result.num_examples, parameters.max_weight)
+        if weight < result.num_examples:
+            log.warning(
+                "the update's weight is capped at max_weight=%d (trained on %d examples)",
+                parameters.max_weight,
+                result.num_examples,
+                **ctx,
+            )
+        masked = client.mask_input(shares, parameters.quantization().quantize(update, weight))
+        header, payload = encode_tensors([masked.vector])
+        log.info(
+            "trained on %d examples, loss %.4f; masked input of %d words ready",
+            result.num_examples,
+            result.loss,
+            masked.vector.size,
+            **ctx,
+        )
+        # Neither the example count nor the loss is revealed: both stay zero on the wire.
+        answer = StoredAnswer(header, payload, num_examples=0, train_loss=0.0)
+        return _Answer(replace(state, client=client.to_dict()), masked=answer)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _send(self, assignment: Assignment, answer: _Answer, ctx: dict[str, Any]) -> None:
+        # Saved before the first send: after a crash the same bytes go out, never other ones.
+        self._states.save(assignment.round_id, answer.state)
+        masked = answer.masked
+        if masked is None:
+            body = answer.body
+            receipt = self._client.retrying(lambda: self._client.submit_message(assignment, body))
+        else:
+            if not answer.stored_before:
+                self._answers.save(assignment.round_id, SecAggPhase.INPUTS, masked)
+            receipt = self._client.retrying(
+                lambda: self._client.submit_update(
+                    assignment,
+                    masked.num_examples,
+                    masked.train_loss,
+                    masked.header,
+                    masked.payload,
+                )
+            )
+        log.info("answer acknowledged%s", " (duplicate)" if receipt.duplicate else "", **ctx)
+        crash_point(f"participant.secagg.after_{assignment.phase}")
+
+    def _silent(
+        self,
+        assignment: Assignment,
+        outcome: StepOutcome,
+        level: int,
+        message: str,
+        *args: object,
+        ctx: dict[str, Any],
+    ) -> StepOutcome:
+        """Log why nothing is sent; the coordinator offers the task again until the phase's
+        deadline, so repeats for the same round and phase go to DEBUG."""
+        key = (assignment.round_id, assignment.phase, outcome)
+        log.log(logging.DEBUG if key in self._silenced else level, message, *args, **ctx)
+        self._silenced.add(key)
+        return outcome
+
+    def _current_identity(self) -> OrgIdentity:
+        if self._identity is None:
+            raise SecAggUnavailable(
+                "secure aggregation needs the organization's TLS key and certificate; this "
+                "participant runs without TLS"
+            )
+        return self._identity()
+
+    def _context(
+        self, identity: OrgIdentity, peer_keys: Mapping[str, VerifyingKey]
+    ) -> ParticipantContext:
+        return ParticipantContext(
+            participant_id=identity.participant_id,
+            signing_key=identity.signing_key,
+            peer_keys=dict(peer_keys),
+            random=self._random,
+            workers=self._workers,
+        )
+
+
+def _phase_of(assignment: Assignment) -> SecAggPhase:
+    try:
+        phase = SecAggPhase(assignment.phase)
+    except ValueError:
+        raise ValueError(f"unknown secure-aggregation phase {assignment.phase!r}") from None
+    if (phase is SecAggPhase.INPUTS) != (assignment.kind is AssignmentKind.TRAIN):
+        raise ValueError(f"a {assignment.kind.value} task cannot be for phase {phase.value}")
+    return phase
+
+
+def _normalized(parameters: SecAggParameters) -> SecAggParameters:
+    # The cohort is a set; its order on the wire carries no meaning.
+    return replace(parameters, cohort=tuple(sorted(parameters.cohort)))
+
+
+def _round_config(assignment: Assignment, parameters: SecAggParameters) -> RoundConfig:
+    return RoundConfig(
+        job_id=assignment.job_id,
+        round_id=assignment.round_id,
+        cohort=parameters.cohort,
+        threshold=parameters.threshold,
+        vector_length=parameters.vector_length,
+        modulus_bits=parameters.modulus_bits,
+    )
+
+
+def _check_unchanged(
+    assignment: Assignment,
+    parameters: SecAggParameters,
+    state: SecureRoundState,
+    client: SecAggClient,
+) -> None:
+    """Every phase of a round must carry the parameters its first phase carried."""
+    if _normalized(parameters) != state.parameters:
+        raise ProtocolViolation("the round's parameters changed since it started")
+    if _round_config(assignment, parameters) != client.config:
+        raise ProtocolViolation("the round's job, round or cohort changed since it started")
+
+
+def _certificate_keys(certificates: Mapping[str, bytes]) -> dict[str, VerifyingKey]:
+    """The keys of certificates accepted earlier in the round (checked when they were)."""
+    return {
+        org: verifying_key(x509.load_pem_x509_certificate(pem).public_key())
+        for org, pem in certificates.items()
+    }
+
+
+def _delta(base: Weights, trained: Weights) -> list[npt.NDArray[np.float64]]:
+    """Trained minus base weights, tensor by tensor, in float64."""
+    if len(base) != len(trained) or any(
+        np.shape(b) != np.shape(t) for b, t in zip(base, trained, strict=False)
+    ):
+        raise ValueError("the task returned weights of other shapes than the model it trained")
+    return [
+        np.asarray(t, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+        for b, t in zip(base, trained, strict=True)
+    ]

@@ -1,0 +1,186 @@
+"""The daemon loop around secure rounds: held rounds, clean-up, refusals and plain rounds."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+from secure_round_harness import (
+    ORGS,
+    TASK_NAME,
+    TRAINING,
+    Coordinator,
+    FakeTransport,
+    base_weights,
+    identity_files,
+    parameters,
+)
+
+from fedsilo.pki import DemoPki, make_demo_pki
+from participant.domain.assignments import (
+    Assignment,
+    AssignmentKind,
+    Protection,
+    RoundOutcome,
+    SubmissionReceipt,
+    TaskReply,
+)
+from participant.service.answers import AnswerStore
+from participant.service.runner import ParticipantDaemon
+from participant.service.secagg_state import SecAggStateStore
+from participant.service.secure_rounds import IdentityFiles
+from participant.transport.client import Stopped
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
+    return make_demo_pki(tmp_path_factory.mktemp("pki"), ORGS)
+
+
+class _Refusal(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.FAILED_PRECONDITION
+
+    def details(self) -> str:
+        return "the phase is over"
+
+
+class ScriptedClient(FakeTransport):
+    """A CoordinatorClient stand-in that hands out scripted replies, then stops the daemon."""
+
+    def __init__(self, replies: list[TaskReply], stop: threading.Event) -> None:
+        super().__init__(base_weights())
+        self.replies = replies
+        self.stop = stop
+        self.held: list[list[str]] = []
+        self.pauses = 0
+        self.refuse_messages = False
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        return call()
+
+    def pause(self) -> bool:
+        self.pauses += 1
+        return False
+
+    def get_assignment(self, wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+        self.held.append(list(held_round_ids))
+        if not self.replies:
+            self.stop.set()
+            raise Stopped()
+        return self.replies.pop(0)
+
+    def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
+        if self.refuse_messages:
+            raise _Refusal()
+        return super().submit_message(assignment, body)
+
+
+def _daemon(
+    tmp_path: Path, pki: DemoPki | None, replies: list[TaskReply]
+) -> tuple[ParticipantDaemon, ScriptedClient]:
+    stop = threading.Event()
+    client = ScriptedClient(replies, stop)
+    daemon = ParticipantDaemon(
+        client,  # type: ignore[arg-type]
+        AnswerStore(tmp_path),
+        SecAggStateStore(tmp_path),
+        IdentityFiles(identity_files(pki, "org-a")) if pki is not None else None,
+        {TASK_NAME: "examples.synthetic.task:task"},
+        {"partition": 0, "num_partitions": 3, "seed": 0},
+        stop,
+        poll_seconds=0.0,
+    )
+    return daemon, client
+
+
+def _plain_train() -> Assignment:
+    return Assignment(
+        AssignmentKind.TRAIN,
+        job_id="job-1",
+        task_name=TASK_NAME,
+        round_id="0a0b0c0d-0000-4000-8000-000000000000",
+        round_number=1,
+        phase="inputs",
+        training=TRAINING,
+    )
+
+
+def test_a_refused_round_is_held_until_the_coordinator_says_it_ended(
+    tmp_path: Path, pki: DemoPki
+) -> None:
+    coordinator = Coordinator(pki, parameters(max_weight=10**6))
+    ended = RoundOutcome(coordinator.round_id, committed=False, reason="deadline")
+    replies = [
+        TaskReply(coordinator.keys_task()),
+        TaskReply(coordinator.keys_task()),
+        TaskReply(Assignment(AssignmentKind.WAIT), (ended,)),
+    ]
+    daemon, client = _daemon(tmp_path, pki, replies)
+
+    daemon.run()
+
+    assert client.held == [[], [coordinator.round_id], [coordinator.round_id], []]
+    assert client.sent == []
+    # One backoff step after each unanswered offer, none after WAIT.
+    assert client.pauses == 2
+    assert list((tmp_path / "secagg").iterdir()) == []
+
+
+def test_an_answered_step_needs_no_pause(tmp_path: Path, pki: DemoPki) -> None:
+    coordinator = Coordinator(pki)
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(coordinator.keys_task())])
+
+    daemon.run()
+
+    assert [s.assignment.phase for s in client.sent] == ["keys"]
+    assert client.pauses == 0
+    assert client.held[-1] == [coordinator.round_id]
+
+
+def test_a_coordinator_refusal_of_a_secure_answer_backs_off(tmp_path: Path, pki: DemoPki) -> None:
+    coordinator = Coordinator(pki)
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(coordinator.keys_task())])
+    client.refuse_messages = True
+
+    daemon.run()
+
+    assert client.pauses == 1
+
+
+def test_without_tls_secure_work_is_refused_but_plain_rounds_run(
+    tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    replies = [TaskReply(Coordinator(pki).keys_task()), TaskReply(_plain_train())]
+    daemon, client = _daemon(tmp_path, None, replies)
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        daemon.run()
+
+    assert "without TLS" in caplog.text
+    assert client.pauses == 1
+    (update,) = client.sent
+    assert update.num_examples > 0 and update.header is not None
+    assert [s.dtype for s in update.header.tensors] == ["float32", "float32"]
+    assert SecAggStateStore(tmp_path).round_ids() == []
+
+
+def test_an_unsupported_protection_is_refused(
+    tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    paillier = replace(_plain_train(), protection=Protection.PAILLIER)
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(paillier)])
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        daemon.run()
+
+    assert "protection paillier is not supported" in caplog.text
+    assert client.sent == [] and client.pauses == 1
