@@ -157,6 +157,6 @@ def test_demo_with_numpy_task_writes_its_summary(tmp_path: Path) -> None:
         "final_accuracy",
         "central_accuracy",
     }
-    assert (data["rounds"], data["participants"], data["protection"]) == (3, 3, "none")
+    assert (data["rounds"], data["participants"], data["protection"]) == (3, 3, "secagg")
     assert 0.8 < data["final_accuracy"] <= 1.0
     assert "round" in result.stdout and "central" in result.stdout
