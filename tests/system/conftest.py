@@ -85,7 +85,7 @@ class Consortium:
             raise AssertionError(f"coordinator exited: {process.log_path.read_text()[-2000:]}")
         return health_serving(self.target, self.admin_tls)
 
-    def start_participant(self, org: str) -> Process:
+    def start_participant(self, org: str, env: dict[str, str] | None = None) -> Process:
         files = self.pki.participants[org]
         config = {
             "coordinator": self.target,
@@ -103,7 +103,7 @@ class Consortium:
         path = self.root / f"{org}.yaml"
         path.write_text(yaml.safe_dump(config))
         args = [sys.executable, "-m", "fedsilo", "participant", "run", "--config", str(path)]
-        process = Process(org, args, self.root / f"{org}.log")
+        process = Process(org, args, self.root / f"{org}.log", env)
         self.processes[org] = process
         return process
 
@@ -120,6 +120,16 @@ def consortium(tmp_path: Path) -> Iterator[Consortium]:
     orgs = ["org-1", "org-2", "org-3"]
     pki = make_demo_pki(tmp_path / "pki", orgs)
     group = Consortium(tmp_path, pki, free_port(), orgs)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def five_organizations(tmp_path: Path) -> Iterator[Consortium]:
+    orgs = ["org-1", "org-2", "org-3", "org-4", "org-5"]
+    group = Consortium(tmp_path, make_demo_pki(tmp_path / "pki", orgs), free_port(), orgs)
     try:
         yield group
     finally:

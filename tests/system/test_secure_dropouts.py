@@ -1,0 +1,170 @@
+"""Dropouts in secure rounds with real processes (TEST-MATRIX R1-R4).
+
+Five organizations run as participant daemon processes with the ``digits-linear`` numpy task;
+``t = 3``. The organizations that drop are started with ``FEDSILO_FAULT_AT`` naming a crash
+point, so each SIGKILLs itself right after the coordinator acknowledged one of its answers.
+Oracle: a committed model equals the base model plus the weighted mean of the clipped deltas of
+exactly the recorded contributors (within the quantization bound); with fewer than ``t``
+answers nothing is released, the reason is recorded, and the survivors delete the round's
+secrets once told.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsilo.faults import ENV_VAR
+from fedsilo.processes import wait_for
+from fedsilo.tasks import TrainingSettings, as_float32, load_task
+from fedsilo.v1 import fedsilo_pb2 as pb
+
+pytestmark = pytest.mark.system
+
+ORGS = ["org-1", "org-2", "org-3", "org-4", "org-5"]
+SEED = 3
+TRAINING = TrainingSettings(local_epochs=1, batch_size=32, learning_rate=0.1, seed=SEED)
+CLIP = 1.0
+LEVELS_BITS = 13
+BOUND = math.ldexp(1.0, -(LEVELS_BITS + 1)) + 1e-6
+
+
+Consortium = Any  # tests/system/conftest.py's Consortium (conftest modules are not importable)
+LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
+
+
+@pytest.fixture
+def five(five_organizations: Consortium) -> Consortium:
+    assert five_organizations.orgs == ORGS
+    return five_organizations
+
+
+def _run(consortium: Consortium, crashing: dict[str, str]) -> pb.JobStatus:
+    """Run one secure round with the given organizations crashing at the given points."""
+    consortium.start_coordinator()
+    for org in ORGS:
+        point = crashing.get(org)
+        consortium.start_participant(org, {ENV_VAR: point} if point else None)
+    task = load_task("digits-linear", LINEAR_TASK)
+    spec = pb.JobSpec(
+        name="secure-dropouts",
+        task_name="digits-linear",
+        protection=pb.PROTECTION_SECAGG,
+        num_rounds=1,
+        min_participants=3,
+        round_timeout_seconds=60,
+        phase_timeout_seconds=3,
+        max_failed_rounds=0,
+        training=pb.TrainingSettings(
+            local_epochs=TRAINING.local_epochs,
+            batch_size=TRAINING.batch_size,
+            learning_rate=TRAINING.learning_rate,
+            seed=SEED,
+        ),
+        secagg=pb.SecAggSettings(clip=CLIP, levels_bits=LEVELS_BITS),
+    )
+    with consortium.admin() as admin:
+        wait_for(lambda: len(admin.list_participants()) == 5, 60, "five organizations")
+        job = admin.create_job(spec, as_float32(task.initial_weights(SEED)))
+        admin.start_job(job.job_id)
+        done = (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED)
+        return wait_for(
+            lambda: (s := admin.get_job(job.job_id)).state in done and s,
+            120,
+            "the secure job to end",
+        )
+
+
+def _expected_model(contributors: list[str]) -> list[np.ndarray]:
+    """What an honest FedAvg over exactly ``contributors`` gives (each trains like its daemon)."""
+    task = load_task("digits-linear", LINEAR_TASK)
+    base = as_float32(task.initial_weights(SEED))
+    settings = dataclasses.replace(TRAINING, seed=SEED * 1_000_003 + 1)  # round 1
+    total = 0
+    summed = [np.zeros(w.shape, dtype=np.float64) for w in base]
+    for org in contributors:
+        config = {"partition": ORGS.index(org), "num_partitions": len(ORGS)}
+        result = task.train(base, task.load_data(config), settings)
+        for acc, new, old in zip(summed, result.weights, base, strict=True):
+            delta = np.asarray(new, dtype=np.float64) - old
+            acc += np.clip(delta, -CLIP, CLIP) * result.num_examples
+        total += result.num_examples
+    return [(old + acc / total).astype(np.float32) for old, acc in zip(base, summed, strict=True)]
+
+
+def _model(consortium: Consortium, job_id: str) -> list[np.ndarray]:
+    with consortium.admin() as admin:
+        version, weights = admin.download_model(job_id, -1)
+    assert version == 1
+    return weights
+
+
+def _killed(consortium: Consortium, orgs: list[str]) -> None:
+    for org in orgs:
+        process = consortium.processes[org]
+        wait_for(lambda p=process: p.popen.poll() is not None, 60, f"{org} to crash")
+        assert process.popen.returncode == -9, process.log_path.read_text()[-2000:]
+
+
+def _secrets(consortium: Consortium, org: str) -> list[Path]:
+    return sorted((consortium.root / org / "secagg").glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("point", "in_sum"),
+    [
+        ("participant.secagg.after_inputs", True),  # R1: masked input sent, then gone
+        ("participant.secagg.after_shares", False),  # R2: shares sent, no masked input
+        ("participant.secagg.after_consistency", True),  # R3: gone during UNMASK, t still met
+    ],
+    ids=["R1", "R2", "R3"],
+)
+def test_one_dropout_still_releases_the_sum_of_exactly_the_contributors(
+    five: Consortium, point: str, in_sum: bool
+) -> None:
+    status = _run(five, {"org-2": point})
+    _killed(five, ["org-2"])
+    assert status.state == pb.JOB_STATE_COMPLETED, status.failure_reason
+    (round_,) = status.rounds
+    assert round_.phase == pb.ROUND_PHASE_COMMITTED
+    contributors = sorted(round_.contributors)
+    expected = ORGS if in_sum else [o for o in ORGS if o != "org-2"]
+    assert contributors == expected
+    for got, want in zip(_model(five, status.job_id), _expected_model(expected), strict=True):
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= BOUND
+    # The survivors delete their round secrets once told the round ended.
+    for org in expected:
+        if org != "org-2":
+            wait_for(lambda o=org: _secrets(five, o) == [], 30, f"{org}'s secrets deleted")
+
+
+@pytest.mark.parametrize(
+    ("point", "phase"),
+    [
+        ("participant.secagg.after_keys", "shares"),
+        ("participant.secagg.after_consistency", "unmask"),
+    ],
+    ids=["R4-shares", "R3-R4-unmask"],
+)
+def test_fewer_than_t_survivors_abort_and_release_nothing(
+    five: Consortium, point: str, phase: str
+) -> None:
+    crashing = {org: point for org in ("org-1", "org-2", "org-3")}
+    status = _run(five, crashing)
+    _killed(five, list(crashing))
+    assert status.state == pb.JOB_STATE_FAILED
+    (round_,) = status.rounds
+    assert round_.phase == pb.ROUND_PHASE_ABORTED
+    assert f"phase {phase} closed with 2 of 5 answers, fewer than the 3 required" in (
+        round_.abort_reason
+    )
+    assert status.model_version == 0
+    for org in ("org-4", "org-5"):
+        wait_for(lambda o=org: _secrets(five, o) == [], 30, f"{org}'s secrets deleted")
+        log = five.processes[org].log_path.read_text()
+        assert "ended (aborted: phase" in log, log[-2000:]
