@@ -32,7 +32,7 @@ from coordinator.transport.servicers import ParticipantServicer
 from fedsilo.admin import AdminClient
 from fedsilo.processes import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
-from secagg import SignedKeys, UnmaskRequest
+from secagg import ConsistencySignature, SignedKeys, UnmaskRequest
 
 CLIP = 2.0
 LEVELS_BITS = 12
@@ -150,6 +150,7 @@ class Evidence:
     messages: list[tuple[str, int]] = field(default_factory=list)
     replayed: set[str] = field(default_factory=set)
     unmask_steps: dict[str, pb.GetTaskResponse] = field(default_factory=dict)
+    equivocated: bytes = b""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sent(self, phase: int) -> list[str]:
@@ -348,3 +349,65 @@ def test_a_second_aggregation_of_one_round_is_refused(
     # One unmask answer per organization: the first aggregation only.
     assert evidence.sent(pb.ROUND_PHASE_UNMASK).count("org-a") == 1
     assert sorted(set(evidence.sent(pb.ROUND_PHASE_UNMASK))) == list(ORGS)
+
+
+class EquivocatingServicer(EvilServicer):
+    """S13: shows org-a a smaller survivor set than the others, and keeps its signature on it
+    out of the real coordinator (which would refuse it) to pass it to the others at UNMASK."""
+
+    def SubmitMessage(  # noqa: N802
+        self, request: pb.SubmitMessageRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitUpdateResponse:
+        org = current_identity().org_id
+        if org == "org-a" and request.phase == pb.ROUND_PHASE_CONSISTENCY:
+            with self.evidence.lock:
+                self.evidence.messages.append((org, request.phase))
+                self.evidence.equivocated = request.body
+            return pb.SubmitUpdateResponse(acknowledgement_id="forged")
+        return super().SubmitMessage(request, context)
+
+
+def show_different_survivor_sets(
+    evil: EvilServicer, response: pb.GetTaskResponse, org: str
+) -> None:
+    if response.kind != pb.TASK_KIND_SECAGG_STEP:
+        return
+    if response.phase == pb.ROUND_PHASE_CONSISTENCY and org == "org-a":
+        del response.secagg.survivors[:]
+        response.secagg.survivors.extend(["org-a", "org-b"])
+    request = _unmask(response)
+    signature = evil.evidence.equivocated
+    if request is not None and signature:
+        signatures = (*request.signatures, ConsistencySignature.from_bytes(signature))
+        tampered = UnmaskRequest(request.survivors, request.dropped, signatures)
+        response.secagg.unmask_request = tampered.to_bytes()
+
+
+def test_equivocation_about_the_survivor_set_is_detected(
+    start_test_coordinator: Callable[..., RunningCoordinator],
+    pki: Any,
+    run_daemon: Callable[..., DaemonThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    evidence = Evidence()
+    running = start_test_coordinator(
+        0,
+        participant_servicer=lambda s, m: EquivocatingServicer(
+            s, m, show_different_survivor_sets, evidence
+        ),
+    )
+    target = f"127.0.0.1:{running.port}"
+    with AdminClient(target, pki.admin_tls()) as admin:
+        start_daemons(admin, target, run_daemon)
+        job_id = admin.create_job(secure_spec(phase_timeout=2.0), initial_weights()).job_id
+        admin.start_job(job_id)
+        status = wait_for_job(
+            admin, job_id, lambda s: s.state == pb.JOB_STATE_FAILED, "the job to fail", 40
+        )
+    assert evidence.equivocated  # org-a signed the smaller set it was shown
+    assert evidence.sent(pb.ROUND_PHASE_UNMASK) == []
+    (round_,) = status.rounds
+    assert "phase unmask closed with 0 of 2 answers" in round_.abort_reason
+    refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    detected = [m for m in refusals if "is not on this survivor set" in m]
+    assert len(detected) >= 2, refusals  # org-b and org-c
