@@ -103,7 +103,12 @@ class Consortium:
         path = self.root / f"{org}.yaml"
         path.write_text(yaml.safe_dump(config))
         args = [sys.executable, "-m", "fedsilo", "participant", "run", "--config", str(path)]
-        process = Process(org, args, self.root / f"{org}.log", env)
+        previous = self.processes.get(org)
+        log = self.root / f"{org}.log"
+        if previous is not None:
+            previous.stop()  # ends it if still running and closes its log
+            log = self.root / f"{org}-restart-{len(list(self.root.glob(f'{org}*.log')))}.log"
+        process = Process(org, args, log, env)
         self.processes[org] = process
         return process
 

@@ -44,8 +44,14 @@ def five(five_organizations: Consortium) -> Consortium:
     return five_organizations
 
 
-def _run(consortium: Consortium, crashing: dict[str, str]) -> pb.JobStatus:
-    """Run one secure round with the given organizations crashing at the given points."""
+def _run(
+    consortium: Consortium,
+    crashing: dict[str, str],
+    phase_timeout: float = 3.0,
+    restart: bool = False,
+) -> pb.JobStatus:
+    """Run one secure round with the given organizations crashing at the given points; with
+    ``restart``, each crashed organization is started again (same state directory)."""
     consortium.start_coordinator()
     for org in ORGS:
         point = crashing.get(org)
@@ -58,7 +64,7 @@ def _run(consortium: Consortium, crashing: dict[str, str]) -> pb.JobStatus:
         num_rounds=1,
         min_participants=3,
         round_timeout_seconds=60,
-        phase_timeout_seconds=3,
+        phase_timeout_seconds=phase_timeout,
         max_failed_rounds=0,
         training=pb.TrainingSettings(
             local_epochs=TRAINING.local_epochs,
@@ -72,6 +78,10 @@ def _run(consortium: Consortium, crashing: dict[str, str]) -> pb.JobStatus:
         wait_for(lambda: len(admin.list_participants()) == 5, 60, "five organizations")
         job = admin.create_job(spec, as_float32(task.initial_weights(SEED)))
         admin.start_job(job.job_id)
+        if restart:
+            _killed(consortium, list(crashing))
+            for org in crashing:
+                consortium.start_participant(org)
         done = (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED)
         return wait_for(
             lambda: (s := admin.get_job(job.job_id)).state in done and s,
@@ -168,3 +178,23 @@ def test_fewer_than_t_survivors_abort_and_release_nothing(
         wait_for(lambda o=org: _secrets(five, o) == [], 30, f"{org}'s secrets deleted")
         log = five.processes[org].log_path.read_text()
         assert "ended (aborted: phase" in log, log[-2000:]
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["participant.secagg.after_shares", "participant.secagg.after_consistency"],
+    ids=["after-shares", "after-consistency"],
+)
+def test_a_restarted_participant_resumes_its_round_from_its_state(
+    five: Consortium, point: str
+) -> None:
+    # R17: killed mid-round and started again, it restores its round secrets and answers the
+    # remaining phases; its masked input joins the sum exactly once.
+    status = _run(five, {"org-2": point}, phase_timeout=60.0, restart=True)
+    assert status.state == pb.JOB_STATE_COMPLETED, status.failure_reason
+    (round_,) = status.rounds
+    assert sorted(round_.contributors) == ORGS
+    for got, want in zip(_model(five, status.job_id), _expected_model(ORGS), strict=True):
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= BOUND
+    log = five.processes["org-2"].log_path.read_text()
+    assert "answer acknowledged" in log, log[-2000:]
