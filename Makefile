@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check protos bench clean
+.PHONY: demo test test-fast lint typecheck check protos bench bench-round clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,15 @@ check: lint typecheck test
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
+# Both benchmarks (tests/bench/README.md): the secagg library, then whole rounds.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_secagg.py
+	$(BIN)/python tests/bench/bench_round.py $(BENCH_ROUND_ARGS)
+
+# A coordinator and 5 participant daemons on loopback: secagg round time / none round time.
+# Options go in BENCH_ROUND_ARGS, e.g. make bench-round BENCH_ROUND_ARGS="--rounds 8 --repeats 2"
+bench-round: $(STAMP)
+	$(BIN)/python tests/bench/bench_round.py $(BENCH_ROUND_ARGS)
 
 clean:
 	rm -rf $(VENV) out.json
