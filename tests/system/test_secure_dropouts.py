@@ -49,6 +49,7 @@ def _run(
     crashing: dict[str, str],
     phase_timeout: float = 3.0,
     restart: bool = False,
+    protection: int = pb.PROTECTION_SECAGG,
 ) -> pb.JobStatus:
     """Run one secure round with the given organizations crashing at the given points; with
     ``restart``, each crashed organization is started again (same state directory)."""
@@ -60,7 +61,7 @@ def _run(
     spec = pb.JobSpec(
         name="secure-dropouts",
         task_name="digits-linear",
-        protection=pb.PROTECTION_SECAGG,
+        protection=protection,
         num_rounds=1,
         min_participants=3,
         round_timeout_seconds=60,
@@ -107,6 +108,53 @@ def _expected_model(contributors: list[str]) -> list[np.ndarray]:
     return [(old + acc / total).astype(np.float32) for old, acc in zip(base, summed, strict=True)]
 
 
+def _trained(org: str) -> list[np.ndarray]:
+    """The weights ``org`` trained in round 1: its individual update, which must stay private."""
+    task = load_task("digits-linear", LINEAR_TASK)
+    base = as_float32(task.initial_weights(SEED))
+    settings = dataclasses.replace(TRAINING, seed=SEED * 1_000_003 + 1)
+    data = task.load_data({"partition": ORGS.index(org), "num_partitions": len(ORGS)})
+    return as_float32(task.train(base, data, settings).weights)
+
+
+def _examples(org: str) -> int:
+    task = load_task("digits-linear", LINEAR_TASK)
+    return task.load_data({"partition": ORGS.index(org), "num_partitions": len(ORGS)}).num_train
+
+
+def _assert_no_individual_update(consortium: Consortium) -> None:
+    """Privacy scan: the coordinator's database, blob store and log hold no org's update."""
+    files = [p for p in (consortium.root / "coordinator").rglob("*") if p.is_file()]
+    files += sorted(consortium.root.glob("coordinator-*.log"))
+    contents = [p.read_bytes() for p in files]
+    assert len(contents) >= 3
+    task = load_task("digits-linear", LINEAR_TASK)
+    base = [w.ravel() for w in as_float32(task.initial_weights(SEED))]
+    for org in ORGS:
+        for start, tensor in zip(base, _trained(org), strict=True):
+            # Weights of always-zero pixels never change; look only at values training moved.
+            flat = tensor.ravel()
+            changed = np.flatnonzero(flat != start)
+            runs = [i for i in changed if np.all(flat[i : i + 8] != start[i : i + 8])]
+            assert runs, org
+            needle = flat[runs[0] : runs[0] + 8].tobytes()
+            assert all(needle not in data for data in contents), org
+    # Nothing decodes to an update either, nor to an update times its example count (what a
+    # plain running sum holds after its first input), within the quantization bound.
+    updates = {org: np.concatenate([w.ravel() for w in _trained(org)]) for org in ORGS}
+    examples = {org: _examples(org) for org in ORGS}
+    size = updates[ORGS[0]].size
+    for data in contents:
+        for dtype in (np.float32, np.float64):
+            width = np.dtype(dtype).itemsize
+            if len(data) != size * width:
+                continue
+            vector = np.frombuffer(data, dtype=dtype).astype(np.float64)
+            for org, update in updates.items():
+                for scale in (1.0, float(examples[org])):
+                    assert np.max(np.abs(vector / scale - update)) > BOUND, org
+
+
 def _model(consortium: Consortium, job_id: str) -> list[np.ndarray]:
     with consortium.admin() as admin:
         version, weights = admin.download_model(job_id, -1)
@@ -147,6 +195,7 @@ def test_one_dropout_still_releases_the_sum_of_exactly_the_contributors(
     assert contributors == expected
     for got, want in zip(_model(five, status.job_id), _expected_model(expected), strict=True):
         assert np.max(np.abs(got.astype(np.float64) - want)) <= BOUND
+    _assert_no_individual_update(five)
     # The survivors delete their round secrets once told the round ended.
     for org in expected:
         if org != "org-2":

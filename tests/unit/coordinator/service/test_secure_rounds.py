@@ -517,21 +517,12 @@ def test_an_organization_that_sent_no_shares_may_not_send_an_input(
 # -- privacy ------------------------------------------------------------------------------------
 
 
-def test_the_coordinator_files_hold_no_individual_update(consortium: Consortium) -> None:
-    """After a round, no blob or database value is (close to) one organization's update."""
-    consortium.participants["org-e"].stop_before = Phase.INPUTS
-    job = consortium.start()
-    assert consortium.run(job).phase is Phase.COMMITTED
+def _assert_no_individual_update(c: Consortium, members: tuple[str, ...]) -> None:
+    """No blob or database value is, or decodes to something close to, one org's update."""
     spec = SecAggSettings()
-    quantized = {
-        m: SecAggParameters(3, 32, 0, (), spec.clip, spec.levels_bits, 16, 8192)
-        .quantization()
-        .quantize(delta(m), EXAMPLES[m])
-        for m in consortium.members
-    }
-    individual = {m: trained_weights(m) for m in consortium.members}
-    blobs = [p.read_bytes() for p in (consortium.tmp / "blobs").rglob("*") if p.is_file()]
-    with consortium.store.engine.connect() as conn:
+    params = SecAggParameters(3, 32, 0, (), spec.clip, spec.levels_bits, 16, 8192)
+    blobs = [p.read_bytes() for p in (c.tmp / "blobs").rglob("*") if p.is_file()]
+    with c.store.engine.connect() as conn:
         rows = [
             value
             for table in schema.metadata.sorted_tables
@@ -539,20 +530,51 @@ def test_the_coordinator_files_hold_no_individual_update(consortium: Consortium)
             for value in row
             if isinstance(value, bytes)
         ]
-    assert blobs
-    for data in (*blobs, *rows, (consortium.tmp / "coordinator.db").read_bytes()):
-        for member in consortium.members:
-            assert quantized[member].tobytes() not in data
-            assert quantized[member][:-1].tobytes()[:64] not in data
-            trained = b"".join(t.tobytes() for t in individual[member])
-            assert trained[:48] not in data
-    tolerance = bound()
-    for data in blobs:
-        if len(data) % 4 == 0 and len(data) // 4 == sum(math.prod(s) for s in SHAPES):
-            vector = np.frombuffer(data, dtype=np.float32).astype(np.float64)
-            for member in consortium.members:
-                weights = flatten(individual[member])
-                assert np.max(np.abs(vector - weights)) > tolerance, member
+    size = sum(math.prod(s) for s in SHAPES)
+    for member in members:
+        quantized = params.quantization().quantize(delta(member), EXAMPLES[member])
+        trained = flatten(trained_weights(member))
+        for data in (*blobs, *rows, (c.tmp / "coordinator.db").read_bytes()):
+            assert quantized[:8].tobytes() not in data, member
+            assert trained.astype(np.float32)[:8].tobytes() not in data, member
+        for data in blobs:
+            for dtype in (np.float32, np.float64):
+                if len(data) != size * np.dtype(dtype).itemsize:
+                    continue
+                vector = np.frombuffer(data, dtype=dtype).astype(np.float64)
+                for scale in (1.0, float(EXAMPLES[member])):
+                    assert np.max(np.abs(vector / scale - trained)) > bound(), member
+
+
+def test_the_coordinator_files_hold_no_individual_update_at_any_step(
+    consortium: Consortium,
+) -> None:
+    consortium.participants["org-e"].stop_before = Phase.INPUTS
+    job = consortium.start()
+    for _ in range(20):
+        round_ = consortium.round(job)
+        if round_.is_terminal:
+            break
+        if not consortium.step():
+            consortium.clock.now = round_.deadline_at + 1
+            consortium.service.tick()
+        _assert_no_individual_update(consortium, consortium.members)
+    assert consortium.round(job).phase is Phase.COMMITTED
+
+
+def test_the_privacy_scan_finds_a_plain_update(consortium: Consortium) -> None:
+    # The control: under protection none the running sum holds the first update times its
+    # example count, and the scan must see it.
+    job = consortium.start(protection=Protection.NONE)
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.INPUTS
+    header, payload = encode_tensors(trained_weights("org-a"))
+    update = UpdateSubmission(
+        job.job_id, round_.round_id, Phase.INPUTS, 0, EXAMPLES["org-a"], 0.1, header
+    )
+    consortium.service.submit_update("org-a", update, payload)
+    with pytest.raises(AssertionError, match="org-a"):
+        _assert_no_individual_update(consortium, ("org-a",))
 
 
 def test_unmask_request_never_asks_for_both_shares_of_one_peer(consortium: Consortium) -> None:
