@@ -15,6 +15,15 @@ __all__ = ["ENV_VAR", "POINTS", "crash_point"]
 ENV_VAR = "FEDSILO_FAULT_AT"
 
 POINTS: dict[str, str] = {
+    **{
+        f"coordinator.secagg.after_{phase}_commit": (
+            f"the coordinator committed a {phase} submission, before acknowledging it"
+        )
+        for phase in ("keys", "shares", "inputs", "consistency", "unmask")
+    },
+    "coordinator.secagg.before_aggregated": (
+        "the coordinator unmasked the sum and stored the model blob, before the round moved on"
+    ),
     "participant.secagg.after_keys": "a participant's KEYS message was acknowledged",
     "participant.secagg.after_shares": "a participant's SHARES message was acknowledged",
     "participant.secagg.after_inputs": "a participant's masked input was acknowledged",

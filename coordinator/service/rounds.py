@@ -43,6 +43,7 @@ from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import DuplicateKey, Store, Transaction
 from coordinator.service.secure_rounds import SMALL_PHASES, SecAggStep, SecureRounds
 from fedsilo.codec import CodecError, PayloadHeader, check_finite, decode_tensors, encode_tensors
+from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from secagg.errors import SecAggError
 
@@ -387,6 +388,7 @@ class CoordinatorService:
                 return self._repeated(
                     previous, digest, org_id, message.round_id, message.phase, now
                 )
+        crash_point(f"coordinator.secagg.after_{message.phase.value}_commit")
         log.info(
             "%s message accepted",
             message.phase.value,
@@ -530,6 +532,7 @@ class CoordinatorService:
             return self._repeated(
                 previous, update.header.sha256, org_id, update.round_id, update.phase, now
             )
+        crash_point("coordinator.secagg.after_inputs_commit")
         if sum_ref != round_.accumulator_ref:
             self._discard_blob(round_.accumulator_ref)
         log.info(
@@ -737,6 +740,7 @@ class CoordinatorService:
             return
         _, payload = encode_tensors(result.weights)
         result_ref = self._blobs.put(payload)
+        crash_point("coordinator.secagg.before_aggregated")
         self._write_transition(
             round_,
             RoundEvent.PHASE_COMPLETE,

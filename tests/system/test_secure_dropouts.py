@@ -49,11 +49,14 @@ def _run(
     crashing: dict[str, str],
     phase_timeout: float = 3.0,
     restart: bool = False,
-    protection: int = pb.PROTECTION_SECAGG,
+    coordinator_fault: str | None = None,
 ) -> pb.JobStatus:
     """Run one secure round with the given organizations crashing at the given points; with
-    ``restart``, each crashed organization is started again (same state directory)."""
-    consortium.start_coordinator()
+    ``restart``, each crashed organization is started again (same state directory). With
+    ``coordinator_fault``, the coordinator kills itself there and is started again."""
+    coordinator = consortium.start_coordinator(
+        {ENV_VAR: coordinator_fault} if coordinator_fault else None
+    )
     for org in ORGS:
         point = crashing.get(org)
         consortium.start_participant(org, {ENV_VAR: point} if point else None)
@@ -61,7 +64,7 @@ def _run(
     spec = pb.JobSpec(
         name="secure-dropouts",
         task_name="digits-linear",
-        protection=protection,
+        protection=pb.PROTECTION_SECAGG,
         num_rounds=1,
         min_participants=3,
         round_timeout_seconds=60,
@@ -79,10 +82,15 @@ def _run(
         wait_for(lambda: len(admin.list_participants()) == 5, 60, "five organizations")
         job = admin.create_job(spec, as_float32(task.initial_weights(SEED)))
         admin.start_job(job.job_id)
-        if restart:
-            _killed(consortium, list(crashing))
-            for org in crashing:
-                consortium.start_participant(org)
+    if restart:
+        _killed(consortium, list(crashing))
+        for org in crashing:
+            consortium.start_participant(org)
+    if coordinator_fault:
+        wait_for(lambda: coordinator.popen.poll() is not None, 60, "the coordinator to crash")
+        assert coordinator.popen.returncode == -9
+        consortium.start_coordinator()  # the same command, without the fault
+    with consortium.admin() as admin:
         done = (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED)
         return wait_for(
             lambda: (s := admin.get_job(job.job_id)).state in done and s,
@@ -247,3 +255,25 @@ def test_a_restarted_participant_resumes_its_round_from_its_state(
         assert np.max(np.abs(got.astype(np.float64) - want)) <= BOUND
     log = five.processes["org-2"].log_path.read_text()
     assert "answer acknowledged" in log, log[-2000:]
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "coordinator.secagg.after_shares_commit",
+        "coordinator.secagg.after_inputs_commit",
+        "coordinator.secagg.after_unmask_commit",
+        "coordinator.secagg.before_aggregated",
+    ],
+)
+def test_a_coordinator_killed_mid_round_resumes_the_secure_round(
+    five: Consortium, point: str
+) -> None:
+    # R5: SIGKILL between the database commit and the answer; the participants retry, get the
+    # original acknowledgement, and the round continues from the database after a restart.
+    status = _run(five, {}, phase_timeout=60.0, coordinator_fault=point)
+    assert status.state == pb.JOB_STATE_COMPLETED, status.failure_reason
+    (round_,) = status.rounds
+    assert sorted(round_.contributors) == ORGS
+    for got, want in zip(_model(five, status.job_id), _expected_model(ORGS), strict=True):
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= BOUND
