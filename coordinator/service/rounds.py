@@ -279,10 +279,24 @@ class CoordinatorService:
     # -- participant work -----------------------------------------------------------------------
 
     def next_work(self, org_id: str) -> WorkItem:
-        """EVALUATE the latest model it helped build, else TRAIN in an open round, else WAIT."""
+        """What org_id should do next, most latency-sensitive first.
+
+        1. A small secure-aggregation step (KEYS, SHARES, CONSISTENCY, UNMASK): the whole cohort
+           waits for it and it takes milliseconds.
+        2. EVALUATE the latest model it helped build.
+        3. TRAIN in an open round (plain, or the masked INPUTS of a secure round).
+        4. WAIT.
+        """
         now = self._clock()
         with self._store.transaction() as tx:
-            open_by_job = {r.job_id: r for r in tx.open_rounds()}
+            training: WorkItem | None = None
+            for round_ in tx.open_rounds():
+                if org_id not in round_.cohort or now > round_.deadline_at:
+                    continue
+                item = self._round_work(tx, round_, org_id, now)
+                if item is not None and item.kind is WorkKind.SECAGG_STEP:
+                    return item
+                training = training or item
             for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
                 if (
                     job.model_version >= 1
@@ -292,32 +306,24 @@ class CoordinatorService:
                     producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
                     if producer is not None and org_id in producer.contributors:
                         return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
-            for job_id, round_ in open_by_job.items():
-                if org_id not in round_.cohort or now > round_.deadline_at:
-                    continue
-                if round_.protection is Protection.SECAGG:
-                    job = _require_job(tx, job_id)
-                    step = self._secure.step_for(tx, round_, job, org_id)
-                    if step is not None:
-                        kind = (
-                            WorkKind.TRAIN
-                            if round_.phase is Phase.INPUTS
-                            else (WorkKind.SECAGG_STEP)
-                        )
-                        return WorkItem(
-                            kind,
-                            job,
-                            round_,
-                            round_.base_version,
-                            round_.deadline_at - now,
-                            step,
-                        )
-                elif round_.phase is Phase.INPUTS and org_id not in round_.contributors:
-                    job = _require_job(tx, job_id)
-                    return WorkItem(
-                        WorkKind.TRAIN, job, round_, round_.base_version, round_.deadline_at - now
-                    )
-        return WorkItem(WorkKind.WAIT)
+        return training or WorkItem(WorkKind.WAIT)
+
+    def _round_work(
+        self, tx: Transaction, round_: Round, org_id: str, now: float
+    ) -> WorkItem | None:
+        """The work org_id has in one open round it belongs to, if any."""
+        left = round_.deadline_at - now
+        if round_.protection is Protection.SECAGG:
+            job = _require_job(tx, round_.job_id)
+            step = self._secure.step_for(tx, round_, job, org_id)
+            if step is None:
+                return None
+            kind = WorkKind.TRAIN if round_.phase is Phase.INPUTS else WorkKind.SECAGG_STEP
+            return WorkItem(kind, job, round_, round_.base_version, left, step)
+        if round_.phase is Phase.INPUTS and org_id not in round_.contributors:
+            job = _require_job(tx, round_.job_id)
+            return WorkItem(WorkKind.TRAIN, job, round_, round_.base_version, left)
+        return None
 
     def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcome]:
         """Of the given rounds, those that ended; an unknown round counts as aborted."""

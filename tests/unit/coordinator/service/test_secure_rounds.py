@@ -635,3 +635,21 @@ def test_payload_header_of_a_masked_input_is_checked(consortium: Consortium) -> 
     with pytest.raises(InvalidInput):
         consortium.service.submit_update("org-a", update, payload)
     assert _state(consortium) == before
+
+
+def test_small_secure_steps_come_before_evaluation_and_training_after_it(
+    consortium: Consortium,
+) -> None:
+    job = consortium.start(num_rounds=2)
+    assert consortium.run(job).phase is Phase.COMMITTED
+    consortium.service.tick()  # opens round 2
+    second = consortium.round(job)
+    assert second.number == 2 and second.phase is Phase.KEYS
+    # Round 2's KEYS step is served before evaluating model version 1 ...
+    assert consortium.service.next_work("org-a").kind is WorkKind.SECAGG_STEP
+    consortium.step()  # everyone sends keys
+    consortium.step()  # and shares: the round is in INPUTS
+    assert consortium.round(job).phase is Phase.INPUTS
+    # ... and the evaluation before training.
+    item = consortium.service.next_work("org-a")
+    assert item.kind is WorkKind.EVALUATE and item.model_version == 1
