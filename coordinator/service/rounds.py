@@ -283,13 +283,15 @@ class CoordinatorService:
 
         1. A small secure-aggregation step (KEYS, SHARES, CONSISTENCY, UNMASK): the whole cohort
            waits for it and it takes milliseconds.
-        2. EVALUATE the latest model it helped build.
+        2. EVALUATE the latest model it helped build, unless it takes part in a small phase now
+           (then it waits for the next step instead of holding the cohort up).
         3. TRAIN in an open round (plain, or the masked INPUTS of a secure round).
         4. WAIT.
         """
         now = self._clock()
         with self._store.transaction() as tx:
             training: WorkItem | None = None
+            in_small_phase = False
             for round_ in tx.open_rounds():
                 if org_id not in round_.cohort or now > round_.deadline_at:
                     continue
@@ -297,6 +299,13 @@ class CoordinatorService:
                 if item is not None and item.kind is WorkKind.SECAGG_STEP:
                     return item
                 training = training or item
+                in_small_phase = in_small_phase or (
+                    round_.protection is Protection.SECAGG
+                    and round_.phase in (Phase.CREATED, *SMALL_PHASES)
+                    and org_id in self._secure.expected(tx, round_)
+                )
+            if in_small_phase:
+                return WorkItem(WorkKind.WAIT)
             for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
                 if (
                     job.model_version >= 1

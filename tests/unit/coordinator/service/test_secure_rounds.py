@@ -646,10 +646,14 @@ def test_small_secure_steps_come_before_evaluation_and_training_after_it(
     second = consortium.round(job)
     assert second.number == 2 and second.phase is Phase.KEYS
     # Round 2's KEYS step is served before evaluating model version 1 ...
-    assert consortium.service.next_work("org-a").kind is WorkKind.SECAGG_STEP
-    consortium.step()  # everyone sends keys
+    item = consortium.service.next_work("org-a")
+    assert item.kind is WorkKind.SECAGG_STEP
+    assert consortium.participants["org-a"].act(consortium.service, item)
+    # ... and while the others send theirs, org-a waits rather than evaluates ...
+    assert consortium.service.next_work("org-a").kind is WorkKind.WAIT
+    consortium.step()  # everyone else sends keys
     consortium.step()  # and shares: the round is in INPUTS
     assert consortium.round(job).phase is Phase.INPUTS
-    # ... and the evaluation before training.
+    # ... and evaluates at the start of INPUTS, before training.
     item = consortium.service.next_work("org-a")
     assert item.kind is WorkKind.EVALUATE and item.model_version == 1

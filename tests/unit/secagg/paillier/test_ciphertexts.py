@@ -216,4 +216,4 @@ def test_structure_is_checked_on_construction(
         {"layout": "layout"},
     ):
         with pytest.raises(InvalidInput):
-            dataclasses.replace(bundle, **changes)  # type: ignore[arg-type]
+            dataclasses.replace(bundle, **changes)
