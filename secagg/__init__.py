@@ -5,6 +5,8 @@ dataclasses and return dataclasses; randomness is injected as a ``Callable[[int]
 ``os.urandom``. :mod:`secagg.masking` is the protocol (what applications use);
 :mod:`secagg.primitives` holds the building blocks (X25519, HKDF, AES-GCM, AES-CTR PRG, Shamir,
 signatures). The protocol, encodings and quantization bound are described in ``docs/secagg.md``.
+:mod:`secagg.paillier` (imported on its own, not by this package) adds packed Paillier encryption
+for the ``paillier`` protection mode (``docs/paillier.md``).
 
 Errors (all raised on purpose derive from ``SecAggError``; messages never hold secrets)::
 

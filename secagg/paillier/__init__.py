@@ -1,0 +1,52 @@
+"""Packed Paillier encryption for the ``paillier`` protection mode (DESIGN §4.3, docs/paillier.md).
+
+Keys (:func:`generate_private_key`, canonical encodings, fingerprint), a packing codec whose
+slots never carry over ``n_max`` participants (:class:`PackingLayout`), encryption with a
+short-exponent randomizer and a fixed-base table or the classic ``r^n``, CRT decryption, both
+spread over worker processes (:class:`PaillierWorkers`), and the slot-wise homomorphic sum
+(:func:`add_ciphertexts`) of :class:`PaillierCiphertexts`. Pure like the rest of ``secagg``:
+ints, bytes, numpy arrays and dataclasses in and out; randomness injected. Errors raised on
+purpose are :class:`secagg.errors.InvalidInput`.
+"""
+
+from secagg.paillier.ciphertexts import PaillierCiphertexts, add_ciphertexts
+from secagg.paillier.encryption import (
+    ClassicRandomizer,
+    Randomizer,
+    ShortExponentRandomizer,
+    decrypt_integers,
+    decrypt_vector,
+    encrypt_integers,
+    encrypt_vector,
+)
+from secagg.paillier.keys import (
+    DEFAULT_KEY_BITS,
+    MIN_KEY_BITS,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    default_exponent_bits,
+    generate_private_key,
+)
+from secagg.paillier.packing import MAX_PARTICIPANTS, PackingLayout
+from secagg.paillier.workers import PaillierWorkers
+
+__all__ = [
+    "DEFAULT_KEY_BITS",
+    "MAX_PARTICIPANTS",
+    "MIN_KEY_BITS",
+    "ClassicRandomizer",
+    "PackingLayout",
+    "PaillierCiphertexts",
+    "PaillierPrivateKey",
+    "PaillierPublicKey",
+    "PaillierWorkers",
+    "Randomizer",
+    "ShortExponentRandomizer",
+    "add_ciphertexts",
+    "decrypt_integers",
+    "decrypt_vector",
+    "default_exponent_bits",
+    "encrypt_integers",
+    "encrypt_vector",
+    "generate_private_key",
+]
