@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,8 @@ SMALL_PHASES = (Phase.KEYS, Phase.SHARES, Phase.CONSISTENCY, Phase.UNMASK)
 """The phases answered with SubmitMessage; INPUTS is answered with SubmitUpdate."""
 
 _MAX_MESSAGE_BYTES = 1 << 20
+_UNMASK_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+"""Threads that regenerate masks when a round is unmasked (AES releases the GIL)."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class SecureRounds:
         server = SecAggServer(
             self.config(round_, job),
             verifying_keys={org: _certificate_key(pem) for org, pem in certificates.items()},
+            workers=_UNMASK_WORKERS,
         )
         for message in keys:
             server.receive_keys(message.org_id, SignedKeys.from_bytes(message.body))
