@@ -37,6 +37,7 @@ _DTYPES: dict[str, pb.DType.ValueType] = {
     "int64": pb.D_TYPE_INT64,
     "uint32": pb.D_TYPE_UINT32,
     "uint64": pb.D_TYPE_UINT64,
+    "uint8": pb.D_TYPE_UINT8,
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_TENSORS = 10_000
@@ -50,7 +51,7 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """The dtype name (one of float32, float64, int32, int64, uint32, uint64) and shape."""
+    """The dtype name (float32, float64, int32, int64, uint32, uint64 or uint8) and shape."""
 
     dtype: str
     shape: tuple[int, ...]

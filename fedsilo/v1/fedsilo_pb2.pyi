@@ -37,6 +37,8 @@ class _DTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DType.ValueType
     D_TYPE_INT64: _DType.ValueType  # 4
     D_TYPE_UINT32: _DType.ValueType  # 5
     D_TYPE_UINT64: _DType.ValueType  # 6
+    D_TYPE_UINT8: _DType.ValueType  # 7
+    """opaque bytes, e.g. a bundle of Paillier ciphertexts"""
 
 class DType(_DType, metaclass=_DTypeEnumTypeWrapper): ...
 
@@ -47,6 +49,8 @@ D_TYPE_INT32: DType.ValueType  # 3
 D_TYPE_INT64: DType.ValueType  # 4
 D_TYPE_UINT32: DType.ValueType  # 5
 D_TYPE_UINT64: DType.ValueType  # 6
+D_TYPE_UINT8: DType.ValueType  # 7
+"""opaque bytes, e.g. a bundle of Paillier ciphertexts"""
 Global___DType: _TypeAlias = DType  # noqa: Y015
 
 class _Protection:
@@ -134,6 +138,8 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """A small secure-aggregation step (KEYS, SHARES, CONSISTENCY or UNMASK): answer with
     SubmitMessage. The INPUTS step of a secagg round is a TRAIN task carrying its shares.
     """
+    TASK_KIND_KEY_CEREMONY: _TaskKind.ValueType  # 5
+    """A step of a paillier job's key ceremony: answer with SubmitCeremony."""
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
@@ -145,6 +151,8 @@ TASK_KIND_SECAGG_STEP: TaskKind.ValueType  # 4
 """A small secure-aggregation step (KEYS, SHARES, CONSISTENCY or UNMASK): answer with
 SubmitMessage. The INPUTS step of a secagg round is a TRAIN task carrying its shares.
 """
+TASK_KIND_KEY_CEREMONY: TaskKind.ValueType  # 5
+"""A step of a paillier job's key ceremony: answer with SubmitCeremony."""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
@@ -342,6 +350,60 @@ class SecAggStep(_message.Message):
 Global___SecAggStep: _TypeAlias = SecAggStep  # noqa: Y015
 
 @_typing.final
+class KeyCeremonyStep(_message.Message):
+    """A step of the per-job Paillier key ceremony (docs/paillier.md, "In the service").
+      advertise: make and sign a job key (X25519) and send it (SubmitCeremony "job_key").
+      deal:      you are the dealer: generate the Paillier key, send the signed public key
+                 ("dealt_key"), seal the private key for every job key in job_keys ("sealed"),
+                 then confirm ("confirm").
+      seal:      you hold the key: seal it for every job key in job_keys ("sealed").
+      receive:   open sealed_key (from the sender whose job key is job_keys[0]) for the public key
+                 in dealt_key, signed by the dealer (dealer_certificate_pem); then "confirm".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    DEALER_FIELD_NUMBER: _builtins.int
+    KEY_BITS_FIELD_NUMBER: _builtins.int
+    JOB_KEYS_FIELD_NUMBER: _builtins.int
+    DEALT_KEY_FIELD_NUMBER: _builtins.int
+    DEALER_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    SEALED_KEY_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    dealer: _builtins.str
+    key_bits: _builtins.int
+    dealt_key: _builtins.bytes
+    dealer_certificate_pem: _builtins.bytes
+    sealed_key: _builtins.bytes
+    @_builtins.property
+    def job_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertisedKeys]: ...
+    @_builtins.property
+    def parameters(self) -> Global___SecAggParameters:
+        """The job's quantization settings (vector_length and cohort are per round and unset here)."""
+
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        dealer: _builtins.str = ...,
+        key_bits: _builtins.int = ...,
+        job_keys: _abc.Iterable[Global___AdvertisedKeys] | None = ...,
+        dealt_key: _builtins.bytes = ...,
+        dealer_certificate_pem: _builtins.bytes = ...,
+        sealed_key: _builtins.bytes = ...,
+        parameters: Global___SecAggParameters | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dealer", b"dealer", "dealer_certificate_pem", b"dealer_certificate_pem", "dealt_key", b"dealt_key", "job_keys", b"job_keys", "key_bits", b"key_bits", "parameters", b"parameters", "sealed_key", b"sealed_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyCeremonyStep: _TypeAlias = KeyCeremonyStep  # noqa: Y015
+
+@_typing.final
 class RoundOutcome(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -412,6 +474,7 @@ class GetTaskResponse(_message.Message):
     TASK_CONFIG_JSON_FIELD_NUMBER: _builtins.int
     SECAGG_FIELD_NUMBER: _builtins.int
     FINISHED_ROUNDS_FIELD_NUMBER: _builtins.int
+    CEREMONY_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -431,6 +494,8 @@ class GetTaskResponse(_message.Message):
     def finished_rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundOutcome]:
         """Of the request's held_round_ids, those that have ended."""
 
+    @_builtins.property
+    def ceremony(self) -> Global___KeyCeremonyStep: ...
     def __init__(
         self,
         *,
@@ -447,10 +512,11 @@ class GetTaskResponse(_message.Message):
         task_config_json: _builtins.str = ...,
         secagg: Global___SecAggStep | None = ...,
         finished_rounds: _abc.Iterable[Global___RoundOutcome] | None = ...,
+        ceremony: Global___KeyCeremonyStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["secagg", b"secagg", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "secagg", b"secagg", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -649,6 +715,35 @@ class SubmitMessageRequest(_message.Message):
 Global___SubmitMessageRequest: _TypeAlias = SubmitMessageRequest  # noqa: Y015
 
 @_typing.final
+class SubmitCeremonyRequest(_message.Message):
+    """A key-ceremony message: action "job_key" (JobKey), "dealt_key" (DealtKey), "sealed" (the
+    canonical fields of one or more SealedKey) or "confirm" (the key fingerprint).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    action: _builtins.str
+    body: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "body", b"body", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitCeremonyRequest: _TypeAlias = SubmitCeremonyRequest  # noqa: Y015
+
+@_typing.final
 class ReportMetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -766,6 +861,7 @@ class JobSpec(_message.Message):
     MAX_FAILED_ROUNDS_FIELD_NUMBER: _builtins.int
     SECAGG_FIELD_NUMBER: _builtins.int
     PHASE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    PAILLIER_KEY_BITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task_name: _builtins.str
     protection: Global___Protection.ValueType
@@ -780,6 +876,8 @@ class JobSpec(_message.Message):
     """Deadline of each small secagg phase (KEYS, SHARES, CONSISTENCY, UNMASK); INPUTS uses
     round_timeout_seconds.
     """
+    paillier_key_bits: _builtins.int
+    """Paillier key size of a paillier job (0: 2048; 3072 also accepted)."""
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
     @_builtins.property
@@ -801,10 +899,11 @@ class JobSpec(_message.Message):
         max_failed_rounds: _builtins.int | None = ...,
         secagg: Global___SecAggSettings | None = ...,
         phase_timeout_seconds: _builtins.float = ...,
+        paillier_key_bits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_failed_rounds: _TypeAlias = _typing.Literal["max_failed_rounds"]  # noqa: Y015
     _WhichOneofArgType__max_failed_rounds: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds"]  # noqa: Y015

@@ -59,6 +59,11 @@ class ParticipantServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitMessageRequest.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
                 _registered_method=True)
+        self.SubmitCeremony = channel.unary_unary(
+                '/fedsilo.v1.ParticipantService/SubmitCeremony',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitCeremonyRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
+                _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/fedsilo.v1.ParticipantService/ReportMetrics',
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsRequest.SerializeToString,
@@ -99,6 +104,12 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitCeremony(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -131,6 +142,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
             'SubmitMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitMessage,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitMessageRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.SerializeToString,
+            ),
+            'SubmitCeremony': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCeremony,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitCeremonyRequest.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
@@ -273,6 +289,33 @@ class ParticipantService:
             target,
             '/fedsilo.v1.ParticipantService/SubmitMessage',
             fedsilo_dot_v1_dot_fedsilo__pb2.SubmitMessageRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCeremony(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.ParticipantService/SubmitCeremony',
+            fedsilo_dot_v1_dot_fedsilo__pb2.SubmitCeremonyRequest.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
             options,
             channel_credentials,

@@ -700,7 +700,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 17  # 6 participant + 11 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 18  # 7 participant + 11 admin RPCs; update when the API grows
 
 
 def _raw_call(
@@ -905,6 +905,9 @@ def _valid_request(path: str, job_id: str) -> list[bytes]:
         request = pb.ReportMetricsRequest(
             job_id=job_id, model_version=0, num_examples=5, loss=0.5, accuracy=0.5
         )
+        return [request.SerializeToString()]
+    if name == "SubmitCeremony":
+        request = pb.SubmitCeremonyRequest(job_id=job_id, action="job_key", body=b"key")
         return [request.SerializeToString()]
     if name == "SubmitMessage":
         request = pb.SubmitMessageRequest(

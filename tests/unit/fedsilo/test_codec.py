@@ -23,7 +23,7 @@ from fedsilo.codec import (
 )
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-WIRE_DTYPES = ["float32", "float64", "int32", "int64", "uint32", "uint64"]
+WIRE_DTYPES = ["float32", "float64", "int32", "int64", "uint32", "uint64", "uint8"]
 
 
 def sample(dtype: str, shape: tuple[int, ...], seed: int = 0) -> npt.NDArray[Any]:
