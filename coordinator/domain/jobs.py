@@ -15,6 +15,7 @@ from secagg.masking.quantize import check_bit_budget
 __all__ = [
     "ALGORITHMS",
     "Job",
+    "JobMessage",
     "JobSpec",
     "JobState",
     "MetricReport",
@@ -122,6 +123,7 @@ class JobSpec:
     task_config_json: str = "{}"
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     phase_timeout_seconds: float = 60.0
+    paillier_key_bits: int = 2048
 
     def validate(self) -> None:
         problems: list[str] = []
@@ -133,15 +135,15 @@ class JobSpec:
             problems.append(
                 f"algorithm must be one of {sorted(ALGORITHMS)}, not {self.algorithm!r}"
             )
-        if self.protection is Protection.PAILLIER:
-            problems.append("protection 'paillier' is not available in this version")
-        if self.protection is Protection.SECAGG:
+        if self.protection in (Protection.SECAGG, Protection.PAILLIER):
             problems.extend(self.secagg.problems())
             if self.min_participants < 2:
                 problems.append("secure aggregation needs min_participants of at least 2")
             limit = self.secagg.max_participants
             if 2 <= limit < self.min_participants:
                 problems.append(f"min_participants must not exceed the secagg cohort limit {limit}")
+        if self.protection is Protection.PAILLIER and self.paillier_key_bits not in (2048, 3072):
+            problems.append("paillier_key_bits must be 2048 or 3072")
         if not 1.0 <= self.phase_timeout_seconds <= 24 * 3600:
             problems.append("phase_timeout_seconds must be between 1 and 86400")
         if not 1 <= self.num_rounds <= 100_000:
@@ -217,6 +219,23 @@ class PhaseMessage:
     phase: str
     body: bytes
     certificate_pem: bytes = b""
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """An accepted message of a job's key ceremony (docs/paillier.md, "In the service").
+
+    ``kind`` is ``job_key``, ``dealt_key``, ``sealed:<receiver>`` or ``confirm``; job keys keep
+    the sender's certificate from the TLS handshake, which peers verify them against.
+    """
+
+    job_id: str
+    org_id: str
+    kind: str
+    body: bytes
+    certificate_pem: bytes
+    acknowledgement_id: str
+    created_at: float
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -101,6 +101,20 @@ phase_messages = Table(
     Column("body", LargeBinary, nullable=False),
     Column("certificate_pem", LargeBinary, nullable=False),
     UniqueConstraint("round_id", "org_id", "phase", name="uq_phase_messages_round_org_phase"),
+)
+
+job_messages = Table(
+    "job_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.job_id"), nullable=False, index=True),
+    Column("org_id", String(64), nullable=False),
+    Column("kind", String(80), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("certificate_pem", LargeBinary, nullable=False),
+    Column("acknowledgement_id", String(36), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("job_id", "org_id", "kind", name="uq_job_messages_job_org_kind"),
 )
 
 model_versions = Table(

@@ -19,6 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 from coordinator.domain.jobs import (
     Job,
+    JobMessage,
     JobSpec,
     JobState,
     MetricReport,
@@ -46,7 +47,7 @@ class StaleWrite(CoordinatorError):
     """A compare-and-set update found another row_version: someone else changed the row."""
 
 
-_UPGRADABLE = frozenset({1})
+_UPGRADABLE = frozenset({1, 2})
 
 
 class Store:
@@ -62,7 +63,8 @@ class Store:
                 if row is None:
                     conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
                 elif row.version in _UPGRADABLE:
-                    # Version 1 lacks only the phase_messages table, which create_all just added.
+                    # Versions 1 and 2 lack only tables (phase_messages, job_messages), which
+                    # create_all just added.
                     conn.execute(update(t.schema_info).values(version=t.SCHEMA_VERSION))
                 elif row.version != t.SCHEMA_VERSION:
                     raise StorageUnavailable(
@@ -286,6 +288,38 @@ class Transaction:
             for r in rows
         ]
 
+    # -- job-level messages (the paillier key ceremony) ----------------------------------------
+
+    def add_job_message(self, message: JobMessage) -> None:
+        self._conn.execute(
+            insert(t.job_messages).values(
+                job_id=message.job_id,
+                org_id=message.org_id,
+                kind=message.kind,
+                body=message.body,
+                certificate_pem=message.certificate_pem,
+                acknowledgement_id=message.acknowledgement_id,
+                created_at=message.created_at,
+            )
+        )
+
+    def list_job_messages(self, job_id: str) -> list[JobMessage]:
+        """Every accepted ceremony message of a job, in the order they were accepted."""
+        c = t.job_messages.c
+        rows = self._conn.execute(select(t.job_messages).where(c.job_id == job_id).order_by(c.id))
+        return [
+            JobMessage(
+                r.job_id,
+                r.org_id,
+                r.kind,
+                bytes(r.body),
+                bytes(r.certificate_pem),
+                r.acknowledgement_id,
+                r.created_at,
+            )
+            for r in rows
+        ]
+
     # -- model versions ----------------------------------------------------------------------
 
     def add_model_version(self, mv: ModelVersion) -> None:
@@ -404,6 +438,7 @@ def _spec_to_json(spec: JobSpec) -> str:
             "task_config_json": spec.task_config_json,
             "secagg": dataclasses.asdict(spec.secagg),
             "phase_timeout_seconds": spec.phase_timeout_seconds,
+            "paillier_key_bits": spec.paillier_key_bits,
         },
         sort_keys=True,
     )
@@ -425,6 +460,7 @@ def _spec_from_json(text: str) -> JobSpec:
         # Jobs stored before secure aggregation existed carry neither field: the defaults.
         secagg=SecAggSettings(**data.get("secagg", {})),
         phase_timeout_seconds=data.get("phase_timeout_seconds", 60.0),
+        paillier_key_bits=data.get("paillier_key_bits", 2048),
     )
 
 

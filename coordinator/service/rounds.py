@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from coordinator.domain.jobs import (
     Job,
+    JobMessage,
     JobSpec,
     JobState,
     MetricReport,
@@ -41,8 +42,16 @@ from coordinator.errors import (
 )
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import DuplicateKey, Store, Transaction
+from coordinator.service.key_ceremony import CeremonyStep, KeyCeremony
 from coordinator.service.secure_rounds import SMALL_PHASES, SecAggStep, SecureRounds
-from fedsilo.codec import CodecError, PayloadHeader, check_finite, decode_tensors, encode_tensors
+from fedsilo.codec import (
+    CodecError,
+    PayloadHeader,
+    TensorSpec,
+    check_finite,
+    decode_tensors,
+    encode_tensors,
+)
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from secagg.errors import SecAggError
@@ -62,6 +71,9 @@ __all__ = [
 
 log = logging.getLogger("coordinator")
 
+_SECURE = frozenset({Protection.SECAGG, Protection.PAILLIER})
+"""Protections whose rounds run the secure-aggregation phases."""
+
 _MAX_HELD_ROUNDS = 100
 """At most this many held rounds are looked up per GetTask call."""
 
@@ -80,6 +92,7 @@ class WorkKind(enum.StrEnum):
     TRAIN = "train"
     EVALUATE = "evaluate"
     SECAGG_STEP = "secagg_step"
+    KEY_CEREMONY = "key_ceremony"
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ class WorkItem:
     model_version: int = 0
     seconds_left: float = 0.0
     secagg: SecAggStep | None = None
+    ceremony: CeremonyStep | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,7 @@ class CoordinatorService:
         self._clock = clock
         self._new_id = new_id
         self._secure = SecureRounds(blobs)
+        self._ceremony = KeyCeremony()
         self._lock = threading.RLock()
         self._changed = threading.Condition()
         self._generation = 0
@@ -265,8 +280,15 @@ class CoordinatorService:
                 for j in tx.list_jobs()
             ]
 
-    def read_model(self, job_id: str, version: int) -> tuple[int, PayloadHeader, bytes]:
-        """A committed model version (-1: the latest): its number, header and payload."""
+    def read_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, bytes]:
+        """A committed model version (-1: the latest): its number, header and payload.
+
+        Versions after 0 of a paillier job exist only encrypted (the summed ciphertexts and the
+        mask correction): they are served only with ``encrypted`` (to participants, who hold
+        the key); anyone else is told to export the model from a participant.
+        """
         with self._store.transaction() as tx:
             job = _require_job(tx, job_id)
             wanted = job.model_version if version < 0 else version
@@ -274,7 +296,17 @@ class CoordinatorService:
         if model is None:
             raise NotFound(f"model version {version} does not exist for this job")
         payload = self._blobs.get(model.blob_ref)
-        return wanted, PayloadHeader(job.weight_specs, len(payload), _sha256(payload)), payload
+        specs = job.weight_specs
+        if job.spec.protection is Protection.PAILLIER and wanted >= 1:
+            if not encrypted:
+                raise WrongPhase(
+                    "the models of a paillier job exist only encrypted at the coordinator; "
+                    "export the model from a participant (fedsilo participant export)"
+                )
+            correction = self._secure.input_spec(job)
+            size = len(payload) - correction.nbytes
+            specs = (TensorSpec("uint8", (size,)), correction)
+        return wanted, PayloadHeader(specs, len(payload), _sha256(payload)), payload
 
     # -- participant work -----------------------------------------------------------------------
 
@@ -290,6 +322,13 @@ class CoordinatorService:
         """
         now = self._clock()
         with self._store.transaction() as tx:
+            for job in tx.list_jobs((JobState.RUNNING,)):
+                if job.spec.protection is Protection.PAILLIER:
+                    step = self._ceremony.step_for(
+                        tx, job, org_id, self._secure.job_parameters(job)
+                    )
+                    if step is not None:
+                        return WorkItem(WorkKind.KEY_CEREMONY, job, ceremony=step)
             training: WorkItem | None = None
             in_small_phase = False
             for round_ in tx.open_rounds():
@@ -300,7 +339,7 @@ class CoordinatorService:
                     return item
                 training = training or item
                 in_small_phase = in_small_phase or (
-                    round_.protection is Protection.SECAGG
+                    round_.protection in _SECURE
                     and round_.phase in (Phase.CREATED, *SMALL_PHASES)
                     and org_id in self._secure.expected(tx, round_)
                 )
@@ -322,7 +361,7 @@ class CoordinatorService:
     ) -> WorkItem | None:
         """The work org_id has in one open round it belongs to, if any."""
         left = round_.deadline_at - now
-        if round_.protection is Protection.SECAGG:
+        if round_.protection in _SECURE:
             job = _require_job(tx, round_.job_id)
             step = self._secure.step_for(tx, round_, job, org_id)
             if step is None:
@@ -346,6 +385,47 @@ class CoordinatorService:
                     outcomes.append(RoundOutcome(round_id, round_.phase, round_.abort_reason or ""))
         return outcomes
 
+    def submit_ceremony(
+        self, org_id: str, job_id: str, action: str, body: bytes, certificate_pem: bytes
+    ) -> Acknowledgement:
+        """Accept one key-ceremony message of a paillier job, exactly once."""
+        now = self._clock()
+        with self._lock:
+            with self._store.transaction() as tx:
+                job = _require_job(tx, job_id)
+                if job.spec.protection is not Protection.PAILLIER:
+                    raise WrongPhase("this job has no key ceremony")
+                if job.state is not JobState.RUNNING:
+                    raise WrongPhase(f"the job is {job.state.value}")
+                existing = {
+                    (m.kind, m.body): m for m in tx.list_job_messages(job_id) if m.org_id == org_id
+                }
+                rows = self._ceremony.check(tx, job, org_id, action, body, certificate_pem)
+                repeats = [existing.get((kind, data)) for kind, data, _ in rows]
+                if all(repeats):
+                    first = repeats[0]
+                    assert first is not None
+                    return Acknowledgement(first.acknowledgement_id, duplicate=True)
+                kinds = {m.kind for m in existing.values()}
+                conflict = any(kind in kinds for kind, _, _ in rows)
+                ack = Acknowledgement(self._new_id(), duplicate=False)
+                if not conflict:
+                    for kind, data, pem in rows:
+                        tx.add_job_message(
+                            JobMessage(job_id, org_id, kind, data, pem, ack.acknowledgement_id, now)
+                        )
+            if conflict:
+                with self._store.transaction() as tx:
+                    tx.add_audit(
+                        now, org_id, "ceremony.conflict", "rejected", f"job={job_id} {action}"
+                    )
+                raise ConflictingSubmission(
+                    f"a different {action} message was already accepted for this job"
+                )
+        log.info("key ceremony: %s accepted", action, **context(job=job_id, org=org_id))
+        self.tick()
+        return ack
+
     def submit_message(
         self, org_id: str, message: MessageSubmission, certificate_pem: bytes
     ) -> Acknowledgement:
@@ -360,7 +440,7 @@ class CoordinatorService:
                 previous = tx.get_submission(round_.round_id, org_id, message.phase.value)
                 if previous is None:
                     job = _require_job(tx, message.job_id)
-                    if round_.protection is not Protection.SECAGG:
+                    if round_.protection not in _SECURE:
                         raise WrongPhase("this round does not use secure aggregation")
                     if message.phase not in SMALL_PHASES:
                         raise InvalidInput(
@@ -432,7 +512,7 @@ class CoordinatorService:
                 return self._repeated(
                     previous, update.header.sha256, org_id, update.round_id, update.phase, now
                 )
-            if round_.protection is Protection.SECAGG:
+            if round_.protection in _SECURE:
                 return self._submit_masked(org_id, round_, job, update, payload, now)
             weights = _decode(update.header, payload, self._settings.max_payload_bytes)
             _check_layout(weights, job)
@@ -506,15 +586,24 @@ class CoordinatorService:
                 "under secure aggregation the example count travels inside the masked input: "
                 "num_examples and train_loss must be 0"
             )
-        with self._store.transaction() as tx:
-            self._secure.check_masked_input(tx, round_, job, org_id, update.header)
         if update.header.total_bytes > self._settings.max_payload_bytes:
             raise InvalidInput(
                 f"payload of {update.header.total_bytes} bytes exceeds the "
                 f"{self._settings.max_payload_bytes}-byte limit"
             )
+        with self._store.transaction() as tx:
+            if round_.protection is Protection.PAILLIER:
+                self._secure.check_encrypted_input(tx, round_, job, org_id, update.header)
+                public_key = self._ceremony.public_key(tx, job.job_id)
+            else:
+                self._secure.check_masked_input(tx, round_, job, org_id, update.header)
         try:
-            sum_ref, _ = self._secure.add_input(round_, job, update.header, payload)
+            if round_.protection is Protection.PAILLIER:
+                assert public_key is not None  # rounds open only after the key was dealt
+                (data,) = decode_tensors(update.header, payload)
+                sum_ref = self._secure.add_encrypted(round_, job, public_key, data.tobytes())
+            else:
+                sum_ref, _ = self._secure.add_input(round_, job, update.header, payload)
         except CodecError as exc:
             raise InvalidInput(str(exc)) from exc
         ack = Acknowledgement(self._new_id(), duplicate=False)
@@ -673,7 +762,7 @@ class CoordinatorService:
 
     def _advance_round(self, round_: Round) -> bool:
         now = self._clock()
-        if round_.protection is Protection.SECAGG and round_.phase in (
+        if round_.protection in _SECURE and round_.phase in (
             Phase.CREATED,
             *SMALL_PHASES,
             Phase.INPUTS,
@@ -745,6 +834,17 @@ class CoordinatorService:
 
     def _unmask(self, round_: Round, job: Job, now: float) -> None:
         """Reconstruct the masks from the UNMASK answers and store the new model (AGGREGATED)."""
+        if round_.protection is Protection.PAILLIER:
+            try:
+                with self._store.transaction() as tx:
+                    payload = self._secure.encrypted_result(tx, round_, job)
+            except SecAggError as exc:
+                self._abort(round_, job, f"unmasking failed: {exc}", now)
+                return
+            result_ref = self._blobs.put(payload)
+            crash_point("coordinator.secagg.before_aggregated")
+            self._write_transition(round_, RoundEvent.PHASE_COMPLETE, now, result_ref=result_ref)
+            return
         _, base_header, base_payload = self.read_model(job.job_id, round_.base_version)
         base = decode_tensors(base_header, base_payload)
         try:
@@ -843,7 +943,14 @@ class CoordinatorService:
                     if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
                 )
             )
-            if job.spec.protection is Protection.SECAGG:
+            if job.spec.protection is Protection.PAILLIER:
+                # Only organizations that hold the job's key can take part; the first rounds
+                # wait until the ceremony settles.
+                if not self._ceremony.settled(tx, job, cohort, now):
+                    return False
+                holders = set(self._ceremony.holders(tx, job.job_id))
+                cohort = tuple(org for org in cohort if org in holders)
+            if job.spec.protection in _SECURE:
                 # The bit budget holds for at most max_participants; t must not exceed the cohort.
                 cohort = cohort[: job.spec.secagg.max_participants]
                 if job.spec.secagg.threshold_for(len(cohort)) > len(cohort):

@@ -47,9 +47,10 @@ from secagg import (
     UnmaskResponse,
 )
 from secagg import errors as secagg_errors
+from secagg.paillier import PackingLayout, PaillierCiphertexts, PaillierPublicKey, add_ciphertexts
 from secagg.primitives.signatures import VerifyingKey, verifying_key
 
-__all__ = ["SecAggStep", "SecureRounds", "SMALL_PHASES"]
+__all__ = ["SMALL_PHASES", "SecAggStep", "SecureRounds", "certificate_key"]
 
 SMALL_PHASES = (Phase.KEYS, Phase.SHARES, Phase.CONSISTENCY, Phase.UNMASK)
 """The phases answered with SubmitMessage; INPUTS is answered with SubmitUpdate."""
@@ -102,6 +103,20 @@ class SecureRounds:
             modulus_bits=settings.modulus_bits,
             vector_length=self.vector_length(job),
             cohort=tuple(sorted(round_.cohort)),
+            clip=settings.clip,
+            levels_bits=settings.levels_bits,
+            max_participants=settings.max_participants,
+            max_weight=settings.max_weight,
+        )
+
+    def job_parameters(self, job: Job) -> SecAggParameters:
+        """The job-level settings (no round: threshold 0, no cohort), e.g. for the ceremony."""
+        settings = job.spec.secagg
+        return SecAggParameters(
+            threshold=0,
+            modulus_bits=settings.modulus_bits,
+            vector_length=self.vector_length(job),
+            cohort=(),
             clip=settings.clip,
             levels_bits=settings.levels_bits,
             max_participants=settings.max_participants,
@@ -239,6 +254,17 @@ class SecureRounds:
                 f"a masked input is one tensor {expected.dtype}{list(expected.shape)}, got {got}"
             )
 
+    def check_encrypted_input(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, header: PayloadHeader
+    ) -> None:
+        """An encrypted input comes from a member of U2 and is one vector of bytes."""
+        if org_id not in self.senders(tx, round_, Phase.SHARES):
+            raise WrongPhase("this organization sent no shares in this round")
+        if len(header.tensors) != 1 or header.tensors[0].dtype != "uint8":
+            raise InvalidInput("an encrypted input is one uint8 tensor of Paillier ciphertexts")
+        if len(header.tensors[0].shape) != 1:
+            raise InvalidInput("an encrypted input is a 1-D tensor of bytes")
+
     # -- the running sum of masked inputs -------------------------------------------------------
 
     def add_input(
@@ -259,6 +285,44 @@ class SecureRounds:
         header = PayloadHeader((spec,), len(payload), hashlib.sha256(payload).digest())
         (total,) = decode_tensors(header, payload)
         return total
+
+    def add_encrypted(
+        self, round_: Round, job: Job, public_key: PaillierPublicKey, payload: bytes
+    ) -> str:
+        """Multiply one participant's ciphertexts into the round's running product; store it."""
+        try:
+            new = PaillierCiphertexts.from_bytes(payload, public_key)
+        except secagg_errors.SecAggError as exc:
+            raise InvalidInput(f"the encrypted input was refused: {exc}") from None
+        expected = PackingLayout(
+            job.spec.secagg.modulus_bits, job.spec.secagg.max_participants, public_key.bits
+        )
+        if new.layout != expected or new.value_count != self.vector_length(job):
+            raise InvalidInput(
+                f"an encrypted input packs {self.vector_length(job)} values in the job's layout"
+            )
+        if new.contributions != 1:
+            raise InvalidInput("an encrypted input is one participant's contribution")
+        if round_.accumulator_ref is not None:
+            total = PaillierCiphertexts.from_bytes(
+                self._blobs.get(round_.accumulator_ref), public_key
+            )
+            new = add_ciphertexts(public_key, [total, new])
+        return self._blobs.put(new.to_bytes())
+
+    def encrypted_result(self, tx: Transaction, round_: Round, job: Job) -> bytes:
+        """The payload of a paillier model version: the summed ciphertexts and the correction.
+
+        The correction ``C = -(every mask) mod R`` comes from the UNMASK answers, unmasking a zero
+        sum; participants decrypt the sum ``S`` and take ``(S + C) mod R``. ``C`` alone reveals
+        nothing: it is a sum of uniformly random masks.
+        """
+        zeros = np.zeros(self.vector_length(job), dtype=self.config(round_, job).dtype)
+        correction = self._replay(tx, round_, job, total=zeros).finish()
+        assert round_.accumulator_ref is not None  # U3 has at least t >= 2 members
+        summed = np.frombuffer(self._blobs.get(round_.accumulator_ref), dtype=np.uint8)
+        _, payload = encode_tensors([summed, correction])
+        return payload
 
     # -- unmasking ------------------------------------------------------------------------------
 
@@ -300,7 +364,7 @@ class SecureRounds:
             certificates.setdefault(*newcomer)
         server = SecAggServer(
             self.config(round_, job),
-            verifying_keys={org: _certificate_key(pem) for org, pem in certificates.items()},
+            verifying_keys={org: certificate_key(pem) for org, pem in certificates.items()},
             workers=_UNMASK_WORKERS,
         )
         for message in keys:
@@ -329,7 +393,7 @@ class SecureRounds:
         return server
 
 
-def _certificate_key(pem: bytes) -> VerifyingKey:
+def certificate_key(pem: bytes) -> VerifyingKey:
     """The organization key in a certificate the TLS handshake already verified."""
     try:
         certificate = x509.load_pem_x509_certificate(pem)

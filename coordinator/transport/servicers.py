@@ -18,6 +18,7 @@ from coordinator.domain.jobs import (
 )
 from coordinator.domain.rounds import Phase, Protection, Round
 from coordinator.errors import InvalidInput
+from coordinator.service.key_ceremony import CeremonyStep
 from coordinator.service.membership import MembershipService
 from coordinator.service.rounds import (
     CoordinatorService,
@@ -31,6 +32,7 @@ from coordinator.service.secure_rounds import SecAggStep
 from coordinator.transport.interceptors import current_identity
 from fedsilo import chunking
 from fedsilo.codec import PayloadHeader, header_from_proto, header_to_proto
+from fedsilo.protection import SecAggParameters
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -57,6 +59,7 @@ KIND_TO_PB = {
     WorkKind.TRAIN: pb.TASK_KIND_TRAIN,
     WorkKind.EVALUATE: pb.TASK_KIND_EVALUATE,
     WorkKind.SECAGG_STEP: pb.TASK_KIND_SECAGG_STEP,
+    WorkKind.KEY_CEREMONY: pb.TASK_KIND_KEY_CEREMONY,
 }
 
 
@@ -140,7 +143,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
         self._membership.authenticate_participant(current_identity().org_id)
-        yield from _model_chunks(self._service, request)
+        yield from _model_chunks(self._service, request, encrypted=True)
 
     def SubmitUpdate(  # noqa: N802
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
@@ -189,6 +192,22 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
             acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate
         )
 
+    def SubmitCeremony(  # noqa: N802
+        self, request: pb.SubmitCeremonyRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitUpdateResponse:
+        identity = current_identity()
+        self._membership.authenticate_participant(identity.org_id)
+        ack = self._service.submit_ceremony(
+            identity.org_id,
+            request.job_id,
+            request.action,
+            request.body,
+            identity.certificate_pem,
+        )
+        return pb.SubmitUpdateResponse(
+            acknowledgement_id=ack.acknowledgement_id, duplicate=ack.duplicate
+        )
+
     def ReportMetrics(  # noqa: N802
         self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ReportMetricsResponse:
@@ -208,10 +227,12 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
 
 
 def _model_chunks(
-    service: CoordinatorService, request: pb.DownloadModelRequest
+    service: CoordinatorService, request: pb.DownloadModelRequest, *, encrypted: bool = False
 ) -> Iterator[pb.ModelChunk]:
     """The DownloadModel stream: the model's info (header), then its payload in chunks."""
-    version, header, payload = service.read_model(request.job_id, request.version)
+    version, header, payload = service.read_model(
+        request.job_id, request.version, encrypted=encrypted
+    )
     info = pb.ModelInfo(job_id=request.job_id, version=version, header=header_to_proto(header))
     yield pb.ModelChunk(info=info)
     for piece in chunking.split(payload):
@@ -235,22 +256,42 @@ def _work_to_pb(item: WorkItem) -> pb.GetTaskResponse:
         response.seconds_left = item.seconds_left
     if item.secagg is not None:
         response.secagg.CopyFrom(_step_to_pb(item.secagg))
+    if item.ceremony is not None:
+        response.ceremony.CopyFrom(_ceremony_to_pb(item.ceremony))
     return response
 
 
+def _ceremony_to_pb(step: CeremonyStep) -> pb.KeyCeremonyStep:
+    message = pb.KeyCeremonyStep(
+        action=step.action,
+        dealer=step.dealer,
+        key_bits=step.key_bits,
+        job_keys=[pb.AdvertisedKeys(signed_keys=k, certificate_pem=c) for k, c in step.job_keys],
+        dealt_key=step.dealt_key,
+        dealer_certificate_pem=step.dealer_certificate_pem,
+        sealed_key=step.sealed_key,
+    )
+    if step.parameters is not None:
+        message.parameters.CopyFrom(_parameters_to_pb(step.parameters))
+    return message
+
+
+def _parameters_to_pb(p: SecAggParameters) -> pb.SecAggParameters:
+    return pb.SecAggParameters(
+        threshold=p.threshold,
+        modulus_bits=p.modulus_bits,
+        vector_length=p.vector_length,
+        cohort=list(p.cohort),
+        clip=p.clip,
+        levels_bits=p.levels_bits,
+        max_participants=p.max_participants,
+        max_weight=p.max_weight,
+    )
+
+
 def _step_to_pb(step: SecAggStep) -> pb.SecAggStep:
-    p = step.parameters
     return pb.SecAggStep(
-        parameters=pb.SecAggParameters(
-            threshold=p.threshold,
-            modulus_bits=p.modulus_bits,
-            vector_length=p.vector_length,
-            cohort=list(p.cohort),
-            clip=p.clip,
-            levels_bits=p.levels_bits,
-            max_participants=p.max_participants,
-            max_weight=p.max_weight,
-        ),
+        parameters=_parameters_to_pb(step.parameters),
         keys=[pb.AdvertisedKeys(signed_keys=k, certificate_pem=c) for k, c in step.keys],
         shares=list(step.shares),
         survivors=list(step.survivors),
@@ -272,7 +313,7 @@ def _round_to_pb(round_: Round, spec: JobSpec) -> pb.RoundStatus:
         train_loss=(round_.train_loss_sum / round_.total_weight) if round_.total_weight else 0.0,
         threshold=(
             spec.secagg.threshold_for(len(round_.cohort))
-            if round_.protection is Protection.SECAGG
+            if round_.protection in (Protection.SECAGG, Protection.PAILLIER)
             else 0
         ),
     )
@@ -299,6 +340,7 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
             max_weight=spec.secagg.max_weight,
         ),
         phase_timeout_seconds=spec.phase_timeout_seconds,
+        paillier_key_bits=spec.paillier_key_bits,
     )
 
 
@@ -335,6 +377,7 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
         task_config_json=message.task_config_json or "{}",
         secagg=_secagg_from_pb(message.secagg),
         phase_timeout_seconds=message.phase_timeout_seconds or defaults.phase_timeout_seconds,
+        paillier_key_bits=message.paillier_key_bits or defaults.paillier_key_bits,
     )
 
 

@@ -590,9 +590,10 @@ def test_bad_admin_requests_are_refused_and_create_nothing(
             lambda: admin.create_job(shift_job_spec(num_rounds=100_001), weights),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
-        "protection not available": (
+        "paillier key too short": (
             lambda: admin.create_job(
-                _with(shift_job_spec(), protection=pb.PROTECTION_PAILLIER), weights
+                _with(shift_job_spec(), protection=pb.PROTECTION_PAILLIER, paillier_key_bits=1024),
+                weights,
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),

@@ -14,6 +14,7 @@ import datetime as dt
 import itertools
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,25 @@ from secagg import (
     SignedKeys,
     UnmaskRequest,
 )
+from secagg.paillier import (
+    PackingLayout,
+    PaillierCiphertexts,
+    PaillierPrivateKey,
+    decrypt_vector,
+    encrypt_vector,
+    generate_private_key,
+)
+from secagg.paillier.ceremony import (
+    DealtKey,
+    JobKey,
+    SealedKey,
+    make_job_key,
+    open_private_key,
+    seal_private_key,
+    sign_public_key,
+)
+from secagg.primitives.agreement import AgreementKeyPair
+from secagg.primitives.encoding import encode_fields
 from secagg.primitives.signatures import VerifyingKey
 
 T0 = 1_700_000_000.0
@@ -102,8 +122,56 @@ class Participant:
     stop_before: Phase | None = None
     client: SecAggClient | None = None
     answered: list[Phase] = field(default_factory=list)
+    dealer_key: PaillierPrivateKey | None = None
+    job_pair: AgreementKeyPair | None = None
+    paillier: PaillierPrivateKey | None = None
+
+    def ceremony(self, service: CoordinatorService, item: WorkItem) -> bool:
+        """Answer one key-ceremony step honestly."""
+        assert item.job is not None and item.ceremony is not None
+        job_id, me, step = item.job.job_id, self.org.org_id, item.ceremony
+        pem = self.org.certificate_pem
+
+        def send(action: str, body: bytes) -> None:
+            service.submit_ceremony(me, job_id, action, body, pem)
+
+        def seal_for(advertised: tuple[tuple[bytes, bytes], ...]) -> None:
+            assert self.paillier is not None and self.job_pair is not None
+            sealed = []
+            for signed, _ in advertised:
+                receiver = JobKey.from_bytes(signed)
+                receiver.verify(job_id, self.peers[receiver.participant])
+                sealed.append(
+                    seal_private_key(job_id, self.paillier, me, self.job_pair, receiver, os.urandom)
+                )
+            send("sealed", encode_fields(item.to_bytes() for item in sealed))
+
+        if step.action == "advertise":
+            self.job_pair, job_key = make_job_key(job_id, me, self.org.key, os.urandom)
+            send("job_key", job_key.to_bytes())
+        elif step.action == "deal":
+            assert self.dealer_key is not None
+            self.paillier = self.dealer_key
+            dealt = sign_public_key(job_id, me, self.paillier.public_key, self.org.key)
+            send("dealt_key", dealt.to_bytes())
+            seal_for(tuple(k for k in step.job_keys if JobKey.from_bytes(k[0]).participant != me))
+            send("confirm", self.paillier.public_key.fingerprint)
+        elif step.action == "seal":
+            seal_for(step.job_keys)
+        else:
+            assert step.action == "receive" and self.job_pair is not None
+            dealt = DealtKey.from_bytes(step.dealt_key)
+            public = dealt.verify(job_id, self.peers[dealt.dealer])
+            sender = JobKey.from_bytes(step.job_keys[0][0])
+            sender.verify(job_id, self.peers[sender.participant])
+            sealed = SealedKey.from_bytes(step.sealed_key)
+            self.paillier = open_private_key(job_id, sealed, self.job_pair, sender, public)
+            send("confirm", public.fingerprint)
+        return True
 
     def act(self, service: CoordinatorService, item: WorkItem) -> bool:
+        if item.kind is WorkKind.KEY_CEREMONY:
+            return self.ceremony(service, item)
         assert item.round is not None and item.job is not None and item.secagg is not None
         phase = item.round.phase
         if self.stop_before is not None and _order(phase) >= _order(self.stop_before):
@@ -151,6 +219,11 @@ class Participant:
         vector = p.quantization().quantize(delta(self.org.org_id), EXAMPLES[self.org.org_id])
         masked = self.client.mask_input(shares, vector)
         header, payload = encode_tensors([masked.vector])
+        if self.paillier is not None:
+            public = self.paillier.public_key
+            layout = PackingLayout(p.modulus_bits, p.max_participants, public.bits)
+            encrypted = encrypt_vector(public, layout, masked.vector).to_bytes()
+            header, payload = encode_tensors([np.frombuffer(encrypted, dtype=np.uint8)])
         service.submit_update(
             self.org.org_id,
             UpdateSubmission(
@@ -241,13 +314,16 @@ class Consortium:
         acted = False
         for member, participant in self.participants.items():
             item = self.service.next_work(member)
-            if item.kind in (WorkKind.SECAGG_STEP, WorkKind.TRAIN):
+            if item.kind in (WorkKind.SECAGG_STEP, WorkKind.TRAIN, WorkKind.KEY_CEREMONY):
                 acted |= participant.act(self.service, item)
         return acted
 
     def run(self, job: Job, max_steps: int = 20) -> Round:
         """Answer until nobody has anything to do, then let deadlines pass until the round ends."""
         for _ in range(max_steps):
+            if not self.service.get_job(job.job_id).rounds:  # a key ceremony comes first
+                assert self.step(), "nothing to do and no round"
+                continue
             round_ = self.round(job)
             if round_.is_terminal:
                 return round_
@@ -657,3 +733,163 @@ def test_small_secure_steps_come_before_evaluation_and_training_after_it(
     # ... and evaluates at the start of INPUTS, before training.
     item = consortium.service.next_work("org-a")
     assert item.kind is WorkKind.EVALUATE and item.model_version == 1
+
+
+# -- paillier: the coordinator sees ciphertexts, the correction and nothing else ------------------
+
+
+@pytest.fixture(scope="module")
+def paillier_key() -> PaillierPrivateKey:
+    return generate_private_key(2048)
+
+
+def _paillier_job(c: Consortium, key: PaillierPrivateKey, **changes: Any) -> Job:
+    c.participants["org-a"].dealer_key = key  # org-a has the lowest id: the dealer
+    return c.start(protection=Protection.PAILLIER, **changes)
+
+
+def _decrypt_version(
+    c: Consortium, job: Job, key: PaillierPrivateKey, version: int
+) -> npt.NDArray[np.float64]:
+    """What a participant does: decrypt the summed ciphertexts, add the correction, decode."""
+    from fedsilo.codec import decode_tensors
+
+    _, header, payload = c.service.read_model(job.job_id, version, encrypted=True)
+    summed, correction = decode_tensors(header, payload)
+    ciphertexts = PaillierCiphertexts.from_bytes(summed.tobytes(), key.public_key)
+    total = (decrypt_vector(key, ciphertexts) + correction.astype(np.uint64)) % (1 << 32)
+    spec = SecAggSettings()
+    params = SecAggParameters(0, 32, 0, (), spec.clip, spec.levels_bits, 16, 8192)
+    return params.quantization().dequantize(total.astype(np.uint32)).mean
+
+
+def test_a_paillier_round_releases_only_ciphertexts_and_a_correction(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    consortium.participants["org-e"].stop_before = Phase.INPUTS  # R2 in this mode too
+    job = _paillier_job(consortium, paillier_key)
+    for _ in range(3):  # the ceremony: keys, the deal, the receipts
+        consortium.step()
+    for member in consortium.members:
+        held = consortium.participants[member].paillier
+        assert held is not None and held.to_bytes() == paillier_key.to_bytes()
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    survivors = ("org-a", "org-b", "org-c", "org-d")
+    assert sorted(finished.contributors) == list(survivors)
+    mean = _decrypt_version(consortium, job, paillier_key, 1)
+    assert np.max(np.abs(mean - expected_delta(survivors))) <= bound()
+    # Only participants get the encrypted version; anyone else is sent to a participant.
+    with pytest.raises(WrongPhase, match="export the model from a participant"):
+        consortium.service.read_model(job.job_id, 1)
+    # The coordinator's files hold no individual update and no plaintext aggregate.
+    _assert_no_individual_update(consortium, consortium.members)
+    blobs = [p.read_bytes() for p in (consortium.tmp / "blobs").rglob("*") if p.is_file()]
+    size = sum(math.prod(s) for s in SHAPES)
+    aggregate = flatten(base_weights()) + mean
+    for data in blobs:
+        for dtype in (np.float32, np.float64):
+            if len(data) == size * np.dtype(dtype).itemsize:
+                vector = np.frombuffer(data, dtype=dtype).astype(np.float64)
+                assert np.max(np.abs(vector - aggregate)) > 0.01
+
+
+def test_one_ciphertext_passed_off_as_the_aggregate_reveals_nothing(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    # S16: a coordinator that publishes org-a's ciphertexts with the round's correction.
+    job = _paillier_job(consortium, paillier_key)
+    captured: list[bytes] = []
+    original = consortium.service.submit_update
+
+    def spy(org_id: str, update: UpdateSubmission, payload: bytes) -> Any:
+        if org_id == "org-a":
+            captured.append(payload)
+        return original(org_id, update, payload)
+
+    consortium.service.submit_update = spy  # type: ignore[method-assign]
+    assert consortium.run(job).phase is Phase.COMMITTED
+    _, header, payload = consortium.service.read_model(job.job_id, 1, encrypted=True)
+    from fedsilo.codec import decode_tensors
+
+    _, correction = decode_tensors(header, payload)
+    alone = PaillierCiphertexts.from_bytes(captured[0], paillier_key.public_key)
+    words = (decrypt_vector(paillier_key, alone) + correction.astype(np.uint64)) % (1 << 32)
+    signed = words.astype(np.uint32).view(np.int32)
+    scale = math.ldexp(float(EXAMPLES["org-a"]), SecAggSettings().levels_bits)
+    decoded = signed[:-1].astype(np.float64) / scale
+    # Masked: the weight word is not org-a's weight and the values are noise, far from its delta.
+    assert int(signed[-1]) != EXAMPLES["org-a"]
+    assert np.max(np.abs(decoded - np.clip(delta("org-a"), -1, 1))) > 1.0
+
+
+def test_bad_ciphertexts_are_refused_and_change_nothing(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    # S17: values outside [1, n^2), another key's fingerprint, a bundle of two contributions.
+    job = _paillier_job(consortium, paillier_key)
+    for participant in consortium.participants.values():
+        participant.stop_before = Phase.INPUTS
+    while consortium.step():  # the ceremony, keys and shares
+        pass
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.INPUTS
+    public = paillier_key.public_key
+    layout = PackingLayout(32, 16, public.bits)
+    length = sum(math.prod(s) for s in SHAPES) + 1
+    good = encrypt_vector(public, layout, np.zeros(length, dtype=np.uint32))
+    other = generate_private_key(2048).public_key
+    n_squared = public.n * public.n
+    cases = {
+        "zero": PaillierCiphertexts(
+            good.fingerprint, layout, 1, length, (0, *good.ciphertexts[1:])
+        ).to_bytes(),
+        "n squared": PaillierCiphertexts(
+            good.fingerprint, layout, 1, length, (n_squared, *good.ciphertexts[1:])
+        ).to_bytes(),
+        "other key": encrypt_vector(other, layout, np.zeros(length, np.uint32)).to_bytes(),
+        "two contributions": PaillierCiphertexts(
+            good.fingerprint, layout, 2, length, good.ciphertexts
+        ).to_bytes(),
+        "garbage": b"\x00" * 64,
+    }
+    before = _state(consortium)
+    for what, data in cases.items():
+        header, payload = encode_tensors([np.frombuffer(data, dtype=np.uint8)])
+        update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header)
+        with pytest.raises(InvalidInput):
+            consortium.service.submit_update("org-a", update, payload)
+        assert _state(consortium) == before, what
+
+
+def test_an_organization_joining_later_gets_the_key_from_a_holder(
+    tmp_path: Path, orgs: dict[str, Org], paillier_key: PaillierPrivateKey
+) -> None:
+    c = Consortium(tmp_path, orgs, ("org-a", "org-b", "org-c"))
+    try:
+        job = _paillier_job(c, paillier_key, min_participants=2)
+        for _ in range(3):
+            c.step()
+        # org-d joins the consortium after the deal.
+        c.participants["org-d"] = Participant(
+            orgs["org-d"], dict(c.participants["org-a"].peers) | {"org-a": _key(orgs["org-a"])}
+        )
+        c.participants["org-d"].peers.pop("org-d", None)
+        MembershipService(
+            c.store, auto_approve=True, clock=lambda: c.clock.now
+        ).authenticate_participant("org-d", require_active=False)
+        for _ in range(3):  # advertise, then a holder seals, then org-d receives
+            c.step()
+        held = c.participants["org-d"].paillier
+        assert held is not None and held.to_bytes() == paillier_key.to_bytes()
+        with c.store.transaction() as tx:
+            kinds = {(m.org_id, m.kind) for m in tx.list_job_messages(job.job_id)}
+        assert ("org-a", "sealed:org-d") in kinds and ("org-d", "confirm") in kinds
+    finally:
+        c.close()
+
+
+def _key(org: Org) -> VerifyingKey:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(org.certificate_pem).public_key()  # type: ignore[return-value]

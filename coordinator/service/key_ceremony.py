@@ -1,0 +1,238 @@
+"""The coordinator's part of a paillier job's key ceremony: store, route, never open.
+
+State is the job's rows in ``job_messages`` (kinds ``job_key``, ``dealt_key``,
+``sealed:<receiver>``, ``confirm``); nothing is kept in memory. What each participant is asked:
+
+- ``advertise`` if it has sent no job key;
+- ``deal`` to the dealer, once at least ``min_participants`` job keys are in and no public key
+  exists: the dealer is the job-key holder with the lowest organization id at that moment (the
+  first dealt key stored wins; a second is refused);
+- ``seal`` to the lowest-id key holder (a participant that confirmed) when some job-key holders
+  have no sealed key yet (organizations that joined after the deal);
+- ``receive`` to a job-key holder with a sealed key addressed to it that has not confirmed.
+
+The coordinator checks the shapes, the senders' signatures against the certificates they
+presented in the TLS handshake, and that sealed keys and confirmations name the one public
+key; it cannot open a sealed key (they are encrypted under keys agreed between participants).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from coordinator.domain.jobs import Job, JobMessage
+from coordinator.errors import InvalidInput, WrongPhase
+from coordinator.persistence.store import Transaction
+from coordinator.service.secure_rounds import certificate_key
+from fedsilo.protection import SecAggParameters
+from secagg import errors as secagg_errors
+from secagg.paillier import PaillierPublicKey
+from secagg.paillier.ceremony import DealtKey, JobKey, SealedKey
+from secagg.primitives.encoding import decode_fields
+
+__all__ = ["ACTIONS", "CeremonyStep", "KeyCeremony"]
+
+ACTIONS = ("job_key", "dealt_key", "sealed", "confirm")
+"""What a participant may submit (SubmitCeremony ``action``)."""
+
+_MAX_BODY_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class CeremonyStep:
+    """One ceremony task for one participant."""
+
+    action: str
+    dealer: str = ""
+    key_bits: int = 0
+    job_keys: tuple[tuple[bytes, bytes], ...] = ()
+    dealt_key: bytes = b""
+    dealer_certificate_pem: bytes = b""
+    sealed_key: bytes = b""
+    parameters: SecAggParameters | None = None
+
+
+@dataclass(frozen=True)
+class _State:
+    job_keys: dict[str, JobMessage]
+    dealt: JobMessage | None
+    sealed: dict[str, JobMessage]  # receiver -> message
+    confirmed: tuple[str, ...]
+
+    @property
+    def dealer(self) -> str | None:
+        return None if self.dealt is None else self.dealt.org_id
+
+
+class KeyCeremony:
+    """Key-ceremony bookkeeping over the store."""
+
+    @staticmethod
+    def _state(tx: Transaction, job_id: str) -> _State:
+        job_keys: dict[str, JobMessage] = {}
+        sealed: dict[str, JobMessage] = {}
+        dealt: JobMessage | None = None
+        confirmed: list[str] = []
+        for message in tx.list_job_messages(job_id):
+            if message.kind == "job_key":
+                job_keys[message.org_id] = message
+            elif message.kind == "dealt_key":
+                dealt = message
+            elif message.kind.startswith("sealed:"):
+                sealed[message.kind.removeprefix("sealed:")] = message
+            elif message.kind == "confirm":
+                confirmed.append(message.org_id)
+        return _State(job_keys, dealt, sealed, tuple(sorted(confirmed)))
+
+    def holders(self, tx: Transaction, job_id: str) -> tuple[str, ...]:
+        """The organizations that confirmed they hold the job's private key (sorted)."""
+        return self._state(tx, job_id).confirmed
+
+    def settled(self, tx: Transaction, job: Job, live: tuple[str, ...], now: float) -> bool:
+        """Whether a round may open: every live organization holds the key, or the ceremony
+        has been quiet for a phase deadline (the rest join a later round once they hold it)."""
+        messages = tx.list_job_messages(job.job_id)
+        confirmed = {m.org_id for m in messages if m.kind == "confirm"}
+        if all(org in confirmed for org in live):
+            return True
+        last = max((m.created_at for m in messages), default=now)
+        return now - last > job.spec.phase_timeout_seconds
+
+    def public_key(self, tx: Transaction, job_id: str) -> PaillierPublicKey | None:
+        dealt = self._state(tx, job_id).dealt
+        if dealt is None:
+            return None
+        return PaillierPublicKey.from_bytes(DealtKey.from_bytes(dealt.body).public_key)
+
+    def step_for(
+        self, tx: Transaction, job: Job, org_id: str, parameters: SecAggParameters
+    ) -> CeremonyStep | None:
+        """The ceremony task of ``org_id`` in ``job`` now, or None."""
+        state = self._state(tx, job.job_id)
+        bits = job.spec.paillier_key_bits
+        if org_id not in state.job_keys:
+            return CeremonyStep("advertise", key_bits=bits, parameters=parameters)
+        if state.dealt is None:
+            if len(state.job_keys) < job.spec.min_participants or org_id != min(state.job_keys):
+                return None
+            return CeremonyStep(
+                "deal",
+                dealer=org_id,
+                key_bits=bits,
+                job_keys=_advertised(state.job_keys.values()),
+                parameters=parameters,
+            )
+        dealer = state.dealt.org_id
+        if org_id in state.confirmed:
+            waiting = [
+                m
+                for o, m in state.job_keys.items()
+                if o != dealer and o not in state.sealed and o != org_id
+            ]
+            if waiting and org_id == state.confirmed[0]:
+                return CeremonyStep(
+                    "seal",
+                    dealer=dealer,
+                    key_bits=bits,
+                    job_keys=_advertised(waiting),
+                    dealt_key=state.dealt.body,
+                    parameters=parameters,
+                )
+            return None
+        sealed = state.sealed.get(org_id)
+        if sealed is None:
+            return None
+        sender = state.job_keys[sealed.org_id]
+        return CeremonyStep(
+            "receive",
+            dealer=dealer,
+            key_bits=bits,
+            job_keys=_advertised([sender]),
+            dealt_key=state.dealt.body,
+            dealer_certificate_pem=state.job_keys[dealer].certificate_pem,
+            sealed_key=sealed.body,
+            parameters=parameters,
+        )
+
+    def check(
+        self,
+        tx: Transaction,
+        job: Job,
+        org_id: str,
+        action: str,
+        body: bytes,
+        certificate_pem: bytes,
+    ) -> list[tuple[str, bytes, bytes]]:
+        """Validate a ceremony message; return the (kind, body, certificate) rows to store."""
+        if action not in ACTIONS:
+            raise InvalidInput(f"unknown ceremony action {action!r}")
+        if len(body) > _MAX_BODY_BYTES:
+            raise InvalidInput(f"a ceremony message is limited to {_MAX_BODY_BYTES} bytes")
+        state = self._state(tx, job.job_id)
+        try:
+            return self._check(job, state, org_id, action, body, certificate_pem)
+        except secagg_errors.SecAggError as exc:
+            raise InvalidInput(f"the {action} message was refused: {exc}") from None
+
+    def _check(
+        self,
+        job: Job,
+        state: _State,
+        org_id: str,
+        action: str,
+        body: bytes,
+        certificate_pem: bytes,
+    ) -> list[tuple[str, bytes, bytes]]:
+        if action == "job_key":
+            key = JobKey.from_bytes(body)
+            if key.participant != org_id:
+                raise InvalidInput("a job key must name its sender")
+            key.verify(job.job_id, certificate_key(certificate_pem))
+            return [("job_key", body, certificate_pem)]
+        if org_id not in state.job_keys:
+            raise WrongPhase("this organization has sent no job key")
+        if action == "dealt_key":
+            if state.dealt is not None:
+                raise WrongPhase("the job's key was already dealt")
+            if len(state.job_keys) < job.spec.min_participants or org_id != min(state.job_keys):
+                raise WrongPhase("this organization is not the job's dealer")
+            dealt = DealtKey.from_bytes(body)
+            if dealt.dealer != org_id:
+                raise InvalidInput("a dealt key must name its dealer")
+            public = dealt.verify(
+                job.job_id, certificate_key(state.job_keys[org_id].certificate_pem)
+            )
+            if public.bits != job.spec.paillier_key_bits:
+                raise InvalidInput(
+                    f"the job asks for a {job.spec.paillier_key_bits}-bit key, not {public.bits}"
+                )
+            return [("dealt_key", body, b"")]
+        if state.dealt is None:
+            raise WrongPhase("the job's key has not been dealt yet")
+        if action == "sealed":
+            if org_id != state.dealt.org_id and org_id not in state.confirmed:
+                raise WrongPhase("only a holder of the job's key may seal it")
+            rows = []
+            for item in decode_fields(body):
+                sealed = SealedKey.from_bytes(item)
+                if sealed.sender != org_id:
+                    raise InvalidInput("a sealed key must name its sender")
+                if sealed.receiver not in state.job_keys or sealed.receiver == org_id:
+                    raise InvalidInput(f"no job key of {sealed.receiver!r} to seal for")
+                rows.append((f"sealed:{sealed.receiver}", item, b""))
+            if not rows:
+                raise InvalidInput("no sealed keys in the message")
+            return rows
+        fingerprint = PaillierPublicKey.from_bytes(
+            DealtKey.from_bytes(state.dealt.body).public_key
+        ).fingerprint
+        if body != fingerprint:
+            raise InvalidInput("the confirmation names another key")
+        if org_id != state.dealt.org_id and org_id not in state.sealed:
+            raise WrongPhase("no key was sealed for this organization")
+        return [("confirm", body, b"")]
+
+
+def _advertised(messages: Iterable[JobMessage]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((m.body, m.certificate_pem) for m in messages)
