@@ -893,3 +893,57 @@ def _key(org: Org) -> VerifyingKey:
     from cryptography import x509
 
     return x509.load_pem_x509_certificate(org.certificate_pem).public_key()  # type: ignore[return-value]
+
+
+def test_bad_ceremony_messages_are_refused_and_change_nothing(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    job = _paillier_job(consortium, paillier_key)
+    service = consortium.service
+    pem = {o: org.certificate_pem for o, org in consortium.orgs.items()}
+    pair_b, key_b = make_job_key(job.job_id, "org-b", consortium.orgs["org-b"].key, os.urandom)
+    _, other_job = make_job_key("another-job", "org-b", consortium.orgs["org-b"].key, os.urandom)
+    _, forged = make_job_key(job.job_id, "org-b", consortium.orgs["org-c"].key, os.urandom)
+    dealt_by_b = sign_public_key(
+        job.job_id, "org-b", paillier_key.public_key, consortium.orgs["org-b"].key
+    )
+    cases: list[tuple[str, str, bytes, bytes, type[Exception]]] = [
+        ("org-b", "job_key", b"garbage", pem["org-b"], InvalidInput),
+        ("org-b", "job_key", other_job.to_bytes(), pem["org-b"], InvalidInput),
+        ("org-b", "job_key", forged.to_bytes(), pem["org-b"], InvalidInput),
+        ("org-c", "job_key", key_b.to_bytes(), pem["org-c"], InvalidInput),
+        ("org-b", "unknown", b"", pem["org-b"], InvalidInput),
+        ("org-b", "dealt_key", dealt_by_b.to_bytes(), pem["org-b"], WrongPhase),
+        ("org-b", "confirm", paillier_key.public_key.fingerprint, pem["org-b"], WrongPhase),
+    ]
+
+    def count() -> int:
+        with consortium.store.transaction() as tx:
+            return len(tx.list_job_messages(job.job_id))
+
+    assert count() == 0
+    for org, action, body, cert, error in cases:
+        with pytest.raises(error):
+            service.submit_ceremony(org, job.job_id, action, body, cert)
+        assert count() == 0, (org, action)
+    # A correct job key is accepted once; a different one from the same org is a conflict.
+    assert not service.submit_ceremony(
+        "org-b", job.job_id, "job_key", key_b.to_bytes(), pem["org-b"]
+    ).duplicate
+    assert service.submit_ceremony(
+        "org-b", job.job_id, "job_key", key_b.to_bytes(), pem["org-b"]
+    ).duplicate
+    _, again = make_job_key(job.job_id, "org-b", consortium.orgs["org-b"].key, os.urandom)
+    with pytest.raises(ConflictingSubmission):
+        service.submit_ceremony("org-b", job.job_id, "job_key", again.to_bytes(), pem["org-b"])
+    assert count() == 1
+    consortium.participants["org-b"].job_pair = pair_b
+    # org-b is not the dealer while org-a (a lower id) has a job key.
+    while consortium.step():
+        pass
+    with pytest.raises(WrongPhase):
+        service.submit_ceremony(
+            "org-b", job.job_id, "dealt_key", dealt_by_b.to_bytes(), pem["org-b"]
+        )
+    with pytest.raises(InvalidInput):
+        service.submit_ceremony("org-b", job.job_id, "confirm", b"\x00" * 32, pem["org-b"])
