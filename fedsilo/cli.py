@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         "--protection",
         choices=sorted(PROTECTIONS),
         default="secagg",
-        help="secagg (default): the coordinator sees only the sum; none: every update in clear",
+        help="secagg (default): the coordinator sees only the sum; paillier: not even the sum; "
+        "none: every update in the clear",
     )
     create.add_argument("--min-participants", type=int, default=2)
     create.add_argument(
@@ -82,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     secagg.add_argument("--max-participants", type=int, default=16, help="largest cohort")
     secagg.add_argument(
         "--max-weight", type=int, default=8192, help="cap on one organization's example count"
+    )
+    create.add_argument(
+        "--paillier-key-bits",
+        type=int,
+        choices=[2048, 3072],
+        default=2048,
+        help="Paillier key size of a --protection paillier job",
     )
     create.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     create.add_argument("--batch-size", type=int, default=32)
@@ -252,6 +260,7 @@ def _create(client: Any, args: argparse.Namespace, console: Console) -> int:
         min_participants=args.min_participants,
         round_timeout_seconds=args.round_timeout,
         phase_timeout_seconds=args.phase_timeout,
+        paillier_key_bits=args.paillier_key_bits,
         secagg=pb.SecAggSettings(
             threshold=args.threshold,
             modulus_bits=args.modulus_bits,
