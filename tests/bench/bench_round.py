@@ -145,7 +145,10 @@ class Consortium:
     def _start(self, name: str, command: list[str]) -> None:
         # The daemons import the task as round_task:task, from this directory.
         paths = [str(BENCH_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
-        env = {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+        env = {
+            "PYTHONPATH": os.pathsep.join(path for path in paths if path),
+            round_task.PARAMETERS_ENV: str(round_task.SHAPE[0] * round_task.SHAPE[1]),
+        }
         args = [sys.executable, "-m", "fedsilo", *command]
         self.processes.append(Process(name, args, self.logs / f"{name}.log", env))
 

@@ -11,6 +11,7 @@ model it measured.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,9 @@ __all__ = [
 ]
 
 NAME = "bench-1m"
-SHAPE = (1000, 1000)
+PARAMETERS_ENV = "FEDSILO_BENCH_PARAMETERS"
+"""Overrides the model size (a multiple of 1000; default 1,000,000), read once at import."""
+SHAPE = (int(os.environ.get(PARAMETERS_ENV, "1000000")) // 1000, 1000)
 PATTERN_SCALE = 0.01
 """Largest per-coordinate change of one organization's unit delta (well inside secagg's clip)."""
 
