@@ -49,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     run = participant_cmds.add_parser("run", help="run until SIGTERM")
     run.add_argument("--config", type=Path, help="YAML configuration file")
     doctor.register(participant_cmds)
+    participant_export = participant_cmds.add_parser(
+        "export",
+        help="save a job's global model as a Keras .keras file, decrypted here in a paillier job",
+    )
+    participant_export.add_argument("--config", type=Path, help="YAML configuration file")
+    participant_export.add_argument("job_id")
+    participant_export.add_argument(
+        "--task", required=True, help="task that defines the architecture"
+    )
+    participant_export.add_argument("--out", type=Path, required=True, help="output .keras file")
+    participant_export.add_argument(
+        "--version", type=int, default=-1, help="model version (default latest)"
+    )
+    participant_export.add_argument("--json", action="store_true", help="print JSON")
 
     job = commands.add_parser("job", help="create, start and follow jobs")
     job_cmds = job.add_subparsers(dest="action", required=True)
@@ -133,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a local multi-organization training demo")
     demo.add_argument("--participants", type=int, default=3)
     demo.add_argument("--rounds", type=int, help="rounds (default: the task's)")
-    demo.add_argument("--protection", choices=["none", "secagg"], default="secagg")
+    demo.add_argument("--protection", choices=["none", "secagg", "paillier"], default="secagg")
     demo.add_argument("--summary-json", type=Path, help="write the result summary here")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--task", default="digits", choices=["digits", "digits-linear"])
@@ -165,6 +179,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "participant":
         if args.action == "doctor":
             return doctor.run(args, console)
+        if args.action == "export":
+            return _participant_export(args, console)
         from participant.main import run
 
         return run(args.config)
@@ -298,6 +314,25 @@ def _export(client: Any, args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(result))
     else:
         console.print(f"exported model version {version} of job {args.job_id} to {args.out}")
+    return 0
+
+
+def _participant_export(args: argparse.Namespace, console: Console) -> int:
+    from participant.main import export
+
+    result = export(args.config, args.job_id, args.task, args.out, args.version)
+    if args.json:
+        print(
+            json.dumps(
+                {"job_id": result.job_id, "version": result.version, "path": str(result.path)}
+            )
+        )
+    else:
+        how = "decrypted here" if result.decrypted else "downloaded"
+        console.print(
+            f"exported model version {result.version} of job {result.job_id} ({how}) to "
+            f"{result.path}"
+        )
     return 0
 
 

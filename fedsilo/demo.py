@@ -32,7 +32,11 @@ from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = ["DemoOptions", "run_demo"]
 
-DEMO_PROTECTIONS = {"secagg": pb.PROTECTION_SECAGG, "none": pb.PROTECTION_NONE}
+DEMO_PROTECTIONS = {
+    "secagg": pb.PROTECTION_SECAGG,
+    "paillier": pb.PROTECTION_PAILLIER,
+    "none": pb.PROTECTION_NONE,
+}
 
 TASK_SPECS = {
     "digits": "examples.digits.task:task",
@@ -65,7 +69,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             f"protection {options.protection!r} is not available in the demo; "
             f"use one of {', '.join(DEMO_PROTECTIONS)}"
         )
-    if options.protection == "secagg" and options.participants < 2:
+    if options.protection != "none" and options.participants < 2:
         raise ValueError("secure aggregation needs at least 2 participants")
     task = load_task(options.task, TASK_SPECS)
     settings = _module_attr(options.task, "default_settings")

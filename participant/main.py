@@ -1,24 +1,61 @@
-"""``fedsilo participant run``: the long-lived participant daemon of one organization."""
+"""``fedsilo participant run`` (the long-lived daemon of one organization) and ``export``."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
 
 from fedsilo.config import ParticipantConfig, load_config
 from fedsilo.logs import configure
+from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsFiles
 from participant.service.answers import AnswerStore
+from participant.service.paillier_jobs import ModelClient, PaillierJobs
+from participant.service.paillier_state import PaillierStateStore
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import IdentityFiles
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
+from secagg.paillier import PaillierWorkers
 
-__all__ = ["build_daemon", "run"]
+__all__ = ["ModelExport", "build_client", "build_daemon", "export", "export_model", "run"]
 
 log = logging.getLogger("participant")
+
+Weights = list[npt.NDArray[Any]]
+KerasExporter = Callable[[Weights, Path], None]
+
+
+def _tls_files(config: ParticipantConfig) -> TlsFiles | None:
+    if config.tls.insecure:
+        return None
+    assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
+    return TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
+
+
+def build_client(
+    config: ParticipantConfig, stop: threading.Event, give_up_after: float | None = None
+) -> tuple[CoordinatorClient, ChannelSource]:
+    """The coordinator client of this organization's configuration, and its channels to close.
+
+    The daemon retries transient failures until stopped; a command passes ``give_up_after``.
+    """
+    channels = ChannelSource(config.coordinator, _tls_files(config))
+    client = CoordinatorClient(
+        channels,
+        config.rpc_timeout_seconds,
+        Backoff(config.backoff.initial_seconds, config.backoff.max_seconds),
+        stop,
+        give_up_after,
+    )
+    return client, channels
 
 
 def build_daemon(
@@ -28,19 +65,11 @@ def build_daemon(
 
     With TLS, the organization's TLS key and certificate are also its secure-aggregation
     identity (read when first needed and again after renewal); without TLS (loopback tests only)
-    the daemon runs plain rounds and refuses secure ones.
+    the daemon runs plain rounds and refuses secure ones. Paillier work runs on one pool of
+    worker processes (all cores, started when first needed) for the daemon's lifetime.
     """
-    tls = None
-    if not config.tls.insecure:
-        assert config.tls.ca_cert and config.tls.cert and config.tls.key  # checked by config
-        tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
-    channels = ChannelSource(config.coordinator, tls)
-    client = CoordinatorClient(
-        channels,
-        config.rpc_timeout_seconds,
-        Backoff(config.backoff.initial_seconds, config.backoff.max_seconds),
-        stop,
-    )
+    tls = _tls_files(config)
+    client, channels = build_client(config, stop)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     daemon = ParticipantDaemon(
         client,
@@ -51,6 +80,8 @@ def build_daemon(
         config.task_config,
         stop,
         config.poll_seconds,
+        paillier_states=PaillierStateStore(config.state_dir),
+        paillier_workers=PaillierWorkers(),
     )
     return daemon, channels
 
@@ -72,3 +103,67 @@ def run(config_path: Path | None) -> int:
     finally:
         channels.close()
     return 0
+
+
+@dataclass(frozen=True)
+class ModelExport:
+    """What :func:`export_model` wrote: the job, the model version and the file; ``decrypted``
+    says whether the version was rebuilt from encrypted versions (a paillier job)."""
+
+    job_id: str
+    version: int
+    path: Path
+    decrypted: bool
+
+
+def export_model(
+    client: ModelClient,
+    paillier: PaillierJobs,
+    job_id: str,
+    version: int,
+    exporter: KerasExporter,
+    out: Path,
+) -> ModelExport:
+    """Write a global model version (-1: the latest) with the task's Keras exporter.
+
+    In a paillier job whose key this participant holds, the version is rebuilt from version 0
+    by decrypting versions 1..v (each kept once decrypted); otherwise it is downloaded as is.
+    """
+    if paillier.is_paillier_job(job_id):
+        got, weights = paillier.model(job_id, version)
+        decrypted = True
+    else:
+        got, weights = client.retrying(lambda: client.download_model(job_id, version))
+        decrypted = False
+        if any(w.dtype.kind != "f" for w in weights):
+            raise ValueError(
+                f"model version {got} of job {job_id} is encrypted (a paillier job) and this "
+                "participant holds no key for it"
+            )
+    exporter(weights, out)
+    return ModelExport(job_id, got, out, decrypted)
+
+
+def export(
+    config_path: Path | None, job_id: str, task_name: str, out: Path, version: int = -1
+) -> ModelExport:
+    """``fedsilo participant export``: this organization's view of a job's global model."""
+    config = load_config(ParticipantConfig, config_path)
+    configure(config.log_level)
+    try:
+        task = load_task(task_name, config.tasks or None)
+    except TaskNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    exporter = getattr(task, "export_keras", None)
+    if exporter is None:
+        raise ValueError(f"task {task_name!r} has no Keras model to export")
+    client, channels = build_client(
+        config, threading.Event(), give_up_after=config.rpc_timeout_seconds
+    )
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paillier = PaillierJobs(PaillierStateStore(config.state_dir), client)
+    try:
+        return export_model(client, paillier, job_id, version, exporter, out)
+    finally:
+        paillier.close()
+        channels.close()

@@ -124,6 +124,17 @@ class KeyCeremony:
                 parameters=parameters,
             )
         dealer = state.dealt.org_id
+        if org_id == dealer and org_id not in state.confirmed:
+            # A dealer that stopped after its public key finishes the deal (identical retries).
+            others = [m for o, m in state.job_keys.items() if o != dealer]
+            return CeremonyStep(
+                "deal",
+                dealer=org_id,
+                key_bits=bits,
+                job_keys=_advertised([state.job_keys[dealer], *others]),
+                dealt_key=state.dealt.body,
+                parameters=parameters,
+            )
         if org_id in state.confirmed:
             waiting = [
                 m

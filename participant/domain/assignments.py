@@ -13,6 +13,7 @@ __all__ = [
     "AdvertisedKeys",
     "Assignment",
     "AssignmentKind",
+    "KeyCeremonyStepData",
     "Protection",
     "RoundOutcome",
     "SecAggPhase",
@@ -28,6 +29,8 @@ class AssignmentKind(enum.StrEnum):
     EVALUATE = "evaluate"
     SECAGG_STEP = "secagg_step"
     """A small secure-aggregation phase (keys, shares, consistency, unmask); INPUTS is TRAIN."""
+    KEY_CEREMONY = "key_ceremony"
+    """A step of a paillier job's key ceremony (no round: ``job_id`` and ``ceremony`` only)."""
 
 
 class Protection(enum.StrEnum):
@@ -50,8 +53,9 @@ class SecAggPhase(enum.StrEnum):
 
 @dataclass(frozen=True)
 class AdvertisedKeys:
-    """A peer's signed round keys (``secagg.SignedKeys`` bytes) and the PEM certificate to check
-    them with."""
+    """A peer's signed keys and the PEM certificate to check them with: its round keys
+    (``secagg.SignedKeys`` bytes) in a secure round, its job key (``JobKey`` bytes) in a key
+    ceremony."""
 
     signed_keys: bytes
     certificate_pem: bytes
@@ -74,9 +78,31 @@ class SecAggStepData:
 
 
 @dataclass(frozen=True)
+class KeyCeremonyStepData:
+    """One step of a paillier job's key ceremony (docs/paillier.md, "In the service").
+
+    ``action`` is ``advertise``, ``deal``, ``seal`` or ``receive``. ``job_keys`` are signed job
+    keys (``secagg.paillier.ceremony.JobKey`` bytes) with the certificates their senders
+    presented: every holder for ``deal``, the receivers for ``seal``, the sender of
+    ``sealed_key`` for ``receive``. ``dealt_key`` is the dealer's signed public key
+    (``DealtKey`` bytes) and ``dealer_certificate_pem`` the dealer's certificate. ``parameters``
+    are the job's quantization settings (no round: threshold and cohort are unset).
+    """
+
+    action: str
+    dealer: str = ""
+    key_bits: int = 0
+    job_keys: tuple[AdvertisedKeys, ...] = ()
+    dealt_key: bytes = b""
+    dealer_certificate_pem: bytes = b""
+    sealed_key: bytes = b""
+    parameters: SecAggParameters | None = None
+
+
+@dataclass(frozen=True)
 class Assignment:
-    """One unit of work: train for a round from a model version, evaluate a version, or answer
-    one phase of a secure-aggregation round."""
+    """One unit of work: train for a round from a model version, evaluate a version, answer
+    one phase of a secure-aggregation round, or take one step of a job's key ceremony."""
 
     kind: AssignmentKind
     job_id: str = ""
@@ -90,6 +116,7 @@ class Assignment:
     seconds_left: float = 0.0
     protection: Protection = Protection.NONE
     secagg: SecAggStepData | None = None
+    ceremony: KeyCeremonyStepData | None = None
 
     def round_settings(self) -> TrainingSettings:
         """The training settings with this round's seed.

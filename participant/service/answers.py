@@ -8,16 +8,13 @@ for one round (TEST-MATRIX R17).
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedsilo.codec import PayloadHeader, TensorSpec
+from participant.service.private_files import is_safe_name, private_directory, write_private
 
 __all__ = ["AnswerStore", "StoredAnswer"]
-
-_SAFE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -30,11 +27,10 @@ class StoredAnswer:
 
 class AnswerStore:
     def __init__(self, state_dir: Path) -> None:
-        self._dir = state_dir / "answers"
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dir = private_directory(state_dir / "answers")
 
     def _paths(self, round_id: str, phase: str) -> tuple[Path, Path]:
-        if not _SAFE.match(round_id) or not _SAFE.match(phase):
+        if not is_safe_name(round_id) or not is_safe_name(phase):
             raise ValueError("round id or phase is not a safe file name")
         stem = self._dir / f"{round_id}.{phase}"
         return stem.with_suffix(f".{phase}.bin"), stem.with_suffix(f".{phase}.json")
@@ -54,7 +50,7 @@ class AnswerStore:
 
     def save(self, round_id: str, phase: str, answer: StoredAnswer) -> None:
         payload_path, meta_path = self._paths(round_id, phase)
-        _write_private(payload_path, answer.payload)
+        write_private(payload_path, answer.payload)
         meta = {
             "tensors": [[s.dtype, list(s.shape)] for s in answer.header.tensors],
             "total_bytes": answer.header.total_bytes,
@@ -63,7 +59,7 @@ class AnswerStore:
             "train_loss": answer.train_loss,
         }
         # The metadata file is written last: its presence means the answer is complete.
-        _write_private(meta_path, json.dumps(meta).encode())
+        write_private(meta_path, json.dumps(meta).encode())
 
     def forget(self, round_id: str, phase: str) -> None:
         """Delete a stored answer once its round has ended (nothing if there is none)."""
@@ -71,13 +67,3 @@ class AnswerStore:
         # The metadata first: without it the answer counts as absent, whatever remains.
         for path in (meta_path, payload_path):
             path.unlink(missing_ok=True)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

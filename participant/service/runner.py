@@ -15,9 +15,13 @@ from fedsilo.logs import context
 from fedsilo.tasks import LocalData, Task, TaskNotFoundError, TrainResult, as_float32, load_task
 from participant.domain.assignments import Assignment, AssignmentKind, Protection
 from participant.service.answers import AnswerStore, StoredAnswer
+from participant.service.key_ceremony import KeyCeremony, KeyGenerator
+from participant.service.paillier_jobs import PaillierJobs
+from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import OrgIdentity, SecureRounds, StepOutcome
 from participant.transport.client import CoordinatorClient, Stopped
+from secagg.paillier import PaillierWorkers
 
 __all__ = ["ParticipantDaemon"]
 
@@ -39,7 +43,11 @@ class ParticipantDaemon:
     """Runs until ``stop`` is set: outbound calls only, local data never leaves this process.
 
     ``identity`` gives the organization's key and certificate for secure aggregation; without it
-    (a participant without TLS) secure-aggregation work is refused and plain rounds still run.
+    (a participant without TLS) secure-aggregation and paillier work is refused and plain rounds
+    still run. ``paillier_states`` enables paillier jobs (their key ceremony, rounds and
+    models); ``paillier_workers`` is the process pool for Paillier encryption and decryption,
+    stopped when :meth:`run` returns; ``generate_paillier_key`` replaces the dealer's key
+    generation (tests).
     """
 
     def __init__(
@@ -52,6 +60,10 @@ class ParticipantDaemon:
         task_config: Mapping[str, Any],
         stop: threading.Event,
         poll_seconds: float = 20.0,
+        *,
+        paillier_states: PaillierStateStore | None = None,
+        paillier_workers: PaillierWorkers | None = None,
+        generate_paillier_key: KeyGenerator | None = None,
     ) -> None:
         self._client = client
         self._answers = answers
@@ -60,12 +72,33 @@ class ParticipantDaemon:
         self._stop = stop
         self._poll = poll_seconds
         self._data: dict[tuple[str, str], tuple[Task, LocalData]] = {}
-        self._secure = SecureRounds(client, secagg_states, answers, identity, self._train_round)
+        self._paillier: PaillierJobs | None = None
+        self._ceremony: KeyCeremony | None = None
+        if paillier_states is not None:
+            self._paillier = PaillierJobs(paillier_states, client, workers=paillier_workers)
+            self._ceremony = KeyCeremony(
+                client, paillier_states, identity, generate_key=generate_paillier_key
+            )
+        self._secure = SecureRounds(
+            client, secagg_states, answers, identity, self._train_round, paillier=self._paillier
+        )
 
     def run(self) -> None:
         log.info("participant daemon started")
+        try:
+            self._loop()
+        finally:
+            if self._paillier is not None:
+                self._paillier.close()
+        log.info("participant daemon stopped")
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._ceremony is not None:
+                    # Key-ceremony messages a restart interrupted (the coordinator does not ask
+                    # the dealer twice).
+                    self._ceremony.resume()
                 reply = self._client.retrying(
                     lambda: self._client.get_assignment(self._poll, self._secure.held_round_ids())
                 )
@@ -90,23 +123,25 @@ class ParticipantDaemon:
                 log.error("cannot run this work item: %s", exc)
                 if self._client.pause():
                     break
-        log.info("participant daemon stopped")
 
     def handle(self, assignment: Assignment) -> bool:
-        """Do one unit of work; False if a secure-aggregation task was left unanswered."""
+        """Do one unit of work; False if a secure-aggregation or key-ceremony task was left
+        unanswered."""
         ctx = context(job=assignment.job_id or None, round=str(assignment.round_number or "-"))
-        secure = assignment.kind is AssignmentKind.SECAGG_STEP or (
-            assignment.kind is AssignmentKind.TRAIN and assignment.protection is Protection.SECAGG
+        secure = assignment.kind in (AssignmentKind.SECAGG_STEP, AssignmentKind.KEY_CEREMONY) or (
+            assignment.kind is AssignmentKind.TRAIN and assignment.protection is not Protection.NONE
         )
         try:
+            if assignment.kind is AssignmentKind.KEY_CEREMONY:
+                return self._require_ceremony().step(assignment) is StepOutcome.ANSWERED
             if secure:
+                if assignment.protection is Protection.PAILLIER and self._paillier is None:
+                    raise ValueError("protection paillier is not supported by this participant")
                 return self._secure.step(assignment) is StepOutcome.ANSWERED
             if assignment.kind is AssignmentKind.TRAIN:
-                if assignment.protection is not Protection.NONE:
-                    raise ValueError(
-                        f"protection {assignment.protection.value} is not supported by this "
-                        "participant"
-                    )
+                if self._paillier is not None and self._paillier.is_paillier_job(assignment.job_id):
+                    # The coordinator would see this organization's update in the clear.
+                    raise ValueError("refusing a round without protection in a paillier job")
                 self._train(assignment)
             elif assignment.kind is AssignmentKind.EVALUATE:
                 self._evaluate(assignment)
@@ -116,6 +151,23 @@ class ParticipantDaemon:
             log.warning("coordinator refused: %s", exc.details(), **ctx)
             return not secure
         return True
+
+    def _require_ceremony(self) -> KeyCeremony:
+        if self._ceremony is None:
+            raise ValueError("protection paillier is not supported by this participant")
+        return self._ceremony
+
+    def _model(self, assignment: Assignment) -> tuple[int, list[npt.NDArray[Any]]]:
+        """The global model the assignment names; rebuilt from encrypted versions in a paillier
+        job (its versions after 0 exist only encrypted at the coordinator)."""
+        job_id, version = assignment.job_id, assignment.model_version
+        if self._paillier is not None and (
+            assignment.protection is Protection.PAILLIER or self._paillier.is_paillier_job(job_id)
+        ):
+            return self._paillier.model(job_id, version)
+        if assignment.protection is Protection.PAILLIER:
+            raise ValueError("protection paillier is not supported by this participant")
+        return self._client.retrying(lambda: self._client.download_model(job_id, version))
 
     def _task_and_data(self, assignment: Assignment) -> tuple[Task, LocalData]:
         key = (assignment.job_id, assignment.task_name)
@@ -166,9 +218,7 @@ class ParticipantDaemon:
 
     def _evaluate(self, assignment: Assignment) -> None:
         task, data = self._task_and_data(assignment)
-        version, weights = self._client.retrying(
-            lambda: self._client.download_model(assignment.job_id, assignment.model_version)
-        )
+        version, weights = self._model(assignment)
         result = task.evaluate(weights, data)
         self._client.retrying(
             lambda: self._client.report_metrics(

@@ -10,22 +10,24 @@ treated like a private key and never logged.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsilo.protection import SecAggParameters
-from participant.service.answers import _write_private
+from participant.service.private_files import is_safe_name, private_directory, write_private
 
-__all__ = ["SecAggStateStore", "SecureRoundState", "StateUnreadable"]
+__all__ = [
+    "SecAggStateStore",
+    "SecureRoundState",
+    "StateUnreadable",
+    "parameters_from_json",
+    "parameters_to_json",
+]
 
 _FORMAT = "fedsilo-participant-secagg/1"
 _SUFFIX = ".json"
-# Round ids are UUIDs; anything else must not reach the file system as a path component.
-_ROUND_ID = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
 
 
 class StateUnreadable(ValueError):
@@ -40,26 +42,24 @@ class SecureRoundState:
     the round before it started (``refusal`` says why). ``peer_certificates`` maps each org id to
     the PEM certificate accepted in the SHARES phase: later phases verify signatures with the
     same keys. ``parameters`` are the round's parameters as first received; every later phase
-    must carry the same.
+    must carry the same, and the same ``protection`` (``secagg`` or ``paillier``).
     """
 
     parameters: SecAggParameters
     client: Mapping[str, Any] | None = field(default=None, repr=False)
     peer_certificates: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     refusal: str = ""
+    protection: str = "secagg"
 
 
 class SecAggStateStore:
     """The per-round state files under ``state_dir/secagg``."""
 
     def __init__(self, state_dir: Path) -> None:
-        self._dir = state_dir / "secagg"
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # mkdir leaves an existing directory's mode alone and is subject to the umask.
-        os.chmod(self._dir, 0o700)
+        self._dir = private_directory(state_dir / "secagg")
 
     def _path(self, round_id: str) -> Path:
-        if not isinstance(round_id, str) or _ROUND_ID.match(round_id) is None:
+        if not is_safe_name(round_id):
             raise ValueError("round id is not a safe file name")
         return self._dir / f"{round_id}{_SUFFIX}"
 
@@ -68,7 +68,7 @@ class SecAggStateStore:
         return sorted(
             path.name.removesuffix(_SUFFIX)
             for path in self._dir.iterdir()
-            if path.name.endswith(_SUFFIX) and _ROUND_ID.match(path.name.removesuffix(_SUFFIX))
+            if path.name.endswith(_SUFFIX) and is_safe_name(path.name.removesuffix(_SUFFIX))
         )
 
     def load(self, round_id: str) -> SecureRoundState | None:
@@ -86,7 +86,7 @@ class SecAggStateStore:
 
     def save(self, round_id: str, state: SecureRoundState) -> None:
         """Replace the round's state atomically and durably (before any answer is sent)."""
-        _write_private(self._path(round_id), json.dumps(_encode(state)).encode())
+        write_private(self._path(round_id), json.dumps(_encode(state)).encode())
 
     def delete(self, round_id: str) -> None:
         """Forget the round: its secrets are gone for good."""
@@ -95,26 +95,16 @@ class SecAggStateStore:
         path.with_name(path.name + ".tmp").unlink(missing_ok=True)
 
 
-def _encode(state: SecureRoundState) -> dict[str, Any]:
-    parameters = asdict(state.parameters)
-    parameters["cohort"] = list(state.parameters.cohort)
-    return {
-        "format": _FORMAT,
-        "parameters": parameters,
-        "client": dict(state.client) if state.client is not None else None,
-        # latin-1 maps every byte to one character, so the exact bytes come back.
-        "peer_certificates": {
-            org: pem.decode("latin-1") for org, pem in sorted(state.peer_certificates.items())
-        },
-        "refusal": state.refusal,
-    }
+def parameters_to_json(parameters: SecAggParameters) -> dict[str, Any]:
+    """The round or job parameters as a JSON object (the form state files keep them in)."""
+    encoded = asdict(parameters)
+    encoded["cohort"] = list(parameters.cohort)
+    return encoded
 
 
-def _decode(data: Any) -> SecureRoundState:
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise ValueError("unknown state format")
-    raw = data["parameters"]
-    parameters = SecAggParameters(
+def parameters_from_json(raw: Any) -> SecAggParameters:
+    """Invert :func:`parameters_to_json`; raises KeyError, TypeError or ValueError if damaged."""
+    return SecAggParameters(
         threshold=int(raw["threshold"]),
         modulus_bits=int(raw["modulus_bits"]),
         vector_length=int(raw["vector_length"]),
@@ -124,10 +114,32 @@ def _decode(data: Any) -> SecureRoundState:
         max_participants=int(raw["max_participants"]),
         max_weight=int(raw["max_weight"]),
     )
+
+
+def _encode(state: SecureRoundState) -> dict[str, Any]:
+    return {
+        "format": _FORMAT,
+        "parameters": parameters_to_json(state.parameters),
+        "client": dict(state.client) if state.client is not None else None,
+        # latin-1 maps every byte to one character, so the exact bytes come back.
+        "peer_certificates": {
+            org: pem.decode("latin-1") for org, pem in sorted(state.peer_certificates.items())
+        },
+        "refusal": state.refusal,
+        "protection": state.protection,
+    }
+
+
+def _decode(data: Any) -> SecureRoundState:
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise ValueError("unknown state format")
+    parameters = parameters_from_json(data["parameters"])
     client = data["client"]
     if client is not None and not isinstance(client, dict):
         raise ValueError("client state is not an object")
     certificates = {
         str(org): str(pem).encode("latin-1") for org, pem in data["peer_certificates"].items()
     }
-    return SecureRoundState(parameters, client, certificates, str(data["refusal"]))
+    # Files written before paillier rounds existed are secagg rounds.
+    protection = str(data.get("protection", "secagg"))
+    return SecureRoundState(parameters, client, certificates, str(data["refusal"]), protection)

@@ -8,6 +8,13 @@ aborted state is saved, nothing is sent, and the round is never answered again. 
 state is gone (secrets lost) is treated as dropped. When the coordinator reports that a round has
 ended, its state and stored answers are deleted (R4).
 
+A paillier round (docs/paillier.md, "In the service") is the same round with two differences:
+the round's base model is rebuilt from the job's encrypted versions, and the masked input is
+packed and Paillier-encrypted under the job's key before it is sent
+(:class:`participant.service.paillier_jobs.PaillierJobs`). A round's protection is recorded at
+KEYS and must not change; no round of a job whose key ceremony this participant took part in
+is answered under weaker protection.
+
 The module talks to the coordinator only through :class:`SecureRoundClient`, so tests can drive
 whole rounds in-process.
 """
@@ -44,12 +51,14 @@ from fedsilo.tls import TlsFiles, files_stamp
 from participant.domain.assignments import (
     Assignment,
     AssignmentKind,
+    Protection,
     RoundOutcome,
     SecAggPhase,
     SecAggStepData,
     SubmissionReceipt,
 )
 from participant.service.answers import AnswerStore, StoredAnswer
+from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState, StateUnreadable
 from secagg import (
     ClientPhase,
@@ -203,6 +212,7 @@ class SecureRounds:
         clock: Callable[[], dt.datetime] = _utc_now,
         random: RandomSource = os.urandom,
         workers: int = 1,
+        paillier: PaillierJobs | None = None,
     ) -> None:
         self._client = client
         self._states = states
@@ -212,6 +222,7 @@ class SecureRounds:
         self._clock = clock
         self._random = random
         self._workers = workers
+        self._paillier = paillier
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
 
     def held_round_ids(self) -> list[str]:
@@ -306,6 +317,7 @@ class SecureRounds:
 
         try:
             _check_unchanged(assignment, data.parameters, state, client)
+            self._check_protection(assignment)
             answer = self._answer(phase, assignment, data, identity, state, client, ctx)
         except (SecAggError, PeerCertificateError) as exc:
             client.abort(str(exc))
@@ -328,18 +340,25 @@ class SecureRounds:
     ) -> StepOutcome:
         """Bonawitz round 0: check the round's parameters, make and sign the round keys."""
         parameters = _normalized(data.parameters)
+        protection = _protection_of(assignment)
         try:
             config = _round_config(assignment, parameters)
             # The bit budget: refuse a round whose sums could overflow (BitBudgetExceeded).
             parameters.quantization()
+            self._check_protection(assignment)
+            if protection is Protection.PAILLIER:
+                self._require_paillier().check_round(assignment.job_id, parameters)
             client = SecAggClient.start(config, self._context(identity, {}))
         except SecAggError as exc:
-            refused = SecureRoundState(parameters, None, {}, refusal=str(exc))
+            refused = SecureRoundState(
+                parameters, None, {}, refusal=str(exc), protection=protection.value
+            )
             self._states.save(assignment.round_id, refused)
             log.error("refused the round: %s", exc, **ctx)
             return StepOutcome.REFUSED
         answer = _Answer(
-            SecureRoundState(parameters, client.to_dict()), client.advertise_keys().to_bytes()
+            SecureRoundState(parameters, client.to_dict(), protection=protection.value),
+            client.advertise_keys().to_bytes(),
         )
         self._send(assignment, answer, ctx)
         return StepOutcome.ANSWERED
@@ -420,9 +439,16 @@ class SecureRounds:
                 f"out of order: a masked input requested in phase {client.phase.value}"
             )
         shares = [EncryptedShare.from_bytes(item) for item in data.shares]
-        version, base = self._client.retrying(
-            lambda: self._client.download_model(assignment.job_id, assignment.model_version)
+        paillier = (
+            self._require_paillier() if assignment.protection is Protection.PAILLIER else None
         )
+        if paillier is not None:
+            # Versions after 0 exist only encrypted: rebuilt from the job's model chain.
+            version, base = paillier.model(assignment.job_id, assignment.model_version)
+        else:
+            version, base = self._client.retrying(
+                lambda: self._client.download_model(assignment.job_id, assignment.model_version)
+            )
         if version != assignment.model_version:
             log.warning(
                 "coordinator sent version %d, expected %d", version, assignment.model_version, **ctx
@@ -445,11 +471,16 @@ class SecureRounds:
                 **ctx,
             )
         masked = client.mask_input(shares, parameters.quantization().quantize(update, weight))
-        header, payload = encode_tensors([masked.vector])
+        if paillier is not None:
+            # Encryption is randomized: the stored answer is what every retry sends.
+            header, payload = paillier.encrypt_input(assignment.job_id, parameters, masked.vector)
+        else:
+            header, payload = encode_tensors([masked.vector])
         log.info(
-            "trained on %d examples, loss %.4f; masked input of %d words ready",
+            "trained on %d examples, loss %.4f; %s input of %d words ready",
             result.num_examples,
             result.loss,
+            "encrypted" if paillier is not None else "masked",
             masked.vector.size,
             **ctx,
         )
@@ -496,6 +527,23 @@ class SecureRounds:
         log.log(logging.DEBUG if key in self._silenced else level, message, *args, **ctx)
         self._silenced.add(key)
         return outcome
+
+    def _require_paillier(self) -> PaillierJobs:
+        if self._paillier is None:
+            raise ValueError("protection paillier is not supported by this participant")
+        return self._paillier
+
+    def _check_protection(self, assignment: Assignment) -> None:
+        """No weaker protection for a job whose key ceremony this participant took part in:
+        a secagg round would show the coordinator the aggregate the job keeps from it."""
+        if (
+            assignment.protection is not Protection.PAILLIER
+            and self._paillier is not None
+            and self._paillier.is_paillier_job(assignment.job_id)
+        ):
+            raise ProtocolViolation(
+                f"a round with protection {assignment.protection.value} in a paillier job"
+            )
 
     def _current_identity(self) -> OrgIdentity:
         if self._identity is None:
@@ -554,6 +602,18 @@ def _check_unchanged(
         raise ProtocolViolation("the round's parameters changed since it started")
     if _round_config(assignment, parameters) != client.config:
         raise ProtocolViolation("the round's job, round or cohort changed since it started")
+    if assignment.protection.value != state.protection:
+        raise ProtocolViolation(
+            f"the round started under protection {state.protection}, not "
+            f"{assignment.protection.value}"
+        )
+
+
+def _protection_of(assignment: Assignment) -> Protection:
+    """The protection of a secure round: secagg or paillier (``none`` has no such rounds)."""
+    if assignment.protection is Protection.NONE:
+        raise ValueError("a secure-aggregation task for a round without protection")
+    return assignment.protection
 
 
 def _certificate_keys(certificates: Mapping[str, bytes]) -> dict[str, VerifyingKey]:

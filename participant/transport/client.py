@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from participant.domain.assignments import (
     AdvertisedKeys,
     Assignment,
     AssignmentKind,
+    KeyCeremonyStepData,
     Protection,
     RoundOutcome,
     SecAggStepData,
@@ -66,6 +68,7 @@ _KINDS = {
     pb.TASK_KIND_TRAIN: AssignmentKind.TRAIN,
     pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
     pb.TASK_KIND_SECAGG_STEP: AssignmentKind.SECAGG_STEP,
+    pb.TASK_KIND_KEY_CEREMONY: AssignmentKind.KEY_CEREMONY,
 }
 _PROTECTIONS = {
     # A coordinator that does not say is one from before protection modes: plain FedAvg.
@@ -143,7 +146,11 @@ class Backoff:
 
 
 class CoordinatorClient:
-    """Calls the coordinator's participant API; every call carries a deadline."""
+    """Calls the coordinator's participant API; every call carries a deadline.
+
+    A daemon retries transient failures until it is stopped; a command (``give_up_after``
+    seconds) gives up and raises the last error.
+    """
 
     def __init__(
         self,
@@ -151,11 +158,13 @@ class CoordinatorClient:
         rpc_timeout: float,
         backoff: Backoff,
         stop: threading.Event,
+        give_up_after: float | None = None,
     ) -> None:
         self._channels = channels
         self._timeout = rpc_timeout
         self._backoff = backoff
         self._stop = stop
+        self._give_up_after = give_up_after
 
     def _stub(self) -> pb_grpc.ParticipantServiceStub:
         return pb_grpc.ParticipantServiceStub(self._channels.current())
@@ -166,13 +175,18 @@ class CoordinatorClient:
 
     def retrying(self, call: Callable[[], T]) -> T:
         """Run call until it succeeds or fails for a non-transient reason, backing off between."""
+        deadline = None
+        if self._give_up_after is not None:
+            deadline = time.monotonic() + self._give_up_after
         while True:
             if self._stop.is_set():
                 raise Stopped()
             try:
                 result = call()
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:
+                if exc.code() not in RETRYABLE or (
+                    deadline is not None and time.monotonic() >= deadline
+                ):
                     raise
                 if self._stop.wait(self._backoff.next_delay()):
                     raise Stopped() from None
@@ -246,6 +260,15 @@ class CoordinatorClient:
         )
         return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
 
+    def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt:
+        """Send one key-ceremony message of a paillier job (``job_key``, ``dealt_key``,
+        ``sealed`` or ``confirm``)."""
+        response = self._stub().SubmitCeremony(
+            pb.SubmitCeremonyRequest(job_id=job_id, action=action, body=body),
+            timeout=self._timeout,
+        )
+        return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
+
     def report_metrics(
         self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
     ) -> bool:
@@ -278,11 +301,16 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         raise ValueError("coordinator sent an unknown protection mode")
     secagg = None
     if kind is AssignmentKind.SECAGG_STEP or (
-        kind is AssignmentKind.TRAIN and protection is Protection.SECAGG
+        kind is AssignmentKind.TRAIN and protection in (Protection.SECAGG, Protection.PAILLIER)
     ):
         if not response.HasField("secagg") or not response.secagg.HasField("parameters"):
             raise ValueError("coordinator sent a secure-aggregation task without its parameters")
         secagg = _secagg_step_from_pb(response.secagg)
+    ceremony = None
+    if kind is AssignmentKind.KEY_CEREMONY:
+        if not response.HasField("ceremony"):
+            raise ValueError("coordinator sent a key-ceremony task without its step")
+        ceremony = _ceremony_step_from_pb(response.ceremony)
     return Assignment(
         kind=kind,
         job_id=response.job_id,
@@ -296,12 +324,12 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         seconds_left=response.seconds_left,
         protection=protection,
         secagg=secagg,
+        ceremony=ceremony,
     )
 
 
-def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
-    p = step.parameters
-    parameters = SecAggParameters(
+def _parameters_from_pb(p: pb.SecAggParameters) -> SecAggParameters:
+    return SecAggParameters(
         threshold=p.threshold,
         modulus_bits=p.modulus_bits,
         vector_length=p.vector_length,
@@ -311,10 +339,26 @@ def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
         max_participants=p.max_participants,
         max_weight=p.max_weight,
     )
+
+
+def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
     return SecAggStepData(
-        parameters=parameters,
+        parameters=_parameters_from_pb(step.parameters),
         keys=tuple(AdvertisedKeys(k.signed_keys, k.certificate_pem) for k in step.keys),
         shares=tuple(step.shares),
         survivors=tuple(step.survivors),
         unmask_request=step.unmask_request,
+    )
+
+
+def _ceremony_step_from_pb(step: pb.KeyCeremonyStep) -> KeyCeremonyStepData:
+    return KeyCeremonyStepData(
+        action=step.action,
+        dealer=step.dealer,
+        key_bits=step.key_bits,
+        job_keys=tuple(AdvertisedKeys(k.signed_keys, k.certificate_pem) for k in step.job_keys),
+        dealt_key=step.dealt_key,
+        dealer_certificate_pem=step.dealer_certificate_pem,
+        sealed_key=step.sealed_key,
+        parameters=_parameters_from_pb(step.parameters) if step.HasField("parameters") else None,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsilo.protection import SecAggParameters
-from participant.service import answers
+from participant.service import private_files
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState, StateUnreadable
 
 ROUND = "6f1c1f9e-8d0a-4c55-9f57-2a1c3b6f0e11"
@@ -81,7 +81,7 @@ def test_a_failed_write_keeps_the_previous_state(
     def crash(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(answers.os, "replace", crash)
+    monkeypatch.setattr(private_files.os, "replace", crash)
     newer = SecureRoundState(PARAMETERS, {"format": "y"}, {})
     with pytest.raises(OSError, match="disk full"):
         store.save(ROUND, newer)

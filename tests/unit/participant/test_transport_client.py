@@ -14,6 +14,7 @@ from participant.domain.assignments import (
     AdvertisedKeys,
     Assignment,
     AssignmentKind,
+    KeyCeremonyStepData,
     Protection,
     RoundOutcome,
 )
@@ -53,7 +54,11 @@ def _client(response: pb.GetTaskResponse) -> tuple[CoordinatorClient, list[Any]]
         requests.append(request)
         return pb.SubmitUpdateResponse(acknowledgement_id="ack-1", duplicate=True)
 
-    stub = SimpleNamespace(GetTask=SimpleNamespace(future=get_task), SubmitMessage=submit_message)
+    stub = SimpleNamespace(
+        GetTask=SimpleNamespace(future=get_task),
+        SubmitMessage=submit_message,
+        SubmitCeremony=submit_message,
+    )
     client = CoordinatorClient(None, 5.0, Backoff(0.01, 0.02), threading.Event())  # type: ignore[arg-type]
     client._stub = lambda: stub  # type: ignore[method-assign]
     return client, requests
@@ -174,5 +179,78 @@ def test_submit_message_sends_the_phase_and_body() -> None:
         pb.SubmitMessageRequest(
             job_id="job-1", round_id="round-1", phase=pb.ROUND_PHASE_CONSISTENCY, body=b"signature"
         )
+    ]
+    assert receipt.acknowledgement_id == "ack-1" and receipt.duplicate
+
+
+def test_a_key_ceremony_step_carries_the_job_keys_and_the_job_settings() -> None:
+    response = pb.GetTaskResponse(
+        kind=pb.TASK_KIND_KEY_CEREMONY,
+        job_id="job-1",
+        task_name="digits-linear",
+        protection=pb.PROTECTION_PAILLIER,
+        ceremony=pb.KeyCeremonyStep(
+            action="receive",
+            dealer="org-a",
+            key_bits=3072,
+            job_keys=[pb.AdvertisedKeys(signed_keys=b"job-key-a", certificate_pem=b"pem-a")],
+            dealt_key=b"dealt",
+            dealer_certificate_pem=b"pem-dealer",
+            sealed_key=b"sealed",
+            parameters=PARAMETERS,
+        ),
+    )
+    client, _ = _client(response)
+
+    assignment = client.get_assignment(1.0).assignment
+
+    assert assignment.kind is AssignmentKind.KEY_CEREMONY
+    assert assignment.job_id == "job-1" and assignment.protection is Protection.PAILLIER
+    assert assignment.round_id == "" and assignment.secagg is None
+    assert assignment.ceremony == KeyCeremonyStepData(
+        action="receive",
+        dealer="org-a",
+        key_bits=3072,
+        job_keys=(AdvertisedKeys(b"job-key-a", b"pem-a"),),
+        dealt_key=b"dealt",
+        dealer_certificate_pem=b"pem-dealer",
+        sealed_key=b"sealed",
+        parameters=SecAggParameters(
+            threshold=2,
+            modulus_bits=32,
+            vector_length=651,
+            cohort=("org-b", "org-a", "org-c"),
+            clip=0.25,
+            levels_bits=16,
+            max_participants=8,
+            max_weight=1000,
+        ),
+    )
+
+
+def test_a_key_ceremony_task_without_its_step_is_an_error() -> None:
+    client, _ = _client(pb.GetTaskResponse(kind=pb.TASK_KIND_KEY_CEREMONY, job_id="job-1"))
+    with pytest.raises(ValueError, match="without its step"):
+        client.get_assignment(1.0)
+
+
+def test_a_paillier_inputs_step_carries_its_shares() -> None:
+    response = _step_response(pb.TASK_KIND_TRAIN, pb.ROUND_PHASE_INPUTS, shares=[b"s1"])
+    response.protection = pb.PROTECTION_PAILLIER
+    client, _ = _client(response)
+
+    assignment = client.get_assignment(1.0).assignment
+
+    assert assignment.protection is Protection.PAILLIER
+    assert assignment.secagg is not None and assignment.secagg.shares == (b"s1",)
+
+
+def test_submit_ceremony_sends_the_job_action_and_body() -> None:
+    client, requests = _client(pb.GetTaskResponse())
+
+    receipt = client.submit_ceremony("job-1", "confirm", b"fingerprint")
+
+    assert requests == [
+        pb.SubmitCeremonyRequest(job_id="job-1", action="confirm", body=b"fingerprint")
     ]
     assert receipt.acknowledgement_id == "ack-1" and receipt.duplicate

@@ -1,0 +1,297 @@
+"""This participant's paillier jobs: the key it holds, its encrypted inputs, the global models.
+
+Under ``paillier`` protection the coordinator never holds a model after version 0 in the clear
+(docs/paillier.md, "In the service: models of a paillier job"). Version ``v >= 1`` is served as
+two tensors: the summed ciphertexts of round ``v``'s masked inputs (``PaillierCiphertexts``
+bytes) and the mask correction ``C``. A participant decrypts the sums ``S``, takes
+``(S + C) mod R``, dequantizes the weighted mean delta and adds it to version ``v - 1``: it
+rebuilds any version from version 0 by applying versions ``1..v`` in order, and keeps each
+version it rebuilt (:class:`PaillierStateStore`), so each is decrypted once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of
+from fedsilo.logs import context
+from fedsilo.protection import SecAggParameters, unflatten
+from participant.service.paillier_state import (
+    PaillierJobState,
+    PaillierStateStore,
+    PaillierStateUnreadable,
+)
+from secagg import ProtocolViolation, QuantizationSpec, SecAggError
+from secagg.paillier import (
+    PackingLayout,
+    PaillierCiphertexts,
+    PaillierPrivateKey,
+    PaillierWorkers,
+    decrypt_vector,
+    encrypt_vector,
+)
+from secagg.primitives.randomness import RandomSource
+
+__all__ = ["ModelClient", "ModelUnavailable", "PaillierJobs", "job_parameters"]
+
+log = logging.getLogger("participant")
+
+T = TypeVar("T")
+Weights = list[npt.NDArray[Any]]
+
+
+class ModelUnavailable(ValueError):
+    """A global model version cannot be obtained or rebuilt (the message says why)."""
+
+
+class ModelClient(Protocol):
+    """The coordinator calls the model chain needs (``CoordinatorClient`` implements them)."""
+
+    def retrying(self, call: Callable[[], T]) -> T: ...
+
+    def download_model(self, job_id: str, version: int) -> tuple[int, Weights]: ...
+
+
+def job_parameters(parameters: SecAggParameters) -> SecAggParameters:
+    """A job's quantization settings: the round's parameters without the per-round fields."""
+    return replace(parameters, threshold=0, vector_length=0, cohort=())
+
+
+class PaillierJobs:
+    """Keys, encrypted inputs and decrypted models of this organization's paillier jobs.
+
+    ``workers`` is the process pool for encryption and decryption (one for the daemon's
+    lifetime; :meth:`close` stops it); None runs small batches here and large ones on a
+    temporary pool.
+    """
+
+    def __init__(
+        self,
+        store: PaillierStateStore,
+        client: ModelClient,
+        *,
+        workers: PaillierWorkers | None = None,
+        random: RandomSource = os.urandom,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._workers = workers
+        self._random = random
+        self._keys: dict[str, PaillierPrivateKey] = {}
+
+    @property
+    def store(self) -> PaillierStateStore:
+        return self._store
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._workers is not None:
+            self._workers.close()
+
+    def is_paillier_job(self, job_id: str) -> bool:
+        """Whether this participant took part in the job's key ceremony (it keeps state for it).
+
+        Such a job's rounds are answered only under paillier protection: a coordinator that
+        offered one with weaker protection would see the update or the aggregate.
+        """
+        try:
+            return self._store.load(job_id) is not None
+        except PaillierStateUnreadable:
+            return True
+
+    def private_key(self, job_id: str) -> PaillierPrivateKey | None:
+        """The job's Paillier private key, None if this participant does not hold it."""
+        key = self._keys.get(job_id)
+        if key is not None:
+            return key
+        state = self._store.load(job_id)
+        if state is None or not state.private_key:
+            return None
+        key = PaillierPrivateKey.from_bytes(state.private_key)
+        self._keys[job_id] = key
+        return key
+
+    # -- rounds ---------------------------------------------------------------------------------
+
+    def check_round(self, job_id: str, parameters: SecAggParameters) -> None:
+        """Before a paillier round's keys are sent: this participant holds the job's key, and
+        the round's quantization settings are the job's (the model chain decodes with them).
+
+        Raises secagg's ProtocolViolation (the round is refused) otherwise.
+        """
+        try:
+            state = self._store.load(job_id)
+            key = self.private_key(job_id)
+        except (PaillierStateUnreadable, SecAggError):
+            raise ProtocolViolation(
+                "the stored paillier state of this job is unusable: this participant cannot "
+                "take part in its rounds"
+            ) from None
+        if state is None or key is None:
+            raise ProtocolViolation(
+                "this participant holds no Paillier key for the job (its key ceremony did not "
+                "complete here)"
+            )
+        wanted = job_parameters(parameters)
+        if state.parameters is None:
+            self._store.save(job_id, replace(state, parameters=wanted))
+        elif state.parameters != wanted:
+            raise ProtocolViolation(
+                "the round's quantization settings differ from those of the job's key ceremony"
+            )
+        PackingLayout(parameters.modulus_bits, parameters.max_participants, key.public_key.bits)
+
+    def encrypt_input(
+        self, job_id: str, parameters: SecAggParameters, masked: npt.NDArray[Any]
+    ) -> tuple[PayloadHeader, bytes]:
+        """The masked input ``y``, packed and encrypted: one uint8 tensor on the wire."""
+        key = self.private_key(job_id)
+        if key is None:
+            raise ProtocolViolation("this participant holds no Paillier key for the job")
+        public = key.public_key
+        layout = PackingLayout(parameters.modulus_bits, parameters.max_participants, public.bits)
+        ciphertexts = encrypt_vector(
+            public, layout, masked, random=self._random, workers=self._workers
+        )
+        data = np.frombuffer(ciphertexts.to_bytes(), dtype=np.uint8)
+        return encode_tensors([data])
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def model(self, job_id: str, version: int) -> tuple[int, Weights]:
+        """Global model ``version`` (-1: the latest) of a paillier job, rebuilt as needed."""
+        latest: tuple[int, Weights] | None = None
+        if version < 0:
+            latest = self._download(job_id, -1)
+            version = latest[0]
+        kept = self._store.load_model(job_id, version)
+        if kept is not None:
+            return version, kept
+        base_version, weights = self._start_of_chain(job_id, version)
+        if base_version == version:
+            return version, weights
+        key, spec = self._key_and_spec(job_id)
+        # Every version has the shapes of version 0.
+        specs = specs_of(weights)
+        for current in range(base_version + 1, version + 1):
+            if latest is not None and latest[0] == current:
+                tensors = latest[1]
+            else:
+                tensors = self._download(job_id, current)[1]
+            weights = self._apply(job_id, current, key, spec, specs, weights, tensors)
+            self._store.save_model(job_id, current, weights)
+        return version, weights
+
+    def _start_of_chain(self, job_id: str, version: int) -> tuple[int, Weights]:
+        """The newest kept version at or before ``version`` (version 0 at least)."""
+        for kept_version in reversed(self._store.model_versions(job_id)):
+            if kept_version > version:
+                continue
+            weights = self._store.load_model(job_id, kept_version)
+            if weights is not None:
+                return kept_version, weights
+        return 0, self._version_zero(job_id)
+
+    def _version_zero(self, job_id: str) -> Weights:
+        """The initial weights, public and plain float32; kept like the others."""
+        kept = self._store.load_model(job_id, 0)
+        if kept is not None:
+            return kept
+        _, weights = self._download(job_id, 0)
+        if not weights or any(w.dtype != np.float32 for w in weights):
+            raise ModelUnavailable("version 0 of a paillier job must be plain float32 weights")
+        self._store.save_model(job_id, 0, weights)
+        return weights
+
+    def _download(self, job_id: str, version: int) -> tuple[int, Weights]:
+        got, tensors = self._client.retrying(lambda: self._client.download_model(job_id, version))
+        if version >= 0 and got != version:
+            raise ModelUnavailable(f"asked for model version {version}, the coordinator sent {got}")
+        return got, tensors
+
+    def _key_and_spec(self, job_id: str) -> tuple[PaillierPrivateKey, QuantizationSpec]:
+        try:
+            state = self._store.load(job_id)
+            key = self.private_key(job_id)
+        except (PaillierStateUnreadable, SecAggError) as exc:
+            raise ModelUnavailable(f"the paillier state of this job is unusable: {exc}") from None
+        if state is None or key is None:
+            raise ModelUnavailable(
+                "the models of this paillier job are encrypted and this participant holds no "
+                "key for it"
+            )
+        return key, _quantization(state)
+
+    def _apply(
+        self,
+        job_id: str,
+        version: int,
+        key: PaillierPrivateKey,
+        spec: QuantizationSpec,
+        specs: Sequence[TensorSpec],
+        base: Weights,
+        tensors: Weights,
+    ) -> Weights:
+        """Model ``version`` = ``base`` + the weighted mean delta released by round ``version``."""
+        length = sum(math.prod(s.shape) for s in specs) + 1
+        if (
+            len(tensors) != 2
+            or tensors[0].dtype != np.uint8
+            or tensors[0].ndim != 1
+            or tensors[1].dtype != spec.dtype
+            or tensors[1].shape != (length,)
+        ):
+            raise ModelUnavailable(
+                f"version {version} of a paillier job must be the summed ciphertexts (uint8) and "
+                f"a correction of {length} {spec.dtype} words"
+            )
+        data, correction = tensors
+        try:
+            summed = PaillierCiphertexts.from_bytes(data.tobytes(), key.public_key)
+            layout = PackingLayout(spec.modulus_bits, spec.max_participants, key.public_key.bits)
+            if summed.layout != layout or summed.value_count != length:
+                raise ProtocolViolation("the summed ciphertexts do not have the job's layout")
+            sums = decrypt_vector(key, summed, workers=self._workers)
+            # uint64 wraps modulo 2^64 and narrowing to uint32 reduces modulo 2^32: mod R.
+            aggregate = (sums + correction.astype(np.uint64)).astype(spec.dtype)
+            mean = spec.dequantize(aggregate)
+        except SecAggError as exc:
+            raise ModelUnavailable(f"version {version} does not decrypt: {exc}") from None
+        # Every contribution is clipped to [-clip, clip] with a weight of at most max_weight:
+        # anything else is not the sum of this job's inputs (e.g. one masked input, S16).
+        limit = spec.clip + spec.mean_error_bound
+        if mean.total_weight > summed.contributions * spec.max_weight or (
+            mean.mean.size and float(np.max(np.abs(mean.mean))) > limit * (1 + 1e-9)
+        ):
+            raise ModelUnavailable(
+                f"version {version} does not decrypt to a mean of clipped updates: it is not "
+                "the aggregate of a round"
+            )
+        delta = unflatten(mean.mean, specs, "float64")
+        log.info(
+            "model version %d decrypted: %d contributions",
+            version,
+            summed.contributions,
+            **context(job=job_id),
+        )
+        return [
+            (np.asarray(b, dtype=np.float64) + d).astype(np.float32)
+            for b, d in zip(base, delta, strict=True)
+        ]
+
+
+def _quantization(state: PaillierJobState) -> QuantizationSpec:
+    if state.parameters is None:
+        raise ModelUnavailable("the quantization settings of this paillier job are unknown")
+    try:
+        return state.parameters.quantization()
+    except SecAggError as exc:
+        raise ModelUnavailable(f"the job's quantization settings are unusable: {exc}") from None

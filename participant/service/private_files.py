@@ -1,0 +1,41 @@
+"""Files only this organization's daemon may read: directories 0700, files 0600, atomic writes.
+
+A file is written to a temporary file next to it, fsync'd and renamed over the old one, so a
+crash leaves the old content or the new one, never a mix. The daemon's state files hold round
+secrets and keys; they are treated like the organization's private key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["is_safe_name", "private_directory", "write_private"]
+
+# Ids are UUIDs; anything else must not reach the file system as a path component.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+
+
+def is_safe_name(value: object) -> bool:
+    """Whether an id may name a file: 1 to 64 ASCII letters, digits and hyphens."""
+    return isinstance(value, str) and _SAFE_NAME.match(value) is not None
+
+
+def private_directory(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and make it mode 0700; return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # mkdir leaves an existing directory's mode alone and is subject to the umask.
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

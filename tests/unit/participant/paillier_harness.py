@@ -1,0 +1,405 @@
+"""In-process paillier jobs: participants' key ceremony, rounds and model chain, and a coordinator.
+
+``CeremonyCoordinator`` keeps the ceremony's messages and hands out the steps as the wire
+contract describes (the lowest org id with a job key deals once ``min_participants`` advertised;
+the lowest confirmed holder seals for later job keys; a sealed key is received by its
+addressee). ``PaillierRound`` runs one round at a real ``SecAggServer`` for the mask bookkeeping
+and sums the encrypted inputs with ``add_ciphertexts``; at the end it publishes the model version
+the coordinator would: the summed ciphertexts and the correction ``C = -masks mod R``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from secure_round_harness import (
+    JOB_ID,
+    TASK_NAME,
+    TRAINING,
+    Coordinator,
+    FakeTransport,
+    Sent,
+    identity_files,
+    parameters,
+)
+
+from examples.synthetic.task import task
+from fedsilo.codec import decode_tensors
+from fedsilo.pki import DemoPki
+from fedsilo.protection import SecAggParameters, flatten
+from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
+from participant.domain.assignments import (
+    AdvertisedKeys,
+    Assignment,
+    AssignmentKind,
+    KeyCeremonyStepData,
+    Protection,
+    SecAggPhase,
+    SubmissionReceipt,
+)
+from participant.service.answers import AnswerStore
+from participant.service.key_ceremony import KeyCeremony
+from participant.service.paillier_jobs import PaillierJobs
+from participant.service.paillier_state import PaillierStateStore
+from participant.service.secagg_state import SecAggStateStore
+from participant.service.secure_rounds import IdentityFiles, SecureRounds, StepOutcome
+from secagg.paillier import (
+    PaillierCiphertexts,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    add_ciphertexts,
+)
+from secagg.paillier.ceremony import DealtKey, JobKey, SealedKey
+from secagg.primitives.encoding import decode_fields
+
+Weights = list[npt.NDArray[Any]]
+
+ORGS4 = ("org-a", "org-b", "org-c", "org-d")
+KEY_BITS = 2048
+MIN_PARTICIPANTS = 3
+
+
+def job_settings() -> SecAggParameters:
+    """What the coordinator sends in a ceremony step: the job's settings, no round fields."""
+    return replace(parameters(), threshold=0, cohort=())
+
+
+def local_data(org: str) -> LocalData:
+    return task.load_data({"partition": ORGS4.index(org), "num_partitions": 4, "seed": 0})
+
+
+def initial_weights() -> Weights:
+    return [np.asarray(w, dtype=np.float32) for w in task.initial_weights(3)]
+
+
+class CeremonyCoordinator:
+    """The coordinator's ceremony bookkeeping and the job's published model versions."""
+
+    def __init__(self, pki: DemoPki, job_id: str = JOB_ID) -> None:
+        self.pki = pki
+        self.job_id = job_id
+        self.job_keys: dict[str, tuple[bytes, bytes]] = {}
+        self.dealt: tuple[str, bytes] | None = None
+        self.sealed: dict[str, tuple[str, bytes]] = {}  # receiver -> (sender, SealedKey bytes)
+        self.confirmed: dict[str, bytes] = {}
+        self.received: list[tuple[str, str, bytes]] = []
+        self.models: dict[int, Weights] = {0: initial_weights()}
+
+    def certificate(self, org: str) -> bytes:
+        return self.pki.participants[org].cert_path.read_bytes()
+
+    # -- what participants send -------------------------------------------------------------
+
+    def submit(self, org: str, action: str, body: bytes) -> SubmissionReceipt:
+        duplicate = (org, action, body) in self.received
+        self.received.append((org, action, body))
+        if action == "job_key":
+            assert JobKey.from_bytes(body).participant == org
+            self.job_keys.setdefault(org, (body, self.certificate(org)))
+        elif action == "dealt_key":
+            assert self.dealt is None or self.dealt == (org, body)
+            self.dealt = (org, body)
+        elif action == "sealed":
+            for item in decode_fields(body):
+                sealed = SealedKey.from_bytes(item)
+                assert sealed.sender == org
+                self.sealed.setdefault(sealed.receiver, (org, item))
+        else:
+            assert action == "confirm"
+            self.confirmed[org] = body
+        return SubmissionReceipt(f"ack-{len(self.received)}", duplicate)
+
+    def sent_by(self, org: str) -> list[tuple[str, bytes]]:
+        return [(action, body) for sender, action, body in self.received if sender == org]
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def public_key(self) -> PaillierPublicKey:
+        assert self.dealt is not None
+        return PaillierPublicKey.from_bytes(DealtKey.from_bytes(self.dealt[1]).public_key)
+
+    def advertised(self, orgs: Sequence[str]) -> tuple[AdvertisedKeys, ...]:
+        return tuple(AdvertisedKeys(*self.job_keys[org]) for org in orgs)
+
+    def step_data(self, org: str) -> KeyCeremonyStepData | None:
+        base = KeyCeremonyStepData("", key_bits=KEY_BITS, parameters=job_settings())
+        if org not in self.job_keys:
+            return replace(base, action="advertise")
+        if self.dealt is None:
+            if len(self.job_keys) < MIN_PARTICIPANTS or org != min(self.job_keys):
+                return None
+            return replace(
+                base, action="deal", dealer=org, job_keys=self.advertised(sorted(self.job_keys))
+            )
+        dealer, dealt = self.dealt
+        if org in self.confirmed:
+            waiting = [
+                o for o in sorted(self.job_keys) if o not in self.sealed and o not in (dealer, org)
+            ]
+            if waiting and org == min(self.confirmed):
+                return replace(
+                    base,
+                    action="seal",
+                    dealer=dealer,
+                    job_keys=self.advertised(waiting),
+                    dealt_key=dealt,
+                )
+            return None
+        if org not in self.sealed:
+            return None
+        sender, sealed = self.sealed[org]
+        return replace(
+            base,
+            action="receive",
+            dealer=dealer,
+            job_keys=self.advertised([sender]),
+            dealt_key=dealt,
+            dealer_certificate_pem=self.certificate(dealer),
+            sealed_key=sealed,
+        )
+
+    def task(self, org: str, data: KeyCeremonyStepData | None = None) -> Assignment:
+        data = data or self.step_data(org)
+        assert data is not None, f"no ceremony step for {org}"
+        return Assignment(
+            AssignmentKind.KEY_CEREMONY,
+            job_id=self.job_id,
+            task_name=TASK_NAME,
+            protection=Protection.PAILLIER,
+            training=TRAINING,
+            ceremony=data,
+        )
+
+    def latest(self) -> int:
+        return max(self.models)
+
+
+class PaillierTransport(FakeTransport):
+    """One participant's view of the coordinator: the job's models, its ceremony and rounds."""
+
+    def __init__(self, coordinator: CeremonyCoordinator, org: str) -> None:
+        super().__init__(initial_weights())
+        self.coordinator = coordinator
+        self.org = org
+        self.fail_ceremony_after: int | None = None
+        self.ceremony_calls = 0
+        self.downloaded: list[int] = []
+
+    def download_model(self, job_id: str, version: int) -> tuple[int, Weights]:
+        assert job_id == self.coordinator.job_id
+        self.downloads += 1
+        if version < 0:
+            version = self.coordinator.latest()
+        self.downloaded.append(version)
+        return version, [w.copy() for w in self.coordinator.models[version]]
+
+    def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt:
+        assert job_id == self.coordinator.job_id
+        if self.fail_ceremony_after is not None and self.ceremony_calls >= self.fail_ceremony_after:
+            raise Crash(f"{self.org} crashed before sending {action}")
+        self.ceremony_calls += 1
+        return self.coordinator.submit(self.org, action, body)
+
+
+class Crash(Exception):
+    """Stands for a process killed between two calls."""
+
+
+@dataclass
+class PaillierParticipant:
+    org: str
+    state_dir: Path
+    transport: PaillierTransport
+    pki: DemoPki
+    generate: Callable[[int], PaillierPrivateKey]
+    rounds: SecureRounds = field(init=False)
+    ceremony: KeyCeremony = field(init=False)
+    paillier: PaillierJobs = field(init=False)
+    data: LocalData = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        identity = IdentityFiles(identity_files(self.pki, self.org))
+        store = PaillierStateStore(self.state_dir)
+        self.paillier = PaillierJobs(store, self.transport)
+        self.ceremony = KeyCeremony(self.transport, store, identity, generate_key=self.generate)
+        self.data = local_data(self.org)
+
+        def train(assignment: Assignment, weights: Weights) -> TrainResult:
+            return task.train(weights, self.data, assignment.round_settings())
+
+        self.rounds = SecureRounds(
+            self.transport,
+            SecAggStateStore(self.state_dir),
+            AnswerStore(self.state_dir),
+            identity,
+            train,
+            paillier=self.paillier,
+        )
+
+    def step(self, assignment: Assignment) -> StepOutcome:
+        if assignment.kind is AssignmentKind.KEY_CEREMONY:
+            return self.ceremony.step(assignment)
+        return self.rounds.step(assignment)
+
+    def last(self) -> Sent:
+        return self.transport.sent[-1]
+
+    def restart(self) -> PaillierParticipant:
+        """New objects over the same state directory and transport (a process restart)."""
+        self.transport.fail_ceremony_after = None
+        return PaillierParticipant(
+            self.org, self.state_dir, self.transport, self.pki, self.generate
+        )
+
+    @property
+    def store(self) -> PaillierStateStore:
+        return PaillierStateStore(self.state_dir)
+
+    def private_key(self) -> PaillierPrivateKey | None:
+        """The job's key as a fresh process would read it from the state directory."""
+        job_id = self.transport.coordinator.job_id
+        return PaillierJobs(self.store, self.transport).private_key(job_id)
+
+
+def make_participants(
+    pki: DemoPki,
+    root: Path,
+    coordinator: CeremonyCoordinator,
+    generate: Callable[[int], PaillierPrivateKey],
+    orgs: Sequence[str] = ORGS4[:3],
+) -> list[PaillierParticipant]:
+    return [
+        PaillierParticipant(org, root / org, PaillierTransport(coordinator, org), pki, generate)
+        for org in orgs
+    ]
+
+
+def run_ceremony(
+    coordinator: CeremonyCoordinator, participants: Sequence[PaillierParticipant]
+) -> None:
+    """Offer every participant its step until nobody has one left."""
+    progress = True
+    while progress:
+        progress = False
+        for participant in participants:
+            data = coordinator.step_data(participant.org)
+            if data is None:
+                continue
+            outcome = participant.step(coordinator.task(participant.org, data))
+            assert outcome is StepOutcome.ANSWERED, (participant.org, data.action, outcome)
+            progress = True
+
+
+class PaillierRound(Coordinator):
+    """One paillier round: the SecAggServer keeps the mask bookkeeping, inputs are ciphertexts."""
+
+    def __init__(
+        self,
+        pki: DemoPki,
+        ceremony: CeremonyCoordinator,
+        cohort: Sequence[str],
+        base_version: int | None = None,
+    ) -> None:
+        super().__init__(pki, parameters(cohort=tuple(cohort), threshold=len(cohort) // 2 + 1))
+        self.ceremony = ceremony
+        self.base_version = ceremony.latest() if base_version is None else base_version
+        self.public = ceremony.public_key()
+        self.total: PaillierCiphertexts | None = None
+        self.encrypted: dict[str, bytes] = {}
+        self.correction: npt.NDArray[Any] | None = None
+
+    def task(self, phase: SecAggPhase, **step: Any) -> Assignment:
+        return replace(
+            super().task(phase, **step),
+            protection=Protection.PAILLIER,
+            model_version=self.base_version,
+            round_number=self.base_version + 1,
+        )
+
+    def receive(self, phase: SecAggPhase, org: str, sent: Sent) -> None:
+        if phase is not SecAggPhase.INPUTS:
+            super().receive(phase, org, sent)
+            return
+        assert sent.header is not None and sent.num_examples == 0 and sent.train_loss == 0.0
+        (data,) = decode_tensors(sent.header, sent.payload)
+        assert data.dtype == np.uint8 and data.ndim == 1
+        item = PaillierCiphertexts.from_bytes(data.tobytes(), self.public)
+        assert item.contributions == 1 and item.value_count == self.params.vector_length
+        self.encrypted[org] = data.tobytes()
+        self.total = (
+            item if self.total is None else add_ciphertexts(self.public, [self.total, item])
+        )
+
+    def close(self, phase: SecAggPhase) -> None:
+        if phase is SecAggPhase.INPUTS:
+            zeros = np.zeros(self.params.vector_length, dtype=self.config.dtype)
+            self.server.restore_inputs(sorted(self.encrypted), zeros)
+        super().close(phase)
+
+    def publish(self) -> int:
+        """UNMASK is over: the correction from a zero sum, the new version (S, C)."""
+        assert self.total is not None
+        self.correction = self.server.finish()
+        version = self.base_version + 1
+        summed = np.frombuffer(self.total.to_bytes(), dtype=np.uint8).copy()
+        self.ceremony.models[version] = [summed, self.correction]
+        return version
+
+    def run(self, participants: Sequence[PaillierParticipant]) -> int:
+        for phase in SecAggPhase:
+            self.run_phase(phase, participants)
+        return self.publish()
+
+
+def expected_total(
+    params: SecAggParameters,
+    base: Weights,
+    orgs: Sequence[str],
+    settings: TrainingSettings,
+) -> npt.NDArray[Any]:
+    """Σ quantize(delta_u, w_u) mod R: what a secagg round would unmask for these orgs."""
+    spec = params.quantization()
+    total = np.zeros(params.vector_length, dtype=spec.dtype)
+    for org in orgs:
+        result = task.train([w.copy() for w in base], local_data(org), settings)
+        delta = [
+            np.asarray(t, np.float64) - np.asarray(b, np.float64)
+            for b, t in zip(base, result.weights, strict=True)
+        ]
+        weight = min(result.num_examples, params.max_weight)
+        total += spec.quantize(flatten(delta), weight)
+    return total
+
+
+class ExportableTask:
+    """The synthetic task with a Keras exporter that records what it was given (no TF)."""
+
+    name = "exportable"
+
+    def __init__(self) -> None:
+        self.exported: list[tuple[Weights, Path]] = []
+
+    def initial_weights(self, seed: int) -> Weights:
+        return task.initial_weights(seed)
+
+    def load_data(self, config: Any) -> LocalData:
+        return task.load_data(config)
+
+    def train(self, weights: Weights, data: LocalData, settings: TrainingSettings) -> TrainResult:
+        return task.train(weights, data, settings)
+
+    def evaluate(self, weights: Weights, data: LocalData) -> Any:
+        return task.evaluate(weights, data)
+
+    def export_keras(self, weights: Weights, path: Path) -> None:
+        self.exported.append(([w.copy() for w in weights], path))
+        path.write_bytes(b"keras")
+
+
+exportable_task = ExportableTask()
+"""Importable as ``paillier_harness:exportable_task`` from a participant configuration."""

@@ -1,0 +1,712 @@
+"""A participant in paillier jobs: the key ceremony, encrypted rounds and the model chain.
+
+The test plays the coordinator (``paillier_harness``): a real ``SecAggServer`` keeps the mask
+bookkeeping and ``add_ciphertexts`` sums the encrypted inputs, as the coordinator does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from paillier_harness import (
+    KEY_BITS,
+    ORGS4,
+    CeremonyCoordinator,
+    Crash,
+    PaillierParticipant,
+    PaillierRound,
+    PaillierTransport,
+    expected_total,
+    initial_weights,
+    local_data,
+    make_participants,
+    run_ceremony,
+)
+from secure_round_harness import JOB_ID, Coordinator
+
+from examples.synthetic.task import task
+from fedsilo.codec import specs_of
+from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
+from fedsilo.protection import flatten, unflatten
+from participant.domain.assignments import (
+    AdvertisedKeys,
+    KeyCeremonyStepData,
+    Protection,
+    SecAggPhase,
+)
+from participant.service.key_ceremony import KeyCeremony
+from participant.service.paillier_jobs import ModelUnavailable
+from participant.service.paillier_state import PaillierStateStore
+from participant.service.secure_rounds import SecAggUnavailable, StepOutcome
+from secagg.paillier import (
+    PackingLayout,
+    PaillierCiphertexts,
+    PaillierPrivateKey,
+    decrypt_vector,
+    encrypt_vector,
+)
+from secagg.paillier.ceremony import DealtKey, JobKey, SealedKey, make_job_key, sign_public_key
+from secagg.primitives.encoding import decode_fields
+
+DEALER = "org-a"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
+    return make_demo_pki(tmp_path_factory.mktemp("pki"), ORGS4)
+
+
+@pytest.fixture
+def coordinator(pki: DemoPki) -> CeremonyCoordinator:
+    return CeremonyCoordinator(pki)
+
+
+@pytest.fixture
+def generated(paillier_key: PaillierPrivateKey) -> list[int]:
+    """Key sizes the dealer's generator was asked for."""
+    return []
+
+
+@pytest.fixture
+def generate(
+    paillier_key: PaillierPrivateKey, generated: list[int]
+) -> Callable[[int], PaillierPrivateKey]:
+    def make(bits: int) -> PaillierPrivateKey:
+        generated.append(bits)
+        return paillier_key
+
+    return make
+
+
+@pytest.fixture
+def participants(
+    pki: DemoPki,
+    tmp_path: Path,
+    coordinator: CeremonyCoordinator,
+    generate: Callable[[int], PaillierPrivateKey],
+) -> list[PaillierParticipant]:
+    return make_participants(pki, tmp_path, coordinator, generate)
+
+
+def _late_participant(
+    pki: DemoPki,
+    tmp_path: Path,
+    coordinator: CeremonyCoordinator,
+    generate: Callable[[int], PaillierPrivateKey],
+) -> PaillierParticipant:
+    (late,) = make_participants(pki, tmp_path, coordinator, generate, orgs=("org-d",))
+    return late
+
+
+def _advertise(coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]) -> None:
+    for participant in participants:
+        assert participant.step(coordinator.task(participant.org)) is StepOutcome.ANSWERED
+
+
+# -- the key ceremony ---------------------------------------------------------------------------
+
+
+def test_the_ceremony_gives_every_participant_the_dealers_key(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+    generated: list[int],
+) -> None:
+    run_ceremony(coordinator, participants)
+
+    assert generated == [KEY_BITS]
+    fingerprint = paillier_key.public_key.fingerprint
+    assert coordinator.confirmed == {org: fingerprint for org in ("org-a", "org-b", "org-c")}
+    for participant in participants:
+        held = participant.private_key()
+        assert held is not None and held.public_key == paillier_key.public_key
+    # The dealer sent its job key, then the signed public key, the sealed keys and its confirmation.
+    assert [action for action, _ in coordinator.sent_by(DEALER)] == [
+        "job_key",
+        "dealt_key",
+        "sealed",
+        "confirm",
+    ]
+    sealed = [
+        SealedKey.from_bytes(item) for item in decode_fields(coordinator.sent_by(DEALER)[2][1])
+    ]
+    assert sorted(s.receiver for s in sealed) == ["org-b", "org-c"]
+    assert coordinator.sent_by("org-b") == [
+        ("job_key", coordinator.job_keys["org-b"][0]),
+        ("confirm", fingerprint),
+    ]
+
+
+def test_the_key_is_kept_in_private_files(
+    coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]
+) -> None:
+    run_ceremony(coordinator, participants)
+
+    for participant in participants:
+        job_dir = participant.state_dir / "paillier" / JOB_ID
+        assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((participant.state_dir / "paillier").stat().st_mode) == 0o700
+        assert stat.S_IMODE((job_dir / "job.json").stat().st_mode) == 0o600
+        state = participant.store.load(JOB_ID)
+        assert state is not None and state.outbox == () and state.refusal == ""
+        assert state.parameters is not None and state.parameters.cohort == ()
+
+
+def test_a_late_participant_gets_the_key_sealed_by_a_holder(
+    pki: DemoPki,
+    tmp_path: Path,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    generate: Callable[[int], PaillierPrivateKey],
+    generated: list[int],
+    paillier_key: PaillierPrivateKey,
+) -> None:
+    run_ceremony(coordinator, participants)
+    late = _late_participant(pki, tmp_path, coordinator, generate)
+
+    assert late.step(coordinator.task(late.org)) is StepOutcome.ANSWERED  # advertise
+    seal = coordinator.step_data("org-a")
+    assert seal is not None and seal.action == "seal"
+    assert participants[0].step(coordinator.task("org-a", seal)) is StepOutcome.ANSWERED
+    receive = coordinator.step_data(late.org)
+    assert receive is not None and receive.action == "receive"
+    assert late.step(coordinator.task(late.org, receive)) is StepOutcome.ANSWERED
+
+    held = late.private_key()
+    assert held is not None and held.public_key == paillier_key.public_key
+    assert coordinator.confirmed[late.org] == paillier_key.public_key.fingerprint
+    assert generated == [KEY_BITS]  # one key for the job, however many join
+
+
+def test_a_restarted_dealer_deals_the_same_bytes_once(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    generated: list[int],
+) -> None:
+    _advertise(coordinator, participants)
+    dealer = participants[0]
+    deal = coordinator.task(DEALER)
+    dealer.transport.fail_ceremony_after = dealer.transport.ceremony_calls  # dies before sending
+
+    with pytest.raises(Crash):
+        dealer.step(deal)
+    state = dealer.store.load(JOB_ID)
+    assert state is not None and [m.action for m in state.outbox] == [
+        "dealt_key",
+        "sealed",
+        "confirm",
+    ]
+    assert coordinator.dealt is None
+
+    dealer = dealer.restart()
+    assert dealer.step(deal) is StepOutcome.ANSWERED
+    assert generated == [KEY_BITS]
+    assert [(DEALER, m.action, m.body) for m in state.outbox] == coordinator.received[-3:]
+
+
+def test_a_dealer_that_crashed_after_the_dealt_key_finishes_without_being_asked(
+    coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]
+) -> None:
+    _advertise(coordinator, participants)
+    dealer = participants[0]
+    dealer.transport.fail_ceremony_after = dealer.transport.ceremony_calls + 1
+
+    with pytest.raises(Crash):
+        dealer.step(coordinator.task(DEALER))
+    assert coordinator.dealt is not None and DEALER not in coordinator.confirmed
+    # The coordinator asks a dealer only once; the restarted daemon sends what is left.
+    assert coordinator.step_data(DEALER) is None
+    dealer = dealer.restart()
+    dealer.ceremony.resume()
+    dealer.ceremony.resume()  # once per process
+
+    assert [action for action, _ in coordinator.sent_by(DEALER)] == [
+        "job_key",
+        "dealt_key",
+        "sealed",
+        "confirm",
+    ]
+    run_ceremony(coordinator, participants[1:])
+    assert sorted(coordinator.confirmed) == ["org-a", "org-b", "org-c"]
+
+
+def test_a_restarted_participant_advertises_and_confirms_the_same_bytes(
+    coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]
+) -> None:
+    victim = participants[1]
+    task = coordinator.task(victim.org)
+    victim.transport.fail_ceremony_after = 0
+    with pytest.raises(Crash):
+        victim.step(task)
+    stored = victim.store.load(JOB_ID)
+    assert stored is not None and stored.job_key
+
+    victim = victim.restart()
+    assert victim.step(task) is StepOutcome.ANSWERED
+    assert coordinator.job_keys[victim.org][0] == stored.job_key
+    participants[1] = victim
+    _advertise(coordinator, [participants[0], participants[2]])
+    assert participants[0].step(coordinator.task(DEALER)) is StepOutcome.ANSWERED
+
+    receive = coordinator.task(victim.org)
+    victim.transport.fail_ceremony_after = victim.transport.ceremony_calls
+    with pytest.raises(Crash):
+        victim.step(receive)
+    opened = victim.private_key()
+    assert opened is not None  # persisted before the confirmation was sent
+
+    victim = victim.restart()
+    assert victim.step(receive) is StepOutcome.ANSWERED
+    assert victim.private_key() == opened
+    assert coordinator.confirmed[victim.org] == opened.public_key.fingerprint
+
+
+def _refused(
+    participant: PaillierParticipant,
+    coordinator: CeremonyCoordinator,
+    step: KeyCeremonyStepData,
+    caplog: pytest.LogCaptureFixture,
+    reason: str,
+) -> None:
+    """The step is refused, nothing is sent, and the same step is never answered again."""
+    bad = coordinator.task(participant.org, step)
+    sent = len(coordinator.received)
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert participant.step(bad) is StepOutcome.REFUSED
+    assert reason in caplog.text and "refused the key-ceremony step" in caplog.text
+    assert participant.step(bad) is StepOutcome.LEFT
+    assert participant.restart().step(bad) is StepOutcome.LEFT
+    assert len(coordinator.received) == sent
+    state = participant.store.load(JOB_ID)
+    assert state is not None and state.refusal and not state.private_key
+
+
+def _dealt(coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]) -> None:
+    _advertise(coordinator, participants)
+    assert participants[0].step(coordinator.task(DEALER)) is StepOutcome.ANSWERED
+
+
+def test_a_substituted_dealt_key_is_refused(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _dealt(coordinator, participants)
+    honest = coordinator.step_data("org-b")
+    assert honest is not None and honest.action == "receive"
+    genuine = DealtKey.from_bytes(honest.dealt_key)
+    # Another public key (here: one bit changed) under the dealer's name and signature.
+    changed = genuine.public_key[:-1] + bytes([genuine.public_key[-1] ^ 1])
+    forged = DealtKey(genuine.dealer, changed, genuine.signature)
+
+    _refused(
+        participants[1],
+        coordinator,
+        replace(honest, dealt_key=forged.to_bytes()),
+        caplog,
+        "signature",
+    )
+    # The honest step is another step: it is checked afresh and accepted.
+    assert participants[1].step(coordinator.task("org-b")) is StepOutcome.ANSWERED
+
+
+def test_a_dealt_key_signed_under_a_foreign_ca_certificate_is_refused(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    tmp_path: Path,
+    paillier_key: PaillierPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _dealt(coordinator, participants)
+    honest = coordinator.step_data("org-c")
+    assert honest is not None
+    forged = issue(create_ca(), DEALER, Role.PARTICIPANT, tmp_path / "evil")
+    dealt = sign_public_key(
+        JOB_ID, DEALER, paillier_key.public_key, load_private_key(forged.key_path)
+    )
+
+    _refused(
+        participants[2],
+        coordinator,
+        replace(
+            honest,
+            dealt_key=dealt.to_bytes(),
+            dealer_certificate_pem=forged.cert_path.read_bytes(),
+        ),
+        caplog,
+        "not issued by the consortium CA",
+    )
+
+
+def test_a_sealed_key_for_someone_else_is_refused(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _dealt(coordinator, participants)
+    for_c = coordinator.step_data("org-c")
+    for_b = coordinator.step_data("org-b")
+    assert for_b is not None and for_c is not None
+
+    _refused(
+        participants[1],
+        coordinator,
+        replace(for_b, sealed_key=for_c.sealed_key),
+        caplog,
+        "addressed to 'org-c'",
+    )
+
+
+def test_a_job_key_under_a_foreign_ca_certificate_makes_the_dealer_refuse(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    tmp_path: Path,
+    generated: list[int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _advertise(coordinator, participants)
+    honest = coordinator.step_data(DEALER)
+    assert honest is not None and honest.action == "deal"
+    # The coordinator slips in a job key of its own for org-b, certified by a CA of its own.
+    forged = issue(create_ca(), "org-b", Role.PARTICIPANT, tmp_path / "evil")
+    _, job_key = make_job_key(JOB_ID, "org-b", load_private_key(forged.key_path), os.urandom)
+    keys = tuple(
+        AdvertisedKeys(job_key.to_bytes(), forged.cert_path.read_bytes())
+        if JobKey.from_bytes(item.signed_keys).participant == "org-b"
+        else item
+        for item in honest.job_keys
+    )
+
+    _refused(
+        participants[0],
+        coordinator,
+        replace(honest, job_keys=keys),
+        caplog,
+        "not issued by the consortium CA",
+    )
+    assert generated == []  # no key exists before every job key checked out
+
+
+def test_changed_job_settings_are_refused(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _dealt(coordinator, participants)
+    honest = coordinator.step_data("org-b")
+    assert honest is not None and honest.parameters is not None
+    changed = replace(honest.parameters, clip=0.5)
+
+    _refused(
+        participants[1],
+        coordinator,
+        replace(honest, parameters=changed),
+        caplog,
+        "settings changed",
+    )
+
+
+def test_a_key_below_2048_bits_is_refused(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = coordinator.step_data("org-b")
+    assert first is not None
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert participants[1].step(coordinator.task("org-b", replace(first, key_bits=1024))) is (
+            StepOutcome.REFUSED
+        )
+    assert "at least 2048 bits" in caplog.text
+    assert coordinator.received == []
+
+
+def test_without_an_identity_the_ceremony_is_refused(
+    coordinator: CeremonyCoordinator, tmp_path: Path
+) -> None:
+    ceremony = KeyCeremony(
+        PaillierTransport(coordinator, "org-a"), PaillierStateStore(tmp_path), None
+    )
+    with pytest.raises(SecAggUnavailable, match="without TLS"):
+        ceremony.step(coordinator.task("org-a"))
+    assert PaillierStateStore(tmp_path).job_ids() == []
+
+
+def test_a_participant_that_lost_its_job_key_cannot_receive(
+    coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]
+) -> None:
+    _dealt(coordinator, participants)
+    victim = participants[1]
+    (victim.state_dir / "paillier" / JOB_ID / "job.json").unlink()
+
+    assert victim.step(coordinator.task(victim.org)) is StepOutcome.DROPPED
+    assert victim.org not in coordinator.confirmed
+
+
+# -- rounds and models --------------------------------------------------------------------------
+
+
+def _round(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> PaillierRound:
+    round_ = PaillierRound(pki, coordinator, [p.org for p in participants])
+    round_.run(participants)
+    return round_
+
+
+def _secagg_model(
+    round_: PaillierRound, base: list[np.ndarray], orgs: tuple[str, ...]
+) -> list[np.ndarray]:
+    """What the coordinator of a secagg round would commit: base + the dequantized mean delta."""
+    settings = round_.task(SecAggPhase.KEYS).round_settings()
+    total = expected_total(round_.params, base, orgs, settings)
+    mean = round_.params.quantization().dequantize(total)
+    delta = unflatten(mean.mean, specs_of(base), "float64")
+    return [(w.astype(np.float64) + d).astype(np.float32) for w, d in zip(base, delta, strict=True)]
+
+
+def test_a_paillier_round_gives_every_participant_what_secagg_would(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    round_ = _round(pki, coordinator, participants)
+
+    base = initial_weights()
+    expected = _secagg_model(round_, base, ("org-a", "org-b", "org-c"))
+    settings = round_.task(SecAggPhase.KEYS).round_settings()
+    bound = round_.params.quantization().mean_error_bound
+    for participant in participants:
+        version, weights = participant.paillier.model(JOB_ID, -1)
+        assert version == 1
+        for got, want in zip(weights, expected, strict=True):
+            assert got.dtype == np.float32 and np.array_equal(got, want)
+    # And that is FedAvg of the clipped deltas, within the quantization bound.
+    deltas = []
+    weights_of = []
+    for org in ("org-a", "org-b", "org-c"):
+        result = task.train([w.copy() for w in base], local_data(org), settings)
+        deltas.append(np.clip(flatten(result.weights) - flatten(base), -1.0, 1.0))
+        weights_of.append(min(result.num_examples, round_.params.max_weight))
+    mean = sum(w * d for w, d in zip(weights_of, deltas, strict=True)) / sum(weights_of)
+    got = flatten(participants[0].paillier.model(JOB_ID, 1)[1]) - flatten(base)
+    assert np.max(np.abs(got - mean)) <= bound + 1e-6
+    assert np.max(np.abs(mean)) > 100 * bound
+
+
+def test_the_encrypted_input_is_one_byte_tensor_without_count_or_loss(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    round_ = PaillierRound(pki, coordinator, [p.org for p in participants])
+    for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES):
+        round_.run_phase(phase, participants)
+    answers = round_.run_phase(SecAggPhase.INPUTS, participants)
+
+    for org, sent in answers.items():
+        assert sent.header is not None
+        ((dtype, shape),) = [(s.dtype, s.shape) for s in sent.header.tensors]
+        assert dtype == "uint8" and shape == (len(round_.encrypted[org]),)
+        assert sent.num_examples == 0 and sent.train_loss == 0.0
+        assert sent.assignment.protection is Protection.PAILLIER
+
+
+def test_a_late_participant_rebuilds_the_current_model_from_version_zero(
+    pki: DemoPki,
+    tmp_path: Path,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    generate: Callable[[int], PaillierPrivateKey],
+) -> None:
+    run_ceremony(coordinator, participants)
+    _round(pki, coordinator, participants)
+    late = _late_participant(pki, tmp_path, coordinator, generate)
+    everyone = [*participants, late]
+    run_ceremony(coordinator, everyone)
+    assert late.private_key() is not None
+
+    round_ = _round(pki, coordinator, everyone)  # base version 1: org-d rebuilds it first
+    assert late.transport.downloaded[:2] == [0, 1]
+
+    v1 = participants[0].paillier.model(JOB_ID, 1)[1]
+    expected = _secagg_model(round_, v1, ORGS4)
+    models = [p.paillier.model(JOB_ID, 2) for p in everyone]
+    for version, weights in models:
+        assert version == 2
+        for got, want in zip(weights, expected, strict=True):
+            assert np.array_equal(got, want)
+    # Each version is decrypted once, then kept: no download for a kept version.
+    downloads = late.transport.downloads
+    assert late.restart().paillier.model(JOB_ID, 2)[0] == 2
+    assert late.transport.downloads == downloads
+    assert participants[1].store.model_versions(JOB_ID) == [0, 1, 2]
+    model_file = participants[1].state_dir / "paillier" / JOB_ID / "models" / "2.bin"
+    assert stat.S_IMODE(model_file.stat().st_mode) == 0o600
+
+
+def test_one_ciphertext_passed_off_as_the_aggregate_reveals_no_update(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+) -> None:
+    """TEST-MATRIX S16: a single participant's input decrypts only to a masked vector."""
+    run_ceremony(coordinator, participants)
+    round_ = _round(pki, coordinator, participants)
+    assert round_.correction is not None
+    spec = round_.params.quantization()
+    settings = round_.task(SecAggPhase.KEYS).round_settings()
+    updates = {
+        org: expected_total(round_.params, initial_weights(), (org,), settings)
+        for org in ("org-a", "org-b", "org-c")
+    }
+    victim = "org-b"
+    single = PaillierCiphertexts.from_bytes(round_.encrypted[victim], paillier_key.public_key)
+    masked = decrypt_vector(paillier_key, single)
+    for correction in (round_.correction, np.zeros_like(round_.correction)):
+        revealed = (masked + correction.astype(np.uint64)).astype(spec.dtype)
+        for update in updates.values():
+            # Uniformly random words: about one coordinate in 2^32 agrees by chance.
+            assert np.count_nonzero(revealed == update) <= 2
+        signed = revealed.view(np.int32)[:-1].astype(np.float64)
+        assert np.median(np.abs(signed)) > 2**20  # nowhere near quantized clipped values
+
+    # Served as model version 2, the participants refuse to build on it.
+    coordinator.models[2] = [
+        np.frombuffer(round_.encrypted[victim], dtype=np.uint8).copy(),
+        round_.correction,
+    ]
+    with pytest.raises(ModelUnavailable, match="version 2 does not decrypt"):
+        participants[0].paillier.model(JOB_ID, 2)
+    assert participants[0].store.model_versions(JOB_ID) == [0, 1]
+
+
+def test_a_version_that_is_no_mean_of_clipped_updates_is_refused(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+) -> None:
+    run_ceremony(coordinator, participants)
+    _round(pki, coordinator, participants)
+    params = PaillierRound(pki, coordinator, ["org-a", "org-b"]).params
+    spec = params.quantization()
+    # A well-formed encryption of the coordinator's choice: a plausible weight, huge values.
+    crafted = np.full(params.vector_length, 2**30, dtype=spec.dtype)
+    crafted[-1] = 3
+    layout = PackingLayout(32, params.max_participants, paillier_key.public_key.bits)
+    encrypted = encrypt_vector(paillier_key.public_key, layout, crafted)
+    coordinator.models[2] = [
+        np.frombuffer(encrypted.to_bytes(), dtype=np.uint8).copy(),
+        np.zeros(params.vector_length, dtype=spec.dtype),
+    ]
+
+    with pytest.raises(ModelUnavailable, match="not the aggregate of a round"):
+        participants[0].paillier.model(JOB_ID, 2)
+    assert participants[0].paillier.model(JOB_ID, 1)[0] == 1
+
+
+def test_a_malformed_model_version_is_refused(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    _round(pki, coordinator, participants)
+    summed, correction = coordinator.models[1]
+    coordinator.models[1] = [summed[:-1], correction]
+
+    with pytest.raises(ModelUnavailable, match="does not decrypt"):
+        participants[0].paillier.model(JOB_ID, 1)
+    coordinator.models[1] = [summed, correction[:-1]]
+    with pytest.raises(ModelUnavailable, match="must be the summed ciphertexts"):
+        participants[0].paillier.model(JOB_ID, 1)
+
+
+def test_a_restart_mid_round_resends_the_stored_ciphertexts(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    round_ = PaillierRound(pki, coordinator, [p.org for p in participants])
+    for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES):
+        round_.run_phase(phase, participants)
+    first = round_.run_phase(SecAggPhase.INPUTS, participants)
+
+    restarted = [p.restart() for p in participants]
+    downloads = restarted[0].transport.downloads
+    assert restarted[0].step(round_.inputs_task("org-a")) is StepOutcome.ANSWERED
+    assert restarted[0].last().payload == first["org-a"].payload  # randomized: from the store
+    assert restarted[0].transport.downloads == downloads
+    for phase in (SecAggPhase.CONSISTENCY, SecAggPhase.UNMASK):
+        round_.run_phase(phase, restarted)
+    assert round_.publish() == 1
+    assert restarted[2].paillier.model(JOB_ID, 1)[0] == 1
+
+
+def test_a_round_needs_the_jobs_key(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _advertise(coordinator, participants)  # no key dealt yet
+    keys = replace(Coordinator(pki).keys_task(), protection=Protection.PAILLIER)
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert participants[1].step(keys) is StepOutcome.REFUSED
+    assert "holds no Paillier key" in caplog.text
+    assert participants[1].transport.sent == []
+
+
+def test_weaker_protection_in_a_paillier_job_is_refused(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    secagg = Coordinator(pki)  # the same job, as a plain secagg round
+    assert participants[0].step(secagg.keys_task()) is StepOutcome.REFUSED
+
+    # A paillier round whose later phase claims secagg: the masked input would go out in clear.
+    round_ = PaillierRound(pki, coordinator, [p.org for p in participants])
+    round_.run_phase(SecAggPhase.KEYS, participants)
+    shares = replace(round_.shares_task(), protection=Protection.SECAGG)
+    assert participants[1].step(shares) is StepOutcome.REFUSED
+    assert participants[1].transport.sent[-1].assignment.phase == "keys"
+
+
+def test_no_key_material_reaches_the_log(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        run_ceremony(coordinator, participants)
+        _round(pki, coordinator, participants)
+        participants[0].paillier.model(JOB_ID, 1)
+    secrets = [
+        format(paillier_key.p, "x")[:32],
+        format(paillier_key.q, "x")[:32],
+        str(paillier_key.p)[:32],
+    ]
+    for participant in participants:
+        state = participant.store.load(JOB_ID)
+        assert state is not None and state.job_key_pair is not None
+        secrets.append(state.job_key_pair.private_key.hex()[:32])
+        secrets.append(state.private_key.hex()[-64:-32])
+    assert not [s for s in secrets if s in caplog.text]
