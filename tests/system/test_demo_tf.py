@@ -41,3 +41,12 @@ def test_default_secure_demo_reaches_central_accuracy_and_matches_plain_fedavg(
     plain = _demo(tmp_path, "--protection", "none")
     assert plain["protection"] == "none"
     assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01
+
+
+def test_paillier_demo_matches_the_secure_demo(tmp_path: Path) -> None:
+    # Paillier sums the same masked integers exactly, so the model equals secagg's.
+    paillier = _demo(tmp_path, "--protection", "paillier")
+    assert paillier["protection"] == "paillier"
+    secure = _demo(tmp_path, "--protection", "secagg")
+    assert abs(paillier["final_accuracy"] - secure["final_accuracy"]) <= 0.01
+    assert paillier["final_accuracy"] >= 0.90
