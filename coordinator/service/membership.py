@@ -59,6 +59,18 @@ class MembershipService:
     def authenticate_participant(self, org_id: str, *, require_active: bool = True) -> Participant:
         """Register on first contact and refresh liveness; refuse revoked (and pending) members."""
         now = self._clock()
+        try:
+            participant = self._register_or_touch(org_id, now)
+        except DuplicateKey:
+            # Two first calls of one organization raced; the other one registered it.
+            participant = self._register_or_touch(org_id, now)
+        if participant.status is ParticipantStatus.REVOKED:
+            raise NotAuthorized("this organization's membership is revoked")
+        if require_active and participant.status is not ParticipantStatus.ACTIVE:
+            raise NotAuthorized("this organization's membership is pending an admin's approval")
+        return participant
+
+    def _register_or_touch(self, org_id: str, now: float) -> Participant:
         with self._store.transaction() as tx:
             participant = tx.get_participant(org_id)
             if participant is None:
@@ -69,14 +81,9 @@ class MembershipService:
                 tx.add_participant(participant)
                 tx.add_audit(now, org_id, "participant.register", status.value, "")
                 log.info("new organization registered as %s", status.value, **context(org=org_id))
-            else:
-                tx.touch_participant(org_id, now)
-                participant = dataclasses.replace(participant, last_seen=now)
-        if participant.status is ParticipantStatus.REVOKED:
-            raise NotAuthorized("this organization's membership is revoked")
-        if require_active and participant.status is not ParticipantStatus.ACTIVE:
-            raise NotAuthorized("this organization's membership is pending an admin's approval")
-        return participant
+                return participant
+            tx.touch_participant(org_id, now)
+            return dataclasses.replace(participant, last_seen=now)
 
     def is_certificate_revoked(self, serial_hex: str) -> bool:
         return serial_hex in self._revoked

@@ -1,0 +1,55 @@
+"""An organization's first calls may arrive together: registration happens once, none fails."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from coordinator.domain.jobs import ParticipantStatus
+from coordinator.persistence.store import Store
+from coordinator.service.membership import MembershipService
+
+
+def test_concurrent_first_calls_register_the_organization_once(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        membership = MembershipService(store, auto_approve=True)
+        # Make the race certain: every caller reads "unknown" before anyone inserts.
+        original = store.transaction
+        barrier = threading.Barrier(4)
+        seen: list[BaseException] = []
+
+        class RacingStore:
+            def __getattr__(self, name: str) -> object:
+                return getattr(store, name)
+
+        racing = RacingStore()
+        first_round = threading.local()
+
+        def transaction():  # type: ignore[no-untyped-def]
+            context = original()
+            if not getattr(first_round, "done", False):
+                first_round.done = True
+                barrier.wait(timeout=10)
+            return context
+
+        racing.transaction = transaction  # type: ignore[attr-defined]
+        membership._store = racing  # type: ignore[assignment]
+
+        def call() -> None:
+            try:
+                membership.authenticate_participant("org-x")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                seen.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert seen == []
+        with store.transaction() as tx:
+            participants = tx.list_participants()
+        assert [(p.org_id, p.status) for p in participants] == [("org-x", ParticipantStatus.ACTIVE)]
+    finally:
+        store.close()
