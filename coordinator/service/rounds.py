@@ -31,6 +31,7 @@ from coordinator.domain.jobs import (
     MetricReport,
     ModelVersion,
     ParticipantStatus,
+    PhaseMessage,
     Submission,
 )
 from coordinator.domain.rounds import Phase, Protection, Round, RoundEvent, transition
@@ -455,34 +456,21 @@ class CoordinatorService:
                     previous, digest, org_id, message.round_id, message.phase, now
                 )
             ack = Acknowledgement(self._new_id(), duplicate=False)
-            try:
-                with self._store.transaction() as tx:
-                    tx.add_submission(
-                        Submission(
-                            round_.round_id,
-                            org_id,
-                            message.phase.value,
-                            digest,
-                            len(message.body),
-                            0,
-                            ack.acknowledgement_id,
-                            now,
-                        )
-                    )
-                    tx.add_phase_message(row)
-                    # Bumping the row version serializes this with any concurrent phase change.
-                    tx.update_round(
-                        dataclasses.replace(round_, row_version=round_.row_version + 1),
-                        expected_row_version=round_.row_version,
-                    )
-            except DuplicateKey:
-                with self._store.transaction() as tx:
-                    previous = tx.get_submission(round_.round_id, org_id, message.phase.value)
-                if previous is None:
-                    raise
-                return self._repeated(
-                    previous, digest, org_id, message.round_id, message.phase, now
-                )
+            submission = Submission(
+                round_.round_id,
+                org_id,
+                message.phase.value,
+                digest,
+                len(message.body),
+                0,
+                ack.acknowledgement_id,
+                now,
+            )
+            # Bumping the row version serializes this with any concurrent phase change.
+            bumped = dataclasses.replace(round_, row_version=round_.row_version + 1)
+            winner = self._record(round_, submission, bumped, now, row)
+            if winner is not None:
+                return winner
         crash_point(f"coordinator.secagg.after_{message.phase.value}_commit")
         log.info(
             "%s message accepted",
@@ -537,30 +525,19 @@ class CoordinatorService:
                 train_loss_sum=round_.train_loss_sum + update.train_loss * update.num_examples,
                 accumulator_ref=acc_ref,
             )
-            try:
-                with self._store.transaction() as tx:
-                    tx.add_submission(
-                        Submission(
-                            round_.round_id,
-                            org_id,
-                            update.phase.value,
-                            update.header.sha256,
-                            update.header.total_bytes,
-                            update.num_examples,
-                            ack.acknowledgement_id,
-                            now,
-                        )
-                    )
-                    tx.update_round(updated, expected_row_version=round_.row_version)
-            except DuplicateKey:
-                # Lost a race with an identical retry on another stream: answer like a retry.
-                with self._store.transaction() as tx:
-                    previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
-                if previous is None:
-                    raise
-                return self._repeated(
-                    previous, update.header.sha256, org_id, update.round_id, update.phase, now
-                )
+            submission = Submission(
+                round_.round_id,
+                org_id,
+                update.phase.value,
+                update.header.sha256,
+                update.header.total_bytes,
+                update.num_examples,
+                ack.acknowledgement_id,
+                now,
+            )
+            winner = self._record(round_, submission, updated, now)
+            if winner is not None:
+                return winner
             self._discard_blob(round_.accumulator_ref)
         log.info(
             "update accepted (%d examples, %d bytes)",
@@ -613,29 +590,19 @@ class CoordinatorService:
             contributors=(*round_.contributors, org_id),
             accumulator_ref=sum_ref,
         )
-        try:
-            with self._store.transaction() as tx:
-                tx.add_submission(
-                    Submission(
-                        round_.round_id,
-                        org_id,
-                        update.phase.value,
-                        update.header.sha256,
-                        update.header.total_bytes,
-                        0,
-                        ack.acknowledgement_id,
-                        now,
-                    )
-                )
-                tx.update_round(updated, expected_row_version=round_.row_version)
-        except DuplicateKey:
-            with self._store.transaction() as tx:
-                previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
-            if previous is None:
-                raise
-            return self._repeated(
-                previous, update.header.sha256, org_id, update.round_id, update.phase, now
-            )
+        submission = Submission(
+            round_.round_id,
+            org_id,
+            update.phase.value,
+            update.header.sha256,
+            update.header.total_bytes,
+            0,
+            ack.acknowledgement_id,
+            now,
+        )
+        winner = self._record(round_, submission, updated, now)
+        if winner is not None:
+            return winner
         crash_point("coordinator.secagg.after_inputs_commit")
         if sum_ref != round_.accumulator_ref:
             self._discard_blob(round_.accumulator_ref)
@@ -646,6 +613,38 @@ class CoordinatorService:
         )
         self.tick()
         return ack
+
+    def _record(
+        self,
+        round_: Round,
+        submission: Submission,
+        updated: Round,
+        now: float,
+        message: PhaseMessage | None = None,
+    ) -> Acknowledgement | None:
+        """Store a submission (and its phase message) with the round's new state in one
+        transaction. None when stored; the answer to give instead when an identical retry on
+        another stream won the race (a different one is refused as a conflict)."""
+        try:
+            with self._store.transaction() as tx:
+                tx.add_submission(submission)
+                if message is not None:
+                    tx.add_phase_message(message)
+                tx.update_round(updated, expected_row_version=round_.row_version)
+        except DuplicateKey:
+            with self._store.transaction() as tx:
+                previous = tx.get_submission(round_.round_id, submission.org_id, submission.phase)
+            if previous is None:
+                raise
+            return self._repeated(
+                previous,
+                submission.content_sha256,
+                submission.org_id,
+                round_.round_id,
+                Phase(submission.phase),
+                now,
+            )
+        return None
 
     def _repeated(
         self,
