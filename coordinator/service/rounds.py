@@ -186,6 +186,8 @@ class CoordinatorService:
         self._secure = SecureRounds(blobs)
         self._ceremony = KeyCeremony()
         self._lock = threading.RLock()
+        # Per organization: the ceremony steps offered since it was last given other work.
+        self._ceremony_offered: dict[str, set[int]] = {}
         self._changed = threading.Condition()
         self._generation = 0
 
@@ -316,45 +318,74 @@ class CoordinatorService:
 
         1. A small secure-aggregation step (KEYS, SHARES, CONSISTENCY, UNMASK): the whole cohort
            waits for it and it takes milliseconds.
-        2. EVALUATE the latest model it helped build, unless it takes part in a small phase now
+        2. A key-ceremony step of a paillier job.
+        3. EVALUATE the latest model it helped build, unless it takes part in a small phase now
            (then it waits for the next step instead of holding the cohort up).
-        3. TRAIN in an open round (plain, or the masked INPUTS of a secure round).
-        4. WAIT.
+        4. TRAIN in an open round (plain, or the masked INPUTS of a secure round).
+        5. WAIT.
+
+        A participant refuses a ceremony step by going silent, and nothing ends a ceremony step
+        the way a phase deadline ends a round's: a ceremony step offered before and still
+        unanswered therefore alternates with the organization's other work (its other jobs'
+        ceremonies first), so one refused job never starves the others.
         """
         now = self._clock()
         with self._store.transaction() as tx:
-            for job in tx.list_jobs((JobState.RUNNING,)):
-                if job.spec.protection is Protection.PAILLIER:
-                    step = self._ceremony.step_for(
+            work = self._round_and_model_work(tx, org_id, now)
+            if work.kind is WorkKind.SECAGG_STEP:
+                return work
+            ceremonies = [
+                WorkItem(WorkKind.KEY_CEREMONY, job, ceremony=step)
+                for job in tx.list_jobs((JobState.RUNNING,))
+                if job.spec.protection is Protection.PAILLIER
+                and (
+                    step := self._ceremony.step_for(
                         tx, job, org_id, self._secure.job_parameters(job)
                     )
-                    if step is not None:
-                        return WorkItem(WorkKind.KEY_CEREMONY, job, ceremony=step)
-            training: WorkItem | None = None
-            in_small_phase = False
-            for round_ in tx.open_rounds():
-                if org_id not in round_.cohort or now > round_.deadline_at:
-                    continue
-                item = self._round_work(tx, round_, org_id, now)
-                if item is not None and item.kind is WorkKind.SECAGG_STEP:
-                    return item
-                training = training or item
-                in_small_phase = in_small_phase or (
-                    round_.protection in _SECURE
-                    and round_.phase in (Phase.CREATED, *SMALL_PHASES)
-                    and org_id in self._secure.expected(tx, round_)
                 )
-            if in_small_phase:
-                return WorkItem(WorkKind.WAIT)
-            for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
-                if (
-                    job.model_version >= 1
-                    and tx.get_metric(job.job_id, job.model_version, org_id) is None
-                ):
-                    latest = tx.get_model_version(job.job_id, job.model_version)
-                    producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
-                    if producer is not None and org_id in producer.contributors:
-                        return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
+                is not None
+            ]
+        if not ceremonies:
+            return work
+        with self._lock:
+            offered = self._ceremony_offered.setdefault(org_id, set())
+            fresh = [item for item in ceremonies if _ceremony_key(item) not in offered]
+            if not fresh and work.kind is not WorkKind.WAIT:
+                offered.clear()
+                return work
+            item = (fresh or ceremonies)[0]
+            if not fresh:
+                offered.clear()
+            offered.add(_ceremony_key(item))
+            return item
+
+    def _round_and_model_work(self, tx: Transaction, org_id: str, now: float) -> WorkItem:
+        """org_id's work in open rounds and models to evaluate (1, 3, 4 and 5 of next_work)."""
+        training: WorkItem | None = None
+        in_small_phase = False
+        for round_ in tx.open_rounds():
+            if org_id not in round_.cohort or now > round_.deadline_at:
+                continue
+            item = self._round_work(tx, round_, org_id, now)
+            if item is not None and item.kind is WorkKind.SECAGG_STEP:
+                return item
+            training = training or item
+            in_small_phase = in_small_phase or (
+                round_.protection in _SECURE
+                and round_.phase in (Phase.CREATED, *SMALL_PHASES)
+                and org_id in self._secure.expected(tx, round_)
+            )
+        if in_small_phase:
+            return WorkItem(WorkKind.WAIT)
+        for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
+            if (
+                job.model_version >= 1
+                and tx.get_metric(job.job_id, job.model_version, org_id) is None
+            ):
+                latest = tx.get_model_version(job.job_id, job.model_version)
+                producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
+                if producer is not None and org_id in producer.contributors:
+                    return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
         return training or WorkItem(WorkKind.WAIT)
 
     def _round_work(
@@ -398,15 +429,21 @@ class CoordinatorService:
                     raise WrongPhase("this job has no key ceremony")
                 if job.state is not JobState.RUNNING:
                     raise WrongPhase(f"the job is {job.state.value}")
+                # In the order accepted: a repeat is answered with the newest row's ack.
                 existing = {
                     (m.kind, m.body): m for m in tx.list_job_messages(job_id) if m.org_id == org_id
                 }
+                accepted = list(existing.values())
                 rows = self._ceremony.check(tx, job, org_id, action, body, certificate_pem)
                 repeats = [existing.get((kind, data)) for kind, data, _ in rows]
-                if all(repeats):
-                    first = repeats[0]
-                    assert first is not None
-                    return Acknowledgement(first.acknowledgement_id, duplicate=True)
+                stored = [m for m in repeats if m is not None]
+                if len(stored) == len(rows):
+                    latest = max(stored, key=accepted.index)
+                    return Acknowledgement(latest.acknowledgement_id, duplicate=True)
+                # A message may repeat rows already stored (a holder sealing for newcomers
+                # resends the keys it sealed before): those are kept, the new rows added. A row
+                # that replaces a stored one with other bytes is a conflict.
+                rows = [row for row, repeat in zip(rows, repeats, strict=True) if repeat is None]
                 kinds = {m.kind for m in existing.values()}
                 conflict = any(kind in kinds for kind, _, _ in rows)
                 ack = Acknowledgement(self._new_id(), duplicate=False)
@@ -977,6 +1014,13 @@ class CoordinatorService:
         )
         self._advance_round(round_)
         return True
+
+
+def _ceremony_key(item: WorkItem) -> int:
+    """Identifies a ceremony step: the same job, action and material is the same step."""
+    assert item.job is not None and item.ceremony is not None
+    step = item.ceremony
+    return hash((item.job.job_id, step.action, step.job_keys, step.dealt_key, step.sealed_key))
 
 
 def _require_job(tx: Transaction, job_id: str) -> Job:

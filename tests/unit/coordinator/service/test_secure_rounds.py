@@ -889,6 +889,104 @@ def test_an_organization_joining_later_gets_the_key_from_a_holder(
         c.close()
 
 
+def test_a_holder_may_resend_stored_sealed_keys_with_new_ones(
+    tmp_path: Path, orgs: dict[str, Org], paillier_key: PaillierPrivateKey
+) -> None:
+    # A dealer that resumes its deal, or a holder sealing for newcomers, may send the sealed keys
+    # the coordinator already stored along with new ones: the new ones are added, the stored ones
+    # kept; other bytes for a stored receiver are a conflict and change nothing.
+    c = Consortium(tmp_path, orgs, ("org-a", "org-b", "org-c"))
+    try:
+        job = _paillier_job(c, paillier_key, min_participants=2)
+        for _ in range(3):
+            c.step()
+        MembershipService(
+            c.store, auto_approve=True, clock=lambda: c.clock.now
+        ).authenticate_participant("org-d", require_active=False)
+        pair_d, key_d = make_job_key(job.job_id, "org-d", orgs["org-d"].key, os.urandom)
+        pem = orgs["org-a"].certificate_pem
+        c.service.submit_ceremony(
+            "org-d", job.job_id, "job_key", key_d.to_bytes(), orgs["org-d"].certificate_pem
+        )
+
+        def stored() -> dict[str, bytes]:
+            with c.store.transaction() as tx:
+                return {m.kind: m.body for m in tx.list_job_messages(job.job_id)}
+
+        pair_a = c.participants["org-a"].job_pair
+        assert pair_a is not None
+        for_b = stored()["sealed:org-b"]
+        for_d = seal_private_key(job.job_id, paillier_key, "org-a", pair_a, key_d, os.urandom)
+        mixed = encode_fields([for_b, for_d.to_bytes()])
+        ack = c.service.submit_ceremony("org-a", job.job_id, "sealed", mixed, pem)
+        assert not ack.duplicate
+        assert stored()["sealed:org-d"] == for_d.to_bytes()
+        assert stored()["sealed:org-b"] == for_b
+        again = c.service.submit_ceremony("org-a", job.job_id, "sealed", mixed, pem)
+        assert again.duplicate and again.acknowledgement_id == ack.acknowledgement_id
+        before = stored()
+        resealed = encode_fields(
+            [
+                seal_private_key(
+                    job.job_id, paillier_key, "org-a", pair_a, _job_key(c, job, "org-b"), os.urandom
+                ).to_bytes(),
+                for_d.to_bytes(),
+            ]
+        )
+        with pytest.raises(ConflictingSubmission):
+            c.service.submit_ceremony("org-a", job.job_id, "sealed", resealed, pem)
+        assert stored() == before
+        # org-d opens the key sealed for it.
+        c.participants["org-d"] = Participant(
+            orgs["org-d"], {o: _key(orgs[o]) for o in ("org-a", "org-b", "org-c")}, job_pair=pair_d
+        )
+        c.step()
+        held = c.participants["org-d"].paillier
+        assert held is not None and held.to_bytes() == paillier_key.to_bytes()
+    finally:
+        c.close()
+
+
+def _job_key(c: Consortium, job: Job, org_id: str) -> JobKey:
+    with c.store.transaction() as tx:
+        (message,) = [
+            m for m in tx.list_job_messages(job.job_id) if (m.org_id, m.kind) == (org_id, "job_key")
+        ]
+    return JobKey.from_bytes(message.body)
+
+
+def test_an_unanswered_ceremony_step_alternates_with_other_work(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    # org-b refuses the key ceremonies by going silent: it still gets its other jobs' work.
+    first = _paillier_job(consortium, paillier_key)
+    # With nothing else to do, an unanswered step is offered again at once.
+    for _ in range(2):
+        item = consortium.service.next_work("org-c")
+        assert item.kind is WorkKind.KEY_CEREMONY and item.job is not None
+        assert item.job.job_id == first.job_id
+    second = _paillier_job(consortium, paillier_key)
+    plain = consortium.start(protection=Protection.NONE)
+    offered = [consortium.service.next_work("org-b") for _ in range(6)]
+    kinds = [(item.kind, item.job.job_id if item.job else "") for item in offered]
+    ceremony, train = WorkKind.KEY_CEREMONY, WorkKind.TRAIN
+    assert (
+        kinds
+        == [
+            (ceremony, first.job_id),
+            (ceremony, second.job_id),
+            (train, plain.job_id),
+        ]
+        * 2
+    )
+    # An answered step leaves the rotation: org-a advertises and gets its next step first.
+    item = consortium.service.next_work("org-a")
+    assert item.kind is ceremony and item.ceremony is not None
+    assert item.ceremony.action == "advertise"
+    assert consortium.participants["org-a"].act(consortium.service, item)
+    assert consortium.service.next_work("org-a").job.job_id == second.job_id  # type: ignore[union-attr]
+
+
 def _key(org: Org) -> VerifyingKey:
     from cryptography import x509
 
