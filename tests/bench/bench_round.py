@@ -1,24 +1,35 @@
-"""Benchmark: a whole round's protocol time with secagg divided by the same with none, in one run.
+"""Benchmark: a whole round's protocol time under one protection divided by another's, in one run.
 
 Run from the repository root: ``python -m tests.bench.bench_round`` or
 ``python tests/bench/bench_round.py`` (``--help`` for options). It starts one coordinator and
-``--participants`` (default 5) participant daemons as OS processes on 127.0.0.1 with mutual TLS
-and a throwaway PKI, approves the organizations, and runs jobs of the ``bench-1m`` task
-(``round_task.py``: one (1000, 1000) float32 tensor; training and evaluation return at once, so
-a round's time is the protocol's: assignment long polls, model download, update upload, masking,
-the phase messages, aggregation and the commit, all over TLS):
+``--participants`` participant daemons as OS processes on 127.0.0.1 with mutual TLS and a
+throwaway PKI, approves the organizations, and runs jobs of the ``bench-round`` task
+(``round_task.py``: one float32 tensor of ``--parameters`` parameters; training and evaluation
+return at once, so a round's time is the protocol's: assignment long polls, model download,
+update upload, masking, the phase messages, aggregation and the commit, all over TLS):
 
-(c) whole round, 1M parameters, 5 participants: the median round time with protection
-    ``secagg`` divided by the median with ``none`` (target <= 1.5x).
+(c) whole round, 1M parameters, 5 participants (the defaults): the median round time with
+    protection ``secagg`` divided by the median with ``none`` (target <= 1.5x)::
+
+        python tests/bench/bench_round.py
+
+(d) whole round, 100k parameters, 3 participants: the median round time with protection
+    ``paillier`` (every masked input also Paillier-encrypted, 2048-bit job key) divided by the
+    median with ``secagg`` (recorded, no target)::
+
+        python tests/bench/bench_round.py --participants 3 --parameters 100000 \
+            --protections secagg paillier --rounds 6
 
 A round's time is ``finished_at - started_at`` of a COMMITTED round in the job status of the admin
 API (from the round's creation to its commit). The first round of each job also pays one-off
-costs (imports, the task's data, connections), so the medians are over rounds 2..N of each job.
-The jobs run one after the other (none, secagg, repeated ``--repeats`` times) in the same
-processes, after one unmeasured warm-up job per protection (``--warmup-rounds``): the first job
-the daemons run stays slower for several rounds, which would favour whichever protection does not
-run first. The final model of each job is checked against the FedAvg the task predicts, and the
-coordinator log gives the median time spent in each round phase.
+costs (imports, the task's data, connections), so the medians are over rounds 2..N of each job;
+a paillier job's key ceremony runs before its round 1 opens and is reported apart ("start to
+round 1"). The jobs run one after the other (``--protections`` in order, repeated ``--repeats``
+times) in the same processes, after one unmeasured warm-up job per protection
+(``--warmup-rounds``): the first job the daemons run stays slower for several rounds, which would
+favour whichever protection does not run first. The final model of each job is checked against
+the FedAvg the task predicts (a paillier job's as org-1 decrypts it: the coordinator only holds
+ciphertexts), and the coordinator log gives the median time spent in each round phase.
 """
 
 from __future__ import annotations
@@ -31,13 +42,16 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 
 try:
@@ -47,22 +61,36 @@ except ModuleNotFoundError:  # run as a module (python -m tests.bench.bench_roun
     import round_task
 
 from fedsilo.admin import AdminClient
+from fedsilo.config import ParticipantConfig, load_config
 from fedsilo.pki import make_demo_pki
 from fedsilo.processes import Process, WaitTimeout, health_serving, wait_for
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
+from participant.main import build_client, export_model
+from participant.service.paillier_jobs import PaillierJobs
+from participant.service.paillier_state import PaillierStateStore
 
 TARGET_RATIO = 1.5
-PROTECTIONS = {"none": pb.PROTECTION_NONE, "secagg": pb.PROTECTION_SECAGG}
+"""(c): secagg / none."""
+PROTECTIONS = {
+    "none": pb.PROTECTION_NONE,
+    "secagg": pb.PROTECTION_SECAGG,
+    "paillier": pb.PROTECTION_PAILLIER,
+}
+DEFAULT_PROTECTIONS = ("none", "secagg")
+"""The protections of (c); (d) is ``--protections secagg paillier``."""
 PHASES = ("created", "keys", "shares", "inputs", "consistency", "unmask", "aggregated")
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parents[1]
 DEADLINE_SECONDS = 120.0
 """Round and phase deadlines: generous, a benchmark round must never abort."""
-# secagg's default quantization (levels_bits=13) errs by at most 2^-14 per coordinate and round;
-# the rest is float32 rounding of the weights.
+# The default quantization of secagg and paillier (levels_bits=13) errs by at most 2^-14 per
+# coordinate and round; the rest is float32 rounding of the weights.
 QUANTIZATION_ERROR = 2.0**-14
 FLOAT_SLACK = 1e-5
+
+
+Weights = list[npt.NDArray[Any]]
 
 
 class BenchError(RuntimeError):
@@ -71,20 +99,25 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class JobResult:
-    """One finished job: its committed rounds' seconds by round number and the model check."""
+    """One finished job: its committed rounds' seconds by round number, the seconds from its
+    start to the opening of round 1 (a paillier job's key ceremony), and the model check."""
 
     protection: str
     job_id: str
     seconds: dict[int, float]
+    until_first_round: float
     max_error: float
 
 
 class Consortium:
     """One coordinator and the participant daemons, all started (and stopped) by pid."""
 
-    def __init__(self, workdir: Path, participants: int, tick_seconds: float) -> None:
+    def __init__(
+        self, workdir: Path, participants: int, parameters: int, tick_seconds: float
+    ) -> None:
         self.workdir = workdir
         self.orgs = [f"org-{index + 1}" for index in range(participants)]
+        self.parameters = parameters
         self.tick_seconds = tick_seconds
         self.pki = make_demo_pki(workdir / "pki", self.orgs)
         self.admin_tls = TlsFiles(self.pki.ca_cert, self.pki.admin_cert, self.pki.admin_key)
@@ -96,6 +129,9 @@ class Consortium:
     @property
     def coordinator_log(self) -> Path:
         return self.logs / "coordinator.log"
+
+    def participant_config(self, org: str) -> Path:
+        return self.workdir / f"{org}.yaml"
 
     def start(self) -> None:
         port_file = self.workdir / "coordinator.port"
@@ -138,7 +174,7 @@ class Consortium:
                 "poll_seconds": 5,
                 "backoff": {"initial_seconds": 0.2, "max_seconds": 2},
             }
-            path = self.workdir / f"{org}.yaml"
+            path = self.participant_config(org)
             path.write_text(yaml.safe_dump(participant))
             self._start(org, ["participant", "run", "--config", str(path)])
 
@@ -147,7 +183,7 @@ class Consortium:
         paths = [str(BENCH_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
         env = {
             "PYTHONPATH": os.pathsep.join(path for path in paths if path),
-            round_task.PARAMETERS_ENV: str(round_task.SHAPE[0] * round_task.SHAPE[1]),
+            round_task.PARAMETERS_ENV: str(self.parameters),
         }
         args = [sys.executable, "-m", "fedsilo", *command]
         self.processes.append(Process(name, args, self.logs / f"{name}.log", env))
@@ -186,7 +222,7 @@ class Consortium:
 
 def run_job(consortium: Consortium, admin: AdminClient, protection: str, rounds: int) -> JobResult:
     """Create, start and follow one job to completion and the last model's evaluations."""
-    initial = round_task.task.initial_weights(0)
+    initial = round_task.InstantTask(consortium.parameters).initial_weights(0)
     spec = pb.JobSpec(
         name=f"bench-round-{protection}",
         task_name=round_task.NAME,
@@ -200,6 +236,8 @@ def run_job(consortium: Consortium, admin: AdminClient, protection: str, rounds:
         training=pb.TrainingSettings(local_epochs=1, batch_size=32, learning_rate=0.01, seed=0),
     )
     job_id = admin.create_job(spec, initial).job_id
+    # The coordinator stamps rounds with its wall clock, on this machine.
+    start_time = time.time()
     admin.start_job(job_id)
 
     def finished() -> pb.JobStatus | None:
@@ -222,14 +260,50 @@ def run_job(consortium: Consortium, admin: AdminClient, protection: str, rounds:
         for r in status.rounds
         if r.phase == pb.ROUND_PHASE_COMMITTED
     }
-    version, weights = admin.download_model(job_id)
+    until_first_round = min(r.started_at for r in status.rounds) - start_time
+    if protection == "paillier":
+        # The coordinator holds only ciphertexts of versions >= 1 (the admin API refuses them).
+        config = consortium.participant_config(consortium.orgs[0])
+        version, weights = participant_model(config, job_id, status.model_version)
+    else:
+        version, weights = admin.download_model(job_id)
+    if version != rounds:
+        raise BenchError(f"{protection} job: the final model is version {version}, not {rounds}")
     expected = round_task.expected_weights(initial[0], list(range(len(consortium.orgs))), version)
     max_error = float(np.max(np.abs(weights[0].astype(np.float64) - expected)))
     if max_error > rounds * QUANTIZATION_ERROR + FLOAT_SLACK:
         raise BenchError(
             f"{protection} job: the final model differs from the expected FedAvg by {max_error:.3g}"
         )
-    return JobResult(protection, job_id, seconds, max_error)
+    return JobResult(protection, job_id, seconds, until_first_round, max_error)
+
+
+def participant_model(config_path: Path, job_id: str, version: int) -> tuple[int, Weights]:
+    """A paillier job's model ``version`` as the participant of ``config_path`` decrypts it.
+
+    This is ``fedsilo participant export`` with an exporter that keeps the weights in memory;
+    the daemon of that organization has usually kept the version already (it evaluated it).
+    """
+    config = load_config(ParticipantConfig, config_path)
+    client, channels = build_client(
+        config, threading.Event(), give_up_after=config.rpc_timeout_seconds
+    )
+    paillier = PaillierJobs(PaillierStateStore(config.state_dir), client)
+    kept: list[Weights] = []
+
+    def keep(weights: Weights, _out: Path) -> None:
+        kept.append(weights)
+
+    try:
+        exported = export_model(client, paillier, job_id, version, keep, Path(os.devnull))
+    except ValueError as exc:  # ModelUnavailable among them: the version did not decrypt
+        raise BenchError(f"job {job_id}: {config_path.stem} has no model: {exc}") from None
+    finally:
+        paillier.close()
+        channels.close()
+    if not exported.decrypted:
+        raise BenchError(f"job {job_id}: {config_path.stem} did not treat it as a paillier job")
+    return exported.version, kept[0]
 
 
 _TRANSITION = re.compile(
@@ -264,14 +338,21 @@ def phase_seconds(log_path: Path) -> dict[tuple[str, int], dict[str, float]]:
     return spent
 
 
-def report(results: list[JobResult], log_path: Path, participants: int, rounds: int) -> None:
-    """Print every job's round times, the phase breakdown and, with both protections, (c)."""
-    print(f"  {'protection':<10}  {'job':<12}  {'seconds of rounds 1..N':<40}  max |error|")
+def report(
+    results: list[JobResult], log_path: Path, participants: int, parameters: int, rounds: int
+) -> None:
+    """Print every job's round times, the phase breakdown and the ratios (c) and (d) whose two
+    protections were measured."""
+    width = 8 * rounds
+    print(
+        f"  {'protection':<10}  {'job':<12}  {'start to round 1':>16}  "
+        f"{'seconds of rounds 1..N':<{width}}  max |error|"
+    )
     for result in results:
         row = "  ".join(f"{result.seconds[n]:6.3f}" for n in sorted(result.seconds))
         print(
-            f"  {result.protection:<10}  {result.job_id[:12]:<12}  {row:<40}  "
-            f"{result.max_error:.2g}"
+            f"  {result.protection:<10}  {result.job_id[:12]:<12}  "
+            f"{result.until_first_round:>16.3f}  {row:<{width}}  {result.max_error:.2g}"
         )
     measured = {
         protection: [
@@ -299,24 +380,35 @@ def report(results: list[JobResult], log_path: Path, participants: int, rounds: 
                 values = [phases[key][phase] for key in keys if phase in phases.get(key, {})]
                 cells.append(f"{statistics.median(values):>11.3f}" if values else f"{'-':>11}")
             print("  " + f"{protection:<10}" + "".join(f"  {cell}" for cell in cells))
-    size = f"{round_task.SHAPE[0] * round_task.SHAPE[1]:,}"
     print(
-        f"(c) whole round, {participants} participants, {size} float32 parameters, median of "
+        f"whole round, {participants} participants, {parameters:,} float32 parameters, median of "
         f"rounds 2..{rounds} of each job (round 1 excluded: one-off imports and connections): "
         + ", ".join(f"{protection} {median:.3f} s" for protection, median in medians.items())
     )
     if "none" in medians and "secagg" in medians:
         ratio = medians["secagg"] / medians["none"]
         verdict = "MET" if ratio <= TARGET_RATIO else "MISSED"
-        print(f"    secagg / none = {ratio:.3f}x (target <= {TARGET_RATIO}x): {verdict}")
+        print(f"(c) secagg / none = {ratio:.3f}x (target <= {TARGET_RATIO}x): {verdict}")
+    if "secagg" in medians and "paillier" in medians:
+        ratio = medians["paillier"] / medians["secagg"]
+        print(f"(d) paillier / secagg = {ratio:.3f}x (recorded, no target)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="whole-round benchmark: secagg round time / none round time, real processes"
+        description="whole-round benchmark, real processes: (c) secagg / none round time "
+        "(the defaults), (d) paillier / secagg (--participants 3 --parameters 100000 "
+        "--protections secagg paillier)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per job (>= 2; default 3)")
     parser.add_argument("--participants", type=int, default=5, help="organizations (default 5)")
+    parser.add_argument(
+        "--parameters",
+        type=int,
+        default=round_task.DEFAULT_PARAMETERS,
+        help=f"float32 parameters of the model, a multiple of {round_task.ROW} "
+        f"(default {round_task.DEFAULT_PARAMETERS})",
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="times to run the jobs of --protections (default 1)"
     )
@@ -331,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         "--protections",
         nargs="+",
         choices=tuple(PROTECTIONS),
-        default=list(PROTECTIONS),
+        default=list(DEFAULT_PROTECTIONS),
         help="protections to run, in this order within each repeat (default: none secagg); "
-        "the ratio needs both",
+        "(c) needs none and secagg, (d) secagg and paillier",
     )
     parser.add_argument(
         "--tick-seconds", type=float, default=0.1, help="coordinator tick_seconds (default 0.1)"
@@ -346,12 +438,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 2: round 1 of each job is not measured")
     if not 2 <= args.participants <= 8:
         parser.error("--participants must be between 2 and 8 on one machine")
+    try:
+        round_task.shape_of(args.parameters)
+    except ValueError as exc:
+        parser.error(f"--parameters: {exc}")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.warmup_rounds < 0:
         parser.error("--warmup-rounds must be at least 0")
     print(
-        f"round benchmark: {args.participants} participants, {args.rounds} rounds per job, "
+        f"round benchmark: {args.participants} participants, {args.parameters:,} parameters, "
+        f"{args.rounds} rounds per job, "
         f"{args.repeats} x ({', '.join(args.protections)}), cores={os.cpu_count()}"
     )
     workdir = Path(tempfile.mkdtemp(prefix="fedsilo-bench-round-"))
@@ -359,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[JobResult] = []
     failed = False
     try:
-        consortium = Consortium(workdir, args.participants, args.tick_seconds)
+        consortium = Consortium(workdir, args.participants, args.parameters, args.tick_seconds)
         consortium.start()
         with consortium.admin() as admin:
             consortium.approve_all(admin)
@@ -372,14 +469,16 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.monotonic()
                     results.append(run_job(consortium, admin, protection, args.rounds))
                     print(f"  {protection} job done in {time.monotonic() - started:.1f} s")
-        report(results, consortium.coordinator_log, args.participants, args.rounds)
+        report(results, consortium.coordinator_log, args.participants, args.parameters, args.rounds)
         return 0
     except (BenchError, WaitTimeout) as exc:
         failed = True
         print(f"round benchmark failed: {exc}")
         if results and consortium is not None:
             print("jobs completed before the failure:")
-            report(results, consortium.coordinator_log, args.participants, args.rounds)
+            report(
+                results, consortium.coordinator_log, args.participants, args.parameters, args.rounds
+            )
         return 1
     except BaseException:
         failed = True
