@@ -26,9 +26,25 @@ POINTS: dict[str, str] = {
     ),
     "participant.secagg.after_keys": "a participant's KEYS message was acknowledged",
     "participant.secagg.after_shares": "a participant's SHARES message was acknowledged",
-    "participant.secagg.after_inputs": "a participant's masked input was acknowledged",
+    "participant.secagg.after_inputs": (
+        "a participant's masked input (Paillier-encrypted in a paillier job) was acknowledged"
+    ),
     "participant.secagg.after_consistency": "a participant's CONSISTENCY message was acknowledged",
     "participant.secagg.after_unmask": "a participant's UNMASK message was acknowledged",
+    # Key ceremony (participant/service/key_ceremony.py): reached after each acknowledged
+    # message of a step, once the outbox without it is saved, so a process dies after the
+    # step's first message. A restarted daemon re-sending its outbox reaches none of them.
+    "participant.ceremony.after_advertise": "a participant's signed job key was acknowledged",
+    "participant.ceremony.after_deal": (
+        "the dealer's signed public key was acknowledged; the sealed keys and its confirmation "
+        "are still in its saved outbox"
+    ),
+    "participant.ceremony.after_seal": (
+        "a key holder's private key sealed for late joiners was acknowledged"
+    ),
+    "participant.ceremony.after_receive": (
+        "a participant's confirmation of the key it opened was acknowledged"
+    ),
 }
 
 

@@ -5,8 +5,9 @@ State is the job's rows in ``job_messages`` (kinds ``job_key``, ``dealt_key``,
 
 - ``advertise`` if it has sent no job key;
 - ``deal`` to the dealer, once at least ``min_participants`` job keys are in and no public key
-  exists: the dealer is the job-key holder with the lowest organization id at that moment (the
-  first dealt key stored wins; a second is refused);
+  exists: the dealer is the lowest organization id among the first ``min_participants`` job
+  keys accepted. Job keys arriving later never change it, so the organization asked to deal is
+  the one whose dealt key is accepted (a second dealt key is refused);
 - ``seal`` to the lowest-id key holder (a participant that confirmed) when some job-key holders
   have no sealed key yet (organizations that joined after the deal);
 - ``receive`` to a job-key holder with a sealed key addressed to it that has not confirmed.
@@ -60,9 +61,13 @@ class _State:
     sealed: dict[str, JobMessage]  # receiver -> message
     confirmed: tuple[str, ...]
 
-    @property
-    def dealer(self) -> str | None:
-        return None if self.dealt is None else self.dealt.org_id
+    def dealer_for(self, min_participants: int) -> str | None:
+        """Who deals: the lowest id among the first ``min_participants`` job keys accepted
+        (``job_keys`` is in acceptance order); None while fewer are in."""
+        if self.dealt is not None:
+            return self.dealt.org_id
+        first = list(self.job_keys)[: max(1, min_participants)]
+        return min(first) if len(first) >= max(1, min_participants) else None
 
 
 class KeyCeremony:
@@ -114,7 +119,7 @@ class KeyCeremony:
         if org_id not in state.job_keys:
             return CeremonyStep("advertise", key_bits=bits, parameters=parameters)
         if state.dealt is None:
-            if len(state.job_keys) < job.spec.min_participants or org_id != min(state.job_keys):
+            if org_id != state.dealer_for(job.spec.min_participants):
                 return None
             return CeremonyStep(
                 "deal",
@@ -206,7 +211,7 @@ class KeyCeremony:
         if action == "dealt_key":
             if state.dealt is not None:
                 raise WrongPhase("the job's key was already dealt")
-            if len(state.job_keys) < job.spec.min_participants or org_id != min(state.job_keys):
+            if org_id != state.dealer_for(job.spec.min_participants):
                 raise WrongPhase("this organization is not the job's dealer")
             dealt = DealtKey.from_bytes(body)
             if dealt.dealer != org_id:

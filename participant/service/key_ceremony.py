@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from participant.domain.assignments import (
@@ -151,7 +152,7 @@ class KeyCeremony:
             self._store.save(job_id, replace(state, refused_step=digest, refusal=str(exc)))
             log.error("refused the key-ceremony step: %s", exc, **ctx)
             return StepOutcome.REFUSED
-        self._flush(job_id, new_state, ctx)
+        self._flush(job_id, new_state, ctx, data.action)
         return StepOutcome.ANSWERED
 
     def resume(self) -> None:
@@ -388,8 +389,13 @@ class KeyCeremony:
         self._store.save(job_id, state)
         return state
 
-    def _flush(self, job_id: str, state: PaillierJobState, ctx: dict[str, Any]) -> None:
-        """Send the outbox in order; each message leaves it once acknowledged."""
+    def _flush(
+        self, job_id: str, state: PaillierJobState, ctx: dict[str, Any], step: str | None = None
+    ) -> None:
+        """Send the outbox in order; each message leaves it once acknowledged.
+
+        ``step`` is the action whose messages these are (None: an outbox left by a restart).
+        """
         while state.outbox:
             message = state.outbox[0]
             try:
@@ -401,7 +407,13 @@ class KeyCeremony:
             except grpc.RpcError:
                 # A definite refusal (retrying gives up only on those): the coordinator will not
                 # accept this message or the ones that depend on it.
-                self._store.save(job_id, replace(state, outbox=()))
+                state = replace(state, outbox=())
+                if message.action == "dealt_key":
+                    # Another organization's key is the job's: forget the one made here, so
+                    # that this participant can receive that key.
+                    state = replace(state, private_key=b"", dealt_key=b"", sealed={})
+                    log.warning("the coordinator refused the key dealt here; discarded it", **ctx)
+                self._store.save(job_id, state)
                 raise
             state = replace(state, outbox=state.outbox[1:])
             self._store.save(job_id, state)
@@ -411,6 +423,8 @@ class KeyCeremony:
                 " (duplicate)" if receipt.duplicate else "",
                 **ctx,
             )
+            if step is not None:
+                crash_point(f"participant.ceremony.after_{step}")
 
     def _silent(
         self,

@@ -16,6 +16,12 @@ from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.processes import Process, health_serving, wait_for
 from fedsilo.tls import TlsFiles
 
+# pytest imports test modules with --import-mode=importlib, which does not put this directory on
+# sys.path; the tests share the helpers of secure_jobs.py.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
 LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
 
 
@@ -85,7 +91,11 @@ class Consortium:
             raise AssertionError(f"coordinator exited: {process.log_path.read_text()[-2000:]}")
         return health_serving(self.target, self.admin_tls)
 
-    def start_participant(self, org: str, env: dict[str, str] | None = None) -> Process:
+    def participant_config(self, org: str) -> Path:
+        """The organization's configuration file (written on first use)."""
+        path = self.root / f"{org}.yaml"
+        if path.exists():
+            return path
         files = self.pki.participants[org]
         config = {
             "coordinator": self.target,
@@ -100,8 +110,11 @@ class Consortium:
             "poll_seconds": 2,
             "backoff": {"initial_seconds": 0.1, "max_seconds": 1},
         }
-        path = self.root / f"{org}.yaml"
         path.write_text(yaml.safe_dump(config))
+        return path
+
+    def start_participant(self, org: str, env: dict[str, str] | None = None) -> Process:
+        path = self.participant_config(org)
         args = [sys.executable, "-m", "fedsilo", "participant", "run", "--config", str(path)]
         previous = self.processes.get(org)
         log = self.root / f"{org}.log"

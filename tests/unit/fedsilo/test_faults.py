@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fedsilo import faults
+from participant.service.key_ceremony import ACTIONS
 
 
 def test_unknown_point_is_refused() -> None:
@@ -22,6 +23,10 @@ def test_a_point_does_nothing_unless_named(monkeypatch: pytest.MonkeyPatch) -> N
     faults.crash_point("participant.secagg.after_shares")  # another point: no effect
     monkeypatch.delenv(faults.ENV_VAR)
     faults.crash_point("participant.secagg.after_keys")
+
+
+def test_every_key_ceremony_step_has_a_crash_point() -> None:
+    assert {f"participant.ceremony.after_{action}" for action in ACTIONS} <= set(faults.POINTS)
 
 
 @pytest.mark.system

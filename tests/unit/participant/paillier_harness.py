@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 from secure_round_harness import (
@@ -187,6 +188,7 @@ class PaillierTransport(FakeTransport):
         self.coordinator = coordinator
         self.org = org
         self.fail_ceremony_after: int | None = None
+        self.refused_actions: set[str] = set()
         self.ceremony_calls = 0
         self.downloaded: list[int] = []
 
@@ -202,12 +204,24 @@ class PaillierTransport(FakeTransport):
         assert job_id == self.coordinator.job_id
         if self.fail_ceremony_after is not None and self.ceremony_calls >= self.fail_ceremony_after:
             raise Crash(f"{self.org} crashed before sending {action}")
+        if action in self.refused_actions:
+            raise Refusal(f"the coordinator refused the {action} message")
         self.ceremony_calls += 1
         return self.coordinator.submit(self.org, action, body)
 
 
 class Crash(Exception):
     """Stands for a process killed between two calls."""
+
+
+class Refusal(grpc.RpcError):
+    """A definite refusal by the coordinator (FAILED_PRECONDITION)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.FAILED_PRECONDITION
+
+    def details(self) -> str:
+        return str(self)
 
 
 @dataclass

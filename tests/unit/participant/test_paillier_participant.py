@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from paillier_harness import (
@@ -25,6 +26,7 @@ from paillier_harness import (
     PaillierTransport,
     expected_total,
     initial_weights,
+    job_settings,
     local_data,
     make_participants,
     run_ceremony,
@@ -32,6 +34,7 @@ from paillier_harness import (
 from secure_round_harness import JOB_ID, Coordinator
 
 from examples.synthetic.task import task
+from fedsilo import faults
 from fedsilo.codec import specs_of
 from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
 from fedsilo.protection import flatten, unflatten
@@ -41,9 +44,10 @@ from participant.domain.assignments import (
     Protection,
     SecAggPhase,
 )
+from participant.service import key_ceremony
 from participant.service.key_ceremony import KeyCeremony
 from participant.service.paillier_jobs import ModelUnavailable
-from participant.service.paillier_state import PaillierStateStore
+from participant.service.paillier_state import PaillierJobState, PaillierStateStore
 from participant.service.secure_rounds import SecAggUnavailable, StepOutcome
 from secagg.paillier import (
     PackingLayout,
@@ -211,6 +215,34 @@ def test_a_restarted_dealer_deals_the_same_bytes_once(
     assert [(DEALER, m.action, m.body) for m in state.outbox] == coordinator.received[-3:]
 
 
+def test_a_dealer_whose_dealt_key_is_refused_discards_it_and_receives_the_jobs_key(
+    coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]
+) -> None:
+    # Another organization's key became the job's first: the one made here must not stay, or
+    # this participant would refuse to receive the job's key.
+    _advertise(coordinator, participants)
+    dealer, other = participants[0], participants[1]
+    dealer.transport.refused_actions = {"dealt_key"}
+    with pytest.raises(grpc.RpcError):
+        dealer.step(coordinator.task(DEALER))
+    state = dealer.store.load(JOB_ID)
+    assert state is not None
+    assert (state.private_key, state.dealt_key, state.sealed, state.outbox) == (b"", b"", {}, ())
+    assert state.job_key  # it still takes part with its job key
+    deal = KeyCeremonyStepData(
+        "deal",
+        dealer=other.org,
+        key_bits=KEY_BITS,
+        job_keys=coordinator.advertised(sorted(coordinator.job_keys)),
+        parameters=job_settings(),
+    )
+    assert other.step(coordinator.task(other.org, deal)) is StepOutcome.ANSWERED
+    receive = coordinator.step_data(DEALER)
+    assert receive is not None and receive.action == "receive"
+    assert dealer.step(coordinator.task(DEALER, receive)) is StepOutcome.ANSWERED
+    assert coordinator.confirmed[DEALER] == coordinator.public_key().fingerprint
+
+
 def test_a_dealer_that_crashed_after_the_dealt_key_finishes_without_being_asked(
     coordinator: CeremonyCoordinator, participants: list[PaillierParticipant]
 ) -> None:
@@ -233,6 +265,72 @@ def test_a_dealer_that_crashed_after_the_dealt_key_finishes_without_being_asked(
         "sealed",
         "confirm",
     ]
+    run_ceremony(coordinator, participants[1:])
+    assert sorted(coordinator.confirmed) == ["org-a", "org-b", "org-c"]
+
+
+def test_each_step_reaches_its_crash_point_after_each_acknowledged_message(
+    pki: DemoPki,
+    tmp_path: Path,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    generate: Callable[[int], PaillierPrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (point, the message just acknowledged, what the saved outbox still holds)
+    reached: list[tuple[str, str, list[str]]] = []
+
+    def crash_point(name: str) -> None:
+        assert name in faults.POINTS
+        org, action, _ = coordinator.received[-1]
+        state = PaillierStateStore(tmp_path / org).load(JOB_ID)
+        assert state is not None
+        reached.append((name.removeprefix("participant.ceremony."), action, outbox(state)))
+
+    def outbox(state: PaillierJobState) -> list[str]:
+        return [m.action for m in state.outbox]
+
+    monkeypatch.setattr(key_ceremony, "crash_point", crash_point)
+    run_ceremony(coordinator, participants)
+    late = _late_participant(pki, tmp_path, coordinator, generate)
+    run_ceremony(coordinator, [*participants, late])
+
+    # A process killed at a point dies at its first message: the rest of the outbox is saved.
+    assert reached == [
+        *[("after_advertise", "job_key", [])] * 3,
+        ("after_deal", "dealt_key", ["sealed", "confirm"]),
+        ("after_deal", "sealed", ["confirm"]),
+        ("after_deal", "confirm", []),
+        *[("after_receive", "confirm", [])] * 2,
+        ("after_advertise", "job_key", []),  # the late participant
+        ("after_seal", "sealed", []),
+        ("after_receive", "confirm", []),
+    ]
+
+
+def test_a_dealer_killed_after_its_public_key_resends_the_rest_without_a_crash_point(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reached: list[str] = []
+
+    def crash_point(name: str) -> None:
+        reached.append(name)
+        if name == "participant.ceremony.after_deal":
+            raise Crash(name)
+
+    monkeypatch.setattr(key_ceremony, "crash_point", crash_point)
+    _advertise(coordinator, participants)
+    with pytest.raises(Crash):
+        participants[0].step(coordinator.task(DEALER))
+    assert coordinator.sent_by(DEALER)[-1][0] == "dealt_key"
+
+    before = list(reached)
+    dealer = participants[0].restart()
+    dealer.ceremony.resume()  # the outbox a restart finds: no step of this process, no point
+    assert reached == before
+    assert [action for action, _ in coordinator.sent_by(DEALER)][-2:] == ["sealed", "confirm"]
     run_ceremony(coordinator, participants[1:])
     assert sorted(coordinator.confirmed) == ["org-a", "org-b", "org-c"]
 

@@ -889,6 +889,35 @@ def test_an_organization_joining_later_gets_the_key_from_a_holder(
         c.close()
 
 
+def test_the_dealer_stays_the_one_asked_when_a_lower_id_advertises_later(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    # min_participants = 2: org-d and org-c advertise first, so org-c is asked to deal; org-a
+    # advertising before org-c answers must not make org-c's dealt key unwelcome.
+    job = _paillier_job(consortium, paillier_key)
+    service, participants = consortium.service, consortium.participants
+    participants["org-c"].dealer_key = paillier_key
+    for org in ("org-d", "org-c"):
+        item = service.next_work(org)
+        assert item.ceremony is not None and item.ceremony.action == "advertise"
+        assert participants[org].act(service, item)
+    deal = service.next_work("org-c")
+    assert deal.ceremony is not None and deal.ceremony.action == "deal"
+    item = service.next_work("org-a")
+    assert item.ceremony is not None and item.ceremony.action == "advertise"
+    assert participants["org-a"].act(service, item)
+    assert service.next_work("org-a").kind is WorkKind.WAIT  # not the dealer
+    assert participants["org-c"].act(service, deal)
+    for _ in range(4):
+        consortium.step()
+    with consortium.store.transaction() as tx:
+        (dealt,) = [m for m in tx.list_job_messages(job.job_id) if m.kind == "dealt_key"]
+    assert dealt.org_id == "org-c"
+    for member in consortium.members:
+        held = participants[member].paillier
+        assert held is not None and held.to_bytes() == paillier_key.to_bytes(), member
+
+
 def test_a_holder_may_resend_stored_sealed_keys_with_new_ones(
     tmp_path: Path, orgs: dict[str, Org], paillier_key: PaillierPrivateKey
 ) -> None:
