@@ -1,7 +1,7 @@
 """In-process paillier jobs: participants' key ceremony, rounds and model chain, and a coordinator.
 
 ``CeremonyCoordinator`` keeps the ceremony's messages and hands out the steps as the wire
-contract describes (the lowest org id with a job key deals once ``min_participants`` advertised;
+contract describes (the lowest org id deals once ``min_participants`` advertised, asked once;
 the lowest confirmed holder seals for later job keys; a sealed key is received by its
 addressee). ``PaillierRound`` runs one round at a real ``SecAggServer`` for the mask bookkeeping
 and sums the encrypted inputs with ``add_ciphertexts``; at the end it publishes the model version
