@@ -142,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--task", required=True, help="task that defines the architecture")
     export.add_argument("--out", type=Path, required=True, help="output .keras file")
     export.add_argument("--version", type=int, default=-1, help="model version (default latest)")
+    export.add_argument(
+        "--participant-config",
+        type=Path,
+        metavar="ORG.yaml",
+        help="export as this participant daemon's organization (its certificate and state; a "
+        "paillier job's model is decrypted with the organization's key) instead of with an "
+        "admin certificate; the same as fedsilo participant export",
+    )
     add_admin_connection(export)
 
     demo = commands.add_parser("demo", help="run a local multi-organization training demo")
@@ -152,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--task", default="digits", choices=["digits", "digits-linear"])
     demo.add_argument("--keep", action="store_true", help="keep the demo directory (logs, DB)")
+    demo.add_argument(
+        "--export-model",
+        type=Path,
+        metavar="FILE.keras",
+        help="export the final model as the first organization (fedsilo model export "
+        "--participant-config; decrypted there in a paillier job)",
+    )
     return parser
 
 
@@ -197,8 +212,12 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             seed=args.seed,
             task=args.task,
             keep=args.keep,
+            export_model=args.export_model,
         )
         return run_demo(options, console)
+    if args.command == "model" and args.participant_config is not None:
+        args.config = args.participant_config
+        return _participant_export(args, console)
     return _admin(args, console)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ class DemoOptions:
     seed: int = 0
     task: str = "digits"
     keep: bool = False
+    export_model: Path | None = None
 
 
 class DemoError(RuntimeError):
@@ -194,6 +196,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         if final.state != pb.JOB_STATE_COMPLETED:
             raise DemoError(f"job ended as {final.state}: {final.failure_reason}")
         federated = {m.version: m for m in final.metrics}[final.model_version].accuracy
+        if options.export_model is not None:
+            _export_model(workdir / f"{orgs[0]}.yaml", final, options, console)
 
         console.print("  training the same model centrally on the pooled data for comparison ...")
         central = _central_accuracy(task, options, orgs, settings, rounds)
@@ -229,6 +233,27 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             console.print(f"[yellow]processes exited uncleanly:[/yellow] {unclean}")
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _export_model(
+    config: Path, final: pb.JobStatus, options: DemoOptions, console: Console
+) -> None:
+    """Export the final model as the first organization does, with the fedsilo command (in a
+    paillier job it is decrypted there: the coordinator never has it)."""
+    assert options.export_model is not None
+    command = [sys.executable, "-m", "fedsilo", "model", "export", final.job_id]
+    command += ["--task", options.task, "--out", str(options.export_model)]
+    command += ["--version", str(final.model_version), "--participant-config", str(config)]
+    result = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        command, capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        raise DemoError(
+            f"exporting the model failed: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
+    console.print(
+        f"  model version {final.model_version} exported as {config.stem} to {options.export_model}"
+    )
 
 
 def _module_attr(task_name: str, attr: str) -> Any:

@@ -304,7 +304,8 @@ class CoordinatorService:
             if not encrypted:
                 raise WrongPhase(
                     "the models of a paillier job exist only encrypted at the coordinator; "
-                    "export the model from a participant (fedsilo participant export)"
+                    "export the model from a participant "
+                    "(fedsilo model export --participant-config ORG.yaml)"
                 )
             correction = self._secure.input_spec(job)
             size = len(payload) - correction.nbytes

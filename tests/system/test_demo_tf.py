@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.tf, pytest.mark.system, pytest.mark.slow]
 
 
 def _demo(tmp_path: Path, *options: str) -> dict[str, Any]:
-    summary = tmp_path / f"out{'-'.join(options)}.json"
+    summary = tmp_path / f"summary-{len(list(tmp_path.glob('summary-*.json')))}.json"
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "fedsilo", "demo", "--summary-json", str(summary), *options],
         capture_output=True,
@@ -45,8 +45,21 @@ def test_default_secure_demo_reaches_central_accuracy_and_matches_plain_fedavg(
 
 def test_paillier_demo_matches_the_secure_demo(tmp_path: Path) -> None:
     # Paillier sums the same masked integers exactly, so the model equals secagg's.
-    paillier = _demo(tmp_path, "--protection", "paillier")
+    exported = tmp_path / "paillier.keras"
+    paillier = _demo(tmp_path, "--protection", "paillier", "--export-model", str(exported))
     assert paillier["protection"] == "paillier"
     secure = _demo(tmp_path, "--protection", "secagg")
     assert abs(paillier["final_accuracy"] - secure["final_accuracy"]) <= 0.01
     assert paillier["final_accuracy"] >= 0.90
+    # The model org-1 exported (decrypted there: the coordinator never had it) is the one the
+    # organizations evaluated: its accuracy on their pooled held-out data is the job's.
+    import keras
+
+    from examples.digits.task import task
+
+    weights = keras.saving.load_model(exported, compile=False).get_weights()
+    configs = [{"partition": i, "num_partitions": 3, "seed": 0} for i in range(3)]
+    results = [task.evaluate(weights, task.load_data(config)) for config in configs]
+    correct = sum(r.accuracy * r.num_examples for r in results)
+    accuracy = correct / sum(r.num_examples for r in results)
+    assert abs(accuracy - paillier["final_accuracy"]) <= 1e-6

@@ -310,7 +310,13 @@ def test_export_of_an_encrypted_model_without_the_key_is_an_error(
         )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["participant", "export", "--config"], ["model", "export", "--participant-config"]],
+    ids=["participant-export", "model-export"],
+)
 def test_participant_export_cli_rebuilds_the_model_from_the_state_directory(
+    command: list[str],
     pki: DemoPki,
     tmp_path: Path,
     coordinator: CeremonyCoordinator,
@@ -342,8 +348,7 @@ def test_participant_export_cli_rebuilds_the_model_from_the_state_directory(
     exportable_task.exported.clear()
 
     code = cli.main(
-        ["participant", "export", "--config", str(config), JOB_ID, "--task", "exportable"]
-        + ["--out", str(out), "--json"]
+        [*command, str(config), JOB_ID, "--task", "exportable", "--out", str(out), "--json"]
     )
 
     assert code == 0
