@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +33,7 @@ __all__ = ["PaillierWorkers", "run_batch"]
 _CHUNKS_PER_WORKER = 4
 """Chunks per worker: small enough to balance uneven workers, large enough to amortize IPC."""
 _KERNELS_MODULE = "secagg.paillier.arithmetic"
+_PARENT_CHECK_SECONDS = 1.0
 
 BatchFunction = Callable[..., list[int]]
 
@@ -81,7 +84,12 @@ class PaillierWorkers:
                 context = forkserver
             else:
                 context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+            self._executor = ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=context,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._executor
 
     def map(
@@ -112,6 +120,33 @@ class PaillierWorkers:
             self.close()  # a dead worker breaks the executor for good; start afresh next time
             raise
         return out
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit once the process that started the pool is gone.
+
+    A worker blocks on its task queue, whose write end it holds itself, so a parent killed
+    with SIGKILL (no executor shutdown) would leave it, and the fork server that waits for
+    every worker, running for good.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_CHECK_SECONDS)
+            if not _alive(parent):
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_batch(
