@@ -17,23 +17,19 @@ process start, imports, and the fixed-base table each worker builds once per key
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.context import BaseContext
 
 from secagg.errors import InvalidInput
+from secagg.processes import process_pool
 
 __all__ = ["PaillierWorkers", "run_batch"]
 
 _CHUNKS_PER_WORKER = 4
 """Chunks per worker: small enough to balance uneven workers, large enough to amortize IPC."""
 _KERNELS_MODULE = "secagg.paillier.arithmetic"
-_PARENT_CHECK_SECONDS = 1.0
 
 BatchFunction = Callable[..., list[int]]
 
@@ -75,21 +71,7 @@ class PaillierWorkers:
 
     def _executor_started(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            context: BaseContext
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                forkserver = multiprocessing.get_context("forkserver")
-                # The fork server imports these once and every worker forked from it inherits
-                # them (``__main__`` is the default); it has no effect once the server runs.
-                forkserver.set_forkserver_preload(["__main__", _KERNELS_MODULE])
-                context = forkserver
-            else:
-                context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(
-                max_workers=self._workers,
-                mp_context=context,
-                initializer=_exit_with_parent,
-                initargs=(os.getpid(),),
-            )
+            self._executor = process_pool(self._workers, _KERNELS_MODULE)
         return self._executor
 
     def map(
@@ -120,33 +102,6 @@ class PaillierWorkers:
             self.close()  # a dead worker breaks the executor for good; start afresh next time
             raise
         return out
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker: exit once the process that started the pool is gone.
-
-    A worker blocks on its task queue, whose write end it holds itself, so a parent killed
-    with SIGKILL (no executor shutdown) would leave it, and the fork server that waits for
-    every worker, running for good.
-    """
-
-    def watch() -> None:
-        while True:
-            time.sleep(_PARENT_CHECK_SECONDS)
-            if not _alive(parent):
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_batch(
