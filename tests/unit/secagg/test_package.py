@@ -121,6 +121,8 @@ ALLOWED_IMPORTS = {
     "os",
     "phe",
     "secagg",
+    "threading",
+    "time",
     "typing",
 }
 
