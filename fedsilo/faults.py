@@ -24,6 +24,9 @@ POINTS: dict[str, str] = {
     "coordinator.secagg.before_aggregated": (
         "the coordinator unmasked the sum and stored the model blob, before the round moved on"
     ),
+    "coordinator.ceremony.after_commit": (
+        "the coordinator committed a new key-ceremony message, before acknowledging it"
+    ),
     "participant.secagg.after_keys": "a participant's KEYS message was acknowledged",
     "participant.secagg.after_shares": "a participant's SHARES message was acknowledged",
     "participant.secagg.after_inputs": (

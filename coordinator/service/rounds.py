@@ -453,6 +453,8 @@ class CoordinatorService:
                         tx.add_job_message(
                             JobMessage(job_id, org_id, kind, data, pem, ack.acknowledgement_id, now)
                         )
+            if not conflict:
+                crash_point("coordinator.ceremony.after_commit")
             if conflict:
                 with self._store.transaction() as tx:
                     tx.add_audit(

@@ -133,20 +133,28 @@ def test_a_restarted_participant_resumes_its_round_from_its_state(
 
 
 @pytest.mark.parametrize(
-    "point",
+    ("protection", "point"),
     [
-        "coordinator.secagg.after_shares_commit",
-        "coordinator.secagg.after_inputs_commit",
-        "coordinator.secagg.after_unmask_commit",
-        "coordinator.secagg.before_aggregated",
+        (pb.PROTECTION_SECAGG, "coordinator.secagg.after_shares_commit"),
+        (pb.PROTECTION_SECAGG, "coordinator.secagg.after_inputs_commit"),
+        (pb.PROTECTION_SECAGG, "coordinator.secagg.after_unmask_commit"),
+        (pb.PROTECTION_SECAGG, "coordinator.secagg.before_aggregated"),
+        # The first job key stored; an encrypted input multiplied into the running product.
+        (pb.PROTECTION_PAILLIER, "coordinator.ceremony.after_commit"),
+        (pb.PROTECTION_PAILLIER, "coordinator.secagg.after_inputs_commit"),
+        (pb.PROTECTION_PAILLIER, "coordinator.secagg.before_aggregated"),
     ],
+    ids=lambda value: value if isinstance(value, str) else pb.Protection.Name(value)[11:].lower(),
 )
 def test_a_coordinator_killed_mid_round_resumes_the_secure_round(
-    five: Consortium, point: str
+    five: Consortium, protection: pb.Protection.ValueType, point: str
 ) -> None:
     # R5: SIGKILL between the database commit and the answer; the participants retry, get the
-    # original acknowledgement, and the round continues from the database after a restart.
-    status = run_secure_job(five, {}, phase_timeout=60.0, coordinator_fault=point)
+    # original acknowledgement, and the round (or the key ceremony) continues from the database
+    # after a restart.
+    status = run_secure_job(
+        five, {}, protection=protection, phase_timeout=60.0, coordinator_fault=point
+    )
     assert status.state == pb.JOB_STATE_COMPLETED, status.failure_reason
     (round_,) = status.rounds
     assert sorted(round_.contributors) == ORGS
