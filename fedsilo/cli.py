@@ -195,7 +195,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         if args.action == "doctor":
             return doctor.run(args, console)
         if args.action == "export":
-            return _participant_export(args, console)
+            return _participant_export(args, args.config, console)
         from participant.main import run
 
         return run(args.config)
@@ -216,8 +216,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         )
         return run_demo(options, console)
     if args.command == "model" and args.participant_config is not None:
-        args.config = args.participant_config
-        return _participant_export(args, console)
+        return _participant_export(args, args.participant_config, console)
     return _admin(args, console)
 
 
@@ -336,10 +335,10 @@ def _export(client: Any, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _participant_export(args: argparse.Namespace, console: Console) -> int:
+def _participant_export(args: argparse.Namespace, config: Path | None, console: Console) -> int:
     from participant.main import export
 
-    result = export(args.config, args.job_id, args.task, args.out, args.version)
+    result = export(config, args.job_id, args.task, args.out, args.version)
     if args.json:
         print(
             json.dumps(

@@ -1,9 +1,9 @@
 """Worker process pools for the library's parallel kernels.
 
-Work that holds the GIL (big-integer exponentiation; OpenSSL's AES as ``cryptography`` calls it)
-runs in processes. Pools start with the ``forkserver`` method where available (``spawn``
-elsewhere): unlike ``fork`` it is safe in a process that already runs threads (gRPC servers do).
-The fork server preloads the given kernels module once; every worker forked from it inherits it.
+Work that holds the GIL (big-integer exponentiation) runs in processes. Pools start with the
+``forkserver`` method where available (``spawn`` elsewhere): unlike ``fork`` it is safe in a
+process that already runs threads (gRPC servers do). The fork server preloads the given kernels
+module once; every worker forked from it inherits it.
 
 Workers exit on their own once the process that started the pool is gone, even one killed with
 SIGKILL: a worker blocks on its task queue, whose write end it holds itself, so without the

@@ -351,14 +351,14 @@ class CoordinatorService:
         with self._lock:
             offered = self._ceremony_offered.setdefault(org_id, set())
             fresh = [item for item in ceremonies if _ceremony_key(item) not in offered]
-            if not fresh and work.kind is not WorkKind.WAIT:
-                offered.clear()
-                return work
-            item = (fresh or ceremonies)[0]
             if not fresh:
+                # Every step was offered since the last other work: that work's turn, if any.
                 offered.clear()
-            offered.add(_ceremony_key(item))
-            return item
+                if work.kind is not WorkKind.WAIT:
+                    return work
+                fresh = ceremonies
+            offered.add(_ceremony_key(fresh[0]))
+            return fresh[0]
 
     def _round_and_model_work(self, tx: Transaction, org_id: str, now: float) -> WorkItem:
         """org_id's work in open rounds and models to evaluate (1, 3, 4 and 5 of next_work)."""
@@ -453,8 +453,6 @@ class CoordinatorService:
                         tx.add_job_message(
                             JobMessage(job_id, org_id, kind, data, pem, ack.acknowledgement_id, now)
                         )
-            if not conflict:
-                crash_point("coordinator.ceremony.after_commit")
             if conflict:
                 with self._store.transaction() as tx:
                     tx.add_audit(
@@ -463,6 +461,7 @@ class CoordinatorService:
                 raise ConflictingSubmission(
                     f"a different {action} message was already accepted for this job"
                 )
+            crash_point("coordinator.ceremony.after_commit")
         log.info("key ceremony: %s accepted", action, **context(job=job_id, org=org_id))
         self.tick()
         return ack
@@ -565,16 +564,7 @@ class CoordinatorService:
                 train_loss_sum=round_.train_loss_sum + update.train_loss * update.num_examples,
                 accumulator_ref=acc_ref,
             )
-            submission = Submission(
-                round_.round_id,
-                org_id,
-                update.phase.value,
-                update.header.sha256,
-                update.header.total_bytes,
-                update.num_examples,
-                ack.acknowledgement_id,
-                now,
-            )
+            submission = _update_submission(round_, org_id, update, update.num_examples, ack, now)
             winner = self._record(round_, submission, updated, now)
             if winner is not None:
                 return winner
@@ -630,16 +620,7 @@ class CoordinatorService:
             contributors=(*round_.contributors, org_id),
             accumulator_ref=sum_ref,
         )
-        submission = Submission(
-            round_.round_id,
-            org_id,
-            update.phase.value,
-            update.header.sha256,
-            update.header.total_bytes,
-            0,
-            ack.acknowledgement_id,
-            now,
-        )
+        submission = _update_submission(round_, org_id, update, 0, ack, now)
         winner = self._record(round_, submission, updated, now)
         if winner is not None:
             return winner
@@ -1017,6 +998,27 @@ class CoordinatorService:
         )
         self._advance_round(round_)
         return True
+
+
+def _update_submission(
+    round_: Round,
+    org_id: str,
+    update: UpdateSubmission,
+    examples: int,
+    ack: Acknowledgement,
+    now: float,
+) -> Submission:
+    """The submission record of an accepted update (``examples``: 0 for a masked input)."""
+    return Submission(
+        round_.round_id,
+        org_id,
+        update.phase.value,
+        update.header.sha256,
+        update.header.total_bytes,
+        examples,
+        ack.acknowledgement_id,
+        now,
+    )
 
 
 def _ceremony_key(item: WorkItem) -> int:

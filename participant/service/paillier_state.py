@@ -27,7 +27,12 @@ import numpy.typing as npt
 
 from fedsilo.codec import CodecError, PayloadHeader, TensorSpec, decode_tensors, encode_tensors
 from fedsilo.protection import SecAggParameters
-from participant.service.private_files import is_safe_name, private_directory, write_private
+from participant.service.private_files import (
+    is_safe_name,
+    private_directory,
+    read_private_json,
+    write_private,
+)
 from participant.service.secagg_state import parameters_from_json, parameters_to_json
 from secagg.primitives.agreement import AgreementKeyPair
 
@@ -111,18 +116,8 @@ class PaillierStateStore:
 
     def load(self, job_id: str) -> PaillierJobState | None:
         """The stored state of a job, None if there is none; PaillierStateUnreadable if damaged."""
-        path = self._job_dir(job_id) / _STATE_FILE
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return _decode(json.loads(text))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            # Never echo the content: it holds keys.
-            raise PaillierStateUnreadable(
-                f"the stored paillier state of job {job_id} is damaged"
-            ) from None
+        damaged = PaillierStateUnreadable(f"the stored paillier state of job {job_id} is damaged")
+        return read_private_json(self._job_dir(job_id) / _STATE_FILE, _decode, damaged)
 
     def save(self, job_id: str, state: PaillierJobState) -> None:
         """Replace the job's state atomically and durably (before any message is sent)."""

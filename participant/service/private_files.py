@@ -7,11 +7,16 @@ secrets and keys; they are treated like the organization's private key.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["is_safe_name", "private_directory", "write_private"]
+__all__ = ["is_safe_name", "private_directory", "read_private_json", "write_private"]
+
+T = TypeVar("T")
 
 # Ids are UUIDs; anything else must not reach the file system as a path component.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
@@ -39,3 +44,19 @@ def write_private(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def read_private_json(path: Path, decode: Callable[[Any], T], damaged: Exception) -> T | None:
+    """``decode`` of the JSON document in ``path``; None if there is no such file.
+
+    A file that is not valid JSON, or that ``decode`` rejects, raises ``damaged``; the content
+    is never echoed (these files hold secrets).
+    """
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return decode(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None

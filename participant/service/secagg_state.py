@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from fedsilo.protection import SecAggParameters
-from participant.service.private_files import is_safe_name, private_directory, write_private
+from participant.service.private_files import (
+    is_safe_name,
+    private_directory,
+    read_private_json,
+    write_private,
+)
 
 __all__ = [
     "SecAggStateStore",
@@ -73,16 +78,8 @@ class SecAggStateStore:
 
     def load(self, round_id: str) -> SecureRoundState | None:
         """The stored state of a round, None if there is none; StateUnreadable if damaged."""
-        path = self._path(round_id)
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return _decode(json.loads(text))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            # Never echo the content: it holds round secrets.
-            raise StateUnreadable(f"the stored state of round {round_id} is damaged") from None
+        damaged = StateUnreadable(f"the stored state of round {round_id} is damaged")
+        return read_private_json(self._path(round_id), _decode, damaged)
 
     def save(self, round_id: str, state: SecureRoundState) -> None:
         """Replace the round's state atomically and durably (before any answer is sent)."""
