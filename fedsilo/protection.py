@@ -11,6 +11,7 @@ This module has no TensorFlow, gRPC or database code; both sides import it.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +26,26 @@ from secagg.masking.messages import EncryptedShare
 from secagg.primitives.encoding import decode_fields, encode_fields
 
 __all__ = [
+    "Protection",
     "SecAggParameters",
     "decode_share_list",
     "encode_share_list",
     "flatten",
     "unflatten",
 ]
+
+
+class Protection(enum.StrEnum):
+    """How a job protects each organization's update (docs/design.md, "Protection").
+
+    ``none`` exists for tests and comparisons only; ``secagg`` is pairwise-masked secure
+    aggregation; ``paillier`` adds packed Paillier encryption on top. The values are the names
+    the CLI, the configuration and the admin API's JSON use.
+    """
+
+    NONE = "none"
+    SECAGG = "secagg"
+    PAILLIER = "paillier"
 
 
 @dataclass(frozen=True)

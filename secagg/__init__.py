@@ -4,7 +4,10 @@ No gRPC, SQL, TensorFlow or ``numpy.random``: functions take bytes, ints, numpy 
 dataclasses and return dataclasses; randomness is injected as a ``Callable[[int], bytes]`` such as
 ``os.urandom``. :mod:`secagg.masking` is the protocol (what applications use);
 :mod:`secagg.primitives` holds the building blocks (X25519, HKDF, AES-GCM, AES-CTR PRG, Shamir,
-signatures). The protocol, encodings and quantization bound are described in ``docs/secagg.md``.
+signatures); the few of them other packages need (organization signing and verifying keys, the
+injected random source, X25519 key pairs and the canonical field encoding) are re-exported here,
+so nothing outside ``secagg`` imports ``secagg.primitives``. The protocol, encodings and
+quantization bound are described in ``docs/secagg.md``.
 :mod:`secagg.paillier` (imported on its own, not by this package) adds packed Paillier encryption
 for the ``paillier`` protection mode (``docs/paillier.md``).
 
@@ -53,8 +56,13 @@ from secagg.masking import (
     check_bit_budget,
     default_threshold,
 )
+from secagg.primitives.agreement import AgreementKeyPair
+from secagg.primitives.encoding import decode_fields, encode_fields, encode_text
+from secagg.primitives.randomness import RandomSource
+from secagg.primitives.signatures import SigningKey, VerifyingKey, verifying_key
 
 __all__ = [
+    "AgreementKeyPair",
     "BitBudgetExceeded",
     "ClientPhase",
     "ConsistencySignature",
@@ -68,6 +76,7 @@ __all__ = [
     "ParticipantContext",
     "ProtocolViolation",
     "QuantizationSpec",
+    "RandomSource",
     "RevealedShare",
     "RoundConfig",
     "SecAggClient",
@@ -75,10 +84,16 @@ __all__ = [
     "SecAggServer",
     "ServerPhase",
     "SignedKeys",
+    "SigningKey",
     "UnmaskRequest",
     "UnmaskResponse",
+    "VerifyingKey",
     "WeightedMean",
     "WrongPhase",
     "check_bit_budget",
+    "decode_fields",
     "default_threshold",
+    "encode_fields",
+    "encode_text",
+    "verifying_key",
 ]

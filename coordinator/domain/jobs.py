@@ -6,11 +6,11 @@ import enum
 import json
 from dataclasses import dataclass, field
 
-from coordinator.domain.rounds import Protection
 from coordinator.errors import InvalidInput
 from fedsilo.codec import TensorSpec
-from secagg.errors import SecAggError
-from secagg.masking.quantize import check_bit_budget
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings
+from secagg import SecAggError, check_bit_budget
 
 __all__ = [
     "ALGORITHMS",
@@ -25,7 +25,6 @@ __all__ = [
     "PhaseMessage",
     "SecAggSettings",
     "Submission",
-    "TrainingPlan",
 ]
 
 ALGORITHMS = frozenset({"fedavg"})
@@ -46,16 +45,6 @@ class ParticipantStatus(enum.StrEnum):
     ACTIVE = "active"
     PENDING = "pending"
     REVOKED = "revoked"
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """Local training settings sent to every participant with each round."""
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +108,7 @@ class JobSpec:
     min_participants: int = 2
     round_timeout_seconds: float = 300.0
     max_failed_rounds: int = 3
-    training: TrainingPlan = field(default_factory=TrainingPlan)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     task_config_json: str = "{}"
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     phase_timeout_seconds: float = 60.0

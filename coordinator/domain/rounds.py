@@ -6,23 +6,16 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
+from fedsilo.protection import Protection
+
 __all__ = [
     "IllegalTransition",
     "Phase",
-    "Protection",
     "Round",
     "RoundEvent",
     "TERMINAL_PHASES",
     "transition",
 ]
-
-
-class Protection(enum.StrEnum):
-    """How updates are protected. ``none`` exists for tests and demos only."""
-
-    NONE = "none"
-    SECAGG = "secagg"
-    PAILLIER = "paillier"
 
 
 class Phase(enum.StrEnum):

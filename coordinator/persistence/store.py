@@ -29,12 +29,13 @@ from coordinator.domain.jobs import (
     PhaseMessage,
     SecAggSettings,
     Submission,
-    TrainingPlan,
 )
-from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import CoordinatorError, StorageUnavailable
 from coordinator.persistence import schema as t
 from fedsilo.codec import TensorSpec
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings
 
 __all__ = ["DuplicateKey", "StaleWrite", "Store", "Transaction"]
 
@@ -455,7 +456,7 @@ def _spec_from_json(text: str) -> JobSpec:
         min_participants=data["min_participants"],
         round_timeout_seconds=data["round_timeout_seconds"],
         max_failed_rounds=data["max_failed_rounds"],
-        training=TrainingPlan(**data["training"]),
+        training=TrainingSettings(**data["training"]),
         task_config_json=data["task_config_json"],
         # Jobs stored before secure aggregation existed carry neither field: the defaults.
         secagg=SecAggSettings(**data.get("secagg", {})),

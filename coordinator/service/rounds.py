@@ -34,7 +34,7 @@ from coordinator.domain.jobs import (
     PhaseMessage,
     Submission,
 )
-from coordinator.domain.rounds import Phase, Protection, Round, RoundEvent, transition
+from coordinator.domain.rounds import Phase, Round, RoundEvent, transition
 from coordinator.errors import (
     ConflictingSubmission,
     InvalidInput,
@@ -55,6 +55,7 @@ from fedsilo.codec import (
 )
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
+from fedsilo.protection import Protection
 from secagg.errors import SecAggError
 
 __all__ = [

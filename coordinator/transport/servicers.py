@@ -14,9 +14,8 @@ from coordinator.domain.jobs import (
     Participant,
     ParticipantStatus,
     SecAggSettings,
-    TrainingPlan,
 )
-from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import InvalidInput
 from coordinator.service.key_ceremony import CeremonyStep
 from coordinator.service.membership import MembershipService
@@ -32,7 +31,14 @@ from coordinator.service.secure_rounds import SecAggStep
 from coordinator.transport.interceptors import current_identity
 from fedsilo import chunking
 from fedsilo.codec import PayloadHeader, header_from_proto, header_to_proto
-from fedsilo.protection import SecAggParameters
+from fedsilo.convert import (
+    protection_from_pb,
+    protection_to_pb,
+    secagg_parameters_to_pb,
+    training_settings_to_pb,
+)
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -40,12 +46,6 @@ __all__ = ["AdminServicer", "ParticipantServicer", "job_view_to_pb", "spec_from_
 
 MAX_WAIT_SECONDS = 30.0
 
-PROTECTION_TO_PB = {
-    Protection.NONE: pb.PROTECTION_NONE,
-    Protection.SECAGG: pb.PROTECTION_SECAGG,
-    Protection.PAILLIER: pb.PROTECTION_PAILLIER,
-}
-PROTECTION_FROM_PB = {v: k for k, v in PROTECTION_TO_PB.items()}
 PHASE_TO_PB = {phase: getattr(pb, f"ROUND_PHASE_{phase.name}") for phase in Phase}
 PHASE_FROM_PB = {v: k for k, v in PHASE_TO_PB.items()}
 JOB_STATE_TO_PB = {
@@ -61,15 +61,6 @@ KIND_TO_PB = {
     WorkKind.SECAGG_STEP: pb.TASK_KIND_SECAGG_STEP,
     WorkKind.KEY_CEREMONY: pb.TASK_KIND_KEY_CEREMONY,
 }
-
-
-def _training_to_pb(plan: TrainingPlan) -> pb.TrainingSettings:
-    return pb.TrainingSettings(
-        local_epochs=plan.local_epochs,
-        batch_size=plan.batch_size,
-        learning_rate=plan.learning_rate,
-        seed=plan.seed,
-    )
 
 
 def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: int) -> bytes:
@@ -246,8 +237,8 @@ def _work_to_pb(item: WorkItem) -> pb.GetTaskResponse:
         response.job_id = item.job.job_id
         response.task_name = spec.task_name
         response.model_version = item.model_version
-        response.training.CopyFrom(_training_to_pb(spec.training))
-        response.protection = PROTECTION_TO_PB[spec.protection]
+        response.training.CopyFrom(training_settings_to_pb(spec.training))
+        response.protection = protection_to_pb(spec.protection)
         response.task_config_json = spec.task_config_json
     if item.round is not None:
         response.round_id = item.round.round_id
@@ -272,26 +263,13 @@ def _ceremony_to_pb(step: CeremonyStep) -> pb.KeyCeremonyStep:
         sealed_key=step.sealed_key,
     )
     if step.parameters is not None:
-        message.parameters.CopyFrom(_parameters_to_pb(step.parameters))
+        message.parameters.CopyFrom(secagg_parameters_to_pb(step.parameters))
     return message
-
-
-def _parameters_to_pb(p: SecAggParameters) -> pb.SecAggParameters:
-    return pb.SecAggParameters(
-        threshold=p.threshold,
-        modulus_bits=p.modulus_bits,
-        vector_length=p.vector_length,
-        cohort=list(p.cohort),
-        clip=p.clip,
-        levels_bits=p.levels_bits,
-        max_participants=p.max_participants,
-        max_weight=p.max_weight,
-    )
 
 
 def _step_to_pb(step: SecAggStep) -> pb.SecAggStep:
     return pb.SecAggStep(
-        parameters=_parameters_to_pb(step.parameters),
+        parameters=secagg_parameters_to_pb(step.parameters),
         keys=[pb.AdvertisedKeys(signed_keys=k, certificate_pem=c) for k, c in step.keys],
         shares=list(step.shares),
         survivors=list(step.survivors),
@@ -323,12 +301,12 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
     return pb.JobSpec(
         name=spec.name,
         task_name=spec.task_name,
-        protection=PROTECTION_TO_PB[spec.protection],
+        protection=protection_to_pb(spec.protection),
         algorithm=spec.algorithm,
         num_rounds=spec.num_rounds,
         min_participants=spec.min_participants,
         round_timeout_seconds=spec.round_timeout_seconds,
-        training=_training_to_pb(spec.training),
+        training=training_settings_to_pb(spec.training),
         task_config_json=spec.task_config_json,
         max_failed_rounds=spec.max_failed_rounds,
         secagg=pb.SecAggSettings(
@@ -347,13 +325,10 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
 def spec_from_pb(message: pb.JobSpec) -> JobSpec:
     """Decode a job spec; unset numeric fields take the documented defaults."""
     defaults = JobSpec(name="", task_name="")
-    plan = TrainingPlan()
+    plan = TrainingSettings()
     t = message.training
-    if message.protection == pb.PROTECTION_UNSPECIFIED:
-        protection = defaults.protection
-    elif message.protection in PROTECTION_FROM_PB:
-        protection = PROTECTION_FROM_PB[message.protection]
-    else:
+    protection = protection_from_pb(message.protection, unspecified=defaults.protection)
+    if protection is None:
         raise InvalidInput("unknown protection mode")
     return JobSpec(
         name=message.name,
@@ -368,7 +343,7 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
             if message.HasField("max_failed_rounds")
             else defaults.max_failed_rounds
         ),
-        training=TrainingPlan(
+        training=TrainingSettings(
             local_epochs=t.local_epochs or plan.local_epochs,
             batch_size=t.batch_size or plan.batch_size,
             learning_rate=t.learning_rate or plan.learning_rate,

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fedsilo.protection import SecAggParameters
+from fedsilo.protection import Protection, SecAggParameters
 from fedsilo.tasks import TrainingSettings
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "Assignment",
     "AssignmentKind",
     "KeyCeremonyStepData",
-    "Protection",
     "RoundOutcome",
     "SecAggPhase",
     "SecAggStepData",
@@ -31,14 +30,6 @@ class AssignmentKind(enum.StrEnum):
     """A small secure-aggregation phase (keys, shares, consistency, unmask); INPUTS is TRAIN."""
     KEY_CEREMONY = "key_ceremony"
     """A step of a paillier job's key ceremony (no round: ``job_id`` and ``ceremony`` only)."""
-
-
-class Protection(enum.StrEnum):
-    """How the round protects each participant's update (DESIGN §4)."""
-
-    NONE = "none"
-    SECAGG = "secagg"
-    PAILLIER = "paillier"
 
 
 class SecAggPhase(enum.StrEnum):

@@ -12,8 +12,9 @@ import numpy.typing as npt
 
 from fedsilo.codec import encode_tensors
 from fedsilo.logs import context
+from fedsilo.protection import Protection
 from fedsilo.tasks import LocalData, Task, TaskNotFoundError, TrainResult, as_float32, load_task
-from participant.domain.assignments import Assignment, AssignmentKind, Protection
+from participant.domain.assignments import Assignment, AssignmentKind
 from participant.service.answers import AnswerStore, StoredAnswer
 from participant.service.key_ceremony import KeyCeremony, KeyGenerator
 from participant.service.paillier_jobs import PaillierJobs

@@ -45,13 +45,12 @@ from fedsilo.pki import (
     subject_identity,
     verify_peer_certificate,
 )
-from fedsilo.protection import SecAggParameters, encode_share_list, flatten
+from fedsilo.protection import Protection, SecAggParameters, encode_share_list, flatten
 from fedsilo.tasks import TrainResult
 from fedsilo.tls import TlsFiles, files_stamp
 from participant.domain.assignments import (
     Assignment,
     AssignmentKind,
-    Protection,
     RoundOutcome,
     SecAggPhase,
     SecAggStepData,

@@ -15,8 +15,12 @@ import numpy.typing as npt
 
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.codec import PayloadHeader, header_to_proto
-from fedsilo.protection import SecAggParameters
-from fedsilo.tasks import TrainingSettings
+from fedsilo.convert import (
+    protection_from_pb,
+    secagg_parameters_from_pb,
+    training_settings_from_pb,
+)
+from fedsilo.protection import Protection
 from fedsilo.tls import (
     TlsConfigError,
     TlsFiles,
@@ -32,7 +36,6 @@ from participant.domain.assignments import (
     Assignment,
     AssignmentKind,
     KeyCeremonyStepData,
-    Protection,
     RoundOutcome,
     SecAggStepData,
     SubmissionReceipt,
@@ -69,13 +72,6 @@ _KINDS = {
     pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
     pb.TASK_KIND_SECAGG_STEP: AssignmentKind.SECAGG_STEP,
     pb.TASK_KIND_KEY_CEREMONY: AssignmentKind.KEY_CEREMONY,
-}
-_PROTECTIONS = {
-    # A coordinator that does not say is one from before protection modes: plain FedAvg.
-    pb.PROTECTION_UNSPECIFIED: Protection.NONE,
-    pb.PROTECTION_NONE: Protection.NONE,
-    pb.PROTECTION_SECAGG: Protection.SECAGG,
-    pb.PROTECTION_PAILLIER: Protection.PAILLIER,
 }
 _PHASES = {
     value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()
@@ -289,14 +285,13 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
     kind = _KINDS.get(response.kind, AssignmentKind.WAIT)
     if kind is AssignmentKind.WAIT:
         return Assignment(AssignmentKind.WAIT)
-    t = response.training
     try:
         task_config = json.loads(response.task_config_json or "{}")
     except ValueError:
         task_config = None
     if not isinstance(task_config, dict):
         raise ValueError("coordinator sent a task configuration that is not a JSON object")
-    protection = _PROTECTIONS.get(response.protection)
+    protection = protection_from_pb(response.protection, unspecified=Protection.NONE)
     if protection is None:
         raise ValueError("coordinator sent an unknown protection mode")
     secagg = None
@@ -319,7 +314,7 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         round_number=response.round_number,
         phase=_PHASES.get(response.phase, "unspecified"),
         model_version=response.model_version,
-        training=TrainingSettings(t.local_epochs, t.batch_size, t.learning_rate, t.seed),
+        training=training_settings_from_pb(response.training),
         task_config=task_config,
         seconds_left=response.seconds_left,
         protection=protection,
@@ -328,22 +323,9 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
     )
 
 
-def _parameters_from_pb(p: pb.SecAggParameters) -> SecAggParameters:
-    return SecAggParameters(
-        threshold=p.threshold,
-        modulus_bits=p.modulus_bits,
-        vector_length=p.vector_length,
-        cohort=tuple(p.cohort),
-        clip=p.clip,
-        levels_bits=p.levels_bits,
-        max_participants=p.max_participants,
-        max_weight=p.max_weight,
-    )
-
-
 def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
     return SecAggStepData(
-        parameters=_parameters_from_pb(step.parameters),
+        parameters=secagg_parameters_from_pb(step.parameters),
         keys=tuple(AdvertisedKeys(k.signed_keys, k.certificate_pem) for k in step.keys),
         shares=tuple(step.shares),
         survivors=tuple(step.survivors),
@@ -360,5 +342,7 @@ def _ceremony_step_from_pb(step: pb.KeyCeremonyStep) -> KeyCeremonyStepData:
         dealt_key=step.dealt_key,
         dealer_certificate_pem=step.dealer_certificate_pem,
         sealed_key=step.sealed_key,
-        parameters=_parameters_from_pb(step.parameters) if step.HasField("parameters") else None,
+        parameters=secagg_parameters_from_pb(step.parameters)
+        if step.HasField("parameters")
+        else None,
     )

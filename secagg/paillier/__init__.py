@@ -9,6 +9,15 @@ ints, bytes, numpy arrays and dataclasses in and out; randomness injected. Error
 purpose are :class:`secagg.errors.InvalidInput`.
 """
 
+from secagg.paillier.ceremony import (
+    DealtKey,
+    JobKey,
+    SealedKey,
+    make_job_key,
+    open_private_key,
+    seal_private_key,
+    sign_public_key,
+)
 from secagg.paillier.ciphertexts import PaillierCiphertexts, add_ciphertexts
 from secagg.paillier.encryption import (
     ClassicRandomizer,
@@ -35,12 +44,15 @@ __all__ = [
     "MAX_PARTICIPANTS",
     "MIN_KEY_BITS",
     "ClassicRandomizer",
+    "DealtKey",
+    "JobKey",
     "PackingLayout",
     "PaillierCiphertexts",
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "PaillierWorkers",
     "Randomizer",
+    "SealedKey",
     "ShortExponentRandomizer",
     "add_ciphertexts",
     "decrypt_integers",
@@ -49,4 +61,8 @@ __all__ = [
     "encrypt_integers",
     "encrypt_vector",
     "generate_private_key",
+    "make_job_key",
+    "open_private_key",
+    "seal_private_key",
+    "sign_public_key",
 ]

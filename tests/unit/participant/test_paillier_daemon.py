@@ -29,8 +29,9 @@ from secure_round_harness import JOB_ID, TASK_NAME, TRAINING, identity_files, pa
 
 from fedsilo import cli
 from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.protection import Protection
 from participant import main as participant_main
-from participant.domain.assignments import Assignment, AssignmentKind, Protection, TaskReply
+from participant.domain.assignments import Assignment, AssignmentKind, TaskReply
 from participant.main import export_model
 from participant.service.answers import AnswerStore
 from participant.service.paillier_jobs import ModelUnavailable, PaillierJobs

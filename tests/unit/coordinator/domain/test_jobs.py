@@ -8,17 +8,18 @@ from typing import Any
 
 import pytest
 
-from coordinator.domain.jobs import JobSpec, SecAggSettings, TrainingPlan
-from coordinator.domain.rounds import Protection
+from coordinator.domain.jobs import JobSpec, SecAggSettings
 from coordinator.errors import CoordinatorError, InvalidInput
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings
 
 
 def spec(**changes: Any) -> JobSpec:
     return dataclasses.replace(JobSpec(name="digits", task_name="digits-linear"), **changes)
 
 
-def plan(**changes: Any) -> TrainingPlan:
-    return dataclasses.replace(TrainingPlan(), **changes)
+def plan(**changes: Any) -> TrainingSettings:
+    return dataclasses.replace(TrainingSettings(), **changes)
 
 
 def secagg(**changes: Any) -> SecAggSettings:

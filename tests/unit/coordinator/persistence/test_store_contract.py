@@ -25,12 +25,13 @@ from coordinator.domain.jobs import (
     Participant,
     ParticipantStatus,
     Submission,
-    TrainingPlan,
 )
-from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import CoordinatorError, StorageUnavailable
 from coordinator.persistence.store import DuplicateKey, StaleWrite, Store
 from fedsilo.codec import TensorSpec
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings
 
 BACKENDS = [
     pytest.param("sqlite-memory", id="sqlite-memory"),
@@ -86,7 +87,7 @@ def make_spec(name: str = "digits") -> JobSpec:
         min_participants=3,
         round_timeout_seconds=123.5,
         max_failed_rounds=4,
-        training=TrainingPlan(local_epochs=2, batch_size=16, learning_rate=0.125, seed=42),
+        training=TrainingSettings(local_epochs=2, batch_size=16, learning_rate=0.125, seed=42),
         task_config_json='{"hidden": [8, 4], "note": "\\u00e9"}',
     )
 
@@ -192,7 +193,7 @@ def test_job_round_trip_keeps_spec_and_weight_specs(store: Store) -> None:
         assert tx.get_job("job-unknown") is None
     assert loaded == job
     assert loaded is not None
-    assert loaded.spec.training == TrainingPlan(2, 16, 0.125, 42)
+    assert loaded.spec.training == TrainingSettings(2, 16, 0.125, 42)
     assert loaded.weight_specs == WEIGHT_SPECS
     assert isinstance(loaded.weight_specs[2].shape, tuple)
     assert loaded.spec.protection is Protection.NONE

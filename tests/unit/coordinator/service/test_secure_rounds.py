@@ -26,8 +26,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from coordinator.domain.jobs import Job, JobSpec, SecAggSettings, TrainingPlan
-from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.domain.jobs import Job, JobSpec, SecAggSettings
+from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import ConflictingSubmission, InvalidInput, NotFound, WrongPhase
 from coordinator.persistence import schema
 from coordinator.persistence.blobs import BlobStore
@@ -42,7 +42,14 @@ from coordinator.service.rounds import (
 )
 from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
-from fedsilo.protection import SecAggParameters, decode_share_list, encode_share_list, flatten
+from fedsilo.protection import (
+    Protection,
+    SecAggParameters,
+    decode_share_list,
+    encode_share_list,
+    flatten,
+)
+from fedsilo.tasks import TrainingSettings
 from secagg import (
     EncryptedShare,
     ParticipantContext,
@@ -297,7 +304,7 @@ class Consortium:
             round_timeout_seconds=INPUTS_S,
             phase_timeout_seconds=PHASE_S,
             max_failed_rounds=0,
-            training=TrainingPlan(seed=1),
+            training=TrainingSettings(seed=1),
         )
         header, payload = encode_tensors(base_weights())
         job = self.service.create_job(

@@ -26,9 +26,8 @@ from coordinator.domain.jobs import (
     JobState,
     MetricReport,
     ParticipantStatus,
-    TrainingPlan,
 )
-from coordinator.domain.rounds import Phase, Protection, Round
+from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import (
     ConflictingSubmission,
     InvalidInput,
@@ -46,6 +45,8 @@ from coordinator.service.rounds import (
     WorkKind,
 )
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings
 
 T0 = 1_700_000_000.0
 TIMEOUT_S = 60.0
@@ -76,7 +77,7 @@ def make_spec(**changes: Any) -> JobSpec:
         min_participants=2,
         round_timeout_seconds=TIMEOUT_S,
         max_failed_rounds=1,
-        training=TrainingPlan(local_epochs=1, batch_size=8, learning_rate=0.1, seed=3),
+        training=TrainingSettings(local_epochs=1, batch_size=8, learning_rate=0.1, seed=3),
     )
     return dataclasses.replace(spec, **changes)
 

@@ -14,12 +14,15 @@ PUBLIC = {
     "MAX_PARTICIPANTS",
     "MIN_KEY_BITS",
     "ClassicRandomizer",
+    "DealtKey",
+    "JobKey",
     "PackingLayout",
     "PaillierCiphertexts",
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "PaillierWorkers",
     "Randomizer",
+    "SealedKey",
     "ShortExponentRandomizer",
     "add_ciphertexts",
     "decrypt_integers",
@@ -28,6 +31,10 @@ PUBLIC = {
     "encrypt_integers",
     "encrypt_vector",
     "generate_private_key",
+    "make_job_key",
+    "open_private_key",
+    "seal_private_key",
+    "sign_public_key",
 }
 
 
