@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 
+from fedsilo.errors import FedsiloError
+
 __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "ChunkError", "assemble", "split"]
 
 # Every gRPC message stays far below the cap, so one member cannot make a server buffer a huge
@@ -13,14 +15,14 @@ CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 4 << 20
 
 
-class ChunkError(ValueError):
+class ChunkError(FedsiloError, ValueError):
     """A chunk stream is longer than announced, shorter, or does not match its hash."""
 
 
 def split(payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """Yield consecutive slices of at most chunk_bytes (one empty chunk for an empty payload)."""
     if chunk_bytes <= 0:
-        raise ValueError("chunk_bytes must be positive")
+        raise ChunkError("chunk_bytes must be positive")
     view = memoryview(payload)
     if not view:
         yield b""

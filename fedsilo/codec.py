@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fedsilo.errors import FedsiloError
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = [
@@ -45,7 +46,7 @@ MAX_RANK = 8
 MAX_ELEMENTS = 1 << 40
 
 
-class CodecError(ValueError):
+class CodecError(FedsiloError, ValueError):
     """A payload or header does not describe valid tensors."""
 
 

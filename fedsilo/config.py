@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fedsilo.errors import FedsiloError
+
 __all__ = [
     "ConfigError",
     "CoordinatorConfig",
@@ -31,7 +33,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(FedsiloError, ValueError):
     """A configuration key is missing, unknown or has an invalid value."""
 
 
@@ -171,32 +173,32 @@ def _coerce(hint: Any, value: Any, key: str, *, from_env: bool, base: Path) -> A
                 return True
             if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError("expected true or false")
+            raise ConfigError("expected true or false")
         if hint is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError("expected an integer")
+                raise ConfigError("expected an integer")
             return int(value)
         if hint is float:
             if isinstance(value, bool):
-                raise ValueError("expected a number")
+                raise ConfigError("expected a number")
             return float(value)
         if hint is str:
             if not isinstance(value, str | int | float):
-                raise ValueError("expected a string")
+                raise ConfigError("expected a string")
             return str(value)
         if hint is Path:
             if not isinstance(value, str) or not value:
-                raise ValueError("expected a path")
+                raise ConfigError("expected a path")
             path = Path(value).expanduser()
             return path if path.is_absolute() else base / path
         if origin is dict:
             if from_env:
                 value = json.loads(value)
             if not isinstance(value, dict):
-                raise ValueError("expected a mapping")
+                raise ConfigError("expected a mapping")
             value_type = typing.get_args(hint)[1]
             if value_type is str and not all(isinstance(v, str) for v in value.values()):
-                raise ValueError("expected a mapping of strings")
+                raise ConfigError("expected a mapping of strings")
             return dict(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: invalid value {value!r}: {exc}") from None

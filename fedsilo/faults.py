@@ -1,4 +1,4 @@
-"""Named crash points for fault-injection tests (TEST-MATRIX "crash").
+"""Named crash points for fault-injection tests (docs/design.md, "Fault injection").
 
 A process started with ``FEDSILO_FAULT_AT=<point>`` kills itself with SIGKILL the first time it
 reaches that point: no cleanup, no flushing, exactly like a power cut. Unset (production), a
@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["ENV_VAR", "POINTS", "crash_point"]
+from fedsilo.errors import FedsiloError
+
+__all__ = ["ENV_VAR", "POINTS", "UnknownCrashPoint", "crash_point"]
 
 ENV_VAR = "FEDSILO_FAULT_AT"
 
@@ -51,9 +53,13 @@ POINTS: dict[str, str] = {
 }
 
 
+class UnknownCrashPoint(FedsiloError, ValueError):
+    """A crash point name that :data:`POINTS` does not declare (a typo in the code or a test)."""
+
+
 def crash_point(name: str) -> None:
     """SIGKILL this process if ``FEDSILO_FAULT_AT`` names this point."""
     if name not in POINTS:
-        raise ValueError(f"unknown crash point {name!r}")
+        raise UnknownCrashPoint(f"unknown crash point {name!r}")
     if os.environ.get(ENV_VAR) == name:
         os.kill(os.getpid(), signal.SIGKILL)

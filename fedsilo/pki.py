@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secagg.errors import InvalidInput
-from secagg.primitives.signatures import VerifyingKey, verifying_key
+from fedsilo.errors import FedsiloError
+from secagg import InvalidInput, VerifyingKey, verifying_key
 
 __all__ = [
     "DEFAULT_CA_VALID_DAYS",
@@ -27,6 +27,7 @@ __all__ = [
     "DemoPki",
     "IssuedFiles",
     "PeerCertificateError",
+    "PkiError",
     "Role",
     "create_ca",
     "issue",
@@ -125,14 +126,18 @@ class DemoPki:
         return self.admin.key_path
 
 
-class PeerCertificateError(ValueError):
+class PkiError(FedsiloError, ValueError):
+    """An organization id, subject, CSR, key or CA that fedsilo's PKI does not accept."""
+
+
+class PeerCertificateError(PkiError):
     """A certificate another party presented is not one this organization accepts."""
 
 
 def validate_org_id(org_id: str) -> str:
-    """Return ``org_id`` unchanged if it is a valid organization id, else raise ValueError."""
+    """Return ``org_id`` unchanged if it is a valid organization id, else raise PkiError."""
     if not isinstance(org_id, str) or _ORG_ID_PATTERN.match(org_id) is None:
-        raise ValueError(
+        raise PkiError(
             f"invalid organization id {org_id!r}: use 1-63 characters of lowercase letters, "
             "digits and '-', starting with a letter or digit"
         )
@@ -158,22 +163,22 @@ def make_csr(org_id: str, role: Role, key: PrivateKey) -> x509.CertificateSignin
 
 
 def subject_identity(name: x509.Name) -> tuple[str, Role]:
-    """Return the (org id, role) a subject names, or raise ValueError if it names none exactly."""
+    """Return the (org id, role) a subject names, or raise PkiError if it names none exactly."""
     common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     units = name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     # Exactly one of each: with two CNs or OUs, different readers could pick different identities.
     if len(common_names) != 1 or len(units) != 1:
-        raise ValueError("subject must have exactly one CN (organization id) and one OU (role)")
+        raise PkiError("subject must have exactly one CN (organization id) and one OU (role)")
     org_id = common_names[0].value
     unit = units[0].value
     if not isinstance(org_id, str) or not isinstance(unit, str):
-        raise ValueError("subject CN and OU must be text")
+        raise PkiError("subject CN and OU must be text")
     validate_org_id(org_id)
     try:
         role = Role(unit)
     except ValueError:
         known = ", ".join(r.value for r in Role)
-        raise ValueError(f"unknown role {unit!r} in subject OU (known: {known})") from None
+        raise PkiError(f"unknown role {unit!r} in subject OU (known: {known})") from None
     return org_id, role
 
 
@@ -186,10 +191,10 @@ def verify_peer_certificate(
     the CA's key), be valid at ``now``, not be a CA itself, name exactly ``org_id`` and ``role``
     in its subject, and carry an EC P-256 or Ed25519 key. Secure aggregation checks every peer's
     signed round keys against this key, so a certificate from any other source would let whoever
-    forwards the keys substitute them (TEST-MATRIX S14). Raises PeerCertificateError.
+    forwards the keys substitute them (docs/secagg.md). Raises PeerCertificateError.
     """
     if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
+        raise PkiError("now must be timezone-aware")
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
@@ -250,7 +255,7 @@ def create_ca(
 ) -> CertificateAuthority:
     """Create a self-signed consortium CA that can sign leaf certificates only (path length 0)."""
     if valid_days <= 0:
-        raise ValueError(f"valid_days must be positive, got {valid_days}")
+        raise PkiError(f"valid_days must be positive, got {valid_days}")
     key = make_key()
     not_before, not_after = _validity(now, valid_days)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -295,9 +300,9 @@ def load_ca(
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is None or not constraints.ca:
-        raise ValueError(f"{cert_path} is not a CA certificate (basicConstraints CA is not set)")
+        raise PkiError(f"{cert_path} is not a CA certificate (basicConstraints CA is not set)")
     if not _same_public_key(cert, key):
-        raise ValueError(f"private key {key_path} does not belong to CA certificate {cert_path}")
+        raise PkiError(f"private key {key_path} does not belong to CA certificate {cert_path}")
     return CertificateAuthority(cert=cert, key=key)
 
 
@@ -316,16 +321,16 @@ def sign_csr(
     for CA rights, extra names or extra key usages.
     """
     if not csr.is_signature_valid:
-        raise ValueError("CSR signature is invalid (the requester does not hold the key)")
+        raise PkiError("CSR signature is invalid (the requester does not hold the key)")
     org_id, role = subject_identity(csr.subject)
     public_key = csr.public_key()
     _check_leaf_public_key(public_key)
     if valid_days <= 0:
-        raise ValueError(f"valid_days must be positive, got {valid_days}")
+        raise PkiError(f"valid_days must be positive, got {valid_days}")
     not_before, not_after = _validity(now, valid_days)
     if not_after > ca.cert.not_valid_after_utc:
         ca_expiry = ca.cert.not_valid_after_utc
-        raise ValueError(
+        raise PkiError(
             f"certificate would outlive its CA (CA expires {ca_expiry:%Y-%m-%d}); "
             "lower valid_days or renew the CA"
         )
@@ -415,11 +420,11 @@ def make_demo_pki(
     for org_id in (*org_ids, admin_id, coordinator_name):
         validate_org_id(org_id)
     if len(set(org_ids)) != len(org_ids):
-        raise ValueError("organization ids must be unique")
+        raise PkiError("organization ids must be unique")
     # One subject name, one party: otherwise an authorization rule keyed on the org id could
     # confuse the admin with a participant.
     if admin_id in org_ids or coordinator_name in org_ids or admin_id == coordinator_name:
-        raise ValueError("admin id, coordinator name and organization ids must all differ")
+        raise PkiError("admin id, coordinator name and organization ids must all differ")
 
     out_dir = Path(out_dir)
     ca = create_ca()
@@ -480,7 +485,7 @@ def load_private_key(path: Path | str, *, password: bytes | None = None) -> Priv
     """Read a PEM private key; only EC and RSA keys (what gRPC TLS accepts) are allowed."""
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=password)
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ValueError(f"{path}: unsupported key type {type(key).__name__} (use EC or RSA)")
+        raise PkiError(f"{path}: unsupported key type {type(key).__name__} (use EC or RSA)")
     return key
 
 
@@ -523,7 +528,7 @@ def _validity(now: dt.datetime | None, valid_days: int) -> tuple[dt.datetime, dt
     if now is None:
         now = dt.datetime.now(dt.UTC)
     elif now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
+        raise PkiError("now must be timezone-aware")
     # X.509 times have one-second resolution; dropping microseconds keeps what we ask for equal
     # to what ends up in the certificate.
     now = now.astimezone(dt.UTC).replace(microsecond=0)
@@ -540,11 +545,11 @@ def _subject_alternative_names(
     ips = list(dict.fromkeys(ipaddress.ip_address(ip) for ip in ip_addresses))
     for name in dns:
         if not name or name != name.strip() or any(c.isspace() for c in name):
-            raise ValueError(f"invalid DNS name {name!r}")
+            raise PkiError(f"invalid DNS name {name!r}")
     if role is Role.COORDINATOR:
         # A server certificate is only useful for the names participants actually dial.
         if not dns and not ips:
-            raise ValueError("a coordinator certificate needs at least one DNS name or IP address")
+            raise PkiError("a coordinator certificate needs at least one DNS name or IP address")
     elif org_id not in dns:
         # gRPC's TLS stack may reject a certificate without any SAN, so client certificates
         # always carry their org id as a DNS name.
@@ -558,12 +563,12 @@ def _subject_alternative_names(
 def _check_leaf_public_key(public_key: object) -> None:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, _ALLOWED_CURVES):
-            raise ValueError(f"unsupported EC curve {public_key.curve.name} (use P-256 or P-384)")
+            raise PkiError(f"unsupported EC curve {public_key.curve.name} (use P-256 or P-384)")
     elif isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < _MIN_RSA_BITS:
-            raise ValueError(f"RSA key too small ({public_key.key_size} bits, need 2048+)")
+            raise PkiError(f"RSA key too small ({public_key.key_size} bits, need 2048+)")
     else:
-        raise ValueError(f"unsupported key type {type(public_key).__name__} (use EC or RSA)")
+        raise PkiError(f"unsupported key type {type(public_key).__name__} (use EC or RSA)")
 
 
 def _same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:

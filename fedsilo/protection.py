@@ -4,7 +4,7 @@ A participant's contribution is its model *delta* (trained weights minus the rou
 weights), flattened in the order of the model's tensors (each C-ordered) into one float64 vector,
 clipped, scaled by its weight and quantized (``secagg.QuantizationSpec``). The coordinator
 dequantizes the unmasked sum into the weighted mean delta and adds it to the base weights, which
-equals the FedAvg of the trained weights (DESIGN §4.1).
+equals the FedAvg of the trained weights (docs/secagg.md).
 
 This module has no TensorFlow, gRPC or database code; both sides import it.
 """
@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedsilo.codec import TensorSpec
-from secagg import QuantizationSpec
-from secagg.masking.messages import EncryptedShare
-from secagg.primitives.encoding import decode_fields, encode_fields
+from fedsilo.codec import CodecError, TensorSpec
+from secagg import EncryptedShare, QuantizationSpec, decode_fields, encode_fields
 
 __all__ = [
     "Protection",
@@ -85,7 +83,7 @@ def unflatten(
     """Split a flat vector back into tensors of the given shapes (cast to ``dtype``)."""
     sizes = [math.prod(spec.shape) for spec in specs]
     if vector.ndim != 1 or vector.size != sum(sizes):
-        raise ValueError(f"a vector of {vector.size} values does not fill {sum(sizes)} weights")
+        raise CodecError(f"a vector of {vector.size} values does not fill {sum(sizes)} weights")
     tensors: list[npt.NDArray[Any]] = []
     offset = 0
     for spec, size in zip(specs, sizes, strict=True):

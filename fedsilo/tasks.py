@@ -24,6 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from fedsilo.errors import FedsiloError
+
 __all__ = [
     "EvalResult",
     "LocalData",
@@ -31,6 +33,7 @@ __all__ = [
     "TaskNotFoundError",
     "TrainResult",
     "TrainingSettings",
+    "installed_tasks",
     "load_task",
 ]
 
@@ -101,7 +104,7 @@ class Task(Protocol):
     def evaluate(self, weights: Weights, data: LocalData) -> EvalResult: ...
 
 
-class TaskNotFoundError(LookupError):
+class TaskNotFoundError(FedsiloError, LookupError):
     """The named task is not installed (or not allowed) on this machine."""
 
 
@@ -116,6 +119,11 @@ def load_task(name: str, allowed: Mapping[str, str] | None = None) -> Task:
             task = ep.load()
             return _check(task, ep.value)
     raise TaskNotFoundError(f"task {name!r} is not installed (no 'fedsilo.tasks' entry point)")
+
+
+def installed_tasks() -> dict[str, str]:
+    """The ``fedsilo.tasks`` entry points installed on this machine: name -> "module:attr"."""
+    return {ep.name: ep.value for ep in entry_points(group="fedsilo.tasks")}
 
 
 def _import_spec(spec: str) -> Task:

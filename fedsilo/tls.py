@@ -17,6 +17,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from fedsilo.errors import FedsiloError
 from fedsilo.pki import Role, subject_identity
 
 log = logging.getLogger("fedsilo.tls")
@@ -39,11 +40,11 @@ __all__ = [
 _PEER_CERT_KEY = "x509_pem_cert"
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(FedsiloError, ValueError):
     """The certificate, key or CA files cannot form working TLS credentials."""
 
 
-class InsecureTransportError(ValueError):
+class InsecureTransportError(FedsiloError, ValueError):
     """Insecure (plaintext) transport was requested on an address other than loopback."""
 
 

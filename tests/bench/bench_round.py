@@ -61,9 +61,10 @@ except ModuleNotFoundError:  # run as a module (python -m tests.bench.bench_roun
     import round_task
 
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import Process, WaitTimeout, wait_for
 from fedsilo.config import ParticipantConfig, load_config
+from fedsilo.health import health_serving
 from fedsilo.pki import make_demo_pki
-from fedsilo.processes import Process, WaitTimeout, health_serving, wait_for
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 from participant.main import build_client, export_model

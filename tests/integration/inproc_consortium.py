@@ -19,8 +19,8 @@ import numpy.typing as npt
 from integration_shift_task import TASK_NAME, task
 
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import wait_for
 from fedsilo.pki import DemoPki, IssuedFiles
-from fedsilo.processes import wait_for
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 

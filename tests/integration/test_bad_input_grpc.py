@@ -37,8 +37,8 @@ from integration_shift_task import ORG_SETTINGS, expected_fedavg
 from coordinator.transport.server import RunningCoordinator
 from fedsilo import chunking
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import wait_for
 from fedsilo.codec import encode_tensors, header_to_proto
-from fedsilo.processes import wait_for
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc

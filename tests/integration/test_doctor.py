@@ -22,11 +22,11 @@ from inproc_consortium import RPC_TIMEOUT_S, ConsortiumPki, free_port, target_of
 from rich.console import Console
 
 from coordinator.transport.server import RunningCoordinator, start_coordinator
-from fedsilo import doctor
 from fedsilo import pki as pki_lib
 from fedsilo.admin import AdminClient
+from fedsilo.cli import doctor
+from fedsilo.cli.doctor import CHECKS, CheckResult, Outcome, diagnose
 from fedsilo.config import CoordinatorConfig, DatabaseSection, ParticipantConfig, TlsSection
-from fedsilo.doctor import CHECKS, CheckResult, Outcome, diagnose
 from fedsilo.tls import TlsFiles
 
 # Short enough to keep failing cases quick, long enough for a loaded CI machine on loopback.

@@ -35,8 +35,8 @@ from inproc_consortium import (
 from coordinator.transport.server import RunningCoordinator, start_coordinator
 from fedsilo import pki as pki_lib
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import wait_for
 from fedsilo.config import CoordinatorConfig, TlsSection
-from fedsilo.processes import wait_for
 from fedsilo.tls import InsecureTransportError, TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc

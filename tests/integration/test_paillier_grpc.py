@@ -23,7 +23,7 @@ from inproc_consortium import ORGS, DaemonThread, initial_weights, shift_job_spe
 from integration_shift_task import ORG_SETTINGS
 
 from fedsilo.admin import AdminClient
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 LEVELS_BITS = 12

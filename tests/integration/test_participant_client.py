@@ -21,8 +21,8 @@ from inproc_consortium import (
 
 from coordinator.transport.server import RunningCoordinator
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import wait_for
 from fedsilo.config import BackoffSection
-from fedsilo.processes import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 STOP_WITHIN_S = 2.0

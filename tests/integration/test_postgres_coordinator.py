@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from coordinator.transport.server import RunningCoordinator
 from fedsilo.admin import AdminClient
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 pytestmark = pytest.mark.postgres

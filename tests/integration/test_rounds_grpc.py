@@ -17,7 +17,7 @@ from integration_shift_task import ORG_SETTINGS, expected_fedavg
 
 from fedsilo import chunking
 from fedsilo.admin import AdminClient
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 

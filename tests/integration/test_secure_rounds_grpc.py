@@ -30,7 +30,7 @@ from coordinator.transport.interceptors import current_identity
 from coordinator.transport.server import RunningCoordinator
 from coordinator.transport.servicers import ParticipantServicer
 from fedsilo.admin import AdminClient
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
 from secagg import ConsistencySignature, SignedKeys, UnmaskRequest
 

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import Process, wait_for
+from fedsilo.health import health_serving
 from fedsilo.pki import DemoPki, make_demo_pki
-from fedsilo.processes import Process, health_serving, wait_for
 from fedsilo.tls import TlsFiles
 
 # pytest imports test modules with --import-mode=importlib, which does not put this directory on

@@ -21,10 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from fedsilo.cli.daemons import wait_for
 from fedsilo.codec import specs_of
 from fedsilo.config import ParticipantConfig, load_config
 from fedsilo.faults import ENV_VAR
-from fedsilo.processes import wait_for
 from fedsilo.protection import flatten, unflatten
 from fedsilo.tasks import TrainingSettings, TrainResult, as_float32, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb

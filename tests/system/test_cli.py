@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 
 pytestmark = pytest.mark.system
 

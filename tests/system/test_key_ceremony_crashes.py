@@ -25,7 +25,7 @@ from secure_jobs import (
     wait_for_end,
 )
 
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 pytestmark = pytest.mark.system

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from fedsilo.processes import wait_for
+from fedsilo.cli.daemons import wait_for
 from fedsilo.tasks import as_float32, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb
 

@@ -20,9 +20,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 from rich.console import Console
 
-from fedsilo import pki, pki_cli
+from fedsilo import pki
+from fedsilo.cli import pki_commands as pki_cli
+from fedsilo.cli.pki_commands import normalize_serial_hex, register, run, serial_hex
 from fedsilo.pki import Role
-from fedsilo.pki_cli import normalize_serial_hex, register, run, serial_hex
 from fedsilo.tls import TlsFiles
 
 TLS_ENV = (

@@ -8,6 +8,7 @@ on the pooled data for comparison, and stops every process it started by its pid
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +25,26 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from coordinator.domain.jobs import JobSpec
 from fedsilo.admin import AdminClient
+from fedsilo.cli.daemons import Process, WaitTimeout, wait_for
+from fedsilo.convert import protection_to_pb, training_settings_to_pb
+from fedsilo.errors import FedsiloError
+from fedsilo.health import health_serving
 from fedsilo.pki import make_demo_pki
-from fedsilo.processes import Process, WaitTimeout, health_serving, wait_for
-from fedsilo.tasks import as_float32, load_task
+from fedsilo.protection import Protection
+from fedsilo.tasks import as_float32, installed_tasks, load_task
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["DemoOptions", "run_demo"]
-
-DEMO_PROTECTIONS = {
-    "secagg": pb.PROTECTION_SECAGG,
-    "paillier": pb.PROTECTION_PAILLIER,
-    "none": pb.PROTECTION_NONE,
-}
-
-TASK_SPECS = {
-    "digits": "examples.digits.task:task",
-    "digits-linear": "examples.synthetic.task:task",
-}
+__all__ = ["DemoError", "DemoOptions", "run_demo"]
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     participants: int = 3
     rounds: int | None = None
-    protection: str = "secagg"
+    protection: str = Protection.SECAGG.value
     summary_json: Path | None = None
     seed: int = 0
     task: str = "digits"
@@ -57,7 +52,7 @@ class DemoOptions:
     export_model: Path | None = None
 
 
-class DemoError(RuntimeError):
+class DemoError(FedsiloError, RuntimeError):
     """The demo could not complete; the message says which step failed."""
 
 
@@ -66,16 +61,21 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not 1 <= options.participants <= 8:
         raise ValueError("--participants must be between 1 and 8 on one machine")
-    if options.protection not in DEMO_PROTECTIONS:
+    try:
+        protection = Protection(options.protection)
+    except ValueError:
         raise ValueError(
             f"protection {options.protection!r} is not available in the demo; "
-            f"use one of {', '.join(DEMO_PROTECTIONS)}"
-        )
-    if options.protection != "none" and options.participants < 2:
+            f"use one of {', '.join(mode.value for mode in Protection)}"
+        ) from None
+    if protection is not Protection.NONE and options.participants < 2:
         raise ValueError("secure aggregation needs at least 2 participants")
-    task = load_task(options.task, TASK_SPECS)
-    settings = _module_attr(options.task, "default_settings")
-    rounds = options.rounds or _module_attr(options.task, "default_rounds")
+    task_spec = installed_tasks().get(options.task)
+    if task_spec is None:
+        raise ValueError(f"task {options.task!r} is not installed (no 'fedsilo.tasks' entry point)")
+    task = load_task(options.task, {options.task: task_spec})
+    settings = _module_attr(task_spec, "default_settings")
+    rounds = options.rounds or _module_attr(task_spec, "default_rounds")
     workdir = Path(tempfile.mkdtemp(prefix="fedsilo-demo-"))
     processes: list[Process] = []
     keep = options.keep
@@ -138,7 +138,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                     "cert": str(files.cert_path),
                     "key": str(files.key_path),
                 },
-                "tasks": {options.task: TASK_SPECS[options.task]},
+                "tasks": {options.task: task_spec},
                 "task_config": {
                     "partition": index,
                     "num_partitions": options.participants,
@@ -178,17 +178,12 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             spec = pb.JobSpec(
                 name=f"{options.task}-demo",
                 task_name=options.task,
-                protection=DEMO_PROTECTIONS[options.protection],
+                protection=protection_to_pb(protection),
                 algorithm="fedavg",
                 num_rounds=rounds,
                 min_participants=len(orgs),
-                round_timeout_seconds=300,
-                training=pb.TrainingSettings(
-                    local_epochs=settings.local_epochs,
-                    batch_size=settings.batch_size,
-                    learning_rate=settings.learning_rate,
-                    seed=options.seed,
-                ),
+                round_timeout_seconds=JobSpec(name="", task_name="").round_timeout_seconds,
+                training=training_settings_to_pb(replace(settings, seed=options.seed)),
             )
             status = admin.create_job(spec, as_float32(task.initial_weights(options.seed)))
             admin.start_job(status.job_id)
@@ -256,10 +251,9 @@ def _export_model(
     )
 
 
-def _module_attr(task_name: str, attr: str) -> Any:
-    import importlib
-
-    module = importlib.import_module(TASK_SPECS[task_name].split(":")[0])
+def _module_attr(task_spec: str, attr: str) -> Any:
+    """An attribute of the module an installed task comes from (its demo settings)."""
+    module = importlib.import_module(task_spec.partition(":")[0])
     return getattr(module, attr)
 
 
@@ -329,8 +323,6 @@ def _follow(
 def _central_accuracy(
     task: Any, options: DemoOptions, orgs: list[str], settings: Any, rounds: int
 ) -> float:
-    from dataclasses import replace
-
     from examples.digits.central import central_baseline
 
     configs = [

@@ -1,8 +1,9 @@
 """``fedsilo pki``: run the consortium CA, make organization keys and CSRs, and revoke certificates.
 
-The commands follow the trust split of DESIGN §1 and §5: the CA (``init``, ``sign``) only ever sees
-certificate signing requests, and an organization's private key (``csr``) never leaves the machine
-it was made on. ``show`` and ``revoke`` work on certificates alone.
+The commands keep the consortium's trust split (docs/design.md, "Identity and transport"): the
+CA (``init``, ``sign``) only ever sees certificate signing requests, and an organization's private
+key (``csr``) never leaves the machine it was made on. ``show`` and ``revoke`` work on
+certificates alone.
 
 Wiring into the ``fedsilo`` parser takes two calls: :func:`register` adds the ``pki`` command to
 the subparsers object, and :func:`run` executes a parsed ``pki`` command and returns its exit code.
@@ -32,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedsilo import pki
-from fedsilo.admin_connection import AdminConnectionError, add_admin_connection, admin_tls
+from fedsilo.cli.admin_connection import AdminConnectionError, add_admin_connection, admin_tls
 from fedsilo.pki import Role
 from fedsilo.tls import TlsFiles
 

@@ -1,4 +1,4 @@
-"""Child processes started by pid, readiness by polling with a deadline (demo and tests)."""
+"""Daemons as child processes stopped by their own pid, readiness polled with a deadline."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from fedsilo.errors import FedsiloError
 
-from fedsilo.tls import TlsFiles, channel_credentials
-
-__all__ = ["Process", "WaitTimeout", "health_serving", "wait_for"]
+__all__ = ["Process", "WaitTimeout", "wait_for"]
 
 T = TypeVar("T")
 
 
-class WaitTimeout(TimeoutError):
+class WaitTimeout(FedsiloError, TimeoutError):
     """A polled condition did not hold before its deadline."""
 
 
@@ -65,13 +62,3 @@ class Process:
                 self.popen.wait()
         self._log.close()
         return int(self.popen.returncode)
-
-
-def health_serving(target: str, tls: TlsFiles) -> bool:
-    with grpc.secure_channel(target, channel_credentials(tls)) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from fedsilo.errors import FedsiloError
 from fedsilo.tls import TlsFiles
 
 __all__ = ["ENV", "AdminConnectionError", "add_admin_connection", "admin_tls"]
@@ -22,7 +23,7 @@ ENV = {
 }
 
 
-class AdminConnectionError(ValueError):
+class AdminConnectionError(FedsiloError, ValueError):
     """The admin certificate files were not given."""
 
 

@@ -1,0 +1,234 @@
+"""The admin commands of ``fedsilo``: jobs, participants, the audit log and model export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from fedsilo.admin import AdminClient
+from fedsilo.cli.admin_connection import admin_tls
+from fedsilo.config import ConfigError
+from fedsilo.convert import protection_to_pb, training_settings_to_pb
+from fedsilo.protection import Protection
+from fedsilo.tasks import TrainingSettings, as_float32, load_task
+from fedsilo.v1 import fedsilo_pb2 as pb
+
+__all__ = ["participant_export", "run_admin"]
+
+PHASE_NAMES = {v: k.removeprefix("ROUND_PHASE_").lower() for k, v in pb.RoundPhase.items()}
+STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in pb.JobState.items()}
+
+
+def run_admin(args: argparse.Namespace, console: Console) -> int:
+    """Execute an admin command over the admin API with the admin certificate."""
+    tls = admin_tls(args)
+    with AdminClient(args.coordinator, tls, timeout=args.timeout) as client:
+        if args.command == "audit":
+            events = [_to_dict(e) for e in client.audit_events(args.limit)]
+            if args.json:
+                print(json.dumps(events, indent=2))
+            else:
+                for event in events:
+                    event["at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["at"]))
+                columns = ["at", "actor", "action", "outcome", "detail"]
+                _print_table(console, "audit log (newest first)", columns, events)
+            return 0
+        if args.command == "participants" and args.action in ("approve", "revoke"):
+            change = (
+                client.approve_participant
+                if args.action == "approve"
+                else client.revoke_participant
+            )
+            info = _to_dict(change(args.org_id))
+            if args.json:
+                print(json.dumps(info))
+            else:
+                console.print(f"{info['org_id']}: {info['status']}")
+            return 0
+        if args.command == "participants":
+            rows = [_to_dict(p) for p in client.list_participants()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                _print_table(console, "participants", ["org_id", "status", "last_seen"], rows)
+            return 0
+        if args.command == "model":
+            return _export(client, args, console)
+        if args.action == "create":
+            return _create(client, args, console)
+        if args.action == "list":
+            jobs = client.list_jobs()
+            if args.json:
+                print(json.dumps([_to_dict(j) for j in jobs], indent=2))
+            else:
+                rows = [_job_row(j) for j in jobs]
+                _print_table(console, "jobs", ["job_id", "name", "state", "model_version"], rows)
+            return 0
+        if args.action == "start":
+            _show_job(client.start_job(args.job_id), args.json, console)
+            return 0
+        if args.action == "status":
+            _show_job(client.get_job(args.job_id), args.json, console)
+            return 0
+        return _watch(client, args.job_id, args.json, console)
+
+
+def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> int:
+    try:
+        task_config = json.loads(args.task_config)
+    except ValueError as exc:
+        raise ConfigError(f"--task-config is not valid JSON: {exc}") from exc
+    if not isinstance(task_config, dict):
+        raise ConfigError("--task-config must be a JSON object")
+    task = load_task(args.task)
+    spec = pb.JobSpec(
+        name=args.name or args.task,
+        task_name=args.task,
+        protection=protection_to_pb(Protection(args.protection)),
+        algorithm="fedavg",
+        num_rounds=args.rounds,
+        min_participants=args.min_participants,
+        round_timeout_seconds=args.round_timeout,
+        phase_timeout_seconds=args.phase_timeout,
+        paillier_key_bits=args.paillier_key_bits,
+        secagg=pb.SecAggSettings(
+            threshold=args.threshold,
+            modulus_bits=args.modulus_bits,
+            clip=args.clip,
+            levels_bits=args.levels_bits,
+            max_participants=args.max_participants,
+            max_weight=args.max_weight,
+        ),
+        training=training_settings_to_pb(
+            TrainingSettings(
+                local_epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                seed=args.seed,
+            )
+        ),
+        task_config_json=json.dumps(task_config),
+    )
+    status = client.create_job(spec, as_float32(task.initial_weights(args.seed)))
+    if args.start:
+        status = client.start_job(status.job_id)
+    _show_job(status, args.json, console)
+    return 0
+
+
+def _export(client: AdminClient, args: argparse.Namespace, console: Console) -> int:
+    task = load_task(args.task)
+    exporter = getattr(task, "export_keras", None)
+    if exporter is None:
+        raise ConfigError(f"task {args.task!r} has no Keras model to export")
+    version, weights = client.download_model(args.job_id, args.version)
+    exporter(weights, args.out)
+    result = {"job_id": args.job_id, "version": version, "path": str(args.out)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        console.print(f"exported model version {version} of job {args.job_id} to {args.out}")
+    return 0
+
+
+def participant_export(args: argparse.Namespace, config: Path | None, console: Console) -> int:
+    from participant.main import export
+
+    result = export(config, args.job_id, args.task, args.out, args.version)
+    if args.json:
+        print(
+            json.dumps(
+                {"job_id": result.job_id, "version": result.version, "path": str(result.path)}
+            )
+        )
+    else:
+        how = "decrypted here" if result.decrypted else "downloaded"
+        console.print(
+            f"exported model version {result.version} of job {result.job_id} ({how}) to "
+            f"{result.path}"
+        )
+    return 0
+
+
+def _watch(client: AdminClient, job_id: str, as_json: bool, console: Console) -> int:
+    printed: set[int] = set()
+    while True:
+        status = client.get_job(job_id)
+        metrics = {m.version: m for m in status.metrics}
+        for round_ in status.rounds:
+            done = round_.phase in (pb.ROUND_PHASE_COMMITTED, pb.ROUND_PHASE_ABORTED)
+            if done and round_.number not in printed:
+                printed.add(round_.number)
+                row = _round_row(round_, metrics.get(round_.base_version + 1))
+                console.print(
+                    json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items())
+                )
+        if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED):
+            console.print(
+                f"job {STATE_NAMES[status.state]} at model version {status.model_version}"
+            )
+            return 0 if status.state == pb.JOB_STATE_COMPLETED else 1
+        time.sleep(1.0)  # a human-facing refresh interval, not a wait for a condition
+
+
+def _round_row(round_: pb.RoundStatus, metrics: pb.VersionMetrics | None) -> dict[str, Any]:
+    seconds = round_.finished_at - round_.started_at if round_.finished_at else 0.0
+    return {
+        "round": round_.number,
+        "phase": PHASE_NAMES[round_.phase],
+        "participants": len(round_.contributors),
+        "loss": round(metrics.loss, 4) if metrics else None,
+        "accuracy": round(metrics.accuracy, 4) if metrics else None,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _job_row(status: pb.JobStatus) -> dict[str, Any]:
+    return {
+        "job_id": status.job_id,
+        "name": status.spec.name,
+        "state": STATE_NAMES[status.state],
+        "model_version": status.model_version,
+    }
+
+
+def _show_job(status: pb.JobStatus, as_json: bool, console: Console) -> None:
+    if as_json:
+        print(json.dumps(_to_dict(status), indent=2))
+        return
+    row = _job_row(status)
+    console.print(
+        f"job {row['job_id']} ({row['name']}): {row['state']}, model version {row['model_version']}"
+        f" of {status.spec.num_rounds}"
+    )
+    metrics = {m.version: m for m in status.metrics}
+    rows = [_round_row(r, metrics.get(r.base_version + 1)) for r in status.rounds]
+    if rows:
+        _print_table(console, "rounds", list(rows[0]), rows)
+    if status.failure_reason:
+        console.print(f"[red]failure:[/red] {status.failure_reason}")
+
+
+def _print_table(
+    console: Console, title: str, columns: list[str], rows: list[dict[str, Any]]
+) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _to_dict(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return result
