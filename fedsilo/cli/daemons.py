@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TypeVar
 
 from fedsilo.errors import FedsiloError
 
-__all__ = ["Process", "WaitTimeout", "wait_for"]
+__all__ = ["Process", "WaitTimeout", "fedsilo_command", "wait_for"]
 
 T = TypeVar("T")
 
@@ -33,6 +34,11 @@ def wait_for(
         if time.monotonic() > deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def fedsilo_command(*arguments: str) -> list[str]:
+    """The ``fedsilo`` command with ``arguments``, run by this interpreter (so on this code)."""
+    return [sys.executable, "-m", "fedsilo", *arguments]
 
 
 class Process:

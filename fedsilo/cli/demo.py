@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -27,7 +26,7 @@ from rich.table import Table
 
 from coordinator.domain.jobs import JobSpec
 from fedsilo.admin import AdminClient
-from fedsilo.cli.daemons import Process, WaitTimeout, wait_for
+from fedsilo.cli.daemons import Process, WaitTimeout, fedsilo_command, wait_for
 from fedsilo.convert import protection_to_pb, training_settings_to_pb
 from fedsilo.errors import FedsiloError
 from fedsilo.health import health_serving
@@ -107,17 +106,14 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         processes.append(
             Process(
                 "coordinator",
-                [
-                    sys.executable,
-                    "-m",
-                    "fedsilo",
+                fedsilo_command(
                     "coordinator",
                     "serve",
                     "--config",
                     str(coordinator_yaml),
                     "--port-file",
                     str(port_file),
-                ],
+                ),
                 workdir / "logs" / "coordinator.log",
             )
         )
@@ -152,15 +148,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             processes.append(
                 Process(
                     org,
-                    [
-                        sys.executable,
-                        "-m",
-                        "fedsilo",
-                        "participant",
-                        "run",
-                        "--config",
-                        str(config_path),
-                    ],
+                    fedsilo_command("participant", "run", "--config", str(config_path)),
                     workdir / "logs" / f"{org}.log",
                 )
             )
@@ -236,7 +224,7 @@ def _export_model(
     """Export the final model as the first organization does, with the fedsilo command (in a
     paillier job it is decrypted there: the coordinator never has it)."""
     assert options.export_model is not None
-    command = [sys.executable, "-m", "fedsilo", "model", "export", final.job_id]
+    command = fedsilo_command("model", "export", final.job_id)
     command += ["--task", options.task, "--out", str(options.export_model)]
     command += ["--version", str(final.model_version), "--participant-config", str(config)]
     result = subprocess.run(  # noqa: S603 (our own interpreter and arguments)

@@ -63,8 +63,6 @@ from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
 __all__ = ["diagnose"]
 
-# -- the checks ------------------------------------------------------------------------------------
-
 
 class _Diagnosis:
     """What one run has found so far; each check reads what the checks before it established."""

@@ -26,8 +26,6 @@ from fedsilo.config import ConfigError, ParticipantConfig, load_config
 
 __all__ = ["register", "run"]
 
-# -- command line ----------------------------------------------------------------------------------
-
 
 def register(participant_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``doctor`` to the ``participant`` subcommands (dispatch: ``args.action == "doctor"``)."""

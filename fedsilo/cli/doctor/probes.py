@@ -21,7 +21,7 @@ X509_INVALID_PURPOSE = 26
 X509_NAME_MISMATCH = frozenset({62, 64})  # host name, IP address
 X509_UNKNOWN_ISSUER = frozenset({2, 7, 18, 19, 20, 21})
 
-# -- TLS helpers -----------------------------------------------------------------------------------
+# -- TLS -----------------------------------------------------------------------------------
 
 
 def wait_until_connected(channel: grpc.Channel, timeout: float) -> grpc.ChannelConnectivity | None:
@@ -138,7 +138,7 @@ def subject_alt_names(cert: x509.Certificate) -> list[str]:
     ]
 
 
-# -- small helpers ---------------------------------------------------------------------------------
+# -- addresses ---------------------------------------------------------------------------------
 
 
 def split_target(target: str) -> tuple[str, int]:
