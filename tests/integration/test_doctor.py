@@ -128,7 +128,7 @@ def test_every_check_passes_against_a_healthy_coordinator(
 
 
 def _doctor_args(argv: list[str]) -> argparse.Namespace:
-    """Parse like ``fedsilo participant ...`` once cli.py calls doctor.register."""
+    """Parse like ``fedsilo participant ...`` once fedsilo/cli/main.py calls doctor.register."""
     parser = argparse.ArgumentParser(prog="fedsilo participant")
     doctor.register(parser.add_subparsers(dest="action", required=True))
     return parser.parse_args(argv)

@@ -14,6 +14,24 @@ from cryptography import x509
 
 from fedsilo.tls import TlsFiles
 
+__all__ = [
+    "NOT_TLS_REASONS",
+    "X509_EXPIRED",
+    "X509_INVALID_PURPOSE",
+    "X509_NAME_MISMATCH",
+    "X509_NOT_YET_VALID",
+    "X509_UNKNOWN_ISSUER",
+    "Reply",
+    "TlsProbe",
+    "fetch_server_certificate",
+    "host_port",
+    "is_ip",
+    "probe_tls",
+    "split_target",
+    "subject_alt_names",
+    "wait_until_connected",
+]
+
 # OpenSSL X509_V_ERR_* codes that ssl.SSLCertVerificationError.verify_code reports.
 X509_NOT_YET_VALID = 9
 X509_EXPIRED = 10

@@ -9,13 +9,33 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 __all__ = [
+    "CERTIFICATE",
     "CHECKS",
+    "CLOCK",
+    "CONFIGURATION",
+    "COORDINATOR_HEALTH",
     "DEFAULT_TIMEOUT_S",
+    "EXIT_BAD_CONFIG",
+    "EXIT_CHECK_FAILED",
+    "EXIT_OK",
     "EXPIRY_WARNING_DAYS",
+    "IDENTITY",
     "MAX_CLOCK_SKEW_S",
+    "MEMBERSHIP",
+    "NAME_RESOLUTION",
+    "RENEW_FIX",
+    "TCP_CONNECTION",
+    "TLS_HANDSHAKE",
     "CheckResult",
     "Outcome",
     "Verdict",
+    "failed",
+    "format_days",
+    "format_when",
+    "passed",
+    "skipped_result",
+    "unreadable",
+    "warned",
 ]
 
 DEFAULT_TIMEOUT_S = 5.0
