@@ -180,3 +180,32 @@ def test_an_unsupported_protection_is_refused(
 
     assert "protection paillier is not supported" in caplog.text
     assert client.sent == [] and client.pauses == 1
+
+
+def test_a_task_that_rejects_its_settings_fails_only_that_work_item(
+    tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = replace(_plain_train(), training=replace(TRAINING, local_epochs=0))
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(bad), TaskReply(_plain_train())])
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        daemon.run()
+
+    assert "cannot run this work item: local_epochs must be >= 1, got 0" in caplog.text
+    assert client.pauses == 1
+    (update,) = client.sent
+    assert update.num_examples > 0
+
+
+def test_a_defect_is_not_taken_for_a_failed_work_item(tmp_path: Path, pki: DemoPki) -> None:
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(_plain_train())])
+
+    # A ValueError outside the task's own code is a defect of the daemon, not of the work item.
+    def defect(assignment: Assignment) -> None:
+        raise ValueError("a bug")
+
+    daemon._train = defect  # type: ignore[method-assign]
+
+    with pytest.raises(ValueError, match="a bug"):
+        daemon.run()
+    assert client.pauses == 0
