@@ -16,12 +16,14 @@ from fedsilo.config import ParticipantConfig, load_config
 from fedsilo.logs import configure
 from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsFiles
+from participant.errors import ModelUnavailable, NotSupported
 from participant.service.answers import AnswerStore
-from participant.service.paillier_jobs import ModelClient, PaillierJobs
+from participant.service.calls import ModelCalls
+from participant.service.identity import IdentityFiles
+from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import IdentityFiles
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
 from secagg.paillier import PaillierWorkers
 
@@ -117,7 +119,7 @@ class ModelExport:
 
 
 def export_model(
-    client: ModelClient,
+    client: ModelCalls,
     paillier: PaillierJobs,
     job_id: str,
     version: int,
@@ -136,7 +138,7 @@ def export_model(
         got, weights = client.retrying(lambda: client.download_model(job_id, version))
         decrypted = False
         if any(w.dtype.kind != "f" for w in weights):
-            raise ValueError(
+            raise ModelUnavailable(
                 f"model version {got} of job {job_id} is encrypted (a paillier job) and this "
                 "participant holds no key for it"
             )
@@ -153,10 +155,10 @@ def export(
     try:
         task = load_task(task_name, config.tasks or None)
     except TaskNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+        raise NotSupported(str(exc)) from None
     exporter = getattr(task, "export_keras", None)
     if exporter is None:
-        raise ValueError(f"task {task_name!r} has no Keras model to export")
+        raise NotSupported(f"task {task_name!r} has no Keras model to export")
     client, channels = build_client(
         config, threading.Event(), give_up_after=config.rpc_timeout_seconds
     )

@@ -1,1 +1,1 @@
-"""participant/domain."""
+"""What the coordinator asks of a participant and what it did about it, as plain data."""

@@ -13,10 +13,11 @@ __all__ = [
     "AdvertisedKeys",
     "Assignment",
     "AssignmentKind",
+    "EndedRound",
     "KeyCeremonyStepData",
-    "RoundOutcome",
     "SecAggPhase",
     "SecAggStepData",
+    "StepOutcome",
     "SubmissionReceipt",
     "TaskReply",
 ]
@@ -113,14 +114,15 @@ class Assignment:
         """The training settings with this round's seed.
 
         A per-round seed keeps training reproducible, so a retry after a crash can match what
-        was answered before (for secure aggregation it must: TEST-MATRIX R17).
+        was answered before (for secure aggregation it must: docs/secagg.md).
         """
         return replace(self.training, seed=self.training.seed * 1_000_003 + self.round_number)
 
 
 @dataclass(frozen=True)
-class RoundOutcome:
-    """The coordinator's word that a round this participant holds state for has ended."""
+class EndedRound:
+    """The coordinator's word that a round this participant holds state for has ended:
+    committed, or aborted for ``reason``."""
 
     round_id: str
     committed: bool
@@ -132,7 +134,22 @@ class TaskReply:
     """One answer to a request for work: the next assignment and the rounds that ended."""
 
     assignment: Assignment
-    finished_rounds: tuple[RoundOutcome, ...] = ()
+    finished_rounds: tuple[EndedRound, ...] = ()
+
+
+class StepOutcome(enum.StrEnum):
+    """What the daemon did with one secure-aggregation or key-ceremony task."""
+
+    ANSWERED = "answered"
+    """The phase's answer was sent (or sent again, byte-identical)."""
+    REFUSED = "refused"
+    """The request is one an honest coordinator never makes: this participant left the round."""
+    LEFT = "left"
+    """This participant refused or left the round earlier: nothing is sent, ever."""
+    DROPPED = "dropped"
+    """No usable state for a round past KEYS (secrets lost): it acts as dropped."""
+    SKIPPED = "skipped"
+    """Nothing sent this time (the coordinator served another model version); may be retried."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ What a step sends is computed from persisted material and persisted *before* the
 the job's outbox (:mod:`participant.service.paillier_state`): the job key pair, the generated
 Paillier key, the dealer's signature and every sealed key are made once, so a retry or a
 restart sends the same bytes. Messages leave the outbox once acknowledged; after a restart,
-:meth:`KeyCeremony.resume` sends what is still in it (the coordinator asks the dealer only once).
+:meth:`CeremonyParticipant.resume` sends what is still in it (the coordinator asks the dealer
+only once).
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any, Protocol, TypeVar
-
-import grpc
+from typing import Any
 
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
@@ -35,37 +34,47 @@ from participant.domain.assignments import (
     AdvertisedKeys,
     Assignment,
     KeyCeremonyStepData,
-    SubmissionReceipt,
+    StepOutcome,
 )
+from participant.errors import (
+    PaillierStateUnreadable,
+    RequestRefused,
+    SecAggUnavailable,
+    UntrustedMessage,
+)
+from participant.service.calls import CeremonyCalls
+from participant.service.identity import OrgIdentity, utc_now
 from participant.service.paillier_jobs import job_parameters
 from participant.service.paillier_state import (
     OutgoingMessage,
     PaillierJobState,
     PaillierStateStore,
-    PaillierStateUnreadable,
     SealedFor,
 )
-from participant.service.secure_rounds import OrgIdentity, SecAggUnavailable, StepOutcome
-from secagg import ProtocolViolation, SecAggError
-from secagg.paillier import PackingLayout, PaillierPrivateKey, generate_private_key
-from secagg.paillier.ceremony import (
+from secagg import (
+    AgreementKeyPair,
+    ProtocolViolation,
+    RandomSource,
+    SecAggError,
+    encode_fields,
+    encode_text,
+)
+from secagg.paillier import (
     DealtKey,
     JobKey,
+    PackingLayout,
+    PaillierPrivateKey,
     SealedKey,
+    generate_private_key,
     make_job_key,
     open_private_key,
     seal_private_key,
     sign_public_key,
 )
-from secagg.primitives.agreement import AgreementKeyPair
-from secagg.primitives.encoding import encode_fields, encode_text
-from secagg.primitives.randomness import RandomSource
 
-__all__ = ["ACTIONS", "CeremonyClient", "KeyCeremony", "KeyGenerator"]
+__all__ = ["ACTIONS", "CeremonyParticipant", "KeyGenerator"]
 
 log = logging.getLogger("participant")
-
-T = TypeVar("T")
 
 ACTIONS = ("advertise", "deal", "seal", "receive")
 """The steps a coordinator may ask for."""
@@ -74,33 +83,21 @@ KeyGenerator = Callable[[int], PaillierPrivateKey]
 """Makes the job's Paillier key of the given size (the dealer's step)."""
 
 
-class CeremonyClient(Protocol):
-    """The coordinator calls the key ceremony needs (``CoordinatorClient`` implements them)."""
-
-    def retrying(self, call: Callable[[], T]) -> T: ...
-
-    def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt: ...
-
-
 class _LostMaterial(Exception):
     """This participant lost what the step needs (its job key or Paillier key): it cannot act."""
 
 
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class KeyCeremony:
+class CeremonyParticipant:
     """Answers key-ceremony steps for one organization, one state directory per job."""
 
     def __init__(
         self,
-        client: CeremonyClient,
+        client: CeremonyCalls,
         store: PaillierStateStore,
         identity: Callable[[], OrgIdentity] | None,
         *,
         generate_key: KeyGenerator | None = None,
-        clock: Callable[[], dt.datetime] = _utc_now,
+        clock: Callable[[], dt.datetime] = utc_now,
         random: RandomSource = os.urandom,
     ) -> None:
         self._client = client
@@ -116,7 +113,7 @@ class KeyCeremony:
         """Take one ceremony step, or refuse it (see the module docstring)."""
         data = assignment.ceremony
         if data is None:
-            raise ValueError("a key-ceremony task came without its step")
+            raise UntrustedMessage("a key-ceremony task came without its step")
         identity = self._current_identity()
         job_id = assignment.job_id
         ctx = context(job=job_id, phase=f"ceremony-{data.action}", org=identity.participant_id)
@@ -229,6 +226,7 @@ class KeyCeremony:
         else:
             key = self._generate(data.key_bits)
             if key.public_key.bits != data.key_bits:
+                # A generator that breaks its contract is a programming error: it surfaces.
                 raise ValueError(f"the key generator made a {key.public_key.bits}-bit key")
             dealt = sign_public_key(job_id, me, key.public_key, identity.signing_key)
             state = replace(state, private_key=key.to_bytes(), dealt_key=dealt.to_bytes())
@@ -404,9 +402,9 @@ class KeyCeremony:
                         self._client.submit_ceremony, job_id, message.action, message.body
                     )
                 )
-            except grpc.RpcError:
-                # A definite refusal (retrying gives up only on those): the coordinator will not
-                # accept this message or the ones that depend on it.
+            except RequestRefused:
+                # A definite refusal (the daemon retries every other failure): the coordinator
+                # will not accept this message or the ones that depend on it.
                 state = replace(state, outbox=())
                 if message.action == "dealt_key":
                     # Another organization's key is the job's: forget the one made here, so

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,12 +24,10 @@ import numpy.typing as npt
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of
 from fedsilo.logs import context
 from fedsilo.protection import SecAggParameters, unflatten
-from participant.service.paillier_state import (
-    PaillierJobState,
-    PaillierStateStore,
-    PaillierStateUnreadable,
-)
-from secagg import ProtocolViolation, QuantizationSpec, SecAggError
+from participant.errors import ModelUnavailable, PaillierStateUnreadable
+from participant.service.calls import ModelCalls
+from participant.service.paillier_state import PaillierJobState, PaillierStateStore
+from secagg import ProtocolViolation, QuantizationSpec, RandomSource, SecAggError
 from secagg.paillier import (
     PackingLayout,
     PaillierCiphertexts,
@@ -38,26 +36,12 @@ from secagg.paillier import (
     decrypt_vector,
     encrypt_vector,
 )
-from secagg.primitives.randomness import RandomSource
 
-__all__ = ["ModelClient", "ModelUnavailable", "PaillierJobs", "job_parameters"]
+__all__ = ["PaillierJobs", "job_parameters"]
 
 log = logging.getLogger("participant")
 
-T = TypeVar("T")
 Weights = list[npt.NDArray[Any]]
-
-
-class ModelUnavailable(ValueError):
-    """A global model version cannot be obtained or rebuilt (the message says why)."""
-
-
-class ModelClient(Protocol):
-    """The coordinator calls the model chain needs (``CoordinatorClient`` implements them)."""
-
-    def retrying(self, call: Callable[[], T]) -> T: ...
-
-    def download_model(self, job_id: str, version: int) -> tuple[int, Weights]: ...
 
 
 def job_parameters(parameters: SecAggParameters) -> SecAggParameters:
@@ -76,7 +60,7 @@ class PaillierJobs:
     def __init__(
         self,
         store: PaillierStateStore,
-        client: ModelClient,
+        client: ModelCalls,
         *,
         workers: PaillierWorkers | None = None,
         random: RandomSource = os.urandom,

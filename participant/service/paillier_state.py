@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from fedsilo.codec import CodecError, PayloadHeader, TensorSpec, decode_tensors, encode_tensors
 from fedsilo.protection import SecAggParameters
+from participant.errors import LocalStateError, PaillierStateUnreadable
 from participant.service.private_files import (
     is_safe_name,
     private_directory,
@@ -34,13 +35,12 @@ from participant.service.private_files import (
     write_private,
 )
 from participant.service.secagg_state import parameters_from_json, parameters_to_json
-from secagg.primitives.agreement import AgreementKeyPair
+from secagg import AgreementKeyPair
 
 __all__ = [
     "OutgoingMessage",
     "PaillierJobState",
     "PaillierStateStore",
-    "PaillierStateUnreadable",
     "SealedFor",
 ]
 
@@ -48,10 +48,6 @@ _FORMAT = "fedsilo-participant-paillier/1"
 _MODEL_FORMAT = "fedsilo-participant-model/1"
 _STATE_FILE = "job.json"
 _MODELS = "models"
-
-
-class PaillierStateUnreadable(ValueError):
-    """A stored job state that cannot be decoded (damaged or from another version)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ class PaillierStateStore:
 
     def _job_dir(self, job_id: str) -> Path:
         if not is_safe_name(job_id):
-            raise ValueError("job id is not a safe file name")
+            raise LocalStateError("job id is not a safe file name")
         return self._dir / job_id
 
     def job_ids(self) -> list[str]:
@@ -128,7 +124,7 @@ class PaillierStateStore:
 
     def _model_paths(self, job_id: str, version: int) -> tuple[Path, Path]:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValueError("a model version is a non-negative integer")
+            raise LocalStateError("a model version is a non-negative integer")
         directory = self._job_dir(job_id) / _MODELS
         return directory / f"{version}.bin", directory / f"{version}.json"
 

@@ -5,23 +5,32 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 import numpy.typing as npt
 
 from fedsilo.codec import encode_tensors
 from fedsilo.logs import context
 from fedsilo.protection import Protection
 from fedsilo.tasks import LocalData, Task, TaskNotFoundError, TrainResult, as_float32, load_task
-from participant.domain.assignments import Assignment, AssignmentKind
+from participant.domain.assignments import Assignment, AssignmentKind, StepOutcome
+from participant.errors import (
+    CallFailed,
+    CallStatus,
+    NotSupported,
+    ParticipantError,
+    Stopped,
+    TaskFailed,
+    UntrustedMessage,
+)
 from participant.service.answers import AnswerStore, StoredAnswer
-from participant.service.key_ceremony import KeyCeremony, KeyGenerator
+from participant.service.calls import DaemonCalls
+from participant.service.identity import OrgIdentity
+from participant.service.key_ceremony import CeremonyParticipant, KeyGenerator
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import OrgIdentity, SecureRounds, StepOutcome
-from participant.transport.client import CoordinatorClient, Stopped
+from participant.service.secure_rounds import SecureRoundParticipant
 from secagg.paillier import PaillierWorkers
 
 __all__ = ["ParticipantDaemon"]
@@ -31,13 +40,15 @@ log = logging.getLogger("participant")
 # Answers the coordinator will never accept again: drop the work and ask for the next.
 GIVE_UP = frozenset(
     {
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
+        CallStatus.FAILED_PRECONDITION,
+        CallStatus.NOT_FOUND,
+        CallStatus.ALREADY_EXISTS,
+        CallStatus.INVALID_ARGUMENT,
+        CallStatus.PERMISSION_DENIED,
     }
 )
+
+T = TypeVar("T")
 
 
 class ParticipantDaemon:
@@ -53,7 +64,7 @@ class ParticipantDaemon:
 
     def __init__(
         self,
-        client: CoordinatorClient,
+        client: DaemonCalls,
         answers: AnswerStore,
         secagg_states: SecAggStateStore,
         identity: Callable[[], OrgIdentity] | None,
@@ -74,13 +85,13 @@ class ParticipantDaemon:
         self._poll = poll_seconds
         self._data: dict[tuple[str, str], tuple[Task, LocalData]] = {}
         self._paillier: PaillierJobs | None = None
-        self._ceremony: KeyCeremony | None = None
+        self._ceremony: CeremonyParticipant | None = None
         if paillier_states is not None:
             self._paillier = PaillierJobs(paillier_states, client, workers=paillier_workers)
-            self._ceremony = KeyCeremony(
+            self._ceremony = CeremonyParticipant(
                 client, paillier_states, identity, generate_key=generate_paillier_key
             )
-        self._secure = SecureRounds(
+        self._secure = SecureRoundParticipant(
             client, secagg_states, answers, identity, self._train_round, paillier=self._paillier
         )
 
@@ -110,17 +121,15 @@ class ParticipantDaemon:
                     break
             except Stopped:
                 break
-            except grpc.RpcError as exc:
+            except CallFailed as exc:
                 # A long-lived daemon outlives refusals (pending approval, a certificate being
                 # rotated, a coordinator error): report and try again after a backoff.
-                log.warning(
-                    "coordinator answered %s: %s; retrying",
-                    exc.code().name,
-                    exc.details(),
-                )
+                log.warning("coordinator answered %s: %s; retrying", exc.status.name, exc.details)
                 if self._client.pause():
                     break
-            except (TaskNotFoundError, ValueError, ArithmeticError) as exc:
+            except (ParticipantError, TaskNotFoundError) as exc:
+                # A work item that cannot run (an untrusted task, missing support, a failing
+                # task, damaged local state) is skipped; anything else is a defect and surfaces.
                 log.error("cannot run this work item: %s", exc)
                 if self._client.pause():
                     break
@@ -137,25 +146,25 @@ class ParticipantDaemon:
                 return self._require_ceremony().step(assignment) is StepOutcome.ANSWERED
             if secure:
                 if assignment.protection is Protection.PAILLIER and self._paillier is None:
-                    raise ValueError("protection paillier is not supported by this participant")
+                    raise NotSupported("protection paillier is not supported by this participant")
                 return self._secure.step(assignment) is StepOutcome.ANSWERED
             if assignment.kind is AssignmentKind.TRAIN:
                 if self._paillier is not None and self._paillier.is_paillier_job(assignment.job_id):
                     # The coordinator would see this organization's update in the clear.
-                    raise ValueError("refusing a round without protection in a paillier job")
+                    raise UntrustedMessage("refusing a round without protection in a paillier job")
                 self._train(assignment)
             elif assignment.kind is AssignmentKind.EVALUATE:
                 self._evaluate(assignment)
-        except grpc.RpcError as exc:
-            if exc.code() not in GIVE_UP:
+        except CallFailed as exc:
+            if exc.status not in GIVE_UP:
                 raise
-            log.warning("coordinator refused: %s", exc.details(), **ctx)
+            log.warning("coordinator refused: %s", exc.details, **ctx)
             return not secure
         return True
 
-    def _require_ceremony(self) -> KeyCeremony:
+    def _require_ceremony(self) -> CeremonyParticipant:
         if self._ceremony is None:
-            raise ValueError("protection paillier is not supported by this participant")
+            raise NotSupported("protection paillier is not supported by this participant")
         return self._ceremony
 
     def _model(self, assignment: Assignment) -> tuple[int, list[npt.NDArray[Any]]]:
@@ -167,7 +176,7 @@ class ParticipantDaemon:
         ):
             return self._paillier.model(job_id, version)
         if assignment.protection is Protection.PAILLIER:
-            raise ValueError("protection paillier is not supported by this participant")
+            raise NotSupported("protection paillier is not supported by this participant")
         return self._client.retrying(lambda: self._client.download_model(job_id, version))
 
     def _task_and_data(self, assignment: Assignment) -> tuple[Task, LocalData]:
@@ -176,7 +185,7 @@ class ParticipantDaemon:
             task = load_task(assignment.task_name, self._tasks or None)
             # The organization's own settings (where its data lives) win over the job's.
             config = {**assignment.task_config, **self._task_config}
-            self._data[key] = (task, task.load_data(config))
+            self._data[key] = (task, _task_call(lambda: task.load_data(config)))
         return self._data[key]
 
     def _train(self, assignment: Assignment) -> None:
@@ -197,8 +206,8 @@ class ParticipantDaemon:
                     **ctx,
                 )
                 return
-            result = task.train(weights, data, assignment.round_settings())
-            header, payload = encode_tensors(as_float32(result.weights))
+            result = _task_call(lambda: task.train(weights, data, assignment.round_settings()))
+            header, payload = _task_call(lambda: encode_tensors(as_float32(result.weights)))
             answer = StoredAnswer(header, payload, result.num_examples, float(result.loss))
             self._answers.save(assignment.round_id, assignment.phase, answer)
             log.info("trained on %d examples, loss %.4f", result.num_examples, result.loss, **ctx)
@@ -215,12 +224,12 @@ class ParticipantDaemon:
     def _train_round(self, assignment: Assignment, weights: list[npt.NDArray[Any]]) -> TrainResult:
         """Local training for a secure round, exactly as for a plain one (same round seed)."""
         task, data = self._task_and_data(assignment)
-        return task.train(weights, data, assignment.round_settings())
+        return _task_call(lambda: task.train(weights, data, assignment.round_settings()))
 
     def _evaluate(self, assignment: Assignment) -> None:
         task, data = self._task_and_data(assignment)
         version, weights = self._model(assignment)
-        result = task.evaluate(weights, data)
+        result = _task_call(lambda: task.evaluate(weights, data))
         self._client.retrying(
             lambda: self._client.report_metrics(
                 assignment.job_id, version, result.num_examples, result.loss, result.accuracy
@@ -234,3 +243,12 @@ class ParticipantDaemon:
             result.num_examples,
             **context(job=assignment.job_id),
         )
+
+
+def _task_call(call: Callable[[], T]) -> T:
+    """Run the organization's task code: the errors a task raises for settings, data or
+    weights it cannot use (``ValueError``, ``ArithmeticError``) fail this work item only."""
+    try:
+        return call()
+    except (ValueError, ArithmeticError) as exc:
+        raise TaskFailed(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""Durable per-round secure-aggregation state of this participant (DESIGN §3, TEST-MATRIX R17).
+"""Durable per-round secure-aggregation state of this participant (docs/secagg.md).
 
 One JSON file per round, ``state_dir/secagg/<round_id>.json``: the directory is mode 0700, the
 file 0600, written to a temporary file, fsync'd and renamed over the previous one, so a crash
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsilo.protection import SecAggParameters
+from participant.errors import LocalStateError, StateUnreadable
 from participant.service.private_files import (
     is_safe_name,
     private_directory,
@@ -26,17 +27,12 @@ from participant.service.private_files import (
 __all__ = [
     "SecAggStateStore",
     "SecureRoundState",
-    "StateUnreadable",
     "parameters_from_json",
     "parameters_to_json",
 ]
 
 _FORMAT = "fedsilo-participant-secagg/1"
 _SUFFIX = ".json"
-
-
-class StateUnreadable(ValueError):
-    """A stored round state that cannot be decoded (damaged or from another version)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ class SecAggStateStore:
 
     def _path(self, round_id: str) -> Path:
         if not is_safe_name(round_id):
-            raise ValueError("round id is not a safe file name")
+            raise LocalStateError("round id is not a safe file name")
         return self._dir / f"{round_id}{_SUFFIX}"
 
     def round_ids(self) -> list[str]:

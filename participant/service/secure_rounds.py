@@ -2,7 +2,7 @@
 
 For every phase (docs/secagg.md) the daemon restores the round's ``secagg.SecAggClient`` from its
 state file, lets it check the coordinator's request against its own bookkeeping, saves the new
-state and only then sends the answer, so a restart answers byte-identically (TEST-MATRIX R17).
+state and only then sends the answer, so a restart answers byte-identically.
 A request an honest coordinator never makes (S10-S15) is refused: the client aborts, the
 aborted state is saved, nothing is sent, and the round is never answered again. A round whose
 state is gone (secrets lost) is treated as dropped. When the coordinator reports that a round has
@@ -15,172 +15,71 @@ packed and Paillier-encrypted under the job's key before it is sent
 KEYS and must not change; no round of a job whose key ceremony this participant took part in
 is answered under weaker protection.
 
-The module talks to the coordinator only through :class:`SecureRoundClient`, so tests can drive
-whole rounds in-process.
+The module talks to the coordinator only through
+:class:`participant.service.calls.SecureRoundCalls`, so tests can drive whole rounds in-process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedsilo.codec import PayloadHeader, encode_tensors
+from fedsilo.codec import encode_tensors
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
-from fedsilo.pki import (
-    PeerCertificateError,
-    Role,
-    load_certificate,
-    load_private_key,
-    subject_identity,
-    verify_peer_certificate,
-)
+from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import Protection, SecAggParameters, encode_share_list, flatten
 from fedsilo.tasks import TrainResult
-from fedsilo.tls import TlsFiles, files_stamp
 from participant.domain.assignments import (
     Assignment,
     AssignmentKind,
-    RoundOutcome,
+    EndedRound,
     SecAggPhase,
     SecAggStepData,
-    SubmissionReceipt,
+    StepOutcome,
+)
+from participant.errors import (
+    NotSupported,
+    SecAggUnavailable,
+    StateUnreadable,
+    TaskFailed,
+    UntrustedMessage,
 )
 from participant.service.answers import AnswerStore, StoredAnswer
+from participant.service.calls import SecureRoundCalls
+from participant.service.identity import OrgIdentity, utc_now
 from participant.service.paillier_jobs import PaillierJobs
-from participant.service.secagg_state import SecAggStateStore, SecureRoundState, StateUnreadable
+from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
     ClientPhase,
     EncryptedShare,
     ParticipantContext,
     ProtocolViolation,
+    RandomSource,
     RoundConfig,
     SecAggClient,
     SecAggError,
     SignedKeys,
     UnmaskRequest,
+    VerifyingKey,
+    verifying_key,
 )
-from secagg.primitives.randomness import RandomSource
-from secagg.primitives.signatures import SigningKey, VerifyingKey, verifying_key
 
-__all__ = [
-    "IdentityFiles",
-    "OrgIdentity",
-    "SecAggUnavailable",
-    "SecureRoundClient",
-    "SecureRounds",
-    "StepOutcome",
-    "Trainer",
-    "load_org_identity",
-]
+__all__ = ["SecureRoundParticipant", "Trainer"]
 
 log = logging.getLogger("participant")
 
-T = TypeVar("T")
 Weights = list[npt.NDArray[Any]]
 Trainer = Callable[[Assignment, Weights], TrainResult]
 """Trains the assignment's task locally from the given base weights, with the round's seed."""
-
-
-class SecAggUnavailable(ValueError):
-    """This participant cannot take part in secure aggregation (no usable organization key)."""
-
-
-class StepOutcome(enum.StrEnum):
-    """What the daemon did with one secure-aggregation task."""
-
-    ANSWERED = "answered"
-    """The phase's answer was sent (or sent again, byte-identical)."""
-    REFUSED = "refused"
-    """The request is one an honest coordinator never makes: this participant left the round."""
-    LEFT = "left"
-    """This participant refused or left the round earlier: nothing is sent, ever."""
-    DROPPED = "dropped"
-    """No usable state for a round past KEYS (secrets lost): it acts as dropped."""
-    SKIPPED = "skipped"
-    """Nothing sent this time (the coordinator served another model version); may be retried."""
-
-
-class SecureRoundClient(Protocol):
-    """The coordinator calls secure aggregation needs (``CoordinatorClient`` implements them)."""
-
-    def retrying(self, call: Callable[[], T]) -> T: ...
-
-    def download_model(self, job_id: str, version: int) -> tuple[int, Weights]: ...
-
-    def submit_update(
-        self,
-        assignment: Assignment,
-        num_examples: int,
-        train_loss: float,
-        header: PayloadHeader,
-        payload: bytes,
-    ) -> SubmissionReceipt: ...
-
-    def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt: ...
-
-
-@dataclass(frozen=True)
-class OrgIdentity:
-    """Who this participant is in secure aggregation: its org id, org key and consortium CA."""
-
-    participant_id: str
-    signing_key: SigningKey = field(repr=False)
-    ca: x509.Certificate = field(repr=False)
-
-
-def load_org_identity(files: TlsFiles) -> OrgIdentity:
-    """The organization's identity from its TLS files: the org id is the certificate's CN, the
-    TLS private key (EC P-256) signs the round keys, ``ca_cert`` checks the peers' certificates.
-    """
-    try:
-        cert = load_certificate(files.cert)
-        org_id, role = subject_identity(cert.subject)
-        ca = load_certificate(files.ca_cert)
-    except (OSError, ValueError) as exc:
-        raise SecAggUnavailable(f"cannot load this organization's certificates: {exc}") from None
-    try:
-        key = load_private_key(files.key)
-    except (OSError, ValueError, TypeError):
-        # The message of a failed key parse is not repeated: it is about secret material.
-        raise SecAggUnavailable(f"cannot load the organization key {files.key}") from None
-    if role is not Role.PARTICIPANT:
-        raise SecAggUnavailable(
-            f"the certificate {files.cert} has role {role.value}, not participant"
-        )
-    if cert.public_key() != key.public_key():
-        raise SecAggUnavailable(f"the key {files.key} does not belong to the certificate")
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise SecAggUnavailable(
-            f"secure aggregation signs with an EC P-256 organization key; {files.key} is not one"
-        )
-    return OrgIdentity(org_id, key, ca)
-
-
-class IdentityFiles:
-    """The organization identity from its TLS files, read again when the files are renewed."""
-
-    def __init__(self, files: TlsFiles) -> None:
-        self._files = files
-        self._stamp: tuple[tuple[int, int], ...] = ()
-        self._identity: OrgIdentity | None = None
-
-    def __call__(self) -> OrgIdentity:
-        stamp = files_stamp(self._files)
-        if self._identity is None or stamp != self._stamp:
-            self._identity = load_org_identity(self._files)
-            self._stamp = stamp
-        return self._identity
 
 
 @dataclass(frozen=True)
@@ -193,22 +92,18 @@ class _Answer:
     stored_before: bool = False
 
 
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class SecureRounds:
+class SecureRoundParticipant:
     """Answers secure-aggregation tasks for one organization, one round state file per round."""
 
     def __init__(
         self,
-        client: SecureRoundClient,
+        client: SecureRoundCalls,
         states: SecAggStateStore,
         answers: AnswerStore,
         identity: Callable[[], OrgIdentity] | None,
         train: Trainer,
         *,
-        clock: Callable[[], dt.datetime] = _utc_now,
+        clock: Callable[[], dt.datetime] = utc_now,
         random: RandomSource = os.urandom,
         workers: int = 1,
         paillier: PaillierJobs | None = None,
@@ -228,7 +123,7 @@ class SecureRounds:
         """Rounds this participant keeps state for; the coordinator says which have ended."""
         return self._states.round_ids()
 
-    def finish_rounds(self, outcomes: Iterable[RoundOutcome]) -> None:
+    def finish_rounds(self, outcomes: Iterable[EndedRound]) -> None:
         """Delete the state and stored answers of rounds that ended (their secrets, R4)."""
         held = set(self._states.round_ids())
         for outcome in outcomes:
@@ -252,7 +147,7 @@ class SecureRounds:
         """Answer one phase of a secure-aggregation round, or refuse it (see the module doc)."""
         data = assignment.secagg
         if data is None:
-            raise ValueError("a secure-aggregation task came without its parameters")
+            raise UntrustedMessage("a secure-aggregation task came without its parameters")
         phase = _phase_of(assignment)
         identity = self._current_identity()
         ctx = context(
@@ -428,7 +323,7 @@ class SecureRounds:
         client: SecAggClient,
         ctx: dict[str, Any],
     ) -> _Answer | None:
-        """Bonawitz round 2: train, encode the weighted delta, mask it (DESIGN §4.1)."""
+        """Bonawitz round 2: train, encode the weighted delta, mask it (docs/secagg.md)."""
         stored = self._answers.load(assignment.round_id, SecAggPhase.INPUTS)
         if stored is not None:
             log.info("re-sending the stored masked input for this round", **ctx)
@@ -529,7 +424,7 @@ class SecureRounds:
 
     def _require_paillier(self) -> PaillierJobs:
         if self._paillier is None:
-            raise ValueError("protection paillier is not supported by this participant")
+            raise NotSupported("protection paillier is not supported by this participant")
         return self._paillier
 
     def _check_protection(self, assignment: Assignment) -> None:
@@ -568,9 +463,9 @@ def _phase_of(assignment: Assignment) -> SecAggPhase:
     try:
         phase = SecAggPhase(assignment.phase)
     except ValueError:
-        raise ValueError(f"unknown secure-aggregation phase {assignment.phase!r}") from None
+        raise UntrustedMessage(f"unknown secure-aggregation phase {assignment.phase!r}") from None
     if (phase is SecAggPhase.INPUTS) != (assignment.kind is AssignmentKind.TRAIN):
-        raise ValueError(f"a {assignment.kind.value} task cannot be for phase {phase.value}")
+        raise UntrustedMessage(f"a {assignment.kind.value} task cannot be for phase {phase.value}")
     return phase
 
 
@@ -611,7 +506,7 @@ def _check_unchanged(
 def _protection_of(assignment: Assignment) -> Protection:
     """The protection of a secure round: secagg or paillier (``none`` has no such rounds)."""
     if assignment.protection is Protection.NONE:
-        raise ValueError("a secure-aggregation task for a round without protection")
+        raise UntrustedMessage("a secure-aggregation task for a round without protection")
     return assignment.protection
 
 
@@ -628,7 +523,7 @@ def _delta(base: Weights, trained: Weights) -> list[npt.NDArray[np.float64]]:
     if len(base) != len(trained) or any(
         np.shape(b) != np.shape(t) for b, t in zip(base, trained, strict=False)
     ):
-        raise ValueError("the task returned weights of other shapes than the model it trained")
+        raise TaskFailed("the task returned weights of other shapes than the model it trained")
     return [
         np.asarray(t, dtype=np.float64) - np.asarray(b, dtype=np.float64)
         for b, t in zip(base, trained, strict=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -14,13 +13,7 @@ import grpc
 import numpy.typing as npt
 
 from fedsilo.chunking import MAX_MESSAGE_BYTES
-from fedsilo.codec import PayloadHeader, header_to_proto
-from fedsilo.convert import (
-    protection_from_pb,
-    secagg_parameters_from_pb,
-    training_settings_from_pb,
-)
-from fedsilo.protection import Protection
+from fedsilo.codec import CodecError, PayloadHeader, header_to_proto
 from fedsilo.tls import (
     TlsConfigError,
     TlsFiles,
@@ -31,23 +24,16 @@ from fedsilo.tls import (
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 from fedsilo.wire import header_then_chunks, receive_model
-from participant.domain.assignments import (
-    AdvertisedKeys,
-    Assignment,
-    AssignmentKind,
-    KeyCeremonyStepData,
-    RoundOutcome,
-    SecAggStepData,
-    SubmissionReceipt,
-    TaskReply,
-)
+from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
+from participant.errors import TRANSIENT, CallFailed, Stopped, UntrustedMessage
+from participant.transport.convert import phase_to_pb, receipt_from_pb, task_reply_from_pb
+from participant.transport.rpc_errors import mapped_rpc_errors
 
 __all__ = [
     "CLIENT_OPTIONS",
     "Backoff",
     "ChannelSource",
     "CoordinatorClient",
-    "Stopped",
     "open_channel",
 ]
 
@@ -63,24 +49,6 @@ CLIENT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-_KINDS = {
-    pb.TASK_KIND_WAIT: AssignmentKind.WAIT,
-    pb.TASK_KIND_TRAIN: AssignmentKind.TRAIN,
-    pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
-    pb.TASK_KIND_SECAGG_STEP: AssignmentKind.SECAGG_STEP,
-    pb.TASK_KIND_KEY_CEREMONY: AssignmentKind.KEY_CEREMONY,
-}
-_PHASES = {
-    value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()
-}
-_PHASE_VALUES = {v: k for k, v in _PHASES.items()}
-
-
-class Stopped(Exception):
-    """The daemon was asked to stop while waiting."""
 
 
 def open_channel(target: str, tls: TlsFiles | None) -> grpc.Channel:
@@ -144,8 +112,10 @@ class Backoff:
 class CoordinatorClient:
     """Calls the coordinator's participant API; every call carries a deadline.
 
-    A daemon retries transient failures until it is stopped; a command (``give_up_after``
-    seconds) gives up and raises the last error.
+    A failed call raises :class:`participant.errors.CallFailed` (``CoordinatorUnavailable`` or
+    ``RequestRefused``, never a gRPC error); a reply that does not convert raises
+    ``UntrustedMessage``. A daemon retries transient failures until it is stopped; a command
+    (``give_up_after`` seconds) gives up and raises the last error.
     """
 
     def __init__(
@@ -179,8 +149,8 @@ class CoordinatorClient:
                 raise Stopped()
             try:
                 result = call()
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or (
+            except CallFailed as exc:
+                if exc.status not in TRANSIENT or (
                     deadline is not None and time.monotonic() >= deadline
                 ):
                     raise
@@ -197,28 +167,27 @@ class CoordinatorClient:
         the reply names those that have ended.
         """
         request = pb.GetTaskRequest(wait_seconds=wait_seconds, held_round_ids=list(held_round_ids))
-        future = self._stub().GetTask.future(request, timeout=wait_seconds + 15)
-        while True:
-            try:
-                response = future.result(timeout=0.25)
-                break
-            except grpc.FutureTimeoutError:
-                if self._stop.is_set():
-                    future.cancel()
-                    raise Stopped() from None
-        finished = tuple(
-            RoundOutcome(
-                outcome.round_id, outcome.phase == pb.ROUND_PHASE_COMMITTED, outcome.reason
-            )
-            for outcome in response.finished_rounds
-        )
-        return TaskReply(_assignment_from_pb(response), finished)
+        with mapped_rpc_errors():
+            future = self._stub().GetTask.future(request, timeout=wait_seconds + 15)
+            while True:
+                try:
+                    response = future.result(timeout=0.25)
+                    break
+                except grpc.FutureTimeoutError:
+                    if self._stop.is_set():
+                        future.cancel()
+                        raise Stopped() from None
+        return task_reply_from_pb(response)
 
     def download_model(self, job_id: str, version: int) -> tuple[int, list[npt.NDArray[Any]]]:
-        stream = self._stub().DownloadModel(
-            pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout
-        )
-        return receive_model(stream)
+        with mapped_rpc_errors():
+            stream = self._stub().DownloadModel(
+                pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout
+            )
+            try:
+                return receive_model(stream)
+            except CodecError as exc:
+                raise UntrustedMessage(str(exc)) from exc
 
     def submit_update(
         self,
@@ -232,7 +201,7 @@ class CoordinatorClient:
             header=pb.UpdateHeader(
                 job_id=assignment.job_id,
                 round_id=assignment.round_id,
-                phase=_PHASE_VALUES[assignment.phase],
+                phase=phase_to_pb(assignment.phase),
                 base_version=assignment.model_version,
                 num_examples=num_examples,
                 train_loss=train_loss,
@@ -240,109 +209,40 @@ class CoordinatorClient:
             )
         )
         requests = header_then_chunks(first, payload, lambda d: pb.SubmitUpdateRequest(data=d))
-        response = self._stub().SubmitUpdate(requests, timeout=self._timeout)
-        return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
+        with mapped_rpc_errors():
+            response = self._stub().SubmitUpdate(requests, timeout=self._timeout)
+        return receipt_from_pb(response)
 
     def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
         """Send the answer to a small secure-aggregation phase (the canonical message bytes)."""
-        response = self._stub().SubmitMessage(
-            pb.SubmitMessageRequest(
-                job_id=assignment.job_id,
-                round_id=assignment.round_id,
-                phase=_PHASE_VALUES[assignment.phase],
-                body=body,
-            ),
-            timeout=self._timeout,
+        request = pb.SubmitMessageRequest(
+            job_id=assignment.job_id,
+            round_id=assignment.round_id,
+            phase=phase_to_pb(assignment.phase),
+            body=body,
         )
-        return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
+        with mapped_rpc_errors():
+            response = self._stub().SubmitMessage(request, timeout=self._timeout)
+        return receipt_from_pb(response)
 
     def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt:
         """Send one key-ceremony message of a paillier job (``job_key``, ``dealt_key``,
         ``sealed`` or ``confirm``)."""
-        response = self._stub().SubmitCeremony(
-            pb.SubmitCeremonyRequest(job_id=job_id, action=action, body=body),
-            timeout=self._timeout,
-        )
-        return SubmissionReceipt(response.acknowledgement_id, response.duplicate)
+        request = pb.SubmitCeremonyRequest(job_id=job_id, action=action, body=body)
+        with mapped_rpc_errors():
+            response = self._stub().SubmitCeremony(request, timeout=self._timeout)
+        return receipt_from_pb(response)
 
     def report_metrics(
         self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
     ) -> bool:
-        response = self._stub().ReportMetrics(
-            pb.ReportMetricsRequest(
-                job_id=job_id,
-                model_version=version,
-                num_examples=num_examples,
-                loss=loss,
-                accuracy=accuracy,
-            ),
-            timeout=self._timeout,
+        request = pb.ReportMetricsRequest(
+            job_id=job_id,
+            model_version=version,
+            num_examples=num_examples,
+            loss=loss,
+            accuracy=accuracy,
         )
+        with mapped_rpc_errors():
+            response = self._stub().ReportMetrics(request, timeout=self._timeout)
         return bool(response.duplicate)
-
-
-def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
-    kind = _KINDS.get(response.kind, AssignmentKind.WAIT)
-    if kind is AssignmentKind.WAIT:
-        return Assignment(AssignmentKind.WAIT)
-    try:
-        task_config = json.loads(response.task_config_json or "{}")
-    except ValueError:
-        task_config = None
-    if not isinstance(task_config, dict):
-        raise ValueError("coordinator sent a task configuration that is not a JSON object")
-    protection = protection_from_pb(response.protection, unspecified=Protection.NONE)
-    if protection is None:
-        raise ValueError("coordinator sent an unknown protection mode")
-    secagg = None
-    if kind is AssignmentKind.SECAGG_STEP or (
-        kind is AssignmentKind.TRAIN and protection in (Protection.SECAGG, Protection.PAILLIER)
-    ):
-        if not response.HasField("secagg") or not response.secagg.HasField("parameters"):
-            raise ValueError("coordinator sent a secure-aggregation task without its parameters")
-        secagg = _secagg_step_from_pb(response.secagg)
-    ceremony = None
-    if kind is AssignmentKind.KEY_CEREMONY:
-        if not response.HasField("ceremony"):
-            raise ValueError("coordinator sent a key-ceremony task without its step")
-        ceremony = _ceremony_step_from_pb(response.ceremony)
-    return Assignment(
-        kind=kind,
-        job_id=response.job_id,
-        task_name=response.task_name,
-        round_id=response.round_id,
-        round_number=response.round_number,
-        phase=_PHASES.get(response.phase, "unspecified"),
-        model_version=response.model_version,
-        training=training_settings_from_pb(response.training),
-        task_config=task_config,
-        seconds_left=response.seconds_left,
-        protection=protection,
-        secagg=secagg,
-        ceremony=ceremony,
-    )
-
-
-def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
-    return SecAggStepData(
-        parameters=secagg_parameters_from_pb(step.parameters),
-        keys=tuple(AdvertisedKeys(k.signed_keys, k.certificate_pem) for k in step.keys),
-        shares=tuple(step.shares),
-        survivors=tuple(step.survivors),
-        unmask_request=step.unmask_request,
-    )
-
-
-def _ceremony_step_from_pb(step: pb.KeyCeremonyStep) -> KeyCeremonyStepData:
-    return KeyCeremonyStepData(
-        action=step.action,
-        dealer=step.dealer,
-        key_bits=step.key_bits,
-        job_keys=tuple(AdvertisedKeys(k.signed_keys, k.certificate_pem) for k in step.job_keys),
-        dealt_key=step.dealt_key,
-        dealer_certificate_pem=step.dealer_certificate_pem,
-        sealed_key=step.sealed_key,
-        parameters=secagg_parameters_from_pb(step.parameters)
-        if step.HasField("parameters")
-        else None,
-    )

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 from secure_round_harness import (
@@ -32,31 +31,35 @@ from secure_round_harness import (
 from examples.synthetic.task import task
 from fedsilo.codec import decode_tensors
 from fedsilo.pki import DemoPki
-from fedsilo.protection import SecAggParameters, flatten
+from fedsilo.protection import Protection, SecAggParameters, flatten
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from participant.domain.assignments import (
     AdvertisedKeys,
     Assignment,
     AssignmentKind,
     KeyCeremonyStepData,
-    Protection,
     SecAggPhase,
+    StepOutcome,
     SubmissionReceipt,
 )
+from participant.errors import CallStatus, RequestRefused
 from participant.service.answers import AnswerStore
-from participant.service.key_ceremony import KeyCeremony
+from participant.service.identity import IdentityFiles
+from participant.service.key_ceremony import CeremonyParticipant
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import IdentityFiles, SecureRounds, StepOutcome
+from participant.service.secure_rounds import SecureRoundParticipant
+from secagg import decode_fields
 from secagg.paillier import (
+    DealtKey,
+    JobKey,
     PaillierCiphertexts,
     PaillierPrivateKey,
     PaillierPublicKey,
+    SealedKey,
     add_ciphertexts,
 )
-from secagg.paillier.ceremony import DealtKey, JobKey, SealedKey
-from secagg.primitives.encoding import decode_fields
 
 Weights = list[npt.NDArray[Any]]
 
@@ -214,14 +217,11 @@ class Crash(Exception):
     """Stands for a process killed between two calls."""
 
 
-class Refusal(grpc.RpcError):
+class Refusal(RequestRefused):
     """A definite refusal by the coordinator (FAILED_PRECONDITION)."""
 
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.FAILED_PRECONDITION
-
-    def details(self) -> str:
-        return str(self)
+    def __init__(self, details: str) -> None:
+        super().__init__(CallStatus.FAILED_PRECONDITION, details)
 
 
 @dataclass
@@ -231,8 +231,8 @@ class PaillierParticipant:
     transport: PaillierTransport
     pki: DemoPki
     generate: Callable[[int], PaillierPrivateKey]
-    rounds: SecureRounds = field(init=False)
-    ceremony: KeyCeremony = field(init=False)
+    rounds: SecureRoundParticipant = field(init=False)
+    ceremony: CeremonyParticipant = field(init=False)
     paillier: PaillierJobs = field(init=False)
     data: LocalData = field(init=False, repr=False)
 
@@ -240,13 +240,15 @@ class PaillierParticipant:
         identity = IdentityFiles(identity_files(self.pki, self.org))
         store = PaillierStateStore(self.state_dir)
         self.paillier = PaillierJobs(store, self.transport)
-        self.ceremony = KeyCeremony(self.transport, store, identity, generate_key=self.generate)
+        self.ceremony = CeremonyParticipant(
+            self.transport, store, identity, generate_key=self.generate
+        )
         self.data = local_data(self.org)
 
         def train(assignment: Assignment, weights: Weights) -> TrainResult:
             return task.train(weights, self.data, assignment.round_settings())
 
-        self.rounds = SecureRounds(
+        self.rounds = SecureRoundParticipant(
             self.transport,
             SecAggStateStore(self.state_dir),
             AnswerStore(self.state_dir),

@@ -1,4 +1,4 @@
-"""In-process secure rounds: participants' ``SecureRounds`` against a real ``SecAggServer``.
+"""In-process secure rounds: ``SecureRoundParticipant``s against a real ``SecAggServer``.
 
 The server stands in for the coordinator: it builds each phase's task exactly as the wire
 contract describes (key list with certificates, routed shares, survivor set, unmask request), and
@@ -19,21 +19,22 @@ import numpy.typing as npt
 from examples.synthetic.task import task
 from fedsilo.codec import PayloadHeader, decode_tensors
 from fedsilo.pki import DemoPki, load_certificate
-from fedsilo.protection import SecAggParameters, decode_share_list
+from fedsilo.protection import Protection, SecAggParameters, decode_share_list
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from fedsilo.tls import TlsFiles
 from participant.domain.assignments import (
     AdvertisedKeys,
     Assignment,
     AssignmentKind,
-    Protection,
     SecAggPhase,
     SecAggStepData,
+    StepOutcome,
     SubmissionReceipt,
 )
 from participant.service.answers import AnswerStore
+from participant.service.identity import IdentityFiles
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import IdentityFiles, SecureRounds, StepOutcome
+from participant.service.secure_rounds import SecureRoundParticipant
 from secagg import (
     ConsistencySignature,
     MaskedInput,
@@ -42,8 +43,8 @@ from secagg import (
     SignedKeys,
     UnmaskRequest,
     UnmaskResponse,
+    verifying_key,
 )
-from secagg.primitives.signatures import verifying_key
 
 T = TypeVar("T")
 Weights = list[npt.NDArray[Any]]
@@ -127,7 +128,7 @@ class Participant:
     org: str
     state_dir: Path
     transport: FakeTransport
-    rounds: SecureRounds
+    rounds: SecureRoundParticipant
     pki: DemoPki
     data: LocalData = field(repr=False)
 
@@ -169,7 +170,7 @@ def make_participant(
         assert assignment.task_name == TASK_NAME
         return task.train(weights, data, assignment.round_settings())
 
-    rounds = SecureRounds(
+    rounds = SecureRoundParticipant(
         transport,
         SecAggStateStore(state_dir),
         AnswerStore(state_dir),

@@ -32,22 +32,21 @@ from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.protection import Protection
 from participant import main as participant_main
 from participant.domain.assignments import Assignment, AssignmentKind, TaskReply
+from participant.errors import ModelUnavailable, PaillierStateUnreadable, Stopped
 from participant.main import export_model
 from participant.service.answers import AnswerStore
-from participant.service.paillier_jobs import ModelUnavailable, PaillierJobs
+from participant.service.identity import IdentityFiles
+from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import (
     OutgoingMessage,
     PaillierJobState,
     PaillierStateStore,
-    PaillierStateUnreadable,
     SealedFor,
 )
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import IdentityFiles
-from participant.transport.client import Stopped
+from secagg import AgreementKeyPair
 from secagg.paillier import PaillierPrivateKey
-from secagg.primitives.agreement import AgreementKeyPair
 
 T = TypeVar("T")
 JOB_UUID = "2b0c4c1e-7f55-4a43-9b1e-0d6c8f3f2a10"

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from paillier_harness import (
@@ -37,27 +36,30 @@ from examples.synthetic.task import task
 from fedsilo import faults
 from fedsilo.codec import specs_of
 from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
-from fedsilo.protection import flatten, unflatten
+from fedsilo.protection import Protection, flatten, unflatten
 from participant.domain.assignments import (
     AdvertisedKeys,
     KeyCeremonyStepData,
-    Protection,
     SecAggPhase,
+    StepOutcome,
 )
+from participant.errors import ModelUnavailable, RequestRefused, SecAggUnavailable
 from participant.service import key_ceremony
-from participant.service.key_ceremony import KeyCeremony
-from participant.service.paillier_jobs import ModelUnavailable
+from participant.service.key_ceremony import CeremonyParticipant
 from participant.service.paillier_state import PaillierJobState, PaillierStateStore
-from participant.service.secure_rounds import SecAggUnavailable, StepOutcome
+from secagg import decode_fields
 from secagg.paillier import (
+    DealtKey,
+    JobKey,
     PackingLayout,
     PaillierCiphertexts,
     PaillierPrivateKey,
+    SealedKey,
     decrypt_vector,
     encrypt_vector,
+    make_job_key,
+    sign_public_key,
 )
-from secagg.paillier.ceremony import DealtKey, JobKey, SealedKey, make_job_key, sign_public_key
-from secagg.primitives.encoding import decode_fields
 
 DEALER = "org-a"
 
@@ -223,7 +225,7 @@ def test_a_dealer_whose_dealt_key_is_refused_discards_it_and_receives_the_jobs_k
     _advertise(coordinator, participants)
     dealer, other = participants[0], participants[1]
     dealer.transport.refused_actions = {"dealt_key"}
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(RequestRefused):
         dealer.step(coordinator.task(DEALER))
     state = dealer.store.load(JOB_ID)
     assert state is not None
@@ -529,7 +531,7 @@ def test_a_key_below_2048_bits_is_refused(
 def test_without_an_identity_the_ceremony_is_refused(
     coordinator: CeremonyCoordinator, tmp_path: Path
 ) -> None:
-    ceremony = KeyCeremony(
+    ceremony = CeremonyParticipant(
         PaillierTransport(coordinator, "org-a"), PaillierStateStore(tmp_path), None
     )
     with pytest.raises(SecAggUnavailable, match="without TLS"):

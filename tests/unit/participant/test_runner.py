@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import pytest
 from secure_round_harness import (
     ORGS,
@@ -23,19 +22,19 @@ from secure_round_harness import (
 )
 
 from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.protection import Protection
 from participant.domain.assignments import (
     Assignment,
     AssignmentKind,
-    Protection,
-    RoundOutcome,
+    EndedRound,
     SubmissionReceipt,
     TaskReply,
 )
+from participant.errors import CallStatus, RequestRefused, Stopped
 from participant.service.answers import AnswerStore
+from participant.service.identity import IdentityFiles
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import IdentityFiles
-from participant.transport.client import Stopped
 
 T = TypeVar("T")
 
@@ -45,12 +44,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
     return make_demo_pki(tmp_path_factory.mktemp("pki"), ORGS)
 
 
-class _Refusal(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.FAILED_PRECONDITION
-
-    def details(self) -> str:
-        return "the phase is over"
+class _Refusal(RequestRefused):
+    def __init__(self) -> None:
+        super().__init__(CallStatus.FAILED_PRECONDITION, "the phase is over")
 
 
 class ScriptedClient(FakeTransport):
@@ -118,7 +114,7 @@ def test_a_refused_round_is_held_until_the_coordinator_says_it_ended(
     tmp_path: Path, pki: DemoPki
 ) -> None:
     coordinator = Coordinator(pki, parameters(max_weight=10**6))
-    ended = RoundOutcome(coordinator.round_id, committed=False, reason="deadline")
+    ended = EndedRound(coordinator.round_id, committed=False, reason="deadline")
     replies = [
         TaskReply(coordinator.keys_task()),
         TaskReply(coordinator.keys_task()),
@@ -184,3 +180,32 @@ def test_an_unsupported_protection_is_refused(
 
     assert "protection paillier is not supported" in caplog.text
     assert client.sent == [] and client.pauses == 1
+
+
+def test_a_task_that_rejects_its_settings_fails_only_that_work_item(
+    tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = replace(_plain_train(), training=replace(TRAINING, local_epochs=0))
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(bad), TaskReply(_plain_train())])
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        daemon.run()
+
+    assert "cannot run this work item: local_epochs must be >= 1, got 0" in caplog.text
+    assert client.pauses == 1
+    (update,) = client.sent
+    assert update.num_examples > 0
+
+
+def test_a_defect_is_not_taken_for_a_failed_work_item(tmp_path: Path, pki: DemoPki) -> None:
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(_plain_train())])
+
+    # A ValueError outside the task's own code is a defect of the daemon, not of the work item.
+    def defect(assignment: Assignment) -> None:
+        raise ValueError("a bug")
+
+    daemon._train = defect  # type: ignore[method-assign]
+
+    with pytest.raises(ValueError, match="a bug"):
+        daemon.run()
+    assert client.pauses == 0

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from fedsilo.protection import SecAggParameters
+from participant.errors import StateUnreadable
 from participant.service import private_files
-from participant.service.secagg_state import SecAggStateStore, SecureRoundState, StateUnreadable
+from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 
 ROUND = "6f1c1f9e-8d0a-4c55-9f57-2a1c3b6f0e11"
 PARAMETERS = SecAggParameters(

@@ -20,8 +20,9 @@ from secure_round_harness import (
 )
 
 from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
-from participant.domain.assignments import AdvertisedKeys, RoundOutcome, SecAggPhase
-from participant.service.secure_rounds import SecAggUnavailable, SecureRounds, StepOutcome
+from participant.domain.assignments import AdvertisedKeys, EndedRound, SecAggPhase, StepOutcome
+from participant.errors import SecAggUnavailable
+from participant.service.secure_rounds import SecureRoundParticipant
 from secagg import ParticipantContext, RoundConfig, SecAggClient, UnmaskRequest
 
 
@@ -379,8 +380,8 @@ def test_ended_rounds_are_deleted_with_their_stored_answer(
     with caplog.at_level(logging.INFO, logger="participant"):
         participant.rounds.finish_rounds(
             [
-                RoundOutcome("not-held", committed=True),
-                RoundOutcome(coordinator.round_id, committed=False, reason="quorum lost"),
+                EndedRound("not-held", committed=True),
+                EndedRound(coordinator.round_id, committed=False, reason="quorum lost"),
             ]
         )
     assert participant.rounds.held_round_ids() == []
@@ -395,7 +396,7 @@ def test_without_an_identity_secure_work_is_refused_and_nothing_is_stored(
     pki: DemoPki, tmp_path: Path
 ) -> None:
     participant = make_participant("org-a", tmp_path / "org-a", pki)
-    rounds = SecureRounds(
+    rounds = SecureRoundParticipant(
         participant.transport,
         participant.states,
         participant.answers,

@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 
-from fedsilo.protection import SecAggParameters
+from fedsilo.protection import Protection, SecAggParameters
 from fedsilo.v1 import fedsilo_pb2 as pb
 from participant.domain.assignments import (
     AdvertisedKeys,
     Assignment,
     AssignmentKind,
+    EndedRound,
     KeyCeremonyStepData,
-    Protection,
-    RoundOutcome,
 )
 from participant.transport.client import Backoff, CoordinatorClient
 
@@ -94,8 +93,8 @@ def test_get_assignment_reports_held_rounds_and_returns_the_ended_ones() -> None
     assert requests[0].wait_seconds == 1.5
     assert reply.assignment == Assignment(AssignmentKind.WAIT)
     assert reply.finished_rounds == (
-        RoundOutcome("r1", committed=True, reason=""),
-        RoundOutcome("r2", committed=False, reason="quorum lost"),
+        EndedRound("r1", committed=True, reason=""),
+        EndedRound("r2", committed=False, reason="quorum lost"),
     )
 
 

@@ -1,0 +1,31 @@
+"""The one place gRPC errors become participant errors (``CallFailed`` with a ``CallStatus``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from participant.errors import CallFailed, CallStatus
+
+__all__ = ["call_status", "mapped_rpc_errors"]
+
+
+def call_status(code: grpc.StatusCode | None) -> CallStatus:
+    """The participant's name for a gRPC status code (UNKNOWN for a call without one)."""
+    if code is None:
+        return CallStatus.UNKNOWN
+    return CallStatus[code.name]
+
+
+@contextmanager
+def mapped_rpc_errors() -> Iterator[None]:
+    """Raise a failed call's ``grpc.RpcError`` as ``CoordinatorUnavailable`` (transient) or
+    ``RequestRefused`` (any other status); the gRPC error stays attached as the cause."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        details = exc.details() if callable(getattr(exc, "details", None)) else None
+        raise CallFailed.of(call_status(code), details or "") from exc
