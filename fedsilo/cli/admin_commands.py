@@ -139,9 +139,15 @@ def _export(client: AdminClient, args: argparse.Namespace, console: Console) -> 
 
 
 def participant_export(args: argparse.Namespace, config: Path | None, console: Console) -> int:
+    from participant.errors import CallFailed
     from participant.main import export
 
-    result = export(config, args.job_id, args.task, args.out, args.version)
+    try:
+        result = export(config, args.job_id, args.task, args.out, args.version)
+    except CallFailed as exc:
+        # The same line a refused admin call prints (main's grpc.RpcError handler).
+        console.print(f"[red]error:[/red] {exc.status.name}: {exc.details}")
+        return 1
     if args.json:
         print(
             json.dumps(
