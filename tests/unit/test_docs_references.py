@@ -217,6 +217,34 @@ def check_python(root: Path) -> list[Offence]:
     ]
 
 
+_CITED_TEST_RE = re.compile(r"`((?:tests/[\w/]+\.py)?)::(test_\w+)(?:\[[^\]]*\])?`")
+
+
+def missing_cited_tests(markdown: Path, root: Path) -> list[Offence]:
+    """``file::test`` names of a markdown table that do not exist.
+
+    In one table row, ``::test`` without a file continues the file named before it.
+    """
+    relative = markdown.relative_to(root).as_posix()
+    offences: list[Offence] = []
+    lines = markdown.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        current: str | None = None
+        for match in _CITED_TEST_RE.finditer(line):
+            current = match.group(1) or current
+            name = match.group(2)
+            if current is None:
+                offences.append(Offence(relative, number, f"::{name} names no file"))
+                continue
+            source = root / current
+            defined = source.is_file() and re.search(
+                rf"^\s*def {name}\(", source.read_text(encoding="utf-8"), re.MULTILINE
+            )
+            if not defined:
+                offences.append(Offence(relative, number, f"{current}::{name} does not exist"))
+    return offences
+
+
 def _report(offences: list[Offence]) -> str:
     return f"{len(offences)} offences:\n" + "\n".join(str(o) for o in offences)
 
@@ -231,6 +259,11 @@ def test_readme_and_docs_name_existing_files_and_cite_only_the_repository() -> N
 
 def test_python_comments_and_docstrings_name_existing_files_and_cite_only_the_repository() -> None:
     offences = check_python(ROOT)
+    assert offences == [], _report(offences)
+
+
+def test_the_fault_matrix_names_tests_that_exist() -> None:
+    offences = missing_cited_tests(ROOT / "docs" / "fault-matrix.md", ROOT)
     assert offences == [], _report(offences)
 
 
@@ -297,4 +330,21 @@ def test_citations_of_outside_documents_are_reported(tiny_repo: Path) -> None:
         ("coordinator/rounds.py", 1),
         ("coordinator/rounds.py", 7),
         ("coordinator/rounds.py", 9),
+    ]
+
+
+def test_cited_tests_must_exist(tiny_repo: Path) -> None:
+    (tiny_repo / "tests").mkdir()
+    (tiny_repo / "tests" / "test_a.py").write_text("def test_one() -> None:\n    pass\n")
+    matrix = tiny_repo / "docs" / "matrix.md"
+    matrix.write_text(
+        "| R1 | `tests/test_a.py::test_one`, `::test_one[x]` |\n"
+        "| R2 | `tests/test_a.py::test_two` |\n"
+        "| R3 | `::test_one` |\n"
+        "| R4 | `tests/test_b.py::test_one` |\n"
+    )
+    assert _lines(missing_cited_tests(matrix, tiny_repo)) == [
+        ("docs/matrix.md", 2),
+        ("docs/matrix.md", 3),
+        ("docs/matrix.md", 4),
     ]
