@@ -6,7 +6,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 
-from coordinator.errors import InvalidInput
+from coordinator.errors import InvalidRequest
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
@@ -156,7 +156,7 @@ class JobSpec:
         except ValueError:
             problems.append("task_config_json is not valid JSON")
         if problems:
-            raise InvalidInput("invalid job: " + "; ".join(problems))
+            raise InvalidRequest("invalid job: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

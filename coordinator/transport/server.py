@@ -14,8 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
+from coordinator.service.context import CoordinatorSettings
+from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.rounds import CoordinatorService, CoordinatorSettings
 from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
