@@ -49,7 +49,7 @@ class ParticipantStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SecAggSettings:
-    """Secure-aggregation parameters of a job (DESIGN §4.1-4.2, docs/secagg.md).
+    """Secure-aggregation parameters of a job (docs/secagg.md).
 
     ``threshold`` is the minimum number of survivors ``t`` (0: a strict majority); a round uses
     ``max(threshold, n // 2 + 1)`` for its cohort of ``n`` and needs ``n >= t``. A cohort has at

@@ -14,7 +14,7 @@ import logging
 from coordinator.domain.jobs import JobMessage, JobState, PhaseMessage, Submission
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import ConflictingSubmission, NotFound, WrongRoundPhase
-from coordinator.persistence.store import DuplicateKey
+from coordinator.persistence.store import DuplicateKey, Transaction
 from coordinator.service.context import ServiceContext, require_job, sha256
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.base import check_phase
@@ -51,10 +51,7 @@ class SubmissionService:
         now = self._ctx.clock()
         with self._ctx.lock:
             with self._ctx.store.transaction() as tx:
-                round_ = tx.get_round(update.round_id)
-                if round_ is None or round_.job_id != update.job_id:
-                    raise NotFound("no such round in this job")
-                previous = tx.get_submission(round_.round_id, org_id, update.phase.value)
+                round_, previous = _round_and_previous(tx, update, org_id)
                 if previous is None:
                     job = require_job(tx, update.job_id)
                     check_phase(round_, update.phase, org_id, now)
@@ -105,10 +102,7 @@ class SubmissionService:
         digest = sha256(message.body)
         with self._ctx.lock:
             with self._ctx.store.transaction() as tx:
-                round_ = tx.get_round(message.round_id)
-                if round_ is None or round_.job_id != message.job_id:
-                    raise NotFound("no such round in this job")
-                previous = tx.get_submission(round_.round_id, org_id, message.phase.value)
+                round_, previous = _round_and_previous(tx, message, org_id)
                 if previous is None:
                     job = require_job(tx, message.job_id)
                     row = self._engines[round_.protection].check_message(
@@ -249,3 +243,13 @@ class SubmissionService:
         raise ConflictingSubmission(
             "a different submission was already accepted for this round and phase"
         )
+
+
+def _round_and_previous(
+    tx: Transaction, submission: UpdateSubmission | MessageSubmission, org_id: str
+) -> tuple[Round, Submission | None]:
+    """The round a submission names, and what org_id already had accepted for its phase."""
+    round_ = tx.get_round(submission.round_id)
+    if round_ is None or round_.job_id != submission.job_id:
+        raise NotFound("no such round in this job")
+    return round_, tx.get_submission(round_.round_id, org_id, submission.phase.value)

@@ -14,16 +14,14 @@ import logging
 
 from coordinator.domain.jobs import Job, PhaseMessage
 from coordinator.domain.rounds import Phase, Round, RoundEvent
-from coordinator.errors import InvalidRequest, WrongRoundPhase
+from coordinator.errors import InvalidRequest
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job
-from coordinator.service.engines.base import CeremonyRow, FoldedInput, check_phase
-from coordinator.service.engines.paillier_ceremony import CeremonyStep
+from coordinator.service.engines.base import FoldedInput, RoundEngine, check_phase
 from coordinator.service.engines.secure_rounds import SMALL_PHASES, SecureRoundCoordinator
 from coordinator.service.payloads import check_payload_size
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
-from fedsilo.codec import TensorSpec
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
 
@@ -32,14 +30,11 @@ __all__ = ["MaskedRoundEngine"]
 log = logging.getLogger("coordinator")
 
 
-class MaskedRoundEngine(abc.ABC):
+class MaskedRoundEngine(RoundEngine):
     """The secure-aggregation phases over ``SecureRoundCoordinator``; subclasses sum inputs."""
 
-    has_key_ceremony = False
-
     def __init__(self, ctx: ServiceContext, ledger: RoundLedger) -> None:
-        self._ctx = ctx
-        self._ledger = ledger
+        super().__init__(ctx, ledger)
         self._secure = SecureRoundCoordinator(ctx.blobs)
 
     # -- opening and closing phases -------------------------------------------------------------
@@ -119,20 +114,6 @@ class MaskedRoundEngine(abc.ABC):
             tx, round_
         )
 
-    def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
-        return None
-
-    def check_ceremony(
-        self,
-        tx: Transaction,
-        job: Job,
-        org_id: str,
-        action: str,
-        body: bytes,
-        certificate_pem: bytes,
-    ) -> list[CeremonyRow]:
-        raise WrongRoundPhase("this job has no key ceremony")
-
     # -- receiving ------------------------------------------------------------------------------
 
     def check_message(
@@ -177,8 +158,3 @@ class MaskedRoundEngine(abc.ABC):
             update.header.total_bytes,
             **context(job=round_.job_id, round=str(round_.number), phase="inputs", org=org_id),
         )
-
-    def model_specs(
-        self, job: Job, version: int, size: int, *, encrypted: bool
-    ) -> tuple[TensorSpec, ...]:
-        return job.weight_specs

@@ -15,17 +15,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.domain.jobs import Job, PhaseMessage
+from coordinator.domain.jobs import Job
 from coordinator.domain.rounds import Phase, Round, RoundEvent
-from coordinator.errors import InvalidRequest, WrongRoundPhase
+from coordinator.errors import InvalidRequest
 from coordinator.persistence.store import Transaction
-from coordinator.service.context import ServiceContext, require_job, sha256
-from coordinator.service.engines.base import CeremonyRow, FoldedInput
-from coordinator.service.engines.paillier_ceremony import CeremonyStep
+from coordinator.service.context import require_job, sha256
+from coordinator.service.engines.base import FoldedInput, RoundEngine
 from coordinator.service.payloads import check_finite_or_invalid, decode_payload
-from coordinator.service.round_ledger import RoundLedger
-from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
-from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
+from coordinator.service.views import UpdateSubmission, WorkItem, WorkKind
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.logs import context
 
 __all__ = ["PlainRoundEngine"]
@@ -33,19 +31,8 @@ __all__ = ["PlainRoundEngine"]
 log = logging.getLogger("coordinator")
 
 
-class PlainRoundEngine:
+class PlainRoundEngine(RoundEngine):
     """The ``none`` protection: the coordinator sees every update in the clear."""
-
-    has_key_ceremony = False
-
-    def __init__(self, ctx: ServiceContext, ledger: RoundLedger) -> None:
-        self._ctx = ctx
-        self._ledger = ledger
-
-    def select_cohort(
-        self, tx: Transaction, job: Job, live: tuple[str, ...], now: float
-    ) -> tuple[str, ...] | None:
-        return live
 
     def advance(self, round_: Round, now: float) -> bool:
         if round_.phase is Phase.CREATED:
@@ -70,9 +57,6 @@ class PlainRoundEngine:
         self._aggregate(round_, job, now)
         return True
 
-    def threshold(self, job: Job, round_: Round) -> int:
-        return 0
-
     def round_work(
         self, tx: Transaction, round_: Round, org_id: str, now: float
     ) -> WorkItem | None:
@@ -81,35 +65,6 @@ class PlainRoundEngine:
             left = round_.deadline_at - now
             return WorkItem(WorkKind.TRAIN, job, round_, round_.base_version, left)
         return None
-
-    def holds_cohort(self, tx: Transaction, round_: Round, org_id: str) -> bool:
-        return False
-
-    def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
-        return None
-
-    def check_ceremony(
-        self,
-        tx: Transaction,
-        job: Job,
-        org_id: str,
-        action: str,
-        body: bytes,
-        certificate_pem: bytes,
-    ) -> list[CeremonyRow]:
-        raise WrongRoundPhase("this job has no key ceremony")
-
-    def check_message(
-        self,
-        tx: Transaction,
-        round_: Round,
-        job: Job,
-        org_id: str,
-        message: MessageSubmission,
-        certificate_pem: bytes,
-        now: float,
-    ) -> PhaseMessage:
-        raise WrongRoundPhase("this round does not use secure aggregation")
 
     def fold_input(
         self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
@@ -135,11 +90,6 @@ class PlainRoundEngine:
             update.header.total_bytes,
             **context(job=round_.job_id, round=str(round_.number), phase="inputs", org=org_id),
         )
-
-    def model_specs(
-        self, job: Job, version: int, size: int, *, encrypted: bool
-    ) -> tuple[TensorSpec, ...]:
-        return job.weight_specs
 
     def _aggregate(self, round_: Round, job: Job, now: float) -> None:
         """Weighted FedAvg: the running sum divided by the total number of examples."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.base import RoundEngine
 from coordinator.service.engines.none_engine import PlainRoundEngine
@@ -14,7 +12,7 @@ from fedsilo.protection import Protection
 
 __all__ = ["ENGINES", "RoundEngines"]
 
-ENGINES: dict[Protection, Callable[[ServiceContext, RoundLedger], RoundEngine]] = {
+ENGINES: dict[Protection, type[RoundEngine]] = {
     Protection.NONE: PlainRoundEngine,
     Protection.SECAGG: SecAggRoundEngine,
     Protection.PAILLIER: PaillierRoundEngine,

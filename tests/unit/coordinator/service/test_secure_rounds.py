@@ -1,8 +1,8 @@
 """Secure-aggregation rounds in the coordinator service, driven with real secagg participants.
 
 No gRPC: each organization is a real ``SecAggClient`` with a CA-issued certificate, answering
-what ``next_work`` asks through ``submit_message``/``submit_update``. The oracle (TEST-MATRIX):
-a committed model equals base + the weighted mean delta over exactly the recorded contributors,
+what ``next_work`` asks through ``submit_message``/``submit_update``. The oracle: a
+committed model equals base + the weighted mean delta over exactly the recorded contributors,
 within the quantization bound; nothing is released with fewer than ``t``; bad messages change
 nothing; the coordinator's files never hold one organization's update.
 """
@@ -46,33 +46,31 @@ from fedsilo.protection import (
 )
 from fedsilo.tasks import TrainingSettings
 from secagg import (
+    AgreementKeyPair,
     EncryptedShare,
     ParticipantContext,
     RoundConfig,
     SecAggClient,
     SignedKeys,
     UnmaskRequest,
+    VerifyingKey,
+    encode_fields,
 )
 from secagg.paillier import (
+    DealtKey,
+    JobKey,
     PackingLayout,
     PaillierCiphertexts,
     PaillierPrivateKey,
+    SealedKey,
     decrypt_vector,
     encrypt_vector,
     generate_private_key,
-)
-from secagg.paillier.ceremony import (
-    DealtKey,
-    JobKey,
-    SealedKey,
     make_job_key,
     open_private_key,
     seal_private_key,
     sign_public_key,
 )
-from secagg.primitives.agreement import AgreementKeyPair
-from secagg.primitives.encoding import encode_fields
-from secagg.primitives.signatures import VerifyingKey
 
 T0 = 1_700_000_000.0
 SHAPES = ((4, 3), (3,))

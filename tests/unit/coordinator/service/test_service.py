@@ -1,8 +1,7 @@
 """CoordinatorService use cases, driven directly (no gRPC) with SQLite, a blob dir and a fake clock.
 
 The oracle: a committed model version equals the weighted FedAvg mean over exactly the recorded
-contributors; acknowledged submissions count once; bad input changes nothing (TEST-MATRIX R7-R10,
-S8).
+contributors; acknowledged submissions count once; bad input changes nothing.
 """
 
 from __future__ import annotations
