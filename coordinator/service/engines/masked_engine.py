@@ -110,9 +110,9 @@ class MaskedRoundEngine(RoundEngine):
         return WorkItem(kind, job, round_, round_.base_version, left, step)
 
     def holds_cohort(self, tx: Transaction, round_: Round, org_id: str) -> bool:
-        return round_.phase in (Phase.CREATED, *SMALL_PHASES) and org_id in self._secure.expected(
-            tx, round_
-        )
+        if round_.phase not in (Phase.CREATED, *SMALL_PHASES):
+            return False
+        return org_id in self._secure.expected(tx, round_)
 
     # -- receiving ------------------------------------------------------------------------------
 
