@@ -3,9 +3,9 @@
 Errors raised by the coordinator's use cases form one tree (see ``coordinator.errors``)::
 
     CoordinatorError
-    ├── InvalidInput          bad shapes, dtypes, NaN/Inf, sizes, garbage  -> INVALID_ARGUMENT
+    ├── InvalidRequest        bad shapes, dtypes, NaN/Inf, sizes, garbage  -> INVALID_ARGUMENT
     ├── NotFound              unknown job, round or model version          -> NOT_FOUND
-    ├── WrongPhase            wrong phase, late, not in cohort, old round  -> FAILED_PRECONDITION
+    ├── WrongRoundPhase       wrong phase, late, not in cohort, old round  -> FAILED_PRECONDITION
     ├── ConflictingSubmission different bytes for an answered phase        -> ALREADY_EXISTS
     ├── NotAuthorized         wrong role or unknown identity               -> PERMISSION_DENIED
     └── StorageUnavailable    database or blob store unavailable           -> UNAVAILABLE

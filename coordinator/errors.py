@@ -5,11 +5,11 @@ from __future__ import annotations
 __all__ = [
     "ConflictingSubmission",
     "CoordinatorError",
-    "InvalidInput",
+    "InvalidRequest",
     "NotAuthorized",
     "NotFound",
     "StorageUnavailable",
-    "WrongPhase",
+    "WrongRoundPhase",
 ]
 
 
@@ -21,7 +21,7 @@ class CoordinatorError(Exception):
     """
 
 
-class InvalidInput(CoordinatorError):
+class InvalidRequest(CoordinatorError):
     """The request is malformed: shapes, dtypes, counts, NaN/Inf, sizes or bad configuration."""
 
 
@@ -29,7 +29,7 @@ class NotFound(CoordinatorError):
     """The job, round or model version does not exist."""
 
 
-class WrongPhase(CoordinatorError):
+class WrongRoundPhase(CoordinatorError):
     """The request does not fit the current state: wrong phase, late, or not in the cohort."""
 
 

@@ -6,7 +6,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 
-from coordinator.errors import InvalidInput
+from coordinator.errors import InvalidRequest
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
@@ -49,7 +49,7 @@ class ParticipantStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SecAggSettings:
-    """Secure-aggregation parameters of a job (DESIGN §4.1-4.2, docs/secagg.md).
+    """Secure-aggregation parameters of a job (docs/secagg.md).
 
     ``threshold`` is the minimum number of survivors ``t`` (0: a strict majority); a round uses
     ``max(threshold, n // 2 + 1)`` for its cohort of ``n`` and needs ``n >= t``. A cohort has at
@@ -156,7 +156,7 @@ class JobSpec:
         except ValueError:
             problems.append("task_config_json is not valid JSON")
         if problems:
-            raise InvalidInput("invalid job: " + "; ".join(problems))
+            raise InvalidRequest("invalid job: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

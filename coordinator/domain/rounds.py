@@ -1,4 +1,4 @@
-"""Round state machine: phases, events and the one transition table (DESIGN §3)."""
+"""Round state machine: phases, events and the one transition table (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.domain.jobs import Participant, ParticipantStatus
-from coordinator.errors import InvalidInput, NotAuthorized, NotFound
+from coordinator.errors import InvalidRequest, NotAuthorized, NotFound
 from coordinator.persistence.store import DuplicateKey, Store
 from fedsilo.logs import context
 
@@ -111,7 +111,7 @@ class MembershipService:
                 participant.status is ParticipantStatus.REVOKED
                 and status is ParticipantStatus.ACTIVE
             ):
-                raise InvalidInput("a revoked organization cannot be approved again")
+                raise InvalidRequest("a revoked organization cannot be approved again")
             tx.set_participant_status(org_id, status)
             tx.add_audit(self._clock(), actor, action, "ok", f"org={org_id}")
         log.info("%s by %s", action, actor, **context(org=org_id))
@@ -121,10 +121,10 @@ class MembershipService:
         """Revoke one certificate by serial; returns True if it was already revoked."""
         serial = serial_hex.strip().lower()
         if not _SERIAL.fullmatch(serial) or int(serial, 16) == 0:
-            raise InvalidInput("serial must be the certificate's serial number in hex")
+            raise InvalidRequest("serial must be the certificate's serial number in hex")
         serial = format(int(serial, 16), "x")  # the form identities carry: no leading zeros
         if len(reason) > 500:
-            raise InvalidInput("reason must be at most 500 characters")
+            raise InvalidRequest("reason must be at most 500 characters")
         with self._lock:
             if serial in self._revoked:
                 return True
@@ -147,7 +147,7 @@ class MembershipService:
 
     def audit_events(self, limit: int = 100) -> list[AuditEvent]:
         if not 1 <= limit <= MAX_AUDIT_EVENTS:
-            raise InvalidInput(f"limit must be between 1 and {MAX_AUDIT_EVENTS}")
+            raise InvalidRequest(f"limit must be between 1 and {MAX_AUDIT_EVENTS}")
         with self._store.transaction() as tx:
             rows: list[dict[str, Any]] = tx.list_audit(limit)
         return [

@@ -19,11 +19,11 @@ import grpc
 
 from coordinator.errors import (
     ConflictingSubmission,
-    InvalidInput,
+    InvalidRequest,
     NotAuthorized,
     NotFound,
     StorageUnavailable,
-    WrongPhase,
+    WrongRoundPhase,
 )
 from fedsilo.chunking import ChunkError
 from fedsilo.codec import CodecError
@@ -36,11 +36,11 @@ __all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "CallLimiter", "current_identit
 log = logging.getLogger("coordinator.transport")
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
     (ChunkError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
-    (WrongPhase, grpc.StatusCode.FAILED_PRECONDITION),
+    (WrongRoundPhase, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictingSubmission, grpc.StatusCode.ALREADY_EXISTS),
     (NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
     (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),

@@ -14,8 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
+from coordinator.service.context import CoordinatorSettings
+from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.rounds import CoordinatorService, CoordinatorSettings
 from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
@@ -33,7 +34,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Participants long-poll and may idle between rounds; these agree with the client's 20 s
-    # keepalive so neither side sends GOAWAY for "too many pings" (TEST-MATRIX R18).
+    # keepalive so neither side sends GOAWAY for "too many pings".
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -81,7 +82,7 @@ def start_coordinator(
     """Open the database and blob store, bind the listener and start serving.
 
     ``participant_servicer`` builds the participant API; tests pass a subclass that deviates
-    from the protocol to play a malicious coordinator (TEST-MATRIX "evil").
+    from the protocol to play a malicious coordinator.
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.database_url())
@@ -136,7 +137,7 @@ def start_coordinator(
     stop = threading.Event()
 
     def drive() -> None:
-        # Deadlines live in the database and are checked on this clock only (TEST-MATRIX R19).
+        # Deadlines live in the database and are checked on this clock only.
         while not stop.wait(config.tick_seconds):
             try:
                 service.tick()

@@ -24,8 +24,8 @@ import pytest
 from inproc_consortium import ORGS, DaemonThread, initial_weights, shift_job_spec, wait_for_job
 from integration_shift_task import ORG_SETTINGS
 
+from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.rounds import CoordinatorService
 from coordinator.transport.interceptors import current_identity
 from coordinator.transport.server import RunningCoordinator
 from coordinator.transport.servicers import ParticipantServicer

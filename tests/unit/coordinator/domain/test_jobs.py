@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
-from coordinator.errors import CoordinatorError, InvalidInput
+from coordinator.errors import CoordinatorError, InvalidRequest
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
 
@@ -132,7 +132,7 @@ FIELD_NAMES = {field for field, _, _ in BAD_FIELDS}
     ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(BAD_FIELDS)],
 )
 def test_bad_field_is_named(field: str, changes: dict[str, Any], expected: str) -> None:
-    with pytest.raises(InvalidInput) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         spec(**changes).validate()
     message = str(refused.value)
     assert expected in message
@@ -144,7 +144,7 @@ def test_bad_field_is_named(field: str, changes: dict[str, Any], expected: str) 
 
 def test_every_problem_is_reported_at_once() -> None:
     bad = spec(name="", num_rounds=0, training=plan(batch_size=0))
-    with pytest.raises(InvalidInput) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         bad.validate()
     message = str(refused.value)
     for field in ("name must", "num_rounds", "training.batch_size"):
@@ -154,4 +154,4 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_invalid_input_is_a_coordinator_error() -> None:
     # transport/ maps the CoordinatorError tree to gRPC codes; a bare ValueError would be INTERNAL.
-    assert issubclass(InvalidInput, CoordinatorError)
+    assert issubclass(InvalidRequest, CoordinatorError)

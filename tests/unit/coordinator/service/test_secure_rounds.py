@@ -1,8 +1,8 @@
 """Secure-aggregation rounds in the coordinator service, driven with real secagg participants.
 
 No gRPC: each organization is a real ``SecAggClient`` with a CA-issued certificate, answering
-what ``next_work`` asks through ``submit_message``/``submit_update``. The oracle (TEST-MATRIX):
-a committed model equals base + the weighted mean delta over exactly the recorded contributors,
+what ``next_work`` asks through ``submit_message``/``submit_update``. The oracle: a
+committed model equals base + the weighted mean delta over exactly the recorded contributors,
 within the quantization bound; nothing is released with fewer than ``t``; bad messages change
 nothing; the coordinator's files never hold one organization's update.
 """
@@ -28,18 +28,13 @@ from sqlalchemy import select
 
 from coordinator.domain.jobs import Job, JobSpec, SecAggSettings
 from coordinator.domain.rounds import Phase, Round
-from coordinator.errors import ConflictingSubmission, InvalidInput, NotFound, WrongPhase
+from coordinator.errors import ConflictingSubmission, InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence import schema
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
+from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.rounds import (
-    CoordinatorService,
-    MessageSubmission,
-    UpdateSubmission,
-    WorkItem,
-    WorkKind,
-)
+from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
 from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
 from fedsilo.protection import (
@@ -51,33 +46,31 @@ from fedsilo.protection import (
 )
 from fedsilo.tasks import TrainingSettings
 from secagg import (
+    AgreementKeyPair,
     EncryptedShare,
     ParticipantContext,
     RoundConfig,
     SecAggClient,
     SignedKeys,
     UnmaskRequest,
+    VerifyingKey,
+    encode_fields,
 )
 from secagg.paillier import (
+    DealtKey,
+    JobKey,
     PackingLayout,
     PaillierCiphertexts,
     PaillierPrivateKey,
+    SealedKey,
     decrypt_vector,
     encrypt_vector,
     generate_private_key,
-)
-from secagg.paillier.ceremony import (
-    DealtKey,
-    JobKey,
-    SealedKey,
     make_job_key,
     open_private_key,
     seal_private_key,
     sign_public_key,
 )
-from secagg.primitives.agreement import AgreementKeyPair
-from secagg.primitives.encoding import encode_fields
-from secagg.primitives.signatures import VerifyingKey
 
 T0 = 1_700_000_000.0
 SHAPES = ((4, 3), (3,))
@@ -540,7 +533,7 @@ def test_bad_messages_are_refused_and_change_nothing(consortium: Consortium) -> 
     cases = list(_bad_messages(consortium, job))
     before = _state(consortium)
     for sender, what, message, pem in cases:
-        with pytest.raises((InvalidInput, WrongPhase, NotFound)):
+        with pytest.raises((InvalidRequest, WrongRoundPhase, NotFound)):
             consortium.service.submit_message(sender, message, pem)
         assert _state(consortium) == before, what
 
@@ -566,7 +559,7 @@ def test_bad_masked_inputs_are_refused_and_change_nothing(consortium: Consortium
     for what, tensors, changes in cases:
         header, payload = encode_tensors(tensors)
         update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header)
-        with pytest.raises((InvalidInput, WrongPhase)):
+        with pytest.raises((InvalidRequest, WrongRoundPhase)):
             consortium.service.submit_update(
                 "org-a", dataclasses.replace(update, **changes), payload
             )
@@ -588,7 +581,7 @@ def test_an_organization_that_sent_no_shares_may_not_send_an_input(
     vector = np.zeros(sum(math.prod(s) for s in SHAPES) + 1, dtype=np.uint32)
     header, payload = encode_tensors([vector])
     before = _state(consortium)
-    with pytest.raises(WrongPhase, match="sent no shares"):
+    with pytest.raises(WrongRoundPhase, match="sent no shares"):
         consortium.service.submit_update(
             "org-e",
             UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header),
@@ -715,7 +708,7 @@ def test_payload_header_of_a_masked_input_is_checked(consortium: Consortium) -> 
     lying = PayloadHeader(header.tensors, header.total_bytes, b"\x00" * 32)
     update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, lying)
     before = _state(consortium)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidRequest):
         consortium.service.submit_update("org-a", update, payload)
     assert _state(consortium) == before
 
@@ -787,7 +780,7 @@ def test_a_paillier_round_releases_only_ciphertexts_and_a_correction(
     mean = _decrypt_version(consortium, job, paillier_key, 1)
     assert np.max(np.abs(mean - expected_delta(survivors))) <= bound()
     # Only participants get the encrypted version; anyone else is sent to a participant.
-    with pytest.raises(WrongPhase, match="export the model from a participant"):
+    with pytest.raises(WrongRoundPhase, match="export the model from a participant"):
         consortium.service.read_model(job.job_id, 1)
     # The coordinator's files hold no individual update and no plaintext aggregate.
     _assert_no_individual_update(consortium, consortium.members)
@@ -864,7 +857,7 @@ def test_bad_ciphertexts_are_refused_and_change_nothing(
     for what, data in cases.items():
         header, payload = encode_tensors([np.frombuffer(data, dtype=np.uint8)])
         update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header)
-        with pytest.raises(InvalidInput):
+        with pytest.raises(InvalidRequest):
             consortium.service.submit_update("org-a", update, payload)
         assert _state(consortium) == before, what
 
@@ -1042,13 +1035,13 @@ def test_bad_ceremony_messages_are_refused_and_change_nothing(
         job.job_id, "org-b", paillier_key.public_key, consortium.orgs["org-b"].key
     )
     cases: list[tuple[str, str, bytes, bytes, type[Exception]]] = [
-        ("org-b", "job_key", b"garbage", pem["org-b"], InvalidInput),
-        ("org-b", "job_key", other_job.to_bytes(), pem["org-b"], InvalidInput),
-        ("org-b", "job_key", forged.to_bytes(), pem["org-b"], InvalidInput),
-        ("org-c", "job_key", key_b.to_bytes(), pem["org-c"], InvalidInput),
-        ("org-b", "unknown", b"", pem["org-b"], InvalidInput),
-        ("org-b", "dealt_key", dealt_by_b.to_bytes(), pem["org-b"], WrongPhase),
-        ("org-b", "confirm", paillier_key.public_key.fingerprint, pem["org-b"], WrongPhase),
+        ("org-b", "job_key", b"garbage", pem["org-b"], InvalidRequest),
+        ("org-b", "job_key", other_job.to_bytes(), pem["org-b"], InvalidRequest),
+        ("org-b", "job_key", forged.to_bytes(), pem["org-b"], InvalidRequest),
+        ("org-c", "job_key", key_b.to_bytes(), pem["org-c"], InvalidRequest),
+        ("org-b", "unknown", b"", pem["org-b"], InvalidRequest),
+        ("org-b", "dealt_key", dealt_by_b.to_bytes(), pem["org-b"], WrongRoundPhase),
+        ("org-b", "confirm", paillier_key.public_key.fingerprint, pem["org-b"], WrongRoundPhase),
     ]
 
     def count() -> int:
@@ -1075,9 +1068,9 @@ def test_bad_ceremony_messages_are_refused_and_change_nothing(
     # org-b is not the dealer while org-a (a lower id) has a job key.
     while consortium.step():
         pass
-    with pytest.raises(WrongPhase):
+    with pytest.raises(WrongRoundPhase):
         service.submit_ceremony(
             "org-b", job.job_id, "dealt_key", dealt_by_b.to_bytes(), pem["org-b"]
         )
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidRequest):
         service.submit_ceremony("org-b", job.job_id, "confirm", b"\x00" * 32, pem["org-b"])

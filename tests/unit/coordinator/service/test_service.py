@@ -1,8 +1,7 @@
 """CoordinatorService use cases, driven directly (no gRPC) with SQLite, a blob dir and a fake clock.
 
 The oracle: a committed model version equals the weighted FedAvg mean over exactly the recorded
-contributors; acknowledged submissions count once; bad input changes nothing (TEST-MATRIX R7-R10,
-S8).
+contributors; acknowledged submissions count once; bad input changes nothing.
 """
 
 from __future__ import annotations
@@ -30,20 +29,16 @@ from coordinator.domain.jobs import (
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import (
     ConflictingSubmission,
-    InvalidInput,
+    InvalidRequest,
     NotFound,
-    WrongPhase,
+    WrongRoundPhase,
 )
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
+from coordinator.service.context import CoordinatorSettings
+from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.rounds import (
-    Acknowledgement,
-    CoordinatorService,
-    CoordinatorSettings,
-    UpdateSubmission,
-    WorkKind,
-)
+from coordinator.service.views import Acknowledgement, UpdateSubmission, WorkKind
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
@@ -328,7 +323,7 @@ def test_aggregate_covers_exactly_the_contributors_at_the_deadline(harness: Harn
     assert harness.round(round_.round_id).phase is Phase.INPUTS  # org-c still has time
 
     harness.clock.now = round_.deadline_at + 0.001
-    with pytest.raises(WrongPhase, match="deadline"):
+    with pytest.raises(WrongRoundPhase, match="deadline"):
         harness.submit("org-c", round_, update_weights(3), 1000)  # late: not counted (R9)
     harness.drive(lambda: harness.round(round_.round_id).phase is Phase.COMMITTED, "commit")
     committed = harness.round(round_.round_id)
@@ -417,7 +412,7 @@ def test_late_submission_is_refused_and_not_counted(harness: Harness) -> None:
     harness.submit("org-a", round_, update_weights(1), 5)
     before, refs = harness.round(round_.round_id), harness.blobs.refs()
     harness.clock.now = round_.deadline_at + 1
-    with pytest.raises(WrongPhase, match="deadline"):
+    with pytest.raises(WrongRoundPhase, match="deadline"):
         harness.submit("org-b", round_, update_weights(2), 5)
     _assert_unchanged(harness, before, 1, refs)
 
@@ -444,7 +439,7 @@ def test_submission_for_a_finished_round_is_refused(harness: Harness) -> None:
     harness.clock.now = round_.deadline_at + 1
     harness.drive(lambda: harness.round(round_.round_id).phase is Phase.COMMITTED, "commit")
     old, refs = harness.round(round_.round_id), harness.blobs.refs()
-    with pytest.raises(WrongPhase, match="phase committed"):
+    with pytest.raises(WrongRoundPhase, match="phase committed"):
         harness.submit("org-c", round_, update_weights(3), 1)
     _assert_unchanged(harness, old, 2, refs)
     assert harness.service.get_job(job.job_id).job.model_version == 1
@@ -462,7 +457,7 @@ def test_out_of_order_submission_is_wrong_phase(
 ) -> None:
     _, round_ = harness.running_job()
     before, refs = harness.round(round_.round_id), harness.blobs.refs()
-    with pytest.raises(WrongPhase, match=match):
+    with pytest.raises(WrongRoundPhase, match=match):
         harness.submit("org-a", round_, update_weights(1), 5, **changes)
     _assert_unchanged(harness, before, 0, refs)
 
@@ -472,7 +467,7 @@ def test_participant_outside_the_cohort_is_wrong_phase(harness: Harness) -> None
     harness.join("org-late")  # joined after the cohort was chosen
     before, refs = harness.round(round_.round_id), harness.blobs.refs()
     assert harness.service.next_work("org-late").kind is WorkKind.WAIT
-    with pytest.raises(WrongPhase, match="cohort"):
+    with pytest.raises(WrongRoundPhase, match="cohort"):
         harness.submit("org-late", round_, update_weights(1), 5)
     _assert_unchanged(harness, before, 0, refs)
 
@@ -514,7 +509,7 @@ def test_bad_update_is_invalid_and_stores_nothing(harness: Harness, case: str) -
     harness.submit("org-b", round_, update_weights(7), 2)  # so there is state to protect
     before, refs = harness.round(round_.round_id), harness.blobs.refs()
     weights, num_examples, loss, match = BAD_UPDATES[case]
-    with pytest.raises(InvalidInput, match=match):
+    with pytest.raises(InvalidRequest, match=match):
         harness.submit("org-a", round_, weights, num_examples, train_loss=loss)
     _assert_unchanged(harness, before, 1, refs)
     # The refusal did not burn the slot: a good update is still accepted afterwards.
@@ -526,9 +521,9 @@ def test_payload_that_does_not_match_its_header_is_invalid(harness: Harness) -> 
     before, refs = harness.round(round_.round_id), harness.blobs.refs()
     header, payload = encode_tensors(update_weights(1))
     tampered = bytes([payload[0] ^ 1]) + payload[1:]
-    with pytest.raises(InvalidInput, match="SHA-256"):
+    with pytest.raises(InvalidRequest, match="SHA-256"):
         harness.submit("org-a", round_, update_weights(1), 5, header=header, payload=tampered)
-    with pytest.raises(InvalidInput, match="bytes"):
+    with pytest.raises(InvalidRequest, match="bytes"):
         harness.submit("org-a", round_, update_weights(1), 5, header=header, payload=payload[:-4])
     _assert_unchanged(harness, before, 0, refs)
 
@@ -546,7 +541,7 @@ def test_oversized_payload_is_refused_before_decoding(tmp_path: Path) -> None:
         limited.service.start_job(job.job_id, actor="admin")
         round_ = limited.current_round(job.job_id)
         big = [np.zeros(40, np.float32)]  # 160 bytes
-        with pytest.raises(InvalidInput, match="exceeds"):
+        with pytest.raises(InvalidRequest, match="exceeds"):
             limited.submit("org-a", round_, big, 1)
         assert limited.count("submissions") == 0
     finally:
@@ -561,7 +556,7 @@ def test_header_with_overflowing_zero_size_shape_is_invalid(harness: Harness) ->
     header = PayloadHeader(
         (TensorSpec("float32", (0, 1 << 62, 1 << 62)),), 0, hashlib.sha256(empty).digest()
     )
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidRequest):
         harness.submit("org-a", round_, [], 5, header=header, payload=empty)
 
 
@@ -654,9 +649,9 @@ def test_bad_initial_weights_create_no_job(
     harness: Harness, weights: list[npt.NDArray[Any]], match: str
 ) -> None:
     header, payload = encode_tensors(weights)
-    with pytest.raises(InvalidInput, match=match):
+    with pytest.raises(InvalidRequest, match=match):
         harness.service.create_job(make_spec(), header, payload, actor="admin")
-    with pytest.raises(InvalidInput, match="num_rounds"):
+    with pytest.raises(InvalidRequest, match="num_rounds"):
         harness.service.create_job(
             make_spec(num_rounds=0), *encode_tensors(initial_weights()), actor="admin"
         )
@@ -668,7 +663,7 @@ def test_bad_initial_weights_create_no_job(
 def test_job_can_be_started_once(harness: Harness) -> None:
     job = harness.create_job()
     harness.service.start_job(job.job_id, actor="admin")
-    with pytest.raises(WrongPhase):
+    with pytest.raises(WrongRoundPhase):
         harness.service.start_job(job.job_id, actor="admin")
     with pytest.raises(NotFound):
         harness.service.start_job("no-such-job", actor="admin")
@@ -686,7 +681,7 @@ def test_metric_reports_are_checked_and_deduplicated(harness: Harness) -> None:
         "accuracy": dataclasses.replace(good, accuracy=1.5),
     }
     for match, report in bad.items():
-        with pytest.raises(InvalidInput, match=match):
+        with pytest.raises(InvalidRequest, match=match):
             harness.service.report_metrics(report)
     with pytest.raises(NotFound):
         harness.service.report_metrics(dataclasses.replace(good, version=2))

@@ -33,7 +33,7 @@ from cryptography import x509
 
 from coordinator.domain.jobs import Job, PhaseMessage
 from coordinator.domain.rounds import Phase, Round
-from coordinator.errors import InvalidInput, WrongPhase
+from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
@@ -41,16 +41,17 @@ from fedsilo.protection import SecAggParameters, decode_share_list, unflatten
 from secagg import (
     ConsistencySignature,
     RoundConfig,
+    SecAggError,
     SecAggServer,
     SignedKeys,
     UnmaskRequest,
     UnmaskResponse,
+    VerifyingKey,
+    verifying_key,
 )
-from secagg import errors as secagg_errors
-from secagg.paillier import PackingLayout, PaillierCiphertexts, PaillierPublicKey, add_ciphertexts
-from secagg.primitives.signatures import VerifyingKey, verifying_key
+from secagg import WrongPhase as SecAggWrongPhase
 
-__all__ = ["SMALL_PHASES", "SecAggStep", "SecureRounds", "certificate_key"]
+__all__ = ["SMALL_PHASES", "SecAggStep", "SecureRoundCoordinator", "certificate_key"]
 
 SMALL_PHASES = (Phase.KEYS, Phase.SHARES, Phase.CONSISTENCY, Phase.UNMASK)
 """The phases answered with SubmitMessage; INPUTS is answered with SubmitUpdate."""
@@ -83,7 +84,7 @@ class Unmasked:
     total_weight: int
 
 
-class SecureRounds:
+class SecureRoundCoordinator:
     """Secure-aggregation bookkeeping of the coordinator over its store and blob store."""
 
     def __init__(self, blobs: BlobStore) -> None:
@@ -213,11 +214,13 @@ class SecureRounds:
     ) -> PhaseMessage:
         """Validate a small message against the replayed round; return the row to store."""
         if phase not in SMALL_PHASES:
-            raise InvalidInput(f"phase {phase.value} is not answered with a message")
+            raise InvalidRequest(f"phase {phase.value} is not answered with a message")
         if len(body) > _MAX_MESSAGE_BYTES:
-            raise InvalidInput(f"a phase message is limited to {_MAX_MESSAGE_BYTES} bytes")
+            raise InvalidRequest(f"a phase message is limited to {_MAX_MESSAGE_BYTES} bytes")
         if org_id not in self.expected(tx, round_):
-            raise WrongPhase(f"this organization does not take part in the {phase.value} phase")
+            raise WrongRoundPhase(
+                f"this organization does not take part in the {phase.value} phase"
+            )
         newcomer = (org_id, certificate_pem) if phase is Phase.KEYS else None
         try:
             server = self._replay(tx, round_, job, newcomer=newcomer)
@@ -229,10 +232,10 @@ class SecureRounds:
                 server.receive_consistency(org_id, ConsistencySignature.from_bytes(body))
             else:
                 server.receive_unmask(org_id, UnmaskResponse.from_bytes(body))
-        except secagg_errors.WrongPhase as exc:
-            raise WrongPhase(str(exc)) from None
-        except secagg_errors.SecAggError as exc:
-            raise InvalidInput(f"the {phase.value} message was refused: {exc}") from None
+        except SecAggWrongPhase as exc:
+            raise WrongRoundPhase(str(exc)) from None
+        except SecAggError as exc:
+            raise InvalidRequest(f"the {phase.value} message was refused: {exc}") from None
         return PhaseMessage(
             round_.round_id,
             org_id,
@@ -245,25 +248,18 @@ class SecureRounds:
         self, tx: Transaction, round_: Round, job: Job, org_id: str, header: PayloadHeader
     ) -> None:
         """A masked input comes from a member of U2 and is one vector of the round's words."""
-        if org_id not in self.senders(tx, round_, Phase.SHARES):
-            raise WrongPhase("this organization sent no shares in this round")
+        self.require_shares_sent(tx, round_, org_id)
         expected = self.input_spec(job)
         if header.tensors != (expected,):
             got = ", ".join(f"{s.dtype}{list(s.shape)}" for s in header.tensors) or "nothing"
-            raise InvalidInput(
+            raise InvalidRequest(
                 f"a masked input is one tensor {expected.dtype}{list(expected.shape)}, got {got}"
             )
 
-    def check_encrypted_input(
-        self, tx: Transaction, round_: Round, job: Job, org_id: str, header: PayloadHeader
-    ) -> None:
-        """An encrypted input comes from a member of U2 and is one vector of bytes."""
+    def require_shares_sent(self, tx: Transaction, round_: Round, org_id: str) -> None:
+        """Only a member of U2 may send an input: the others' masks cannot be removed."""
         if org_id not in self.senders(tx, round_, Phase.SHARES):
-            raise WrongPhase("this organization sent no shares in this round")
-        if len(header.tensors) != 1 or header.tensors[0].dtype != "uint8":
-            raise InvalidInput("an encrypted input is one uint8 tensor of Paillier ciphertexts")
-        if len(header.tensors[0].shape) != 1:
-            raise InvalidInput("an encrypted input is a 1-D tensor of bytes")
+            raise WrongRoundPhase("this organization sent no shares in this round")
 
     # -- the running sum of masked inputs -------------------------------------------------------
 
@@ -286,43 +282,13 @@ class SecureRounds:
         (total,) = decode_tensors(header, payload)
         return total
 
-    def add_encrypted(
-        self, round_: Round, job: Job, public_key: PaillierPublicKey, payload: bytes
-    ) -> str:
-        """Multiply one participant's ciphertexts into the round's running product; store it."""
-        try:
-            new = PaillierCiphertexts.from_bytes(payload, public_key)
-        except secagg_errors.SecAggError as exc:
-            raise InvalidInput(f"the encrypted input was refused: {exc}") from None
-        expected = PackingLayout(
-            job.spec.secagg.modulus_bits, job.spec.secagg.max_participants, public_key.bits
-        )
-        if new.layout != expected or new.value_count != self.vector_length(job):
-            raise InvalidInput(
-                f"an encrypted input packs {self.vector_length(job)} values in the job's layout"
-            )
-        if new.contributions != 1:
-            raise InvalidInput("an encrypted input is one participant's contribution")
-        if round_.accumulator_ref is not None:
-            total = PaillierCiphertexts.from_bytes(
-                self._blobs.get(round_.accumulator_ref), public_key
-            )
-            new = add_ciphertexts(public_key, [total, new])
-        return self._blobs.put(new.to_bytes())
+    def mask_correction(self, tx: Transaction, round_: Round, job: Job) -> npt.NDArray[Any]:
+        """``-(every mask) mod R`` from the UNMASK answers: the unmasking of a zero sum.
 
-    def encrypted_result(self, tx: Transaction, round_: Round, job: Job) -> bytes:
-        """The payload of a paillier model version: the summed ciphertexts and the correction.
-
-        The correction ``C = -(every mask) mod R`` comes from the UNMASK answers, unmasking a zero
-        sum; participants decrypt the sum ``S`` and take ``(S + C) mod R``. ``C`` alone reveals
-        nothing: it is a sum of uniformly random masks.
+        It reveals nothing on its own: it is a sum of uniformly random masks.
         """
         zeros = np.zeros(self.vector_length(job), dtype=self.config(round_, job).dtype)
-        correction = self._replay(tx, round_, job, total=zeros).finish()
-        assert round_.accumulator_ref is not None  # U3 has at least t >= 2 members
-        summed = np.frombuffer(self._blobs.get(round_.accumulator_ref), dtype=np.uint8)
-        _, payload = encode_tensors([summed, correction])
-        return payload
+        return self._replay(tx, round_, job, total=zeros).finish()
 
     # -- unmasking ------------------------------------------------------------------------------
 
@@ -398,8 +364,8 @@ def certificate_key(pem: bytes) -> VerifyingKey:
     try:
         certificate = x509.load_pem_x509_certificate(pem)
     except ValueError:
-        raise InvalidInput("the sender's certificate could not be read") from None
+        raise InvalidRequest("the sender's certificate could not be read") from None
     try:
         return verifying_key(certificate.public_key())
-    except secagg_errors.SecAggError as exc:
-        raise InvalidInput(str(exc)) from None
+    except SecAggError as exc:
+        raise InvalidRequest(str(exc)) from None

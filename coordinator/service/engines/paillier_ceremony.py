@@ -23,16 +23,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coordinator.domain.jobs import Job, JobMessage
-from coordinator.errors import InvalidInput, WrongPhase
+from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
-from coordinator.service.secure_rounds import certificate_key
+from coordinator.service.engines.secure_rounds import certificate_key
 from fedsilo.protection import SecAggParameters
-from secagg import errors as secagg_errors
-from secagg.paillier import PaillierPublicKey
-from secagg.paillier.ceremony import DealtKey, JobKey, SealedKey
-from secagg.primitives.encoding import decode_fields
+from secagg import SecAggError, decode_fields
+from secagg.paillier import DealtKey, JobKey, PaillierPublicKey, SealedKey
 
-__all__ = ["ACTIONS", "CeremonyStep", "KeyCeremony"]
+__all__ = ["ACTIONS", "CeremonyStep", "CeremonyCoordinator"]
 
 ACTIONS = ("job_key", "dealt_key", "sealed", "confirm")
 """What a participant may submit (SubmitCeremony ``action``)."""
@@ -70,7 +68,7 @@ class _State:
         return min(first) if len(first) >= max(1, min_participants) else None
 
 
-class KeyCeremony:
+class CeremonyCoordinator:
     """Key-ceremony bookkeeping over the store."""
 
     @staticmethod
@@ -182,14 +180,14 @@ class KeyCeremony:
     ) -> list[tuple[str, bytes, bytes]]:
         """Validate a ceremony message; return the (kind, body, certificate) rows to store."""
         if action not in ACTIONS:
-            raise InvalidInput(f"unknown ceremony action {action!r}")
+            raise InvalidRequest(f"unknown ceremony action {action!r}")
         if len(body) > _MAX_BODY_BYTES:
-            raise InvalidInput(f"a ceremony message is limited to {_MAX_BODY_BYTES} bytes")
+            raise InvalidRequest(f"a ceremony message is limited to {_MAX_BODY_BYTES} bytes")
         state = self._state(tx, job.job_id)
         try:
             return self._check(job, state, org_id, action, body, certificate_pem)
-        except secagg_errors.SecAggError as exc:
-            raise InvalidInput(f"the {action} message was refused: {exc}") from None
+        except SecAggError as exc:
+            raise InvalidRequest(f"the {action} message was refused: {exc}") from None
 
     def _check(
         self,
@@ -203,50 +201,50 @@ class KeyCeremony:
         if action == "job_key":
             key = JobKey.from_bytes(body)
             if key.participant != org_id:
-                raise InvalidInput("a job key must name its sender")
+                raise InvalidRequest("a job key must name its sender")
             key.verify(job.job_id, certificate_key(certificate_pem))
             return [("job_key", body, certificate_pem)]
         if org_id not in state.job_keys:
-            raise WrongPhase("this organization has sent no job key")
+            raise WrongRoundPhase("this organization has sent no job key")
         if action == "dealt_key":
             if state.dealt is not None:
-                raise WrongPhase("the job's key was already dealt")
+                raise WrongRoundPhase("the job's key was already dealt")
             if org_id != state.dealer_for(job.spec.min_participants):
-                raise WrongPhase("this organization is not the job's dealer")
+                raise WrongRoundPhase("this organization is not the job's dealer")
             dealt = DealtKey.from_bytes(body)
             if dealt.dealer != org_id:
-                raise InvalidInput("a dealt key must name its dealer")
+                raise InvalidRequest("a dealt key must name its dealer")
             public = dealt.verify(
                 job.job_id, certificate_key(state.job_keys[org_id].certificate_pem)
             )
             if public.bits != job.spec.paillier_key_bits:
-                raise InvalidInput(
+                raise InvalidRequest(
                     f"the job asks for a {job.spec.paillier_key_bits}-bit key, not {public.bits}"
                 )
             return [("dealt_key", body, b"")]
         if state.dealt is None:
-            raise WrongPhase("the job's key has not been dealt yet")
+            raise WrongRoundPhase("the job's key has not been dealt yet")
         if action == "sealed":
             if org_id != state.dealt.org_id and org_id not in state.confirmed:
-                raise WrongPhase("only a holder of the job's key may seal it")
+                raise WrongRoundPhase("only a holder of the job's key may seal it")
             rows = []
             for item in decode_fields(body):
                 sealed = SealedKey.from_bytes(item)
                 if sealed.sender != org_id:
-                    raise InvalidInput("a sealed key must name its sender")
+                    raise InvalidRequest("a sealed key must name its sender")
                 if sealed.receiver not in state.job_keys or sealed.receiver == org_id:
-                    raise InvalidInput(f"no job key of {sealed.receiver!r} to seal for")
+                    raise InvalidRequest(f"no job key of {sealed.receiver!r} to seal for")
                 rows.append((f"sealed:{sealed.receiver}", item, b""))
             if not rows:
-                raise InvalidInput("no sealed keys in the message")
+                raise InvalidRequest("no sealed keys in the message")
             return rows
         fingerprint = PaillierPublicKey.from_bytes(
             DealtKey.from_bytes(state.dealt.body).public_key
         ).fingerprint
         if body != fingerprint:
-            raise InvalidInput("the confirmation names another key")
+            raise InvalidRequest("the confirmation names another key")
         if org_id != state.dealt.org_id and org_id not in state.sealed:
-            raise WrongPhase("no key was sealed for this organization")
+            raise WrongRoundPhase("no key was sealed for this organization")
         return [("confirm", body, b"")]
 
 

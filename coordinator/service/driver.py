@@ -1,0 +1,88 @@
+"""The deadline driver: advance open rounds, commit aggregates, open the next round of each job.
+
+It runs on the coordinator's clock only, on a timer and after every accepted submission; what a
+protection mode does in its phases is its round engine's, committing is shared by all modes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from coordinator.domain.jobs import Job, JobState, ParticipantStatus
+from coordinator.domain.rounds import Phase, Round
+from coordinator.service.context import ServiceContext
+from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.round_ledger import RoundLedger
+from fedsilo.logs import context
+
+__all__ = ["RoundDriver"]
+
+log = logging.getLogger("coordinator")
+
+
+class RoundDriver:
+    """Moves every running job forward."""
+
+    def __init__(self, ctx: ServiceContext, ledger: RoundLedger, engines: RoundEngines) -> None:
+        self._ctx = ctx
+        self._ledger = ledger
+        self._engines = engines
+
+    def tick(self) -> None:
+        """Advance every job: finish or abort rounds, commit aggregates, open new rounds."""
+        changed = False
+        with self._ctx.lock:
+            with self._ctx.store.transaction() as tx:
+                open_rounds = tx.open_rounds()
+                running = tx.list_jobs((JobState.RUNNING,))
+            for round_ in open_rounds:
+                changed |= self._advance_round(round_)
+            busy = {r.job_id for r in open_rounds}
+            for job in running:
+                if job.job_id not in busy:
+                    changed |= self._open_round(job)
+        if changed:
+            self._ctx.changes.notify()
+
+    def _advance_round(self, round_: Round) -> bool:
+        now = self._ctx.clock()
+        if round_.phase is Phase.AGGREGATED:
+            self._ledger.commit(round_, now)
+            return True
+        return self._engines[round_.protection].advance(round_, now)
+
+    def _open_round(self, job: Job) -> bool:
+        now = self._ctx.clock()
+        live_after = now - self._ctx.settings.liveness_seconds
+        with self._ctx.store.transaction() as tx:
+            live = tuple(
+                sorted(
+                    p.org_id
+                    for p in tx.list_participants()
+                    if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
+                )
+            )
+            cohort = self._engines[job.spec.protection].select_cohort(tx, job, live, now)
+            if cohort is None or len(cohort) < job.spec.min_participants:
+                return False
+            number = len(tx.list_rounds(job.job_id)) + 1
+            round_ = Round(
+                round_id=self._ctx.new_id(),
+                job_id=job.job_id,
+                number=number,
+                protection=job.spec.protection,
+                phase=Phase.CREATED,
+                row_version=0,
+                base_version=job.model_version,
+                cohort=cohort,
+                deadline_at=now + job.spec.round_timeout_seconds,
+                created_at=now,
+            )
+            tx.add_round(round_)
+        log.info(
+            "round opened with cohort of %d",
+            len(cohort),
+            **context(job=job.job_id, round=str(number), phase="created"),
+        )
+        self._advance_round(round_)
+        return True

@@ -1,0 +1,1 @@
+"""One round engine per protection mode, behind ``RoundEngine``, found through ``registry``."""

@@ -1,0 +1,117 @@
+"""``CoordinatorService``: one object the servicers and tests hold, delegating to the use cases.
+
+It wires the shared context, the round ledger, one round engine per protection mode, the
+deadline driver and the use-case services together, and adds no logic of its own.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from coordinator.domain.jobs import Job, JobSpec, MetricReport
+from coordinator.persistence.blobs import BlobStore
+from coordinator.persistence.store import Store
+from coordinator.service.context import CoordinatorSettings, ServiceContext
+from coordinator.service.driver import RoundDriver
+from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.jobs import JobService
+from coordinator.service.metrics import MetricsService
+from coordinator.service.round_ledger import RoundLedger
+from coordinator.service.submissions import SubmissionService
+from coordinator.service.views import (
+    Acknowledgement,
+    JobView,
+    MessageSubmission,
+    RoundOutcomeView,
+    UpdateSubmission,
+    WorkItem,
+)
+from coordinator.service.work import WorkService
+from fedsilo.codec import PayloadHeader
+
+__all__ = ["CoordinatorService"]
+
+
+class CoordinatorService:
+    """The coordinator's use cases over a Store and a BlobStore."""
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        settings: CoordinatorSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        ctx = ServiceContext(store, blobs, settings or CoordinatorSettings(), clock, new_id)
+        ledger = RoundLedger(ctx)
+        engines = RoundEngines(ctx, ledger)
+        self._ctx = ctx
+        self.driver = RoundDriver(ctx, ledger, engines)
+        self.jobs = JobService(ctx, ledger, engines, self.driver)
+        self.work = WorkService(ctx, engines)
+        self.submissions = SubmissionService(ctx, ledger, engines, self.driver)
+        self.metrics = MetricsService(ctx)
+
+    @property
+    def settings(self) -> CoordinatorSettings:
+        return self._ctx.settings
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+        return self.jobs.create_job(spec, header, payload, actor)
+
+    def start_job(self, job_id: str, actor: str) -> Job:
+        return self.jobs.start_job(job_id, actor)
+
+    def get_job(self, job_id: str) -> JobView:
+        return self.jobs.get_job(job_id)
+
+    def list_jobs(self) -> list[JobView]:
+        return self.jobs.list_jobs()
+
+    def read_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, bytes]:
+        return self.jobs.read_model(job_id, version, encrypted=encrypted)
+
+    # -- participant work -----------------------------------------------------------------------
+
+    def next_work(self, org_id: str) -> WorkItem:
+        return self.work.next_work(org_id)
+
+    def wait_for_work(
+        self, org_id: str, wait_seconds: float, still_wanted: Callable[[], bool] = lambda: True
+    ) -> WorkItem:
+        return self.work.wait_for_work(org_id, wait_seconds, still_wanted)
+
+    def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcomeView]:
+        return self.work.round_outcomes(round_ids)
+
+    # -- submissions and metrics ----------------------------------------------------------------
+
+    def submit_update(
+        self, org_id: str, update: UpdateSubmission, payload: bytes
+    ) -> Acknowledgement:
+        return self.submissions.submit_update(org_id, update, payload)
+
+    def submit_message(
+        self, org_id: str, message: MessageSubmission, certificate_pem: bytes
+    ) -> Acknowledgement:
+        return self.submissions.submit_message(org_id, message, certificate_pem)
+
+    def submit_ceremony(
+        self, org_id: str, job_id: str, action: str, body: bytes, certificate_pem: bytes
+    ) -> Acknowledgement:
+        return self.submissions.submit_ceremony(org_id, job_id, action, body, certificate_pem)
+
+    def report_metrics(self, report: MetricReport) -> bool:
+        return self.metrics.report_metrics(report)
+
+    # -- the driver -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.driver.tick()

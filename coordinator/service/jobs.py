@@ -1,0 +1,126 @@
+"""Job use cases: create (spec and initial weights), start, status, and reading model versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
+from coordinator.errors import InvalidRequest, WrongRoundPhase
+from coordinator.persistence.store import Transaction
+from coordinator.service.context import ServiceContext, require_job, sha256
+from coordinator.service.driver import RoundDriver
+from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.metrics import summarize
+from coordinator.service.payloads import check_finite_or_invalid, decode_payload
+from coordinator.service.round_ledger import RoundLedger
+from coordinator.service.views import JobView
+from fedsilo.codec import PayloadHeader
+from fedsilo.logs import context
+from fedsilo.protection import Protection
+
+__all__ = ["JobService"]
+
+log = logging.getLogger("coordinator")
+
+
+class JobService:
+    """What admins do with jobs, and the model versions both roles download."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        ledger: RoundLedger,
+        engines: RoundEngines,
+        driver: RoundDriver,
+    ) -> None:
+        self._ctx = ctx
+        self._ledger = ledger
+        self._engines = engines
+        self._driver = driver
+
+    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+        """Validate the spec and initial weights, store them as model version 0."""
+        spec.validate()
+        weights = decode_payload(header, payload, self._ctx.settings.max_payload_bytes)
+        for index, array in enumerate(weights):
+            if array.dtype != np.float32:
+                raise InvalidRequest(
+                    f"initial weight tensor {index} must be float32, not {array.dtype}"
+                )
+        check_finite_or_invalid(weights)
+        now = self._ctx.clock()
+        job = Job(
+            job_id=self._ctx.new_id(),
+            spec=spec,
+            state=JobState.CREATED,
+            model_version=0,
+            weight_specs=header.tensors,
+            created_at=now,
+        )
+        blob_ref = self._ctx.blobs.put(payload)
+        with self._ctx.lock, self._ctx.store.transaction() as tx:
+            tx.add_job(job)
+            tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
+            tx.add_audit(now, actor, "job.create", "ok", f"job={job.job_id} task={spec.task_name}")
+        log.info(
+            "job created: %s (%d rounds, protection %s)",
+            spec.name,
+            spec.num_rounds,
+            spec.protection.value,
+            **context(job=job.job_id),
+        )
+        if spec.protection is Protection.NONE:
+            log.warning(
+                "job %s uses protection 'none': the coordinator sees every update in the clear",
+                spec.name,
+                **context(job=job.job_id),
+            )
+        return job
+
+    def start_job(self, job_id: str, actor: str) -> Job:
+        with self._ctx.lock, self._ctx.store.transaction() as tx:
+            job = require_job(tx, job_id)
+            if job.state is not JobState.CREATED:
+                raise WrongRoundPhase(
+                    f"job is {job.state.value}; only a created job can be started"
+                )
+            job = dataclasses.replace(job, state=JobState.RUNNING)
+            tx.update_job(job)
+            tx.add_audit(self._ctx.clock(), actor, "job.start", "ok", f"job={job_id}")
+        log.info("job started", **context(job=job_id))
+        self._driver.tick()
+        return job
+
+    def get_job(self, job_id: str) -> JobView:
+        with self._ctx.store.transaction() as tx:
+            return self._view(tx, require_job(tx, job_id))
+
+    def list_jobs(self) -> list[JobView]:
+        with self._ctx.store.transaction() as tx:
+            return [self._view(tx, job) for job in tx.list_jobs()]
+
+    def _view(self, tx: Transaction, job: Job) -> JobView:
+        rounds = tuple(tx.list_rounds(job.job_id))
+        return JobView(
+            job,
+            rounds,
+            summarize(tx.list_metrics(job.job_id)),
+            tuple(self._engines[r.protection].threshold(job, r) for r in rounds),
+        )
+
+    def read_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, bytes]:
+        """A committed model version (-1: the latest): its number, header and payload.
+
+        ``encrypted``: the caller is a participant, which may receive a version that exists only
+        encrypted (the round engine of the job's protection decides what is served).
+        """
+        job, wanted, payload = self._ledger.model_payload(job_id, version)
+        specs = self._engines[job.spec.protection].model_specs(
+            job, wanted, len(payload), encrypted=encrypted
+        )
+        return wanted, PayloadHeader(specs, len(payload), sha256(payload)), payload

@@ -1,0 +1,111 @@
+"""Writes every round engine and the driver share: phase transitions, aborts, superseded blobs.
+
+State changes of a round go through the pure ``transition`` of the domain and are written with a
+compare-and-set on the round's row version, one transaction each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from coordinator.domain.jobs import Job, JobState, ModelVersion
+from coordinator.domain.rounds import Round, RoundEvent, transition
+from coordinator.errors import NotFound
+from coordinator.service.context import ServiceContext, require_job
+from fedsilo.logs import context
+
+__all__ = ["RoundLedger"]
+
+log = logging.getLogger("coordinator")
+
+
+class RoundLedger:
+    """Round and model-version writes over the shared store and blob store."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    def write_transition(
+        self, round_: Round, event: RoundEvent, now: float, **changes: Any
+    ) -> Round:
+        following = dataclasses.replace(transition(round_, event, now=now), **changes)
+        with self._ctx.store.transaction() as tx:
+            tx.update_round(following, expected_row_version=round_.row_version)
+        log.info(
+            "round %s -> %s",
+            round_.phase.value,
+            following.phase.value,
+            **context(job=round_.job_id, round=str(round_.number), phase=following.phase.value),
+        )
+        return following
+
+    def abort(self, round_: Round, job: Job, reason: str, now: float) -> None:
+        following = transition(round_, RoundEvent.ABORT, now=now, reason=reason)
+        failed = job.failed_rounds + 1
+        exhausted = failed > job.spec.max_failed_rounds
+        updated_job = dataclasses.replace(
+            job,
+            failed_rounds=failed,
+            state=JobState.FAILED if exhausted else job.state,
+            failure_reason=f"{failed} rounds failed in a row; last: {reason}"
+            if exhausted
+            else None,
+        )
+        with self._ctx.store.transaction() as tx:
+            tx.update_round(following, expected_row_version=round_.row_version)
+            tx.update_job(updated_job)
+        self.discard_blob(round_.accumulator_ref)
+        log.warning(
+            "round aborted: %s%s",
+            reason,
+            "; job failed" if exhausted else "",
+            **context(job=job.job_id, round=str(round_.number), phase="aborted"),
+        )
+
+    def commit(self, round_: Round, now: float) -> None:
+        """AGGREGATED -> COMMITTED: the round's result becomes the job's next model version."""
+        following = transition(round_, RoundEvent.PHASE_COMPLETE, now=now)
+        assert round_.result_ref is not None  # AGGREGATED always carries its result
+        with self._ctx.store.transaction() as tx:
+            job = require_job(tx, round_.job_id)
+            version = round_.base_version + 1
+            tx.add_model_version(
+                ModelVersion(job.job_id, version, round_.result_ref, round_.round_id, now)
+            )
+            state = JobState.COMPLETED if version >= job.spec.num_rounds else job.state
+            tx.update_job(
+                dataclasses.replace(job, model_version=version, state=state, failed_rounds=0)
+            )
+            tx.update_round(following, expected_row_version=round_.row_version)
+        self.discard_blob(round_.accumulator_ref)
+        log.info(
+            "model version %d committed from %d updates%s",
+            version,
+            len(round_.contributors),
+            "; job completed" if state is JobState.COMPLETED else "",
+            **context(job=job.job_id, round=str(round_.number), phase="committed"),
+        )
+
+    def discard_blob(self, ref: str | None) -> None:
+        """Delete a superseded blob unless another round or model version still points at it.
+
+        Blobs are content-addressed, so two jobs whose running sums happen to be equal share one.
+        """
+        if ref is None:
+            return
+        with self._ctx.store.transaction() as tx:
+            in_use = tx.blob_in_use(ref)
+        if not in_use:
+            self._ctx.blobs.delete(ref)
+
+    def model_payload(self, job_id: str, version: int) -> tuple[Job, int, bytes]:
+        """A committed model version (-1: the latest): the job, the version number, the payload."""
+        with self._ctx.store.transaction() as tx:
+            job = require_job(tx, job_id)
+            wanted = job.model_version if version < 0 else version
+            model = tx.get_model_version(job_id, wanted)
+        if model is None:
+            raise NotFound(f"model version {version} does not exist for this job")
+        return job, wanted, self._ctx.blobs.get(model.blob_ref)
