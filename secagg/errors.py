@@ -19,7 +19,7 @@ class SecAggError(Exception):
     """Base of every error secagg raises on purpose.
 
     Messages name participants, phases and sizes only; they never contain keys, seeds, shares,
-    masks, ciphertexts or vector contents (TEST-MATRIX S20), so they are safe to log.
+    masks, ciphertexts or vector contents (docs/fault-matrix.md S20), so they are safe to log.
     """
 
 

@@ -238,7 +238,7 @@ Global___GetTaskRequest: _TypeAlias = GetTaskRequest  # noqa: Y015
 
 @_typing.final
 class SecAggParameters(_message.Message):
-    """The parameters of a secure-aggregation round (DESIGN §4.1-4.2); every participant checks them."""
+    """The parameters of a secure-aggregation round (docs/requirements.md#encoding, #pairwise-masking); every participant checks them."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -10,11 +10,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["is_safe_name", "private_directory", "read_private_json", "write_private"]
+__all__ = [
+    "is_safe_name",
+    "private_directory",
+    "read_private_json",
+    "remove_private",
+    "write_private",
+]
 
 T = TypeVar("T")
 
@@ -36,14 +43,28 @@ def private_directory(path: Path) -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data`` atomically and durably, mode 0600.
+
+    The temporary file is unique per writer (``mkstemp``, mode 0600): two writers of one file,
+    e.g. the daemon and an export reading the same model chain, never write through one name.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_private(path: Path) -> None:
+    """Delete ``path`` and any temporary file a writer of it left behind (e.g. at a crash)."""
+    path.unlink(missing_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def read_private_json(path: Path, decode: Callable[[Any], T], damaged: Exception) -> T | None:

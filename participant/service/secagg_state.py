@@ -21,6 +21,7 @@ from participant.service.private_files import (
     is_safe_name,
     private_directory,
     read_private_json,
+    remove_private,
     write_private,
 )
 
@@ -83,9 +84,7 @@ class SecAggStateStore:
 
     def delete(self, round_id: str) -> None:
         """Forget the round: its secrets are gone for good."""
-        path = self._path(round_id)
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        remove_private(self._path(round_id))
 
 
 def parameters_to_json(parameters: SecAggParameters) -> dict[str, Any]:

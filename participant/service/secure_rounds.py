@@ -129,19 +129,20 @@ class SecureRoundParticipant:
         for outcome in outcomes:
             if outcome.round_id not in held:
                 continue
+            # Logged before the state file goes: whoever sees the secrets gone can read why.
+            if outcome.committed:
+                log.info("round %s ended (committed); deleting its secrets", outcome.round_id)
+            else:
+                log.info(
+                    "round %s ended (aborted: %s); deleting its secrets",
+                    outcome.round_id,
+                    outcome.reason or "no reason given",
+                )
             # The answer first: while the state file exists the round is still reported as held,
             # so an interrupted clean-up is finished on the next poll.
             self._answers.forget(outcome.round_id, SecAggPhase.INPUTS)
             self._states.delete(outcome.round_id)
             self._silenced = {key for key in self._silenced if key[0] != outcome.round_id}
-            if outcome.committed:
-                log.info("round %s ended (committed); its secrets are deleted", outcome.round_id)
-            else:
-                log.info(
-                    "round %s ended (aborted: %s); its secrets are deleted",
-                    outcome.round_id,
-                    outcome.reason or "no reason given",
-                )
 
     def step(self, assignment: Assignment) -> StepOutcome:
         """Answer one phase of a secure-aggregation round, or refuse it (see the module doc)."""

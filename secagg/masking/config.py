@@ -20,7 +20,10 @@ _FINGERPRINT_LABEL = b"fedsilo/secagg/v1/round-config"
 
 
 def default_threshold(cohort_size: int) -> int:
-    """A strict majority of the cohort, the default ``t`` (DESIGN §4.2)."""
+    """A strict majority of the cohort, the default ``t``.
+
+    See docs/requirements.md#pairwise-masking.
+    """
     return cohort_size // 2 + 1
 
 

@@ -2,7 +2,7 @@
 
 Every derivation and every signed or authenticated byte string starts with a domain-separation
 label and binds the job id, the round id and the round config fingerprint, so nothing can be
-replayed into another job, round, phase or purpose (TEST-MATRIX S5).
+replayed into another job, round, phase or purpose (docs/fault-matrix.md S5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Fixed-point encoding of weighted updates into Z_R, R = 2^k, and the bit budget (DESIGN §4.1).
+"""Fixed-point encoding of weighted updates into Z_R, R = 2^k, and the bit budget.
+
+The requirements it meets are in docs/requirements.md#encoding.
 
 Encoding of a participant's update ``x`` (floats) with weight ``w`` (its number of examples,
 an integer in ``1..w_max``), clip ``c`` and ``2^q`` levels per unit::

@@ -1,4 +1,6 @@
-"""Packed Paillier encryption for the ``paillier`` protection mode (DESIGN §4.3, docs/paillier.md).
+"""Packed Paillier encryption for the ``paillier`` protection mode.
+
+Requirements: docs/requirements.md#packed-paillier; design: docs/paillier.md.
 
 Keys (:func:`generate_private_key`, canonical encodings, fingerprint), a packing codec whose
 slots never carry over ``n_max`` participants (:class:`PackingLayout`), encryption with a

@@ -1,4 +1,6 @@
-"""The per-job Paillier key ceremony (DESIGN §4.3): job keys, the dealt public key, sealed keys.
+"""The per-job Paillier key ceremony: job keys, the dealt public key, sealed keys.
+
+Requirements: docs/requirements.md#packed-paillier.
 
 1. Every participant makes an X25519 *job key* pair and signs ``(job, participant, public)``
    with its organization key: :class:`JobKey`.

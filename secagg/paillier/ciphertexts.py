@@ -8,7 +8,7 @@ many values are packed, and one ciphertext per plaintext. Its encoding is::
            contributions (4), value_count (8), c_0 || c_1 || ...)
 
 with every ``c_i`` big-endian in exactly ``2 * bits(n) / 8`` bytes (512 at 2048 bits). Decoding
-needs the public key and rejects (TEST-MATRIX S17) another key's fingerprint, a ciphertext
+needs the public key and rejects (docs/fault-matrix.md S17) another key's fingerprint, a ciphertext
 outside ``[1, n^2)`` or sharing a factor with ``n`` (not in ``Z*_{n^2}``: a multiple of ``p``
 would also be a handle on the factorization), wrong counts and widths.
 """

@@ -1,8 +1,9 @@
 """Integration fixtures: an in-process coordinator over real mutual TLS, raw stubs and daemons.
 
-Everything talks gRPC over 127.0.0.1 with certificates from a test consortium CA (TEST-MATRIX
-"inproc"). Every channel, daemon thread and server a fixture starts is closed, stopped and joined
-at teardown (warnings are errors). Nothing sleeps to wait: conditions are polled with a deadline.
+Everything talks gRPC over 127.0.0.1 with certificates from a test consortium CA
+(docs/fault-matrix.md#test-harnesses, "In-process gRPC"). Every channel, daemon thread and
+server a fixture starts is closed, stopped and joined at teardown (warnings are errors).
+Nothing sleeps to wait: conditions are polled with a deadline.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Bad input over real gRPC with mutual TLS: a clear status code and no state change.
 
-TEST-MATRIX R7-R10 (duplicates, conflicts, late and out-of-order submissions), S1-S3 (identity
-from the certificate only, roles), S6 (oversized messages), S7 (garbage bytes on every RPC) and
-S8 (wrong tensors, NaN/Inf, bad headers). Raw stubs and raw channels are used so that the test
-controls every byte the coordinator receives.
+docs/fault-matrix.md R7-R10 (duplicates, conflicts, late and out-of-order submissions),
+S1-S3 (identity from the certificate only, roles), S6 (oversized messages), S7 (garbage
+bytes on every RPC) and S8 (wrong tensors, NaN/Inf, bad headers). Raw stubs and raw
+channels are used so that the test controls every byte the coordinator receives.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Consortium identity over real mutual TLS: approval, revocation, rotation, caps, transport rules.
 
-TEST-MATRIX S4, S18–S21 and the membership workflow; S1–S3 and S5–S8 live in test_bad_input_grpc.
+docs/fault-matrix.md S4, S18–S21 and the membership workflow; S1–S3 and S5–S8 live in
+test_bad_input_grpc.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ The daemons are the real participant daemons (threads in this process). The hone
 the oracle: each committed model is the weighted FedAvg of exactly the contributors, within the
 quantization bound, and the coordinator's database, blob store and logs hold no organization's
 update. The evil tests run the real coordinator with a participant API that deviates from the
-protocol in one way (TEST-MATRIX S10-S15) and check that every honest daemon refuses: it sends
-nothing for the tampered request, the round releases nothing, and its secrets are deleted.
+protocol in one way (docs/fault-matrix.md S10-S15) and check that every honest daemon
+refuses: it sends nothing for the tampered request, the round releases nothing, and its
+secrets are deleted.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Secure jobs run by real processes: the job, its oracle, and the scans of the coordinator.
 
-Shared by the dropout tests (TEST-MATRIX R1-R5, R17) and the key-ceremony crash tests. Every
-organization trains the ``digits-linear`` numpy task on its partition with fixed seeds, so a
-test can train exactly like each daemon: the oracle is an honest FedAvg over exactly the
+Shared by the dropout tests (docs/fault-matrix.md R1-R5, R17) and the key-ceremony crash
+tests. Every organization trains the ``digits-linear`` numpy task on its partition with fixed
+seeds, so a test can train exactly like each daemon: the oracle is an honest FedAvg over exactly the
 recorded contributors, within the quantization bound. Under ``paillier`` protection the
 coordinator holds only ciphertexts after version 0: the model is rebuilt by participants
 (``participant.main.export_model`` over an organization's configuration and state directory).

@@ -1,4 +1,4 @@
-"""Dropouts and restarts in secure rounds with real processes (TEST-MATRIX R1-R5, R17).
+"""Dropouts and restarts in secure rounds with real processes (docs/fault-matrix.md R1-R5, R17).
 
 Five organizations run as participant daemon processes with the ``digits-linear`` numpy task;
 ``t = 3``. The organizations that drop are started with ``FEDSILO_FAULT_AT`` naming a crash

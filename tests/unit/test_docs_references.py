@@ -1,7 +1,7 @@
 """Documentation names only files that exist and cites only documents kept in this repository.
 
 Checked: README.md, every file under docs/, and the comments and docstrings of first-party Python
-files. A named repository path (``docs/secagg.md``, ``coordinator/service/rounds.py``, a markdown
+files. A named repository path (``docs/secagg.md``, ``coordinator/service/facade.py``, a markdown
 link, a ``#section`` of a markdown file) must exist; a citation of a design page or fault matrix
 kept outside the repository is an offence, because a reader of the repository cannot follow it.
 Each offence is reported as ``file:line``.

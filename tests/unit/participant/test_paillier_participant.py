@@ -662,7 +662,7 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_no_update(
     participants: list[PaillierParticipant],
     paillier_key: PaillierPrivateKey,
 ) -> None:
-    """TEST-MATRIX S16: a single participant's input decrypts only to a masked vector."""
+    """docs/fault-matrix.md S16: a single participant's input decrypts only to a masked vector."""
     run_ceremony(coordinator, participants)
     round_ = _round(pki, coordinator, participants)
     assert round_.correction is not None

@@ -1,4 +1,6 @@
-"""A malicious server, scripted from the library's own pieces (TEST-MATRIX S10-S15, "evil").
+"""A malicious server, scripted from the library's own pieces.
+
+docs/fault-matrix.md S10-S15, "Scripted attackers".
 
 Every refusal must raise, leave the participant ABORTED, and make every later request fail.
 """

@@ -1,6 +1,6 @@
 """Whole rounds: the unmasked sum equals the plaintext sum over exactly the survivors (U3).
 
-Dropouts at every phase (TEST-MATRIX R1-R4), random cohorts, thresholds and vector lengths;
+Dropouts at every phase (docs/fault-matrix.md R1-R4), random cohorts, thresholds and vector lengths;
 the dequantized weighted mean is within the documented bound.
 """
 

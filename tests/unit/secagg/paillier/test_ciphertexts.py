@@ -1,4 +1,7 @@
-"""Ciphertext bundles: wire encoding, homomorphic sum, and what is rejected (TEST-MATRIX S17)."""
+"""Ciphertext bundles: wire encoding, homomorphic sum, and what is rejected.
+
+docs/fault-matrix.md S17.
+"""
 
 from __future__ import annotations
 
