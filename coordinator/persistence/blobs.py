@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from coordinator.errors import NotFound, StorageUnavailable
+from fedsilo.files import write_atomic
 
 __all__ = ["BlobStore"]
 
@@ -38,21 +37,7 @@ class BlobStore:
             return ref
         try:
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(path, data, sync_directory=True)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write to the blob store: {exc.strerror}") from exc
         return ref

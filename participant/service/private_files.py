@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from fedsilo.files import write_atomic
 
 __all__ = [
     "is_safe_name",
@@ -48,16 +49,7 @@ def write_private(path: Path, data: bytes) -> None:
     The temporary file is unique per writer (``mkstemp``, mode 0600): two writers of one file,
     e.g. the daemon and an export reading the same model chain, never write through one name.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 def remove_private(path: Path) -> None:

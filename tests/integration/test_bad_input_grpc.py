@@ -4,6 +4,9 @@ docs/fault-matrix.md R7-R10 (duplicates, conflicts, late and out-of-order submis
 S1-S3 (identity from the certificate only, roles), S6 (oversized messages), S7 (garbage
 bytes on every RPC) and S8 (wrong tensors, NaN/Inf, bad headers). Raw stubs and raw
 channels are used so that the test controls every byte the coordinator receives.
+
+Longer than 600 lines on purpose: one table of malformed requests per RPC, all against one
+in-process coordinator, so that a new RPC gets its bad-input rows in one place.
 """
 
 from __future__ import annotations

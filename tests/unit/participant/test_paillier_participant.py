@@ -2,6 +2,9 @@
 
 The test plays the coordinator (``paillier_harness``): a real ``SecAggServer`` keeps the mask
 bookkeeping and ``add_ciphertexts`` sums the encrypted inputs, as the coordinator does.
+
+Longer than 600 lines on purpose: the ceremony, the encrypted rounds and the model chain run
+through one scripted coordinator, and each stage needs the state the one before left.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ what ``next_work`` asks through ``submit_message``/``submit_update``. The oracle
 committed model equals base + the weighted mean delta over exactly the recorded contributors,
 within the quantization bound; nothing is released with fewer than ``t``; bad messages change
 nothing; the coordinator's files never hold one organization's update.
+
+Longer than 600 lines on purpose: every phase, dropout point and refused message of a secure
+round is driven by the same real participants, and each test starts from the phase before.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 The oracle: a committed model version equals the weighted FedAvg mean over exactly the recorded
 contributors; acknowledged submissions count once; bad input changes nothing.
+
+Longer than 600 lines on purpose: every use case of the facade shares one store, blob dir and
+clock fixture, and splitting it would copy that set-up.
 """
 
 from __future__ import annotations
