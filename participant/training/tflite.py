@@ -174,6 +174,8 @@ def export_tflite(
     """Convert, check against Keras on ``inputs`` and only then write ``path`` (``.tflite``)."""
     if path.suffix != ".tflite":
         raise ValueError(f"{path}: a TF Lite model file must end in .tflite")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
     limits = bounds or DEFAULT_BOUNDS[quantization]
     content = keras_to_tflite(model, quantization)
     report = check_parity(model, content, inputs, labels, quantization=quantization)
