@@ -16,9 +16,10 @@ Organizations and people: organization ``p`` of ``num_partitions`` has its own
 ``people_per_organization`` people (person ids ``p * people_per_organization + i``), so no person
 appears in two organizations. Each organization also has its own mix of gestures, drawn from
 ``Dirichlet(alpha)`` over the 7 gestures (non-IID: one site's users mostly point, another's
-mostly give a thumbs-up). Of its people, the last ``test_people`` are held out: they contribute only to the
-organization's test split, where every gesture appears equally often. Accuracy is therefore
-measured on people the model never saw, the figure that matters for a gesture interface.
+mostly give a thumbs-up). Of its people, the last ``test_people`` are held out: they contribute
+only to the organization's test split, where every gesture appears equally often. Accuracy is
+therefore measured on people the model never saw, the figure that matters for a gesture
+interface.
 
 Determinism: a person's hand, style and samples depend only on ``(seed, person id)``; the gesture
 mix of an organization only on ``(seed, partition)``. Every organization can compute its share on
