@@ -2,8 +2,9 @@
 
 It makes a throwaway CA and certificates, starts the coordinator (SQLite in a temporary
 directory) and one participant daemon per organization as separate OS processes on loopback
-with mutual TLS, runs the digits job, shows a per-round table, trains the same model centrally
-on the pooled data for comparison, and stops every process it started by its pid.
+with mutual TLS, runs a job of the chosen task (digits by default), shows a per-round table,
+trains the same model centrally on the pooled data for comparison, and stops every process it
+started by its pid.
 """
 
 from __future__ import annotations
