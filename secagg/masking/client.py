@@ -13,6 +13,10 @@ answer, any different request for an answered phase is refused (never a second, 
 answer for one round). Its whole state is a JSON-able dict (:meth:`SecAggClient.to_dict`), so a
 participant can persist it and answer byte-identically after a restart. The dict holds round
 secrets: store it like a private key (mode 0600) and never log it.
+
+Longer than 600 lines on purpose: the states, the facade that checks every request against
+them, and the state's JSON encoding change together whenever the protocol does, and a reader
+auditing what a participant reveals needs all three side by side.
 """
 
 from __future__ import annotations
