@@ -40,11 +40,25 @@ class InvalidSignature(SecAggError):
 
 
 class DecryptionFailed(SecAggError):
-    """AES-GCM authentication failed: wrong key, wrong associated data, or a tampered ciphertext."""
+    """AES-GCM authentication failed: wrong key, wrong associated data, or a tampered ciphertext.
+
+    ``sender`` names the peer whose share failed, when one did, so operators can act on it.
+    """
+
+    def __init__(self, message: str = "", *, sender: str | None = None) -> None:
+        super().__init__(message)
+        self.sender = sender
 
 
 class InvalidShare(SecAggError):
-    """A Shamir share is malformed or the shares are inconsistent with each other."""
+    """A Shamir share is malformed or the shares are inconsistent with each other.
+
+    ``sender`` names the peer whose share is malformed, when the share came from one.
+    """
+
+    def __init__(self, message: str = "", *, sender: str | None = None) -> None:
+        super().__init__(message)
+        self.sender = sender
 
 
 class ProtocolViolation(SecAggError):

@@ -218,6 +218,11 @@ class SecureRoundParticipant:
             client.abort(str(exc))
             self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
             log.error("refused the round: %s", exc, **ctx)
+            sender = getattr(exc, "sender", None)
+            if sender is not None:
+                # A bad share comes from a peer, not from the coordinator: say who, so the
+                # consortium can act on that organization.
+                log.error("organization %s sent this participant a bad key share", sender, **ctx)
             return StepOutcome.REFUSED
         if answer is None:
             return StepOutcome.SKIPPED

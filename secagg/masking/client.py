@@ -43,6 +43,7 @@ from secagg.masking.config import RoundConfig
 from secagg.masking.derivation import (
     advertise_keys_payload,
     consistency_payload,
+    key_list_digest,
     mask_is_added,
     pairwise_mask_seeds,
     share_associated_data,
@@ -85,7 +86,7 @@ __all__ = [
 
 _log = logging.getLogger("secagg")
 
-_STATE_FORMAT = "fedsilo-secagg-client/1"
+_STATE_FORMAT = "fedsilo-secagg-client/2"
 
 
 class ClientPhase(enum.StrEnum):
@@ -253,21 +254,9 @@ class SharesSent:
             [keys[item.sender].encryption_key for item in shares],
         )
         for item, channel in zip(shares, channels, strict=True):
-            try:
-                plaintext = aead.decrypt(
-                    channel, item.ciphertext, share_associated_data(config, item.sender, me)
-                )
-            except DecryptionFailed:
-                raise DecryptionFailed(f"the share from {item.sender!r} does not decrypt") from None
-            try:
-                seed_field, key_field = decode_fields(plaintext, 2)
-            except InvalidInput:
-                raise InvalidShare(f"the share from {item.sender!r} is malformed") from None
-            seed_share, key_share = Share.from_bytes(seed_field), Share.from_bytes(key_field)
-            if seed_share.x != my_x or key_share.x != my_x:
-                raise InvalidShare(f"the share from {item.sender!r} is for another x coordinate")
-            seed_shares[item.sender] = seed_share
-            key_shares[item.sender] = key_share
+            seed_shares[item.sender], key_shares[item.sender] = _open_share(
+                config, item, channel, me, my_x
+            )
         input_senders = tuple(sorted(seed_shares))
         if len(input_senders) < config.threshold:
             raise ProtocolViolation(
@@ -284,8 +273,32 @@ class SharesSent:
             material=material,
             held=HeldShares(seed_shares, key_shares),
             input_senders=input_senders,
+            keys_digest=key_list_digest(self.keys),
         )
         return state, MaskedInput(me, vector)
+
+
+def _open_share(
+    config: RoundConfig, item: EncryptedShare, channel: bytes, me: str, my_x: int
+) -> tuple[Share, Share]:
+    """Decrypt and check one peer's share pair; every failure names that peer (``sender``)."""
+    sender = item.sender
+    try:
+        plaintext = aead.decrypt(
+            channel, item.ciphertext, share_associated_data(config, sender, me)
+        )
+    except DecryptionFailed:
+        raise DecryptionFailed(
+            f"the share from {sender!r} does not decrypt", sender=sender
+        ) from None
+    try:
+        seed_field, key_field = decode_fields(plaintext, 2)
+        seed_share, key_share = Share.from_bytes(seed_field), Share.from_bytes(key_field)
+    except (InvalidInput, InvalidShare):
+        raise InvalidShare(f"the share from {sender!r} is malformed", sender=sender) from None
+    if seed_share.x != my_x or key_share.x != my_x:
+        raise InvalidShare(f"the share from {sender!r} is for another x coordinate", sender=sender)
+    return seed_share, key_share
 
 
 @dataclass(frozen=True)
@@ -326,6 +339,8 @@ class InputSent:
     material: MaskingMaterial
     held: HeldShares
     input_senders: tuple[str, ...]
+    keys_digest: bytes
+    """Digest of the key list U1 accepted in round 1, bound into the consistency signature."""
 
     def sign_survivors(
         self, config: RoundConfig, context: ParticipantContext, survivors: Sequence[str]
@@ -346,11 +361,13 @@ class InputSent:
                 f"the survivor set has {len(survivors)} members, fewer than t={config.threshold}"
             )
         ordered = tuple(sorted(survivors))
-        signature = sign(context.signing_key, consistency_payload(config, me, ordered))
+        payload = consistency_payload(config, me, ordered, self.keys_digest)
+        signature = sign(context.signing_key, payload)
         state = SurvivorsSigned(
             material=self.material,
             held=self.held,
             input_senders=self.input_senders,
+            keys_digest=self.keys_digest,
             survivors=ordered,
         )
         return state, ConsistencySignature(me, signature)
@@ -364,6 +381,7 @@ class SurvivorsSigned:
     material: MaskingMaterial
     held: HeldShares
     input_senders: tuple[str, ...]
+    keys_digest: bytes
     survivors: tuple[str, ...]
 
     def unmask(
@@ -412,7 +430,9 @@ class SurvivorsSigned:
                 f"only {len(signers)} consistency signatures, fewer than t={config.threshold}"
             )
         for item in request.signatures:
-            payload = consistency_payload(config, item.participant, self.survivors)
+            payload = consistency_payload(
+                config, item.participant, self.survivors, self.keys_digest
+            )
             try:
                 verify(context.verifying_key(item.participant), item.signature, payload)
             except InvalidSignature:
@@ -785,6 +805,7 @@ def _state_to_dict(state: ClientState) -> dict[str, Any]:
         data["self_mask_shares"] = _shares_to_dict(state.held.self_mask)
         data["masking_key_shares"] = _shares_to_dict(state.held.masking_key)
         data["input_senders"] = list(state.input_senders)
+        data["keys_digest"] = state.keys_digest.hex()
         if isinstance(state, SurvivorsSigned):
             data["survivors"] = list(state.survivors)
     elif isinstance(state, Aborted):
@@ -822,6 +843,8 @@ def _state_from_dict(data: Mapping[str, Any], advertised: SignedKeys) -> ClientS
         _shares_from_dict(data["self_mask_shares"]), _shares_from_dict(data["masking_key_shares"])
     )
     senders = tuple(str(member) for member in data["input_senders"])
+    keys_digest = bytes.fromhex(data["keys_digest"])
     if phase is ClientPhase.INPUT_SENT:
-        return InputSent(material, held, senders)
-    return SurvivorsSigned(material, held, senders, tuple(str(m) for m in data["survivors"]))
+        return InputSent(material, held, senders, keys_digest)
+    survivors = tuple(str(m) for m in data["survivors"])
+    return SurvivorsSigned(material, held, senders, keys_digest, survivors)

@@ -7,9 +7,11 @@ replayed into another job, round, phase or purpose (docs/fault-matrix.md S5).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 from secagg.masking.config import RoundConfig
+from secagg.masking.messages import SignedKeys
 from secagg.primitives.agreement import shared_secrets
 from secagg.primitives.encoding import encode_fields, encode_text
 from secagg.primitives.kdf import derive_key
@@ -17,6 +19,7 @@ from secagg.primitives.kdf import derive_key
 __all__ = [
     "advertise_keys_payload",
     "consistency_payload",
+    "key_list_digest",
     "mask_is_added",
     "pairwise_mask_seeds",
     "share_associated_data",
@@ -44,10 +47,24 @@ def advertise_keys_payload(
     return encode_fields(fields)
 
 
-def consistency_payload(config: RoundConfig, participant: str, survivors: Iterable[str]) -> bytes:
-    """What a participant signs in round 3 (ConsistencyCheck): the sorted survivor set U3."""
+def key_list_digest(keys: Iterable[SignedKeys]) -> bytes:
+    """SHA-256 of the round-0 key list U1, independent of its order (sorted canonical bytes)."""
+    return hashlib.sha256(encode_fields(sorted(entry.to_bytes() for entry in keys))).digest()
+
+
+def consistency_payload(
+    config: RoundConfig, participant: str, survivors: Iterable[str], keys_digest: bytes
+) -> bytes:
+    """What a participant signs in round 3 (ConsistencyCheck): the sorted survivor set U3 and
+    the digest of the key list U1 it accepted in round 1.
+
+    The key list digest makes the signature specific to one run of the round: a coordinator
+    that runs the same round id again (new keys, a subset of the cohort) cannot reuse the
+    signatures of the first run to convince participants of the second to unmask.
+    """
     members = encode_fields(encode_text(member) for member in sorted(survivors))
-    return encode_fields([*_round_fields(_CONSISTENCY, config), encode_text(participant), members])
+    fields = [*_round_fields(_CONSISTENCY, config), encode_text(participant), members, keys_digest]
+    return encode_fields(fields)
 
 
 def share_channel_keys(

@@ -30,6 +30,7 @@ from secagg.masking.config import RoundConfig
 from secagg.masking.derivation import (
     advertise_keys_payload,
     consistency_payload,
+    key_list_digest,
     mask_is_added,
     pairwise_mask_seeds,
 )
@@ -264,7 +265,10 @@ class SecAggServer:
         if self._repeat(self._signatures, sender, signature):
             return
         if self._verifying_keys is not None:
-            payload = consistency_payload(self._config, sender, self._survivors)
+            keys = (self._keys[member] for member in self._key_holders)
+            payload = consistency_payload(
+                self._config, sender, self._survivors, key_list_digest(keys)
+            )
             verify(self._verifying_key(sender), signature.signature, payload)
         self._signatures[sender] = signature
 

@@ -23,7 +23,7 @@ from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_
 from participant.domain.assignments import AdvertisedKeys, EndedRound, SecAggPhase, StepOutcome
 from participant.errors import SecAggUnavailable
 from participant.service.secure_rounds import SecureRoundParticipant
-from secagg import ParticipantContext, RoundConfig, SecAggClient, UnmaskRequest
+from secagg import EncryptedShare, ParticipantContext, RoundConfig, SecAggClient, UnmaskRequest
 
 
 @pytest.fixture(scope="module")
@@ -474,3 +474,23 @@ def test_offers_of_a_round_it_left_are_logged_once_per_phase(
     messages = [r.getMessage() for r in caplog.records if r.name == "participant"]
     assert sum(m.startswith("refused the round:") for m in messages) == 1
     assert sum("not answering" in m for m in messages) == 1
+
+
+def test_a_tampered_share_is_refused_and_its_sender_named_in_the_log(
+    participants: list[Participant], pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator = Coordinator(pki)
+    for phase in PHASES[:2]:
+        coordinator.run_phase(phase, participants)
+    victim = participants[0]
+    task = coordinator.inputs_task(victim.org)
+    assert task.secagg is not None
+    first = EncryptedShare.from_bytes(task.secagg.shares[0])
+    tampered = replace(first, ciphertext=first.ciphertext[:-1] + bytes([first.ciphertext[-1] ^ 1]))
+    shares = (tampered.to_bytes(), *task.secagg.shares[1:])
+    sent = len(victim.transport.sent)
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        outcome = victim.step(replace(task, secagg=replace(task.secagg, shares=shares)))
+    assert outcome is StepOutcome.REFUSED
+    assert len(victim.transport.sent) == sent
+    assert f"organization {first.sender} sent this participant a bad key share" in caplog.text

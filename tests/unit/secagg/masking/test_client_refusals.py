@@ -515,3 +515,30 @@ def test_start_checks_membership() -> None:
     assert isinstance(client.state, KeysAdvertised)
     assert client.config is cohort.config
     assert client.advertise_keys() == client.advertise_keys()
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b"garbage",
+        encode_fields([Share(2, 1).to_bytes(), Share(2, 1).to_bytes()]),
+        # Two well-formed fields, but not share-sized: Share.from_bytes refuses them.
+        encode_fields([b"\x00" * 5, b"\x00" * 5]),
+    ],
+    ids=["garbage", "wrong-x", "short-share"],
+)
+def test_a_malformed_share_names_its_sender(plaintext: bytes) -> None:
+    # docs/fault-matrix.md S10-S15: an operator must learn which peer sent the bad share.
+    cohort, shares, inputs = _shares_stage()
+    bad = _encrypt_as(cohort, B, A, plaintext)
+    with pytest.raises(InvalidShare, match=repr(B)) as raised:
+        cohort.clients[A].mask_input([bad, *shares[1:]], inputs[A])
+    assert raised.value.sender == B
+
+
+def test_an_undecryptable_share_names_its_sender() -> None:
+    cohort, shares, inputs = _shares_stage()
+    tampered = dataclasses.replace(shares[1], ciphertext=shares[1].ciphertext[:-1] + b"\x00")
+    with pytest.raises(DecryptionFailed) as raised:
+        cohort.clients[A].mask_input([shares[0], tampered, *shares[2:]], inputs[A])
+    assert raised.value.sender == shares[1].sender == C
