@@ -12,7 +12,9 @@ This module has no TensorFlow, gRPC or database code; both sides import it.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +23,17 @@ import numpy as np
 import numpy.typing as npt
 
 from fedsilo.codec import CodecError, TensorSpec
-from secagg import EncryptedShare, QuantizationSpec, decode_fields, encode_fields
+from fedsilo.tasks import TrainingSettings
+from secagg import EncryptedShare, QuantizationSpec, decode_fields, encode_fields, encode_text
 
 __all__ = [
     "Protection",
+    "UNBOUND_ROUND_CONTEXT",
     "SecAggParameters",
     "decode_share_list",
     "encode_share_list",
     "flatten",
+    "round_context",
     "unflatten",
 ]
 
@@ -68,6 +73,72 @@ class SecAggParameters:
             max_participants=self.max_participants,
             max_weight=self.max_weight,
         )
+
+
+_CONTEXT_LABEL = b"fedsilo/v1/round-context"
+
+UNBOUND_ROUND_CONTEXT = hashlib.sha256(_CONTEXT_LABEL + b"/unbound").digest()
+"""The context of a round whose daemons do not compute :func:`round_context` yet: binds nothing."""
+
+
+def _u64(value: int) -> bytes:
+    # Fixed width, so that no two integers (or field lists) encode alike.
+    return int(value).to_bytes(8, "big", signed=True)
+
+
+def _f64(value: float) -> bytes:
+    return struct.pack(">d", float(value))
+
+
+def round_context(
+    *,
+    protection: Protection,
+    job_id: str,
+    round_number: int,
+    task_name: str,
+    algorithm: str,
+    base_version: int,
+    base_model_sha256: bytes,
+    training: TrainingSettings,
+    parameters: SecAggParameters,
+    min_participants: int,
+    paillier_key_fingerprint: bytes = b"",
+) -> bytes:
+    """SHA-256 of everything that determines an organization's input to one round.
+
+    Both sides compute it from what they hold (the coordinator from the job spec and the model
+    version it serves, a participant from its assignment and the model bytes it verified), and
+    it enters ``secagg.RoundConfig.context``: two participants handed different values cannot
+    complete a round together (docs/secagg.md, "Round context binding"). The cohort, vector length
+    and round id are bound by the round config itself.
+    """
+    if len(base_model_sha256) != hashlib.sha256().digest_size:
+        raise ValueError("base_model_sha256 must be a SHA-256 digest")
+    encoded = encode_fields(
+        [
+            _CONTEXT_LABEL,
+            encode_text(protection.value),
+            encode_text(job_id),
+            _u64(round_number),
+            encode_text(task_name),
+            encode_text(algorithm),
+            _u64(base_version),
+            base_model_sha256,
+            _u64(training.local_epochs),
+            _u64(training.batch_size),
+            _f64(training.learning_rate),
+            _u64(training.seed),
+            _f64(parameters.clip),
+            _u64(parameters.levels_bits),
+            _u64(parameters.modulus_bits),
+            _u64(parameters.max_participants),
+            _u64(parameters.max_weight),
+            _u64(parameters.threshold),
+            _u64(min_participants),
+            paillier_key_fingerprint,
+        ]
+    )
+    return hashlib.sha256(encoded).digest()
 
 
 def flatten(weights: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:

@@ -36,7 +36,13 @@ from fedsilo.codec import encode_tensors
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
-from fedsilo.protection import Protection, SecAggParameters, encode_share_list, flatten
+from fedsilo.protection import (
+    UNBOUND_ROUND_CONTEXT,
+    Protection,
+    SecAggParameters,
+    encode_share_list,
+    flatten,
+)
 from fedsilo.tasks import TrainResult
 from participant.domain.assignments import (
     Assignment,
@@ -488,6 +494,7 @@ def _round_config(assignment: Assignment, parameters: SecAggParameters) -> Round
         threshold=parameters.threshold,
         vector_length=parameters.vector_length,
         modulus_bits=parameters.modulus_bits,
+        context=UNBOUND_ROUND_CONTEXT,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from secagg.primitives.shamir import MAX_X
 __all__ = ["RoundConfig", "default_threshold"]
 
 _FINGERPRINT_LABEL = b"fedsilo/secagg/v1/round-config"
+CONTEXT_BYTES = 32
 
 
 def default_threshold(cohort_size: int) -> int:
@@ -35,6 +36,10 @@ class RoundConfig:
     participant is its 1-based position in the sorted cohort. ``t`` must satisfy
     ``n/2 < t <= n``: with a strict majority, two disjoint groups of ``t`` cannot both exist, so a
     server cannot get both shares of one secret from two different groups of honest participants.
+
+    ``context`` is a 32-byte digest (SHA-256) of everything outside the protocol that determines a
+    participant's input, which each side computes from what it holds. It enters the fingerprint,
+    so participants given different inputs' parameters cannot verify each other's signed keys.
     """
 
     job_id: str
@@ -43,6 +48,7 @@ class RoundConfig:
     threshold: int
     vector_length: int
     modulus_bits: int = 32
+    context: bytes = field(kw_only=True)
 
     def __post_init__(self) -> None:
         for name in ("job_id", "round_id"):
@@ -68,6 +74,8 @@ class RoundConfig:
             raise InvalidInput(
                 f"modulus_bits must be one of {SUPPORTED_MODULUS_BITS}, got {self.modulus_bits}"
             )
+        if not isinstance(self.context, bytes) or len(self.context) != CONTEXT_BYTES:
+            raise InvalidInput(f"context must be {CONTEXT_BYTES} bytes (a SHA-256 digest)")
 
     @property
     def dtype(self) -> np.dtype[np.unsignedinteger[Any]]:
@@ -93,6 +101,7 @@ class RoundConfig:
                 encode_uint(self.threshold, 4),
                 encode_uint(self.vector_length, 8),
                 encode_uint(self.modulus_bits, 1),
+                self.context,
             ]
         )
         return hashlib.sha256(encoded).digest()
@@ -106,6 +115,7 @@ class RoundConfig:
             "threshold": self.threshold,
             "vector_length": self.vector_length,
             "modulus_bits": self.modulus_bits,
+            "context": self.context.hex(),
         }
 
     @classmethod
@@ -119,6 +129,7 @@ class RoundConfig:
                 threshold=data["threshold"],
                 vector_length=data["vector_length"],
                 modulus_bits=data["modulus_bits"],
+                context=bytes.fromhex(data["context"]),
             )
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             raise InvalidInput("malformed round config") from None

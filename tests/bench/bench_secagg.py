@@ -72,7 +72,9 @@ class _Cohort:
 
     def __init__(self, n: int, params: int, bits: int, workers: int, round_id: str) -> None:
         self.members = tuple(f"org-{index:02d}" for index in range(n))
-        self.config = RoundConfig("bench", round_id, self.members, n // 2 + 1, params, bits)
+        self.config = RoundConfig(
+            "bench", round_id, self.members, n // 2 + 1, params, bits, context=bytes(32)
+        )
         self.signing = {
             member: ed25519.Ed25519PrivateKey.from_private_bytes(
                 hashlib.sha256(member.encode()).digest()

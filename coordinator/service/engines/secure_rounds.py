@@ -37,7 +37,12 @@ from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
-from fedsilo.protection import SecAggParameters, decode_share_list, unflatten
+from fedsilo.protection import (
+    UNBOUND_ROUND_CONTEXT,
+    SecAggParameters,
+    decode_share_list,
+    unflatten,
+)
 from secagg import (
     ConsistencySignature,
     RoundConfig,
@@ -127,7 +132,13 @@ class SecureRoundCoordinator:
     def config(self, round_: Round, job: Job) -> RoundConfig:
         p = self.parameters(round_, job)
         return RoundConfig(
-            job.job_id, round_.round_id, p.cohort, p.threshold, p.vector_length, p.modulus_bits
+            job.job_id,
+            round_.round_id,
+            p.cohort,
+            p.threshold,
+            p.vector_length,
+            p.modulus_bits,
+            context=UNBOUND_ROUND_CONTEXT,
         )
 
     def input_spec(self, job: Job) -> TensorSpec:

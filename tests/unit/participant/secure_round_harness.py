@@ -19,7 +19,12 @@ import numpy.typing as npt
 from examples.synthetic.task import task
 from fedsilo.codec import PayloadHeader, decode_tensors
 from fedsilo.pki import DemoPki, load_certificate
-from fedsilo.protection import Protection, SecAggParameters, decode_share_list
+from fedsilo.protection import (
+    UNBOUND_ROUND_CONTEXT,
+    Protection,
+    SecAggParameters,
+    decode_share_list,
+)
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from fedsilo.tls import TlsFiles
 from participant.domain.assignments import (
@@ -198,6 +203,7 @@ class Coordinator:
             self.params.threshold,
             self.params.vector_length,
             self.params.modulus_bits,
+            context=UNBOUND_ROUND_CONTEXT,
         )
         keys = {
             org: verifying_key(load_certificate(pki.participants[org].cert_path).public_key())

@@ -98,6 +98,7 @@ def make_cohort(
     modulus_bits: int = 32,
     key_kind: str = "ed25519",
     round_id: str = "round-1",
+    context: bytes = bytes(32),
 ) -> Cohort:
     members = tuple(f"org-{index:02d}" for index in range(n))
     config = RoundConfig(
@@ -107,6 +108,7 @@ def make_cohort(
         threshold=threshold if threshold is not None else n // 2 + 1,
         vector_length=vector_length,
         modulus_bits=modulus_bits,
+        context=context,
     )
     signing = {m: org_key(key_kind, m) for m in members}
     verifying = {m: k.public_key() for m, k in signing.items()}

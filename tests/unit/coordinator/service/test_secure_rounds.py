@@ -41,6 +41,7 @@ from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkI
 from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
 from fedsilo.protection import (
+    UNBOUND_ROUND_CONTEXT,
     Protection,
     SecAggParameters,
     decode_share_list,
@@ -188,6 +189,7 @@ class Participant:
                 p.threshold,
                 p.vector_length,
                 p.modulus_bits,
+                context=UNBOUND_ROUND_CONTEXT,
             )
             context = ParticipantContext(self.org.org_id, self.org.key, self.peers)
             self.client = SecAggClient.start(config, context)

@@ -506,7 +506,7 @@ def test_refusals_are_logged_without_secrets(caplog: pytest.LogCaptureFixture) -
 
 def test_start_checks_membership() -> None:
     cohort = make_cohort(3, 2)
-    config = RoundConfig("job-1", "round-1", ("x", "y"), 2, 8)
+    config = RoundConfig("job-1", "round-1", ("x", "y"), 2, 8, context=bytes(32))
     with pytest.raises(InvalidInput, match="not in the round's cohort"):
         SecAggClient.start(config, cohort.context(A))
     with pytest.raises(InvalidInput, match="workers"):

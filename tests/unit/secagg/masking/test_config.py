@@ -17,6 +17,7 @@ def _config(**changes: object) -> RoundConfig:
         "cohort": ("c", "a", "b"),
         "threshold": 2,
         "vector_length": 4,
+        "context": bytes(32),
     }
     fields.update(changes)
     return RoundConfig(**fields)  # type: ignore[arg-type]
@@ -82,3 +83,22 @@ def test_dict_round_trip_through_json() -> None:
     assert RoundConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InvalidInput, match="malformed round config"):
         RoundConfig.from_dict({"job_id": "job"})
+
+
+def test_the_context_is_32_bytes_and_enters_the_fingerprint() -> None:
+    for bad in (b"", bytes(31), bytes(33), "0" * 32):
+        with pytest.raises(InvalidInput, match="context"):
+            _config(context=bad)
+    assert _config(context=bytes(32)).fingerprint != _config(context=b"\x01" * 32).fingerprint
+    with pytest.raises(TypeError):
+        RoundConfig("job", "r1", ("a", "b"), 2, 4)  # type: ignore[call-arg]
+
+
+def test_the_context_survives_the_dict_form() -> None:
+    config = _config(context=bytes(range(32)))
+    restored = RoundConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config and restored.fingerprint == config.fingerprint
+    data = config.to_dict()
+    for broken in ({**data, "context": "zz"}, {k: v for k, v in data.items() if k != "context"}):
+        with pytest.raises(InvalidInput, match="malformed"):
+            RoundConfig.from_dict(broken)
