@@ -20,7 +20,7 @@ rounds=${JOB_ROUNDS:-10}
 deadline=$(( $(date +%s) + ${CONNECT_TIMEOUT:-300} ))
 for org in "$@"; do
     # An organization appears (pending) with the daemon's first call to the coordinator.
-    until fedsilo participants list --json | grep -q "\"org_id\": \"$org\""; do
+    until fedsilo participants list --json | grep "\"org_id\": \"$org\"" >/dev/null; do
         if [ "$(date +%s)" -gt "$deadline" ]; then
             echo "admin-job: $org did not connect in time" >&2
             exit 1
