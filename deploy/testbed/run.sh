@@ -82,14 +82,24 @@ if [[ -n "$pip_cert" && -f "$pip_cert" ]]; then
     cp "$pip_cert" "$deploy/build-ca/ca-bundle.crt"
 fi
 
+# build TAG DOCKERFILE CONTEXT: the classic builder, which reaches the package registries over the
+# host network with no builder set-up; its layers stay cached in the engine's data root. The
+# previous image of the tag is removed, not the build cache: pruning would drop the cached
+# TensorFlow layer with it.
+build() {
+    local tag=$1 previous current
+    previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+    DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$2" \
+        --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$tag" "$3" >/dev/null
+    current=$(docker image inspect -f '{{.Id}}' "$tag")
+    if [[ -n "$previous" && "$previous" != "$current" ]]; then
+        docker image rm "$previous" >/dev/null 2>&1 || true
+    fi
+}
 log "building $IMAGE from $repo"
-DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$deploy/Dockerfile" \
-    --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$IMAGE" "$repo" >/dev/null
+build "$IMAGE" "$deploy/Dockerfile" "$repo"
 log "building $POSTGRES_IMAGE"
-DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$here/postgres.Dockerfile" \
-    --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$POSTGRES_IMAGE" "$here" >/dev/null
-# Earlier builds of the same tags would pile up in the cache.
-docker image prune --force >/dev/null
+build "$POSTGRES_IMAGE" "$here/postgres.Dockerfile" "$here"
 for image in fedsilo-base:bookworm "$IMAGE" "$POSTGRES_IMAGE"; do
     log "image $image: $(( $(docker image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
 done

@@ -1,8 +1,9 @@
 """The compose testbed end to end on a real Docker engine (deploy/testbed/run.sh).
 
 It builds the image from this checkout, runs the whole consortium (CA step, PostgreSQL,
-coordinator, three organizations, admin) and checks that the job reaches the accuracy of
-`fedsilo demo` and that nothing is left: no engine process, no mount, no run directory.
+coordinator, three organizations, admin) on one network per organization, and checks that an
+organization reaches only the coordinator, that the job reaches the accuracy of `fedsilo demo`
+and that nothing is left: no engine process, no mount, no run directory.
 
 Minutes long, so not part of `make test` (deploy/README.md): it runs when selected with
 `-m testbed` or FEDSILO_TESTBED=1, and needs what the scripts need to start an engine (root,
@@ -73,6 +74,12 @@ def test_the_compose_consortium_completes_the_demo_job_and_leaves_nothing_behind
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
 
+    if os.environ.get("FEDSILO_TESTBED_NETWORK", "bridge") == "bridge":
+        # Checked from inside org-1 before the job: the coordinator and nothing else.
+        assert (
+            "network isolation: coordinator:50051 reached, 172.30.10.2:5432 unreachable, "
+            "172.30.10.3:50051 unreachable" in output
+        ), output[-6000:]
     accuracy = re.search(r"final accuracy: ([0-9.]+) \(model version 10, job completed\)", output)
     assert accuracy is not None, output[-6000:]
     assert float(accuracy.group(1)) >= DEMO_ACCURACY_BAR
