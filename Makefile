@@ -5,8 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Kubeflow Pipelines SDK needs protobuf < 7 (fedsilo: >= 7): it lives in its own venv.
+KFP_VENV := .venv-kfp
+KFP_STAMP := $(KFP_VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check protos bench bench-round bench-paillier-round clean
+.PHONY: demo test test-fast lint typecheck check protos bench bench-round bench-paillier-round clean \
+	testbed testbed-clean kfp-venv kubeflow-pipeline
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +18,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[tf,postgres,dev]'
 	touch $(STAMP)
 
+$(KFP_STAMP): deploy/kubeflow/requirements.txt
+	$(PYTHON) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/pip install --quiet -r deploy/kubeflow/requirements.txt
+	touch $(KFP_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/fedsilo demo --summary-json out.json
 
-# The whole suite: unit, integration, system, PostgreSQL and TensorFlow tests.
-test: $(STAMP)
+# The whole suite: unit, integration, system, PostgreSQL and TensorFlow tests, and the static
+# checks of deploy/ (compose config, hadolint, Kubernetes schemas, the compiled Kubeflow
+# pipeline). The compose testbed on a real engine is `make testbed` (deploy/README.md).
+test: $(STAMP) $(KFP_STAMP)
 	scripts/ensure-postgres.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -59,5 +70,20 @@ BENCH_PAILLIER_ROUND := --participants 3 --parameters 100000 --protections secag
 bench-paillier-round: $(STAMP)
 	$(BIN)/python tests/bench/bench_round.py $(BENCH_PAILLIER_ROUND) $(BENCH_PAILLIER_ROUND_ARGS)
 
+# The compose consortium on a private Docker engine, end to end, then everything torn down
+# (deploy/README.md). Needs root and apt (Debian/Ubuntu); its cache is ~/.cache/fedsilo-testbed.
+testbed: $(STAMP)
+	PYTHON=$(BIN)/python deploy/testbed/run.sh
+
+# Forget the testbed's engine, images and build cache (nothing of it runs between testbeds).
+testbed-clean:
+	rm -rf $${FEDSILO_TESTBED_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/fedsilo-testbed}
+
+kfp-venv: $(KFP_STAMP)
+
+# Compile the Kubeflow pipeline; the suite fails when deploy/kubeflow/pipeline.yaml is stale.
+kubeflow-pipeline: $(KFP_STAMP)
+	$(KFP_VENV)/bin/python deploy/kubeflow/pipeline.py deploy/kubeflow/pipeline.yaml
+
 clean:
-	rm -rf $(VENV) out.json
+	rm -rf $(VENV) $(KFP_VENV) out.json

@@ -10,7 +10,7 @@ import grpc
 from rich.console import Console
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
-from fedsilo.cli import doctor, pki_commands
+from fedsilo.cli import doctor, health_command, pki_commands
 from fedsilo.cli.admin_commands import participant_export, run_admin
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
 
     pki_commands.register(commands)
+    health_command.register(commands)
 
     participant = commands.add_parser("participant", help="run an organization's daemon")
     participant_cmds = participant.add_subparsers(dest="action", required=True)
@@ -218,6 +219,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return run(args.config)
     if args.command == "pki":
         return pki_commands.run(args, console)
+    if args.command == "health":
+        return health_command.run(args, console)
     if args.command == "demo":
         options = DemoOptions(
             participants=args.participants,

@@ -1,0 +1,30 @@
+#!/bin/sh
+# pki-sign.sh: the consortium CA as a one-shot step. It makes the CA once (its key stays in the
+# CA volume), then signs every CSR in /pki/requests into /pki/certs with ca.crt beside them.
+# The coordinator's certificate names COORDINATOR_NAMES (space-separated DNS names) and
+# 127.0.0.1, so participants can dial it by service name and probes by localhost.
+set -eu
+if [ ! -f /pki/ca/ca.key ]; then
+    fedsilo pki init --out /pki/ca --name "${CA_NAME:-fedsilo testbed CA}"
+fi
+cp /pki/ca/ca.crt /pki/certs/.ca.crt
+mv /pki/certs/.ca.crt /pki/certs/ca.crt
+found=0
+for request in /pki/requests/*.csr; do
+    [ -f "$request" ] || continue
+    found=1
+    party=$(basename "$request" .csr)
+    names=""
+    if [ "$party" = "coordinator" ]; then
+        for name in ${COORDINATOR_NAMES:-coordinator localhost}; do
+            names="$names --dns $name"
+        done
+        names="$names --ip 127.0.0.1"
+    fi
+    # Re-issued on every run: a party whose volume was wiped has a new key and a new CSR.
+    rm -f "/pki/certs/.$party.crt"
+    # shellcheck disable=SC2086 # names are separate arguments on purpose
+    fedsilo pki sign --ca /pki/ca --csr "$request" --out "/pki/certs/.$party.crt" $names
+    mv "/pki/certs/.$party.crt" "/pki/certs/$party.crt"
+done
+[ "$found" = 1 ] || { echo "pki-sign: no certificate requests in /pki/requests" >&2; exit 1; }
