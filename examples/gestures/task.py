@@ -7,27 +7,19 @@ its ``task_config``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy.typing as npt
-
 from examples.gestures.data import NUM_CLASSES, NUM_FEATURES, load_partition
-from fedsilo.tasks import EvalResult, LocalData, TrainingSettings, TrainResult
-from participant.training.keras_runtime import KerasTaskRuntime
+from fedsilo.tasks import TrainingSettings
+from participant.training.keras_runtime import KerasTask, sgd_with_momentum
 
 __all__ = [
-    "GesturesTask",
     "build_model",
     "default_rounds",
     "default_settings",
-    "make_optimizer",
     "task",
 ]
-
-Weights = list[npt.NDArray[Any]]
 
 default_settings = TrainingSettings(local_epochs=2, batch_size=32, learning_rate=0.05, seed=0)
 default_rounds = 10
@@ -46,33 +38,5 @@ def build_model(keras: ModuleType) -> Any:
     )
 
 
-def make_optimizer(keras: ModuleType, learning_rate: float) -> Any:
-    """The local optimizer; its state is reset at every round by the runtime."""
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
-
-
-class GesturesTask:
-    """Implements ``fedsilo.tasks.Task``; the Keras work happens in ``KerasTaskRuntime``."""
-
-    name = "gestures"
-
-    def __init__(self) -> None:
-        self._runtime = KerasTaskRuntime(build_model, make_optimizer=make_optimizer)
-
-    def initial_weights(self, seed: int) -> Weights:
-        return self._runtime.initial_weights(seed)
-
-    def load_data(self, config: Mapping[str, Any]) -> LocalData:
-        return load_partition(config)
-
-    def train(self, weights: Weights, data: LocalData, settings: TrainingSettings) -> TrainResult:
-        return self._runtime.train(weights, data, settings)
-
-    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult:
-        return self._runtime.evaluate(weights, data)
-
-    def export_keras(self, weights: Weights, path: Path) -> None:
-        self._runtime.export_keras(weights, path)
-
-
-task = GesturesTask()
+task = KerasTask("gestures", build_model, load_partition, make_optimizer=sgd_with_momentum)
+"""The ``gestures`` task (``fedsilo.tasks`` entry point)."""

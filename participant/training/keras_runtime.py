@@ -26,7 +26,7 @@ import contextlib
 import math
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,7 +37,14 @@ import numpy.typing as npt
 from fedsilo.tasks import EvalResult, LocalData, TrainingSettings, TrainResult, as_float32
 from participant.training.validation import check_settings, check_weights
 
-__all__ = ["KerasTaskRuntime", "ModelFactory", "OptimizerFactory"]
+__all__ = [
+    "DataLoader",
+    "KerasTask",
+    "KerasTaskRuntime",
+    "ModelFactory",
+    "OptimizerFactory",
+    "sgd_with_momentum",
+]
 
 Weights = list[npt.NDArray[Any]]
 ModelFactory = Callable[[ModuleType], Any]
@@ -189,3 +196,47 @@ class KerasTaskRuntime:
         for variable in self._optimizer.variables:
             variable.assign(np.zeros(tuple(variable.shape), dtype=variable.dtype))
         self._optimizer.learning_rate = learning_rate
+
+
+def sgd_with_momentum(keras: ModuleType, learning_rate: float) -> Any:
+    """SGD with momentum 0.9: the example tasks' local optimizer (reset every round)."""
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+
+
+DataLoader = Callable[[Mapping[str, Any]], LocalData]
+"""``load_data(task_config) -> LocalData``: the organization's own train and held-out data."""
+
+
+class KerasTask:
+    """A ``fedsilo.tasks.Task`` made of a name, a model factory, an optimizer and a data loader.
+
+    Example tasks are instances of it (``examples/digits/task.py``); the Keras work happens in
+    one :class:`KerasTaskRuntime`, created when the task is.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        build_model: ModelFactory,
+        load_data: DataLoader,
+        *,
+        make_optimizer: OptimizerFactory = _adam,
+    ) -> None:
+        self.name = name
+        self._load_data = load_data
+        self._runtime = KerasTaskRuntime(build_model, make_optimizer=make_optimizer)
+
+    def initial_weights(self, seed: int) -> Weights:
+        return self._runtime.initial_weights(seed)
+
+    def load_data(self, config: Mapping[str, Any]) -> LocalData:
+        return self._load_data(config)
+
+    def train(self, weights: Weights, data: LocalData, settings: TrainingSettings) -> TrainResult:
+        return self._runtime.train(weights, data, settings)
+
+    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult:
+        return self._runtime.evaluate(weights, data)
+
+    def export_keras(self, weights: Weights, path: Path) -> None:
+        self._runtime.export_keras(weights, path)
