@@ -18,7 +18,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -102,7 +101,11 @@ def read_state(conn: Connection) -> SchemaState:
     head = head_revision()
     tables = set(inspect(conn).get_table_names())
     if _VERSION_TABLE in tables:
-        state = SchemaState(MigrationContext.configure(conn).get_current_revision(), head)
+        # Read directly: Alembic's MigrationContext would log two lines at every start.
+        rows = conn.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalars().all()  # noqa: S608
+        if len(rows) > 1:
+            raise SchemaMismatch(f"database schema is at several revisions at once: {rows}")
+        state = SchemaState(rows[0] if rows else None, head)
     elif _LEGACY_TABLE in tables:
         version = conn.execute(text(f"SELECT version FROM {_LEGACY_TABLE}")).scalar()  # noqa: S608
         if not isinstance(version, int) or version not in LEGACY_REVISIONS:
