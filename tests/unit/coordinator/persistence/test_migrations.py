@@ -65,7 +65,7 @@ from fedsilo.tasks import TrainingSettings
 HEAD = "0003"
 T0 = 1_700_000_000.123456
 
-# (name, schema version, whether revoked_certificates exists): the table arrived after version 1
+# (schema version, whether revoked_certificates exists): that table arrived after version 1
 # without a version change, so version-1 databases exist with and without it.
 LEGACY = [
     pytest.param(1, False, id="version-1-first"),
