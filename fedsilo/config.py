@@ -49,9 +49,14 @@ class TlsSection:
 
 @dataclass(frozen=True)
 class DatabaseSection:
-    """SQLAlchemy URL; empty means a SQLite file in the data directory."""
+    """SQLAlchemy URL; empty means a SQLite file in the data directory.
+
+    ``auto_migrate`` upgrades an older schema when the coordinator starts, as ``fedsilo
+    coordinator migrate`` would; without it such a database is refused.
+    """
 
     url: str = ""
+    auto_migrate: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""SQLAlchemy schema of the coordinator database; uniqueness lives here, not in Python checks."""
+"""SQLAlchemy schema of the coordinator database; uniqueness lives here, not in Python checks.
+
+Every change here comes with an Alembic revision in ``migrations/versions/`` that makes it
+(docs/migrations.md); a test checks that the newest revision builds exactly these tables.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["SCHEMA_VERSION", "metadata"]
-
-SCHEMA_VERSION = 3
+__all__ = ["metadata"]
 
 metadata = MetaData()
 
+# The schema version before Alembic (3 since revision 0003). Code from before Alembic reads it and
+# refuses any version but its own, so a revision that changes tables sets it to 4 or more.
 schema_info = Table(
     "schema_info",
     metadata,

@@ -1,7 +1,8 @@
 """Repositories over SQLAlchemy: one ``Store`` per database, one transaction per use case.
 
 ``sqlite://`` (in memory), a SQLite file and PostgreSQL all run the same code and pass the same
-contract tests (tests/unit/coordinator/persistence). Rounds and jobs are updated with a
+contract tests (tests/unit/coordinator/persistence); ``migrate.py`` checks (and for an empty
+database creates) the schema when a ``Store`` opens. Rounds and jobs are updated with a
 compare-and-set on their ``row_version`` so a stale writer can never half-apply a transition.
 """
 
@@ -13,9 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.pool import StaticPool
 
 from coordinator.domain.jobs import (
     Job,
@@ -32,7 +32,9 @@ from coordinator.domain.jobs import (
 )
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import CoordinatorError, StorageUnavailable
+from coordinator.persistence import migrate
 from coordinator.persistence import schema as t
+from coordinator.persistence.engine import failure_reason, make_engine
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
@@ -48,32 +50,20 @@ class StaleWrite(CoordinatorError):
     """A compare-and-set update found another row_version: someone else changed the row."""
 
 
-_UPGRADABLE = frozenset({1, 2})
-
-
 class Store:
     """A database holding the coordinator's state."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine = _make_engine(url)
+        self._engine = make_engine(url)
         try:
-            t.metadata.create_all(self._engine)
             with self._engine.begin() as conn:
-                row = conn.execute(select(t.schema_info.c.version)).first()
-                if row is None:
-                    conn.execute(insert(t.schema_info).values(id=1, version=t.SCHEMA_VERSION))
-                elif row.version in _UPGRADABLE:
-                    # Versions 1 and 2 lack only tables (phase_messages, job_messages), which
-                    # create_all just added.
-                    conn.execute(update(t.schema_info).values(version=t.SCHEMA_VERSION))
-                elif row.version != t.SCHEMA_VERSION:
-                    raise StorageUnavailable(
-                        f"database schema version {row.version} is not {t.SCHEMA_VERSION}"
-                    )
+                # An empty database is created at the newest revision; any other must already be
+                # there (fedsilo coordinator migrate), so serving never changes a schema unasked.
+                migrate.ensure_current(conn)
         except DBAPIError as exc:
             self._engine.dispose()
-            raise StorageUnavailable(f"cannot open the database: {_reason(exc)}") from exc
+            raise StorageUnavailable(f"cannot open the database: {failure_reason(exc)}") from exc
         except StorageUnavailable:
             self._engine.dispose()
             raise
@@ -94,31 +84,7 @@ class Store:
         except IntegrityError as exc:
             raise DuplicateKey("a unique constraint refused the change") from exc
         except DBAPIError as exc:
-            raise StorageUnavailable(f"database unavailable: {_reason(exc)}") from exc
-
-
-def _reason(exc: DBAPIError) -> str:
-    # The first line of the driver's message names the cause without SQL or parameters.
-    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 10}}
-        if url in ("sqlite://", "sqlite:///:memory:"):
-            kwargs["poolclass"] = StaticPool
-        engine = create_engine(url, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+            raise StorageUnavailable(f"database unavailable: {failure_reason(exc)}") from exc
 
 
 class Transaction:

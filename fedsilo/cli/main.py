@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = coordinator_cmds.add_parser("serve", help="serve until SIGTERM")
     serve.add_argument("--config", type=Path, help="YAML configuration file")
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    migrate = coordinator_cmds.add_parser("migrate", help="upgrade the database schema")
+    migrate.add_argument("--config", type=Path, help="YAML configuration file")
+    migrate.add_argument("--database-url", help="SQLAlchemy URL instead of the configuration's")
 
     pki_commands.register(commands)
     health_command.register(commands)
@@ -206,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "coordinator":
-        from coordinator.main import serve
+        from coordinator.main import migrate, serve
 
+        if args.action == "migrate":
+            return migrate(args.config, args.database_url)
         return serve(args.config, args.port_file)
     if args.command == "participant":
         if args.action == "doctor":

@@ -28,6 +28,7 @@ from coordinator.domain.jobs import (
 )
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import CoordinatorError, StorageUnavailable
+from coordinator.persistence.migrate import head_revision
 from coordinator.persistence.store import DuplicateKey, StaleWrite, Store
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
@@ -505,18 +506,19 @@ def test_data_survives_reopening(open_store: Callable[[], Store]) -> None:
         tx.add_job(make_job())
         tx.add_round(make_round())
     first.close()
-    second = open_store()  # create_all and the schema check must accept an existing database
+    second = open_store()  # the schema check must accept the database it created
     with second.transaction() as tx:
         assert tx.get_job("job-1") == make_job()
         assert tx.get_round("round-1") == make_round()
 
 
-def test_other_schema_version_is_refused(open_store: Callable[[], Store]) -> None:
+def test_unknown_schema_revision_is_refused(open_store: Callable[[], Store]) -> None:
     first = open_store()
     with first.engine.begin() as conn:
-        conn.execute(text("UPDATE schema_info SET version = 999"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     first.close()
-    with pytest.raises(StorageUnavailable, match="schema version 999") as refused:
+    expected = f"schema revision 9999 is newer than this fedsilo, whose newest is {head_revision()}"
+    with pytest.raises(StorageUnavailable, match=expected) as refused:
         open_store()
     _close_store_that_failed_to_open(refused)
 

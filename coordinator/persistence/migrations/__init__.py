@@ -1,0 +1,1 @@
+"""Alembic's script directory for the coordinator database (env.py and versions/)."""

@@ -1,0 +1,1 @@
+"""The coordinator database's revisions, oldest first: rev0001 is schema version 1."""
