@@ -37,7 +37,7 @@ test: $(STAMP) $(KFP_STAMP)
 
 # Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not tf and not postgres and not system and not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not tf and not postgres and not system and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

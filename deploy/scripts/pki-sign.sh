@@ -4,8 +4,19 @@
 # The coordinator's certificate names COORDINATOR_NAMES (space-separated DNS names) and
 # 127.0.0.1, so participants can dial it by service name and probes by localhost.
 set -eu
+# The CA key is encrypted with the passphrase in CA_PASSPHRASE_FILE when that is set (a real
+# consortium); the throwaway testbed CA, which lives only in its volume, is written unencrypted.
+if [ -n "${CA_PASSPHRASE_FILE:-}" ]; then
+    passphrase="--passphrase-file $CA_PASSPHRASE_FILE"
+else
+    passphrase="--no-passphrase"
+fi
 if [ ! -f /pki/ca/ca.key ]; then
-    fedsilo pki init --out /pki/ca --name "${CA_NAME:-fedsilo testbed CA}"
+    # shellcheck disable=SC2086 # the option and its file are separate arguments on purpose
+    fedsilo pki init --out /pki/ca --name "${CA_NAME:-fedsilo testbed CA}" $passphrase
+fi
+if [ "$passphrase" = "--no-passphrase" ]; then
+    passphrase=""
 fi
 cp /pki/ca/ca.crt /pki/certs/.ca.crt
 mv /pki/certs/.ca.crt /pki/certs/ca.crt
@@ -23,8 +34,8 @@ for request in /pki/requests/*.csr; do
     fi
     # Re-issued on every run: a party whose volume was wiped has a new key and a new CSR.
     rm -f "/pki/certs/.$party.crt"
-    # shellcheck disable=SC2086 # names are separate arguments on purpose
-    fedsilo pki sign --ca /pki/ca --csr "$request" --out "/pki/certs/.$party.crt" $names
+    # shellcheck disable=SC2086 # names and options are separate arguments on purpose
+    fedsilo pki sign --ca /pki/ca --csr "$request" --out "/pki/certs/.$party.crt" $names $passphrase
     mv "/pki/certs/.$party.crt" "/pki/certs/$party.crt"
 done
 [ "$found" = 1 ] || { echo "pki-sign: no certificate requests in /pki/requests" >&2; exit 1; }

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import hashlib
 import ipaddress
 import json
+import os
 import string
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from fedsilo.cli.admin_connection import AdminConnectionError, add_admin_connect
 from fedsilo.pki import Role
 from fedsilo.tls import TlsFiles
 
-__all__ = ["normalize_serial_hex", "register", "run", "serial_hex"]
+__all__ = ["PASSPHRASE_ENV", "normalize_serial_hex", "register", "run", "serial_hex"]
 
 EXIT_OK = 0
 EXIT_REMOTE_FAILURE = 1
@@ -53,6 +56,12 @@ _ROLE_NAMES = [role.value for role in Role]
 
 class _UserError(ValueError):
     """A pki command cannot do what was asked; the message is meant for the person at the shell."""
+
+
+PASSPHRASE_ENV = "FEDSILO_CA_PASSPHRASE"  # noqa: S105 (the name of a variable, not a secret)
+"""Environment variable holding the CA key's passphrase (for scripts; a file is safer)."""
+
+_MAX_PASSPHRASE_BYTES = 1024
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -100,6 +109,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     init.add_argument(
         "--days", type=int, default=pki.DEFAULT_CA_VALID_DAYS, help="validity in days"
     )
+    _add_passphrase_flags(init)
+    init.add_argument(
+        "--no-passphrase",
+        action="store_true",
+        help="write ca.key unencrypted (only for throwaway test consortia)",
+    )
     _add_json_flag(init)
 
     csr = actions.add_parser(
@@ -125,6 +140,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sign.add_argument(
         "--ip", action="append", default=[], metavar="ADDR", help="IP address (repeatable)"
     )
+    _add_passphrase_flags(sign)
     _add_json_flag(sign)
 
     show = actions.add_parser("show", help="print what a certificate says")
@@ -173,7 +189,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 _HELP_INIT = (
     "Create a self-signed consortium CA in DIR: ca.crt (give it to every party) and ca.key "
-    "(mode 0600; keep it offline). Refuses to touch an existing CA."
+    "(mode 0600, encrypted with a passphrase; keep it offline). The passphrase comes from "
+    f"--passphrase-file, else ${PASSPHRASE_ENV}, else a prompt; --no-passphrase writes the key "
+    "unencrypted. Refuses to touch an existing CA."
 )
 
 
@@ -190,10 +208,17 @@ def _init(args: argparse.Namespace, console: Console) -> int:
                 f"refusing to overwrite the existing CA file {path}; "
                 "choose another --out directory (a new CA invalidates every issued certificate)"
             )
+    if args.no_passphrase and args.passphrase_file is not None:
+        raise _UserError("--no-passphrase and --passphrase-file contradict each other")
+    passphrase = None if args.no_passphrase else _new_passphrase(args.passphrase_file)
     _ensure_private_directory(out)
     ca = pki.create_ca(name, args.days)
-    files = ca.save(out)
-    result = {"ca_cert": str(files.cert_path), "ca_key": str(files.key_path)}
+    files = ca.save(out, password=passphrase)
+    result = {
+        "ca_cert": str(files.cert_path),
+        "ca_key": str(files.key_path),
+        "ca_key_encrypted": passphrase is not None,
+    }
     result.update(_certificate_summary(ca.cert))
     _emit(
         console,
@@ -202,7 +227,9 @@ def _init(args: argparse.Namespace, console: Console) -> int:
         [
             f"created consortium CA {result['subject']}",
             f"  certificate: {files.cert_path}  (give it to the coordinator and every org)",
-            f"  private key: {files.key_path}  (mode 0600; keep it offline)",
+            f"  private key: {files.key_path}  (mode 0600, "
+            + ("encrypted" if passphrase is not None else "NOT encrypted")
+            + "; keep it offline)",
             f"  valid until: {result['not_after']}",
             f"  sha-256:     {result['sha256_fingerprint']}",
         ],
@@ -289,7 +316,7 @@ def _sign(args: argparse.Namespace, console: Console) -> int:
     out: Path = args.out
     if out.exists():
         raise _UserError(f"refusing to overwrite {out}; choose another --out file")
-    ca = _load_ca(args.ca)
+    ca = _load_ca(args.ca, args.passphrase_file)
     csr = _read_csr(args.csr)
     if not csr.is_signature_valid:
         raise _UserError(
@@ -448,7 +475,7 @@ def _read_csr(path: Path) -> x509.CertificateSigningRequest:
         raise _UserError(f"{path} is not a PEM certificate signing request") from None
 
 
-def _load_ca(directory: Path) -> pki.CertificateAuthority:
+def _load_ca(directory: Path, passphrase_file: Path | None) -> pki.CertificateAuthority:
     cert_path, key_path = directory / pki.CA_CERT_FILENAME, directory / pki.CA_KEY_FILENAME
     for path in (cert_path, key_path):
         if not path.is_file():
@@ -458,13 +485,87 @@ def _load_ca(directory: Path) -> pki.CertificateAuthority:
     # Read each file once on its own first so that a broken one is named in plain words;
     # pki.load_ca then checks that they form a CA and belong together.
     _read_certificate(cert_path, "CA certificate")
+    pem = key_path.read_bytes()
+    if _is_encrypted(pem):
+        passphrase: bytes | None = _existing_passphrase(passphrase_file, key_path)
+    elif passphrase_file is not None:
+        raise _UserError(f"CA key {key_path} is not encrypted; drop --passphrase-file")
+    else:
+        passphrase = None  # an unencrypted (--no-passphrase) CA: $FEDSILO_CA_PASSPHRASE unused
     try:
-        pki.load_private_key(key_path)
+        pki.load_private_key(key_path, password=passphrase)
     except TypeError:
-        raise _UserError(f"CA key {key_path} is password-protected (not supported)") from None
+        raise _UserError(f"CA key {key_path} is encrypted in a way pki cannot read") from None
     except (ValueError, UnsupportedAlgorithm):
+        if passphrase is not None:
+            raise _UserError(
+                f"CA key {key_path}: wrong passphrase, or not an EC or RSA PEM private key"
+            ) from None
         raise _UserError(f"CA key {key_path} is not an EC or RSA PEM private key") from None
-    return pki.load_ca(cert_path, key_path)
+    return pki.load_ca(cert_path, key_path, password=passphrase)
+
+
+def _add_passphrase_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help=f"read the CA key's passphrase from FILE (its first line); else ${PASSPHRASE_ENV}, "
+        "else a prompt",
+    )
+
+
+def _is_encrypted(pem: bytes) -> bool:
+    # PKCS#8 encrypted keys (what pki writes) and legacy OpenSSL encrypted PEM.
+    return b"BEGIN ENCRYPTED PRIVATE KEY" in pem or b"Proc-Type: 4,ENCRYPTED" in pem
+
+
+def _passphrase_from(passphrase_file: Path | None) -> bytes | None:
+    """The passphrase from --passphrase-file or the environment; None when neither gives one."""
+    if passphrase_file is not None:
+        lines = passphrase_file.read_bytes().splitlines()
+        return _checked_passphrase(lines[0] if lines else b"", f"{passphrase_file}")
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env is not None:
+        return _checked_passphrase(from_env.encode(), f"${PASSPHRASE_ENV}")
+    return None
+
+
+def _checked_passphrase(passphrase: bytes, source: str) -> bytes:
+    if not passphrase.strip():
+        raise _UserError(
+            f"the passphrase in {source} is empty; give one, or --no-passphrase at 'pki init' "
+            "for an unencrypted CA key"
+        )
+    if len(passphrase) > _MAX_PASSPHRASE_BYTES:
+        raise _UserError(f"the passphrase in {source} is longer than {_MAX_PASSPHRASE_BYTES} bytes")
+    return passphrase
+
+
+def _prompt(prompt: str) -> bytes:
+    if not sys.stdin.isatty():
+        raise _UserError(
+            f"the CA key needs a passphrase: give --passphrase-file FILE or set ${PASSPHRASE_ENV} "
+            "(no terminal to prompt on)"
+        )
+    return getpass.getpass(prompt).encode()
+
+
+def _new_passphrase(passphrase_file: Path | None) -> bytes:
+    given = _passphrase_from(passphrase_file)
+    if given is not None:
+        return given
+    first = _checked_passphrase(_prompt("passphrase for the new CA key: "), "the prompt")
+    if _prompt("the same passphrase again: ") != first:
+        raise _UserError("the two passphrases differ; nothing was written")
+    return first
+
+
+def _existing_passphrase(passphrase_file: Path | None, key_path: Path) -> bytes:
+    given = _passphrase_from(passphrase_file)
+    if given is not None:
+        return given
+    return _checked_passphrase(_prompt(f"passphrase of {key_path}: "), "the prompt")
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -26,7 +26,13 @@ from rich.console import Console
 
 from fedsilo import pki
 from fedsilo.cli import pki_commands as pki_cli
-from fedsilo.cli.pki_commands import normalize_serial_hex, register, run, serial_hex
+from fedsilo.cli.pki_commands import (
+    PASSPHRASE_ENV,
+    normalize_serial_hex,
+    register,
+    run,
+    serial_hex,
+)
 from fedsilo.pki import Role
 from fedsilo.tls import TlsFiles
 
@@ -43,6 +49,12 @@ def _no_ambient_tls_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The revoke flags take defaults from the environment; a developer's shell must not leak in.
     for name in TLS_ENV:
         monkeypatch.delenv(name, raising=False)
+    # Every CA in these tests is encrypted, as a real one is; the tests of the passphrase
+    # sources change or remove this.
+    monkeypatch.setenv(PASSPHRASE_ENV, TEST_PASSPHRASE)
+
+
+TEST_PASSPHRASE = "correct horse battery staple"
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -636,7 +648,13 @@ def test_revoke_reports_a_coordinator_refusal_in_one_line(
 
 
 def test_public_api() -> None:
-    assert sorted(pki_cli.__all__) == ["normalize_serial_hex", "register", "run", "serial_hex"]
+    assert sorted(pki_cli.__all__) == [
+        "PASSPHRASE_ENV",
+        "normalize_serial_hex",
+        "register",
+        "run",
+        "serial_hex",
+    ]
 
 
 def test_pki_without_an_action_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -644,3 +662,114 @@ def test_pki_without_an_action_is_a_usage_error(capsys: pytest.CaptureFixture[st
         _parse()
     assert exited.value.code == 2
     assert "ACTION" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- CA key passphrase
+
+
+def _ca_key_is_encrypted(ca_dir: Path) -> bool:
+    return b"BEGIN ENCRYPTED PRIVATE KEY" in (ca_dir / "ca.key").read_bytes()
+
+
+def test_init_encrypts_the_ca_key_and_sign_needs_its_passphrase(
+    consortium: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _ca_key_is_encrypted(consortium.ca_dir)
+    with pytest.raises(TypeError):  # unreadable without the passphrase
+        pki.load_private_key(consortium.ca_dir / "ca.key")
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "not the passphrase")
+    code, output = _sign(consortium.ca_dir, consortium.csr_path(), tmp_path / "wrong.crt")
+    assert code == 2
+    _assert_one_line_error(output, "wrong passphrase")
+    assert not (tmp_path / "wrong.crt").exists()
+
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    code, output = _sign(consortium.ca_dir, consortium.csr_path(), tmp_path / "no-tty.crt")
+    assert code == 2  # pytest's stdin is no terminal: no prompt, a clear error instead
+    _assert_one_line_error(output, "--passphrase-file", PASSPHRASE_ENV)
+    assert not (tmp_path / "no-tty.crt").exists()
+
+    secret = tmp_path / "passphrase.txt"
+    secret.write_text(TEST_PASSPHRASE + "\n")
+    code, output = _sign(
+        consortium.ca_dir,
+        consortium.csr_path(),
+        tmp_path / "acme.crt",
+        "--passphrase-file",
+        str(secret),
+    )
+    assert code == 0, output
+    assert pki.load_certificate(tmp_path / "acme.crt").issuer == consortium.ca_cert.subject
+
+
+def test_init_takes_the_passphrase_from_a_file_before_the_environment(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "passphrase.txt"
+    secret.write_text("from the file\nsecond line is ignored\n")
+    code, output = _run("init", "--out", str(tmp_path / "ca"), "--passphrase-file", str(secret))
+    assert code == 0, output
+    key = pki.load_private_key(tmp_path / "ca" / "ca.key", password=b"from the file")
+    assert key.public_key() == pki.load_certificate(tmp_path / "ca" / "ca.crt").public_key()
+
+
+@pytest.mark.parametrize("empty", ["", "\n", "   \n"])
+def test_init_refuses_an_empty_passphrase_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty: str
+) -> None:
+    monkeypatch.setenv(PASSPHRASE_ENV, empty)
+    code, output = _run("init", "--out", str(tmp_path / "ca"))
+    assert code == 2
+    _assert_one_line_error(output, "empty", "--no-passphrase")
+    assert not (tmp_path / "ca").exists()
+
+    secret = tmp_path / "empty.txt"
+    secret.write_text(empty)
+    code, output = _run("init", "--out", str(tmp_path / "ca"), "--passphrase-file", str(secret))
+    assert code == 2
+    _assert_one_line_error(output, "empty")
+    assert not (tmp_path / "ca").exists()
+
+
+def test_init_without_any_passphrase_source_and_no_terminal_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    code, output = _run("init", "--out", str(tmp_path / "ca"))
+    assert code == 2
+    _assert_one_line_error(output, "--passphrase-file", PASSPHRASE_ENV)
+    assert not (tmp_path / "ca").exists()
+
+
+def test_no_passphrase_writes_an_unencrypted_key_that_sign_uses_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    ca_dir, org_dir = tmp_path / "ca", tmp_path / "acme"
+    code, output = _run("init", "--out", str(ca_dir), "--no-passphrase")
+    assert code == 0, output
+    assert "NOT encrypted" in output
+    assert not _ca_key_is_encrypted(ca_dir)
+    assert _run("csr", "--org", "acme", "--role", "participant", "--out", str(org_dir))[0] == 0
+    code, output = _sign(ca_dir, org_dir / "acme.csr", tmp_path / "acme.crt")
+    assert code == 0, output
+
+    secret = tmp_path / "passphrase.txt"  # a passphrase file for a plain key: say so
+    secret.write_text(TEST_PASSPHRASE)
+    code, output = _sign(
+        ca_dir, org_dir / "acme.csr", tmp_path / "again.crt", "--passphrase-file", str(secret)
+    )
+    assert code == 2
+    _assert_one_line_error(output, "not encrypted")
+
+
+def test_no_passphrase_and_a_passphrase_file_contradict(tmp_path: Path) -> None:
+    secret = tmp_path / "passphrase.txt"
+    secret.write_text(TEST_PASSPHRASE)
+    code, output = _run(
+        "init", "--out", str(tmp_path / "ca"), "--no-passphrase", "--passphrase-file", str(secret)
+    )
+    assert code == 2
+    _assert_one_line_error(output, "contradict")
+    assert not (tmp_path / "ca").exists()
