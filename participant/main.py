@@ -24,6 +24,7 @@ from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
+from participant.service.state_lock import StateDirLock
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
 from secagg.paillier import PaillierWorkers
 
@@ -99,11 +100,13 @@ def run(config_path: Path | None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon, channels = build_daemon(config, stop)
-    try:
-        daemon.run()
-    finally:
-        channels.close()
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with StateDirLock(config.state_dir):
+        daemon, channels = build_daemon(config, stop)
+        try:
+            daemon.run()
+        finally:
+            channels.close()
     return 0
 
 

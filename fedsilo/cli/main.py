@@ -14,7 +14,7 @@ from fedsilo.cli import doctor, health_command, pki_commands
 from fedsilo.cli.admin_commands import participant_export, run_admin
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
-from fedsilo.config import ConfigError
+from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings, installed_tasks
 from fedsilo.tls import TlsConfigError
@@ -207,6 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _run_participant(config_path: Path | None, console: Console) -> int:
+    # The daemon starts only with a certificate the coordinator would accept: an expired or
+    # foreign one is a clear exit, not a daemon that retries forever.
+    refusal = doctor.startup_refusal(load_config(ParticipantConfig, config_path))
+    if refusal is not None:
+        console.print(f"[red]error:[/red] {refusal}", soft_wrap=True)
+        return 2
+    from participant.main import run
+
+    return run(config_path)
+
+
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "coordinator":
         from coordinator.main import migrate, serve
@@ -219,9 +231,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             return doctor.run(args, console)
         if args.action == "export":
             return participant_export(args, args.config, console)
-        from participant.main import run
-
-        return run(args.config)
+        return _run_participant(args.config, console)
     if args.command == "pki":
         return pki_commands.run(args, console)
     if args.command == "health":

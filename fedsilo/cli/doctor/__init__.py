@@ -22,9 +22,11 @@ Wiring: :func:`register` adds ``doctor`` to the ``participant`` subcommands and 
 executes it (``command.py``); the checks are in ``checks.py``, their network probes in
 ``probes.py`` and the result types in ``results.py``. Exit codes: 0 every check passed (warnings
 allowed), 1 a check failed, 2 the configuration could not be loaded.
+
+``participant run`` runs checks 1 and 2 before it starts (:func:`startup_refusal`).
 """
 
-from fedsilo.cli.doctor.checks import diagnose
+from fedsilo.cli.doctor.checks import diagnose, startup_refusal
 from fedsilo.cli.doctor.command import register, run
 from fedsilo.cli.doctor.results import (
     CERTIFICATE,
@@ -63,4 +65,5 @@ __all__ = [
     "diagnose",
     "register",
     "run",
+    "startup_refusal",
 ]

@@ -61,7 +61,7 @@ from fedsilo.tls import TlsConfigError, TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
-__all__ = ["diagnose"]
+__all__ = ["diagnose", "startup_refusal"]
 
 
 class _Diagnosis:
@@ -559,3 +559,29 @@ def diagnose(
     finally:
         diagnosis.close()
     return list(results.values())
+
+
+def startup_refusal(
+    config: ParticipantConfig, *, clock: Callable[[], float] = time.time
+) -> str | None:
+    """Why ``participant run`` must not start with this configuration, or None.
+
+    The doctor's two local checks (configuration and certificate) run before the daemon starts,
+    so an expired, not-yet-valid or foreign-CA certificate stops it at once with the doctor's
+    message instead of a daemon that retries forever. A plaintext configuration (tests on
+    loopback only) has no certificate to check.
+    """
+    if config.tls.insecure:
+        return None
+    diagnosis = _Diagnosis(config, clock, DEFAULT_TIMEOUT_S)
+    try:
+        for name, check in (
+            (CONFIGURATION, _Diagnosis.configuration),
+            (CERTIFICATE, _Diagnosis.certificate),
+        ):
+            verdict = check(diagnosis)
+            if not verdict.ok:
+                return f"{name} check failed: {verdict.detail}. Fix: {verdict.fix}"
+    finally:
+        diagnosis.close()
+    return None
