@@ -40,11 +40,18 @@ NETWORK_CHECKS = (
 )
 
 
-def participant_config(tls: TlsFiles, target: str, tmp_path: Path) -> ParticipantConfig:
+# This organization's slice of the digits example: what the task data check loads.
+DIGITS_SLICE = {"partition": 0, "num_partitions": 3}
+
+
+def participant_config(
+    tls: TlsFiles, target: str, tmp_path: Path, task_config: dict[str, object] | None = None
+) -> ParticipantConfig:
     return ParticipantConfig(
         coordinator=target,
         state_dir=tmp_path / "participant",
         tls=TlsSection(ca_cert=tls.ca_cert, cert=tls.cert, key=tls.key),
+        task_config=dict(DIGITS_SLICE if task_config is None else task_config),
     )
 
 
@@ -54,8 +61,15 @@ def run_doctor(
     tmp_path: Path,
     clock: Callable[[], float] = time.time,
     timeout: float = TIMEOUT_S,
+    tasks: tuple[str, ...] = ("digits",),
+    task_config: dict[str, object] | None = None,
 ) -> dict[str, CheckResult]:
-    results = diagnose(participant_config(tls, target, tmp_path), clock=clock, timeout=timeout)
+    results = diagnose(
+        participant_config(tls, target, tmp_path, task_config),
+        clock=clock,
+        timeout=timeout,
+        tasks=tasks,
+    )
     assert [r.name for r in results] == list(CHECKS)
     return {r.name: r for r in results}
 
@@ -124,6 +138,8 @@ def test_every_check_passes_against_a_healthy_coordinator(
     assert "SERVING" in results[doctor.COORDINATOR_HEALTH].detail
     assert "'org-a' with role participant" in results[doctor.IDENTITY].detail
     assert "active member" in results[doctor.MEMBERSHIP].detail
+    assert "digits: " in results[doctor.TASK_DATA].detail
+    assert "training and" in results[doctor.TASK_DATA].detail
     assert all(r.fix == "" for r in results.values())
 
 
@@ -142,6 +158,9 @@ def _write_config(path: Path, tls: TlsFiles, target: str) -> Path:
         f"  ca_cert: {tls.ca_cert}\n"
         f"  cert: {tls.cert}\n"
         f"  key: {tls.key}\n"
+        "task_config:\n"
+        "  partition: 0\n"
+        "  num_partitions: 3\n"
     )
     return path
 
@@ -152,7 +171,7 @@ def test_command_prints_a_table_and_exits_0_when_healthy(
     config = _write_config(
         tmp_path / "participant.yaml", pki.participant_tls("org-a"), target_of(coordinator.port)
     )
-    args = _doctor_args(["doctor", "--config", str(config)])
+    args = _doctor_args(["doctor", "--config", str(config), "--task", "digits"])
     assert args.action == "doctor"
     out = io.StringIO()
 
@@ -182,7 +201,10 @@ def test_command_json_lists_every_check_and_exits_1_on_a_failure(
     assert [row["name"] for row in rows] == list(CHECKS)
     assert {row["result"] for row in rows[:3]} == {"pass"}
     assert rows[3]["result"] == "fail" and rows[3]["ok"] is False and rows[3]["fix"]
-    assert {row["result"] for row in rows[4:]} == {"skipped"}
+    assert {row["result"] for row in rows[4:-1]} == {"skipped"}
+    # No --task and no tasks: listed: the data was not loaded, and the doctor says so.
+    assert rows[-1]["name"] == doctor.TASK_DATA and rows[-1]["result"] == "warn"
+    assert "--task NAME" in rows[-1]["fix"]
 
 
 @pytest.mark.parametrize(
@@ -229,7 +251,7 @@ def test_key_of_another_organization_fails_the_configuration_check(
 
     assert results[doctor.CONFIGURATION].outcome is Outcome.FAIL
     assert "does not belong to" in results[doctor.CONFIGURATION].detail
-    assert_skipped(results, CHECKS[1:])
+    assert_skipped(results, CHECKS[1:])  # the task data check needs the configuration too
 
 
 def test_certificate_from_a_foreign_ca_fails_the_certificate_check(
@@ -506,3 +528,32 @@ def test_revoked_membership_is_explained(
     assert "PERMISSION_DENIED" in identity.detail and "revoked" in identity.detail
     assert "consortium admins" in identity.fix
     assert_skipped(results, (doctor.CLOCK, doctor.MEMBERSHIP))
+
+
+# -- this organization's data ------------------------------------------------------------------
+
+
+def test_a_partition_that_does_not_exist_fails_the_task_data_check(
+    pki: ConsortiumPki, tmp_path: Path
+) -> None:
+    results = run_doctor(
+        pki.participant_tls("org-a"),
+        target_of(free_port()),
+        tmp_path,
+        task_config={"partition": 7, "num_partitions": 3},
+    )
+
+    task_data = results[doctor.TASK_DATA]
+    assert task_data.outcome is Outcome.FAIL
+    assert "task digits" in task_data.detail and "partition" in task_data.detail
+    assert "task_config" in task_data.fix
+
+
+def test_an_unknown_task_fails_the_task_data_check(pki: ConsortiumPki, tmp_path: Path) -> None:
+    results = run_doctor(
+        pki.participant_tls("org-a"), target_of(free_port()), tmp_path, tasks=("digitz",)
+    )
+
+    task_data = results[doctor.TASK_DATA]
+    assert task_data.outcome is Outcome.FAIL
+    assert "'digitz' is not installed" in task_data.detail

@@ -13,6 +13,8 @@ The checks run in order and each one says PASS, or what is wrong and how to fix 
 7. identity            GetServerInfo: who the coordinator thinks we are
 8. clock               our clock against the coordinator's (it decides round deadlines)
 9. membership          active, pending an admin's approval, or revoked
+10. task data          the task (``--task`` or the configured ``tasks``) loads this
+                       organization's data with its ``task_config``, with a training split
 
 A check whose prerequisite failed is reported as skipped. Like the daemon's first call,
 GetServerInfo registers an organization the coordinator has not seen yet (as pending, or active
@@ -40,6 +42,7 @@ from fedsilo.cli.doctor.results import (
     MAX_CLOCK_SKEW_S,
     MEMBERSHIP,
     NAME_RESOLUTION,
+    TASK_DATA,
     TCP_CONNECTION,
     TLS_HANDSHAKE,
     CheckResult,
@@ -58,6 +61,7 @@ __all__ = [
     "MAX_CLOCK_SKEW_S",
     "MEMBERSHIP",
     "NAME_RESOLUTION",
+    "TASK_DATA",
     "TCP_CONNECTION",
     "TLS_HANDSHAKE",
     "CheckResult",

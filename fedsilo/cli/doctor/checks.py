@@ -1,4 +1,4 @@
-"""The doctor's nine checks, run in order, each reading what the checks before it established."""
+"""The doctor's ten checks, run in order, each reading what the checks before it established."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from cryptography import x509
@@ -42,6 +42,7 @@ from fedsilo.cli.doctor.results import (
     MEMBERSHIP,
     NAME_RESOLUTION,
     RENEW_FIX,
+    TASK_DATA,
     TCP_CONNECTION,
     TLS_HANDSHAKE,
     CheckResult,
@@ -57,6 +58,7 @@ from fedsilo.cli.doctor.results import (
 from fedsilo.config import ParticipantConfig
 from fedsilo.health import SERVING, serving_status
 from fedsilo.pki import Role, load_certificate, load_private_key, subject_identity
+from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsConfigError, TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
@@ -68,9 +70,14 @@ class _Diagnosis:
     """What one run has found so far; each check reads what the checks before it established."""
 
     def __init__(
-        self, config: ParticipantConfig, clock: Callable[[], float], timeout: float
+        self,
+        config: ParticipantConfig,
+        clock: Callable[[], float],
+        timeout: float,
+        tasks: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.tasks = tuple(tasks)
         self.clock = clock
         self.timeout = timeout
         self.files: TlsFiles | None = None
@@ -516,6 +523,43 @@ class _Diagnosis:
             "tell the coordinator operator; versions may not match",
         )
 
+    # 10 -----------------------------------------------------------------------------------------
+
+    def task_data(self) -> Verdict:
+        names = self.tasks or tuple(sorted(self.config.tasks))
+        if not names:
+            return warned(
+                "no task named, so this organization's data was not loaded",
+                "run `fedsilo participant doctor --task NAME` with the task your jobs use, or "
+                "list it under `tasks:` in the configuration",
+            )
+        loaded = []
+        for name in names:
+            try:
+                task = load_task(name, self.config.tasks or None)
+            except TaskNotFoundError as exc:
+                return failed(
+                    str(exc), "install the task's package, or list it under `tasks:` as module:attr"
+                )
+            try:
+                data = task.load_data(self.config.task_config)
+            except Exception as exc:  # noqa: BLE001 -- the task's own code: its message is the finding
+                return failed(
+                    f"task {name}: loading this organization's data with `task_config` failed: "
+                    f"{type(exc).__name__}: {exc}",
+                    "fix `task_config` in the configuration (a job may add keys of its own)",
+                )
+            if data.num_train == 0:
+                return failed(
+                    f"task {name}: the training split of this organization's data is empty",
+                    "point `task_config` at this organization's data",
+                )
+            loaded.append(
+                f"{name}: {data.num_train} training and {data.num_test} test examples of shape "
+                f"{tuple(data.x_train.shape[1:])}"
+            )
+        return passed("; ".join(loaded))
+
 
 _Check = Callable[[_Diagnosis], Verdict]
 
@@ -530,6 +574,7 @@ _PLAN: tuple[tuple[str, tuple[str, ...], _Check], ...] = (
     (IDENTITY, (TLS_HANDSHAKE,), _Diagnosis.identity),
     (CLOCK, (IDENTITY,), _Diagnosis.clock_skew),
     (MEMBERSHIP, (IDENTITY,), _Diagnosis.membership),
+    (TASK_DATA, (CONFIGURATION,), _Diagnosis.task_data),
 )
 
 
@@ -538,15 +583,19 @@ def diagnose(
     *,
     clock: Callable[[], float] = time.time,
     timeout: float = DEFAULT_TIMEOUT_S,
+    tasks: Sequence[str] = (),
 ) -> list[CheckResult]:
     """Run every check in order; one result per name in :data:`CHECKS`.
+
+    ``tasks`` are the tasks whose data the last check loads with the configured ``task_config``
+    (default: those listed under ``tasks:`` in the configuration).
 
     ``clock`` is this machine's wall clock (seconds since the epoch): certificate validity and
     clock skew are judged on it. ``timeout`` bounds each network step.
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
-    diagnosis = _Diagnosis(config, clock, timeout)
+    diagnosis = _Diagnosis(config, clock, timeout, tasks)
     results: dict[str, CheckResult] = {}
     try:
         for name, needs, check in _PLAN:

@@ -34,7 +34,8 @@ def register(participant_subparsers: argparse._SubParsersAction[argparse.Argumen
         help="check that this organization can reach and join the coordinator",
         description=(
             "Preflight before joining: TLS files, certificate, DNS, TCP, mutual TLS, the "
-            "coordinator's health, how it sees this organization, clock skew and membership. "
+            "coordinator's health, how it sees this organization, clock skew, membership, and "
+            "that this organization's data loads. "
             "Each problem is printed with its fix. Exit 0: all passed (warnings allowed); "
             "1: a check failed; 2: the configuration cannot be loaded."
         ),
@@ -47,6 +48,14 @@ def register(participant_subparsers: argparse._SubParsersAction[argparse.Argumen
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         help="seconds allowed for each network step (default %(default)s)",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load this task's data with the configured task_config (repeatable; default: the "
+        "tasks listed under tasks:)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         ]
         _print(console, results, as_json=args.json)
         return EXIT_BAD_CONFIG
-    results = diagnose(config, timeout=args.timeout)
+    results = diagnose(config, timeout=args.timeout, tasks=args.task)
     _print(console, results, as_json=args.json)
     return EXIT_OK if all(result.ok for result in results) else EXIT_CHECK_FAILED
 

@@ -53,6 +53,7 @@ COORDINATOR_HEALTH = "coordinator health"
 IDENTITY = "identity"
 CLOCK = "clock"
 MEMBERSHIP = "membership"
+TASK_DATA = "task data"
 
 CHECKS = (
     CONFIGURATION,
@@ -64,6 +65,7 @@ CHECKS = (
     IDENTITY,
     CLOCK,
     MEMBERSHIP,
+    TASK_DATA,
 )
 
 EXIT_OK = 0
