@@ -12,15 +12,19 @@ KFP_STAMP := $(KFP_VENV)/.installed
 .PHONY: demo test test-fast lint typecheck check protos bench bench-round bench-paillier-round clean \
 	testbed testbed-clean kfp-venv kubeflow-pipeline
 
+# pip -qq: errors only. Index configuration on some machines makes pip warn about every package
+# it looks up; a failed install still prints its error and stops make.
 $(STAMP): pyproject.toml
+	@echo "make: creating $(VENV) and installing fedsilo with its tf, postgres and dev extras"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[tf,postgres,dev]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[tf,postgres,dev]'
 	touch $(STAMP)
 
 $(KFP_STAMP): deploy/kubeflow/requirements.txt
 	$(PYTHON) -m venv $(KFP_VENV)
-	$(KFP_VENV)/bin/pip install --quiet -r deploy/kubeflow/requirements.txt
+	@echo "make: creating $(KFP_VENV) for the Kubeflow Pipelines SDK"
+	$(KFP_VENV)/bin/pip install -qq -r deploy/kubeflow/requirements.txt
 	touch $(KFP_STAMP)
 
 demo: $(STAMP)
