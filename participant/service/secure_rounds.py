@@ -406,6 +406,7 @@ class SecureRoundParticipant:
         else:
             if not answer.stored_before:
                 self._answers.save(assignment.round_id, SecAggPhase.INPUTS, masked)
+                crash_point("participant.secagg.before_inputs")
             receipt = self._client.retrying(
                 lambda: self._client.submit_update(
                     assignment,

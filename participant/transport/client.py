@@ -48,6 +48,9 @@ CLIENT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's own reconnection backoff grows to 120 s by default: after a long partition a
+    # healed link would go unused for up to two minutes. Reconnect at least every 10 s.
+    ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
 
 
@@ -154,7 +157,9 @@ class CoordinatorClient:
                     deadline is not None and time.monotonic() >= deadline
                 ):
                     raise
-                if self._stop.wait(self._backoff.next_delay()):
+                delay = self._backoff.next_delay()
+                log.info("coordinator call failed (%s); retrying in %.1f s", exc.status.name, delay)
+                if self._stop.wait(delay):
                     raise Stopped() from None
                 continue
             self._backoff.reset()

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,41 @@ def test_the_named_point_kills_the_process(point: str) -> None:
     )
     assert result.returncode == -signal.SIGKILL
     assert "survived" not in result.stdout
+
+
+@pytest.mark.system
+def test_a_pause_point_waits_until_its_file_is_removed(tmp_path: Path) -> None:
+    pause_file = tmp_path / "paused"
+    code = (
+        "from fedsilo import faults\n"
+        "faults.crash_point('participant.secagg.after_shares')\n"
+        "print('resumed', flush=True)\n"
+        "faults.crash_point('participant.secagg.after_shares')\n"  # only the first time
+        "print('passed again', flush=True)\n"
+    )
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", code],
+        env={
+            **os.environ,
+            faults.PAUSE_ENV_VAR: "participant.secagg.after_shares",
+            faults.PAUSE_FILE_ENV_VAR: str(pause_file),
+        },
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pause_file.exists():
+            assert process.poll() is None, "the process ran past its pause point"
+            assert time.monotonic() < deadline, "the process never reached its pause point"
+            time.sleep(0.02)
+        assert pause_file.read_text() == f"{process.pid}\n"
+        assert process.poll() is None  # still paused: the file is there
+        pause_file.unlink()
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert out == "resumed\npassed again\n"
+    assert process.returncode == 0

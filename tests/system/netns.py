@@ -1,0 +1,224 @@
+"""A consortium spread over network namespaces this test creates, for partitions and slow links.
+
+Topology: the coordinator runs in its own namespace; each organization runs in another, joined
+to the coordinator's by its own veth pair (organization ``i``: 10.213.i.2 on its side, 10.213.i.1
+on the coordinator's). Traffic only ever flows between these namespaces: the test process in the
+root namespace never dials them (a down link would send such packets out of the machine); every
+admin call runs inside the coordinator's namespace (``netns_admin.py``). A partition is the
+organization's end of its link set down; a slow link is a ``tc tbf`` qdisc on both ends.
+Everything is deleted at the end, after each process we started is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from fedsilo.cli.daemons import Process
+from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.v1 import fedsilo_pb2 as pb
+
+__all__ = ["NetConsortium", "PORT"]
+
+HERE = Path(__file__).resolve().parent
+PORT = 50051  # each namespace has its own ports: nothing else can hold this one
+COMMAND_TIMEOUT_S = 120.0
+_serial = itertools.count(1)
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(  # noqa: S603 - iproute2 with our own arguments
+        ["ip", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+def _tc(namespace: str, *args: str) -> None:
+    result = subprocess.run(  # noqa: S603
+        ["tc", "-n", namespace, *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"tc {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+@dataclass
+class NetConsortium:
+    """A coordinator and organizations as processes, each in its own network namespace."""
+
+    root: Path
+    orgs: list[str]
+    task_spec: dict[str, str]
+    task_configs: dict[str, dict[str, Any]]
+    participant_settings: dict[str, Any] = field(default_factory=dict)
+    processes: dict[str, Process] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        tag = f"fs{os.getpid() % 100_000}{next(_serial)}"
+        self.coordinator_ns = f"{tag}-c"
+        self.org_ns = {org: f"{tag}-{i}" for i, org in enumerate(self.orgs, 1)}
+        self.org_link = {org: f"{tag}o{i}" for i, org in enumerate(self.orgs, 1)}
+        self.coordinator_link = {org: f"{tag}c{i}" for i, org in enumerate(self.orgs, 1)}
+        self.coordinator_ip = {org: f"10.213.{i}.1" for i, org in enumerate(self.orgs, 1)}
+        self.pki: DemoPki = make_demo_pki(
+            self.root / "pki",
+            self.orgs,
+            coordinator_ips=["127.0.0.1", *self.coordinator_ip.values()],
+        )
+
+    # -- the network ---------------------------------------------------------------------------
+
+    def create_network(self) -> None:
+        for namespace in (self.coordinator_ns, *self.org_ns.values()):
+            _ip("netns", "add", namespace)
+            self.namespaces.append(namespace)
+            _ip("-n", namespace, "link", "set", "lo", "up")
+        for i, org in enumerate(self.orgs, 1):
+            ns, link, peer = self.org_ns[org], self.org_link[org], self.coordinator_link[org]
+            _ip("-n", ns, "link", "add", link, "type", "veth", "peer", "name", peer, "netns",
+                self.coordinator_ns)  # fmt: skip
+            _ip("-n", ns, "addr", "add", f"10.213.{i}.2/24", "dev", link)
+            _ip("-n", self.coordinator_ns, "addr", "add", f"10.213.{i}.1/24", "dev", peer)
+            _ip("-n", ns, "link", "set", link, "up")
+            _ip("-n", self.coordinator_ns, "link", "set", peer, "up")
+
+    def partition(self, org: str) -> None:
+        """Cut ``org`` off: its end of the link goes down (both ends lose the carrier)."""
+        _ip("-n", self.org_ns[org], "link", "set", self.org_link[org], "down")
+
+    def heal(self, org: str) -> None:
+        _ip("-n", self.org_ns[org], "link", "set", self.org_link[org], "up")
+
+    def limit_bandwidth(self, org: str, rate: str) -> None:
+        """Shape both directions of ``org``'s link to ``rate`` (e.g. ``20mbit``) with tbf."""
+        for namespace, link in (
+            (self.org_ns[org], self.org_link[org]),
+            (self.coordinator_ns, self.coordinator_link[org]),
+        ):
+            _tc(namespace, "qdisc", "add", "dev", link, "root", "tbf", "rate", rate,
+                "burst", "32kb", "latency", "400ms")  # fmt: skip
+
+    def delete_network(self) -> None:
+        for namespace in reversed(self.namespaces):
+            _ip("netns", "delete", namespace)  # its veth ends go with it
+        self.namespaces.clear()
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _in(self, namespace: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", namespace, *args]
+
+    def _env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH", "")
+        return {"PYTHONPATH": f"{HERE}{os.pathsep}{path}" if path else str(HERE)}
+
+    def start_coordinator(self, settings: dict[str, Any] | None = None) -> Process:
+        config = {
+            "listen": f"0.0.0.0:{PORT}",
+            "data_dir": str(self.root / "coordinator"),
+            "tls": {
+                "ca_cert": str(self.pki.ca_cert),
+                "cert": str(self.pki.coordinator_cert),
+                "key": str(self.pki.coordinator_key),
+            },
+            "tick_seconds": 0.1,
+            "auto_approve": True,
+            "grace_seconds": 5,
+            **(settings or {}),
+        }
+        path = self.root / "coordinator.yaml"
+        path.write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "fedsilo", "coordinator", "serve", "--config", str(path)]
+        process = Process(
+            "coordinator",
+            self._in(self.coordinator_ns, *command),
+            self.root / "coordinator.log",
+            self._env(),
+        )
+        self.processes["coordinator"] = process
+        self.admin("wait-serving")
+        return process
+
+    def start_participant(self, org: str, env: dict[str, str] | None = None) -> Process:
+        files = self.pki.participants[org]
+        config = {
+            "coordinator": f"{self.coordinator_ip[org]}:{PORT}",
+            "state_dir": str(self.root / org),
+            "tls": {
+                "ca_cert": str(self.pki.ca_cert),
+                "cert": str(files.cert_path),
+                "key": str(files.key_path),
+            },
+            "tasks": self.task_spec,
+            "task_config": self.task_configs[org],
+            "poll_seconds": 2,
+            "backoff": {"initial_seconds": 0.1, "max_seconds": 1},
+            **self.participant_settings,
+        }
+        path = self.root / f"{org}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "fedsilo", "participant", "run", "--config", str(path)]
+        process = Process(
+            org,
+            self._in(self.org_ns[org], *command),
+            self.root / f"{org}.log",
+            {**self._env(), **(env or {})},
+        )
+        self.processes[org] = process
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.stop(timeout=10)
+
+    # -- the admin, inside the coordinator's namespace -------------------------------------------
+
+    def admin(self, command: str, *args: str) -> str:
+        env = {
+            **os.environ,
+            **self._env(),
+            "FEDSILO_ADMIN_CA_CERT": str(self.pki.ca_cert),
+            "FEDSILO_ADMIN_CERT": str(self.pki.admin_cert),
+            "FEDSILO_ADMIN_KEY": str(self.pki.admin_key),
+        }
+        script = str(HERE / "netns_admin.py")
+        result = subprocess.run(  # noqa: S603
+            self._in(
+                self.coordinator_ns, sys.executable, script, command, f"127.0.0.1:{PORT}", *args
+            ),  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"admin {command} failed: {result.stderr[-2000:]}")
+        return result.stdout.strip()
+
+    def create_job(self, spec: pb.JobSpec, weights: list[npt.NDArray[Any]]) -> str:
+        self.admin("wait-orgs", str(len(self.orgs)))
+        saved = self.root / "initial-weights.npz"
+        np.savez(saved, **{f"w{i}": w for i, w in enumerate(weights)})
+        encoded = base64.b64encode(spec.SerializeToString()).decode()
+        return self.admin("create-job", encoded, str(saved))
+
+    def status(self, job_id: str) -> pb.JobStatus:
+        return pb.JobStatus.FromString(base64.b64decode(self.admin("status", job_id)))
+
+    def model(self, job_id: str, version: int = -1) -> tuple[int, list[npt.NDArray[Any]]]:
+        out = self.root / "model.npz"
+        version = int(self.admin("model", job_id, str(version), str(out)))
+        with np.load(out, allow_pickle=False) as saved:
+            return version, [saved[f"w{i}"] for i in range(len(saved.files))]
