@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 KFP_VENV := .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck check protos bench bench-round bench-paillier-round clean \
+.PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round clean \
 	testbed testbed-clean kfp-venv kubeflow-pipeline
 
 # pip -qq: errors only. Index configuration on some machines makes pip warn about every package
@@ -42,6 +42,13 @@ test: $(STAMP) $(KFP_STAMP)
 # Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not tf and not postgres and not system and not slow"
+
+# The long chaos run: a 20-round secure job on PostgreSQL under random kills of the coordinator,
+# the database and organizations, and network partitions (make test runs a short one).
+# FEDSILO_CHAOS_SEED=N replays a run; FEDSILO_CHAOS_ROUNDS=N changes its length.
+chaos: $(STAMP)
+	scripts/ensure-postgres.sh
+	FEDSILO_CHAOS_ROUNDS=$${FEDSILO_CHAOS_ROUNDS:-20} $(BIN)/python -m pytest -q tests/system/test_chaos.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

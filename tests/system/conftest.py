@@ -26,6 +26,14 @@ if _HERE not in sys.path:
 LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the chaos test injected and survived (tests/system/test_chaos.py)."""
+    from netns import CHAOS_REPORT
+
+    for line in CHAOS_REPORT:
+        terminalreporter.write_line(line)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ Commands:
   create-job TARGET SPEC_B64 NPZ    create and start a job with these initial weights; job id
   status TARGET JOB                 the JobStatus, base64
   model TARGET JOB VERSION OUT_NPZ  a model version (-1: the latest) into OUT_NPZ; its version
+  models TARGET JOB OUT_NPZ         every version, as arrays v<version>_w<tensor>
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def main(argv: list[str]) -> int:
             print(job.job_id)
         elif command == "status":
             print(base64.b64encode(admin.get_job(rest[0]).SerializeToString()).decode())
+        elif command == "models":
+            latest = admin.get_job(rest[0]).model_version
+            arrays = {}
+            for version in range(latest + 1):
+                got, weights = admin.download_model(rest[0], version)
+                arrays.update({f"v{got}_w{i}": w for i, w in enumerate(weights)})
+            np.savez(rest[1], **arrays)
         elif command == "model":
             version, weights = admin.download_model(rest[0], int(rest[1]))
             np.savez(rest[2], **{f"w{i}": w for i, w in enumerate(weights)})
