@@ -34,7 +34,7 @@ demo: $(STAMP)
 # checks of deploy/ (compose config, hadolint, Kubernetes schemas, the compiled Kubeflow
 # pipeline). The compose testbed on a real engine is `make testbed` (deploy/README.md).
 test: $(STAMP) $(KFP_STAMP)
-	scripts/ensure-postgres.sh
+	scripts/ensure-test-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -47,7 +47,7 @@ test-fast: $(STAMP)
 # the database and organizations, and network partitions (make test runs a short one).
 # FEDSILO_CHAOS_SEED=N replays a run; FEDSILO_CHAOS_ROUNDS=N changes its length.
 chaos: $(STAMP)
-	scripts/ensure-postgres.sh
+	scripts/ensure-test-packages.sh
 	FEDSILO_CHAOS_ROUNDS=$${FEDSILO_CHAOS_ROUNDS:-20} $(BIN)/python -m pytest -q tests/system/test_chaos.py
 
 lint: $(STAMP)

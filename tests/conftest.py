@@ -2,8 +2,8 @@
 
 The cluster is started once per session (initdb + pg_ctl, about a second) and every test that
 asks for ``fresh_postgres_url`` gets its own database on it. A missing server is a failure, not a
-skip: CI installs PostgreSQL (scripts/ensure-postgres.sh), and a silently skipped contract suite
-would hide a broken backend.
+skip: CI installs PostgreSQL (scripts/ensure-test-packages.sh), and a silently skipped contract
+suite would hide a broken backend.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def postgres_url() -> Iterator[str]:
         pytest.fail(
             "PostgreSQL server binaries (initdb, pg_ctl) were not found under "
             "/usr/lib/postgresql/*/bin or on PATH; install the 'postgresql' package "
-            "(scripts/ensure-postgres.sh) or set FEDSILO_PG_BIN"
+            "(scripts/ensure-test-packages.sh) or set FEDSILO_PG_BIN"
         )
     # Not under pytest's tmp_path: its parents are mode 0700 and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="fedsilo-pg-"))

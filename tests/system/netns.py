@@ -63,7 +63,7 @@ def _tc(namespace: str, *args: str) -> None:
 
 
 def pg_bin_dir() -> Path:
-    """The PostgreSQL server binaries (installed by scripts/ensure-postgres.sh)."""
+    """The PostgreSQL server binaries (installed by scripts/ensure-test-packages.sh)."""
     configured = os.environ.get("FEDSILO_PG_BIN")
     candidates = [Path(configured)] if configured else []
     candidates.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
@@ -73,7 +73,8 @@ def pg_bin_dir() -> Path:
         if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
             return candidate
     raise AssertionError(
-        "PostgreSQL server binaries (initdb, pg_ctl) were not found: run scripts/ensure-postgres.sh"
+        "PostgreSQL server binaries (initdb, pg_ctl) were not found: "
+        "run scripts/ensure-test-packages.sh"
     )
 
 
