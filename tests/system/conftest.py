@@ -49,6 +49,7 @@ class Consortium:
     port: int
     orgs: list[str]
     processes: dict[str, Process] = field(default_factory=dict)
+    database_url: str = ""  # empty: SQLite in the coordinator's data directory
 
     @property
     def target(self) -> str:
@@ -73,6 +74,8 @@ class Consortium:
                 "auto_approve": True,
                 "grace_seconds": 5,
             }
+            if self.database_url:
+                config["database"] = {"url": self.database_url}
             path.write_text(yaml.safe_dump(config))
         return path
 

@@ -26,6 +26,7 @@ from secure_jobs import (
 )
 
 from fedsilo.cli.daemons import wait_for
+from fedsilo.faults import POINTS
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 pytestmark = pytest.mark.system
@@ -132,26 +133,63 @@ def test_a_restarted_participant_resumes_its_round_from_its_state(
     assert "answer acknowledged" in log, log[-2000:]
 
 
-@pytest.mark.parametrize(
-    ("protection", "point"),
-    [
-        (pb.PROTECTION_SECAGG, "coordinator.secagg.after_shares_commit"),
-        (pb.PROTECTION_SECAGG, "coordinator.secagg.after_inputs_commit"),
-        (pb.PROTECTION_SECAGG, "coordinator.secagg.after_unmask_commit"),
-        (pb.PROTECTION_SECAGG, "coordinator.secagg.before_aggregated"),
-        # The first job key stored; an encrypted input multiplied into the running product.
-        (pb.PROTECTION_PAILLIER, "coordinator.ceremony.after_commit"),
-        (pb.PROTECTION_PAILLIER, "coordinator.secagg.after_inputs_commit"),
-        (pb.PROTECTION_PAILLIER, "coordinator.secagg.before_aggregated"),
-    ],
-    ids=lambda value: value if isinstance(value, str) else pb.Protection.Name(value)[11:].lower(),
-)
+_MASKED_POINTS = [
+    *(
+        f"coordinator.secagg.after_{phase}_commit"
+        for phase in ("keys", "shares", "inputs", "consistency", "unmask")
+    ),
+    "coordinator.secagg.before_aggregated",
+]
+# Every coordinator crash point of fedsilo/faults.py, under each protection that reaches it.
+COORDINATOR_POINTS = [
+    *((pb.PROTECTION_SECAGG, point) for point in _MASKED_POINTS),
+    # The first job key stored, then every point of the masked round under Paillier.
+    (pb.PROTECTION_PAILLIER, "coordinator.ceremony.after_commit"),
+    *((pb.PROTECTION_PAILLIER, point) for point in _MASKED_POINTS),
+    (pb.PROTECTION_NONE, "coordinator.plain.after_update_commit"),
+]
+# The same on PostgreSQL, one point per protection (the store contract tests cover the rest).
+ON_POSTGRES = [
+    (pb.PROTECTION_SECAGG, "coordinator.secagg.after_inputs_commit"),
+    (pb.PROTECTION_PAILLIER, "coordinator.ceremony.after_commit"),
+    (pb.PROTECTION_NONE, "coordinator.plain.after_update_commit"),
+]
+
+
+def _point_id(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    assert isinstance(value, int)
+    return pb.Protection.Name(value)[11:].lower()  # type: ignore[arg-type]
+
+
+def test_every_coordinator_crash_point_is_exercised() -> None:
+    points = {point for _, point in COORDINATOR_POINTS}
+    assert points == {name for name in POINTS if name.startswith("coordinator.")}
+
+
+@pytest.mark.parametrize(("protection", "point"), COORDINATOR_POINTS, ids=_point_id)
 def test_a_coordinator_killed_mid_round_resumes_the_secure_round(
+    five: Consortium, protection: pb.Protection.ValueType, point: str
+) -> None:
+    _killed_coordinator_resumes(five, protection, point)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("protection", "point"), ON_POSTGRES, ids=_point_id)
+def test_a_coordinator_on_postgres_killed_mid_round_resumes_the_round(
+    five: Consortium, fresh_postgres_url: str, protection: pb.Protection.ValueType, point: str
+) -> None:
+    five.database_url = fresh_postgres_url
+    _killed_coordinator_resumes(five, protection, point)
+
+
+def _killed_coordinator_resumes(
     five: Consortium, protection: pb.Protection.ValueType, point: str
 ) -> None:
     # R5: SIGKILL between the database commit and the answer; the participants retry, get the
     # original acknowledgement, and the round (or the key ceremony) continues from the database
-    # after a restart.
+    # after a restart: still one round, with every organization's input.
     status = run_secure_job(
         five, {}, protection=protection, phase_timeout=60.0, coordinator_fault=point
     )

@@ -24,6 +24,7 @@ from coordinator.service.engines.base import FoldedInput, RoundEngine
 from coordinator.service.payloads import check_finite_or_invalid, decode_payload
 from coordinator.service.views import UpdateSubmission, WorkItem, WorkKind
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.faults import crash_point
 from fedsilo.logs import context
 
 __all__ = ["PlainRoundEngine"]
@@ -84,6 +85,7 @@ class PlainRoundEngine(RoundEngine):
         return FoldedInput(self._ctx.blobs.put(acc_payload), update.num_examples)
 
     def input_recorded(self, round_: Round, org_id: str, update: UpdateSubmission) -> None:
+        crash_point("coordinator.plain.after_update_commit")
         log.info(
             "update accepted (%d examples, %d bytes)",
             update.num_examples,
