@@ -293,7 +293,7 @@ def resolve_parameters(name: str, parameters: StrategyParameters) -> StrategyPar
         default = getattr(cls.defaults, item.name)
         if default is None:
             if given is not None:
-                raise StrategyError(f"strategy {name} does not use the parameter {item.name}")
+                raise StrategyError(f"{name} does not use the parameter {item.name}")
             values[item.name] = None
             continue
         value = default if given is None else given

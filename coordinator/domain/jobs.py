@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from coordinator.errors import InvalidRequest
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
-from fedsilo.strategies import StrategyError, StrategyParameters, load_strategy
+from fedsilo.strategies import StrategyError, StrategyParameters, load_strategy, strategy_names
 from fedsilo.tasks import TrainingSettings
 from secagg import SecAggError, check_bit_budget
 
@@ -123,10 +123,16 @@ class JobSpec:
             problems.append("name must be 1-200 characters")
         if not self.task_name or len(self.task_name) > 200:
             problems.append("task_name must be 1-200 characters")
-        try:
-            load_strategy(self.algorithm, self.strategy)
-        except StrategyError as exc:
-            problems.append(f"algorithm: {exc}")
+        if self.algorithm not in strategy_names():
+            problems.append(
+                f"algorithm {self.algorithm!r} is neither built in nor installed here "
+                f"(known: {', '.join(strategy_names())})"
+            )
+        else:
+            try:
+                load_strategy(self.algorithm, self.strategy)
+            except StrategyError as exc:
+                problems.append(f"strategy: {exc}")
         if self.protection in (Protection.SECAGG, Protection.PAILLIER):
             problems.extend(self.secagg.problems())
             if self.min_participants < 2:
