@@ -107,7 +107,7 @@ def test_adaptive_optimizers_follow_the_paper_over_several_steps(
 
 
 def test_yogi_differs_from_adam_where_the_paper_says() -> None:
-    # Yogi's v moves by (1 - beta2) * delta^2 towards delta^2; Adam's by (1 - beta2) * (delta^2 - v).
+    # Yogi's v moves by (1 - beta2) * delta^2 towards delta^2, Adam's by (1 - beta2) * (d^2 - v).
     parameters = StrategyParameters(0.1, None, 0.9, 0.5, 1e-3)
     adam = FedAdam(parameters)
     yogi = FedYogi(parameters)
