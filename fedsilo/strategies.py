@@ -373,7 +373,8 @@ def apply_server_step(
     for tensor in current:
         size = int(np.asarray(tensor).size)
         part = following[offset : offset + size].reshape(np.shape(tensor))
-        tensors.append(np.ascontiguousarray(part.astype(np.asarray(tensor).dtype)))
+        # astype, not ascontiguousarray: that one turns a 0-d tensor into shape (1,).
+        tensors.append(part.astype(np.asarray(tensor).dtype, order="C"))
         offset += size
     return tensors, {key: np.asarray(v, dtype=np.float64) for key, v in new_state.items()}
 

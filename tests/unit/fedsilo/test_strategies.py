@@ -147,11 +147,11 @@ def test_fedavg_and_fedprox_take_the_mean_and_keep_no_state() -> None:
 
 def test_apply_server_step_keeps_layout_and_dtypes_and_does_not_modify_inputs() -> None:
     strategy = load_strategy("fedadam")
-    current = [np.array([[0.5, -1.0]], dtype=np.float32), np.array([2.0], dtype=np.float32)]
-    mean = [np.array([[0.7, -1.2]], dtype=np.float32), np.array([2.0], dtype=np.float32)]
+    current = [np.array([[0.5, -1.0]], dtype=np.float32), np.array(2.0, dtype=np.float32)]
+    mean = [np.array([[0.7, -1.2]], dtype=np.float32), np.array(2.0, dtype=np.float32)]
     copies = [a.copy() for a in current + mean]
     following, state = apply_server_step(strategy, current, mean, None)
-    assert [(a.dtype, a.shape) for a in following] == [(np.float32, (1, 2)), (np.float32, (1,))]
+    assert [(a.dtype, a.shape) for a in following] == [(np.float32, (1, 2)), (np.float32, ())]
     assert sorted(state) == ["m", "v"] and all(v.dtype == np.float64 for v in state.values())
     assert all(np.array_equal(a, b) for a, b in zip(current + mean, copies, strict=True))
     # The same inputs give the same bits, and a second step continues from the state.
