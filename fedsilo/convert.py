@@ -7,7 +7,10 @@ dataclasses. Each side keeps its own conversion module for the messages only it 
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedsilo.protection import Protection, SecAggParameters
+from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings
 from fedsilo.v1 import fedsilo_pb2 as pb
 
@@ -16,6 +19,8 @@ __all__ = [
     "protection_to_pb",
     "secagg_parameters_from_pb",
     "secagg_parameters_to_pb",
+    "strategy_parameters_from_pb",
+    "strategy_parameters_to_pb",
     "training_settings_from_pb",
     "training_settings_to_pb",
 ]
@@ -82,4 +87,25 @@ def secagg_parameters_from_pb(message: pb.SecAggParameters) -> SecAggParameters:
         levels_bits=message.levels_bits,
         max_participants=message.max_participants,
         max_weight=message.max_weight,
+    )
+
+
+def strategy_parameters_to_pb(parameters: StrategyParameters) -> pb.StrategyParameters:
+    # Unset parameters stay unset on the wire (optional fields), not 0.
+    return pb.StrategyParameters(
+        **{k: v for k, v in dataclasses.asdict(parameters).items() if v is not None}
+    )
+
+
+def strategy_parameters_from_pb(message: pb.StrategyParameters) -> StrategyParameters:
+    m = message
+    return StrategyParameters(
+        server_learning_rate=(
+            m.server_learning_rate if m.HasField("server_learning_rate") else None
+        ),
+        server_momentum=m.server_momentum if m.HasField("server_momentum") else None,
+        beta1=m.beta1 if m.HasField("beta1") else None,
+        beta2=m.beta2 if m.HasField("beta2") else None,
+        tau=m.tau if m.HasField("tau") else None,
+        proximal_mu=m.proximal_mu if m.HasField("proximal_mu") else None,
     )

@@ -42,12 +42,18 @@ Weights = list[npt.NDArray[Any]]
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Local training hyper-parameters sent by the coordinator with each round."""
+    """Local training hyper-parameters sent by the coordinator with each round.
+
+    ``proximal_mu`` is the weight of the proximal client term ``mu/2 * ||w - w_global||^2``
+    (FedProx, docs/strategies.md) a task adds to its local loss; it comes from the job's
+    strategy, 0 for strategies without a client term.
+    """
 
     local_epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 0.01
     seed: int = 0
+    proximal_mu: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from coordinator.errors import InvalidRequest
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
+from fedsilo.strategies import StrategyError, StrategyParameters, load_strategy, strategy_names
 from fedsilo.tasks import TrainingSettings
 from secagg import SecAggError, check_bit_budget
 
 __all__ = [
-    "ALGORITHMS",
     "Job",
     "JobMessage",
     "JobSpec",
@@ -26,8 +26,6 @@ __all__ = [
     "SecAggSettings",
     "Submission",
 ]
-
-ALGORITHMS = frozenset({"fedavg"})
 
 
 class JobState(enum.StrEnum):
@@ -97,6 +95,9 @@ class SecAggSettings:
 class JobSpec:
     """What an admin asks for. ``validate`` names the bad field and the reason.
 
+    ``algorithm`` names the federated optimization strategy (docs/strategies.md), a built-in or
+    one installed at the coordinator; ``strategy`` holds its parameters.
+
     ``secagg`` is the default protection; ``none`` exists for tests and comparisons only.
     """
 
@@ -113,6 +114,8 @@ class JobSpec:
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     phase_timeout_seconds: float = 60.0
     paillier_key_bits: int = 2048
+    strategy: StrategyParameters = field(default_factory=StrategyParameters)
+    """Parameters of the strategy ``algorithm`` names (docs/strategies.md)."""
 
     def validate(self) -> None:
         problems: list[str] = []
@@ -120,10 +123,16 @@ class JobSpec:
             problems.append("name must be 1-200 characters")
         if not self.task_name or len(self.task_name) > 200:
             problems.append("task_name must be 1-200 characters")
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in strategy_names():
             problems.append(
-                f"algorithm must be one of {sorted(ALGORITHMS)}, not {self.algorithm!r}"
+                f"algorithm {self.algorithm!r} is neither built in nor installed here "
+                f"(known: {', '.join(strategy_names())})"
             )
+        else:
+            try:
+                load_strategy(self.algorithm, self.strategy)
+            except StrategyError as exc:
+                problems.append(f"strategy: {exc}")
         if self.protection in (Protection.SECAGG, Protection.PAILLIER):
             problems.extend(self.secagg.problems())
             if self.min_participants < 2:
@@ -229,13 +238,18 @@ class JobMessage:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A committed global model: version N is the result of the N-th committed round."""
+    """A committed global model: version N is the result of the N-th committed round.
+
+    ``optimizer_state_ref`` is the blob of the strategy's optimizer state after this version,
+    None when there is none at the coordinator (docs/strategies.md).
+    """
 
     job_id: str
     version: int
     blob_ref: str
     round_id: str | None
     created_at: float
+    optimizer_state_ref: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ __all__ = ["metadata"]
 
 metadata = MetaData()
 
-# The schema version before Alembic (3 since revision 0003). Code from before Alembic reads it and
+# The schema version before Alembic (5 since revision 0005). Code from before Alembic reads it and
 # refuses any version but its own, so a revision that changes tables sets it to 4 or more.
 schema_info = Table(
     "schema_info",
@@ -129,6 +129,9 @@ model_versions = Table(
     Column("blob_ref", String(64), nullable=False),
     Column("round_id", String(36)),
     Column("created_at", Float, nullable=False),
+    # The strategy's optimizer state after this version (docs/strategies.md); NULL when the
+    # strategy keeps none or the server step runs at the organizations (paillier).
+    Column("optimizer_state_ref", String(64)),
 )
 
 metrics = Table(

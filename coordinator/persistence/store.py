@@ -37,6 +37,7 @@ from coordinator.persistence import schema as t
 from coordinator.persistence.engine import failure_reason, make_engine
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
+from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings
 
 __all__ = ["DuplicateKey", "StaleWrite", "Store", "Transaction"]
@@ -297,6 +298,7 @@ class Transaction:
                 blob_ref=mv.blob_ref,
                 round_id=mv.round_id,
                 created_at=mv.created_at,
+                optimizer_state_ref=mv.optimizer_state_ref,
             )
         )
 
@@ -308,7 +310,14 @@ class Transaction:
         return (
             None
             if row is None
-            else ModelVersion(row.job_id, row.version, row.blob_ref, row.round_id, row.created_at)
+            else ModelVersion(
+                row.job_id,
+                row.version,
+                row.blob_ref,
+                row.round_id,
+                row.created_at,
+                row.optimizer_state_ref,
+            )
         )
 
     # -- metrics -----------------------------------------------------------------------------
@@ -344,7 +353,7 @@ class Transaction:
         """Whether any round or model version still references the blob."""
         r, m = t.rounds.c, t.model_versions.c
         in_rounds = select(r.round_id).where((r.accumulator_ref == ref) | (r.result_ref == ref))
-        in_models = select(m.version).where(m.blob_ref == ref)
+        in_models = select(m.version).where((m.blob_ref == ref) | (m.optimizer_state_ref == ref))
         return (
             self._conn.execute(in_rounds.limit(1)).first() is not None
             or self._conn.execute(in_models.limit(1)).first() is not None
@@ -406,6 +415,7 @@ def _spec_to_json(spec: JobSpec) -> str:
             "secagg": dataclasses.asdict(spec.secagg),
             "phase_timeout_seconds": spec.phase_timeout_seconds,
             "paillier_key_bits": spec.paillier_key_bits,
+            "strategy": spec.strategy.to_json(),
         },
         sort_keys=True,
     )
@@ -428,6 +438,8 @@ def _spec_from_json(text: str) -> JobSpec:
         secagg=SecAggSettings(**data.get("secagg", {})),
         phase_timeout_seconds=data.get("phase_timeout_seconds", 60.0),
         paillier_key_bits=data.get("paillier_key_bits", 2048),
+        # Jobs stored before strategies had parameters: the strategy's defaults.
+        strategy=StrategyParameters.from_json(data.get("strategy")),
     )
 
 

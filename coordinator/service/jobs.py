@@ -20,6 +20,7 @@ from coordinator.service.views import JobView
 from fedsilo.codec import PayloadHeader
 from fedsilo.logs import context
 from fedsilo.protection import Protection
+from fedsilo.strategies import resolve_parameters
 
 __all__ = ["JobService"]
 
@@ -44,6 +45,9 @@ class JobService:
     def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
         """Validate the spec and initial weights, store them as model version 0."""
         spec.validate()
+        # The job keeps its strategy's parameters with every default filled in, so a later
+        # release with other defaults does not change a running job.
+        spec = dataclasses.replace(spec, strategy=resolve_parameters(spec.algorithm, spec.strategy))
         weights = decode_payload(header, payload, self._ctx.settings.max_payload_bytes)
         for index, array in enumerate(weights):
             if array.dtype != np.float32:

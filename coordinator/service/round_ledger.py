@@ -14,7 +14,9 @@ from coordinator.domain.jobs import Job, JobState, ModelVersion
 from coordinator.domain.rounds import Round, RoundEvent, transition
 from coordinator.errors import NotFound
 from coordinator.service.context import ServiceContext, require_job
+from coordinator.service.server_step import next_model
 from fedsilo.logs import context
+from fedsilo.strategies import StrategyError
 
 __all__ = ["RoundLedger"]
 
@@ -67,12 +69,25 @@ class RoundLedger:
     def commit(self, round_: Round, now: float) -> None:
         """AGGREGATED -> COMMITTED: the round's result becomes the job's next model version."""
         following = transition(round_, RoundEvent.PHASE_COMPLETE, now=now)
-        assert round_.result_ref is not None  # AGGREGATED always carries its result
+        with self._ctx.store.transaction() as tx:
+            job = require_job(tx, round_.job_id)
+        try:
+            model = next_model(self._ctx, job, round_)
+        except StrategyError as exc:
+            self.abort(round_, job, f"the {job.spec.algorithm} server step failed: {exc}", now)
+            return
         with self._ctx.store.transaction() as tx:
             job = require_job(tx, round_.job_id)
             version = round_.base_version + 1
             tx.add_model_version(
-                ModelVersion(job.job_id, version, round_.result_ref, round_.round_id, now)
+                ModelVersion(
+                    job.job_id,
+                    version,
+                    model.model_ref,
+                    round_.round_id,
+                    now,
+                    model.optimizer_state_ref,
+                )
             )
             state = JobState.COMPLETED if version >= job.spec.num_rounds else job.state
             tx.update_job(

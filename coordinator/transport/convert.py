@@ -29,6 +29,8 @@ from fedsilo.convert import (
     protection_from_pb,
     protection_to_pb,
     secagg_parameters_to_pb,
+    strategy_parameters_from_pb,
+    strategy_parameters_to_pb,
     training_settings_from_pb,
     training_settings_to_pb,
 )
@@ -131,6 +133,8 @@ def work_to_pb(
         response.training.CopyFrom(training_settings_to_pb(spec.training))
         response.protection = protection_to_pb(spec.protection)
         response.task_config_json = spec.task_config_json
+        response.algorithm = spec.algorithm
+        response.strategy.CopyFrom(strategy_parameters_to_pb(spec.strategy))
     if item.round is not None:
         response.round_id = item.round.round_id
         response.round_number = item.round.number
@@ -247,6 +251,7 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         ),
         phase_timeout_seconds=spec.phase_timeout_seconds,
         paillier_key_bits=spec.paillier_key_bits,
+        strategy=strategy_parameters_to_pb(spec.strategy),
     )
 
 
@@ -274,6 +279,7 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
         secagg=_secagg_from_pb(message.secagg),
         phase_timeout_seconds=message.phase_timeout_seconds or defaults.phase_timeout_seconds,
         paillier_key_bits=message.paillier_key_bits or defaults.paillier_key_bits,
+        strategy=strategy_parameters_from_pb(message.strategy),
     )
 
 

@@ -15,8 +15,9 @@ from rich.table import Table
 from fedsilo.admin import AdminClient
 from fedsilo.cli.admin_connection import admin_tls
 from fedsilo.config import ConfigError
-from fedsilo.convert import protection_to_pb, training_settings_to_pb
+from fedsilo.convert import protection_to_pb, strategy_parameters_to_pb, training_settings_to_pb
 from fedsilo.protection import Protection
+from fedsilo.strategies import BUILTIN_STRATEGIES, StrategyParameters
 from fedsilo.tasks import TrainingSettings, as_float32, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb
 
@@ -80,6 +81,22 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
         return _watch(client, args.job_id, args.json, console)
 
 
+def add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
+    """``job create``'s strategy options (docs/strategies.md); unset ones take the defaults."""
+    group = parser.add_argument_group("federated optimization strategy (docs/strategies.md)")
+    group.add_argument(
+        "--strategy",
+        default="fedavg",
+        help=f"{', '.join(BUILTIN_STRATEGIES)} or an installed fedsilo.strategies entry point",
+    )
+    group.add_argument("--server-learning-rate", type=float, help="server step size eta")
+    group.add_argument("--server-momentum", type=float, help="fedavgm's momentum beta")
+    group.add_argument("--beta1", type=float, help="first-moment decay (fedadam/yogi/adagrad)")
+    group.add_argument("--beta2", type=float, help="second-moment decay (fedadam, fedyogi)")
+    group.add_argument("--tau", type=float, help="adaptivity tau (fedadam/yogi/adagrad)")
+    group.add_argument("--proximal-mu", type=float, help="fedprox's proximal term weight mu")
+
+
 def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> int:
     try:
         task_config = json.loads(args.task_config)
@@ -92,7 +109,17 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
         name=args.name or args.task,
         task_name=args.task,
         protection=protection_to_pb(Protection(args.protection)),
-        algorithm="fedavg",
+        algorithm=args.strategy,
+        strategy=strategy_parameters_to_pb(
+            StrategyParameters(
+                server_learning_rate=args.server_learning_rate,
+                server_momentum=args.server_momentum,
+                beta1=args.beta1,
+                beta2=args.beta2,
+                tau=args.tau,
+                proximal_mu=args.proximal_mu,
+            )
+        ),
         num_rounds=args.rounds,
         min_participants=args.min_participants,
         round_timeout_seconds=args.round_timeout,

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
 from fedsilo.cli import doctor, health_command, pki_commands
-from fedsilo.cli.admin_commands import participant_export, run_admin
+from fedsilo.cli.admin_commands import add_strategy_arguments, participant_export, run_admin
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--task-config", default=_JOB.task_config_json, help="JSON object passed to every task"
     )
+    add_strategy_arguments(create)
     create.add_argument("--start", action="store_true", help="start the job right away")
     add_admin_connection(create)
     for name in ("start", "status", "watch"):

@@ -475,6 +475,8 @@ class GetTaskResponse(_message.Message):
     SECAGG_FIELD_NUMBER: _builtins.int
     FINISHED_ROUNDS_FIELD_NUMBER: _builtins.int
     CEREMONY_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -486,6 +488,11 @@ class GetTaskResponse(_message.Message):
     seconds_left: _builtins.float
     protection: Global___Protection.ValueType
     task_config_json: _builtins.str
+    algorithm: _builtins.str
+    """The job's strategy (docs/strategies.md): its name (empty: fedavg) and parameters. A
+    participant adds the strategy's client term to its local loss and, under paillier, runs
+    the server step itself on the decrypted mean.
+    """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
     @_builtins.property
@@ -496,6 +503,8 @@ class GetTaskResponse(_message.Message):
 
     @_builtins.property
     def ceremony(self) -> Global___KeyCeremonyStep: ...
+    @_builtins.property
+    def strategy(self) -> Global___StrategyParameters: ...
     def __init__(
         self,
         *,
@@ -513,10 +522,12 @@ class GetTaskResponse(_message.Message):
         secagg: Global___SecAggStep | None = ...,
         finished_rounds: _abc.Iterable[Global___RoundOutcome] | None = ...,
         ceremony: Global___KeyCeremonyStep | None = ...,
+        algorithm: _builtins.str = ...,
+        strategy: Global___StrategyParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "secagg", b"secagg", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -862,6 +873,7 @@ class JobSpec(_message.Message):
     SECAGG_FIELD_NUMBER: _builtins.int
     PHASE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     PAILLIER_KEY_BITS_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task_name: _builtins.str
     protection: Global___Protection.ValueType
@@ -884,6 +896,10 @@ class JobSpec(_message.Message):
     def secagg(self) -> Global___SecAggSettings:
         """Secure aggregation (protection secagg); unset fields take the documented defaults."""
 
+    @_builtins.property
+    def strategy(self) -> Global___StrategyParameters:
+        """Parameters of the strategy named by algorithm (docs/strategies.md)."""
+
     def __init__(
         self,
         *,
@@ -900,16 +916,78 @@ class JobSpec(_message.Message):
         secagg: Global___SecAggSettings | None = ...,
         phase_timeout_seconds: _builtins.float = ...,
         paillier_key_bits: _builtins.int = ...,
+        strategy: Global___StrategyParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_failed_rounds: _TypeAlias = _typing.Literal["max_failed_rounds"]  # noqa: Y015
     _WhichOneofArgType__max_failed_rounds: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_failed_rounds) -> _WhichOneofReturnType__max_failed_rounds | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class StrategyParameters(_message.Message):
+    """Parameters of a job's federated optimization strategy (docs/strategies.md). An unset field
+    takes the strategy's default; setting one the strategy does not use is an error.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    SERVER_MOMENTUM_FIELD_NUMBER: _builtins.int
+    BETA1_FIELD_NUMBER: _builtins.int
+    BETA2_FIELD_NUMBER: _builtins.int
+    TAU_FIELD_NUMBER: _builtins.int
+    PROXIMAL_MU_FIELD_NUMBER: _builtins.int
+    server_learning_rate: _builtins.float
+    server_momentum: _builtins.float
+    beta1: _builtins.float
+    beta2: _builtins.float
+    tau: _builtins.float
+    proximal_mu: _builtins.float
+    def __init__(
+        self,
+        *,
+        server_learning_rate: _builtins.float | None = ...,
+        server_momentum: _builtins.float | None = ...,
+        beta1: _builtins.float | None = ...,
+        beta2: _builtins.float | None = ...,
+        tau: _builtins.float | None = ...,
+        proximal_mu: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta1", b"_beta1", "_beta2", b"_beta2", "_proximal_mu", b"_proximal_mu", "_server_learning_rate", b"_server_learning_rate", "_server_momentum", b"_server_momentum", "_tau", b"_tau", "beta1", b"beta1", "beta2", b"beta2", "proximal_mu", b"proximal_mu", "server_learning_rate", b"server_learning_rate", "server_momentum", b"server_momentum", "tau", b"tau"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta1", b"_beta1", "_beta2", b"_beta2", "_proximal_mu", b"_proximal_mu", "_server_learning_rate", b"_server_learning_rate", "_server_momentum", b"_server_momentum", "_tau", b"_tau", "beta1", b"beta1", "beta2", b"beta2", "proximal_mu", b"proximal_mu", "server_learning_rate", b"server_learning_rate", "server_momentum", b"server_momentum", "tau", b"tau"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__beta1: _TypeAlias = _typing.Literal["beta1"]  # noqa: Y015
+    _WhichOneofArgType__beta1: _TypeAlias = _typing.Literal["_beta1", b"_beta1"]  # noqa: Y015
+    _WhichOneofReturnType__beta2: _TypeAlias = _typing.Literal["beta2"]  # noqa: Y015
+    _WhichOneofArgType__beta2: _TypeAlias = _typing.Literal["_beta2", b"_beta2"]  # noqa: Y015
+    _WhichOneofReturnType__proximal_mu: _TypeAlias = _typing.Literal["proximal_mu"]  # noqa: Y015
+    _WhichOneofArgType__proximal_mu: _TypeAlias = _typing.Literal["_proximal_mu", b"_proximal_mu"]  # noqa: Y015
+    _WhichOneofReturnType__server_learning_rate: _TypeAlias = _typing.Literal["server_learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__server_learning_rate: _TypeAlias = _typing.Literal["_server_learning_rate", b"_server_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__server_momentum: _TypeAlias = _typing.Literal["server_momentum"]  # noqa: Y015
+    _WhichOneofArgType__server_momentum: _TypeAlias = _typing.Literal["_server_momentum", b"_server_momentum"]  # noqa: Y015
+    _WhichOneofReturnType__tau: _TypeAlias = _typing.Literal["tau"]  # noqa: Y015
+    _WhichOneofArgType__tau: _TypeAlias = _typing.Literal["_tau", b"_tau"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta1) -> _WhichOneofReturnType__beta1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta2) -> _WhichOneofReturnType__beta2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__proximal_mu) -> _WhichOneofReturnType__proximal_mu | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__server_learning_rate) -> _WhichOneofReturnType__server_learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__server_momentum) -> _WhichOneofReturnType__server_momentum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tau) -> _WhichOneofReturnType__tau | None: ...
+
+Global___StrategyParameters: _TypeAlias = StrategyParameters  # noqa: Y015
 
 @_typing.final
 class SecAggSettings(_message.Message):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedsilo.protection import Protection, SecAggParameters
+from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import TrainingSettings
 
 __all__ = [
@@ -109,14 +110,19 @@ class Assignment:
     protection: Protection = Protection.NONE
     secagg: SecAggStepData | None = None
     ceremony: KeyCeremonyStepData | None = None
+    strategy: StrategyChoice = field(default_factory=StrategyChoice)
 
     def round_settings(self) -> TrainingSettings:
-        """The training settings with this round's seed.
+        """The training settings with this round's seed and the strategy's client term.
 
         A per-round seed keeps training reproducible, so a retry after a crash can match what
         was answered before (for secure aggregation it must: docs/secagg.md).
         """
-        return replace(self.training, seed=self.training.seed * 1_000_003 + self.round_number)
+        return replace(
+            self.training,
+            seed=self.training.seed * 1_000_003 + self.round_number,
+            proximal_mu=self.strategy.parameters.proximal_mu or 0.0,
+        )
 
 
 @dataclass(frozen=True)

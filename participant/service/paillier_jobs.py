@@ -4,9 +4,13 @@ Under ``paillier`` protection the coordinator never holds a model after version 
 (docs/paillier.md, "In the service: models of a paillier job"). Version ``v >= 1`` is served as
 two tensors: the summed ciphertexts of round ``v``'s masked inputs (``PaillierCiphertexts``
 bytes) and the mask correction ``C``. A participant decrypts the sums ``S``, takes
-``(S + C) mod R``, dequantizes the weighted mean delta and adds it to version ``v - 1``: it
-rebuilds any version from version 0 by applying versions ``1..v`` in order, and keeps each
-version it rebuilt (:class:`PaillierStateStore`), so each is decrypted once.
+``(S + C) mod R``, dequantizes the weighted mean delta and adds it to version ``v - 1``: that
+is the mean model, the next version under FedAvg. A strategy with a server step (FedAdam, ...)
+makes version ``v`` from version ``v - 1`` and that mean here, at every organization, with the
+optimizer state of version ``v - 1`` (docs/strategies.md): the step is deterministic, so every
+organization rebuilds the same bits. It rebuilds any version from version 0 by applying
+versions ``1..v`` in order, and keeps each version it rebuilt and its optimizer state
+(:class:`PaillierStateStore`), so each is decrypted once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ import numpy.typing as npt
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of
 from fedsilo.logs import context
 from fedsilo.protection import SecAggParameters, unflatten
+from fedsilo.strategies import (
+    OptimizerState,
+    ServerStrategy,
+    StrategyChoice,
+    StrategyError,
+    apply_server_step,
+)
 from participant.errors import ModelUnavailable, PaillierStateUnreadable
 from participant.service.calls import ModelCalls
 from participant.service.paillier_state import PaillierJobState, PaillierStateStore
@@ -105,9 +116,12 @@ class PaillierJobs:
 
     # -- rounds ---------------------------------------------------------------------------------
 
-    def check_round(self, job_id: str, parameters: SecAggParameters) -> None:
+    def check_round(
+        self, job_id: str, parameters: SecAggParameters, strategy: StrategyChoice
+    ) -> None:
         """Before a paillier round's keys are sent: this participant holds the job's key, and
-        the round's quantization settings are the job's (the model chain decodes with them).
+        the round's quantization settings and strategy are the job's (the model chain decodes
+        and steps with them).
 
         Raises secagg's ProtocolViolation (the round is refused) otherwise.
         """
@@ -126,12 +140,31 @@ class PaillierJobs:
             )
         wanted = job_parameters(parameters)
         if state.parameters is None:
-            self._store.save(job_id, replace(state, parameters=wanted))
+            state = replace(state, parameters=wanted)
+            self._store.save(job_id, state)
         elif state.parameters != wanted:
             raise ProtocolViolation(
                 "the round's quantization settings differ from those of the job's key ceremony"
             )
+        self._record_strategy(job_id, state, strategy)
         PackingLayout(parameters.modulus_bits, parameters.max_participants, key.public_key.bits)
+
+    def _record_strategy(
+        self, job_id: str, state: PaillierJobState, strategy: StrategyChoice
+    ) -> None:
+        """Keep the job's strategy as first received; refuse one that names another.
+
+        Every organization steps the model chain with it: a coordinator that handed
+        organizations different strategies would split them onto different models.
+        """
+        if state.strategy is None:
+            try:
+                strategy.load()
+            except StrategyError as exc:
+                raise ProtocolViolation(f"the job's strategy is unusable here: {exc}") from None
+            self._store.save(job_id, replace(state, strategy=strategy))
+        elif state.strategy != strategy:
+            raise ProtocolViolation("the round's strategy differs from the one this job began with")
 
     def encrypt_input(
         self, job_id: str, parameters: SecAggParameters, masked: npt.NDArray[Any]
@@ -150,8 +183,15 @@ class PaillierJobs:
 
     # -- models ---------------------------------------------------------------------------------
 
-    def model(self, job_id: str, version: int) -> tuple[int, Weights]:
-        """Global model ``version`` (-1: the latest) of a paillier job, rebuilt as needed."""
+    def model(
+        self, job_id: str, version: int, strategy: StrategyChoice | None = None
+    ) -> tuple[int, Weights]:
+        """Global model ``version`` (-1: the latest) of a paillier job, rebuilt as needed.
+
+        ``strategy`` is the job's strategy from an assignment (recorded if this participant has
+        none yet, refused if it differs); the chain is rebuilt with the recorded one.
+        """
+        server = self._strategy(job_id, strategy)
         latest: tuple[int, Weights] | None = None
         if version < 0:
             latest = self._download(job_id, -1)
@@ -159,7 +199,7 @@ class PaillierJobs:
         kept = self._store.load_model(job_id, version)
         if kept is not None:
             return version, kept
-        base_version, weights = self._start_of_chain(job_id, version)
+        base_version, weights, optimizer = self._start_of_chain(job_id, version, server)
         if base_version == version:
             return version, weights
         key, spec = self._key_and_spec(job_id)
@@ -170,19 +210,54 @@ class PaillierJobs:
                 tensors = latest[1]
             else:
                 tensors = self._download(job_id, current)[1]
-            weights = self._apply(job_id, current, key, spec, specs, weights, tensors)
+            mean = self._apply(job_id, current, key, spec, specs, weights, tensors)
+            if server.updates_server_model:
+                try:
+                    weights, optimizer = apply_server_step(server, weights, mean, optimizer)
+                except StrategyError as exc:
+                    raise ModelUnavailable(f"version {current}: {exc}") from None
+                # The state first: a kept model without its state is not a start of chain.
+                self._store.save_optimizer_state(job_id, current, optimizer)
+            else:
+                weights = mean
             self._store.save_model(job_id, current, weights)
         return version, weights
 
-    def _start_of_chain(self, job_id: str, version: int) -> tuple[int, Weights]:
-        """The newest kept version at or before ``version`` (version 0 at least)."""
+    def _strategy(self, job_id: str, strategy: StrategyChoice | None) -> ServerStrategy:
+        """The job's strategy: recorded (from ``strategy`` if none is), FedAvg if never told."""
+        try:
+            state = self._store.load(job_id)
+        except PaillierStateUnreadable as exc:
+            raise ModelUnavailable(f"the paillier state of this job is unusable: {exc}") from None
+        if state is not None and strategy is not None:
+            try:
+                self._record_strategy(job_id, state, strategy)
+            except ProtocolViolation as exc:
+                raise ModelUnavailable(str(exc)) from None
+            state = self._store.load(job_id)
+        choice = StrategyChoice() if state is None or state.strategy is None else state.strategy
+        try:
+            return choice.load()
+        except StrategyError as exc:
+            raise ModelUnavailable(f"the job's strategy is unusable here: {exc}") from None
+
+    def _start_of_chain(
+        self, job_id: str, version: int, server: ServerStrategy
+    ) -> tuple[int, Weights, OptimizerState | None]:
+        """The newest kept version at or before ``version`` (version 0 at least), with its
+        optimizer state when the strategy keeps one (None: the state before the first step)."""
         for kept_version in reversed(self._store.model_versions(job_id)):
-            if kept_version > version:
+            if kept_version > version or kept_version == 0:
                 continue
+            optimizer = None
+            if server.updates_server_model:
+                optimizer = self._store.load_optimizer_state(job_id, kept_version)
+                if optimizer is None:
+                    continue
             weights = self._store.load_model(job_id, kept_version)
             if weights is not None:
-                return kept_version, weights
-        return 0, self._version_zero(job_id)
+                return kept_version, weights, optimizer
+        return 0, self._version_zero(job_id), None
 
     def _version_zero(self, job_id: str) -> Weights:
         """The initial weights, public and plain float32; kept like the others."""
@@ -224,7 +299,7 @@ class PaillierJobs:
         base: Weights,
         tensors: Weights,
     ) -> Weights:
-        """Model ``version`` = ``base`` + the weighted mean delta released by round ``version``."""
+        """The mean model of round ``version``: ``base`` + the weighted mean delta it released."""
         length = sum(math.prod(s.shape) for s in specs) + 1
         if (
             len(tensors) != 2

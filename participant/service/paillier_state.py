@@ -9,6 +9,9 @@ One directory per job, ``state_dir/paillier/<job_id>/`` (mode 0700):
 - ``models/<version>.json`` + ``models/<version>.bin`` (0600): the global model versions this
   participant decrypted (or downloaded: version 0), as tensor-codec header and payload, so each
   version is decrypted once.
+- ``optimizer/<version>.bin`` (0600): the job strategy's optimizer state after that version
+  (``fedsilo.strategies.encode_optimizer_state``), for strategies with a server step, which
+  every organization runs itself under paillier (docs/strategies.md).
 
 Every write is atomic and fsync'd (:mod:`participant.service.private_files`); ``job.json`` is
 written before any message it lists is sent, so after a restart the same bytes go out. It holds
@@ -27,6 +30,13 @@ import numpy.typing as npt
 
 from fedsilo.codec import CodecError, PayloadHeader, TensorSpec, decode_tensors, encode_tensors
 from fedsilo.protection import SecAggParameters
+from fedsilo.strategies import (
+    OptimizerState,
+    StrategyChoice,
+    StrategyError,
+    decode_optimizer_state,
+    encode_optimizer_state,
+)
 from participant.errors import LocalStateError, PaillierStateUnreadable
 from participant.service.private_files import (
     is_safe_name,
@@ -48,6 +58,7 @@ _FORMAT = "fedsilo-participant-paillier/1"
 _MODEL_FORMAT = "fedsilo-participant-model/1"
 _STATE_FILE = "job.json"
 _MODELS = "models"
+_OPTIMIZER = "optimizer"
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,9 @@ class PaillierJobState:
     ``JobKey`` for ``job_key_pair``; ``dealt_key`` the dealer's ``DealtKey`` (the public key);
     ``private_key`` the encoded ``PaillierPrivateKey``. ``sealed`` maps receivers to what this
     participant sealed for them. ``refused_step`` is the digest of the last ceremony step this
-    participant refused (``refusal`` says why): the same step is never answered.
+    participant refused (``refusal`` says why): the same step is never answered. ``strategy``
+    is the job's strategy as first received in an assignment: the model chain is rebuilt with
+    it, and a round naming another is refused.
     """
 
     parameters: SecAggParameters | None = None
@@ -89,6 +102,7 @@ class PaillierJobState:
     outbox: tuple[OutgoingMessage, ...] = ()
     refused_step: bytes = b""
     refusal: str = ""
+    strategy: StrategyChoice | None = None
 
 
 class PaillierStateStore:
@@ -172,6 +186,25 @@ class PaillierStateStore:
         }
         write_private(meta_path, json.dumps(meta).encode())
 
+    # -- the optimizer state of the job's strategy ----------------------------------------------
+
+    def _state_path(self, job_id: str, version: int) -> Path:
+        payload_path, _ = self._model_paths(job_id, version)
+        return payload_path.parent.parent / _OPTIMIZER / f"{version}.bin"
+
+    def load_optimizer_state(self, job_id: str, version: int) -> OptimizerState | None:
+        """The optimizer state kept after ``version``, None if absent or damaged (rebuilt)."""
+        try:
+            return decode_optimizer_state(self._state_path(job_id, version).read_bytes())
+        except (FileNotFoundError, StrategyError):
+            return None
+
+    def save_optimizer_state(self, job_id: str, version: int, state: OptimizerState) -> None:
+        """Keep the optimizer state after ``version`` (before the model version it goes with)."""
+        path = self._state_path(job_id, version)
+        private_directory(path.parent)
+        write_private(path, encode_optimizer_state(state))
+
 
 def _encode(state: PaillierJobState) -> dict[str, Any]:
     pair = state.job_key_pair
@@ -194,6 +227,7 @@ def _encode(state: PaillierJobState) -> dict[str, Any]:
         "outbox": [{"action": m.action, "body": m.body.hex()} for m in state.outbox],
         "refused_step": state.refused_step.hex(),
         "refusal": state.refusal,
+        "strategy": None if state.strategy is None else state.strategy.to_json(),
     }
 
 
@@ -222,4 +256,8 @@ def _decode(data: Any) -> PaillierJobState:
         ),
         refused_step=bytes.fromhex(data["refused_step"]),
         refusal=str(data["refusal"]),
+        # Absent in state written before strategies: recorded at the next assignment.
+        strategy=(
+            None if data.get("strategy") is None else StrategyChoice.from_json(data["strategy"])
+        ),
     )

@@ -174,7 +174,7 @@ class ParticipantDaemon:
         if self._paillier is not None and (
             assignment.protection is Protection.PAILLIER or self._paillier.is_paillier_job(job_id)
         ):
-            return self._paillier.model(job_id, version)
+            return self._paillier.model(job_id, version, assignment.strategy)
         if assignment.protection is Protection.PAILLIER:
             raise NotSupported("protection paillier is not supported by this participant")
         return self._client.retrying(lambda: self._client.download_model(job_id, version))

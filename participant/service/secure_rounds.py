@@ -253,7 +253,9 @@ class SecureRoundParticipant:
             parameters.quantization()
             self._check_protection(assignment)
             if protection is Protection.PAILLIER:
-                self._require_paillier().check_round(assignment.job_id, parameters)
+                self._require_paillier().check_round(
+                    assignment.job_id, parameters, assignment.strategy
+                )
             client = SecAggClient.start(config, self._context(identity, {}))
         except SecAggError as exc:
             refused = SecureRoundState(
@@ -350,7 +352,9 @@ class SecureRoundParticipant:
         )
         if paillier is not None:
             # Versions after 0 exist only encrypted: rebuilt from the job's model chain.
-            version, base = paillier.model(assignment.job_id, assignment.model_version)
+            version, base = paillier.model(
+                assignment.job_id, assignment.model_version, assignment.strategy
+            )
         else:
             version, base = self._client.retrying(
                 lambda: self._client.download_model(assignment.job_id, assignment.model_version)

@@ -18,6 +18,10 @@ Design decisions:
   process; their states are restored afterwards so the rest of the daemon (retry jitter, ...)
   does not become predictable or replay the same sequence after every round.
 - Calls are serialized by a lock: the model is shared state and Keras is not re-entrant.
+- FedProx (``settings.proximal_mu > 0``, docs/strategies.md) trains through a wrapper model
+  whose ``compute_loss`` adds ``mu/2 * ||w - w_global||^2`` over the trainable weights, with
+  its own optimizer; it shares the layers of the plain model, and training with ``mu = 0``
+  never touches it, so FedAvg training is exactly what it was.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class KerasTaskRuntime:
         self._lock = threading.Lock()
         self._keras: ModuleType | None = None
         self._model: Any = None
-        self._optimizer: Any = None
+        self._proximal: Any = None
 
     # -- public API (the Task methods a task delegates) ---------------------------------------
 
@@ -106,9 +110,13 @@ class KerasTaskRuntime:
         with self._lock:
             keras, model = self._compiled_model()
             self._set_weights(model, weights)
-            self._reset_optimizer(settings.learning_rate)
+            trainer = model
+            if settings.proximal_mu > 0:
+                trainer = self._proximal_trainer(keras, model)
+                trainer.anchor(settings.proximal_mu)
+            self._reset_optimizer(trainer.optimizer, settings.learning_rate)
             with _seeded(keras, settings.seed):
-                history = model.fit(
+                history = trainer.fit(
                     np.asarray(data.x_train, dtype=np.float32),
                     np.asarray(data.y_train),
                     epochs=settings.local_epochs,
@@ -183,19 +191,81 @@ class KerasTaskRuntime:
                 loss=keras.losses.SparseCategoricalCrossentropy(),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             )
-            self._model, self._optimizer = model, optimizer
+            self._model = model
+            self._proximal = None
         return keras, self._model
 
     def _set_weights(self, model: Any, weights: Weights) -> None:
         check_weights(weights, [tuple(v.shape) for v in model.weights])
         model.set_weights(as_float32(weights))
 
-    def _reset_optimizer(self, learning_rate: float) -> None:
+    def _proximal_trainer(self, keras: ModuleType, model: Any) -> Any:
+        """The FedProx wrapper around ``model`` (built and compiled on first use)."""
+        if self._proximal is None:
+            proximal = _proximal_model_class(keras)(model)
+            proximal.compile(
+                optimizer=self._make_optimizer(keras, 0.001),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+            self._proximal = proximal
+        return self._proximal
+
+    @staticmethod
+    def _reset_optimizer(optimizer: Any, learning_rate: float) -> None:
         # Zero the step counter and every slot (Adam moments, momentum...), then set this
         # round's rate: FedAvg local training starts each round from a clean optimizer.
-        for variable in self._optimizer.variables:
+        for variable in optimizer.variables:
             variable.assign(np.zeros(tuple(variable.shape), dtype=variable.dtype))
-        self._optimizer.learning_rate = learning_rate
+        optimizer.learning_rate = learning_rate
+
+
+def _proximal_model_class(keras: ModuleType) -> type[Any]:
+    """A Keras model that trains an inner model on ``loss + mu/2 * ||w - w_global||^2``
+    (Li et al., "Federated Optimization in Heterogeneous Networks", 2020), where ``w_global``
+    is the inner model's trainable weights when :meth:`anchor` was last called."""
+    ops = keras.ops
+
+    class ProximalModel(keras.Model):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self.mu = keras.Variable(0.0, trainable=False, name="proximal_mu")
+            self.anchors = [
+                keras.Variable(ops.zeros(w.shape, dtype=w.dtype), trainable=False)
+                for w in inner.trainable_weights
+            ]
+
+        def anchor(self, mu: float) -> None:
+            self.mu.assign(mu)
+            for anchor, weight in zip(self.anchors, self.inner.trainable_weights, strict=True):
+                anchor.assign(weight.value)
+
+        def call(self, inputs: Any, training: bool = False) -> Any:
+            return self.inner(inputs, training=training)
+
+        def compute_loss(
+            self,
+            x: Any = None,
+            y: Any = None,
+            y_pred: Any = None,
+            sample_weight: Any = None,
+            training: bool = True,
+        ) -> Any:
+            loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+            distance = ops.sum(
+                ops.stack(
+                    [
+                        ops.sum(ops.square(weight - anchor))
+                        for weight, anchor in zip(
+                            self.inner.trainable_weights, self.anchors, strict=True
+                        )
+                    ]
+                )
+            )
+            return loss + 0.5 * self.mu * distance
+
+    return ProximalModel
 
 
 def sgd_with_momentum(keras: ModuleType, learning_rate: float) -> Any:

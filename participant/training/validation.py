@@ -24,6 +24,8 @@ def check_settings(settings: TrainingSettings) -> None:
         raise ValueError(f"learning_rate must be a positive number, got {settings.learning_rate}")
     if settings.seed < 0:
         raise ValueError(f"seed must be >= 0, got {settings.seed}")
+    if not (math.isfinite(settings.proximal_mu) and settings.proximal_mu >= 0):
+        raise ValueError(f"proximal_mu must be a number >= 0, got {settings.proximal_mu}")
 
 
 def check_weights(

@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from fedsilo.convert import (
     protection_from_pb,
     secagg_parameters_from_pb,
+    strategy_parameters_from_pb,
     training_settings_from_pb,
 )
 from fedsilo.protection import Protection
+from fedsilo.strategies import StrategyChoice
 from fedsilo.v1 import fedsilo_pb2 as pb
 from participant.domain.assignments import (
     AdvertisedKeys,
@@ -104,6 +106,9 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         protection=protection,
         secagg=secagg,
         ceremony=ceremony,
+        strategy=StrategyChoice(
+            response.algorithm or "fedavg", strategy_parameters_from_pb(response.strategy)
+        ),
     )
 
 

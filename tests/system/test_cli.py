@@ -63,10 +63,22 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
         "2",
         "--learning-rate",
         "0.5",
+        "--strategy",
+        "fedadam",
+        "--server-learning-rate",
+        "0.05",
         "--json",
     )
     job = json.loads(created.stdout)
     assert job["state"] == "JOB_STATE_CREATED" and job["model_version"] == "0"
+    # The strategy is the job's, with the unset parameters at their defaults.
+    assert job["spec"]["algorithm"] == "fedadam"
+    assert job["spec"]["strategy"] == {
+        "server_learning_rate": 0.05,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 0.001,
+    }
 
     started = json.loads(_fedsilo(consortium, "job", "start", job["job_id"], "--json").stdout)
     assert started["state"] == "JOB_STATE_RUNNING"

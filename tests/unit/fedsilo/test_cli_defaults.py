@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
 from fedsilo.cli.demo import DemoOptions
 from fedsilo.cli.main import _parser
 from fedsilo.protection import Protection
+from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings, installed_tasks
 
 
@@ -34,6 +37,24 @@ def test_job_create_defaults_are_the_job_spec_defaults() -> None:
         training.learning_rate,
         training.seed,
     )
+    assert args.strategy == job.algorithm
+    # Unset strategy parameters: the strategy's defaults, filled in by the coordinator.
+    assert dataclasses.asdict(job.strategy) == {
+        name: getattr(args, name) for name in dataclasses.asdict(StrategyParameters())
+    }
+
+
+def test_job_create_strategy_options_reach_the_job_spec() -> None:
+    args = _parser().parse_args(
+        ["job", "create", "--task", "digits", "--strategy", "fedprox", "--proximal-mu", "0.1"]
+    )
+    assert args.strategy == "fedprox" and args.proximal_mu == 0.1
+    assert args.server_learning_rate is None and args.tau is None
+    args = _parser().parse_args(
+        ["job", "create", "--task", "digits", "--strategy", "fedadam"]
+        + ["--server-learning-rate", "0.01", "--beta1", "0.8", "--beta2", "0.9", "--tau", "0.01"]
+    )
+    assert (args.server_learning_rate, args.beta1, args.beta2, args.tau) == (0.01, 0.8, 0.9, 0.01)
 
 
 @pytest.mark.parametrize("command", [["job", "create", "--task", "digits"], ["demo"]])

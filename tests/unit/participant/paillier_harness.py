@@ -32,6 +32,7 @@ from examples.synthetic.task import task
 from fedsilo.codec import decode_tensors
 from fedsilo.pki import DemoPki
 from fedsilo.protection import Protection, SecAggParameters, flatten
+from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from participant.domain.assignments import (
     AdvertisedKeys,
@@ -320,8 +321,10 @@ class PaillierRound(Coordinator):
         ceremony: CeremonyCoordinator,
         cohort: Sequence[str],
         base_version: int | None = None,
+        strategy: StrategyChoice | None = None,
     ) -> None:
         super().__init__(pki, parameters(cohort=tuple(cohort), threshold=len(cohort) // 2 + 1))
+        self.strategy = strategy or StrategyChoice()
         self.ceremony = ceremony
         self.base_version = ceremony.latest() if base_version is None else base_version
         self.public = ceremony.public_key()
@@ -335,6 +338,7 @@ class PaillierRound(Coordinator):
             protection=Protection.PAILLIER,
             model_version=self.base_version,
             round_number=self.base_version + 1,
+            strategy=self.strategy,
         )
 
     def receive(self, phase: SecAggPhase, org: str, sent: Sent) -> None:

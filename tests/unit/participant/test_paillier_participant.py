@@ -40,6 +40,7 @@ from fedsilo import faults
 from fedsilo.codec import specs_of
 from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
 from fedsilo.protection import Protection, flatten, unflatten
+from fedsilo.strategies import StrategyChoice, StrategyParameters, apply_server_step
 from participant.domain.assignments import (
     AdvertisedKeys,
     KeyCeremonyStepData,
@@ -813,3 +814,72 @@ def test_no_key_material_reaches_the_log(
         secrets.append(state.job_key_pair.private_key.hex()[:32])
         secrets.append(state.private_key.hex()[-64:-32])
     assert not [s for s in secrets if s in caplog.text]
+
+
+# -- strategies with a server step (docs/strategies.md) -------------------------------------------
+
+FEDADAM = StrategyChoice(
+    "fedadam", StrategyParameters(server_learning_rate=0.05, beta1=0.9, beta2=0.99, tau=1e-3)
+)
+
+
+def test_every_participant_runs_the_server_step_and_gets_the_same_bits(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    strategy = FEDADAM.load()
+    orgs = tuple(p.org for p in participants)
+    base = initial_weights()
+    first = PaillierRound(pki, coordinator, orgs, strategy=FEDADAM)
+    first.run(participants)
+    expected1, state1 = apply_server_step(strategy, base, _secagg_model(first, base, orgs), None)
+    second = PaillierRound(pki, coordinator, orgs, strategy=FEDADAM)
+    second.run(participants)  # each participant rebuilt version 1 as its base
+    mean2 = _secagg_model(second, expected1, orgs)
+    expected2, _ = apply_server_step(strategy, expected1, mean2, state1)
+    assert np.max(np.abs(flatten(expected2) - flatten(mean2))) > 1e-3  # not FedAvg
+
+    for participant in participants:
+        for version, expected in ((1, expected1), (2, expected2)):
+            got = participant.paillier.model(JOB_ID, version)[1]
+            assert [w.tobytes() for w in got] == [w.tobytes() for w in expected]
+    directory = participants[0].state_dir / "paillier" / JOB_ID
+    state_file = directory / "optimizer" / "1.bin"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert participants[0].store.load(JOB_ID).strategy == FEDADAM  # type: ignore[union-attr]
+
+    # A restart resumes the chain from version 1 and its kept state...
+    (directory / "models" / "2.bin").unlink()
+    (directory / "models" / "2.json").unlink()
+    restarted = participants[0].restart()
+    downloads = list(restarted.transport.downloaded)
+    got = restarted.paillier.model(JOB_ID, 2)[1]
+    assert [w.tobytes() for w in got] == [w.tobytes() for w in expected2]
+    assert restarted.transport.downloaded[len(downloads) :] == [2]
+    # ...and without the state of version 1 it rebuilds from version 0, to the same bits.
+    for name in ("models/2.bin", "models/2.json", "optimizer/1.bin", "optimizer/2.bin"):
+        (directory / name).unlink()
+    got = restarted.restart().paillier.model(JOB_ID, 2)[1]
+    assert [w.tobytes() for w in got] == [w.tobytes() for w in expected2]
+
+
+def test_a_round_naming_another_strategy_is_refused(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    run_ceremony(coordinator, participants)
+    orgs = tuple(p.org for p in participants)
+    PaillierRound(pki, coordinator, orgs, strategy=FEDADAM).run(participants)
+    other = replace(FEDADAM, parameters=replace(FEDADAM.parameters, server_learning_rate=1.0))
+    round_ = PaillierRound(pki, coordinator, orgs, strategy=other)
+    for participant in participants:
+        assert participant.step(round_.task(SecAggPhase.KEYS)) is StepOutcome.REFUSED
+    with pytest.raises(ModelUnavailable, match="strategy differs"):
+        participants[0].paillier.model(JOB_ID, 1, StrategyChoice())
+    # An unknown strategy is refused before anything is recorded.
+    fresh = PaillierRound(pki, coordinator, orgs, strategy=StrategyChoice("fedsgd"))
+    assert participants[1].store.load(JOB_ID).strategy == FEDADAM  # type: ignore[union-attr]
+    assert participants[1].step(fresh.task(SecAggPhase.KEYS)) is StepOutcome.REFUSED

@@ -11,6 +11,7 @@ import pytest
 from coordinator.domain.jobs import JobSpec, SecAggSettings
 from coordinator.errors import CoordinatorError, InvalidRequest
 from fedsilo.protection import Protection
+from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings
 
 
@@ -79,7 +80,17 @@ BAD_FIELDS = [
     ("name", {"name": "n" * 201}, "name must be 1-200 characters"),
     ("task_name", {"task_name": ""}, "task_name must"),
     ("task_name", {"task_name": "t" * 201}, "task_name must"),
-    ("algorithm", {"algorithm": "fedprox"}, "algorithm must be one of"),
+    ("algorithm", {"algorithm": "fedsgd"}, "algorithm 'fedsgd' is neither built in nor installed"),
+    (
+        "strategy",
+        {"algorithm": "fedadam", "strategy": StrategyParameters(proximal_mu=0.1)},
+        "fedadam does not use the parameter proximal_mu",
+    ),
+    (
+        "strategy",
+        {"algorithm": "fedyogi", "strategy": StrategyParameters(beta2=1.0)},
+        "beta2 must be below 1",
+    ),
     (
         "paillier_key_bits",
         {"protection": Protection.PAILLIER, "paillier_key_bits": 1024},

@@ -62,7 +62,8 @@ from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
 
-HEAD = "0003"
+HEAD = "0005"
+HEAD_SCHEMA_INFO = 5  # what schema_info records at HEAD, for code from before Alembic
 T0 = 1_700_000_000.123456
 
 # (schema version, whether revoked_certificates exists): that table arrived after version 1
@@ -578,8 +579,9 @@ def assert_store_works(store: Store) -> None:
 # -- tests ----------------------------------------------------------------------------------------
 
 
-def test_head_is_the_last_schema_version() -> None:
-    assert migrate.head_revision() == HEAD == migrate.LEGACY_REVISIONS[3]
+def test_head_follows_the_last_schema_version() -> None:
+    assert migrate.head_revision() == HEAD
+    assert migrate.LEGACY_REVISIONS[3] == "0003"
 
 
 @pytest.mark.parametrize(("version", "revocations"), LEGACY)
@@ -588,22 +590,21 @@ def test_database_of_each_earlier_version_is_upgraded_with_every_row(
 ) -> None:
     data = make_legacy_database(url, version, revocations)
     assert migrate.current_revision(url) == migrate.LEGACY_REVISIONS[version]
-    if version < 3:
-        # Serving refuses it, names both revisions and the command, and changes nothing.
-        older = rf"schema version {version} \(revision 000{version}\) is older than .* {HEAD}"
-        with pytest.raises(SchemaMismatch, match=older):
-            migrate.check_schema(url)
-        with pytest.raises(SchemaMismatch, match="run `fedsilo coordinator migrate"):
-            Store(url)
-        assert "alembic_version" not in table_names(url)
-        assert scalar(url, "SELECT version FROM schema_info") == version
-        before = migrate.upgrade(url)
-        assert (before.revision, before.legacy_version) == (f"000{version}", version)
-    # Version 3's tables are the newest: opening it only records the revision.
+    # Every version from before Alembic is older than HEAD: serving refuses it, names both
+    # revisions and the command, and changes nothing.
+    older = rf"schema version {version} \(revision 000{version}\) is older than .* {HEAD}"
+    with pytest.raises(SchemaMismatch, match=older):
+        migrate.check_schema(url)
+    with pytest.raises(SchemaMismatch, match="run `fedsilo coordinator migrate"):
+        Store(url)
+    assert "alembic_version" not in table_names(url)
+    assert scalar(url, "SELECT version FROM schema_info") == version
+    before = migrate.upgrade(url)
+    assert (before.revision, before.legacy_version) == (f"000{version}", version)
     store = Store(url)
     try:
         assert migrate.current_revision(url) == HEAD
-        assert scalar(url, "SELECT version FROM schema_info") == 3
+        assert scalar(url, "SELECT version FROM schema_info") == HEAD_SCHEMA_INFO
         assert schema_differences(url) == []
         assert_store_holds(store, data)
         assert_store_works(store)
@@ -617,7 +618,7 @@ def test_empty_database_is_created_at_head_and_matches_the_schema(url: str) -> N
     assert migrate.check_schema(url).is_empty
     Store(url).close()
     assert migrate.current_revision(url) == HEAD
-    assert scalar(url, "SELECT version FROM schema_info") == 3
+    assert scalar(url, "SELECT version FROM schema_info") == HEAD_SCHEMA_INFO
     assert schema_differences(url) == []
     assert table_names(url) == set(metadata.tables) | {"alembic_version"}
 

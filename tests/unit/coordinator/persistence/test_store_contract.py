@@ -32,6 +32,7 @@ from coordinator.persistence.migrate import head_revision
 from coordinator.persistence.store import DuplicateKey, StaleWrite, Store
 from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
+from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings
 
 BACKENDS = [
@@ -83,13 +84,14 @@ def make_spec(name: str = "digits") -> JobSpec:
         name=name,
         task_name="digits-linear",
         protection=Protection.NONE,
-        algorithm="fedavg",
+        algorithm="fedyogi",
         num_rounds=7,
         min_participants=3,
         round_timeout_seconds=123.5,
         max_failed_rounds=4,
         training=TrainingSettings(local_epochs=2, batch_size=16, learning_rate=0.125, seed=42),
         task_config_json='{"hidden": [8, 4], "note": "\\u00e9"}',
+        strategy=StrategyParameters(server_learning_rate=0.25, beta1=0.5, beta2=0.75, tau=1e-4),
     )
 
 
@@ -401,7 +403,7 @@ def test_acknowledgement_ids_are_unique(store: Store) -> None:
 
 def test_model_version_round_trip_and_uniqueness(store: Store) -> None:
     v0 = ModelVersion("job-1", 0, "0" * 64, None, T0)
-    v1 = ModelVersion("job-1", 1, "1" * 64, "round-1", T0 + 10)
+    v1 = ModelVersion("job-1", 1, "1" * 64, "round-1", T0 + 10, optimizer_state_ref="5" * 64)
     with store.transaction() as tx:
         tx.add_job(make_job())
         tx.add_model_version(v0)
@@ -410,6 +412,9 @@ def test_model_version_round_trip_and_uniqueness(store: Store) -> None:
         assert tx.get_model_version("job-1", 0) == v0
         assert tx.get_model_version("job-1", 1) == v1
         assert tx.get_model_version("job-1", 2) is None
+        # An optimizer state blob is in use while its model version points at it.
+        assert tx.blob_in_use("5" * 64) and tx.blob_in_use("1" * 64)
+        assert not tx.blob_in_use("6" * 64)
     with pytest.raises(DuplicateKey), store.transaction() as tx:
         tx.add_model_version(ModelVersion("job-1", 1, "2" * 64, "round-9", T0 + 20))
     with store.transaction() as tx:

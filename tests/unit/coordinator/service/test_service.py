@@ -44,6 +44,12 @@ from coordinator.service.membership import MembershipService
 from coordinator.service.views import Acknowledgement, UpdateSubmission, WorkKind
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.protection import Protection
+from fedsilo.strategies import (
+    StrategyParameters,
+    apply_server_step,
+    decode_optimizer_state,
+    load_strategy,
+)
 from fedsilo.tasks import TrainingSettings
 
 T0 = 1_700_000_000.0
@@ -764,3 +770,94 @@ def test_identical_running_sums_in_two_jobs_do_not_share_fate(harness: Harness) 
     for job, round_ in ((job_a, round_a), (job_b, round_b)):
         harness.drive(lambda r=round_: harness.round(r.round_id).phase is Phase.COMMITTED, "commit")
         assert_weights_equal(harness.model(job.job_id, 1), fedavg([first, second, third]))
+
+
+# -- strategies (docs/strategies.md) --------------------------------------------------------------
+
+
+def test_fedavg_commits_the_round_result_unchanged_and_keeps_no_state(harness: Harness) -> None:
+    job, round_ = harness.running_job()
+    assert job.spec.algorithm == "fedavg" and job.spec.strategy == StrategyParameters()
+    updates = [(update_weights(i), n) for i, n in enumerate((10, 30, 60))]
+    for org, (weights, n) in zip(ORGS, updates, strict=True):
+        harness.submit(org, round_, weights, n)
+    harness.drive(lambda: harness.round(round_.round_id).phase is Phase.COMMITTED, "commit")
+    committed = harness.round(round_.round_id)
+    with harness.store.transaction() as tx:
+        version = tx.get_model_version(job.job_id, 1)
+    assert version is not None and version.optimizer_state_ref is None
+    assert version.blob_ref == committed.result_ref
+    # Bit for bit the running float64 sum in arrival order over the total, as float32.
+    sums = [np.zeros(shape, dtype=np.float64) for shape in SHAPES]
+    for weights, n in updates:
+        for acc, w in zip(sums, weights, strict=True):
+            acc += w.astype(np.float64) * float(n)
+    expected = [(acc / 100.0).astype(np.float32) for acc in sums]
+    _, _, payload = harness.service.read_model(job.job_id, 1)
+    assert payload == encode_tensors(expected)[1]
+
+
+def test_fedadam_steps_at_commit_and_its_state_survives_a_restart(file_harness: Harness) -> None:
+    harness = file_harness
+    job, first = harness.running_job(
+        algorithm="fedadam", strategy=StrategyParameters(server_learning_rate=0.1)
+    )
+    # Stored with every default filled in.
+    resolved = StrategyParameters(server_learning_rate=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    assert harness.service.get_job(job.job_id).job.spec.strategy == resolved
+    strategy = load_strategy("fedadam", resolved)
+    updates = [(update_weights(i), n) for i, n in enumerate((10, 30, 60))]
+    for org, (weights, n) in zip(ORGS, updates, strict=True):
+        harness.submit(org, first, weights, n)
+    harness.drive(lambda: harness.round(first.round_id).phase is Phase.COMMITTED, "commit")
+    model1 = harness.model(job.job_id, 1)
+    expected1, state1 = apply_server_step(strategy, initial_weights(), fedavg(updates), None)
+    assert_weights_equal(model1, expected1)
+    assert np.max(np.abs(model1[0] - fedavg(updates)[0])) > 0.1  # not FedAvg
+    with harness.store.transaction() as tx:
+        version1 = tx.get_model_version(job.job_id, 1)
+    assert version1 is not None and version1.optimizer_state_ref is not None
+    kept = decode_optimizer_state(harness.blobs.get(version1.optimizer_state_ref))
+    assert sorted(kept) == ["m", "v"]
+    for key in kept:
+        np.testing.assert_allclose(kept[key], state1[key], rtol=1e-5, atol=1e-9)
+
+    harness.restart()
+    harness.drive(lambda: len(harness.rounds(job.job_id)) == 2, "second round")
+    second = harness.current_round(job.job_id)
+    updates2 = [(update_weights(10 + i), n) for i, n in enumerate((5, 1, 2))]
+    for org, (weights, n) in zip(ORGS, updates2, strict=True):
+        harness.submit(org, second, weights, n)
+    harness.drive(
+        lambda: harness.service.get_job(job.job_id).job.state is JobState.COMPLETED, "completion"
+    )
+    model2 = harness.model(job.job_id, 2)
+    expected2, _ = apply_server_step(strategy, model1, fedavg(updates2), kept)
+    assert_weights_equal(model2, expected2)
+    # Had the moments been lost in the restart, the step would have been another one.
+    forgetful, _ = apply_server_step(strategy, model1, fedavg(updates2), None)
+    assert np.max(np.abs(forgetful[0] - model2[0])) > 1e-3
+
+
+def test_a_failing_server_step_aborts_the_round(harness: Harness) -> None:
+    job, first = harness.running_job(algorithm="fedavgm", max_failed_rounds=3)
+    for org in ORGS:
+        harness.submit(org, first, update_weights(1), 10)
+    harness.drive(lambda: harness.round(first.round_id).phase is Phase.COMMITTED, "commit")
+    with harness.store.transaction() as tx:
+        version1 = tx.get_model_version(job.job_id, 1)
+    assert version1 is not None and version1.optimizer_state_ref is not None
+    damaged = harness.blobs.put(b"not an optimizer state")
+    with harness.store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE model_versions SET optimizer_state_ref = :ref WHERE version = 1"),
+            {"ref": damaged},
+        )
+    harness.drive(lambda: len(harness.rounds(job.job_id)) == 2, "second round")
+    second = harness.current_round(job.job_id)
+    for org in ORGS:
+        harness.submit(org, second, update_weights(2), 10)
+    harness.drive(lambda: harness.round(second.round_id).phase is Phase.ABORTED, "abort")
+    reason = harness.round(second.round_id).abort_reason or ""
+    assert "the fedavgm server step failed: the optimizer state is unreadable" in reason
+    assert harness.service.get_job(job.job_id).job.model_version == 1

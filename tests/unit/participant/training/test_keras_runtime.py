@@ -81,3 +81,30 @@ def test_train_evaluate_round_trip_is_deterministic_and_stateless() -> None:
     poisoned[0][0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         runtime.evaluate(poisoned, data)
+
+
+@pytest.mark.tf
+def test_fedprox_term_pulls_the_local_model_toward_the_global_one() -> None:
+    from participant.training.keras_runtime import KerasTaskRuntime
+
+    runtime = KerasTaskRuntime(_tiny_model)
+    data = _separable_data()
+    settings = TrainingSettings(local_epochs=10, batch_size=16, learning_rate=0.1, seed=3)
+    global_weights = runtime.initial_weights(7)
+
+    def distance(result: list[np.ndarray]) -> float:
+        return float(
+            sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(result, global_weights))
+        )
+
+    plain = runtime.train(global_weights, data, settings)
+    pulled = runtime.train(global_weights, data, replace(settings, proximal_mu=1.0))
+    strongly = runtime.train(global_weights, data, replace(settings, proximal_mu=10.0))
+    assert distance(strongly.weights) < distance(pulled.weights) < distance(plain.weights)
+    assert distance(strongly.weights) < 0.5 * distance(plain.weights)
+    # The term weighs only with mu > 0: afterwards, mu = 0 trains exactly as before.
+    again = runtime.train(global_weights, data, settings)
+    for a, b in zip(plain.weights, again.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="proximal_mu"):
+        runtime.train(global_weights, data, replace(settings, proximal_mu=-1.0))
