@@ -43,8 +43,7 @@ POINTS: dict[str, str] = {
         "the coordinator unmasked the sum and stored the model blob, before the round moved on"
     ),
     "coordinator.plain.after_update_commit": (
-        "the coordinator committed an update of a round without protection, before "
-        "acknowledging it"
+        "the coordinator committed an update of a round without protection, before acknowledging it"
     ),
     "coordinator.ceremony.after_commit": (
         "the coordinator committed a new key-ceremony message, before acknowledging it"

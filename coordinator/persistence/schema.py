@@ -24,7 +24,7 @@ __all__ = ["metadata"]
 
 metadata = MetaData()
 
-# The schema version before Alembic (5 since revision 0005). Code from before Alembic reads it and
+# The schema version before Alembic (4 since revision 0004). Code from before Alembic reads it and
 # refuses any version but its own, so a revision that changes tables sets it to 4 or more.
 schema_info = Table(
     "schema_info",

@@ -15,6 +15,8 @@ from coordinator.persistence import migrate
 from coordinator.persistence.store import Store
 from fedsilo.cli.daemons import Process, fedsilo_command, wait_for
 
+HEAD = migrate.head_revision()  # the newest revision this code ships
+
 pytestmark = pytest.mark.system
 
 
@@ -80,7 +82,7 @@ def test_older_database_is_refused_until_fedsilo_coordinator_migrate(tmp_path: P
     config = _coordinator_config(tmp_path)
     url = _database_at(tmp_path, "0002")
     line = _refused(_serve(tmp_path, "refused"))
-    assert "database revision 0002 is older than this fedsilo's 0003" in line
+    assert f"database revision 0002 is older than this fedsilo's {HEAD}" in line
     assert "run `fedsilo coordinator migrate --config COORDINATOR.yaml`" in line
     assert migrate.current_revision(url) == "0002"
 
@@ -92,8 +94,8 @@ def test_older_database_is_refused_until_fedsilo_coordinator_migrate(tmp_path: P
         check=False,
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "database schema: revision 0002 upgraded to revision 0003\n"
-    assert migrate.current_revision(url) == "0003"
+    assert result.stdout == f"database schema: revision 0002 upgraded to revision {HEAD}\n"
+    assert migrate.current_revision(url) == HEAD
     _serves_then_stops(_serve(tmp_path, "migrated"), tmp_path / "migrated.port")
 
 
@@ -102,8 +104,8 @@ def test_auto_migrate_upgrades_at_start(tmp_path: Path) -> None:
     url = _database_at(tmp_path, "0001")
     env = {"FEDSILO_DATABASE_AUTO_MIGRATE": "true"}
     _serves_then_stops(_serve(tmp_path, "auto", env), tmp_path / "auto.port")
-    assert migrate.current_revision(url) == "0003"
-    assert "revision 0001 upgraded to revision 0003" in (tmp_path / "auto.log").read_text()
+    assert migrate.current_revision(url) == HEAD
+    assert f"revision 0001 upgraded to revision {HEAD}" in (tmp_path / "auto.log").read_text()
 
 
 def test_newer_database_is_refused_with_both_revisions(tmp_path: Path) -> None:
@@ -112,7 +114,8 @@ def test_newer_database_is_refused_with_both_revisions(tmp_path: Path) -> None:
     for name, env in (("plain", None), ("auto", {"FEDSILO_DATABASE_AUTO_MIGRATE": "true"})):
         line = _refused(_serve(tmp_path, name, env))
         assert (
-            "database schema revision 0042 is newer than this fedsilo, whose newest is 0003" in line
+            f"database schema revision 0042 is newer than this fedsilo, whose newest is {HEAD}"
+            in line
         )
     engine = create_engine(url)
     with engine.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
+revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
@@ -28,13 +28,13 @@ def _model_versions(*extra: sa.Column[str]) -> None:
 def _rebuild_on_sqlite(*extra: sa.Column[str]) -> None:
     # SQLite's ALTER TABLE keeps the old DDL text (and a rename quotes the name), so the table
     # is created anew under its own name: its stored DDL is then exactly schema.py's.
-    op.rename_table("model_versions", "model_versions_before_0005")
+    op.rename_table("model_versions", "model_versions_before_0004")
     _model_versions(*extra)
     op.execute(
         f"INSERT INTO model_versions ({_COLUMNS}) "  # noqa: S608 - constants only
-        f"SELECT {_COLUMNS} FROM model_versions_before_0005"
+        f"SELECT {_COLUMNS} FROM model_versions_before_0004"
     )
-    op.drop_table("model_versions_before_0005")
+    op.drop_table("model_versions_before_0004")
 
 
 def upgrade() -> None:
@@ -43,7 +43,7 @@ def upgrade() -> None:
         _rebuild_on_sqlite(column)
     else:
         op.add_column("model_versions", column)
-    op.execute("UPDATE schema_info SET version = 5")
+    op.execute("UPDATE schema_info SET version = 4")
 
 
 def downgrade() -> None:
