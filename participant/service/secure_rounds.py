@@ -62,6 +62,7 @@ from participant.errors import (
 from participant.service.answers import AnswerStore, StoredAnswer
 from participant.service.calls import SecureRoundCalls
 from participant.service.identity import OrgIdentity, utc_now
+from participant.service.job_terms import JobTermsStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
@@ -113,6 +114,7 @@ class SecureRoundParticipant:
         random: RandomSource = os.urandom,
         workers: int = 1,
         paillier: PaillierJobs | None = None,
+        terms: JobTermsStore,
     ) -> None:
         self._client = client
         self._states = states
@@ -123,6 +125,7 @@ class SecureRoundParticipant:
         self._random = random
         self._workers = workers
         self._paillier = paillier
+        self._terms = terms
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
 
     def held_round_ids(self) -> list[str]:
@@ -217,6 +220,14 @@ class SecureRoundParticipant:
             )
 
         try:
+            self._terms.check(assignment)
+        except UntrustedMessage as exc:
+            # A setting changed mid-round: leave the round for good, nothing more is sent.
+            client.abort(str(exc))
+            self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
+            log.error("%s", exc, **ctx)
+            return StepOutcome.REFUSED
+        try:
             _check_unchanged(assignment, data.parameters, state, client)
             self._check_protection(assignment)
             answer = self._answer(phase, assignment, data, identity, state, client, ctx)
@@ -254,8 +265,14 @@ class SecureRoundParticipant:
             self._check_protection(assignment)
             if protection is Protection.PAILLIER:
                 self._require_paillier().check_round(assignment.job_id, parameters)
-            client = SecAggClient.start(config, self._context(identity, {}))
-        except SecAggError as exc:
+            # The organization's own cohort policy (a threshold or cohort below it is refused),
+            # then its bounds and the job's terms and secure parameters as first accepted.
+            client = SecAggClient.start(
+                config, self._context(identity, {}), self._terms.policy.cohort
+            )
+            self._terms.check(assignment)
+            self._terms.check_secure(assignment.job_id, parameters)
+        except (SecAggError, UntrustedMessage) as exc:
             refused = SecureRoundState(
                 parameters, None, {}, refusal=str(exc), protection=protection.value
             )

@@ -42,9 +42,11 @@ from participant.domain.assignments import (
     StepOutcome,
     SubmissionReceipt,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.errors import CallStatus, RequestRefused
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
@@ -255,6 +257,7 @@ class PaillierParticipant:
             identity,
             train,
             paillier=self.paillier,
+            terms=JobTermsStore(self.state_dir, AcceptPolicy()),
         )
 
     def step(self, assignment: Assignment) -> StepOutcome:

@@ -36,8 +36,10 @@ from participant.domain.assignments import (
     StepOutcome,
     SubmissionReceipt,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant
 from secagg import (
@@ -167,7 +169,10 @@ def make_participant(
     pki: DemoPki,
     transport: FakeTransport | None = None,
     data: LocalData | None = None,
+    accept: AcceptPolicy | None = None,
 ) -> Participant:
+    """A participant with ``accept`` as its own limits (the configuration's defaults if None)."""
+    accept = accept if accept is not None else AcceptPolicy()
     transport = transport or FakeTransport(base_weights())
     data = data if data is not None else local_data(org)
 
@@ -181,6 +186,7 @@ def make_participant(
         AnswerStore(state_dir),
         IdentityFiles(identity_files(pki, org)),
         train,
+        terms=JobTermsStore(state_dir, accept),
     )
     return Participant(org, state_dir, transport, rounds, pki, data)
 

@@ -30,9 +30,11 @@ from participant.domain.assignments import (
     SubmissionReceipt,
     TaskReply,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.errors import CallStatus, RequestRefused, Stopped
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
 
@@ -94,6 +96,7 @@ def _daemon(
         {"partition": 0, "num_partitions": 3, "seed": 0},
         stop,
         poll_seconds=0.0,
+        job_terms=JobTermsStore(tmp_path, AcceptPolicy()),
     )
     return daemon, client
 
