@@ -22,6 +22,7 @@ from participant.service.answers import AnswerStore
 from participant.service.calls import ModelCalls
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.runner import ParticipantDaemon
@@ -85,6 +86,7 @@ def build_daemon(
         stop,
         config.poll_seconds,
         job_terms=JobTermsStore(config.state_dir, AcceptPolicy.from_config(config.accept)),
+        ledger=ContributionLedger(config.state_dir),
         paillier_states=PaillierStateStore(config.state_dir),
         paillier_workers=PaillierWorkers(),
     )

@@ -28,6 +28,7 @@ from participant.service.calls import DaemonCalls
 from participant.service.identity import OrgIdentity
 from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant, KeyGenerator
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
@@ -61,7 +62,8 @@ class ParticipantDaemon:
     models); ``paillier_workers`` is the process pool for Paillier encryption and decryption,
     stopped when :meth:`run` returns; ``generate_paillier_key`` replaces the dealer's key
     generation (tests). ``job_terms`` holds the organization's own limits (``accept:``) and the
-    terms of each job as first seen: every round it trains in or answers is checked against both.
+    terms of each job as first seen: every round it trains in or answers is checked against both;
+    ``ledger`` is what it contributed to each job's secure rounds (one input per base version).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class ParticipantDaemon:
         poll_seconds: float = 20.0,
         *,
         job_terms: JobTermsStore,
+        ledger: ContributionLedger,
         paillier_states: PaillierStateStore | None = None,
         paillier_workers: PaillierWorkers | None = None,
         generate_paillier_key: KeyGenerator | None = None,
@@ -102,6 +105,7 @@ class ParticipantDaemon:
             identity,
             self._train_round,
             terms=job_terms,
+            ledger=ledger,
             paillier=self._paillier,
         )
 

@@ -63,6 +63,7 @@ from participant.service.answers import AnswerStore, StoredAnswer
 from participant.service.calls import SecureRoundCalls
 from participant.service.identity import OrgIdentity, utc_now
 from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
@@ -115,6 +116,7 @@ class SecureRoundParticipant:
         workers: int = 1,
         paillier: PaillierJobs | None = None,
         terms: JobTermsStore,
+        ledger: ContributionLedger,
     ) -> None:
         self._client = client
         self._states = states
@@ -126,6 +128,7 @@ class SecureRoundParticipant:
         self._workers = workers
         self._paillier = paillier
         self._terms = terms
+        self._ledger = ledger
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
 
     def held_round_ids(self) -> list[str]:
@@ -147,6 +150,7 @@ class SecureRoundParticipant:
                     outcome.round_id,
                     outcome.reason or "no reason given",
                 )
+            self._ledger.record_ending(outcome.round_id, outcome.committed)
             # The answer first: while the state file exists the round is still reported as held,
             # so an interrupted clean-up is finished on the next poll.
             self._answers.forget(outcome.round_id, SecAggPhase.INPUTS)
@@ -272,6 +276,14 @@ class SecureRoundParticipant:
             )
             self._terms.check(assignment)
             self._terms.check_secure(assignment.job_id, parameters)
+            # Round ids, numbers and base versions against what this organization already gave
+            # (participant/service/ledger.py); recorded before the keys leave.
+            self._ledger.start(
+                assignment.job_id,
+                assignment.round_id,
+                assignment.round_number,
+                assignment.model_version,
+            )
         except (SecAggError, UntrustedMessage) as exc:
             refused = SecureRoundState(
                 parameters, None, {}, refusal=str(exc), protection=protection.value
@@ -307,6 +319,13 @@ class SecureRoundParticipant:
             return _Answer(replace(state, client=client.to_dict()), signature.to_bytes())
         request = UnmaskRequest.from_bytes(data.unmask_request)
         response = client.unmask(request)
+        # Recorded before the shares leave: the round's aggregate may now be released.
+        self._ledger.record_reveal(
+            assignment.job_id,
+            assignment.round_id,
+            assignment.round_number,
+            assignment.model_version,
+        )
         log.info(
             "revealing %d self-mask shares and %d key shares of dropped peers",
             len(response.self_mask_shares),
@@ -393,6 +412,16 @@ class SecureRoundParticipant:
                 result.num_examples,
                 **ctx,
             )
+        try:
+            # Recorded before the masked input exists outside the client (ledger.py).
+            self._ledger.record_input(
+                assignment.job_id,
+                assignment.round_id,
+                assignment.round_number,
+                assignment.model_version,
+            )
+        except UntrustedMessage as exc:
+            raise ProtocolViolation(str(exc)) from None
         masked = client.mask_input(shares, parameters.quantization().quantize(update, weight))
         if paillier is not None:
             # Encryption is randomized: the stored answer is what every retry sends.

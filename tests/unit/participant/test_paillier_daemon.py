@@ -38,6 +38,7 @@ from participant.main import export_model
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import (
     OutgoingMessage,
@@ -137,6 +138,7 @@ def _daemon(
         client.stop,
         poll_seconds=0.0,
         job_terms=JobTermsStore(state_dir, AcceptPolicy()),
+        ledger=ContributionLedger(state_dir),
         paillier_states=PaillierStateStore(state_dir) if paillier else None,
         generate_paillier_key=(lambda bits: paillier_key) if paillier_key else None,
     )

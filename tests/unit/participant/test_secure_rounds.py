@@ -25,6 +25,7 @@ from participant.domain.assignments import AdvertisedKeys, EndedRound, SecAggPha
 from participant.domain.policy import AcceptPolicy
 from participant.errors import SecAggUnavailable
 from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.secure_rounds import SecureRoundParticipant
 from secagg import (
     CohortPolicy,
@@ -414,6 +415,7 @@ def test_without_an_identity_secure_work_is_refused_and_nothing_is_stored(
         None,
         lambda assignment, weights: pytest.fail("no training without an identity"),
         terms=JobTermsStore(tmp_path / "org-a", AcceptPolicy()),
+        ledger=ContributionLedger(tmp_path / "org-a"),
     )
     with pytest.raises(SecAggUnavailable, match="without TLS"):
         rounds.step(Coordinator(pki).keys_task())
