@@ -94,7 +94,9 @@ def _chain(first: Any, rest: Any) -> Any:
 
 
 def _secure_spec(num_rounds: int, phase_timeout: float = 3.0) -> pb.JobSpec:
-    spec = shift_job_spec(num_rounds=num_rounds)
+    # A short INPUTS deadline too: with a defence missing, a round the coordinator cannot use
+    # (a tampered base version) ends within the test's wait instead of after a minute.
+    spec = shift_job_spec(num_rounds=num_rounds, round_timeout_seconds=10.0)
     spec.protection = pb.PROTECTION_SECAGG
     spec.phase_timeout_seconds = phase_timeout
     spec.max_failed_rounds = 0
@@ -138,8 +140,9 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def _failed(status: pb.JobStatus) -> bool:
-    return status.state == pb.JOB_STATE_FAILED
+def _ended(status: pb.JobStatus) -> bool:
+    # Not only FAILED: with a defence missing the job completes, and the assertions say why.
+    return status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED)
 
 
 # -- (1) a threshold below the cohort policy ----------------------------------------------------
@@ -163,7 +166,7 @@ def test_a_round_below_the_cohort_policy_is_refused_before_any_key_is_sent(
 ) -> None:
     script = Script(pad_the_cohort_at_a_strict_majority)
     admin, _, status = _run(
-        start_test_coordinator, pki, run_daemon, script, 1, _failed, "the job to fail"
+        start_test_coordinator, pki, run_daemon, script, 1, _ended, "the job to end"
     )
     admin.close()
     assert script.answered(pb.ROUND_PHASE_KEYS) == []
@@ -193,7 +196,7 @@ def test_a_learning_rate_changed_in_round_two_is_refused(
 ) -> None:
     script = Script(vanish_the_others_learning_rate)
     admin, _, status = _run(
-        start_test_coordinator, pki, run_daemon, script, 2, _failed, "round 2 to fail"
+        start_test_coordinator, pki, run_daemon, script, 2, _ended, "the job to end"
     )
     admin.close()
     first, second = status.rounds
@@ -233,7 +236,7 @@ def test_a_second_round_from_a_base_version_already_contributed_to_is_refused(
 ) -> None:
     script = Script(rerun_from_version_zero_without_org_a)
     admin, job_id, status = _run(
-        start_test_coordinator, pki, run_daemon, script, 2, _failed, "round 2 to fail"
+        start_test_coordinator, pki, run_daemon, script, 2, _ended, "the job to end"
     )
     first, second = status.rounds
     assert first.phase == pb.ROUND_PHASE_COMMITTED, first.abort_reason
@@ -293,7 +296,7 @@ def test_a_round_id_run_again_after_a_forged_end_is_refused(
         run_daemon,
         script,
         1,
-        lambda s: s.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED),
+        _ended,
         "the job to end",
     )
     admin.close()
