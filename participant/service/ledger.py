@@ -136,12 +136,17 @@ class ContributionLedger:
     def start(self, job_id: str, round_id: str, number: int, base_version: int) -> None:
         """Record a new round before its keys are sent; UntrustedMessage if it is refused.
 
-        Refused: a round id seen before, a round number not above every earlier one, a base
-        version below an earlier one, and a base version this organization already contributed
-        to in a round whose aggregate can have been released.
+        Refused: a round id seen before (unless only recorded, with nothing sent beyond keys and
+        no end reported: a crash between this record and the round's state), a round number not
+        above every earlier one, a base version below an earlier one, and a base version this
+        organization already contributed to in a round whose aggregate can have been released.
         """
         ledger = self._load(job_id)
         seen = ledger.rounds.get(round_id)
+        if seen == RoundEntry(number, base_version, Stage.KEYS):
+            # Recorded, then the daemon stopped before the round's state was saved: nothing but
+            # a key could have left, and no end was reported, so the round may start again.
+            return
         if seen is not None:
             raise UntrustedMessage(
                 f"round_id {round_id} was already taken part in (round {seen.number}, "

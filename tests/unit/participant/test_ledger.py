@@ -41,6 +41,16 @@ def test_a_round_id_is_started_once_even_by_a_new_ledger_object(tmp_path: Path) 
         ContributionLedger(tmp_path).start(JOB, "r-1", 2, 0)
 
 
+def test_a_round_recorded_just_before_a_crash_may_start_again(tmp_path: Path) -> None:
+    # The ledger is written before the round's state: a crash in between leaves only the entry.
+    ContributionLedger(tmp_path).start(JOB, "r-1", 1, 0)
+    ContributionLedger(tmp_path).start(JOB, "r-1", 1, 0)
+    ledger = ContributionLedger(tmp_path)
+    ledger.record_ending("r-1", committed=False)
+    with pytest.raises(UntrustedMessage, match="already taken part in"):
+        ledger.start(JOB, "r-1", 1, 0)
+
+
 def test_round_numbers_increase_and_base_versions_never_go_back(tmp_path: Path) -> None:
     ledger = ContributionLedger(tmp_path)
     ledger.start(JOB, "r-3", 3, 2)
