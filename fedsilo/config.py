@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ import yaml
 from fedsilo.errors import FedsiloError
 
 __all__ = [
+    "AcceptSection",
     "ConfigError",
     "CoordinatorConfig",
     "ParticipantConfig",
@@ -93,6 +95,26 @@ class BackoffSection:
 
 
 @dataclass(frozen=True)
+class AcceptSection:
+    """What the organization accepts of any job, whatever the coordinator asks (ranges inclusive).
+
+    ``min_threshold_fraction`` (``"2/3"`` or a number, in (1/2, 1]) and ``min_cohort`` (>= 2)
+    bound every secure round: a round with ``t < ceil(fraction * n)`` or ``n < min_cohort`` is
+    refused at KEYS. The ``[min, max]`` ranges bound the training settings of every round.
+    """
+
+    min_threshold_fraction: str = "2/3"
+    min_cohort: int = 3
+    learning_rate: tuple[float, float] = (1e-6, 1.0)
+    local_epochs: tuple[int, int] = (1, 100)
+    batch_size: tuple[int, int] = (1, 4096)
+
+    def threshold_fraction(self) -> Fraction:
+        """``min_threshold_fraction`` as an exact fraction (validated at load)."""
+        return Fraction(self.min_threshold_fraction)
+
+
+@dataclass(frozen=True)
 class ParticipantConfig:
     """``fedsilo participant run`` settings."""
 
@@ -104,6 +126,7 @@ class ParticipantConfig:
     poll_seconds: float = 20.0
     rpc_timeout_seconds: float = 120.0
     backoff: BackoffSection = field(default_factory=BackoffSection)
+    accept: AcceptSection = field(default_factory=AcceptSection)
     log_level: str = "INFO"
 
 
@@ -196,6 +219,17 @@ def _coerce(hint: Any, value: Any, key: str, *, from_env: bool, base: Path) -> A
                 raise ConfigError("expected a path")
             path = Path(value).expanduser()
             return path if path.is_absolute() else base / path
+        if origin is tuple:
+            # A [min, max] range: a YAML list, or JSON in a variable.
+            if from_env:
+                value = json.loads(value)
+            item_types = typing.get_args(hint)
+            if not isinstance(value, list | tuple) or len(value) != len(item_types):
+                raise ConfigError(f"expected a list of {len(item_types)} numbers")
+            return tuple(
+                _coerce(item, v, key, from_env=False, base=base)
+                for item, v in zip(item_types, value, strict=True)
+            )
         if origin is dict:
             if from_env:
                 value = json.loads(value)
@@ -230,7 +264,30 @@ def _validate(config: object) -> None:
             raise ConfigError("backoff.max_seconds: must not be below backoff.initial_seconds")
         if ":" not in config.coordinator:
             raise ConfigError(f"coordinator: {config.coordinator!r} must be host:port")
+        _check_accept(config.accept)
         _check_tls(config.tls)
+
+
+def _check_accept(accept: AcceptSection) -> None:
+    try:
+        fraction = accept.threshold_fraction()
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(
+            f"accept.min_threshold_fraction: {accept.min_threshold_fraction!r} is not a fraction "
+            "like 2/3 or a number like 0.7"
+        ) from None
+    if not Fraction(1, 2) < fraction <= 1:
+        raise ConfigError(
+            f"accept.min_threshold_fraction: must be above 1/2 and at most 1, got {fraction}"
+        )
+    if accept.min_cohort < 2:
+        raise ConfigError(f"accept.min_cohort: must be at least 2, got {accept.min_cohort}")
+    for name in ("learning_rate", "local_epochs", "batch_size"):
+        low, high = getattr(accept, name)
+        if not (0 < low <= high and math.isfinite(high)):
+            raise ConfigError(
+                f"accept.{name}: must be [min, max] with 0 < min <= max, got [{low}, {high}]"
+            )
 
 
 def _positive(value: float, key: str) -> None:

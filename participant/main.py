@@ -16,10 +16,13 @@ from fedsilo.config import ParticipantConfig, load_config
 from fedsilo.logs import configure
 from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsFiles
+from participant.domain.policy import AcceptPolicy
 from participant.errors import ModelUnavailable, NotSupported
 from participant.service.answers import AnswerStore
 from participant.service.calls import ModelCalls
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.runner import ParticipantDaemon
@@ -83,6 +86,8 @@ def build_daemon(
         config.task_config,
         stop,
         config.poll_seconds,
+        job_terms=JobTermsStore(config.state_dir, AcceptPolicy.from_config(config.accept)),
+        ledger=ContributionLedger(config.state_dir),
         paillier_states=PaillierStateStore(config.state_dir),
         paillier_workers=PaillierWorkers(),
     )

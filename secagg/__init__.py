@@ -7,7 +7,9 @@ dataclasses and return dataclasses; randomness is injected as a ``Callable[[int]
 signatures); the few of them other packages need (organization signing and verifying keys, the
 injected random source, X25519 key pairs and the canonical field encoding) are re-exported here,
 so nothing outside ``secagg`` imports ``secagg.primitives``. The protocol, encodings and
-quantization bound are described in ``docs/secagg.md``.
+quantization bound are described in ``docs/secagg.md``. A participant starts every round with
+its own ``CohortPolicy`` (the smallest threshold fraction and cohort it accepts) and refuses a
+round below it; ``secure_threshold(n)`` is the threshold docs/threat-model.md recommends.
 :mod:`secagg.paillier` (imported on its own, not by this package) adds packed Paillier encryption
 for the ``paillier`` protection mode (``docs/paillier.md``).
 
@@ -39,6 +41,7 @@ from secagg.errors import (
 )
 from secagg.masking import (
     ClientPhase,
+    CohortPolicy,
     ConsistencySignature,
     EncryptedShare,
     MaskedInput,
@@ -55,6 +58,7 @@ from secagg.masking import (
     WeightedMean,
     check_bit_budget,
     default_threshold,
+    secure_threshold,
 )
 from secagg.primitives.agreement import AgreementKeyPair
 from secagg.primitives.encoding import decode_fields, encode_fields, encode_text
@@ -65,6 +69,7 @@ __all__ = [
     "AgreementKeyPair",
     "BitBudgetExceeded",
     "ClientPhase",
+    "CohortPolicy",
     "ConsistencySignature",
     "DecryptionFailed",
     "EncryptedShare",
@@ -95,5 +100,6 @@ __all__ = [
     "default_threshold",
     "encode_fields",
     "encode_text",
+    "secure_threshold",
     "verifying_key",
 ]

@@ -11,7 +11,7 @@ from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.strategies import StrategyError, StrategyParameters, load_strategy, strategy_names
 from fedsilo.tasks import TrainingSettings
-from secagg import SecAggError, check_bit_budget
+from secagg import SecAggError, check_bit_budget, secure_threshold
 
 __all__ = [
     "Job",
@@ -49,8 +49,10 @@ class ParticipantStatus(enum.StrEnum):
 class SecAggSettings:
     """Secure-aggregation parameters of a job (docs/secagg.md).
 
-    ``threshold`` is the minimum number of survivors ``t`` (0: a strict majority); a round uses
-    ``max(threshold, n // 2 + 1)`` for its cohort of ``n`` and needs ``n >= t``. A cohort has at
+    ``threshold`` is the minimum number of survivors ``t`` (0: the secure default); a round uses
+    ``max(threshold, secure_threshold(n))`` for its cohort of ``n``, with
+    ``secure_threshold(n) = max(ceil(2n/3), n // 2 + 1)`` (docs/threat-model.md), and needs
+    ``n >= t``. A cohort has at
     most ``max_participants`` members and a participant's weight (its example count) is capped at
     ``max_weight``: together with ``clip`` and ``levels_bits`` they must pass the bit budget
     ``max_participants * max_weight * rint(clip * 2^levels_bits) < 2^(modulus_bits - 1)``.
@@ -66,8 +68,12 @@ class SecAggSettings:
     max_weight: int = 8192
 
     def threshold_for(self, cohort_size: int) -> int:
-        """``t`` for a cohort of ``cohort_size``: the configured minimum or a strict majority."""
-        return max(self.threshold, cohort_size // 2 + 1)
+        """``t`` for a cohort of ``cohort_size``: the configured minimum or ``secure_threshold``.
+
+        Participants refuse rounds below their own policy, by default ``ceil(2n/3)``: a lower
+        default would have every round refused.
+        """
+        return max(self.threshold, secure_threshold(cohort_size))
 
     def problems(self) -> list[str]:
         found: list[str] = []

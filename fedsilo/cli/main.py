@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "--threshold",
         type=int,
         default=_SECAGG.threshold,
-        help="minimum survivors t (default: a majority)",
+        help="minimum survivors t (default: two thirds of the cohort, docs/threat-model.md)",
     )
     secagg.add_argument(
         "--clip", type=float, default=_SECAGG.clip, help="clip of each update value"

@@ -26,7 +26,9 @@ from participant.errors import (
 from participant.service.answers import AnswerStore, StoredAnswer
 from participant.service.calls import DaemonCalls
 from participant.service.identity import OrgIdentity
+from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant, KeyGenerator
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
@@ -59,7 +61,9 @@ class ParticipantDaemon:
     still run. ``paillier_states`` enables paillier jobs (their key ceremony, rounds and
     models); ``paillier_workers`` is the process pool for Paillier encryption and decryption,
     stopped when :meth:`run` returns; ``generate_paillier_key`` replaces the dealer's key
-    generation (tests).
+    generation (tests). ``job_terms`` holds the organization's own limits (``accept:``) and the
+    terms of each job as first seen: every round it trains in or answers is checked against both;
+    ``ledger`` is what it contributed to each job's secure rounds (one input per base version).
     """
 
     def __init__(
@@ -73,12 +77,15 @@ class ParticipantDaemon:
         stop: threading.Event,
         poll_seconds: float = 20.0,
         *,
+        job_terms: JobTermsStore,
+        ledger: ContributionLedger,
         paillier_states: PaillierStateStore | None = None,
         paillier_workers: PaillierWorkers | None = None,
         generate_paillier_key: KeyGenerator | None = None,
     ) -> None:
         self._client = client
         self._answers = answers
+        self._terms = job_terms
         self._tasks = dict(tasks)
         self._task_config = dict(task_config)
         self._stop = stop
@@ -92,7 +99,14 @@ class ParticipantDaemon:
                 client, paillier_states, identity, generate_key=generate_paillier_key
             )
         self._secure = SecureRoundParticipant(
-            client, secagg_states, answers, identity, self._train_round, paillier=self._paillier
+            client,
+            secagg_states,
+            answers,
+            identity,
+            self._train_round,
+            terms=job_terms,
+            ledger=ledger,
+            paillier=self._paillier,
         )
 
     def run(self) -> None:
@@ -142,6 +156,11 @@ class ParticipantDaemon:
             assignment.kind is AssignmentKind.TRAIN and assignment.protection is not Protection.NONE
         )
         try:
+            if assignment.kind is AssignmentKind.TRAIN and not secure:
+                # Before anything is trained or sent: the organization's bounds and the job's
+                # terms as first seen (UntrustedMessage names the setting; nothing is sent).
+                # Secure rounds check the same in every phase (SecureRoundParticipant).
+                self._terms.check(assignment)
             if assignment.kind is AssignmentKind.KEY_CEREMONY:
                 return self._require_ceremony().step(assignment) is StepOutcome.ANSWERED
             if secure:

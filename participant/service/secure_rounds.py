@@ -62,6 +62,8 @@ from participant.errors import (
 from participant.service.answers import AnswerStore, StoredAnswer
 from participant.service.calls import SecureRoundCalls
 from participant.service.identity import OrgIdentity, utc_now
+from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
@@ -113,6 +115,8 @@ class SecureRoundParticipant:
         random: RandomSource = os.urandom,
         workers: int = 1,
         paillier: PaillierJobs | None = None,
+        terms: JobTermsStore,
+        ledger: ContributionLedger,
     ) -> None:
         self._client = client
         self._states = states
@@ -123,6 +127,8 @@ class SecureRoundParticipant:
         self._random = random
         self._workers = workers
         self._paillier = paillier
+        self._terms = terms
+        self._ledger = ledger
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
 
     def held_round_ids(self) -> list[str]:
@@ -144,6 +150,7 @@ class SecureRoundParticipant:
                     outcome.round_id,
                     outcome.reason or "no reason given",
                 )
+            self._ledger.record_ending(outcome.round_id, outcome.committed)
             # The answer first: while the state file exists the round is still reported as held,
             # so an interrupted clean-up is finished on the next poll.
             self._answers.forget(outcome.round_id, SecAggPhase.INPUTS)
@@ -217,6 +224,14 @@ class SecureRoundParticipant:
             )
 
         try:
+            self._terms.check(assignment)
+        except UntrustedMessage as exc:
+            # A setting changed mid-round: leave the round for good, nothing more is sent.
+            client.abort(str(exc))
+            self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
+            log.error("%s", exc, **ctx)
+            return StepOutcome.REFUSED
+        try:
             _check_unchanged(assignment, data.parameters, state, client)
             self._check_protection(assignment)
             answer = self._answer(phase, assignment, data, identity, state, client, ctx)
@@ -256,8 +271,22 @@ class SecureRoundParticipant:
                 self._require_paillier().check_round(
                     assignment.job_id, parameters, assignment.strategy
                 )
-            client = SecAggClient.start(config, self._context(identity, {}))
-        except SecAggError as exc:
+            # The organization's own cohort policy (a threshold or cohort below it is refused),
+            # then its bounds and the job's terms and secure parameters as first accepted.
+            client = SecAggClient.start(
+                config, self._context(identity, {}), self._terms.policy.cohort
+            )
+            self._terms.check(assignment)
+            self._terms.check_secure(assignment.job_id, parameters)
+            # Round ids, numbers and base versions against what this organization already gave
+            # (participant/service/ledger.py); recorded before the keys leave.
+            self._ledger.start(
+                assignment.job_id,
+                assignment.round_id,
+                assignment.round_number,
+                assignment.model_version,
+            )
+        except (SecAggError, UntrustedMessage) as exc:
             refused = SecureRoundState(
                 parameters, None, {}, refusal=str(exc), protection=protection.value
             )
@@ -292,6 +321,13 @@ class SecureRoundParticipant:
             return _Answer(replace(state, client=client.to_dict()), signature.to_bytes())
         request = UnmaskRequest.from_bytes(data.unmask_request)
         response = client.unmask(request)
+        # Recorded before the shares leave: the round's aggregate may now be released.
+        self._ledger.record_reveal(
+            assignment.job_id,
+            assignment.round_id,
+            assignment.round_number,
+            assignment.model_version,
+        )
         log.info(
             "revealing %d self-mask shares and %d key shares of dropped peers",
             len(response.self_mask_shares),
@@ -380,6 +416,16 @@ class SecureRoundParticipant:
                 result.num_examples,
                 **ctx,
             )
+        try:
+            # Recorded before the masked input exists outside the client (ledger.py).
+            self._ledger.record_input(
+                assignment.job_id,
+                assignment.round_id,
+                assignment.round_number,
+                assignment.model_version,
+            )
+        except UntrustedMessage as exc:
+            raise ProtocolViolation(str(exc)) from None
         masked = client.mask_input(shares, parameters.quantization().quantize(update, weight))
         if paillier is not None:
             # Encryption is randomized: the stored answer is what every retry sends.

@@ -11,11 +11,13 @@ from secagg.masking.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from secagg.masking.policy import CohortPolicy, secure_threshold
 from secagg.masking.quantize import QuantizationSpec, WeightedMean, check_bit_budget
 from secagg.masking.server import SecAggServer, ServerPhase
 
 __all__ = [
     "ClientPhase",
+    "CohortPolicy",
     "ConsistencySignature",
     "EncryptedShare",
     "MaskedInput",
@@ -32,4 +34,5 @@ __all__ = [
     "WeightedMean",
     "check_bit_budget",
     "default_threshold",
+    "secure_threshold",
 ]

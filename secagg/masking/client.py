@@ -58,6 +58,7 @@ from secagg.masking.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from secagg.masking.policy import CohortPolicy
 from secagg.primitives import aead
 from secagg.primitives.agreement import (
     KEY_BYTES,
@@ -536,8 +537,17 @@ class SecAggClient:
         self._transcript = transcript
 
     @classmethod
-    def start(cls, config: RoundConfig, context: ParticipantContext) -> SecAggClient:
-        """Bonawitz round 0 (AdvertiseKeys): make ``(c_pk, c_sk)``, ``(s_pk, s_sk)`` and sign."""
+    def start(
+        cls, config: RoundConfig, context: ParticipantContext, policy: CohortPolicy
+    ) -> SecAggClient:
+        """Bonawitz round 0 (AdvertiseKeys): make ``(c_pk, c_sk)``, ``(s_pk, s_sk)`` and sign.
+
+        ``policy`` is this participant's own: a round whose threshold or cohort is below it is
+        refused (``ProtocolViolation``) before any key is made.
+        """
+        if not isinstance(policy, CohortPolicy):
+            raise InvalidInput("start needs this participant's CohortPolicy")
+        policy.check(config)
         me = context.participant_id
         if me not in config.cohort:
             raise InvalidInput(f"participant {me!r} is not in the round's cohort")

@@ -21,9 +21,10 @@ CONTEXT_BYTES = 32
 
 
 def default_threshold(cohort_size: int) -> int:
-    """A strict majority of the cohort, the default ``t``.
+    """A strict majority of the cohort: the smallest ``t`` a ``RoundConfig`` accepts.
 
-    See docs/requirements.md#pairwise-masking.
+    See docs/requirements.md#pairwise-masking; rounds should use ``secure_threshold``
+    (docs/threat-model.md), which participants' default ``CohortPolicy`` requires.
     """
     return cohort_size // 2 + 1
 

@@ -1,8 +1,9 @@
 """Dropouts and restarts in secure rounds with real processes (docs/fault-matrix.md R1-R5, R17).
 
 Five organizations run as participant daemon processes with the ``digits-linear`` numpy task;
-``t = 3``. The organizations that drop are started with ``FEDSILO_FAULT_AT`` naming a crash
-point, so each SIGKILLs itself right after the coordinator acknowledged one of its answers.
+``t = 4`` (two thirds of five). The organizations that drop are started with
+``FEDSILO_FAULT_AT`` naming a crash point, so each SIGKILLs itself right after the coordinator
+acknowledged one of its answers.
 Oracle: a committed model equals the base model plus the weighted mean of the clipped deltas of
 exactly the recorded contributors (within the quantization bound); with fewer than ``t``
 answers nothing is released, the reason is recorded, and the survivors delete the round's
@@ -104,7 +105,7 @@ def test_fewer_than_t_survivors_abort_and_release_nothing(
     assert status.state == pb.JOB_STATE_FAILED
     (round_,) = status.rounds
     assert round_.phase == pb.ROUND_PHASE_ABORTED
-    assert f"phase {phase} closed with 2 of 5 answers, fewer than the 3 required" in (
+    assert f"phase {phase} closed with 2 of 5 answers, fewer than the 4 required" in (
         round_.abort_reason
     )
     assert status.model_version == 0

@@ -43,10 +43,13 @@ from participant.domain.assignments import (
     StepOutcome,
     SubmissionReceipt,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.errors import CallStatus, RequestRefused
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
@@ -256,6 +259,8 @@ class PaillierParticipant:
             identity,
             train,
             paillier=self.paillier,
+            terms=JobTermsStore(self.state_dir, AcceptPolicy()),
+            ledger=ContributionLedger(self.state_dir),
         )
 
     def step(self, assignment: Assignment) -> StepOutcome:

@@ -36,8 +36,11 @@ from participant.domain.assignments import (
     StepOutcome,
     SubmissionReceipt,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant
 from secagg import (
@@ -167,7 +170,10 @@ def make_participant(
     pki: DemoPki,
     transport: FakeTransport | None = None,
     data: LocalData | None = None,
+    accept: AcceptPolicy | None = None,
 ) -> Participant:
+    """A participant with ``accept`` as its own limits (the configuration's defaults if None)."""
+    accept = accept if accept is not None else AcceptPolicy()
     transport = transport or FakeTransport(base_weights())
     data = data if data is not None else local_data(org)
 
@@ -181,6 +187,8 @@ def make_participant(
         AnswerStore(state_dir),
         IdentityFiles(identity_files(pki, org)),
         train,
+        terms=JobTermsStore(state_dir, accept),
+        ledger=ContributionLedger(state_dir),
     )
     return Participant(org, state_dir, transport, rounds, pki, data)
 
@@ -192,10 +200,22 @@ def certificate_pem(pki: DemoPki, org: str) -> bytes:
 class Coordinator:
     """One round at a real SecAggServer, producing the tasks the wire contract describes."""
 
-    def __init__(self, pki: DemoPki, params: SecAggParameters | None = None) -> None:
+    def __init__(
+        self,
+        pki: DemoPki,
+        params: SecAggParameters | None = None,
+        *,
+        round_number: int = 1,
+        model_version: int = 0,
+        round_id: str | None = None,
+        training: TrainingSettings = TRAINING,
+    ) -> None:
         self.pki = pki
         self.params = params or parameters()
-        self.round_id = str(uuid.uuid4())
+        self.round_id = round_id or str(uuid.uuid4())
+        self.round_number = round_number
+        self.model_version = model_version
+        self.training = training
         self.config = RoundConfig(
             JOB_ID,
             self.round_id,
@@ -222,10 +242,10 @@ class Coordinator:
             job_id=JOB_ID,
             task_name=TASK_NAME,
             round_id=self.round_id,
-            round_number=1,
+            round_number=self.round_number,
             phase=phase.value,
-            model_version=0,
-            training=TRAINING,
+            model_version=self.model_version,
+            training=self.training,
             protection=Protection.SECAGG,
             secagg=SecAggStepData(parameters=step.pop("parameters", self.params), **step),
         )

@@ -32,10 +32,13 @@ from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.protection import Protection
 from participant import main as participant_main
 from participant.domain.assignments import Assignment, AssignmentKind, TaskReply
+from participant.domain.policy import AcceptPolicy
 from participant.errors import ModelUnavailable, PaillierStateUnreadable, Stopped
 from participant.main import export_model
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import (
     OutgoingMessage,
@@ -134,6 +137,8 @@ def _daemon(
         {"partition": ORGS4.index(client.org), "num_partitions": 4, "seed": 0},
         client.stop,
         poll_seconds=0.0,
+        job_terms=JobTermsStore(state_dir, AcceptPolicy()),
+        ledger=ContributionLedger(state_dir),
         paillier_states=PaillierStateStore(state_dir) if paillier else None,
         generate_paillier_key=(lambda bits: paillier_key) if paillier_key else None,
     )

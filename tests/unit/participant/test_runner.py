@@ -30,9 +30,12 @@ from participant.domain.assignments import (
     SubmissionReceipt,
     TaskReply,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.errors import CallStatus, RequestRefused, Stopped
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
+from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
 
@@ -94,6 +97,10 @@ def _daemon(
         {"partition": 0, "num_partitions": 3, "seed": 0},
         stop,
         poll_seconds=0.0,
+        # Bounds wider than any configuration allows (local_epochs from 0): what a task does with
+        # settings it rejects is tested here, not the organization's own bounds.
+        job_terms=JobTermsStore(tmp_path, AcceptPolicy(local_epochs=(0, 1000))),
+        ledger=ContributionLedger(tmp_path),
     )
     return daemon, client
 
@@ -185,7 +192,8 @@ def test_an_unsupported_protection_is_refused(
 def test_a_task_that_rejects_its_settings_fails_only_that_work_item(
     tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bad = replace(_plain_train(), training=replace(TRAINING, local_epochs=0))
+    # Another job: within one job, settings that differ from the first round are refused anyway.
+    bad = replace(_plain_train(), job_id="job-0", training=replace(TRAINING, local_epochs=0))
     daemon, client = _daemon(tmp_path, pki, [TaskReply(bad), TaskReply(_plain_train())])
 
     with caplog.at_level(logging.ERROR, logger="participant"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,19 @@ from secure_round_harness import (
 
 from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
 from participant.domain.assignments import AdvertisedKeys, EndedRound, SecAggPhase, StepOutcome
+from participant.domain.policy import AcceptPolicy
 from participant.errors import SecAggUnavailable
+from participant.service.job_terms import JobTermsStore
+from participant.service.ledger import ContributionLedger
 from participant.service.secure_rounds import SecureRoundParticipant
-from secagg import EncryptedShare, ParticipantContext, RoundConfig, SecAggClient, UnmaskRequest
+from secagg import (
+    CohortPolicy,
+    EncryptedShare,
+    ParticipantContext,
+    RoundConfig,
+    SecAggClient,
+    UnmaskRequest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +227,7 @@ def _substituted_keys(
     attacker = SecAggClient.start(
         coordinator.config,
         ParticipantContext(target, load_private_key(signing_pem_key), {}),
+        CohortPolicy(min_threshold_fraction=Fraction(1, 2), min_cohort=2),
     )
     keys = []
     for entry in coordinator.key_list:
@@ -402,6 +414,8 @@ def test_without_an_identity_secure_work_is_refused_and_nothing_is_stored(
         participant.answers,
         None,
         lambda assignment, weights: pytest.fail("no training without an identity"),
+        terms=JobTermsStore(tmp_path / "org-a", AcceptPolicy()),
+        ledger=ContributionLedger(tmp_path / "org-a"),
     )
     with pytest.raises(SecAggUnavailable, match="without TLS"):
         rounds.step(Coordinator(pki).keys_task())

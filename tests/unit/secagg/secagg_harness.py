@@ -6,11 +6,13 @@ import enum
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from secagg import (
+    CohortPolicy,
     ParticipantContext,
     RoundConfig,
     SecAggClient,
@@ -20,6 +22,9 @@ from secagg import (
 )
 from secagg.primitives.prg import MaskVector, expand
 from secagg.primitives.signatures import SigningKey, VerifyingKey
+
+ANY_MAJORITY = CohortPolicy(min_threshold_fraction=Fraction(1, 2), min_cohort=2)
+"""A policy accepting every round ``RoundConfig`` allows: for tests of the rest of the protocol."""
 
 
 class DeterministicRandom:
@@ -75,7 +80,7 @@ class Cohort:
         )
 
     def start(self, member: str) -> SecAggClient:
-        client = SecAggClient.start(self.config, self.context(member))
+        client = SecAggClient.start(self.config, self.context(member), ANY_MAJORITY)
         self.clients[member] = client
         return client
 

@@ -27,6 +27,7 @@ MODULES = [
 PUBLIC = {
     "BitBudgetExceeded",
     "ClientPhase",
+    "CohortPolicy",
     "ConsistencySignature",
     "DecryptionFailed",
     "EncryptedShare",
@@ -51,6 +52,7 @@ PUBLIC = {
     "WrongPhase",
     "check_bit_budget",
     "default_threshold",
+    "secure_threshold",
 }
 PRIMITIVES = {
     "AgreementKeyPair",
@@ -122,6 +124,7 @@ ALLOWED_IMPORTS = {
     "cryptography",
     "dataclasses",
     "enum",
+    "fractions",
     "functools",
     "gmpy2",
     "hashlib",

@@ -35,9 +35,17 @@ def test_secure_aggregation_is_the_default_protection() -> None:
     assert spec().protection is Protection.SECAGG
 
 
-def test_the_threshold_is_at_least_a_strict_majority_of_the_cohort() -> None:
-    assert SecAggSettings().threshold_for(5) == 3
-    assert SecAggSettings().threshold_for(4) == 3
+def test_the_threshold_is_at_least_two_thirds_of_the_cohort() -> None:
+    # secure_threshold(n) = max(ceil(2n/3), n // 2 + 1), what participants accept by default.
+    assert [SecAggSettings().threshold_for(n) for n in (2, 3, 4, 5, 6, 7, 9)] == [
+        2,
+        2,
+        3,
+        4,
+        4,
+        5,
+        6,
+    ]
     assert secagg(threshold=5).threshold_for(5) == 5
     assert secagg(threshold=2).threshold_for(6) == 4
 

@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from fedsilo.protection import (
 from fedsilo.tasks import TrainingSettings
 from secagg import (
     AgreementKeyPair,
+    CohortPolicy,
     EncryptedShare,
     ParticipantContext,
     RoundConfig,
@@ -192,7 +194,9 @@ class Participant:
                 context=UNBOUND_ROUND_CONTEXT,
             )
             context = ParticipantContext(self.org.org_id, self.org.key, self.peers)
-            self.client = SecAggClient.start(config, context)
+            # A simulated participant: it accepts any round the coordinator opens.
+            policy = CohortPolicy(min_threshold_fraction=Fraction(1, 2), min_cohort=2)
+            self.client = SecAggClient.start(config, context, policy)
             body = self.client.advertise_keys().to_bytes()
         else:
             assert self.client is not None
@@ -418,10 +422,12 @@ def test_dropout_after_shares_is_cancelled_and_left_out_of_the_sum(
     assert np.max(np.abs(committed_delta(consortium, job) - expected_delta(survivors))) <= bound()
 
 
-def test_dropout_after_the_masked_input_stays_in_the_sum(consortium: Consortium) -> None:
-    # R1: org-a and org-b sent their inputs and then vanished; 3 of 5 still reach t = 3.
-    consortium.participants["org-a"].stop_before = Phase.CONSISTENCY
-    consortium.participants["org-b"].stop_before = Phase.UNMASK
+@pytest.mark.parametrize("phase", [Phase.CONSISTENCY, Phase.UNMASK])
+def test_dropout_after_the_masked_input_stays_in_the_sum(
+    consortium: Consortium, phase: Phase
+) -> None:
+    # R1: org-a sent its input and then vanished; 4 of 5 still reach t = secure_threshold(5) = 4.
+    consortium.participants["org-a"].stop_before = phase
     job = consortium.start()
     finished = consortium.run(job)
     assert finished.phase is Phase.COMMITTED, finished.abort_reason
@@ -434,7 +440,7 @@ def test_dropout_after_the_masked_input_stays_in_the_sum(consortium: Consortium)
 def test_fewer_than_t_answers_abort_and_release_nothing(
     consortium: Consortium, phase: Phase
 ) -> None:
-    # R3/R4: 3 of 5 stop answering at `phase`; t = 3 cannot be met.
+    # R3/R4: 3 of 5 stop answering at `phase`; t = 4 cannot be met.
     for member in ("org-c", "org-d", "org-e"):
         consortium.participants[member].stop_before = phase
     job = consortium.start()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from secagg_harness import Cohort, Drop, Stage, drive, make_cohort
+from secagg_harness import ANY_MAJORITY, Cohort, Drop, Stage, drive, make_cohort
 
 from secagg import (
     ClientPhase,
@@ -508,9 +508,11 @@ def test_start_checks_membership() -> None:
     cohort = make_cohort(3, 2)
     config = RoundConfig("job-1", "round-1", ("x", "y"), 2, 8, context=bytes(32))
     with pytest.raises(InvalidInput, match="not in the round's cohort"):
-        SecAggClient.start(config, cohort.context(A))
+        SecAggClient.start(config, cohort.context(A), ANY_MAJORITY)
     with pytest.raises(InvalidInput, match="workers"):
-        SecAggClient.start(cohort.config, dataclasses.replace(cohort.context(A), workers=0))
+        SecAggClient.start(
+            cohort.config, dataclasses.replace(cohort.context(A), workers=0), ANY_MAJORITY
+        )
     client = cohort.start(A)
     assert isinstance(client.state, KeysAdvertised)
     assert client.config is cohort.config

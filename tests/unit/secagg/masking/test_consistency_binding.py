@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from secagg_harness import Cohort, Drop, Stage, drive, make_cohort
+from secagg_harness import ANY_MAJORITY, Cohort, Drop, Stage, drive, make_cohort
 
 from secagg import ClientPhase, InvalidSignature, SecAggClient, SecAggServer, UnmaskRequest
 
@@ -13,7 +13,9 @@ def _rerun(cohort: Cohort) -> Cohort:
     again = Cohort(cohort.config, cohort.signing_keys, cohort.verifying_keys, cohort.key_kind)
 
     def start(member: str) -> SecAggClient:
-        client = SecAggClient.start(again.config, again.context(member, random_label="run-2"))
+        client = SecAggClient.start(
+            again.config, again.context(member, random_label="run-2"), ANY_MAJORITY
+        )
         again.clients[member] = client
         return client
 

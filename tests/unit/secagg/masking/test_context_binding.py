@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 
 import pytest
-from secagg_harness import make_cohort
+from secagg_harness import ANY_MAJORITY, make_cohort
 
 from secagg import ClientPhase, InvalidSignature, SecAggClient, SecAggServer, SignedKeys
 
@@ -23,7 +23,7 @@ def _keys(
         config = cohort.config
         if member == odd_one:
             config = dataclasses.replace(config, context=ISOLATING)
-        clients[member] = SecAggClient.start(config, cohort.context(member))
+        clients[member] = SecAggClient.start(config, cohort.context(member), ANY_MAJORITY)
     # The malicious server routes every advertised key unchanged; it checks nothing itself.
     return clients, [clients[m].advertise_keys() for m in cohort.config.cohort]
 
@@ -49,6 +49,6 @@ def test_the_honest_server_refuses_keys_signed_for_another_context() -> None:
     cohort = make_cohort(3, context=HONEST)
     odd = dataclasses.replace(cohort.config, context=ISOLATING)
     server = SecAggServer(cohort.config, verifying_keys=cohort.verifying_keys)
-    keys = SecAggClient.start(odd, cohort.context("org-00")).advertise_keys()
+    keys = SecAggClient.start(odd, cohort.context("org-00"), ANY_MAJORITY).advertise_keys()
     with pytest.raises(InvalidSignature):
         server.receive_keys("org-00", keys)
