@@ -6,7 +6,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -25,7 +26,7 @@ from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 from fedsilo.wire import header_then_chunks, receive_model
 from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
-from participant.errors import TRANSIENT, CallFailed, Stopped, UntrustedMessage
+from participant.errors import TRANSIENT, CallFailed, CallStatus, Stopped, UntrustedMessage
 from participant.transport.convert import phase_to_pb, receipt_from_pb, task_reply_from_pb
 from participant.transport.rpc_errors import mapped_rpc_errors
 
@@ -52,6 +53,65 @@ CLIENT_OPTIONS: list[tuple[str, int]] = [
     # healed link would go unused for up to two minutes. Reconnect at least every 10 s.
     ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
+
+
+# Model transfers are not bounded by one call deadline (a 1 GiB model over a slow link takes
+# longer than any sensible deadline, and each retry would start over): a watchdog cuts a
+# transfer that stops moving, and these only bound one that crawls.
+MIN_TRANSFER_BYTES_PER_S = 16 * 1024
+LONGEST_TRANSFER_S = 24 * 3600.0
+
+
+class ProgressWatchdog:
+    """Cancels a streaming call when no message moves for ``idle_seconds``.
+
+    ``through`` wraps the stream of messages (requests pulled by gRPC, or responses read) and
+    counts each as progress; for a request stream, running out of requests counts too, and the
+    answer must then come within ``idle_seconds``. A call the watchdog cancelled fails as
+    DEADLINE_EXCEEDED (``converted``), which the client retries like any expired deadline.
+    """
+
+    def __init__(self, idle_seconds: float) -> None:
+        self._idle = idle_seconds
+        self._moved = threading.Event()
+        self._done = threading.Event()
+        self._fired = False
+
+    def watch(self, call: grpc.Future) -> None:
+        threading.Thread(
+            target=self._run, args=(call,), name="transfer-watchdog", daemon=True
+        ).start()
+
+    def _run(self, call: grpc.Future) -> None:
+        while not self._done.is_set():
+            if not self._moved.wait(self._idle):
+                if not self._done.is_set():
+                    self._fired = True
+                    call.cancel()
+                return
+            self._moved.clear()
+
+    def through(self, messages: Iterable[T]) -> Iterator[T]:
+        for message in messages:
+            self._moved.set()
+            yield message
+        self._moved.set()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._moved.set()
+
+    @contextmanager
+    def converted(self) -> Iterator[None]:
+        try:
+            yield
+        except CallFailed:
+            if self._fired:
+                raise CallFailed.of(
+                    CallStatus.DEADLINE_EXCEEDED,
+                    f"the transfer made no progress for {self._idle:g} s",
+                ) from None
+            raise
 
 
 def open_channel(target: str, tls: TlsFiles | None) -> grpc.Channel:
@@ -185,14 +245,22 @@ class CoordinatorClient:
         return task_reply_from_pb(response)
 
     def download_model(self, job_id: str, version: int) -> tuple[int, list[npt.NDArray[Any]]]:
-        with mapped_rpc_errors():
-            stream = self._stub().DownloadModel(
-                pb.DownloadModelRequest(job_id=job_id, version=version), timeout=self._timeout
-            )
-            try:
-                return receive_model(stream)
-            except CodecError as exc:
-                raise UntrustedMessage(str(exc)) from exc
+        """A model version, streamed in chunks: given up only when no chunk comes for
+        ``rpc_timeout`` seconds, never for being slow (a large model over a slow link)."""
+        watchdog = ProgressWatchdog(self._timeout)
+        try:
+            with watchdog.converted(), mapped_rpc_errors():
+                stream = self._stub().DownloadModel(
+                    pb.DownloadModelRequest(job_id=job_id, version=version),
+                    timeout=LONGEST_TRANSFER_S,
+                )
+                watchdog.watch(stream)
+                try:
+                    return receive_model(watchdog.through(stream))
+                except CodecError as exc:
+                    raise UntrustedMessage(str(exc)) from exc
+        finally:
+            watchdog.stop()
 
     def submit_update(
         self,
@@ -214,8 +282,19 @@ class CoordinatorClient:
             )
         )
         requests = header_then_chunks(first, payload, lambda d: pb.SubmitUpdateRequest(data=d))
-        with mapped_rpc_errors():
-            response = self._stub().SubmitUpdate(requests, timeout=self._timeout)
+        # As for downloads: cut when no chunk moves (or no answer comes after the last one) for
+        # rpc_timeout seconds; a slow but moving upload of a large update goes on.
+        watchdog = ProgressWatchdog(self._timeout)
+        try:
+            with watchdog.converted(), mapped_rpc_errors():
+                call = self._stub().SubmitUpdate.future(
+                    watchdog.through(requests),
+                    timeout=self._timeout + len(payload) / MIN_TRANSFER_BYTES_PER_S,
+                )
+                watchdog.watch(call)
+                response = call.result()
+        finally:
+            watchdog.stop()
         return receipt_from_pb(response)
 
     def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:

@@ -363,6 +363,39 @@ class NetConsortium:
             raise AssertionError(f"admin {command} failed: {result.stderr[-2000:]}")
         return result.stdout.strip()
 
+    def watch_health(self, out: Path) -> subprocess.Popen[bytes]:
+        """Follow the coordinator's Health.Watch stream in the background (statuses to ``out``)."""
+        env = {
+            **os.environ,
+            **self._env(),
+            "FEDSILO_ADMIN_CA_CERT": str(self.pki.ca_cert),
+            "FEDSILO_ADMIN_CERT": str(self.pki.admin_cert),
+            "FEDSILO_ADMIN_KEY": str(self.pki.admin_key),
+        }
+        script = str(HERE / "netns_admin.py")
+        return subprocess.Popen(  # noqa: S603
+            self._in(
+                self.coordinator_ns,
+                sys.executable,
+                script,
+                "watch-health",
+                f"127.0.0.1:{PORT}",
+                str(out),
+            ),  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def sent_bytes(self, org: str) -> int:
+        """Bytes ``org`` has sent over its link so far (its interface's counter)."""
+        counter = Path(f"/sys/class/net/{self.org_link[org]}/statistics/tx_bytes")
+        result = subprocess.run(  # noqa: S603
+            self._in(self.org_ns[org], "cat", str(counter)),
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return int(result.stdout)
+
     def create_job(self, spec: pb.JobSpec, weights: list[npt.NDArray[Any]]) -> str:
         self.admin("wait-orgs", str(len(self.orgs)))
         saved = self.root / "initial-weights.npz"

@@ -9,6 +9,7 @@ files (numpy arrays only, no pickle).
 
 Commands:
   wait-serving TARGET               until health is SERVING (60 s deadline)
+  watch-health TARGET OUT           append each Health.Watch status to OUT until the stream ends
   wait-orgs TARGET COUNT            until COUNT organizations registered (60 s deadline)
   create-job TARGET SPEC_B64 NPZ    create and start a job with these initial weights; job id
   status TARGET JOB                 the JobStatus, base64
@@ -25,11 +26,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedsilo.admin import AdminClient
 from fedsilo.health import health_serving
-from fedsilo.tls import TlsFiles
+from fedsilo.tls import TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 DEADLINE_S = 60.0
@@ -51,10 +54,27 @@ def _poll(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.1)
 
 
+def _watch_health(target: str, out: Path) -> None:
+    """Follow Health.Watch(""), appending each status name to ``out`` until the stream ends."""
+    with grpc.secure_channel(target, channel_credentials(_tls())) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            for reply in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                with out.open("a") as lines:
+                    lines.write(f"{name}\n")
+        except grpc.RpcError as exc:
+            with out.open("a") as lines:
+                lines.write(f"stream ended: {exc.code().name}\n")
+
+
 def main(argv: list[str]) -> int:
     command, target, *rest = argv
     if command == "wait-serving":
         _poll(lambda: health_serving(target, _tls()), "the coordinator to serve")
+        return 0
+    if command == "watch-health":
+        _watch_health(target, Path(rest[0]))
         return 0
     with AdminClient(target, _tls()) as admin:
         if command == "wait-orgs":

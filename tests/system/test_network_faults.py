@@ -1,4 +1,4 @@
-"""Network faults between real processes in network namespaces (docs/fault-matrix.md R13-R15).
+"""Network faults between real processes in network namespaces (docs/fault-matrix.md R6, R13-R15).
 
 A partition is an organization's link set down at an exact moment of the protocol: its daemon
 pauses with its masked input saved and not yet sent (``FEDSILO_PAUSE_AT``), the test cuts the
@@ -9,6 +9,7 @@ contributors. Traffic stays between the namespaces the test creates; nothing sle
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -104,6 +105,20 @@ def first_round_ended(group: NetConsortium, job_id: str) -> pb.RoundStatus | Non
     return None
 
 
+def wide_spec() -> pb.JobSpec:
+    """One plain round of the ``wide`` task."""
+    return pb.JobSpec(
+        name="wide",
+        task_name="wide",
+        protection=pb.PROTECTION_NONE,
+        num_rounds=1,
+        min_participants=3,
+        round_timeout_seconds=300.0,
+        max_failed_rounds=0,
+        training=pb.TrainingSettings(local_epochs=1, batch_size=1, learning_rate=0.1, seed=1),
+    )
+
+
 def assert_version_1_is_fedavg_of(group: NetConsortium, job_id: str, orgs: list[str]) -> None:
     version, weights = group.model(job_id, 1)
     assert version == 1
@@ -173,24 +188,14 @@ def test_r15_a_bandwidth_limited_link_still_completes_a_large_model_round(
     size = 2_000_000  # float32 weights: an 8 MB model, each way
     offsets = {"org-1": 1.0, "org-2": 2.0, "org-3": -0.5}
     group = make_consortium(TASK_SPEC, {org: {"offset": offsets[org]} for org in ORGS})
-    rate_mbit = 40
+    rate_mbit = 16
     group.limit_bandwidth(CUT, f"{rate_mbit}mbit")
     group.start_coordinator({"limits": {"liveness_seconds": 600}})
     for org in ORGS:
         group.start_participant(org)
     base = [np.linspace(-1.0, 1.0, size, dtype=np.float32)]
-    spec = pb.JobSpec(
-        name="slow-link",
-        task_name="wide",
-        protection=pb.PROTECTION_NONE,
-        num_rounds=1,
-        min_participants=3,
-        round_timeout_seconds=300.0,
-        max_failed_rounds=0,
-        training=pb.TrainingSettings(local_epochs=1, batch_size=1, learning_rate=0.1, seed=1),
-    )
     started = time.monotonic()
-    job_id = group.create_job(spec, base)
+    job_id = group.create_job(wide_spec(), base)
     status = poll(
         lambda: (s := group.status(job_id)).state != pb.JOB_STATE_RUNNING and s, "the job to end"
     )
@@ -205,4 +210,55 @@ def test_r15_a_bandwidth_limited_link_still_completes_a_large_model_round(
     version, (weights,) = group.model(job_id, 1)
     assert version == 1
     shift = sum(offsets.values()) * EXAMPLES / (EXAMPLES * len(ORGS))
+    np.testing.assert_allclose(weights, base[0] + np.float32(shift), atol=1e-6)
+
+
+def test_r6_sigterm_mid_upload_reports_not_serving_finishes_the_upload_and_resumes(
+    make_consortium: Callable[..., NetConsortium],
+) -> None:
+    size = 2_000_000  # an 8 MB model: its upload over the shaped link takes seconds
+    model_bytes = size * 4
+    offsets = {"org-1": 1.0, "org-2": 2.0, "org-3": -0.5}
+    group = make_consortium(TASK_SPEC, {org: {"offset": offsets[org]} for org in ORGS})
+    group.limit_bandwidth(CUT, "16mbit")
+    settings = {"grace_seconds": 60, "limits": {"liveness_seconds": 600}}
+    coordinator = group.start_coordinator(settings)
+    health = group.root / "health.txt"
+    watcher = group.watch_health(health)
+    try:
+        poll(lambda: health.exists() and "SERVING" in health.read_text(), "a health watch")
+        for org in ORGS:
+            group.start_participant(org)
+        base = [np.linspace(-1.0, 1.0, size, dtype=np.float32)]
+        job_id = group.create_job(wide_spec(), base)
+
+        # CUT has trained and its upload is under way: a quarter of the model is on the wire.
+        poll(lambda: "trained on" in log_of(group, CUT), f"{CUT} to train")
+        sent_before = group.sent_bytes(CUT)
+        poll(
+            lambda: group.sent_bytes(CUT) - sent_before > model_bytes // 4,
+            f"{CUT}'s upload to be under way",
+        )
+        assert "update acknowledged" not in log_of(group, CUT)
+        coordinator.popen.send_signal(signal.SIGTERM)
+
+        poll(lambda: "NOT_SERVING" in health.read_text(), "health to turn NOT_SERVING")
+        assert coordinator.popen.wait(timeout=DEADLINE_S) == 0
+        # The upload in flight was allowed to finish within the grace period: acknowledged by
+        # the coordinator that was stopping, not sent again to the next one.
+        assert "update acknowledged\n" in log_of(group, CUT).replace(" (duplicate)", "+dup")
+    finally:
+        watcher.wait(timeout=DEADLINE_S)  # the stream ends with the server
+
+    group.start_coordinator(settings)
+    status = poll(
+        lambda: (s := group.status(job_id)).state != pb.JOB_STATE_RUNNING and s, "the job to end"
+    )
+    assert status.state == pb.JOB_STATE_COMPLETED, status.failure_reason
+    (only,) = status.rounds
+    assert sorted(only.contributors) == ORGS
+    assert input_submissions(group, only.round_id, CUT) == 1
+    version, (weights,) = group.model(job_id, 1)
+    assert version == 1
+    shift = sum(offsets.values()) / len(ORGS)
     np.testing.assert_allclose(weights, base[0] + np.float32(shift), atol=1e-6)
