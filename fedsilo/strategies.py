@@ -111,6 +111,10 @@ class StrategyChoice:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "parameters": self.parameters.to_json()}
 
+    def canonical(self) -> str:
+        """One text for the strategy and all its parameters (what a round context binds)."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StrategyChoice:
         """Invert :meth:`to_json`; bad values raise StrategyError."""

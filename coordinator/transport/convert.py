@@ -135,6 +135,7 @@ def work_to_pb(
         response.task_config_json = spec.task_config_json
         response.algorithm = spec.algorithm
         response.strategy.CopyFrom(strategy_parameters_to_pb(spec.strategy))
+        response.min_participants = spec.min_participants
     if item.round is not None:
         response.round_id = item.round.round_id
         response.round_number = item.round.number

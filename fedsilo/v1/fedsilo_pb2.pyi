@@ -477,6 +477,7 @@ class GetTaskResponse(_message.Message):
     CEREMONY_FIELD_NUMBER: _builtins.int
     ALGORITHM_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -492,6 +493,10 @@ class GetTaskResponse(_message.Message):
     """The job's strategy (docs/strategies.md): its name (empty: fedavg) and parameters. A
     participant adds the strategy's client term to its local loss and, under paillier, runs
     the server step itself on the decrypted mean.
+    """
+    min_participants: _builtins.int
+    """The job's minimum cohort: bound, with everything else that determines an organization's
+    input, into the round context each participant signs (docs/secagg.md).
     """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
@@ -524,10 +529,11 @@ class GetTaskResponse(_message.Message):
         ceremony: Global___KeyCeremonyStep | None = ...,
         algorithm: _builtins.str = ...,
         strategy: Global___StrategyParameters | None = ...,
+        min_participants: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,6 +111,7 @@ class Assignment:
     secagg: SecAggStepData | None = None
     ceremony: KeyCeremonyStepData | None = None
     strategy: StrategyChoice = field(default_factory=StrategyChoice)
+    min_participants: int = 0
 
     def round_settings(self) -> TrainingSettings:
         """The training settings with this round's seed and the strategy's client term.

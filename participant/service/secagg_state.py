@@ -52,6 +52,8 @@ class SecureRoundState:
     peer_certificates: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     refusal: str = ""
     protection: str = "secagg"
+    base_sha256: bytes = b""
+    """The digest of the base model the round's keys were signed for (its context binds it)."""
 
 
 class SecAggStateStore:
@@ -119,6 +121,7 @@ def _encode(state: SecureRoundState) -> dict[str, Any]:
         },
         "refusal": state.refusal,
         "protection": state.protection,
+        "base_sha256": state.base_sha256.hex(),
     }
 
 
@@ -134,4 +137,7 @@ def _decode(data: Any) -> SecureRoundState:
     }
     # Files written before paillier rounds existed are secagg rounds.
     protection = str(data.get("protection", "secagg"))
-    return SecureRoundState(parameters, client, certificates, str(data["refusal"]), protection)
+    base_sha256 = bytes.fromhex(str(data.get("base_sha256", "")))
+    return SecureRoundState(
+        parameters, client, certificates, str(data["refusal"]), protection, base_sha256
+    )

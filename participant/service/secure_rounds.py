@@ -22,6 +22,7 @@ The module talks to the coordinator only through
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -37,11 +38,12 @@ from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import (
-    UNBOUND_ROUND_CONTEXT,
+    PAILLIER_BASE_UNBOUND,
     Protection,
     SecAggParameters,
     encode_share_list,
     flatten,
+    round_context,
 )
 from fedsilo.tasks import TrainResult
 from participant.domain.assignments import (
@@ -81,7 +83,7 @@ from secagg import (
     verifying_key,
 )
 
-__all__ = ["SecureRoundParticipant", "Trainer"]
+__all__ = ["SecureRoundParticipant", "Trainer", "model_digest", "round_config"]
 
 log = logging.getLogger("participant")
 
@@ -262,8 +264,11 @@ class SecureRoundParticipant:
         """Bonawitz round 0: check the round's parameters, make and sign the round keys."""
         parameters = _normalized(data.parameters)
         protection = _protection_of(assignment)
+        # What this organization would train from, before it signs anything: its digest enters
+        # the round context, so peers handed another base model cannot finish the round with it.
+        base_sha256 = self._base_digest(assignment, protection)
         try:
-            config = _round_config(assignment, parameters)
+            config = round_config(assignment, parameters, base_sha256)
             # The bit budget: refuse a round whose sums could overflow (BitBudgetExceeded).
             parameters.quantization()
             self._check_protection(assignment)
@@ -294,11 +299,26 @@ class SecureRoundParticipant:
             log.error("refused the round: %s", exc, **ctx)
             return StepOutcome.REFUSED
         answer = _Answer(
-            SecureRoundState(parameters, client.to_dict(), protection=protection.value),
+            SecureRoundState(
+                parameters,
+                client.to_dict(),
+                protection=protection.value,
+                base_sha256=base_sha256,
+            ),
             client.advertise_keys().to_bytes(),
         )
         self._send(assignment, answer, ctx)
         return StepOutcome.ANSWERED
+
+    def _base_digest(self, assignment: Assignment, protection: Protection) -> bytes:
+        """The digest of the base model as served for this round (what the coordinator binds)."""
+        if protection is Protection.PAILLIER:
+            return PAILLIER_BASE_UNBOUND
+        # Whatever is served is what the digest binds; INPUTS trains only from the same bytes.
+        _, base = self._client.retrying(
+            lambda: self._client.download_model(assignment.job_id, assignment.model_version)
+        )
+        return model_digest(base)
 
     def _answer(
         self,
@@ -400,6 +420,12 @@ class SecureRoundParticipant:
                 "coordinator sent version %d, expected %d", version, assignment.model_version, **ctx
             )
             return None
+        if paillier is None and model_digest(base) != state.base_sha256:
+            # The round was signed for another base model than the one served now.
+            raise ProtocolViolation(
+                f"the coordinator served a different model version {version} than the one this "
+                "round's keys were signed for"
+            )
         result = self._train(assignment, base)
         update = flatten(_delta(base, result.weights))
         parameters = data.parameters
@@ -537,7 +563,29 @@ def _normalized(parameters: SecAggParameters) -> SecAggParameters:
     return replace(parameters, cohort=tuple(sorted(parameters.cohort)))
 
 
-def _round_config(assignment: Assignment, parameters: SecAggParameters) -> RoundConfig:
+def model_digest(weights: list[npt.NDArray[Any]]) -> bytes:
+    """SHA-256 of the weights' canonical encoding: the bytes the coordinator stores and serves."""
+    _, payload = encode_tensors(weights)
+    return hashlib.sha256(payload).digest()
+
+
+def round_config(
+    assignment: Assignment, parameters: SecAggParameters, base_sha256: bytes
+) -> RoundConfig:
+    """The round as this organization signs it: the context binds everything that determines
+    its input, as it received it (``fedsilo.protection.round_context``)."""
+    context = round_context(
+        protection=assignment.protection,
+        job_id=assignment.job_id,
+        round_number=assignment.round_number,
+        task_name=assignment.task_name,
+        algorithm=assignment.strategy.canonical(),
+        base_version=assignment.model_version,
+        base_model_sha256=base_sha256,
+        training=assignment.training,
+        parameters=parameters,
+        min_participants=assignment.min_participants,
+    )
     return RoundConfig(
         job_id=assignment.job_id,
         round_id=assignment.round_id,
@@ -545,7 +593,7 @@ def _round_config(assignment: Assignment, parameters: SecAggParameters) -> Round
         threshold=parameters.threshold,
         vector_length=parameters.vector_length,
         modulus_bits=parameters.modulus_bits,
-        context=UNBOUND_ROUND_CONTEXT,
+        context=context,
     )
 
 
@@ -558,8 +606,10 @@ def _check_unchanged(
     """Every phase of a round must carry the parameters its first phase carried."""
     if _normalized(parameters) != state.parameters:
         raise ProtocolViolation("the round's parameters changed since it started")
-    if _round_config(assignment, parameters) != client.config:
-        raise ProtocolViolation("the round's job, round or cohort changed since it started")
+    if round_config(assignment, parameters, state.base_sha256) != client.config:
+        raise ProtocolViolation(
+            "the round's job, round, cohort or settings changed since it started"
+        )
     if assignment.protection.value != state.protection:
         raise ProtocolViolation(
             f"the round started under protection {state.protection}, not "

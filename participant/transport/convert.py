@@ -109,6 +109,7 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         strategy=StrategyChoice(
             response.algorithm or "fedavg", strategy_parameters_from_pb(response.strategy)
         ),
+        min_participants=response.min_participants,
     )
 
 

@@ -33,16 +33,19 @@ from cryptography import x509
 
 from coordinator.domain.jobs import Job, PhaseMessage
 from coordinator.domain.rounds import Phase, Round
-from coordinator.errors import InvalidRequest, WrongRoundPhase
+from coordinator.errors import InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
 from fedsilo.protection import (
-    UNBOUND_ROUND_CONTEXT,
+    PAILLIER_BASE_UNBOUND,
+    Protection,
     SecAggParameters,
     decode_share_list,
+    round_context,
     unflatten,
 )
+from fedsilo.strategies import StrategyChoice
 from secagg import (
     ConsistencySignature,
     RoundConfig,
@@ -129,7 +132,7 @@ class SecureRoundCoordinator:
             max_weight=settings.max_weight,
         )
 
-    def config(self, round_: Round, job: Job) -> RoundConfig:
+    def config(self, tx: Transaction, round_: Round, job: Job) -> RoundConfig:
         p = self.parameters(round_, job)
         return RoundConfig(
             job.job_id,
@@ -138,7 +141,36 @@ class SecureRoundCoordinator:
             p.threshold,
             p.vector_length,
             p.modulus_bits,
-            context=UNBOUND_ROUND_CONTEXT,
+            context=self.context(tx, round_, job, p),
+        )
+
+    @staticmethod
+    def context(tx: Transaction, round_: Round, job: Job, parameters: SecAggParameters) -> bytes:
+        """The round context every organization signs (``fedsilo.protection.round_context``).
+
+        The base model is bound by the digest of the exact bytes served for the round's base
+        version (blobs are named by their SHA-256); a paillier base exists here only as
+        ciphertexts, and is not bound yet.
+        """
+        spec = job.spec
+        if spec.protection is Protection.PAILLIER:
+            base = PAILLIER_BASE_UNBOUND
+        else:
+            model = tx.get_model_version(job.job_id, round_.base_version)
+            if model is None:
+                raise NotFound(f"model version {round_.base_version} of job {job.job_id} is gone")
+            base = bytes.fromhex(model.blob_ref)
+        return round_context(
+            protection=spec.protection,
+            job_id=job.job_id,
+            round_number=round_.number,
+            task_name=spec.task_name,
+            algorithm=StrategyChoice(spec.algorithm, spec.strategy).canonical(),
+            base_version=round_.base_version,
+            base_model_sha256=base,
+            training=spec.training,
+            parameters=parameters,
+            min_participants=spec.min_participants,
         )
 
     def input_spec(self, job: Job) -> TensorSpec:
@@ -298,7 +330,7 @@ class SecureRoundCoordinator:
 
         It reveals nothing on its own: it is a sum of uniformly random masks.
         """
-        zeros = np.zeros(self.vector_length(job), dtype=self.config(round_, job).dtype)
+        zeros = np.zeros(self.vector_length(job), dtype=self.config(tx, round_, job).dtype)
         return self._replay(tx, round_, job, total=zeros).finish()
 
     # -- unmasking ------------------------------------------------------------------------------
@@ -340,7 +372,7 @@ class SecureRoundCoordinator:
         if newcomer is not None:
             certificates.setdefault(*newcomer)
         server = SecAggServer(
-            self.config(round_, job),
+            self.config(tx, round_, job),
             verifying_keys={org: certificate_key(pem) for org, pem in certificates.items()},
             workers=_UNMASK_WORKERS,
         )

@@ -31,7 +31,7 @@ from secure_round_harness import (
 from examples.synthetic.task import task
 from fedsilo.codec import decode_tensors
 from fedsilo.pki import DemoPki
-from fedsilo.protection import Protection, SecAggParameters, flatten
+from fedsilo.protection import PAILLIER_BASE_UNBOUND, Protection, SecAggParameters, flatten
 from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from participant.domain.assignments import (
@@ -53,8 +53,8 @@ from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import SecureRoundParticipant
-from secagg import decode_fields
+from participant.service.secure_rounds import SecureRoundParticipant, round_config
+from secagg import SecAggServer, decode_fields
 from secagg.paillier import (
     DealtKey,
     JobKey,
@@ -336,6 +336,9 @@ class PaillierRound(Coordinator):
         self.total: PaillierCiphertexts | None = None
         self.encrypted: dict[str, bytes] = {}
         self.correction: npt.NDArray[Any] | None = None
+        # Signed as a paillier round: its own context (the base model is not bound yet).
+        self.config = round_config(self.keys_task(), self.params, PAILLIER_BASE_UNBOUND)
+        self.server = SecAggServer(self.config, verifying_keys=self.verifying_keys)
 
     def task(self, phase: SecAggPhase, **step: Any) -> Assignment:
         return replace(

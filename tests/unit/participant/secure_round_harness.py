@@ -20,7 +20,6 @@ from examples.synthetic.task import task
 from fedsilo.codec import PayloadHeader, decode_tensors
 from fedsilo.pki import DemoPki, load_certificate
 from fedsilo.protection import (
-    UNBOUND_ROUND_CONTEXT,
     Protection,
     SecAggParameters,
     decode_share_list,
@@ -42,11 +41,10 @@ from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
 from participant.service.secagg_state import SecAggStateStore
-from participant.service.secure_rounds import SecureRoundParticipant
+from participant.service.secure_rounds import SecureRoundParticipant, model_digest, round_config
 from secagg import (
     ConsistencySignature,
     MaskedInput,
-    RoundConfig,
     SecAggServer,
     SignedKeys,
     UnmaskRequest,
@@ -216,20 +214,14 @@ class Coordinator:
         self.round_number = round_number
         self.model_version = model_version
         self.training = training
-        self.config = RoundConfig(
-            JOB_ID,
-            self.round_id,
-            self.params.cohort,
-            self.params.threshold,
-            self.params.vector_length,
-            self.params.modulus_bits,
-            context=UNBOUND_ROUND_CONTEXT,
-        )
-        keys = {
+        # The round as honest participants sign it: its context binds the served base model.
+        keys_task = Coordinator.task(self, SecAggPhase.KEYS)
+        self.config = round_config(keys_task, self.params, model_digest(base_weights()))
+        self.verifying_keys = {
             org: verifying_key(load_certificate(pki.participants[org].cert_path).public_key())
             for org in self.params.cohort
         }
-        self.server = SecAggServer(self.config, verifying_keys=keys)
+        self.server = SecAggServer(self.config, verifying_keys=self.verifying_keys)
         self.key_list: tuple[SignedKeys, ...] = ()
         self.survivors: tuple[str, ...] = ()
         self.unmask: UnmaskRequest | None = None

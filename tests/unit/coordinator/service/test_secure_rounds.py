@@ -42,13 +42,15 @@ from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkI
 from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
 from fedsilo.protection import (
-    UNBOUND_ROUND_CONTEXT,
+    PAILLIER_BASE_UNBOUND,
     Protection,
     SecAggParameters,
     decode_share_list,
     encode_share_list,
     flatten,
+    round_context,
 )
+from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import TrainingSettings
 from secagg import (
     AgreementKeyPair,
@@ -191,7 +193,7 @@ class Participant:
                 p.threshold,
                 p.vector_length,
                 p.modulus_bits,
-                context=UNBOUND_ROUND_CONTEXT,
+                context=_context_as_an_honest_participant_computes_it(service, item),
             )
             context = ParticipantContext(self.org.org_id, self.org.key, self.peers)
             # A simulated participant: it accepts any round the coordinator opens.
@@ -1085,3 +1087,28 @@ def test_bad_ceremony_messages_are_refused_and_change_nothing(
         )
     with pytest.raises(InvalidRequest):
         service.submit_ceremony("org-b", job.job_id, "confirm", b"\x00" * 32, pem["org-b"])
+
+
+def _context_as_an_honest_participant_computes_it(
+    service: CoordinatorService, item: WorkItem
+) -> bytes:
+    """The round context from what the work item says and the base model as served."""
+    assert item.job is not None and item.round is not None and item.secagg is not None
+    spec = item.job.spec
+    if spec.protection is Protection.PAILLIER:
+        base = PAILLIER_BASE_UNBOUND
+    else:
+        _, header, _ = service.read_model(item.job.job_id, item.round.base_version)
+        base = header.sha256
+    return round_context(
+        protection=spec.protection,
+        job_id=item.job.job_id,
+        round_number=item.round.number,
+        task_name=spec.task_name,
+        algorithm=StrategyChoice(spec.algorithm, spec.strategy).canonical(),
+        base_version=item.round.base_version,
+        base_model_sha256=base,
+        training=spec.training,
+        parameters=item.secagg.parameters,
+        min_participants=spec.min_participants,
+    )
