@@ -192,6 +192,16 @@ def _release(identity: PeerIdentity, policy: _Policy) -> None:
         policy.limiter.release(identity.org_id)
 
 
+def _ended_by_client(
+    context: grpc.ServicerContext, exc: Exception, method: str, identity: PeerIdentity
+) -> None:
+    """A call the client cancelled (or lost) midway is one INFO line, never a traceback: any
+    participant could otherwise fill the log by cancelling uploads."""
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        log.info("%s: the client ended the call midway", method, **log_context(org=identity.org_id))
+        context.abort(grpc.StatusCode.CANCELLED, "the client ended the call")
+
+
 def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
@@ -222,6 +232,7 @@ def _wrap(handler: Any, method: str, policy: _Policy) -> Any:
         try:
             return behavior(request, context)
         except Exception as exc:
+            _ended_by_client(context, exc, method, identity)
             if context.code() is not None:
                 raise  # context.abort() already chose the status
             _fail(context, exc, method)
@@ -240,6 +251,7 @@ def _wrap(handler: Any, method: str, policy: _Policy) -> Any:
         try:
             yield from behavior(request, context)
         except Exception as exc:
+            _ended_by_client(context, exc, method, identity)
             if context.code() is not None:
                 raise
             _fail(context, exc, method)

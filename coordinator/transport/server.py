@@ -12,11 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coordinator.errors import StorageUnavailable
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
+from coordinator.transport.health import ListingHealthServicer
 from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
@@ -113,7 +115,7 @@ def start_coordinator(
         participant_servicer(service, membership), server
     )
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(service, membership), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = ListingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
 
@@ -138,11 +140,23 @@ def start_coordinator(
 
     def drive() -> None:
         # Deadlines live in the database and are checked on this clock only.
+        unavailable = False
         while not stop.wait(config.tick_seconds):
             try:
                 service.tick()
-            except Exception:  # noqa: BLE001 - a failing tick (database down) is retried
+            except StorageUnavailable as exc:
+                # One line when the database goes away, one when it is back: a tick every
+                # fraction of a second must not repeat a traceback for the whole outage.
+                if not unavailable:
+                    log.warning("database unavailable, rounds wait until it is back: %s", exc)
+                unavailable = True
+                continue
+            except Exception:  # noqa: BLE001 - any other failing tick is a defect, retried
                 log.exception("round driver tick failed; retrying")
+                continue
+            if unavailable:
+                log.info("database reachable again; rounds go on")
+                unavailable = False
 
     driver = threading.Thread(target=drive, name="round-driver", daemon=True)
     driver.start()

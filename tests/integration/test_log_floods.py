@@ -1,0 +1,87 @@
+"""No client behaviour fills the coordinator's log with tracebacks (docs/fault-matrix.md).
+
+A client that cancels a streaming call midway leaves one INFO line; a call of the health
+service's ``List`` (which reflection advertises) is answered. Real coordinator, real mutual TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from inproc_consortium import ConsortiumPki
+
+from coordinator.transport.server import RunningCoordinator
+from fedsilo.codec import encode_tensors, header_to_proto
+from fedsilo.v1 import fedsilo_pb2 as pb
+from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+
+DEADLINE_S = 30.0
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.exc_info is not None or r.levelno >= logging.ERROR
+    ]
+
+
+def test_a_cancelled_upload_is_one_info_line_and_no_traceback(
+    coordinator: RunningCoordinator,
+    participant_stub: Callable[[str], pb_grpc.ParticipantServiceStub],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    stub = participant_stub("org-a")
+    stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)  # registered, pending
+    header, payload = encode_tensors([np.zeros(1 << 18, "float32")])
+    asked_for_more = threading.Event()
+    release = threading.Event()
+
+    def requests() -> Iterator[pb.SubmitUpdateRequest]:
+        yield pb.SubmitUpdateRequest(
+            header=pb.UpdateHeader(
+                job_id="no-such-job",
+                round_id="no-such-round",
+                phase=pb.ROUND_PHASE_INPUTS,
+                payload=header_to_proto(header),
+            )
+        )
+        yield pb.SubmitUpdateRequest(data=payload[: 1 << 16])
+        asked_for_more.set()  # both messages are out: the server is reading the payload
+        release.wait(DEADLINE_S)
+
+    call = stub.SubmitUpdate.future(requests(), timeout=DEADLINE_S)
+    try:
+        assert asked_for_more.wait(DEADLINE_S)
+        call.cancel()
+    finally:
+        release.set()
+    deadline = time.monotonic() + DEADLINE_S
+    while not any("SubmitUpdate" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the coordinator never logged the cancelled call"
+        time.sleep(0.02)
+    assert tracebacks(caplog) == []
+    lines = [r for r in caplog.records if "SubmitUpdate" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.INFO], [r.getMessage() for r in lines]
+
+
+def test_health_list_is_answered(
+    coordinator: RunningCoordinator,
+    pki: ConsortiumPki,
+    open_channel: Callable[..., grpc.Channel],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stub = health_pb2_grpc.HealthStub(open_channel(pki.participant_tls("org-a")))
+    reply = stub.List(health_pb2.HealthListRequest(), timeout=DEADLINE_S)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert reply.statuses[""].status == serving
+    assert reply.statuses["fedsilo.v1.ParticipantService"].status == serving
+    assert tracebacks(caplog) == []
