@@ -130,6 +130,31 @@ class QuantizationSpec:
         unsigned = encoded.view(np.uint64)
         return unsigned if self.modulus_bits == 64 else unsigned.astype(np.uint32)
 
+    def check_in_range(self, aggregate: WeightedMean, contributors: int) -> None:
+        """Refuse an aggregate that no ``contributors`` honest inputs can add up to.
+
+        Each honest input clips every coordinate to ``[-clip, clip]`` before it is quantized and
+        carries a weight in ``1..max_weight``, so a weighted mean has every coordinate within the
+        largest level, ``rint(clip * 2^q) / 2^q``, and ``sum(w)`` lies in ``contributors ..
+        contributors * max_weight``. Anything else means some contributor sent words outside its
+        range (the masked sum hides who); committing it would make that input the model.
+        """
+        if contributors < 1:
+            raise InvalidInput("an aggregate needs at least one contributor")
+        if not contributors <= aggregate.total_weight <= contributors * self.max_weight:
+            raise InvalidInput(
+                f"the aggregate's weight sum {aggregate.total_weight} is outside what "
+                f"{contributors} inputs of weight 1..{self.max_weight} can add up to: "
+                "a contributor sent an out-of-range weight"
+            )
+        limit = _largest_level(self.clip, self.levels_bits) / math.ldexp(1.0, self.levels_bits)
+        worst = float(np.max(np.abs(aggregate.mean))) if aggregate.mean.size else 0.0
+        if not worst <= limit:
+            raise InvalidInput(
+                f"the aggregate's mean reaches {worst:.6g}, outside the clip box of {limit:.6g}: "
+                "a contributor sent out-of-range values"
+            )
+
     def dequantize(self, total: MaskVector) -> WeightedMean:
         """Decode the modular sum of encoded vectors into the weighted mean and ``sum(w)``."""
         if not isinstance(total, np.ndarray) or total.ndim != 1 or total.size < 2:

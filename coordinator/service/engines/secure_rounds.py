@@ -345,7 +345,10 @@ class SecureRoundCoordinator:
         """
         server = self._replay(tx, round_, job, total=self.input_sum(round_, job))
         total = server.finish()
-        mean = self.parameters(round_, job).quantization().dequantize(total)
+        quantization = self.parameters(round_, job).quantization()
+        mean = quantization.dequantize(total)
+        # An aggregate no honest inputs can add up to is never committed (InvalidInput aborts).
+        quantization.check_in_range(mean, len(round_.contributors))
         delta = unflatten(mean.mean, job.weight_specs, dtype="float64")
         weights = [
             (np.asarray(b, dtype=np.float64) + d).astype(np.float32)

@@ -18,7 +18,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -133,6 +133,8 @@ class Participant:
     dealer_key: PaillierPrivateKey | None = None
     job_pair: AgreementKeyPair | None = None
     paillier: PaillierPrivateKey | None = None
+    tamper_input: Callable[[npt.NDArray[Any], SecAggParameters], npt.NDArray[Any]] | None = None
+    """A malicious organization's change to its encoded input, before it is masked."""
 
     def ceremony(self, service: CoordinatorService, item: WorkItem) -> bool:
         """Answer one key-ceremony step honestly."""
@@ -228,6 +230,8 @@ class Participant:
         assert self.client is not None and item.round is not None and item.secagg is not None
         shares = [EncryptedShare.from_bytes(s) for s in item.secagg.shares]
         vector = p.quantization().quantize(delta(self.org.org_id), EXAMPLES[self.org.org_id])
+        if self.tamper_input is not None:
+            vector = self.tamper_input(vector.copy(), p)
         masked = self.client.mask_input(shares, vector)
         header, payload = encode_tensors([masked.vector])
         if self.paillier is not None:
@@ -391,6 +395,40 @@ def test_a_secure_round_commits_the_weighted_mean_of_everyone(consortium: Consor
     assert np.max(np.abs(got - expected_delta(consortium.members))) <= bound()
     for participant in consortium.participants.values():
         assert participant.answered == list(_PHASES)
+
+
+def _oversized_coordinate(vector: npt.NDArray[Any], p: SecAggParameters) -> npt.NDArray[Any]:
+    vector[0] = vector.dtype.type(1 << (p.modulus_bits - 3))  # far outside the clip box
+    return vector
+
+
+def _oversized_weight(vector: npt.NDArray[Any], p: SecAggParameters) -> npt.NDArray[Any]:
+    vector[-1] = vector.dtype.type(p.max_weight * len(p.cohort) * 4)
+    return vector
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (_oversized_coordinate, "outside the clip box"),
+        (_oversized_weight, "out-of-range weight"),
+    ],
+    ids=["coordinate", "weight"],
+)
+def test_an_aggregate_no_honest_inputs_can_add_up_to_is_never_committed(
+    consortium: Consortium,
+    tamper: Callable[[npt.NDArray[Any], SecAggParameters], npt.NDArray[Any]],
+    reason: str,
+) -> None:
+    # One organization sends masked words outside its range (the mask hides which); the sum
+    # would make its input the model. The round is aborted, nothing is committed.
+    consortium.participants["org-a"].tamper_input = tamper
+    job = consortium.start()
+    finished = consortium.run(job)
+    assert finished.phase is Phase.ABORTED
+    assert reason in finished.abort_reason
+    with consortium.store.transaction() as tx:
+        assert tx.get_model_version(job.job_id, 1) is None
 
 
 def test_the_default_protection_is_secure_aggregation(consortium: Consortium) -> None:
