@@ -107,10 +107,12 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
         org = current_identity().org_id
+        # Membership first: a pending or revoked organization is refused before the server reads
+        # (or waits for) a single message of its stream.
+        self._membership.authenticate_participant(org)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidRequest("the first message of SubmitUpdate must be its header")
-        self._membership.authenticate_participant(org)
         update = update_from_pb(first.header)
         payload = _receive_payload(
             request_iterator, update.header, self._service.settings.max_payload_bytes

@@ -19,6 +19,7 @@ from inproc_consortium import ConsortiumPki
 
 from coordinator.transport.server import RunningCoordinator
 from fedsilo.codec import encode_tensors, header_to_proto
+from fedsilo.tls import channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -85,3 +86,32 @@ def test_health_list_is_answered(
     assert reply.statuses[""].status == serving
     assert reply.statuses["fedsilo.v1.ParticipantService"].status == serving
     assert tracebacks(caplog) == []
+
+
+def test_a_pending_organization_is_refused_before_its_upload_sends_anything(
+    start_test_coordinator: Callable[..., RunningCoordinator],
+    pki: ConsortiumPki,
+) -> None:
+    # org-c's first call registers it as pending; its upload stream then sends nothing at all.
+    running = start_test_coordinator(auto_approve=False)
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{running.port}", channel_credentials(pki.participant_tls("org-c"))
+    )
+    stub = pb_grpc.ParticipantServiceStub(channel)
+    stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)
+    release = threading.Event()
+
+    def silent() -> Iterator[pb.SubmitUpdateRequest]:
+        release.wait(DEADLINE_S)
+        return
+        yield  # a generator that yields nothing until released
+
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SubmitUpdate(silent(), timeout=DEADLINE_S)
+    finally:
+        release.set()
+        channel.close()
+    # Refused for its membership, not left holding a server thread until its own deadline.
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, refused.value
+    assert "pending" in (refused.value.details() or "")
