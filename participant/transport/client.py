@@ -105,7 +105,9 @@ class ProgressWatchdog:
     def converted(self) -> Iterator[None]:
         try:
             yield
-        except CallFailed:
+        except (CallFailed, grpc.FutureCancelledError):
+            # A cancelled call surfaces as a failed call (a stream) or as FutureCancelledError
+            # (a future's result); only the watchdog cancels here.
             if self._fired:
                 raise CallFailed.of(
                     CallStatus.DEADLINE_EXCEEDED,
