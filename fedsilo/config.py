@@ -83,6 +83,8 @@ class CoordinatorConfig:
     tick_seconds: float = 0.5
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    health_listen: str = ""
+    """``host:port`` of a plaintext listener serving only the health service (kubelet probes)."""
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
@@ -255,6 +257,8 @@ def _validate(config: object) -> None:
         _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
         if ":" not in config.listen:
             raise ConfigError(f"listen: {config.listen!r} must be host:port")
+        if config.health_listen and ":" not in config.health_listen:
+            raise ConfigError(f"health_listen: {config.health_listen!r} must be host:port")
         _check_tls(config.tls)
     if isinstance(config, ParticipantConfig):
         _positive(config.poll_seconds, "poll_seconds")

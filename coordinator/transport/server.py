@@ -19,6 +19,7 @@ from coordinator.service.context import CoordinatorSettings
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
 from coordinator.transport.health import ListingHealthServicer
+from coordinator.transport.health_listener import start_health_listener
 from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
@@ -64,12 +65,17 @@ class RunningCoordinator:
     health: health.HealthServicer
     stop_driver: threading.Event
     driver: threading.Thread
+    health_server: grpc.Server | None = None
+    """The plaintext health-only listener for kubelet probes, when ``health_listen`` is set."""
+    health_port: int = 0
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace``, stop the driver."""
         self.health.enter_graceful_shutdown()
         self.stop_driver.set()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(None).wait()
         self.driver.join(timeout=5)
         self.store.close()
 
@@ -163,8 +169,21 @@ def start_coordinator(
     for name in SERVICE_NAMES[:2] + ("",):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("coordinator listening on port %d (database %s)", port, _redacted(store.url))
+    health_server, health_port = None, 0
+    if config.health_listen:
+        health_server, health_port = start_health_listener(config.health_listen, health_servicer)
+        log.info("health service alone, without TLS, on port %d (for probes)", health_port)
     return RunningCoordinator(
-        server, port, service, membership, store, health_servicer, stop, driver
+        server,
+        port,
+        service,
+        membership,
+        store,
+        health_servicer,
+        stop,
+        driver,
+        health_server,
+        health_port,
     )
 
 

@@ -379,16 +379,23 @@ def _by_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
-def test_the_coordinator_stops_within_its_grace_period_and_is_probed_through_grpc_health() -> None:
+def test_the_coordinator_stops_within_its_grace_period_and_has_native_grpc_probes() -> None:
     resources = _render(K8S / "coordinator" / "overlays" / "postgres")
     pod = _by_kind(resources, "StatefulSet")["spec"]["template"]["spec"]
     config = yaml.safe_load(_by_kind(resources, "ConfigMap")["data"]["coordinator.yaml"])
     assert pod["terminationGracePeriodSeconds"] > config["grace_seconds"]
     (container,) = pod["containers"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == ["fedsilo", "health", "coordinator"]
-    assert container["resources"]["requests"]
     env = {e["name"]: e for e in container["env"]}
+    # Native gRPC probes on the plaintext health-only listener the pod turns on.
+    probe_port = int(env["FEDSILO_HEALTH_LISTEN"]["value"].rsplit(":", 1)[1])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == probe_port
+    assert probe_port in {p["containerPort"] for p in container["ports"]}
+    services = [r for r in resources if r["kind"] == "Service"]
+    service_ports = {p["port"] for service in services for p in service["spec"]["ports"]}
+    assert services and service_ports
+    assert probe_port not in service_ports  # only the kubelet reaches it
+    assert container["resources"]["requests"]
     assert env["FEDSILO_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "fedsilo-database"
     assert _by_kind(resources, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 0
 
