@@ -68,6 +68,10 @@ class LimitsSection:
     max_workers: int = 32
     max_concurrent_rpcs: int = 256
     max_calls_per_org: int = 16
+    reserved_workers: int = 8
+    """Worker threads participant calls can never take: health checks and the admin API."""
+    stream_idle_seconds: float = 30.0
+    """A request stream (an upload) that brings no message for this long is cancelled."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,13 @@ def _validate(config: object) -> None:
         _positive(config.limits.max_workers, "limits.max_workers")
         _positive(config.limits.max_concurrent_rpcs, "limits.max_concurrent_rpcs")
         _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
+        _positive(config.limits.reserved_workers, "limits.reserved_workers")
+        _positive(config.limits.stream_idle_seconds, "limits.stream_idle_seconds")
+        if config.limits.reserved_workers >= config.limits.max_workers:
+            raise ConfigError(
+                f"limits.reserved_workers: {config.limits.reserved_workers} leaves no worker "
+                f"of limits.max_workers={config.limits.max_workers} for the organizations"
+            )
         if ":" not in config.listen:
             raise ConfigError(f"listen: {config.listen!r} must be host:port")
         if config.health_listen and ":" not in config.health_listen:

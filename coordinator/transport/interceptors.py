@@ -95,28 +95,70 @@ def _safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[
 
 
 class CallLimiter:
-    """At most ``per_org`` concurrent calls per organization, so one cannot starve the others."""
+    """At most ``per_org`` concurrent calls per organization, so one cannot starve the others,
+    and at most ``participant_total`` participant-API calls in all, so that the worker threads
+    left over always serve health checks and the admin API whatever organizations do."""
 
-    def __init__(self, per_org: int) -> None:
+    def __init__(self, per_org: int, participant_total: int | None = None) -> None:
         self._per_org = per_org
+        self._participant_total = participant_total
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
+        self._participant_calls = 0
 
-    def acquire(self, org_id: str) -> bool:
+    def acquire(self, org_id: str, *, participant_call: bool = False) -> bool:
         with self._lock:
             count = self._active.get(org_id, 0)
             if count >= self._per_org:
                 return False
+            total = self._participant_total
+            if participant_call and total is not None and self._participant_calls >= total:
+                return False
             self._active[org_id] = count + 1
+            if participant_call:
+                self._participant_calls += 1
             return True
 
-    def release(self, org_id: str) -> None:
+    def release(self, org_id: str, *, participant_call: bool = False) -> None:
         with self._lock:
             remaining = self._active[org_id] - 1
             if remaining:
                 self._active[org_id] = remaining
             else:
                 del self._active[org_id]
+            if participant_call:
+                self._participant_calls -= 1
+
+
+class _IdleWatchdog:
+    """Cancels a call whose request stream brings no message for ``idle_seconds``: a stalled
+    upload must not hold a worker thread until its client's deadline (or forever)."""
+
+    def __init__(self, context: grpc.ServicerContext, idle_seconds: float, method: str) -> None:
+        self._context = context
+        self._idle = idle_seconds
+        self._method = method
+        self._moved = threading.Event()
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="stream-idle-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            if not self._moved.wait(self._idle):
+                if not self._done.is_set():
+                    log.warning(
+                        "%s: no message for %g s; the call is cancelled", self._method, self._idle
+                    )
+                    self._context.cancel()
+                return
+            self._moved.clear()
+
+    def moved(self) -> None:
+        self._moved.set()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._moved.set()
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -127,10 +169,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         audit: Callable[[str, str, str], None] | None = None,
         is_revoked: Callable[[str], bool] = lambda serial: False,
         limiter: CallLimiter | None = None,
+        stream_idle_seconds: float | None = None,
     ) -> None:
         self._audit = audit
         self._is_revoked = is_revoked
         self._limiter = limiter
+        self._stream_idle_seconds = stream_idle_seconds
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -141,9 +185,18 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         service = method.lstrip("/").split("/", 1)[0]
         allowed = ROLE_BY_SERVICE.get(service, frozenset())
-        return _wrap(
-            handler, method, _Policy(allowed, self._audit, self._is_revoked, self._limiter)
+        policy = _Policy(
+            allowed,
+            self._audit,
+            self._is_revoked,
+            self._limiter,
+            participant_call=service == PARTICIPANT_SERVICE,
+            stream_idle_seconds=self._stream_idle_seconds,
         )
+        return _wrap(handler, method, policy)
+
+
+PARTICIPANT_SERVICE = "fedsilo.v1.ParticipantService"
 
 
 @dataclass(frozen=True)
@@ -152,6 +205,8 @@ class _Policy:
     audit: Callable[[str, str, str], None] | None
     is_revoked: Callable[[str], bool]
     limiter: CallLimiter | None
+    participant_call: bool = False
+    stream_idle_seconds: float | None = None
 
 
 def _authorize(context: grpc.ServicerContext, method: str, policy: _Policy) -> PeerIdentity:
@@ -180,16 +235,20 @@ def _authorize(context: grpc.ServicerContext, method: str, policy: _Policy) -> P
 
 
 def _acquire(context: grpc.ServicerContext, identity: PeerIdentity, policy: _Policy) -> None:
-    if policy.limiter is not None and not policy.limiter.acquire(identity.org_id):
+    limiter = policy.limiter
+    if limiter is not None and not limiter.acquire(
+        identity.org_id, participant_call=policy.participant_call
+    ):
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "too many concurrent calls from this organization; retry with backoff",
+            "too many concurrent calls (from this organization, or from all of them); "
+            "retry with backoff",
         )
 
 
 def _release(identity: PeerIdentity, policy: _Policy) -> None:
     if policy.limiter is not None:
-        policy.limiter.release(identity.org_id)
+        policy.limiter.release(identity.org_id, participant_call=policy.participant_call)
 
 
 def _ended_by_client(
@@ -219,9 +278,19 @@ def _wrap(handler: Any, method: str, policy: _Policy) -> Any:
             )
 
     def guard_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        for request in requests:
-            guard_request(request, context)
-            yield request
+        if policy.stream_idle_seconds is None:
+            for request in requests:
+                guard_request(request, context)
+                yield request
+            return
+        watchdog = _IdleWatchdog(context, policy.stream_idle_seconds, method)
+        try:
+            for request in requests:
+                watchdog.moved()
+                guard_request(request, context)
+                yield request
+        finally:
+            watchdog.stop()
 
     # Authorization comes first: an unauthorized caller learns nothing about its input.
     def run(behavior: Callable[..., Any], request: Any, context: grpc.ServicerContext) -> Any:

@@ -108,8 +108,12 @@ def start_coordinator(
         except Exception:  # noqa: BLE001 - auditing must never turn a refusal into a crash
             log.exception("could not write the audit record")
 
+    limits = config.limits
     interceptor = AuthInterceptor(
-        audit, membership.is_certificate_revoked, CallLimiter(config.limits.max_calls_per_org)
+        audit,
+        membership.is_certificate_revoked,
+        CallLimiter(limits.max_calls_per_org, limits.max_workers - limits.reserved_workers),
+        stream_idle_seconds=limits.stream_idle_seconds,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.limits.max_workers),

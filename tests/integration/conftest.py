@@ -95,6 +95,9 @@ def start_test_coordinator(
         database_url: str | None = None,
         participant_servicer: ParticipantServicerFactory = ParticipantServicer,
         health_listen: str = "",
+        max_workers: int = 32,
+        reserved_workers: int = 8,
+        stream_idle_seconds: float = 30.0,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -109,7 +112,13 @@ def start_test_coordinator(
                 cert=pki.demo.coordinator_cert,
                 key=pki.demo.coordinator_key,
             ),
-            limits=LimitsSection(liveness_seconds=60.0, max_calls_per_org=max_calls_per_org),
+            limits=LimitsSection(
+                liveness_seconds=60.0,
+                max_calls_per_org=max_calls_per_org,
+                max_workers=max_workers,
+                reserved_workers=reserved_workers,
+                stream_idle_seconds=stream_idle_seconds,
+            ),
             tick_seconds=tick_seconds,
             # Membership approval has its own tests; elsewhere every consortium member is admitted.
             auto_approve=auto_approve,

@@ -115,3 +115,61 @@ def test_a_pending_organization_is_refused_before_its_upload_sends_anything(
     # Refused for its membership, not left holding a server thread until its own deadline.
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, refused.value
     assert "pending" in (refused.value.details() or "")
+
+
+def test_silent_uploads_of_two_organizations_cannot_freeze_the_coordinator(
+    start_test_coordinator: Callable[..., RunningCoordinator],
+    pki: ConsortiumPki,
+) -> None:
+    # 8 worker threads, 3 of them out of the organizations' reach; uploads idle for 3 s are cut.
+    running = start_test_coordinator(
+        max_workers=8, reserved_workers=3, max_calls_per_org=4, stream_idle_seconds=3.0
+    )
+    target = f"127.0.0.1:{running.port}"
+    channels = {
+        org: grpc.secure_channel(target, channel_credentials(pki.participant_tls(org)))
+        for org in ("org-a", "org-b", "org-c")
+    }
+    admin_channel = grpc.secure_channel(target, channel_credentials(pki.admin_tls()))
+    stubs = {org: pb_grpc.ParticipantServiceStub(channel) for org, channel in channels.items()}
+    for stub in stubs.values():
+        stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)  # active members
+    hold = threading.Event()
+
+    def silent() -> Iterator[pb.SubmitUpdateRequest]:
+        hold.wait(4 * DEADLINE_S)
+        return
+        yield  # sends nothing until the test ends
+
+    try:
+        held = [
+            stubs[org].SubmitUpdate.future(silent(), timeout=4 * DEADLINE_S)
+            for org in ("org-a", "org-b")
+            for _ in range(4)
+        ]
+
+        def exhausted() -> bool:
+            try:
+                stubs["org-c"].GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)
+            except grpc.RpcError as exc:
+                return exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            return False
+
+        deadline = time.monotonic() + DEADLINE_S
+        while not exhausted():  # the silent uploads fill every thread organizations may use
+            assert time.monotonic() < deadline, "the silent uploads never filled the budget"
+            time.sleep(0.02)
+        # Health and the admin API still answer at once, on the reserved threads.
+        health = health_pb2_grpc.HealthStub(channels["org-c"])
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        pb_grpc.AdminServiceStub(admin_channel).ListJobs(pb.ListJobsRequest(), timeout=5)
+        # Every silent upload is cut after its idle time, and the others get through again.
+        codes = {call.exception(timeout=DEADLINE_S).code() for call in held}  # type: ignore[union-attr]
+        assert codes <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        assert grpc.StatusCode.CANCELLED in codes
+        stubs["org-c"].GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)
+    finally:
+        hold.set()
+        for channel in (*channels.values(), admin_channel):
+            channel.close()
