@@ -68,10 +68,17 @@ class LimitsSection:
     max_workers: int = 32
     max_concurrent_rpcs: int = 256
     max_calls_per_org: int = 16
-    reserved_workers: int = 8
-    """Worker threads participant calls can never take: health checks and the admin API."""
+    reserved_workers: int = 0
+    """Worker threads participant calls can never take (health checks, the admin API); 0: a
+    quarter of ``max_workers``, at least one."""
     stream_idle_seconds: float = 30.0
     """A request stream (an upload) that brings no message for this long is cancelled."""
+
+    def reserved(self) -> int:
+        """The worker threads kept from participant calls (``reserved_workers`` resolved)."""
+        if self.reserved_workers:
+            return self.reserved_workers
+        return min(max(1, self.max_workers // 4), self.max_workers - 1)
 
 
 @dataclass(frozen=True)
@@ -259,8 +266,9 @@ def _validate(config: object) -> None:
         _positive(config.limits.max_workers, "limits.max_workers")
         _positive(config.limits.max_concurrent_rpcs, "limits.max_concurrent_rpcs")
         _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
-        _positive(config.limits.reserved_workers, "limits.reserved_workers")
         _positive(config.limits.stream_idle_seconds, "limits.stream_idle_seconds")
+        if config.limits.reserved_workers < 0:
+            raise ConfigError("limits.reserved_workers: must not be negative")
         if config.limits.reserved_workers >= config.limits.max_workers:
             raise ConfigError(
                 f"limits.reserved_workers: {config.limits.reserved_workers} leaves no worker "

@@ -112,7 +112,7 @@ def start_coordinator(
     interceptor = AuthInterceptor(
         audit,
         membership.is_certificate_revoked,
-        CallLimiter(limits.max_calls_per_org, limits.max_workers - limits.reserved_workers),
+        CallLimiter(limits.max_calls_per_org, limits.max_workers - limits.reserved()),
         stream_idle_seconds=limits.stream_idle_seconds,
     )
     server = grpc.server(

@@ -96,7 +96,7 @@ def start_test_coordinator(
         participant_servicer: ParticipantServicerFactory = ParticipantServicer,
         health_listen: str = "",
         max_workers: int = 32,
-        reserved_workers: int = 8,
+        reserved_workers: int = 0,
         stream_idle_seconds: float = 30.0,
     ) -> RunningCoordinator:
         if data_dir is None:
