@@ -69,9 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     job = commands.add_parser("job", help="create, start and follow jobs")
     job_cmds = job.add_subparsers(dest="action", required=True)
     create = job_cmds.add_parser("create", help="create a job (initial weights come from the task)")
-    create.add_argument("--task", required=True, help="task name (an installed fedsilo task)")
+    create.add_argument(
+        "--task", required=True, type=_installed_task, help="task name (an installed fedsilo task)"
+    )
     create.add_argument("--name", help="job name (default: the task name)")
-    create.add_argument("--rounds", type=int, default=_JOB.num_rounds)
+    create.add_argument("--rounds", type=_positive_int, default=_JOB.num_rounds)
     create.add_argument(
         "--protection",
         choices=sorted(_PROTECTIONS),
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         help="secagg (default): the coordinator sees only the sum; paillier: not even the sum; "
         "none: every update in the clear",
     )
-    create.add_argument("--min-participants", type=int, default=_JOB.min_participants)
+    create.add_argument("--min-participants", type=_positive_int, default=_JOB.min_participants)
     create.add_argument(
         "--round-timeout",
         type=float,
@@ -123,10 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Paillier key size of a --protection paillier job",
     )
     create.add_argument(
-        "--epochs", type=int, default=_TRAINING.local_epochs, help="local epochs per round"
+        "--epochs",
+        type=_positive_int,
+        default=_TRAINING.local_epochs,
+        help="local epochs per round",
     )
-    create.add_argument("--batch-size", type=int, default=_TRAINING.batch_size)
-    create.add_argument("--learning-rate", type=float, default=_TRAINING.learning_rate)
+    create.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
+    create.add_argument("--learning-rate", type=_positive_float, default=_TRAINING.learning_rate)
     create.add_argument("--seed", type=int, default=_TRAINING.seed)
     create.add_argument(
         "--task-config", default=_JOB.task_config_json, help="JSON object passed to every task"
@@ -190,6 +195,36 @@ def _parser() -> argparse.ArgumentParser:
         "--participant-config; decrypted there in a paillier job)",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    # argparse names the flag in its one-line error: "argument --rounds: must be ...".
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _installed_task(name: str) -> str:
+    installed = installed_tasks()
+    if name not in installed:
+        raise argparse.ArgumentTypeError(
+            f"no task {name!r} is installed (installed: {', '.join(sorted(installed))})"
+        )
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
