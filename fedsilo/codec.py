@@ -20,6 +20,7 @@ from fedsilo.errors import FedsiloError
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = [
+    "tensors_sha256",
     "CodecError",
     "PayloadHeader",
     "TensorSpec",
@@ -86,6 +87,12 @@ def encode_tensors(arrays: Sequence[npt.NDArray[Any]]) -> tuple[PayloadHeader, b
     payload = b"".join(parts)
     header = PayloadHeader(specs_of(arrays), len(payload), hashlib.sha256(payload).digest())
     return header, payload
+
+
+def tensors_sha256(arrays: Sequence[npt.NDArray[Any]]) -> bytes:
+    """SHA-256 of the arrays' payload: for tensors that came off the wire, of the exact bytes
+    that were sent (the encoding is canonical)."""
+    return encode_tensors(arrays)[0].sha256
 
 
 def decode_tensors(header: PayloadHeader, payload: bytes) -> list[npt.NDArray[Any]]:

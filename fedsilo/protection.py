@@ -28,7 +28,6 @@ from secagg import EncryptedShare, QuantizationSpec, decode_fields, encode_field
 
 __all__ = [
     "Protection",
-    "PAILLIER_BASE_UNBOUND",
     "SecAggParameters",
     "decode_share_list",
     "encode_share_list",
@@ -77,9 +76,6 @@ class SecAggParameters:
 
 _CONTEXT_LABEL = b"fedsilo/v1/round-context"
 
-PAILLIER_BASE_UNBOUND = hashlib.sha256(_CONTEXT_LABEL + b"/paillier-base").digest()
-"""The base-model digest a paillier round binds: the coordinator holds only the ciphertext chain
-of the base version, so the model itself is not bound yet (docs/threat-model.md)."""
 
 
 def _u64(value: int) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of
+from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of, tensors_sha256
 from fedsilo.logs import context
 from fedsilo.protection import SecAggParameters, unflatten
 from fedsilo.strategies import (
@@ -210,6 +210,7 @@ class PaillierJobs:
                 tensors = latest[1]
             else:
                 tensors = self._download(job_id, current)[1]
+            served = tensors_sha256(tensors)
             mean = self._apply(job_id, current, key, spec, specs, weights, tensors)
             if server.updates_server_model:
                 try:
@@ -220,8 +221,13 @@ class PaillierJobs:
                 self._store.save_optimizer_state(job_id, current, optimizer)
             else:
                 weights = mean
-            self._store.save_model(job_id, current, weights)
+            self._store.save_model(job_id, current, weights, served)
         return version, weights
+
+    def served_digest(self, job_id: str, version: int) -> bytes | None:
+        """The digest of the bytes the coordinator served for a kept version (its ciphertexts,
+        or version 0), recorded when it was rebuilt; None if it was kept without one."""
+        return self._store.served_digest(job_id, version)
 
     def _strategy(self, job_id: str, strategy: StrategyChoice | None) -> ServerStrategy:
         """The job's strategy: recorded (from ``strategy`` if none is), FedAvg if never told."""
@@ -267,7 +273,7 @@ class PaillierJobs:
         _, weights = self._download(job_id, 0)
         if not weights or any(w.dtype != np.float32 for w in weights):
             raise ModelUnavailable("version 0 of a paillier job must be plain float32 weights")
-        self._store.save_model(job_id, 0, weights)
+        self._store.save_model(job_id, 0, weights, tensors_sha256(weights))
         return weights
 
     def _download(self, job_id: str, version: int) -> tuple[int, Weights]:

@@ -172,8 +172,19 @@ class PaillierStateStore:
         except (CodecError, ValueError, KeyError, TypeError):
             return None
 
-    def save_model(self, job_id: str, version: int, weights: Sequence[npt.NDArray[Any]]) -> None:
-        """Keep a model version (the payload first: the header's presence marks it complete)."""
+    def save_model(
+        self,
+        job_id: str,
+        version: int,
+        weights: Sequence[npt.NDArray[Any]],
+        served_sha256: bytes = b"",
+    ) -> None:
+        """Keep a model version (the payload first: the header's presence marks it complete).
+
+        ``served_sha256`` is the digest of the bytes the coordinator served for this version
+        (the ciphertexts it was decrypted from, or version 0 itself): what a round trained from
+        it binds.
+        """
         payload_path, meta_path = self._model_paths(job_id, version)
         private_directory(payload_path.parent)
         header, payload = encode_tensors(weights)
@@ -183,8 +194,18 @@ class PaillierStateStore:
             "tensors": [[s.dtype, list(s.shape)] for s in header.tensors],
             "total_bytes": header.total_bytes,
             "sha256": header.sha256.hex(),
+            "served_sha256": served_sha256.hex(),
         }
         write_private(meta_path, json.dumps(meta).encode())
+
+    def served_digest(self, job_id: str, version: int) -> bytes | None:
+        """The digest of the served bytes a kept version came from; None if not recorded."""
+        _, meta_path = self._model_paths(job_id, version)
+        try:
+            recorded = json.loads(meta_path.read_bytes()).get("served_sha256", "")
+            return bytes.fromhex(recorded) or None
+        except (OSError, ValueError, AttributeError):
+            return None
 
     # -- the optimizer state of the job's strategy ----------------------------------------------
 

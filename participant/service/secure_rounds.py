@@ -22,7 +22,6 @@ The module talks to the coordinator only through
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -33,12 +32,11 @@ import numpy as np
 import numpy.typing as npt
 from cryptography import x509
 
-from fedsilo.codec import encode_tensors
+from fedsilo.codec import encode_tensors, tensors_sha256
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import (
-    PAILLIER_BASE_UNBOUND,
     Protection,
     SecAggParameters,
     encode_share_list,
@@ -311,9 +309,8 @@ class SecureRoundParticipant:
         return StepOutcome.ANSWERED
 
     def _base_digest(self, assignment: Assignment, protection: Protection) -> bytes:
-        """The digest of the base model as served for this round (what the coordinator binds)."""
-        if protection is Protection.PAILLIER:
-            return PAILLIER_BASE_UNBOUND
+        """The digest of the base model as served for this round (what the coordinator binds):
+        the model itself, or under paillier the ciphertexts of the version (version 0 itself)."""
         # Whatever is served is what the digest binds; INPUTS trains only from the same bytes.
         _, base = self._client.retrying(
             lambda: self._client.download_model(assignment.job_id, assignment.model_version)
@@ -420,11 +417,16 @@ class SecureRoundParticipant:
                 "coordinator sent version %d, expected %d", version, assignment.model_version, **ctx
             )
             return None
-        if paillier is None and model_digest(base) != state.base_sha256:
-            # The round was signed for another base model than the one served now.
+        # The round was signed for the base model served at KEYS: train from nothing else.
+        served = (
+            model_digest(base)
+            if paillier is None
+            else paillier.served_digest(assignment.job_id, version)
+        )
+        if served != state.base_sha256:
             raise ProtocolViolation(
-                f"the coordinator served a different model version {version} than the one this "
-                "round's keys were signed for"
+                f"the model version {version} to train from is not the one this round's keys "
+                "were signed for (the coordinator served other bytes)"
             )
         result = self._train(assignment, base)
         update = flatten(_delta(base, result.weights))
@@ -565,8 +567,7 @@ def _normalized(parameters: SecAggParameters) -> SecAggParameters:
 
 def model_digest(weights: list[npt.NDArray[Any]]) -> bytes:
     """SHA-256 of the weights' canonical encoding: the bytes the coordinator stores and serves."""
-    _, payload = encode_tensors(weights)
-    return hashlib.sha256(payload).digest()
+    return tensors_sha256(weights)
 
 
 def round_config(

@@ -38,8 +38,6 @@ from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
 from fedsilo.protection import (
-    PAILLIER_BASE_UNBOUND,
-    Protection,
     SecAggParameters,
     decode_share_list,
     round_context,
@@ -149,17 +147,15 @@ class SecureRoundCoordinator:
         """The round context every organization signs (``fedsilo.protection.round_context``).
 
         The base model is bound by the digest of the exact bytes served for the round's base
-        version (blobs are named by their SHA-256); a paillier base exists here only as
-        ciphertexts, and is not bound yet.
+        version (blobs are named by their SHA-256): under paillier, its ciphertexts.
         """
         spec = job.spec
-        if spec.protection is Protection.PAILLIER:
-            base = PAILLIER_BASE_UNBOUND
-        else:
-            model = tx.get_model_version(job.job_id, round_.base_version)
-            if model is None:
-                raise NotFound(f"model version {round_.base_version} of job {job.job_id} is gone")
-            base = bytes.fromhex(model.blob_ref)
+        # Blobs are named by the SHA-256 of their bytes, which are what is served: the model,
+        # or under paillier the version's ciphertexts (version 0 is plain).
+        model = tx.get_model_version(job.job_id, round_.base_version)
+        if model is None:
+            raise NotFound(f"model version {round_.base_version} of job {job.job_id} is gone")
+        base = bytes.fromhex(model.blob_ref)
         return round_context(
             protection=spec.protection,
             job_id=job.job_id,

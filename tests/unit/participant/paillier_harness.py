@@ -29,9 +29,9 @@ from secure_round_harness import (
 )
 
 from examples.synthetic.task import task
-from fedsilo.codec import decode_tensors
+from fedsilo.codec import decode_tensors, tensors_sha256
 from fedsilo.pki import DemoPki
-from fedsilo.protection import PAILLIER_BASE_UNBOUND, Protection, SecAggParameters, flatten
+from fedsilo.protection import Protection, SecAggParameters, flatten
 from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from participant.domain.assignments import (
@@ -336,8 +336,9 @@ class PaillierRound(Coordinator):
         self.total: PaillierCiphertexts | None = None
         self.encrypted: dict[str, bytes] = {}
         self.correction: npt.NDArray[Any] | None = None
-        # Signed as a paillier round: its own context (the base model is not bound yet).
-        self.config = round_config(self.keys_task(), self.params, PAILLIER_BASE_UNBOUND)
+        # Signed as a paillier round: its context binds the base version's served bytes.
+        served = tensors_sha256(ceremony.models[self.base_version])
+        self.config = round_config(self.keys_task(), self.params, served)
         self.server = SecAggServer(self.config, verifying_keys=self.verifying_keys)
 
     def task(self, phase: SecAggPhase, **step: Any) -> Assignment:

@@ -51,7 +51,7 @@ from participant.errors import ModelUnavailable, RequestRefused, SecAggUnavailab
 from participant.service import key_ceremony
 from participant.service.key_ceremony import CeremonyParticipant
 from participant.service.paillier_state import PaillierJobState, PaillierStateStore
-from secagg import decode_fields
+from secagg import SignedKeys, decode_fields
 from secagg.paillier import (
     DealtKey,
     JobKey,
@@ -642,7 +642,8 @@ def test_a_late_participant_rebuilds_the_current_model_from_version_zero(
     assert late.private_key() is not None
 
     round_ = _round(pki, coordinator, everyone)  # base version 1: org-d rebuilds it first
-    assert late.transport.downloaded[:2] == [0, 1]
+    # Version 1 as served (its digest goes into the round's keys), then the rebuild from 0.
+    assert late.transport.downloaded[:3] == [1, 0, 1]
 
     v1 = participants[0].paillier.model(JOB_ID, 1)[1]
     expected = _secagg_model(round_, v1, ORGS4)
@@ -883,3 +884,37 @@ def test_a_round_naming_another_strategy_is_refused(
     fresh = PaillierRound(pki, coordinator, orgs, strategy=StrategyChoice("fedsgd"))
     assert participants[1].store.load(JOB_ID).strategy == FEDADAM  # type: ignore[union-attr]
     assert participants[1].step(fresh.task(SecAggPhase.KEYS)) is StepOutcome.REFUSED
+
+
+def test_other_ciphertexts_of_the_base_version_for_one_organization_stop_the_round(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    # A coordinator serves one organization other bytes for the round's base version: its
+    # keys are signed over another round context, and the others refuse them at SHARES.
+    run_ceremony(coordinator, participants)
+    _round(pki, coordinator, participants)  # version 1 exists, as ciphertexts
+    victim = participants[0]
+    honest_download = victim.transport.download_model
+
+    def tampered(job_id: str, version: int) -> tuple[int, list[np.ndarray]]:
+        got, tensors = honest_download(job_id, version)
+        if got == 1:
+            last = tensors[-1].copy()
+            last.view(np.uint8)[-1] ^= 1  # one bit of the served bytes
+            tensors = [*tensors[:-1], last]
+        return got, tensors
+
+    victim.transport.download_model = tampered  # type: ignore[method-assign]
+    round_ = PaillierRound(pki, coordinator, [p.org for p in participants])
+    keys = []
+    for participant in participants:
+        assert participant.step(round_.keys_task()) is StepOutcome.ANSWERED
+        signed = SignedKeys.from_bytes(participant.last().body)
+        pem = pki.participants[participant.org].cert_path.read_bytes()
+        keys.append(AdvertisedKeys(signed.to_bytes(), pem))
+    sent = {p.org: len(p.transport.sent) for p in participants}
+    outcomes = {p.org: p.step(round_.shares_task(keys)) for p in participants}
+    assert set(outcomes.values()) == {StepOutcome.REFUSED}, outcomes
+    assert {p.org: len(p.transport.sent) for p in participants} == sent

@@ -42,7 +42,6 @@ from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkI
 from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
 from fedsilo.protection import (
-    PAILLIER_BASE_UNBOUND,
     Protection,
     SecAggParameters,
     decode_share_list,
@@ -1133,11 +1132,9 @@ def _context_as_an_honest_participant_computes_it(
     """The round context from what the work item says and the base model as served."""
     assert item.job is not None and item.round is not None and item.secagg is not None
     spec = item.job.spec
-    if spec.protection is Protection.PAILLIER:
-        base = PAILLIER_BASE_UNBOUND
-    else:
-        _, header, _ = service.read_model(item.job.job_id, item.round.base_version)
-        base = header.sha256
+    # The bytes a participant is served: the model, or under paillier its ciphertexts.
+    _, header, _ = service.read_model(item.job.job_id, item.round.base_version, encrypted=True)
+    base = header.sha256
     return round_context(
         protection=spec.protection,
         job_id=item.job.job_id,
