@@ -73,6 +73,7 @@ class CoordinatorConfig:
     """``fedsilo coordinator serve`` settings."""
 
     listen: str = "127.0.0.1:50051"
+    health_listen: str = ""
     data_dir: Path = Path("fedsilo-data")
     database: DatabaseSection = field(default_factory=DatabaseSection)
     tls: TlsSection = field(default_factory=TlsSection)
@@ -221,6 +222,8 @@ def _validate(config: object) -> None:
         _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
         if ":" not in config.listen:
             raise ConfigError(f"listen: {config.listen!r} must be host:port")
+        if config.health_listen and ":" not in config.health_listen:
+            raise ConfigError(f"health_listen: {config.health_listen!r} must be host:port")
         _check_tls(config.tls)
     if isinstance(config, ParticipantConfig):
         _positive(config.poll_seconds, "poll_seconds")

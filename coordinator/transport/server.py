@@ -17,6 +17,7 @@ from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
+from coordinator.transport.health_listener import start_health_listener
 from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
@@ -62,12 +63,15 @@ class RunningCoordinator:
     health: health.HealthServicer
     stop_driver: threading.Event
     driver: threading.Thread
+    health_listener: grpc.Server | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace``, stop the driver."""
         self.health.enter_graceful_shutdown()
         self.stop_driver.set()
         self.server.stop(grace).wait()
+        if self.health_listener is not None:
+            self.health_listener.stop(None)
         self.driver.join(timeout=5)
         self.store.close()
 
@@ -148,9 +152,10 @@ def start_coordinator(
     driver.start()
     for name in SERVICE_NAMES[:2] + ("",):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_server = start_health_listener(config.health_listen, health_servicer)
     log.info("coordinator listening on port %d (database %s)", port, _redacted(store.url))
     return RunningCoordinator(
-        server, port, service, membership, store, health_servicer, stop, driver
+        server, port, service, membership, store, health_servicer, stop, driver, health_server
     )
 
 

@@ -385,8 +385,9 @@ def test_the_coordinator_stops_within_its_grace_period_and_is_probed_through_grp
     config = yaml.safe_load(_by_kind(resources, "ConfigMap")["data"]["coordinator.yaml"])
     assert pod["terminationGracePeriodSeconds"] > config["grace_seconds"]
     (container,) = pod["containers"]
+    health_port = int(config["health_listen"].rsplit(":", 1)[1])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == ["fedsilo", "health", "coordinator"]
+        assert container[probe]["grpc"] == {"port": health_port}
     assert container["resources"]["requests"]
     env = {e["name"]: e for e in container["env"]}
     assert env["FEDSILO_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "fedsilo-database"
