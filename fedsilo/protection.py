@@ -77,7 +77,6 @@ class SecAggParameters:
 _CONTEXT_LABEL = b"fedsilo/v1/round-context"
 
 
-
 def _u64(value: int) -> bytes:
     # Fixed width, so that no two integers (or field lists) encode alike.
     return int(value).to_bytes(8, "big", signed=True)

@@ -2,7 +2,8 @@
 
 Steps, each a container of the fedsilo image acting as the consortium admin (certificate from the
 Kubernetes Secret ``fedsilo-admin-tls``): create and start the job, follow it until it ends
-(the step fails when the job fails), export the global model as a Keras file artifact. The
+(the step fails when the job fails), export the global model as a Keras file artifact, then
+convert it for devices: a TF Lite model checked against Keras on held-out data. The
 organizations' participant daemons run in their own clusters (deploy/k8s/participant); the
 pipeline only talks to the coordinator.
 
@@ -84,6 +85,32 @@ def export_model(
     )
 
 
+@dsl.container_component
+def convert_for_mobile(
+    coordinator: str,
+    job_id: str,
+    quantization: str,
+    task_config: str,
+    tflite: dsl.Output[dsl.Model],
+) -> dsl.ContainerSpec:
+    """Export the same global model as TF Lite (``quantization``: float, dynamic or int8), written
+    only if it agrees with the Keras model on the held-out split ``task_config`` selects."""
+    return dsl.ContainerSpec(
+        image=IMAGE,
+        command=["/bin/sh", "-c"],
+        args=[
+            'set -eu; mkdir -p "$(dirname "$0")"; '
+            'fedsilo model export "$2" --coordinator "$1" --format tflite --quantization "$3" '
+            '--task-config "$4" --out "$0.tflite" && mv "$0.tflite" "$0"',
+            tflite.path,
+            coordinator,
+            job_id,
+            quantization,
+            task_config,
+        ],
+    )
+
+
 def _as_admin(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Mount the admin certificate and point fedsilo's admin options at it."""
     kubernetes.use_secret_as_volume(task, secret_name=ADMIN_CERTIFICATES, mount_path=ADMIN_TLS_DIR)
@@ -96,7 +123,8 @@ def _as_admin(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 @dsl.pipeline(
     name="fedsilo-federated-job",
-    description="Create a fedsilo job, follow it to the end and export the global model.",
+    description="Create a fedsilo job, follow it to the end, export the global model and "
+    "convert it to TF Lite.",
 )
 def federated_job(
     coordinator: str = "fedsilo-coordinator.fedsilo.svc:50051",
@@ -104,6 +132,8 @@ def federated_job(
     rounds: int = 10,
     protection: str = "secagg",
     min_participants: int = 3,
+    mobile_quantization: str = "dynamic",
+    mobile_check_task_config: str = '{"partition": 0, "num_partitions": 3}',
 ) -> dsl.Model:
     created = _as_admin(
         create_job(
@@ -119,6 +149,15 @@ def federated_job(
         export_model(coordinator=coordinator, job_id=created.outputs["job_id"], task=task)
     )
     exported.after(waited)
+    mobile = _as_admin(
+        convert_for_mobile(
+            coordinator=coordinator,
+            job_id=created.outputs["job_id"],
+            quantization=mobile_quantization,
+            task_config=mobile_check_task_config,
+        )
+    )
+    mobile.after(exported)
     return exported.outputs["model"]
 
 

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from fedsilo.admin import AdminClient
 from fedsilo.cli.admin_connection import admin_tls
-from fedsilo.config import ConfigError
+from fedsilo.cli.model_export import export_in_format, task_config_of
+from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.convert import protection_to_pb, strategy_parameters_to_pb, training_settings_to_pb
 from fedsilo.protection import Protection
 from fedsilo.strategies import BUILTIN_STRATEGIES, StrategyParameters
@@ -151,42 +152,73 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
 
 
 def _export(client: AdminClient, args: argparse.Namespace, console: Console) -> int:
-    task = load_task(args.task)
+    spec = client.get_job(args.job_id).spec
+    task_name = args.task or spec.task_name  # the job knows its task; --task only overrides it
+    task = load_task(task_name)
     exporter = getattr(task, "export_keras", None)
     if exporter is None:
-        raise ConfigError(f"task {args.task!r} has no Keras model to export")
-    version, weights = client.download_model(args.job_id, args.version)
-    exporter(weights, args.out)
-    result = {"job_id": args.job_id, "version": version, "path": str(args.out)}
+        raise ConfigError(f"task {task_name!r} has no Keras model to export")
+    got: list[int] = []
+
+    def write_keras(path: Path) -> None:
+        version, weights = client.download_model(args.job_id, args.version)
+        exporter(weights, path)
+        got.append(version)
+
+    # Check data: --task-config, else the job's own task_config.
+    task_config = task_config_of(args.task_config or spec.task_config_json)
+    report = export_in_format(
+        write_keras, task, task_config, args.out, args.format, args.quantization
+    )
+    result = {"job_id": args.job_id, "version": got[0], "path": str(args.out)}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "format": args.format, "check": report}))
     else:
-        console.print(f"exported model version {version} of job {args.job_id} to {args.out}")
+        console.print(f"exported model version {got[0]} of job {args.job_id} to {args.out}")
+        if args.format != "keras":
+            console.print(report)
     return 0
 
 
 def participant_export(args: argparse.Namespace, config: Path | None, console: Console) -> int:
     from participant.errors import CallFailed
-    from participant.main import export
+    from participant.main import ModelExport, export
+
+    fmt = getattr(args, "format", "keras")
+    if not args.task:
+        raise ConfigError("--task is required when exporting as an organization")
+    results: list[ModelExport] = []
+
+    def write_keras(path: Path) -> None:
+        results.append(export(config, args.job_id, args.task, path, args.version))
 
     try:
-        result = export(config, args.job_id, args.task, args.out, args.version)
+        if fmt == "keras":
+            write_keras(args.out)
+            report = ""
+        else:
+            participant = load_config(ParticipantConfig, config)
+            task = load_task(args.task, participant.tasks or None)
+            task_config = participant.task_config  # the organization's own data
+            report = export_in_format(
+                write_keras, task, task_config, args.out, fmt, args.quantization
+            )
     except CallFailed as exc:
         # The same line a refused admin call prints (main's grpc.RpcError handler).
         console.print(f"[red]error:[/red] {exc.status.name}: {exc.details}")
         return 1
+    (result,) = results
     if args.json:
         print(
-            json.dumps(
-                {"job_id": result.job_id, "version": result.version, "path": str(result.path)}
-            )
+            json.dumps({"job_id": result.job_id, "version": result.version, "path": str(args.out)})
         )
     else:
         how = "decrypted here" if result.decrypted else "downloaded"
         console.print(
-            f"exported model version {result.version} of job {result.job_id} ({how}) to "
-            f"{result.path}"
+            f"exported model version {result.version} of job {result.job_id} ({how}) to {args.out}"
         )
+        if report:
+            console.print(report)
     return 0
 
 

@@ -14,6 +14,7 @@ from fedsilo.cli import doctor, health_command, pki_commands
 from fedsilo.cli.admin_commands import add_strategy_arguments, participant_export, run_admin
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
+from fedsilo.cli.model_export import add_format_arguments
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings, installed_tasks
@@ -164,10 +165,13 @@ def _parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="global models")
     model_cmds = model.add_subparsers(dest="action", required=True)
-    export = model_cmds.add_parser("export", help="save a global model as a Keras .keras file")
+    export = model_cmds.add_parser(
+        "export", help="save a global model as .keras, a SavedModel or a checked TF Lite model"
+    )
     export.add_argument("job_id")
-    export.add_argument("--task", required=True, help="task that defines the architecture")
-    export.add_argument("--out", type=Path, required=True, help="output .keras file")
+    export.add_argument("--task", help="task that defines the architecture (default: the job's)")
+    export.add_argument("--out", type=Path, required=True, help="output file (or directory)")
+    add_format_arguments(export)
     export.add_argument("--version", type=int, default=-1, help="model version (default latest)")
     export.add_argument(
         "--participant-config",

@@ -30,6 +30,7 @@ import contextlib
 import math
 import random
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -169,7 +170,14 @@ class KerasTaskRuntime:
             model = self._build_model(keras)
             self._set_weights(model, weights)
             path.parent.mkdir(parents=True, exist_ok=True)
-            model.save(path)
+            with warnings.catch_warnings():
+                # Keras's saver converts TF variables with np.array(x, copy=False), which NumPy
+                # 2 flags; the copy it falls back to is what the file needs anyway.
+                warnings.filterwarnings(
+                    "ignore", "__array__ implementation doesn't accept a copy keyword",
+                    DeprecationWarning,
+                )  # fmt: skip
+                model.save(path)
 
     # -- internals -----------------------------------------------------------------------------
 

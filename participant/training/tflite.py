@@ -1,4 +1,4 @@
-"""Convert a task's Keras model to TF Lite (float or dynamic-range quantized) and check it.
+"""Convert a task's Keras model to TF Lite (float, dynamic-range or int8 quantized) and check it.
 
 A converted model is only trusted after it has been run: every conversion here runs the
 ``.tflite`` model with LiteRT (``ai-edge-litert``, the interpreter TensorFlow's own
@@ -11,6 +11,10 @@ quantization or a converter bug can silently damage a model (NaN outputs have be
 - ``dynamic``: dynamic-range quantization (``tf.lite.Optimize.DEFAULT`` without a representative
   dataset): weights are stored as int8, activations stay float, the file is about 4 times
   smaller, and outputs move by the quantization error of the weights.
+- ``int8``: full integer quantization of weights and activations, calibrated on a representative
+  sample of the organization's own training data (the task's data loader); inputs and outputs
+  stay float32 so callers feed the same arrays, and outputs move by the activation ranges'
+  quantization error too.
 
 Command line (the Keras file as ``fedsilo model export`` or ``fedsilo demo --export-model``
 writes it; the held-out data is the organization's own, loaded by the task)::
@@ -26,6 +30,7 @@ import contextlib
 import io
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +51,10 @@ __all__ = [
     "tflite_predict",
 ]
 
-QUANTIZATIONS = ("float", "dynamic")
+QUANTIZATIONS = ("float", "dynamic", "int8")
+
+# Calibration examples for int8: enough to see each activation's range, few enough to be quick.
+REPRESENTATIVE_EXAMPLES = 200
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class ParityBounds:
 DEFAULT_BOUNDS = {
     "float": ParityBounds(max_abs_difference=1e-4, min_agreement=0.999),
     "dynamic": ParityBounds(max_abs_difference=0.1, min_agreement=0.97),
+    # int8 activations as well: probabilities move more, the decision must still mostly hold.
+    "int8": ParityBounds(max_abs_difference=0.2, min_agreement=0.95),
 }
 
 
@@ -94,18 +104,43 @@ class TfliteParityError(ValueError):
     """The converted model does not reproduce the Keras model closely enough to be used."""
 
 
-def keras_to_tflite(model: Any, quantization: str = "float") -> bytes:
-    """The flatbuffer of ``model`` (a Keras model) converted with TF Lite's Keras converter."""
+def keras_to_tflite(
+    model: Any, quantization: str = "float", representative: npt.ArrayLike | None = None
+) -> bytes:
+    """The flatbuffer of ``model`` (a Keras model) converted with TF Lite's Keras converter.
+
+    ``representative`` (inputs of the organization's own data) is required for ``int8``, whose
+    activation ranges are calibrated on it.
+    """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization == "int8" and representative is None:
+        raise ValueError("int8 quantization needs a representative dataset")
     import tensorflow as tf  # lazily: see participant/training/__init__.py
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantization == "dynamic":
+    if quantization in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "int8":
+        sample = np.asarray(representative, dtype=np.float32)[:REPRESENTATIVE_EXAMPLES]
+        if sample.shape[0] == 0:
+            raise ValueError("int8 quantization needs at least one representative example")
+
+        def calibration() -> Any:
+            for row in sample:
+                yield [row[np.newaxis, ...]]
+
+        converter.representative_dataset = calibration
+        # Integer kernels only (no float fallback); the float32 interface is kept.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     # The converter prints the temporary SavedModel's signature to stdout, which would bury the
     # parity report of a command-line conversion.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # With a float32 interface there are no quantized inputs to give statistics for; the
+        # converter still asks for them under integer-only kernels.
+        warnings.filterwarnings(
+            "ignore", "Statistics for quantized inputs were expected", UserWarning
+        )
         content: bytes = converter.convert()
     return content
 
@@ -170,14 +205,19 @@ def export_tflite(
     *,
     quantization: str = "float",
     bounds: ParityBounds | None = None,
+    representative: npt.ArrayLike | None = None,
 ) -> ParityReport:
-    """Convert, check against Keras on ``inputs`` and only then write ``path`` (``.tflite``)."""
+    """Convert, check against Keras on ``inputs`` and only then write ``path`` (``.tflite``).
+
+    ``representative`` calibrates ``int8``; it should be training data, not ``inputs``, so the
+    check runs on examples the calibration has not seen.
+    """
     if path.suffix != ".tflite":
         raise ValueError(f"{path}: a TF Lite model file must end in .tflite")
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
     limits = bounds or DEFAULT_BOUNDS[quantization]
-    content = keras_to_tflite(model, quantization)
+    content = keras_to_tflite(model, quantization, representative)
     report = check_parity(model, content, inputs, labels, quantization=quantization)
     if not (
         report.max_abs_difference <= limits.max_abs_difference
@@ -220,7 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = keras.saving.load_model(args.keras_model, compile=False)
     try:
         report = export_tflite(
-            model, args.out, data.x_test, data.y_test, quantization=args.quantization
+            model,
+            args.out,
+            data.x_test,
+            data.y_test,
+            quantization=args.quantization,
+            representative=data.x_train,
         )
     except TfliteParityError as exc:
         print(f"refused: {exc}", file=sys.stderr)

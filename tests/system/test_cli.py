@@ -152,6 +152,28 @@ def test_model_export_writes_a_keras_file_with_the_global_weights(
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.tf
+def test_model_export_takes_the_task_from_the_job_and_writes_a_checked_int8_tflite_model(
+    consortium, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
+    job_id = json.loads(created.stdout)["job_id"]
+    out = tmp_path / "model.tflite"
+    exported = _fedsilo(
+        consortium, "model", "export", job_id, "--format", "tflite", "--quantization", "int8",
+        "--task-config", '{"partition": 0, "num_partitions": 2}', "--out", str(out), "--json",
+    )  # fmt: skip
+    result = json.loads(exported.stdout)
+    print(result["check"])
+    assert (result["version"], result["format"]) == (0, "tflite")
+    assert (
+        result["check"].startswith("int8 TF Lite model")
+        and "same predicted class" in result["check"]
+    )
+    assert out.read_bytes()[4:8] == b"TFL3"  # the TF Lite flatbuffer identifier
+
+
 def test_participant_doctor_passes_against_a_running_coordinator(consortium) -> None:  # type: ignore[no-untyped-def]
     consortium.start_coordinator()
     consortium.start_participant("org-2")  # writes org-2.yaml; the daemon also runs

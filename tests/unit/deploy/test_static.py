@@ -442,6 +442,14 @@ def test_the_compiled_kubeflow_pipeline_is_up_to_date(tmp_path: Path) -> None:
     assert compiled.read_text() == committed, "stale: run `make kubeflow-pipeline` and commit"
 
 
+def test_the_kubeflow_pipeline_converts_the_exported_model_to_tflite_after_the_export() -> None:
+    compiled = next(yaml.safe_load_all((DEPLOY / "kubeflow" / "pipeline.yaml").read_text()))
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert tasks["convert-for-mobile"]["dependentTasks"] == ["create-job", "export-model"]
+    executor = compiled["deploymentSpec"]["executors"]["exec-convert-for-mobile"]["container"]
+    assert "--format tflite" in " ".join(executor["args"])
+
+
 # -- scripts ---------------------------------------------------------------------------------------
 
 

@@ -17,10 +17,10 @@ from participant.training.tflite import (
 
 
 def test_every_quantization_has_bounds_and_float_is_the_strictest() -> None:
-    assert set(DEFAULT_BOUNDS) == set(QUANTIZATIONS) == {"float", "dynamic"}
-    strict, loose = DEFAULT_BOUNDS["float"], DEFAULT_BOUNDS["dynamic"]
-    assert strict.max_abs_difference < loose.max_abs_difference
-    assert strict.min_agreement > loose.min_agreement
+    assert set(DEFAULT_BOUNDS) == set(QUANTIZATIONS) == {"float", "dynamic", "int8"}
+    for strict, loose in (("float", "dynamic"), ("dynamic", "int8")):
+        assert DEFAULT_BOUNDS[strict].max_abs_difference < DEFAULT_BOUNDS[loose].max_abs_difference
+        assert DEFAULT_BOUNDS[strict].min_agreement > DEFAULT_BOUNDS[loose].min_agreement
 
 
 def test_bad_requests_are_refused_without_converting(tmp_path: Path) -> None:
@@ -31,6 +31,8 @@ def test_bad_requests_are_refused_without_converting(tmp_path: Path) -> None:
         export_tflite(object(), tmp_path / "model.tflite", x, quantization="int4")
     with pytest.raises(ValueError, match="quantization"):
         keras_to_tflite(object(), "int4")
+    with pytest.raises(ValueError, match="representative"):
+        keras_to_tflite(object(), "int8")
     assert not list(tmp_path.iterdir())
 
 
