@@ -16,7 +16,7 @@ from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.config import ConfigError
 from fedsilo.protection import Protection
-from fedsilo.tasks import TrainingSettings, installed_tasks
+from fedsilo.tasks import TaskNotFoundError, TrainingSettings, installed_tasks
 from fedsilo.tls import TlsConfigError
 
 __all__ = ["main"]
@@ -195,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
     try:
+        _check_job_create(args)
         return _dispatch(args, console)
-    except (ConfigError, TlsConfigError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ConfigError, TlsConfigError, TaskNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return 2
     except grpc.RpcError as exc:
         code = exc.code()
@@ -205,6 +206,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# Flags of ``job create`` that must be at least 1: a job of zero rounds or zero organizations
+# could never finish, so it is refused here with the flag's name before anything is sent.
+_AT_LEAST_ONE = {"rounds": "--rounds", "min_participants": "--min-participants"}
+
+
+def _check_job_create(args: argparse.Namespace) -> None:
+    """Refuse bad ``job create`` values with one line naming the flag, before any connection."""
+    if args.command != "job" or args.action != "create":
+        return
+    for attr, flag in _AT_LEAST_ONE.items():
+        value = getattr(args, attr)
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    tasks = installed_tasks()
+    if args.task not in tasks:
+        known = ", ".join(sorted(tasks)) or "none"
+        raise ConfigError(f"--task: no installed task named {args.task!r} (installed: {known})")
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:

@@ -6,7 +6,7 @@ import pytest
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
 from fedsilo.cli.demo import DemoOptions
-from fedsilo.cli.main import _parser
+from fedsilo.cli.main import _parser, main
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings, installed_tasks
 
@@ -58,3 +58,24 @@ def test_demo_offers_the_installed_tasks_with_the_demo_defaults() -> None:
         assert _parser().parse_args(["demo", "--task", name]).task == name
     with pytest.raises(SystemExit):
         _parser().parse_args(["demo", "--task", "not-installed"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--rounds", "0"], "--rounds"),
+        (["--min-participants", "0"], "--min-participants"),
+        (["--task", "digitz"], "--task"),
+    ],
+)
+def test_bad_job_create_values_are_one_line_errors_naming_the_flag(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 1 on loopback has no coordinator: reaching it would fail with UNAVAILABLE (exit 1),
+    # so exit 2 with the flag's name shows the value was refused before anything was sent.
+    argv = ["job", "create", "--task", "digits", "--coordinator", "127.0.0.1:1", *flags]
+    assert main(argv) == 2
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1
+    assert out.startswith("error:") and named in out
+    assert "Traceback" not in out
