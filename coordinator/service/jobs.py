@@ -109,6 +109,7 @@ class JobService:
             rounds,
             summarize(tx.list_metrics(job.job_id)),
             tuple(self._engines[r.protection].threshold(job, r) for r in rounds),
+            self._driver.waiting_reason(tx, job, rounds),
         )
 
     def read_model(

@@ -206,6 +206,7 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
         ],
         created_at=job.created_at,
         failure_reason=job.failure_reason or "",
+        waiting_reason=view.waiting_reason,
     )
 
 
