@@ -67,6 +67,10 @@ class RoundDriver:
         """Why ``job`` makes no progress now, or "" when a round is open or the job has ended."""
         if job.state is JobState.CREATED:
             return "created, not started (fedsilo job start)"
+        if job.state is JobState.PAUSED:
+            if any(not r.is_terminal for r in rounds):
+                return "paused by admin; the open round finishes first"
+            return "paused by admin (fedsilo job resume)"
         if job.state is not JobState.RUNNING:
             return ""
         if any(not r.is_terminal for r in rounds):

@@ -58,6 +58,8 @@ JOB_STATE_TO_PB = {
     "running": pb.JOB_STATE_RUNNING,
     "completed": pb.JOB_STATE_COMPLETED,
     "failed": pb.JOB_STATE_FAILED,
+    "paused": pb.JOB_STATE_PAUSED,
+    "aborted": pb.JOB_STATE_ABORTED,
 }
 KIND_TO_PB = {
     WorkKind.WAIT: pb.TASK_KIND_WAIT,

@@ -74,6 +74,14 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
         if args.action == "start":
             _show_job(client.start_job(args.job_id), args.json, console)
             return 0
+        if args.action in ("pause", "resume", "abort"):
+            controls = {
+                "pause": client.pause_job,
+                "resume": client.resume_job,
+                "abort": client.abort_job,
+            }
+            _show_job(controls[args.action](args.job_id), args.json, console)
+            return 0
         if args.action == "status":
             _show_job(client.get_job(args.job_id), args.json, console)
             return 0
@@ -184,7 +192,7 @@ def _watch(client: AdminClient, job_id: str, as_json: bool, console: Console) ->
                 console.print(
                     json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items())
                 )
-        if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED):
+        if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_ABORTED):
             console.print(
                 f"job {STATE_NAMES[status.state]} at model version {status.model_version}"
             )

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--start", action="store_true", help="start the job right away")
     add_admin_connection(create)
-    for name in ("start", "status", "watch"):
+    for name in ("start", "status", "watch", "pause", "resume", "abort"):
         sub = job_cmds.add_parser(name, help=f"{name} a job")
         sub.add_argument("job_id")
         add_admin_connection(sub)

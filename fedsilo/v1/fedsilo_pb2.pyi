@@ -114,6 +114,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
     JOB_STATE_COMPLETED: _JobState.ValueType  # 3
     JOB_STATE_FAILED: _JobState.ValueType  # 4
+    JOB_STATE_PAUSED: _JobState.ValueType  # 5
+    JOB_STATE_ABORTED: _JobState.ValueType  # 6
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -122,6 +124,8 @@ JOB_STATE_CREATED: JobState.ValueType  # 1
 JOB_STATE_RUNNING: JobState.ValueType  # 2
 JOB_STATE_COMPLETED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
+JOB_STATE_PAUSED: JobState.ValueType  # 5
+JOB_STATE_ABORTED: JobState.ValueType  # 6
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _TaskKind:
