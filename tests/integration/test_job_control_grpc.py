@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from inproc_consortium import (
     ORGS,
     RPC_TIMEOUT_S,
+    ConsortiumPki,
     DaemonThread,
     initial_weights,
     rpc_error,
     shift_job_spec,
+    target_of,
     wait_for_job,
 )
 
@@ -98,3 +101,31 @@ def test_abort_ends_the_open_round_and_the_job_for_good(
     status = admin.get_job(job_id)
     assert status.state == pb.JOB_STATE_ABORTED and len(status.rounds) == 1
     assert _actions(admin).count("job.abort") == 1
+
+
+def test_paused_and_aborted_survive_a_coordinator_restart(
+    start_test_coordinator: Callable[..., RunningCoordinator],
+    pki: ConsortiumPki,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "restarted"
+
+    def admin_of(running: RunningCoordinator) -> AdminClient:
+        return AdminClient(target_of(running.port), pki.admin_tls(), timeout=RPC_TIMEOUT_S)
+
+    first = start_test_coordinator(data_dir=data_dir)
+    with admin_of(first) as admin:
+        paused = admin.create_job(shift_job_spec(), initial_weights()).job_id
+        aborted = admin.create_job(shift_job_spec(), initial_weights()).job_id
+        admin.start_job(paused)
+        admin.pause_job(paused)
+        admin.abort_job(aborted)
+    first.stop(grace=1)
+
+    second = start_test_coordinator(data_dir=data_dir)
+    with admin_of(second) as admin:
+        assert admin.get_job(paused).state == pb.JOB_STATE_PAUSED
+        assert admin.get_job(aborted).state == pb.JOB_STATE_ABORTED
+        assert admin.resume_job(paused).state == pb.JOB_STATE_RUNNING
+        error = rpc_error(lambda: admin.resume_job(aborted))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
