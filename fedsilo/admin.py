@@ -52,6 +52,18 @@ class AdminClient:
         result: pb.JobStatus = self._stub.StartJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
         return result
 
+    def pause_job(self, job_id: str) -> pb.JobStatus:
+        result: pb.JobStatus = self._stub.PauseJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
+        return result
+
+    def resume_job(self, job_id: str) -> pb.JobStatus:
+        result: pb.JobStatus = self._stub.ResumeJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
+        return result
+
+    def abort_job(self, job_id: str) -> pb.JobStatus:
+        result: pb.JobStatus = self._stub.AbortJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
+        return result
+
     def get_job(self, job_id: str) -> pb.JobStatus:
         result: pb.JobStatus = self._stub.GetJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
         return result

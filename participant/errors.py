@@ -78,6 +78,18 @@ class RequestRefused(CallFailed):
     """The coordinator answered the call with an error: sending it again will not help."""
 
 
+class Revoked(ParticipantError):
+    """The consortium revoked this organization or its certificate: revocation is permanent, so
+    the daemon stops instead of retrying (re-admission is a new organization id)."""
+
+
+def is_revocation(exc: CallFailed) -> bool:
+    """Whether the coordinator refused the call because of a revocation (its refusal texts)."""
+    return (exc.status is CallStatus.PERMISSION_DENIED and "revoked" in exc.details) or (
+        exc.status is CallStatus.UNAUTHENTICATED and "revoked" in exc.details
+    )
+
+
 class UntrustedMessage(ParticipantError, ValueError):
     """The coordinator sent what this participant will not act on: a malformed or incomplete
     task, an unknown phase, a model of another shape, an unprotected round in a paillier job."""

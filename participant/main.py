@@ -17,7 +17,7 @@ from fedsilo.logs import configure
 from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsFiles
 from participant.domain.policy import AcceptPolicy
-from participant.errors import ModelUnavailable, NotSupported
+from participant.errors import ModelUnavailable, NotSupported, Revoked
 from participant.service.answers import AnswerStore
 from participant.service.calls import ModelCalls
 from participant.service.identity import IdentityFiles
@@ -110,6 +110,9 @@ def run(config_path: Path | None) -> int:
         daemon, channels = build_daemon(config, stop)
         try:
             daemon.run()
+        except Revoked as exc:
+            log.error("%s; stopping (re-admission needs a new organization id)", exc)
+            return 3
         finally:
             channels.close()
     return 0

@@ -29,12 +29,19 @@ __all__ = [
 
 
 class JobState(enum.StrEnum):
-    """Lifecycle of a job. CREATED -> RUNNING -> COMPLETED | FAILED."""
+    """Lifecycle of a job. CREATED -> RUNNING -> COMPLETED | FAILED.
+
+    An admin may pause a running job (PAUSED <-> RUNNING: an open round finishes, no new one
+    opens) and abort any job that has not ended (ABORTED, for good). The state column is a plain
+    string, so these two states need no schema revision.
+    """
 
     CREATED = "created"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    PAUSED = "paused"
+    ABORTED = "aborted"
 
 
 class ParticipantStatus(enum.StrEnum):

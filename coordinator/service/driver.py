@@ -10,6 +10,7 @@ import logging
 
 from coordinator.domain.jobs import Job, JobState, ParticipantStatus
 from coordinator.domain.rounds import Phase, Round
+from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.round_ledger import RoundLedger
@@ -51,17 +52,40 @@ class RoundDriver:
             return True
         return self._engines[round_.protection].advance(round_, now)
 
+    def live_organizations(self, tx: Transaction, now: float) -> tuple[str, ...]:
+        """Active organizations seen within the liveness window, sorted: who a round may ask."""
+        live_after = now - self._ctx.settings.liveness_seconds
+        return tuple(
+            sorted(
+                p.org_id
+                for p in tx.list_participants()
+                if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
+            )
+        )
+
+    def waiting_reason(self, tx: Transaction, job: Job, rounds: tuple[Round, ...]) -> str:
+        """Why ``job`` makes no progress now, or "" when a round is open or the job has ended."""
+        if job.state is JobState.CREATED:
+            return "created, not started (fedsilo job start)"
+        if job.state is JobState.PAUSED:
+            if any(not r.is_terminal for r in rounds):
+                return "paused by admin; the open round finishes first"
+            return "paused by admin (fedsilo job resume)"
+        if job.state is not JobState.RUNNING:
+            return ""
+        if any(not r.is_terminal for r in rounds):
+            return ""
+        live = self.live_organizations(tx, self._ctx.clock())
+        needed = job.spec.min_participants
+        if len(live) < needed:
+            names = ", ".join(live) if live else "none"
+            return f"needs {needed} live organizations, {len(live)} active: {names}"
+        return "waiting for the next round to open"
+
     def _open_round(self, job: Job) -> bool:
         now = self._ctx.clock()
-        live_after = now - self._ctx.settings.liveness_seconds
         with self._ctx.store.transaction() as tx:
-            live = tuple(
-                sorted(
-                    p.org_id
-                    for p in tx.list_participants()
-                    if p.status is ParticipantStatus.ACTIVE and p.last_seen >= live_after
-                )
-            )
+            live = self.live_organizations(tx, now)
             cohort = self._engines[job.spec.protection].select_cohort(tx, job, live, now)
             if cohort is None or len(cohort) < job.spec.min_participants:
                 return False

@@ -67,6 +67,15 @@ class CoordinatorService:
     def start_job(self, job_id: str, actor: str) -> Job:
         return self.jobs.start_job(job_id, actor)
 
+    def pause_job(self, job_id: str, actor: str) -> Job:
+        return self.jobs.pause_job(job_id, actor)
+
+    def resume_job(self, job_id: str, actor: str) -> Job:
+        return self.jobs.resume_job(job_id, actor)
+
+    def abort_job(self, job_id: str, actor: str) -> Job:
+        return self.jobs.abort_job(job_id, actor)
+
     def get_job(self, job_id: str) -> JobView:
         return self.jobs.get_job(job_id)
 

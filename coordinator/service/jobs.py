@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
+from coordinator.domain.rounds import RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job, sha256
@@ -98,6 +99,56 @@ class JobService:
         self._driver.tick()
         return job
 
+    def pause_job(self, job_id: str, actor: str) -> Job:
+        """RUNNING -> PAUSED: an open round goes on to its end; the driver opens no new one."""
+        return self._change_state(job_id, actor, "job.pause", (JobState.RUNNING,), JobState.PAUSED)
+
+    def resume_job(self, job_id: str, actor: str) -> Job:
+        """PAUSED -> RUNNING: the next round opens on the next tick."""
+        job = self._change_state(job_id, actor, "job.resume", (JobState.PAUSED,), JobState.RUNNING)
+        self._driver.tick()
+        return job
+
+    def abort_job(self, job_id: str, actor: str) -> Job:
+        """End a job that has not ended, for good; its open round is aborted in the same write."""
+        allowed = (JobState.CREATED, JobState.RUNNING, JobState.PAUSED)
+        with self._ctx.lock:
+            job = self._change_state(job_id, actor, "job.abort", allowed, JobState.ABORTED)
+            now = self._ctx.clock()
+            with self._ctx.store.transaction() as tx:
+                open_rounds = [r for r in tx.open_rounds() if r.job_id == job_id]
+                for round_ in open_rounds:
+                    aborted = transition(
+                        round_, RoundEvent.ABORT, now=now, reason="job aborted by admin"
+                    )
+                    tx.update_round(aborted, expected_row_version=round_.row_version)
+            for round_ in open_rounds:
+                self._ledger.discard_blob(round_.accumulator_ref)
+        self._ctx.changes.notify()
+        return job
+
+    def _change_state(
+        self,
+        job_id: str,
+        actor: str,
+        action: str,
+        allowed: tuple[JobState, ...],
+        target: JobState,
+    ) -> Job:
+        with self._ctx.lock, self._ctx.store.transaction() as tx:
+            job = require_job(tx, job_id)
+            if job.state not in allowed:
+                names = " or ".join(s.value for s in allowed)
+                # Refused before any write: a bad transition changes nothing, not even the audit.
+                raise WrongRoundPhase(
+                    f"job is {job.state.value}; {action.removeprefix('job.')} needs a {names} job"
+                )
+            job = dataclasses.replace(job, state=target)
+            tx.update_job(job)
+            tx.add_audit(self._ctx.clock(), actor, action, "ok", f"job={job_id}")
+        log.info("job %s", target.value, **context(job=job_id))
+        return job
+
     def get_job(self, job_id: str) -> JobView:
         with self._ctx.store.transaction() as tx:
             return self._view(tx, require_job(tx, job_id))
@@ -113,6 +164,7 @@ class JobService:
             rounds,
             summarize(tx.list_metrics(job.job_id)),
             tuple(self._engines[r.protection].threshold(job, r) for r in rounds),
+            self._driver.waiting_reason(tx, job, rounds),
         )
 
     def read_model(

@@ -98,10 +98,11 @@ class JobView:
     """A job with its rounds and per-version metrics, for status displays.
 
     ``thresholds`` holds, per round, the number of survivors it needs (0 without secure
-    aggregation).
+    aggregation); ``waiting_reason`` says why no round is open ("" when one is or the job ended).
     """
 
     job: Job
     rounds: tuple[Round, ...]
     metrics: tuple[MetricsSummary, ...]
     thresholds: tuple[int, ...] = ()
+    waiting_reason: str = ""

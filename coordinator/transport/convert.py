@@ -60,6 +60,8 @@ JOB_STATE_TO_PB = {
     "running": pb.JOB_STATE_RUNNING,
     "completed": pb.JOB_STATE_COMPLETED,
     "failed": pb.JOB_STATE_FAILED,
+    "paused": pb.JOB_STATE_PAUSED,
+    "aborted": pb.JOB_STATE_ABORTED,
 }
 KIND_TO_PB = {
     WorkKind.WAIT: pb.TASK_KIND_WAIT,
@@ -211,6 +213,7 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
         ],
         created_at=job.created_at,
         failure_reason=job.failure_reason or "",
+        waiting_reason=view.waiting_reason,
     )
 
 

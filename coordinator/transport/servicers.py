@@ -206,6 +206,18 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._service.start_job(request.job_id, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(request.job_id))
 
+    def PauseJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
+        self._service.pause_job(request.job_id, actor=current_identity().org_id)
+        return job_view_to_pb(self._service.get_job(request.job_id))
+
+    def ResumeJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
+        self._service.resume_job(request.job_id, actor=current_identity().org_id)
+        return job_view_to_pb(self._service.get_job(request.job_id))
+
+    def AbortJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
+        self._service.abort_job(request.job_id, actor=current_identity().org_id)
+        return job_view_to_pb(self._service.get_job(request.job_id))
+
     def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
         return job_view_to_pb(self._service.get_job(request.job_id))
 

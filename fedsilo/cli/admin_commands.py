@@ -76,6 +76,14 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
         if args.action == "start":
             _show_job(client.start_job(args.job_id), args.json, console)
             return 0
+        if args.action in ("pause", "resume", "abort"):
+            controls = {
+                "pause": client.pause_job,
+                "resume": client.resume_job,
+                "abort": client.abort_job,
+            }
+            _show_job(controls[args.action](args.job_id), args.json, console)
+            return 0
         if args.action == "status":
             _show_job(client.get_job(args.job_id), args.json, console)
             return 0
@@ -224,8 +232,16 @@ def participant_export(args: argparse.Namespace, config: Path | None, console: C
 
 def _watch(client: AdminClient, job_id: str, as_json: bool, console: Console) -> int:
     printed: set[int] = set()
+    shown_reason = ""
     while True:
         status = client.get_job(job_id)
+        if status.waiting_reason != shown_reason:
+            # Printed when it changes, so a stalled job says why once instead of every second.
+            shown_reason = status.waiting_reason
+            if shown_reason:
+                console.print(
+                    json.dumps({"waiting": shown_reason}) if as_json else f"waiting: {shown_reason}"
+                )
         metrics = {m.version: m for m in status.metrics}
         for round_ in status.rounds:
             done = round_.phase in (pb.ROUND_PHASE_COMMITTED, pb.ROUND_PHASE_ABORTED)
@@ -235,7 +251,7 @@ def _watch(client: AdminClient, job_id: str, as_json: bool, console: Console) ->
                 console.print(
                     json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items())
                 )
-        if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED):
+        if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_ABORTED):
             console.print(
                 f"job {STATE_NAMES[status.state]} at model version {status.model_version}"
             )
@@ -277,6 +293,8 @@ def _show_job(status: pb.JobStatus, as_json: bool, console: Console) -> None:
     rows = [_round_row(r, metrics.get(r.base_version + 1)) for r in status.rounds]
     if rows:
         _print_table(console, "rounds", list(rows[0]), rows)
+    if status.waiting_reason:
+        console.print(f"waiting: {status.waiting_reason}")
     if status.failure_reason:
         console.print(f"[red]failure:[/red] {status.failure_reason}")
 

@@ -17,7 +17,7 @@ from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.cli.model_export import add_format_arguments
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.protection import Protection
-from fedsilo.tasks import TrainingSettings, installed_tasks
+from fedsilo.tasks import TaskNotFoundError, TrainingSettings, installed_tasks
 from fedsilo.tls import TlsConfigError
 
 __all__ = ["main"]
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     add_strategy_arguments(create)
     create.add_argument("--start", action="store_true", help="start the job right away")
     add_admin_connection(create)
-    for name in ("start", "status", "watch"):
+    for name in ("start", "status", "watch", "pause", "resume", "abort"):
         sub = job_cmds.add_parser(name, help=f"{name} a job")
         sub.add_argument("job_id")
         add_admin_connection(sub)
@@ -236,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return _dispatch(args, console)
-    except (ConfigError, TlsConfigError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ConfigError, TlsConfigError, TaskNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return 2
     except grpc.RpcError as exc:
         code = exc.code()

@@ -114,6 +114,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
     JOB_STATE_COMPLETED: _JobState.ValueType  # 3
     JOB_STATE_FAILED: _JobState.ValueType  # 4
+    JOB_STATE_PAUSED: _JobState.ValueType  # 5
+    JOB_STATE_ABORTED: _JobState.ValueType  # 6
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -122,6 +124,8 @@ JOB_STATE_CREATED: JobState.ValueType  # 1
 JOB_STATE_RUNNING: JobState.ValueType  # 2
 JOB_STATE_COMPLETED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
+JOB_STATE_PAUSED: JobState.ValueType  # 5
+JOB_STATE_ABORTED: JobState.ValueType  # 6
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _TaskKind:
@@ -1173,11 +1177,14 @@ class JobStatus(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    WAITING_REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     model_version: _builtins.int
     created_at: _builtins.float
     failure_reason: _builtins.str
+    waiting_reason: _builtins.str
+    """Why no round is open: not started, too few live organizations ("" while a round runs)."""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -1195,10 +1202,11 @@ class JobStatus(_message.Message):
         metrics: _abc.Iterable[Global___VersionMetrics] | None = ...,
         created_at: _builtins.float = ...,
         failure_reason: _builtins.str = ...,
+        waiting_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "job_id", b"job_id", "metrics", b"metrics", "model_version", b"model_version", "rounds", b"rounds", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "job_id", b"job_id", "metrics", b"metrics", "model_version", b"model_version", "rounds", b"rounds", "spec", b"spec", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -419,6 +419,21 @@ class AdminServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.DownloadModelRequest.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ModelChunk.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/fedsilo.v1.AdminService/PauseJob',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/fedsilo.v1.AdminService/ResumeJob',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.AbortJob = channel.unary_unary(
+                '/fedsilo.v1.AdminService/AbortJob',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -490,6 +505,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """Job control: FAILED_PRECONDITION when the job's state does not allow it; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -547,6 +581,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DownloadModel,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.DownloadModelRequest.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ModelChunk.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.SerializeToString,
+            ),
+            'AbortJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortJob,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -846,6 +895,87 @@ class AdminService:
             '/fedsilo.v1.AdminService/DownloadModel',
             fedsilo_dot_v1_dot_fedsilo__pb2.DownloadModelRequest.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/PauseJob',
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/ResumeJob',
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/AbortJob',
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,9 +19,11 @@ from participant.errors import (
     CallStatus,
     NotSupported,
     ParticipantError,
+    Revoked,
     Stopped,
     TaskFailed,
     UntrustedMessage,
+    is_revocation,
 )
 from participant.service.answers import AnswerStore, StoredAnswer
 from participant.service.calls import DaemonCalls
@@ -136,6 +138,11 @@ class ParticipantDaemon:
             except Stopped:
                 break
             except CallFailed as exc:
+                if is_revocation(exc):
+                    # Permanent: retrying would only fill the coordinator's audit log.
+                    raise Revoked(
+                        f"the coordinator refused this organization for good: {exc.details}"
+                    ) from exc
                 # A long-lived daemon outlives refusals (pending approval, a certificate being
                 # rotated, a coordinator error): report and try again after a backoff.
                 log.warning("coordinator answered %s: %s; retrying", exc.status.name, exc.details)

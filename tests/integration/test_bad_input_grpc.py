@@ -704,7 +704,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 18  # 7 participant + 11 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 21  # 7 participant + 14 admin RPCs; update when the API grows
 
 
 def _raw_call(
@@ -888,7 +888,7 @@ def _valid_request(path: str, job_id: str) -> list[bytes]:
                 first.SerializeToString(),
                 pb.CreateJobRequest(data=payload).SerializeToString(),
             ]
-        if name in ("StartJob", "GetJob"):
+        if name in ("StartJob", "GetJob", "PauseJob", "ResumeJob", "AbortJob"):
             return [pb.JobRef(job_id=job_id).SerializeToString()]
         if name == "ListJobs":
             return [pb.ListJobsRequest().SerializeToString()]

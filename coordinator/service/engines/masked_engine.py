@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 
-from coordinator.domain.jobs import Job, PhaseMessage
+from coordinator.domain.jobs import Job, ParticipantStatus, PhaseMessage
 from coordinator.domain.rounds import Phase, Round, RoundEvent
 from coordinator.errors import InvalidRequest
 from coordinator.persistence.store import Transaction
@@ -56,6 +56,11 @@ class MaskedRoundEngine(RoundEngine):
             job = require_job(tx, round_.job_id)
             expected = self._secure.expected(tx, round_)
             answered = self._secure.senders(tx, round_, round_.phase)
+            # A revoked organization can no longer call in: waiting for it until the deadline
+            # would only stall the round, so it counts as a dropout at once.
+            revoked = {
+                p.org_id for p in tx.list_participants() if p.status is ParticipantStatus.REVOKED
+            }
         spec = job.spec
         phase_deadline = now + spec.phase_timeout_seconds
         if round_.phase is Phase.CREATED:
@@ -63,7 +68,8 @@ class MaskedRoundEngine(RoundEngine):
                 round_, RoundEvent.PHASE_COMPLETE, now, deadline_at=phase_deadline
             )
             return True
-        if set(answered) < set(expected) and now <= round_.deadline_at:
+        waiting = set(expected) - revoked - set(answered)
+        if waiting and now <= round_.deadline_at:
             return False
         threshold = spec.secagg.threshold_for(len(round_.cohort))
         needed = (

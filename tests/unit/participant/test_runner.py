@@ -31,7 +31,7 @@ from participant.domain.assignments import (
     TaskReply,
 )
 from participant.domain.policy import AcceptPolicy
-from participant.errors import CallStatus, RequestRefused, Stopped
+from participant.errors import CallStatus, RequestRefused, Revoked, Stopped
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
@@ -217,3 +217,40 @@ def test_a_defect_is_not_taken_for_a_failed_work_item(tmp_path: Path, pki: DemoP
     with pytest.raises(ValueError, match="a bug"):
         daemon.run()
     assert client.pauses == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "details"),
+    [
+        (CallStatus.PERMISSION_DENIED, "this organization's membership is revoked"),
+        (CallStatus.UNAUTHENTICATED, "this certificate has been revoked"),
+    ],
+)
+def test_a_revoked_organization_stops_instead_of_retrying(
+    tmp_path: Path, pki: DemoPki, status: CallStatus, details: str
+) -> None:
+    daemon, client = _daemon(tmp_path, pki, [TaskReply(_plain_train())])
+
+    def refused(wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+        raise RequestRefused(status, details)
+
+    client.get_assignment = refused  # type: ignore[method-assign]
+    with pytest.raises(Revoked, match="refused this organization for good"):
+        daemon.run()
+    assert client.pauses == 0  # no backoff and retry
+
+
+def test_a_pending_organization_keeps_retrying(tmp_path: Path, pki: DemoPki) -> None:
+    daemon, client = _daemon(tmp_path, pki, [])
+    calls: list[int] = []
+
+    def pending(wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+        calls.append(1)
+        if len(calls) == 3:
+            client.stop.set()
+            raise Stopped()
+        raise RequestRefused(CallStatus.PERMISSION_DENIED, "membership is pending approval")
+
+    client.get_assignment = pending  # type: ignore[method-assign]
+    daemon.run()
+    assert client.pauses == 2

@@ -461,6 +461,33 @@ def test_dropout_after_shares_is_cancelled_and_left_out_of_the_sum(
     assert np.max(np.abs(committed_delta(consortium, job) - expected_delta(survivors))) <= bound()
 
 
+def test_an_organization_revoked_mid_round_is_a_dropout_at_once(consortium: Consortium) -> None:
+    # org-e sent its keys and shares, then is revoked while the others train: the round goes on
+    # without it as soon as the others answered, on a clock that never reaches a deadline.
+    consortium.participants["org-e"].stop_before = Phase.INPUTS
+    job = consortium.start()
+    for _ in range(20):
+        if consortium.service.get_job(job.job_id).rounds and (
+            _order(consortium.round(job).phase) >= _order(Phase.INPUTS)
+        ):
+            break
+        consortium.step()
+    assert consortium.round(job).phase is Phase.INPUTS
+    MembershipService(consortium.store, clock=lambda: consortium.clock.now).revoke("org-e", "admin")
+    start = consortium.clock.now
+    for _ in range(20):
+        if consortium.round(job).is_terminal:
+            break
+        consortium.step()
+        consortium.service.tick()
+    finished = consortium.round(job)
+    assert consortium.clock.now == start  # no deadline was let pass
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    survivors = ("org-a", "org-b", "org-c", "org-d")
+    assert sorted(finished.contributors) == list(survivors)
+    assert np.max(np.abs(committed_delta(consortium, job) - expected_delta(survivors))) <= bound()
+
+
 @pytest.mark.parametrize("phase", [Phase.CONSISTENCY, Phase.UNMASK])
 def test_dropout_after_the_masked_input_stays_in_the_sum(
     consortium: Consortium, phase: Phase
