@@ -81,6 +81,7 @@ class CoordinatorConfig:
     tick_seconds: float = 0.5
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    metrics_listen: str = ""
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
@@ -221,6 +222,8 @@ def _validate(config: object) -> None:
         _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
         if ":" not in config.listen:
             raise ConfigError(f"listen: {config.listen!r} must be host:port")
+        if config.metrics_listen and not config.metrics_listen.rpartition(":")[2].isdigit():
+            raise ConfigError(f"metrics_listen: {config.metrics_listen!r} must be host:port")
         _check_tls(config.tls)
     if isinstance(config, ParticipantConfig):
         _positive(config.poll_seconds, "poll_seconds")

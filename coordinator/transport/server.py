@@ -7,11 +7,17 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coordinator.observability.prometheus import (
+    CoordinatorMetrics,
+    RpcMetricsInterceptor,
+    serve_metrics,
+)
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings
@@ -62,6 +68,9 @@ class RunningCoordinator:
     health: health.HealthServicer
     stop_driver: threading.Event
     driver: threading.Thread
+    metrics: CoordinatorMetrics | None = None
+    metrics_server: Any = None
+    metrics_port: int = 0
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace``, stop the driver."""
@@ -69,6 +78,9 @@ class RunningCoordinator:
         self.stop_driver.set()
         self.server.stop(grace).wait()
         self.driver.join(timeout=5)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.store.close()
 
 
@@ -103,9 +115,10 @@ def start_coordinator(
     interceptor = AuthInterceptor(
         audit, membership.is_certificate_revoked, CallLimiter(config.limits.max_calls_per_org)
     )
+    metrics = CoordinatorMetrics(store) if config.metrics_listen else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.limits.max_workers),
-        interceptors=[interceptor],
+        interceptors=([RpcMetricsInterceptor(metrics)] if metrics else []) + [interceptor],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
@@ -149,9 +162,13 @@ def start_coordinator(
     for name in SERVICE_NAMES[:2] + ("",):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("coordinator listening on port %d (database %s)", port, _redacted(store.url))
-    return RunningCoordinator(
-        server, port, service, membership, store, health_servicer, stop, driver
+    running = RunningCoordinator(
+        server, port, service, membership, store, health_servicer, stop, driver, metrics
     )
+    if metrics is not None:
+        running.metrics_server, running.metrics_port = serve_metrics(metrics, config.metrics_listen)
+        log.info("metrics on http://%s/metrics", config.metrics_listen)
+    return running
 
 
 def _redacted(url: str) -> str:

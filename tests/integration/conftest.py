@@ -94,6 +94,7 @@ def start_test_coordinator(
         data_dir: Path | None = None,
         database_url: str | None = None,
         participant_servicer: ParticipantServicerFactory = ParticipantServicer,
+        metrics_listen: str = "",
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -112,6 +113,7 @@ def start_test_coordinator(
             tick_seconds=tick_seconds,
             # Membership approval has its own tests; elsewhere every consortium member is admitted.
             auto_approve=auto_approve,
+            metrics_listen=metrics_listen,
         )
         running = start_coordinator(config, participant_servicer)
         started.append(running)
