@@ -81,6 +81,7 @@ class CoordinatorConfig:
     tick_seconds: float = 0.5
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"
     metrics_listen: str = ""
 
     def database_url(self) -> str:
@@ -106,6 +107,7 @@ class ParticipantConfig:
     rpc_timeout_seconds: float = 120.0
     backoff: BackoffSection = field(default_factory=BackoffSection)
     log_level: str = "INFO"
+    log_format: str = "text"
 
 
 def env_name(path: str) -> str:
@@ -212,6 +214,9 @@ def _coerce(hint: Any, value: Any, key: str, *, from_env: bool, base: Path) -> A
 
 
 def _validate(config: object) -> None:
+    log_format = getattr(config, "log_format", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {log_format!r} must be text or json")
     if isinstance(config, CoordinatorConfig):
         _positive(config.tick_seconds, "tick_seconds")
         _positive(config.grace_seconds, "grace_seconds")
