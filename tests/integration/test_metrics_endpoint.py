@@ -73,8 +73,8 @@ def test_metrics_follow_a_job_as_its_rounds_commit(
     assert after[("fedsilo_jobs", (("state", "completed"),))] == 1
     assert after[("fedsilo_round_duration_seconds_count", ())] == committed
     for method in ("CreateJob", "StartJob", "GetJob", "GetTask", "SubmitUpdate"):
-        key = ("fedsilo_rpc_duration_seconds_count", (("method", method),))
-        assert after.get(key, 0) > 0, method
+        latency = ("fedsilo_rpc_duration_seconds_count", (("method", method),))
+        assert after.get(latency, 0) > 0, method
     names = {name for name, _ in after}
     for metric in METRIC_NAMES:
         assert any(n.startswith(metric) for n in names), metric
