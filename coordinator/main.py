@@ -22,7 +22,7 @@ log = logging.getLogger("coordinator")
 
 def serve(config_path: Path | None, port_file: Path | None = None) -> int:
     config = load_config(CoordinatorConfig, config_path)
-    configure(config.log_level)
+    configure(config.log_level, log_format=config.log_format)
     try:
         if config.database.auto_migrate:
             config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,8 @@ class CoordinatorConfig:
     log_level: str = "INFO"
     health_listen: str = ""
     """``host:port`` of a plaintext listener serving only the health service (kubelet probes)."""
+    log_format: str = "text"
+    metrics_listen: str = ""
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
@@ -141,6 +143,7 @@ class ParticipantConfig:
     backoff: BackoffSection = field(default_factory=BackoffSection)
     accept: AcceptSection = field(default_factory=AcceptSection)
     log_level: str = "INFO"
+    log_format: str = "text"
 
 
 def env_name(path: str) -> str:
@@ -258,6 +261,9 @@ def _coerce(hint: Any, value: Any, key: str, *, from_env: bool, base: Path) -> A
 
 
 def _validate(config: object) -> None:
+    log_format = getattr(config, "log_format", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {log_format!r} must be text or json")
     if isinstance(config, CoordinatorConfig):
         _positive(config.tick_seconds, "tick_seconds")
         _positive(config.grace_seconds, "grace_seconds")
@@ -278,6 +284,8 @@ def _validate(config: object) -> None:
             raise ConfigError(f"listen: {config.listen!r} must be host:port")
         if config.health_listen and ":" not in config.health_listen:
             raise ConfigError(f"health_listen: {config.health_listen!r} must be host:port")
+        if config.metrics_listen and not config.metrics_listen.rpartition(":")[2].isdigit():
+            raise ConfigError(f"metrics_listen: {config.metrics_listen!r} must be host:port")
         _check_tls(config.tls)
     if isinstance(config, ParticipantConfig):
         _positive(config.poll_seconds, "poll_seconds")

@@ -96,7 +96,7 @@ def build_daemon(
 
 def run(config_path: Path | None) -> int:
     config = load_config(ParticipantConfig, config_path)
-    configure(config.log_level)
+    configure(config.log_level, log_format=config.log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -162,7 +162,7 @@ def export(
 ) -> ModelExport:
     """``fedsilo participant export``: this organization's view of a job's global model."""
     config = load_config(ParticipantConfig, config_path)
-    configure(config.log_level)
+    configure(config.log_level, log_format=config.log_format)
     try:
         task = load_task(task_name, config.tasks or None)
     except TaskNotFoundError as exc:

@@ -7,12 +7,18 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.errors import StorageUnavailable
+from coordinator.observability.prometheus import (
+    CoordinatorMetrics,
+    RpcMetricsInterceptor,
+    serve_metrics,
+)
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings
@@ -68,6 +74,9 @@ class RunningCoordinator:
     health_server: grpc.Server | None = None
     """The plaintext health-only listener for kubelet probes, when ``health_listen`` is set."""
     health_port: int = 0
+    metrics: CoordinatorMetrics | None = None
+    metrics_server: Any = None
+    metrics_port: int = 0
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace``, stop the driver."""
@@ -77,6 +86,9 @@ class RunningCoordinator:
         if self.health_server is not None:
             self.health_server.stop(None).wait()
         self.driver.join(timeout=5)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.store.close()
 
 
@@ -115,9 +127,10 @@ def start_coordinator(
         CallLimiter(limits.max_calls_per_org, limits.max_workers - limits.reserved()),
         stream_idle_seconds=limits.stream_idle_seconds,
     )
+    metrics = CoordinatorMetrics(store) if config.metrics_listen else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.limits.max_workers),
-        interceptors=[interceptor],
+        interceptors=([RpcMetricsInterceptor(metrics)] if metrics else []) + [interceptor],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
@@ -177,7 +190,7 @@ def start_coordinator(
     if config.health_listen:
         health_server, health_port = start_health_listener(config.health_listen, health_servicer)
         log.info("health service alone, without TLS, on port %d (for probes)", health_port)
-    return RunningCoordinator(
+    running = RunningCoordinator(
         server,
         port,
         service,
@@ -188,7 +201,12 @@ def start_coordinator(
         driver,
         health_server,
         health_port,
+        metrics,
     )
+    if metrics is not None:
+        running.metrics_server, running.metrics_port = serve_metrics(metrics, config.metrics_listen)
+        log.info("metrics on http://%s/metrics", config.metrics_listen)
+    return running
 
 
 def _redacted(url: str) -> str:

@@ -98,6 +98,7 @@ def start_test_coordinator(
         max_workers: int = 32,
         reserved_workers: int = 0,
         stream_idle_seconds: float = 30.0,
+        metrics_listen: str = "",
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -123,6 +124,7 @@ def start_test_coordinator(
             # Membership approval has its own tests; elsewhere every consortium member is admitted.
             auto_approve=auto_approve,
             health_listen=health_listen,
+            metrics_listen=metrics_listen,
         )
         running = start_coordinator(config, participant_servicer)
         started.append(running)

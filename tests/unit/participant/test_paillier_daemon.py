@@ -348,7 +348,7 @@ def test_participant_export_cli_rebuilds_the_model_from_the_state_directory(
         "build_client",
         lambda config, stop, give_up_after=None: (participant.transport, _Channels()),
     )
-    monkeypatch.setattr(participant_main, "configure", lambda level: None)
+    monkeypatch.setattr(participant_main, "configure", lambda level, **_: None)
     out = tmp_path / "model.keras"
     exportable_task.exported.clear()
 
@@ -374,7 +374,7 @@ def test_participant_export_cli_refuses_a_task_without_a_keras_model(
 ) -> None:
     config = tmp_path / "org.yaml"
     config.write_text(json.dumps({"state_dir": str(tmp_path / "state"), "tls": {"insecure": True}}))
-    monkeypatch.setattr(participant_main, "configure", lambda level: None)
+    monkeypatch.setattr(participant_main, "configure", lambda level, **_: None)
 
     code = cli.main(
         ["participant", "export", "--config", str(config), JOB_ID, "--task", "digits-linear"]

@@ -1,0 +1,1 @@
+"""Operator-facing observability of the coordinator: the Prometheus endpoint."""
