@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from rich.console import Console
 
+from fedsilo.aggregation import fold_weighted, weighted_mean
 from fedsilo.strategies import (
     OptimizerState,
     StrategyParameters,
@@ -58,19 +59,15 @@ def task_config(split: str, partition: int, participants: int, seed: int) -> dic
     return config
 
 
-def weighted_mean(
+def plain_mean(
     updates: Sequence[tuple[Sequence[npt.NDArray[Any]], int]],
 ) -> list[npt.NDArray[np.float32]]:
-    """Weighted FedAvg as the plain round engine computes it: a float64 running sum of
-    ``weights * num_examples`` in arrival order, divided by the total, cast to float32."""
+    """The plain engine's weighted FedAvg over ``updates`` (weights, examples) in this order."""
     first, _ = updates[0]
-    sums = [np.zeros(np.shape(w), dtype=np.float64) for w in first]
-    total = 0
+    accumulator = [np.zeros(np.shape(w), dtype=np.float64) for w in first]
     for weights, num_examples in updates:
-        for acc, array in zip(sums, weights, strict=True):
-            acc += np.asarray(array).astype(np.float64) * float(num_examples)
-        total += num_examples
-    return [(acc / float(total)).astype(np.float32) for acc in sums]
+        fold_weighted(accumulator, [np.asarray(w) for w in weights], num_examples)
+    return weighted_mean(accumulator, sum(n for _, n in updates))
 
 
 def simulate(options: SimulationOptions) -> SimulationResult:
@@ -100,7 +97,7 @@ def simulate(options: SimulationOptions) -> SimulationResult:
         for local in data:
             result = task.train([w.copy() for w in model], local, settings)
             updates.append((as_float32(result.weights), result.num_examples))
-        mean = weighted_mean(updates)
+        mean = plain_mean(updates)
         if strategy.updates_server_model:
             model, state = apply_server_step(strategy, model, mean, state)
         else:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from fedsilo.cli.main import main
-from fedsilo.cli.simulate import SimulationOptions, simulate, task_config, weighted_mean
+from fedsilo.cli.simulate import SimulationOptions, plain_mean, simulate, task_config
 
 
 def test_weighted_mean_matches_examples_weighting() -> None:
     a = [np.array([1.0, 3.0], dtype=np.float32)]
     b = [np.array([3.0, 5.0], dtype=np.float32)]
-    mean = weighted_mean([(a, 1), (b, 3)])
+    mean = plain_mean([(a, 1), (b, 3)])
     assert mean[0].dtype == np.float32
     np.testing.assert_array_equal(mean[0], np.array([2.5, 4.5], dtype=np.float32))
 
