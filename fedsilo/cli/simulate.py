@@ -33,7 +33,8 @@ class SimulationOptions:
     strategy: str = "fedavg"
     strategy_parameters: StrategyParameters = field(default_factory=StrategyParameters)
     split: str = "dirichlet:0.5"
-    seed: int = 0
+    seed: int = 0  # the initial model's seed
+    data_seed: int = 0  # the partitioner's seed (task_config.seed)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
 
@@ -75,7 +76,7 @@ def simulate(options: SimulationOptions) -> SimulationResult:
     task: Task = load_task(options.task)
     strategy = load_strategy(options.strategy, options.strategy_parameters)
     data: list[LocalData] = [
-        task.load_data(task_config(options.split, i, options.participants, options.seed))
+        task.load_data(task_config(options.split, i, options.participants, options.data_seed))
         for i in range(options.participants)
     ]
     model = as_float32(task.initial_weights(options.seed))
