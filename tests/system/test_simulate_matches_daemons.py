@@ -17,12 +17,14 @@ pytestmark = pytest.mark.system
 ROUNDS = 2
 
 
-def test_plain_job_matches_simulation(consortium: Any) -> None:
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_plain_job_matches_simulation(consortium: Any, strategy: str) -> None:
     consortium.start_coordinator()
     for org in consortium.orgs:
         consortium.start_participant(org)
     spec = secure_spec(pb.PROTECTION_NONE)
     spec.num_rounds = ROUNDS
+    spec.algorithm = strategy
     job_id = start_job(consortium, spec)
     status = wait_for_end(consortium, job_id)
     assert status.state == pb.JOB_STATE_COMPLETED
@@ -36,6 +38,7 @@ def test_plain_job_matches_simulation(consortium: Any) -> None:
             task="digits-linear",
             participants=len(consortium.orgs),
             rounds=ROUNDS,
+            strategy=strategy,
             split="dirichlet:0.5",
             seed=SEED,
             data_seed=0,
