@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 KFP_VENV := .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.installed
 
-.PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round clean \
+.PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round bench-learning clean \
 	testbed testbed-clean kfp-venv kubeflow-pipeline
 
 # pip -qq: errors only. Index configuration on some machines makes pip warn about every package
@@ -71,6 +71,10 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_round.py $(BENCH_PAILLIER_ROUND) $(BENCH_PAILLIER_ROUND_ARGS)
 
 # A coordinator and 5 participant daemons on loopback: secagg round time / none round time.
+# Learning quality under label skew over simulated organizations (tests/bench/README.md).
+bench-learning: $(STAMP)
+	$(BIN)/python tests/bench/bench_learning.py $(BENCH_LEARNING_ARGS)
+
 # Options go in BENCH_ROUND_ARGS, e.g. make bench-round BENCH_ROUND_ARGS="--rounds 8 --repeats 2"
 bench-round: $(STAMP)
 	$(BIN)/python tests/bench/bench_round.py $(BENCH_ROUND_ARGS)

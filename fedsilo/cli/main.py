@@ -15,6 +15,7 @@ from fedsilo.cli.admin_commands import add_strategy_arguments, participant_expor
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.cli.model_export import add_format_arguments
+from fedsilo.cli.simulate import run_simulate
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.protection import Protection
 from fedsilo.tasks import TaskNotFoundError, TrainingSettings, installed_tasks
@@ -198,6 +199,22 @@ def _parser() -> argparse.ArgumentParser:
         help="export the final model as the first organization (fedsilo model export "
         "--participant-config; decrypted there in a paillier job)",
     )
+    simulate = commands.add_parser(
+        "simulate", help="simulate a job's plain rounds in one process (no daemons)"
+    )
+    simulate.add_argument("--task", default="digits-linear", choices=sorted(installed_tasks()))
+    simulate.add_argument("--participants", type=int, default=3)
+    simulate.add_argument("--rounds", type=int, default=2)
+    simulate.add_argument("--split", default="dirichlet:0.5", help="iid or dirichlet:ALPHA")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--protection", choices=["none"], default="none", help="only plain rounds so far"
+    )
+    simulate.add_argument("--local-epochs", type=int, default=_TRAINING.local_epochs)
+    simulate.add_argument("--batch-size", type=int, default=_TRAINING.batch_size)
+    simulate.add_argument("--learning-rate", type=float, default=_TRAINING.learning_rate)
+    simulate.add_argument("--summary-json", type=Path, help="write the result summary here")
+    add_strategy_arguments(simulate)
     return parser
 
 
@@ -288,6 +305,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             export_model=args.export_model,
         )
         return run_demo(options, console)
+    if args.command == "simulate":
+        return run_simulate(args, console)
     if args.command == "model" and args.participant_config is not None:
         return participant_export(args, args.participant_config, console)
     return run_admin(args, console)

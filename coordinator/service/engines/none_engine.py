@@ -23,6 +23,7 @@ from coordinator.service.context import require_job, sha256
 from coordinator.service.engines.base import FoldedInput, RoundEngine
 from coordinator.service.payloads import check_finite_or_invalid, decode_payload
 from coordinator.service.views import UpdateSubmission, WorkItem, WorkKind
+from fedsilo.aggregation import fold_weighted, weighted_mean
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
@@ -79,8 +80,7 @@ class PlainRoundEngine(RoundEngine):
         if not np.isfinite(update.train_loss):
             raise InvalidRequest("train_loss must be finite")
         accumulator = self._accumulator(round_, job)
-        for acc, array in zip(accumulator, weights, strict=True):
-            acc += array.astype(np.float64) * float(update.num_examples)
+        fold_weighted(accumulator, weights, update.num_examples)
         _, acc_payload = encode_tensors(accumulator)
         return FoldedInput(self._ctx.blobs.put(acc_payload), update.num_examples)
 
@@ -96,7 +96,7 @@ class PlainRoundEngine(RoundEngine):
     def _aggregate(self, round_: Round, job: Job, now: float) -> None:
         """Weighted FedAvg: the running sum divided by the total number of examples."""
         accumulator = self._accumulator(round_, job)
-        mean = [(acc / float(round_.total_weight)).astype(np.float32) for acc in accumulator]
+        mean = weighted_mean(accumulator, round_.total_weight)
         _, payload = encode_tensors(mean)
         result_ref = self._ctx.blobs.put(payload)
         self._ledger.write_transition(round_, RoundEvent.PHASE_COMPLETE, now, result_ref=result_ref)
