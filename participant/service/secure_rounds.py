@@ -130,6 +130,10 @@ class SecureRoundParticipant:
         self._terms = terms
         self._ledger = ledger
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
+        # The base model downloaded at KEYS (job, version, digest, weights): INPUTS trains from
+        # these very bytes instead of downloading them again. One model at most; after a restart
+        # INPUTS downloads and checks the digest.
+        self._base: tuple[str, int, bytes, Weights] | None = None
 
     def held_round_ids(self) -> list[str]:
         """Rounds this participant keeps state for; the coordinator says which have ended."""
@@ -312,10 +316,15 @@ class SecureRoundParticipant:
         """The digest of the base model as served for this round (what the coordinator binds):
         the model itself, or under paillier the ciphertexts of the version (version 0 itself)."""
         # Whatever is served is what the digest binds; INPUTS trains only from the same bytes.
-        _, base = self._client.retrying(
+        version, base = self._client.retrying(
             lambda: self._client.download_model(assignment.job_id, assignment.model_version)
         )
-        return model_digest(base)
+        digest = model_digest(base)
+        if protection is not Protection.PAILLIER and version == assignment.model_version:
+            for array in base:
+                array.flags.writeable = False  # training must never change the signed bytes
+            self._base = (assignment.job_id, version, digest, base)
+        return digest
 
     def _answer(
         self,
@@ -409,20 +418,19 @@ class SecureRoundParticipant:
                 assignment.job_id, assignment.model_version, assignment.strategy
             )
         else:
-            version, base = self._client.retrying(
-                lambda: self._client.download_model(assignment.job_id, assignment.model_version)
-            )
+            version, base = self._kept_base(assignment, state.base_sha256)
         if version != assignment.model_version:
             log.warning(
                 "coordinator sent version %d, expected %d", version, assignment.model_version, **ctx
             )
             return None
         # The round was signed for the base model served at KEYS: train from nothing else.
-        served = (
-            model_digest(base)
-            if paillier is None
-            else paillier.served_digest(assignment.job_id, version)
-        )
+        if paillier is not None:
+            served = paillier.served_digest(assignment.job_id, version)
+        elif self._base is not None and self._base[3] is base:
+            served = self._base[2]  # the very arrays hashed at KEYS, kept read-only since
+        else:
+            served = model_digest(base)
         if served != state.base_sha256:
             raise ProtocolViolation(
                 f"the model version {version} to train from is not the one this round's keys "
@@ -473,6 +481,19 @@ class SecureRoundParticipant:
         return _Answer(replace(state, client=client.to_dict()), masked=answer)
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _kept_base(self, assignment: Assignment, base_sha256: bytes) -> tuple[int, Weights]:
+        """The base model signed for at KEYS, kept in memory, or downloaded again."""
+        kept = self._base
+        if kept is not None and kept[:3] == (
+            assignment.job_id,
+            assignment.model_version,
+            base_sha256,
+        ):
+            return kept[1], kept[3]
+        return self._client.retrying(
+            lambda: self._client.download_model(assignment.job_id, assignment.model_version)
+        )
 
     def _send(self, assignment: Assignment, answer: _Answer, ctx: dict[str, Any]) -> None:
         # Saved before the first send: after a crash the same bytes go out, never other ones.

@@ -112,9 +112,24 @@ def test_a_base_model_swapped_after_the_keys_is_not_trained_on(
     coordinator = Coordinator(pki)
     for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES):
         coordinator.run_phase(phase, participants)
-    victim = participants[0]
-    victim.transport.weights = [w + np.float32(0.5) for w in base_weights()]
-    sent = len(victim.transport.sent)
+    # The daemon restarted after SHARES, so it has to download the base again, and the
+    # coordinator serves other bytes for the same version.
+    swapped = FakeTransport([w + np.float32(0.5) for w in base_weights()])
+    victim = make_participant(VICTIM, tmp_path / VICTIM, pki, swapped)
 
     assert victim.step(coordinator.inputs_task(victim.org)) is StepOutcome.REFUSED
-    assert len(victim.transport.sent) == sent  # no masked input from the swapped model
+    assert swapped.downloads == 1
+    assert swapped.sent == []  # no masked input from the swapped model
+
+
+def test_a_running_daemon_trains_from_the_bytes_it_signed_for(pki: DemoPki, tmp_path: Path) -> None:
+    participants = [make_participant(org, tmp_path / org, pki) for org in ORGS]
+    coordinator = Coordinator(pki)
+    for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES):
+        coordinator.run_phase(phase, participants)
+    victim = participants[0]
+    downloads = victim.transport.downloads
+    victim.transport.weights = [w + np.float32(0.5) for w in base_weights()]
+
+    assert victim.step(coordinator.inputs_task(victim.org)) is StepOutcome.ANSWERED
+    assert victim.transport.downloads == downloads  # kept from KEYS, never fetched again
