@@ -27,6 +27,7 @@ from coordinator.errors import (
 )
 from fedsilo.chunking import ChunkError
 from fedsilo.codec import CodecError
+from fedsilo.idle import IdleWatchdog
 from fedsilo.logs import context as log_context
 from fedsilo.pki import Role
 from fedsilo.tls import PeerIdentity, identity_from_auth_context
@@ -128,37 +129,6 @@ class CallLimiter:
                 del self._active[org_id]
             if participant_call:
                 self._participant_calls -= 1
-
-
-class _IdleWatchdog:
-    """Cancels a call whose request stream brings no message for ``idle_seconds``: a stalled
-    upload must not hold a worker thread until its client's deadline (or forever)."""
-
-    def __init__(self, context: grpc.ServicerContext, idle_seconds: float, method: str) -> None:
-        self._context = context
-        self._idle = idle_seconds
-        self._method = method
-        self._moved = threading.Event()
-        self._done = threading.Event()
-        threading.Thread(target=self._run, name="stream-idle-watchdog", daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._done.is_set():
-            if not self._moved.wait(self._idle):
-                if not self._done.is_set():
-                    log.warning(
-                        "%s: no message for %g s; the call is cancelled", self._method, self._idle
-                    )
-                    self._context.cancel()
-                return
-            self._moved.clear()
-
-    def moved(self) -> None:
-        self._moved.set()
-
-    def stop(self) -> None:
-        self._done.set()
-        self._moved.set()
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -283,7 +253,14 @@ def _wrap(handler: Any, method: str, policy: _Policy) -> Any:
                 guard_request(request, context)
                 yield request
             return
-        watchdog = _IdleWatchdog(context, policy.stream_idle_seconds, method)
+        idle = policy.stream_idle_seconds
+
+        def cancel() -> None:
+            log.warning("%s: no message for %g s; the call is cancelled", method, idle)
+            context.cancel()
+
+        watchdog = IdleWatchdog(idle, cancel, "stream-idle-watchdog")
+        watchdog.start()
         try:
             for request in requests:
                 watchdog.moved()

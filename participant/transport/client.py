@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.codec import CodecError, PayloadHeader, header_to_proto
+from fedsilo.idle import IdleWatchdog
 from fedsilo.tls import (
     TlsConfigError,
     TlsFiles,
@@ -73,33 +74,25 @@ class ProgressWatchdog:
 
     def __init__(self, idle_seconds: float) -> None:
         self._idle = idle_seconds
-        self._moved = threading.Event()
-        self._done = threading.Event()
-        self._fired = False
+        self._watchdog: IdleWatchdog | None = None
 
     def watch(self, call: grpc.Future) -> None:
-        threading.Thread(
-            target=self._run, args=(call,), name="transfer-watchdog", daemon=True
-        ).start()
-
-    def _run(self, call: grpc.Future) -> None:
-        while not self._done.is_set():
-            if not self._moved.wait(self._idle):
-                if not self._done.is_set():
-                    self._fired = True
-                    call.cancel()
-                return
-            self._moved.clear()
+        self._watchdog = IdleWatchdog(self._idle, call.cancel, "transfer-watchdog")
+        self._watchdog.start()
 
     def through(self, messages: Iterable[T]) -> Iterator[T]:
         for message in messages:
-            self._moved.set()
+            self._moved()
             yield message
-        self._moved.set()
+        self._moved()
+
+    def _moved(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.moved()
 
     def stop(self) -> None:
-        self._done.set()
-        self._moved.set()
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     @contextmanager
     def converted(self) -> Iterator[None]:
@@ -108,7 +101,7 @@ class ProgressWatchdog:
         except (CallFailed, grpc.FutureCancelledError):
             # A cancelled call surfaces as a failed call (a stream) or as FutureCancelledError
             # (a future's result); only the watchdog cancels here.
-            if self._fired:
+            if self._watchdog is not None and self._watchdog.fired:
                 raise CallFailed.of(
                     CallStatus.DEADLINE_EXCEEDED,
                     f"the transfer made no progress for {self._idle:g} s",
