@@ -23,6 +23,8 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from coordinator_settings import coordinator_settings  # noqa: E402  (needs the path above)
+
 LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
 
 
@@ -62,18 +64,9 @@ class Consortium:
     def coordinator_config(self) -> Path:
         path = self.root / "coordinator.yaml"
         if not path.exists():
-            config = {
-                "listen": f"127.0.0.1:{self.port}",
-                "data_dir": str(self.root / "coordinator"),
-                "tls": {
-                    "ca_cert": str(self.pki.ca_cert),
-                    "cert": str(self.pki.coordinator_cert),
-                    "key": str(self.pki.coordinator_key),
-                },
-                "tick_seconds": 0.1,
-                "auto_approve": True,
-                "grace_seconds": 5,
-            }
+            config = coordinator_settings(
+                self.pki, f"127.0.0.1:{self.port}", self.root / "coordinator"
+            )
             if self.database_url:
                 config["database"] = {"url": self.database_url}
             path.write_text(yaml.safe_dump(config))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import yaml
+from coordinator_settings import coordinator_settings
 
 from fedsilo.cli.daemons import Process
 from fedsilo.pki import DemoPki, make_demo_pki
@@ -268,16 +269,7 @@ class NetConsortium:
 
     def start_coordinator(self, settings: dict[str, Any] | None = None) -> Process:
         config = {
-            "listen": f"0.0.0.0:{PORT}",
-            "data_dir": str(self.root / "coordinator"),
-            "tls": {
-                "ca_cert": str(self.pki.ca_cert),
-                "cert": str(self.pki.coordinator_cert),
-                "key": str(self.pki.coordinator_key),
-            },
-            "tick_seconds": 0.1,
-            "auto_approve": True,
-            "grace_seconds": 5,
+            **coordinator_settings(self.pki, f"0.0.0.0:{PORT}", self.root / "coordinator"),
             **(settings or {}),
         }
         path = self.root / "coordinator.yaml"
