@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedsilo.tasks import EvalResult, LocalData, TrainingSettings, TrainResult, as_float32
+from participant.training.quiet_import import import_keras
 from participant.training.validation import check_settings, check_weights
 
 __all__ = [
@@ -183,9 +184,8 @@ class KerasTaskRuntime:
 
     def _import_keras(self) -> ModuleType:
         if self._keras is None:
-            import keras  # the lazy import is the point: see the module docstring
-
-            self._keras = keras
+            # The lazy import is the point: see the module docstring.
+            self._keras = import_keras()
         return self._keras
 
     def _compiled_model(self) -> tuple[ModuleType, Any]:

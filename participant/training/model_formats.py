@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from participant.training.quiet_import import import_keras
 from participant.training.tflite import export_tflite
 
 __all__ = [
@@ -37,6 +38,7 @@ class FormatReport:
 
 def savedmodel_predict(path: Path, inputs: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Run the ``serve`` endpoint of a SavedModel written by :func:`convert_keras_file`."""
+    import_keras()  # quietly, before TensorFlow itself
     import tensorflow as tf  # lazily: see participant/training/__init__.py
 
     loaded = tf.saved_model.load(str(path))  # a directory this process has just written
@@ -66,7 +68,7 @@ def convert_keras_file(
         return FormatReport(fmt, keras_path, f"Keras model {keras_path}")
     if inputs is None:
         raise ValueError(f"a {fmt} export is checked on held-out inputs; none were given")
-    import keras
+    keras = import_keras()
 
     model = keras.saving.load_model(keras_path, compile=False)
     if fmt == "tflite":

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from participant.training.quiet_import import import_keras
+
 __all__ = [
     "DEFAULT_BOUNDS",
     "QUANTIZATIONS",
@@ -116,6 +118,7 @@ def keras_to_tflite(
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
     if quantization == "int8" and representative is None:
         raise ValueError("int8 quantization needs a representative dataset")
+    import_keras()  # quietly, before TensorFlow itself
     import tensorflow as tf  # lazily: see participant/training/__init__.py
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -255,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--task-config must be a JSON object")
     data = task.load_data(task_config)
 
-    import keras
+    keras = import_keras()
 
     model = keras.saving.load_model(args.keras_model, compile=False)
     try:
