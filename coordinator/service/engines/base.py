@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from coordinator.domain.jobs import Job, PhaseMessage
+from coordinator.domain.jobs import Job, ParticipantStatus, PhaseMessage
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import WrongRoundPhase
 from coordinator.persistence.store import Transaction
@@ -21,7 +21,7 @@ from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
 from fedsilo.codec import TensorSpec
 
-__all__ = ["CeremonyRow", "FoldedInput", "RoundEngine", "check_phase"]
+__all__ = ["CeremonyRow", "FoldedInput", "RoundEngine", "check_phase", "revoked_orgs"]
 
 CeremonyRow = tuple[str, bytes, bytes]
 """A key-ceremony row to store: (kind, body, certificate PEM)."""
@@ -121,6 +121,11 @@ class RoundEngine(abc.ABC):
     ) -> tuple[TensorSpec, ...]:
         """The tensors a stored model version of ``size`` bytes is served as."""
         return job.weight_specs
+
+
+def revoked_orgs(tx: Transaction) -> set[str]:
+    """Organizations whose membership is revoked: they cannot call in, so no phase waits."""
+    return {p.org_id for p in tx.list_participants() if p.status is ParticipantStatus.REVOKED}
 
 
 def check_phase(round_: Round, phase: Phase, org_id: str, now: float) -> None:

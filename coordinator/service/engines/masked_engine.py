@@ -12,12 +12,12 @@ from __future__ import annotations
 import abc
 import logging
 
-from coordinator.domain.jobs import Job, ParticipantStatus, PhaseMessage
+from coordinator.domain.jobs import Job, PhaseMessage
 from coordinator.domain.rounds import Phase, Round, RoundEvent
 from coordinator.errors import InvalidRequest
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job
-from coordinator.service.engines.base import FoldedInput, RoundEngine, check_phase
+from coordinator.service.engines.base import FoldedInput, RoundEngine, check_phase, revoked_orgs
 from coordinator.service.engines.secure_rounds import SMALL_PHASES, SecureRoundCoordinator
 from coordinator.service.payloads import check_payload_size
 from coordinator.service.round_ledger import RoundLedger
@@ -58,9 +58,7 @@ class MaskedRoundEngine(RoundEngine):
             answered = self._secure.senders(tx, round_, round_.phase)
             # A revoked organization can no longer call in: waiting for it until the deadline
             # would only stall the round, so it counts as a dropout at once.
-            revoked = {
-                p.org_id for p in tx.list_participants() if p.status is ParticipantStatus.REVOKED
-            }
+            revoked = revoked_orgs(tx)
         spec = job.spec
         phase_deadline = now + spec.phase_timeout_seconds
         if round_.phase is Phase.CREATED:

@@ -20,7 +20,7 @@ from coordinator.domain.rounds import Phase, Round, RoundEvent
 from coordinator.errors import InvalidRequest
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import require_job, sha256
-from coordinator.service.engines.base import FoldedInput, RoundEngine
+from coordinator.service.engines.base import FoldedInput, RoundEngine, revoked_orgs
 from coordinator.service.payloads import check_finite_or_invalid, decode_payload
 from coordinator.service.views import UpdateSubmission, WorkItem, WorkKind
 from fedsilo.aggregation import fold_weighted, weighted_mean
@@ -42,16 +42,18 @@ class PlainRoundEngine(RoundEngine):
             return True
         if round_.phase is not Phase.INPUTS:
             return False
-        everyone = set(round_.contributors) >= set(round_.cohort)
-        if not everyone and now <= round_.deadline_at:
-            return False
         with self._ctx.store.transaction() as tx:
+            # A revoked organization can no longer call in: the round does not wait for it.
+            waiting = set(round_.cohort) - set(round_.contributors) - revoked_orgs(tx)
+            if waiting and now <= round_.deadline_at:
+                return False
             job = require_job(tx, round_.job_id)
         if len(round_.contributors) < job.spec.min_participants:
+            closed = "deadline passed" if waiting else "no other organization can answer"
             self._ledger.abort(
                 round_,
                 job,
-                f"deadline passed with {len(round_.contributors)} of "
+                f"{closed} with {len(round_.contributors)} of "
                 f"{job.spec.min_participants} required updates",
                 now,
             )

@@ -345,6 +345,34 @@ def test_aggregate_covers_exactly_the_contributors_at_the_deadline(harness: Harn
     assert harness.service.next_work("org-c").kind is not WorkKind.EVALUATE
 
 
+def test_an_organization_revoked_mid_round_is_not_waited_for(harness: Harness) -> None:
+    job, round_ = harness.running_job()
+    updates = [(update_weights(1), 7), (update_weights(2), 3)]
+    harness.submit("org-a", round_, *updates[0])
+    harness.submit("org-b", round_, *updates[1])
+    harness.service.tick()
+    assert harness.round(round_.round_id).phase is Phase.INPUTS  # org-c still has time
+
+    harness.membership.revoke("org-c", "admin")
+    # The clock never moves: the round closes without reaching its deadline.
+    harness.drive(lambda: harness.round(round_.round_id).phase is Phase.COMMITTED, "commit")
+    assert harness.clock.now < round_.deadline_at
+    committed = harness.round(round_.round_id)
+    assert committed.contributors == ("org-a", "org-b")
+    assert_weights_equal(harness.model(job.job_id, 1), fedavg(updates))
+
+
+def test_a_round_left_short_by_a_revocation_aborts_at_once(harness: Harness) -> None:
+    _, round_ = harness.running_job(min_participants=3)
+    harness.submit("org-a", round_, update_weights(1), 7)
+    harness.submit("org-b", round_, update_weights(2), 3)
+    harness.membership.revoke("org-c", "admin")
+    harness.drive(lambda: harness.round(round_.round_id).is_terminal, "abort")
+    aborted = harness.round(round_.round_id)
+    assert aborted.phase is Phase.ABORTED
+    assert "no other organization can answer with 2 of 3" in aborted.abort_reason
+
+
 def test_submission_exactly_at_the_deadline_is_accepted(harness: Harness) -> None:
     _, round_ = harness.running_job()
     harness.clock.now = round_.deadline_at
