@@ -10,8 +10,8 @@ theirs that could be unmasked leaves them (no share, no masked input), the round
 the job releases no sum beyond the honest ones.
 
 - isolation through per-organization settings (threat-model.md, B): another learning rate or
-  base model for all but one organization in the first round, a vanishing learning rate, and a
-  learning rate changed after the job was accepted;
+  base model for all but one organization in the first round (secagg and paillier), a vanishing
+  learning rate, and a learning rate changed after the job was accepted;
 - differencing across rounds (C): a second round from a base version already contributed to
   without one organization, a round id run again after a forged "finished", a round number
   going back;
@@ -149,11 +149,11 @@ def _unchecking_server(
     return SecAggServer(config, workers=workers)
 
 
-def _secure_spec(num_rounds: int, phase_timeout: float = 3.0) -> pb.JobSpec:
+def _secure_spec(num_rounds: int, protection: int, phase_timeout: float = 3.0) -> pb.JobSpec:
     # A short INPUTS deadline too: with a defence missing, a round the coordinator cannot use
     # (a tampered base version) ends within the test's wait instead of after a minute.
     spec = shift_job_spec(num_rounds=num_rounds, round_timeout_seconds=10.0)
-    spec.protection = pb.PROTECTION_SECAGG
+    spec.protection = protection  # type: ignore[assignment]
     spec.phase_timeout_seconds = phase_timeout
     spec.max_failed_rounds = 0
     spec.secagg.CopyFrom(pb.SecAggSettings(clip=2.0, levels_bits=12))
@@ -171,6 +171,7 @@ def _run(
     run_daemon: Callable[..., DaemonThread],
     script: Script,
     num_rounds: int,
+    protection: int = pb.PROTECTION_SECAGG,
 ) -> tuple[AdminClient, str, pb.JobStatus]:
     """Start the daemons and a secure job; its status once it completed or failed."""
     running = start_test_coordinator(
@@ -186,7 +187,7 @@ def _run(
         "three organizations to register",
         interval=0.02,
     )
-    job_id = admin.create_job(_secure_spec(num_rounds), initial_weights()).job_id
+    job_id = admin.create_job(_secure_spec(num_rounds, protection), initial_weights()).job_id
     admin.start_job(job_id)
     # Not only FAILED: with a defence missing the job completes, and the assertions say why.
     status = wait_for_job(
@@ -229,12 +230,14 @@ def others_train_with_a_smaller_learning_rate(
 
 
 @pytest.mark.parametrize(
-    "script",
+    ("script", "protection"),
     [
-        Script(tamper=others_train_with_a_smaller_learning_rate),
-        Script(swap_model=lambda org: org == VICTIM),
+        (Script(tamper=others_train_with_a_smaller_learning_rate), pb.PROTECTION_SECAGG),
+        (Script(swap_model=lambda org: org == VICTIM), pb.PROTECTION_SECAGG),
+        (Script(tamper=others_train_with_a_smaller_learning_rate), pb.PROTECTION_PAILLIER),
+        (Script(swap_model=lambda org: org == VICTIM), pb.PROTECTION_PAILLIER),
     ],
-    ids=["learning-rate", "base-model"],
+    ids=["learning-rate", "base-model", "paillier-learning-rate", "paillier-base-model"],
 )
 def test_other_settings_for_one_organization_abort_the_round_before_any_share(
     start_test_coordinator: Callable[..., RunningCoordinator],
@@ -244,9 +247,10 @@ def test_other_settings_for_one_organization_abort_the_round_before_any_share(
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
     script: Script,
+    protection: int,
 ) -> None:
     monkeypatch.setattr(coordinator_rounds, "SecAggServer", _unchecking_server)
-    admin, _, status = _run(start_test_coordinator, pki, run_daemon, script, 1)
+    admin, _, status = _run(start_test_coordinator, pki, run_daemon, script, 1, protection)
     admin.close()
 
     (round_,) = status.rounds
