@@ -23,6 +23,7 @@ the job releases no sum beyond the honest ones.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import grpc
 import numpy as np
 import pytest
 from inproc_consortium import ORGS, DaemonThread, initial_weights, shift_job_spec, wait_for_job
+from integration_shift_task import ORG_SETTINGS
 
 import coordinator.service.engines.secure_rounds as coordinator_rounds
 from coordinator.service.facade import CoordinatorService
@@ -48,6 +50,9 @@ from fedsilo.codec import encode_tensors
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.wire import receive_model
 from secagg import RoundConfig, SecAggServer
+
+LEVELS_BITS = 12
+QUANTIZATION_BOUND = math.ldexp(1.0, -(LEVELS_BITS + 1)) + 1e-5  # plus float32 storage
 
 VICTIM = "org-a"
 """The organization whose update the coordinator tries to isolate."""
@@ -159,7 +164,7 @@ def _secure_spec(num_rounds: int, protection: int, inputs_timeout: float) -> pb.
     spec.protection = protection  # type: ignore[assignment]
     spec.phase_timeout_seconds = 3.0
     spec.max_failed_rounds = 0
-    spec.secagg.CopyFrom(pb.SecAggSettings(clip=2.0, levels_bits=12))
+    spec.secagg.CopyFrom(pb.SecAggSettings(clip=2.0, levels_bits=LEVELS_BITS))
     return spec
 
 
@@ -217,6 +222,13 @@ def _errors_by_org(caplog: pytest.LogCaptureFixture, reason: str) -> dict[str, l
         if record.levelno >= logging.ERROR and reason in record.getMessage():
             found.setdefault(str(getattr(record, "org", "-")), []).append(record.getMessage())
     return found
+
+
+def _honest_shift(orgs: tuple[str, ...]) -> float:
+    """What one honest round over ``orgs`` moves every weight by (the shift task's FedAvg)."""
+    examples = {org: int(ORG_SETTINGS[org]["examples"]) for org in orgs}
+    moved = sum(float(ORG_SETTINGS[org]["offset"]) * examples[org] for org in orgs)
+    return moved / sum(examples.values())
 
 
 def _secret_files(tmp_path: Path) -> list[Path]:
@@ -391,8 +403,12 @@ def test_a_second_round_from_a_base_version_already_contributed_to_is_refused(
     assert script.answered(pb.ROUND_PHASE_KEYS, second.round_id) == []
     assert script.answered(pb.ROUND_PHASE_INPUTS, second.round_id) == []
     assert second.phase == pb.ROUND_PHASE_ABORTED and list(second.contributors) == []
-    # What was released is what round 1 released: no second sum to subtract from the first.
+    # What was released is what round 1 released, the honest mean of all three updates (each
+    # organization's offset weighted by its examples), and no second sum to subtract from it.
     assert status.model_version == 1
+    _, released = admin.download_model(job_id, 1)
+    for got, start in zip(released, initial_weights(), strict=True):
+        assert np.max(np.abs(got - (start + _honest_shift(ORGS)))) <= QUANTIZATION_BOUND
     with pytest.raises(grpc.RpcError):
         admin.download_model(job_id, 2)
     admin.close()
