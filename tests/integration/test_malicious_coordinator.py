@@ -266,6 +266,7 @@ def test_other_settings_for_one_organization_abort_the_round_before_any_share(
     admin.close()
 
     (round_,) = status.rounds
+    assert script.swapped == ({VICTIM} if script.swap_model(VICTIM) else set())
     # Every organization signed its keys over the round as it was shown it, and the coordinator
     # forwarded them all unchecked ...
     assert script.answered(pb.ROUND_PHASE_KEYS, round_.round_id) == list(ORGS)
