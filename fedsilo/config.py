@@ -115,11 +115,14 @@ class AcceptSection:
 
     ``min_threshold_fraction`` (``"2/3"`` or a number, in (1/2, 1]) and ``min_cohort`` (>= 2)
     bound every secure round: a round with ``t < ceil(fraction * n)`` or ``n < min_cohort`` is
-    refused at KEYS. The ``[min, max]`` ranges bound the training settings of every round.
+    refused at KEYS. ``min_paillier_key_bits`` (>= 2048) bounds the key of every paillier job:
+    a key ceremony for a smaller key is refused. The ``[min, max]`` ranges bound the training
+    settings of every round.
     """
 
     min_threshold_fraction: str = "2/3"
     min_cohort: int = 3
+    min_paillier_key_bits: int = 2048
     learning_rate: tuple[float, float] = (1e-6, 1.0)
     local_epochs: tuple[int, int] = (1, 100)
     batch_size: tuple[int, int] = (1, 4096)
@@ -313,6 +316,12 @@ def _check_accept(accept: AcceptSection) -> None:
         )
     if accept.min_cohort < 2:
         raise ConfigError(f"accept.min_cohort: must be at least 2, got {accept.min_cohort}")
+    # 2048 is the smallest key secagg.paillier makes or accepts at all.
+    if accept.min_paillier_key_bits < 2048:
+        raise ConfigError(
+            f"accept.min_paillier_key_bits: must be at least 2048, got "
+            f"{accept.min_paillier_key_bits}"
+        )
     for name in ("learning_rate", "local_epochs", "batch_size"):
         low, high = getattr(accept, name)
         if not (0 < low <= high and math.isfinite(high)):

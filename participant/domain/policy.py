@@ -18,11 +18,13 @@ __all__ = ["AcceptPolicy", "JobTerms", "SecureTerms"]
 class AcceptPolicy:
     """The organization's own limits (``accept:`` in docs/configuration.md).
 
-    ``cohort`` is checked at KEYS of every secure round; the inclusive ``[low, high]`` ranges are
-    checked for the training settings of every round this organization trains in.
+    ``cohort`` is checked at KEYS of every secure round; ``min_paillier_key_bits`` at every
+    key-ceremony step of a paillier job; the inclusive ``[low, high]`` ranges are checked for the
+    training settings of every round this organization trains in.
     """
 
     cohort: CohortPolicy = field(default_factory=CohortPolicy)
+    min_paillier_key_bits: int = 2048
     learning_rate: tuple[float, float] = (1e-6, 1.0)
     local_epochs: tuple[int, int] = (1, 100)
     batch_size: tuple[int, int] = (1, 4096)
@@ -32,6 +34,7 @@ class AcceptPolicy:
         """The policy of a validated ``accept:`` section of the participant's configuration."""
         return cls(
             cohort=CohortPolicy(accept.threshold_fraction(), accept.min_cohort),
+            min_paillier_key_bits=accept.min_paillier_key_bits,
             learning_rate=accept.learning_rate,
             local_epochs=accept.local_epochs,
             batch_size=accept.batch_size,

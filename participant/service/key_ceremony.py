@@ -60,6 +60,7 @@ from secagg import (
     encode_text,
 )
 from secagg.paillier import (
+    MIN_KEY_BITS,
     DealtKey,
     JobKey,
     PackingLayout,
@@ -99,8 +100,10 @@ class CeremonyParticipant:
         generate_key: KeyGenerator | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         random: RandomSource = os.urandom,
+        min_key_bits: int = MIN_KEY_BITS,
     ) -> None:
         self._client = client
+        self._min_key_bits = min_key_bits
         self._store = store
         self._identity = identity
         self._random = random
@@ -181,6 +184,12 @@ class CeremonyParticipant:
         # The bit budget and the packing layout (key size, modulus, largest cohort).
         parameters.quantization()
         PackingLayout(parameters.modulus_bits, parameters.max_participants, data.key_bits)
+        if data.key_bits < self._min_key_bits:
+            # The organization's own floor (accept.min_paillier_key_bits), whatever the job says.
+            raise ProtocolViolation(
+                f"the job's Paillier key has {data.key_bits} bits, below this organization's "
+                f"minimum of {self._min_key_bits}"
+            )
         if state.parameters is not None and state.parameters != parameters:
             raise ProtocolViolation("the job's quantization settings changed during its ceremony")
         if state.key_bits and state.key_bits != data.key_bits:

@@ -98,7 +98,11 @@ class ParticipantDaemon:
         if paillier_states is not None:
             self._paillier = PaillierJobs(paillier_states, client, workers=paillier_workers)
             self._ceremony = CeremonyParticipant(
-                client, paillier_states, identity, generate_key=generate_paillier_key
+                client,
+                paillier_states,
+                identity,
+                generate_key=generate_paillier_key,
+                min_key_bits=job_terms.policy.min_paillier_key_bits,
             )
         self._secure = SecureRoundParticipant(
             client,

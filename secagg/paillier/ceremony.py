@@ -192,7 +192,11 @@ def open_private_key(
     sender: JobKey,
     public_key: PaillierPublicKey,
 ) -> PaillierPrivateKey:
-    """Decrypt a sealed key from ``sender`` (verified job key) for the signed ``public_key``."""
+    """Decrypt a sealed key from ``sender`` (verified job key) for the signed ``public_key``.
+
+    Every failure names the sender, so that operators know whom to ask: a key that does not
+    open (``DecryptionFailed.sender``) or does not pass :class:`PaillierPrivateKey`'s checks.
+    """
     if sealed.sender != sender.participant:
         raise InvalidInput("the sealed key does not come from the given sender")
     secret = shared_secret(receiver_job_key.private_key, sender.agreement_key)
@@ -201,6 +205,12 @@ def open_private_key(
         plaintext = aead.decrypt(key, sealed.ciphertext, context)
     except DecryptionFailed:
         raise DecryptionFailed(
-            "the sealed Paillier key does not open for this participant"
+            f"the Paillier key sealed by {sealed.sender!r} does not open for this participant",
+            sender=sealed.sender,
         ) from None
-    return PaillierPrivateKey.from_bytes(plaintext, expected_fingerprint=public_key.fingerprint)
+    try:
+        return PaillierPrivateKey.from_bytes(plaintext, expected_fingerprint=public_key.fingerprint)
+    except InvalidInput as error:
+        raise InvalidInput(
+            f"the Paillier key sealed by {sealed.sender!r} is refused: {error}"
+        ) from None

@@ -70,6 +70,9 @@ _PRIME_DISTANCE_SLACK = 100
 _SMALL_PRIMES_PRODUCT = math.prod(
     v for v in range(2, 1000) if all(v % d for d in range(2, math.isqrt(v) + 1))
 )
+# A base h_s whose order modulo p (or q) has no prime factor of at least 2^16 is refused: its
+# powers h_s^a take few enough values to be enumerated, which would strip the randomizer.
+_ORDER_FACTOR_BITS = 16
 
 
 def security_strength(key_bits: int) -> int:
@@ -221,8 +224,9 @@ class PaillierPrivateKey:
     Creation checks that ``p`` and ``q`` are distinct probable primes of ``bits/2`` bits each,
     far enough apart, that ``p*q = n``, that ``gcd(n, (p-1)(q-1)) = 1``, and that ``h_s`` is an
     ``n``-th residue (``h_s^(p-1) = 1 mod p^2`` and ``h_s^(q-1) = 1 mod q^2``), i.e. an
-    encryption of 0: otherwise every ciphertext would decrypt to a wrong value. ``p`` and ``q``
-    are never shown by ``repr``.
+    encryption of 0: otherwise every ciphertext would decrypt to a wrong value. It also checks
+    that ``h_s`` has the form the generator gives it and not a small order modulo ``p`` or ``q``
+    (``_check_randomizer_order``). ``p`` and ``q`` are never shown by ``repr``.
     """
 
     p: int = field(repr=False)
@@ -253,6 +257,7 @@ class PaillierPrivateKey:
         h_s = self.public_key.h_s
         if powmod(h_s, p - 1, p * p) != 1 or powmod(h_s, q - 1, q * q) != 1:
             raise InvalidInput("the randomizer base h_s is not an n-th residue modulo n^2")
+        _check_randomizer_order(h_s % n, p, q)
 
     def __repr__(self) -> str:
         return f"PaillierPrivateKey(public_key={self.public_key!r})"
@@ -301,6 +306,53 @@ class PaillierPrivateKey:
     def to_phe(self) -> Any:
         """The same key as a ``phe.PaillierPrivateKey``, e.g. to compare decryptions."""
         return phe_paillier.PaillierPrivateKey(self.public_key.to_phe(), self.p, self.q)
+
+
+def _small_primes_below(bound: int) -> list[int]:
+    sieve = bytearray([1]) * bound
+    sieve[:2] = b"\x00\x00"
+    for value in range(2, math.isqrt(bound) + 1):
+        if sieve[value]:
+            sieve[value * value :: value] = bytes(len(range(value * value, bound, value)))
+    return [value for value in range(bound) if sieve[value]]
+
+
+@functools.cache
+def _order_factor_primes_product() -> int:
+    return math.prod(_small_primes_below(1 << _ORDER_FACTOR_BITS))
+
+
+def _smooth_part(value: int) -> int:
+    """The largest divisor of ``value`` whose prime factors are all below ``2^16``."""
+    primes = _order_factor_primes_product()
+    smooth, rest = 1, value
+    while True:
+        common = gcd(rest, primes % rest)
+        if common == 1:
+            return smooth
+        smooth *= common
+        rest //= common
+
+
+def _check_randomizer_order(base: int, p: int, q: int) -> None:
+    """Refuse a base ``h_s`` (``base = h_s mod n``) not of the form the generator makes, or of
+    small order; only the private key holder can check either (docs/paillier.md, Validation).
+
+    ``h_s = h^n mod n^2`` has the order of ``h_s mod n`` (raising to ``n`` permutes ``Z_n^*``
+    since ``gcd(n, phi(n)) = 1``). The generator draws ``h = -x^2``, so ``-h_s mod n`` must be a
+    square modulo ``p`` and ``q`` (Euler's criterion). The order of ``h_s`` modulo each prime must
+    have a prime factor of at least ``2^16``: ``h_s^S != 1`` where ``S`` is the part of
+    ``p - 1`` (or ``q - 1``) made of smaller primes. A random base fails this with probability
+    about ``S / (p - 1)``: never, in practice.
+    """
+    for prime in (p, q):
+        if powmod(-base % prime, (prime - 1) // 2, prime) != 1:
+            raise InvalidInput("the randomizer base h_s is not of the form (-x^2)^n modulo n^2")
+        if powmod(base, _smooth_part(prime - 1), prime) == 1:
+            raise InvalidInput(
+                f"the randomizer base h_s has a small order: no prime factor of at least "
+                f"2^{_ORDER_FACTOR_BITS} modulo p or q"
+            )
 
 
 def generate_private_key(

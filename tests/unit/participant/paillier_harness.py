@@ -235,6 +235,7 @@ class PaillierParticipant:
     transport: PaillierTransport
     pki: DemoPki
     generate: Callable[[int], PaillierPrivateKey]
+    min_key_bits: int = KEY_BITS
     rounds: SecureRoundParticipant = field(init=False)
     ceremony: CeremonyParticipant = field(init=False)
     paillier: PaillierJobs = field(init=False)
@@ -245,7 +246,11 @@ class PaillierParticipant:
         store = PaillierStateStore(self.state_dir)
         self.paillier = PaillierJobs(store, self.transport)
         self.ceremony = CeremonyParticipant(
-            self.transport, store, identity, generate_key=self.generate
+            self.transport,
+            store,
+            identity,
+            generate_key=self.generate,
+            min_key_bits=self.min_key_bits,
         )
         self.data = local_data(self.org)
 
@@ -275,7 +280,7 @@ class PaillierParticipant:
         """New objects over the same state directory and transport (a process restart)."""
         self.transport.fail_ceremony_after = None
         return PaillierParticipant(
-            self.org, self.state_dir, self.transport, self.pki, self.generate
+            self.org, self.state_dir, self.transport, self.pki, self.generate, self.min_key_bits
         )
 
     @property

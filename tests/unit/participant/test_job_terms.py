@@ -91,15 +91,24 @@ def test_the_accept_section_is_read_and_checked(tmp_path: Path) -> None:
     assert policy.cohort == CohortPolicy(Fraction(3, 4), 4)
     assert policy.local_epochs == (1, 10)
     assert policy.batch_size == (1, 4096)
+    assert policy.min_paillier_key_bits == 2048
     from_env = load_config(
         ParticipantConfig,
         path,
-        {"FEDSILO_ACCEPT_BATCH_SIZE": "[4, 64]", "FEDSILO_ACCEPT_MIN_THRESHOLD_FRACTION": "0.7"},
+        {
+            "FEDSILO_ACCEPT_BATCH_SIZE": "[4, 64]",
+            "FEDSILO_ACCEPT_MIN_THRESHOLD_FRACTION": "0.7",
+            "FEDSILO_ACCEPT_MIN_PAILLIER_KEY_BITS": "3072",
+        },
     )
+    assert AcceptPolicy.from_config(from_env.accept).min_paillier_key_bits == 3072
     assert from_env.accept.batch_size == (4, 64)
     assert from_env.accept.threshold_fraction() == Fraction(7, 10)
     path.write_text(_BASE + "accept:\n  min_cohort: 1\n")
     with pytest.raises(ConfigError, match="accept.min_cohort: must be at least 2"):
+        load_config(ParticipantConfig, path, {})
+    path.write_text(_BASE + "accept:\n  min_paillier_key_bits: 1024\n")
+    with pytest.raises(ConfigError, match="accept.min_paillier_key_bits: must be at least 2048"):
         load_config(ParticipantConfig, path, {})
     path.write_text(_BASE + "accept:\n  min_threshold_fraction: 1/2\n")
     with pytest.raises(ConfigError, match="above 1/2"):

@@ -532,6 +532,23 @@ def test_a_key_below_2048_bits_is_refused(
     assert coordinator.received == []
 
 
+def test_a_key_below_the_organizations_configured_minimum_is_refused(
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # org-b asks for 3072-bit keys at least (accept.min_paillier_key_bits); the job's are 2048.
+    strict = replace(participants[1], min_key_bits=3072)
+    first = coordinator.step_data("org-b")
+    assert first is not None and first.key_bits == 2048
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert strict.step(coordinator.task("org-b", first)) is StepOutcome.REFUSED
+    assert "2048 bits, below this organization's minimum of 3072" in caplog.text
+    assert coordinator.received == []
+    # The same step is answered by an organization whose minimum the key meets.
+    assert participants[2].step(coordinator.task("org-c")) is StepOutcome.ANSWERED
+
+
 def test_without_an_identity_the_ceremony_is_refused(
     coordinator: CeremonyCoordinator, tmp_path: Path
 ) -> None:

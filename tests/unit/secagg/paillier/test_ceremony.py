@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secagg.errors import DecryptionFailed, InvalidInput, InvalidSignature
-from secagg.paillier import PaillierPrivateKey
+from secagg.paillier import PaillierPrivateKey, PaillierPublicKey
 from secagg.paillier.ceremony import (
     DealtKey,
     JobKey,
@@ -67,8 +67,9 @@ def test_tampering_is_detected(
     with pytest.raises(DecryptionFailed):
         open_private_key(JOB, sealed, pair_b, key_a, other_private_key.public_key)
     flipped = SealedKey(sealed.sender, sealed.receiver, sealed.ciphertext[:-1] + b"\x00")
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(DecryptionFailed, match="sealed by 'org-a'") as raised:
         open_private_key(JOB, flipped, pair_b, key_a, public)
+    assert raised.value.sender == "org-a"
     # A job key or public key signed by someone else, or for another job, does not verify.
     with pytest.raises(InvalidSignature):
         key_a.verify(JOB, org_keys["org-b"].public_key())
@@ -88,3 +89,21 @@ def test_garbage_is_refused(kind: type[JobKey] | type[DealtKey] | type[SealedKey
         kind.from_bytes(b"\x00\x00\x00\x03abc")
     with pytest.raises(InvalidInput):
         kind.from_bytes(b"")
+
+
+def test_a_dealt_key_with_a_weak_randomizer_base_is_refused_naming_its_dealer(
+    private_key: PaillierPrivateKey, org_keys: dict[str, ec.EllipticCurvePrivateKey]
+) -> None:
+    p, q, n = private_key.p, private_key.q, private_key.public_key.n
+    # h = -9 mod p, -1 mod q: h_s = h^n has order 2 modulo q (docs/paillier.md, Validation).
+    h = (-9 * q * pow(q, -1, p) - p * pow(p, -1, q)) % n
+    weak_public = PaillierPublicKey(n, pow(h, n, n * n))
+    # A dealer's code that skips the checks: the key is built without PaillierPrivateKey's own.
+    weak = object.__new__(PaillierPrivateKey)
+    for name, value in (("p", p), ("q", q), ("public_key", weak_public)):
+        object.__setattr__(weak, name, value)
+    pair_a, key_a = make_job_key(JOB, "org-a", org_keys["org-a"], os.urandom)
+    pair_b, key_b = make_job_key(JOB, "org-b", org_keys["org-b"], os.urandom)
+    sealed = seal_private_key(JOB, weak, "org-a", pair_a, key_b, os.urandom)
+    with pytest.raises(InvalidInput, match="sealed by 'org-a' is refused: .*small order"):
+        open_private_key(JOB, sealed, pair_b, key_a, weak_public)

@@ -189,6 +189,66 @@ def test_private_key_refuses_a_randomizer_base_that_is_not_an_nth_residue(
         PaillierPrivateKey.from_bytes(tampered)
 
 
+def _crt(mod_p: int, mod_q: int, p: int, q: int) -> int:
+    """The x mod pq with x = mod_p (mod p) and x = mod_q (mod q)."""
+    return (mod_p * q * pow(q, -1, p) + mod_q * p * pow(p, -1, q)) % (p * q)
+
+
+def _with_base(private_key: PaillierPrivateKey, h: int) -> PaillierPublicKey:
+    """The key's modulus with the randomizer base h^n mod n^2 (always an n-th residue)."""
+    n = private_key.public_key.n
+    return PaillierPublicKey(n, pow(h, n, n * n))
+
+
+def _smallest_odd_factor(value: int) -> int:
+    return next(d for d in range(3, 1 << 16, 2) if value % d == 0)
+
+
+def test_private_key_accepts_any_base_of_the_generators_form(
+    private_key: PaillierPrivateKey,
+) -> None:
+    p, q = private_key.p, private_key.q
+    for x in (5, 12345, p + 7):
+        h = -x * x % (p * q)
+        PaillierPrivateKey(p, q, _with_base(private_key, h))
+
+
+def test_private_key_refuses_a_randomizer_base_of_small_order(
+    private_key: PaillierPrivateKey,
+) -> None:
+    p, q = private_key.p, private_key.q
+    # -1 mod q: h_s has order 2 modulo q (its order modulo p is large, so the public key's own
+    # "order 2" check passes it).
+    order_two_mod_q = _crt(-9 % p, q - 1, p, q)
+    # An element of small odd order l modulo p, negated: -h is still a square, as generated.
+    small = _smallest_odd_factor(p - 1)
+    w = next(w for g in range(2, 100) if (w := pow(g, (p - 1) // small, p)) != 1)
+    order_two_l_mod_p = _crt(-w % p, -9 % q, p, q)
+    for h in (order_two_mod_q, order_two_l_mod_p):
+        weak = _with_base(private_key, h)
+        with pytest.raises(InvalidInput, match="small order"):
+            PaillierPrivateKey(p, q, weak)
+        # A dealt key is decoded with from_bytes: the same check refuses it on receipt.
+        encoded = encode_fields([*decode_fields(private_key.to_bytes())[:3], _h_s(weak)])
+        with pytest.raises(InvalidInput, match="small order"):
+            PaillierPrivateKey.from_bytes(encoded, expected_fingerprint=weak.fingerprint)
+
+
+def test_private_key_refuses_a_randomizer_base_not_of_the_generators_form(
+    private_key: PaillierPrivateKey,
+) -> None:
+    p, q = private_key.p, private_key.q
+    non_residue = next(z for z in range(2, 1000) if pow(z, (p - 1) // 2, p) == p - 1)
+    # -h = 9z is not a square modulo p: h is not -x^2 for any x.
+    h = _crt(-9 * non_residue % p, -9 % q, p, q)
+    with pytest.raises(InvalidInput, match="not of the form"):
+        PaillierPrivateKey(p, q, _with_base(private_key, h))
+
+
+def _h_s(public: PaillierPublicKey) -> bytes:
+    return public.h_s.to_bytes(public.ciphertext_bytes, "big")
+
+
 def test_private_key_refuses_a_composite_factor() -> None:
     p = _prime_near(3 << 1022)
     composite = _prime_near((1 << 512) - (1 << 500)) * _prime_near((1 << 512) - (1 << 501))
