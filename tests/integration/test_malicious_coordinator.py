@@ -53,6 +53,9 @@ from secagg import RoundConfig, SecAggServer
 LEVELS_BITS = 12
 QUANTIZATION_BOUND = math.ldexp(1.0, -(LEVELS_BITS + 1)) + 1e-5  # plus float32 storage
 
+# Each attack waits out a phase deadline or two: seconds per test, so not in the fast suite.
+pytestmark = pytest.mark.slow
+
 VICTIM = "org-a"
 """The organization whose update the coordinator tries to isolate."""
 
