@@ -63,8 +63,9 @@ class ScalarRun:
         if not events:
             return
         records = [_encode(event) for event in events]
+        # Made again if an operator removed it meanwhile.
+        self.directory.mkdir(parents=True, exist_ok=True)
         if self._path is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
             name = (
                 f"events.out.{EVENT_FILE_MARKER}.{int(events[0].wall_time):010d}."
                 f"{socket.gethostname()}.{os.getpid()}.{next(_sequence)}"
