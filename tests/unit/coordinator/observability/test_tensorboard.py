@@ -11,6 +11,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from coordinator.observability.tensorboard import (
     TensorBoardExporter,
     job_run_name,
     round_scalars,
+    start_tensorboard_export,
 )
 from coordinator.persistence.store import Store
 from fedsilo.codec import TensorSpec
@@ -314,6 +316,37 @@ def test_an_ended_job_is_not_read_again_once_written(store: Store, tmp_path: Pat
     with store.transaction() as tx:
         tx.add_round(make_round(2, Phase.ABORTED, 0))
     assert exporter.export_pending() == 0
+
+
+class FlakyExporter(TensorBoardExporter):
+    """Fails with a defect on its first pass, then counts its passes."""
+
+    def __init__(self, store: Store, directory: Path) -> None:
+        super().__init__(store, directory, FakeClock())
+        self.passes = 0
+        self.more_than_one = threading.Event()
+
+    def export_pending(self) -> int:
+        self.passes += 1
+        if self.passes == 1:
+            raise RuntimeError("defect")
+        if self.passes > 2:
+            self.more_than_one.set()
+        return 0
+
+
+def test_the_export_thread_survives_a_failing_pass_and_stops_when_asked(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = FlakyExporter(store, tmp_path / "tensorboard")
+    stop = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="coordinator"):
+        thread = start_tensorboard_export(exporter, 0.01, stop)
+        assert exporter.more_than_one.wait(10)
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert any("TensorBoard export failed" in r.getMessage() for r in caplog.records)
 
 
 def test_writing_and_reading_events_never_imports_tensorflow(tmp_path: Path) -> None:
