@@ -98,6 +98,8 @@ class CoordinatorConfig:
     """``host:port`` of a plaintext listener serving only the health service (kubelet probes)."""
     log_format: str = "text"
     metrics_listen: str = ""
+    tensorboard_dir: Path | None = None
+    """Where to write TensorBoard event files, one run per job (docs/metrics.md); unset: none."""
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"

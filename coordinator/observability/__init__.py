@@ -1,1 +1,1 @@
-"""Operator-facing observability of the coordinator: the Prometheus endpoint."""
+"""Operator-facing observability of the coordinator: Prometheus and TensorBoard."""

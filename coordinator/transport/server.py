@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -77,6 +79,8 @@ class RunningCoordinator:
     metrics: CoordinatorMetrics | None = None
     metrics_server: Any = None
     metrics_port: int = 0
+    tensorboard: threading.Thread | None = None
+    """The thread writing TensorBoard event files, when ``tensorboard_dir`` is set."""
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace``, stop the driver."""
@@ -86,6 +90,8 @@ class RunningCoordinator:
         if self.health_server is not None:
             self.health_server.stop(None).wait()
         self.driver.join(timeout=5)
+        if self.tensorboard is not None:
+            self.tensorboard.join(timeout=5)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -206,7 +212,25 @@ def start_coordinator(
     if metrics is not None:
         running.metrics_server, running.metrics_port = serve_metrics(metrics, config.metrics_listen)
         log.info("metrics on http://%s/metrics", config.metrics_listen)
+    if config.tensorboard_dir is not None:
+        running.tensorboard = _start_tensorboard(
+            store, config.tensorboard_dir, config.tick_seconds, stop
+        )
     return running
+
+
+def _start_tensorboard(
+    store: Store, directory: Path, period_seconds: float, stop: threading.Event
+) -> threading.Thread:
+    # Imported only when configured: the tensorboard package takes a moment to load.
+    from coordinator.observability.tensorboard import (
+        TensorBoardExporter,
+        start_tensorboard_export,
+    )
+
+    exporter = TensorBoardExporter(store, directory, time.time)
+    log.info("TensorBoard event files under %s", directory)
+    return start_tensorboard_export(exporter, period_seconds, stop)
 
 
 def _redacted(url: str) -> str:

@@ -99,6 +99,7 @@ def start_test_coordinator(
         reserved_workers: int = 0,
         stream_idle_seconds: float = 30.0,
         metrics_listen: str = "",
+        tensorboard_dir: Path | None = None,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -125,6 +126,7 @@ def start_test_coordinator(
             auto_approve=auto_approve,
             health_listen=health_listen,
             metrics_listen=metrics_listen,
+            tensorboard_dir=tensorboard_dir,
         )
         running = start_coordinator(config, participant_servicer)
         started.append(running)

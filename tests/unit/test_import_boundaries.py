@@ -28,6 +28,7 @@ NOT_SCANNED = frozenset({"tests", "build", "dist", "node_modules", "venv"})
 MODULES = [
     "coordinator.main",
     "coordinator.transport.server",
+    "coordinator.observability.tensorboard",
     "fedsilo.cli",
     "fedsilo.cli.demo",
     "participant.main",

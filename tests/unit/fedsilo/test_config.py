@@ -88,6 +88,14 @@ def test_absolute_and_home_paths_are_kept(tmp_path: Path, tls_files: dict[str, s
     assert config.data_dir == Path("~/fed").expanduser()
 
 
+def test_tensorboard_dir_is_off_unless_set_and_follows_the_file(tmp_path: Path) -> None:
+    assert load_coordinator(tmp_path, "", INSECURE).tensorboard_dir is None
+    config = load_coordinator(tmp_path, {"tensorboard_dir": "runs"}, INSECURE)
+    assert config.tensorboard_dir == tmp_path / "runs"
+    config = load_coordinator(tmp_path, "", {**INSECURE, "FEDSILO_TENSORBOARD_DIR": "/srv/tb"})
+    assert config.tensorboard_dir == Path("/srv/tb")
+
+
 def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     config = load_coordinator(tmp_path, {"data_dir": "data"}, INSECURE)
     assert config.database_url() == f"sqlite:///{tmp_path / 'data' / 'coordinator.db'}"
