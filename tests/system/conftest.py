@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -52,6 +53,7 @@ class Consortium:
     orgs: list[str]
     processes: dict[str, Process] = field(default_factory=dict)
     database_url: str = ""  # empty: SQLite in the coordinator's data directory
+    coordinator_extra: dict[str, Any] = field(default_factory=dict)  # more configuration keys
 
     @property
     def target(self) -> str:
@@ -69,6 +71,7 @@ class Consortium:
             )
             if self.database_url:
                 config["database"] = {"url": self.database_url}
+            config.update(self.coordinator_extra)
             path.write_text(yaml.safe_dump(config))
         return path
 
