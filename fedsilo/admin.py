@@ -64,6 +64,12 @@ class AdminClient:
         result: pb.JobStatus = self._stub.AbortJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
         return result
 
+    def delete_job(self, job_id: str) -> pb.DeleteJobResponse:
+        result: pb.DeleteJobResponse = self._stub.DeleteJob(
+            pb.JobRef(job_id=job_id), timeout=self._timeout
+        )
+        return result
+
     def get_job(self, job_id: str) -> pb.JobStatus:
         result: pb.JobStatus = self._stub.GetJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
         return result

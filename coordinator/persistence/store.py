@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from coordinator.domain.jobs import (
@@ -159,6 +159,36 @@ class Transaction:
         )
         if result.rowcount != 1:
             raise StaleWrite(f"job {job.job_id} vanished")
+
+    def delete_job(self, job_id: str) -> set[str]:
+        """Delete a job's rows: rounds, submissions, messages, model versions, metrics, the job.
+
+        Returns the blob references those rows held; the caller deletes each blob no other row
+        still references (blobs are content-addressed and may be shared). The audit log is not
+        touched: it outlives the jobs it names.
+        """
+        r, m = t.rounds.c, t.model_versions.c
+        refs: set[str] = set()
+        for row in self._conn.execute(
+            select(r.accumulator_ref, r.result_ref).where(r.job_id == job_id)
+        ):
+            refs.update(ref for ref in row if ref is not None)
+        for row in self._conn.execute(
+            select(m.blob_ref, m.optimizer_state_ref).where(m.job_id == job_id)
+        ):
+            refs.update(ref for ref in row if ref is not None)
+        round_ids = select(r.round_id).where(r.job_id == job_id)
+        # Children first: the foreign keys are enforced on both databases.
+        self._conn.execute(delete(t.submissions).where(t.submissions.c.round_id.in_(round_ids)))
+        self._conn.execute(
+            delete(t.phase_messages).where(t.phase_messages.c.round_id.in_(round_ids))
+        )
+        for table in (t.job_messages, t.metrics, t.model_versions, t.rounds):
+            self._conn.execute(delete(table).where(table.c.job_id == job_id))
+        result = self._conn.execute(delete(t.jobs).where(t.jobs.c.job_id == job_id))
+        if result.rowcount != 1:
+            raise StaleWrite(f"job {job_id} vanished")
+        return refs
 
     # -- rounds ------------------------------------------------------------------------------
 

@@ -218,6 +218,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._service.abort_job(request.job_id, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(request.job_id))
 
+    def DeleteJob(  # noqa: N802
+        self, request: pb.JobRef, context: grpc.ServicerContext
+    ) -> pb.DeleteJobResponse:
+        deleted = self._service.delete_job(request.job_id, actor=current_identity().org_id)
+        return pb.DeleteJobResponse(
+            job_id=deleted.job.job_id,
+            name=deleted.job.spec.name,
+            blobs_removed=deleted.blobs_removed,
+        )
+
     def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
         return job_view_to_pb(self._service.get_job(request.job_id))
 
