@@ -15,7 +15,14 @@ from fedsilo.wire import header_then_chunks, receive_model
 
 __all__ = ["AdminClient"]
 
-OPTIONS = [("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)]
+OPTIONS = [
+    ("grpc.max_receive_message_length", 4 << 20),
+    ("grpc.max_send_message_length", 4 << 20),
+    # After a coordinator restart the channel reconnects within seconds, not gRPC's default
+    # of up to two minutes: `job watch` keeps one channel across restarts.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
 
 
 class AdminClient:

@@ -144,9 +144,8 @@ class JobService:
                         "be deleted (fedsilo job abort first)"
                     )
                 refs = tx.delete_job(job_id)
-                tx.add_audit(
-                    self._ctx.clock(), actor, "job.delete", "ok", f"job={job_id} name={job.spec.name}"
-                )
+                detail = f"job={job_id} name={job.spec.name}"
+                tx.add_audit(self._ctx.clock(), actor, "job.delete", "ok", detail)
             # After the rows are gone: a blob another job still references stays.
             removed = sum(self._ledger.discard_blob(ref) for ref in sorted(refs))
         log.info("job deleted, %d blobs removed", removed, **context(job=job_id))

@@ -70,25 +70,27 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
         "--json",
     )
     job = json.loads(created.stdout)
-    assert job["state"] == "JOB_STATE_CREATED" and job["model_version"] == "0"
+    assert job["state"] == "created" and job["model_version"] == 0
     # The strategy is the job's, with the unset parameters at their defaults.
     assert job["spec"]["algorithm"] == "fedadam"
     assert job["spec"]["strategy"] == {
         "server_learning_rate": 0.05,
+        "server_momentum": None,
         "beta1": 0.9,
         "beta2": 0.99,
         "tau": 0.001,
+        "proximal_mu": None,
     }
 
     started = json.loads(_fedsilo(consortium, "job", "start", job["job_id"], "--json").stdout)
-    assert started["state"] == "JOB_STATE_RUNNING"
+    assert started["state"] == "running"
     watched = _fedsilo(consortium, "job", "watch", job["job_id"])
     assert "job completed at model version 2" in watched.stdout
     assert watched.stdout.count("phase=committed") == 2
 
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
-    assert status["state"] == "JOB_STATE_COMPLETED"
-    assert [r["phase"] for r in status["rounds"]] == ["ROUND_PHASE_COMMITTED"] * 2
+    assert status["state"] == "completed"
+    assert [r["phase"] for r in status["rounds"]] == ["committed"] * 2
     listed = json.loads(_fedsilo(consortium, "job", "list", "--json").stdout)
     assert [j["job_id"] for j in listed] == [job["job_id"]]
 
