@@ -197,12 +197,17 @@ class Job:
 
 @dataclass(frozen=True)
 class Participant:
-    """An organization known to the coordinator, identified by its certificate's org id."""
+    """An organization known to the coordinator, identified by its certificate's org id.
+
+    ``certificate_sha256`` is the hex SHA-256 of the certificate (DER) it last called with, what
+    an admin compares before approving it ("" when not known).
+    """
 
     org_id: str
     status: ParticipantStatus
     first_seen: float
     last_seen: float
+    certificate_sha256: str = ""
 
 
 @dataclass(frozen=True)

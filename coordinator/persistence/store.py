@@ -109,12 +109,17 @@ class Transaction:
                 status=participant.status.value,
                 first_seen=participant.first_seen,
                 last_seen=participant.last_seen,
+                certificate_sha256=participant.certificate_sha256 or None,
             )
         )
 
-    def touch_participant(self, org_id: str, now: float) -> None:
+    def touch_participant(self, org_id: str, now: float, certificate_sha256: str = "") -> None:
+        """Record a call: its time and, when given, the fingerprint of the caller's certificate."""
+        values: dict[str, Any] = {"last_seen": now}
+        if certificate_sha256:
+            values["certificate_sha256"] = certificate_sha256
         self._conn.execute(
-            update(t.participants).where(t.participants.c.org_id == org_id).values(last_seen=now)
+            update(t.participants).where(t.participants.c.org_id == org_id).values(**values)
         )
 
     def set_participant_status(self, org_id: str, status: ParticipantStatus) -> None:
@@ -421,7 +426,13 @@ class Transaction:
 
 
 def _participant(row: Any) -> Participant:
-    return Participant(row.org_id, ParticipantStatus(row.status), row.first_seen, row.last_seen)
+    return Participant(
+        row.org_id,
+        ParticipantStatus(row.status),
+        row.first_seen,
+        row.last_seen,
+        row.certificate_sha256 or "",
+    )
 
 
 def _spec_to_json(spec: JobSpec) -> str:

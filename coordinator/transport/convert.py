@@ -334,7 +334,11 @@ def server_info_to_pb(identity: PeerIdentity, membership: str, now: float) -> pb
 
 def participant_to_pb(p: Participant) -> pb.ParticipantInfo:
     return pb.ParticipantInfo(
-        org_id=p.org_id, status=p.status.value, first_seen=p.first_seen, last_seen=p.last_seen
+        org_id=p.org_id,
+        status=p.status.value,
+        first_seen=p.first_seen,
+        last_seen=p.last_seen,
+        certificate_sha256=p.certificate_sha256,
     )
 
 
