@@ -23,7 +23,7 @@ from fedsilo.cli.job_views import (
     participant_json,
     round_metrics,
 )
-from fedsilo.cli.job_watch import JobWatch, eta_seconds
+from fedsilo.cli.job_watch import JobWatch, eta_seconds, watch_line
 from fedsilo.cli.model_export import export_in_format, task_config_of
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.convert import protection_to_pb, strategy_parameters_to_pb, training_settings_to_pb
@@ -260,24 +260,6 @@ def _watch(client: AdminClient, job_id: str, as_json: bool, console: Console) ->
         print(json.dumps(event) if as_json else watch_line(event), flush=True)
 
     return JobWatch(lambda: client.get_job(job_id), emit).run()
-
-
-def watch_line(event: dict[str, Any]) -> str:
-    """One ``job watch`` event as a line for people."""
-    if "waiting" in event:
-        return f"waiting: {event['waiting']}"
-    if event.get("coordinator") == "unreachable":
-        return f"coordinator unreachable ({event['code']}); retrying in {event['retry_in']:g} s"
-    if event.get("coordinator") == "reconnected":
-        return "coordinator reachable again"
-    if "job" in event:
-        line = f"job {event['job']} at model version {event['model_version']}"
-        if "accuracy" in event:
-            line += f": accuracy {event['accuracy']:.4f}, loss {event['loss']:.4f}"
-        if "failure" in event:
-            line += f" ({event['failure']})"
-        return line
-    return "  ".join(f"{k}={v}" for k, v in event.items())
 
 
 def _round_row(status: pb.JobStatus, round_: pb.RoundStatus) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import grpc
 from fedsilo.cli.job_views import PHASE_NAMES, STATE_NAMES, round_metrics
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["JobWatch", "eta_seconds"]
+__all__ = ["JobWatch", "eta_seconds", "watch_line"]
 
 _ENDED_JOB = (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_ABORTED)
 _ENDED_ROUND = (pb.ROUND_PHASE_COMMITTED, pb.ROUND_PHASE_ABORTED)
@@ -151,3 +151,21 @@ class JobWatch:
         if status.failure_reason:
             final["failure"] = status.failure_reason
         return final
+
+
+def watch_line(event: dict[str, Any]) -> str:
+    """One ``job watch`` event as a line for people."""
+    if "waiting" in event:
+        return f"waiting: {event['waiting']}"
+    if event.get("coordinator") == "unreachable":
+        return f"coordinator unreachable ({event['code']}); retrying in {event['retry_in']:g} s"
+    if event.get("coordinator") == "reconnected":
+        return "coordinator reachable again"
+    if "job" in event:
+        line = f"job {event['job']} at model version {event['model_version']}"
+        if "accuracy" in event:
+            line += f": accuracy {event['accuracy']:.4f}, loss {event['loss']:.4f}"
+        if "failure" in event:
+            line += f" ({event['failure']})"
+        return line
+    return "  ".join(f"{k}={v}" for k, v in event.items())

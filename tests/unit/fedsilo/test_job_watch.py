@@ -8,8 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fedsilo.cli.admin_commands import watch_line
-from fedsilo.cli.job_watch import JobWatch, eta_seconds
+from fedsilo.cli.job_watch import JobWatch, eta_seconds, watch_line
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 ORGS = ["org-a", "org-b"]
