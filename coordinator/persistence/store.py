@@ -166,11 +166,12 @@ class Transaction:
             raise StaleWrite(f"job {job.job_id} vanished")
 
     def delete_job(self, job_id: str) -> set[str]:
-        """Delete a job's rows: rounds, submissions, messages, model versions, metrics, the job.
+        """Mark a job DELETED and drop what it stored: model versions, metrics and messages.
 
-        Returns the blob references those rows held; the caller deletes each blob no other row
-        still references (blobs are content-addressed and may be shared). The audit log is not
-        touched: it outlives the jobs it names.
+        Its rounds and submissions stay as bookkeeping (ids, phases, sizes, hashes; their blob
+        references cleared), so counts of past rounds and submissions never go down. Returns the
+        blob references the job held; the caller deletes each blob no other row still references
+        (blobs are content-addressed and may be shared). The audit log is not touched.
         """
         r, m = t.rounds.c, t.model_versions.c
         refs: set[str] = set()
@@ -183,14 +184,21 @@ class Transaction:
         ):
             refs.update(ref for ref in row if ref is not None)
         round_ids = select(r.round_id).where(r.job_id == job_id)
-        # Children first: the foreign keys are enforced on both databases.
-        self._conn.execute(delete(t.submissions).where(t.submissions.c.round_id.in_(round_ids)))
         self._conn.execute(
             delete(t.phase_messages).where(t.phase_messages.c.round_id.in_(round_ids))
         )
-        for table in (t.job_messages, t.metrics, t.model_versions, t.rounds):
+        for table in (t.job_messages, t.metrics, t.model_versions):
             self._conn.execute(delete(table).where(table.c.job_id == job_id))
-        result = self._conn.execute(delete(t.jobs).where(t.jobs.c.job_id == job_id))
+        self._conn.execute(
+            update(t.rounds)
+            .where(r.job_id == job_id)
+            .values(accumulator_ref=None, result_ref=None, row_version=r.row_version + 1)
+        )
+        result = self._conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.job_id == job_id, t.jobs.c.state != JobState.DELETED.value)
+            .values(state=JobState.DELETED.value, row_version=t.jobs.c.row_version + 1)
+        )
         if result.rowcount != 1:
             raise StaleWrite(f"job {job_id} vanished")
         return refs

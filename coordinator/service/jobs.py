@@ -28,6 +28,7 @@ __all__ = ["JobService"]
 log = logging.getLogger("coordinator")
 
 _ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
+_LISTED = tuple(state for state in JobState if state is not JobState.DELETED)
 
 
 class JobService:
@@ -130,10 +131,13 @@ class JobService:
         return job
 
     def delete_job(self, job_id: str, actor: str) -> JobDeletion:
-        """Remove an ended job (completed, failed or aborted): its rows and its blobs.
+        """Delete an ended job (completed, failed or aborted): it is marked DELETED, found by
+        no use case any more, and its model versions, metrics, messages and blobs go.
 
         A job that may still open rounds is refused (abort it first), so nothing of it is in
-        flight. The audit log keeps every entry that names the job, and gains ``job.delete``.
+        flight. Its rounds and submissions stay as bookkeeping, so the coordinator's counters
+        never go down; the audit log keeps every entry that names the job and gains
+        ``job.delete``.
         """
         with self._ctx.lock:
             with self._ctx.store.transaction() as tx:
@@ -180,7 +184,7 @@ class JobService:
 
     def list_jobs(self) -> list[JobView]:
         with self._ctx.store.transaction() as tx:
-            return [self._view(tx, job) for job in tx.list_jobs()]
+            return [self._view(tx, job) for job in tx.list_jobs(_LISTED)]
 
     def _view(self, tx: Transaction, job: Job) -> JobView:
         rounds = tuple(tx.list_rounds(job.job_id))

@@ -889,7 +889,7 @@ def _job_rows(harness: Harness, job_id: str) -> dict[str, int]:
     return counts
 
 
-def test_delete_removes_an_ended_job_and_its_blobs_and_keeps_the_audit(
+def test_delete_drops_an_ended_jobs_models_and_blobs_and_keeps_the_audit(
     file_harness: Harness,
 ) -> None:
     harness = file_harness
@@ -915,14 +915,28 @@ def test_delete_removes_an_ended_job_and_its_blobs_and_keeps_the_audit(
     harness.service.abort_job(job.job_id, actor="admin")
     deleted = harness.service.delete_job(job.job_id, actor="admin")
     assert deleted.job.job_id == job.job_id and deleted.blobs_removed >= 2
-    assert set(_job_rows(harness, job.job_id).values()) == {0}
+    # The job row, its rounds and submissions stay as bookkeeping; what it stored is gone.
+    assert _job_rows(harness, job.job_id) == {
+        "jobs": 1,
+        "rounds": 2,
+        "model_versions": 0,
+        "metrics": 0,
+        "job_messages": 0,
+        "submissions": 4,
+    }
+    with harness.store.transaction() as tx:
+        assert tx.get_job(job.job_id).state is JobState.DELETED  # type: ignore[union-attr]
     # The blobs on disk are exactly the other job's: its version 0 stays though job shared it.
     assert set(harness.blobs.refs()) == other_refs
     assert_weights_equal(harness.model(other.job_id, 0), initial_weights())
     with pytest.raises(NotFound):
         harness.service.get_job(job.job_id)
     with pytest.raises(NotFound):
+        harness.service.read_model(job.job_id, 0)
+    with pytest.raises(NotFound):
         harness.service.delete_job(job.job_id, actor="admin")
+    assert [v.job.job_id for v in harness.service.list_jobs()] == [other.job_id]
+    assert harness.service.next_work("org-a").kind is WorkKind.WAIT  # nothing to evaluate
     audit = harness.audit()
     assert audit[0]["action"] == "job.delete" and f"job={job.job_id}" in audit[0]["detail"]
     mine = [a["action"] for a in reversed(audit) if f"job={job.job_id}" in a["detail"]]
