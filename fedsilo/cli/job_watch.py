@@ -128,7 +128,7 @@ class JobWatch:
         if round_.phase == pb.ROUND_PHASE_ABORTED:
             row["reason"] = round_.abort_reason
         else:
-            row["reports"] = f"{metrics.reports if metrics else 0}/{len(round_.contributors)}"
+            row["reports"] = metrics.reports if metrics else 0  # of `participants` contributors
             row["loss"] = round(metrics.loss, 4) if metrics else None
             row["accuracy"] = round(metrics.accuracy, 4) if metrics else None
             if round_.HasField("train_loss"):
@@ -168,4 +168,7 @@ def watch_line(event: dict[str, Any]) -> str:
         if "failure" in event:
             line += f" ({event['failure']})"
         return line
-    return "  ".join(f"{k}={v}" for k, v in event.items())
+    fields = dict(event)
+    if "reports" in fields:
+        fields["reports"] = f"{fields['reports']}/{fields['participants']}"
+    return "  ".join(f"{k}={v}" for k, v in fields.items())

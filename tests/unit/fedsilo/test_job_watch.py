@@ -98,7 +98,7 @@ def test_a_round_is_shown_once_with_its_final_metrics_and_the_end_with_the_accur
             "round": 1,
             "phase": "committed",
             "participants": 2,
-            "reports": "2/2",
+            "reports": 2,
             "loss": 0.25,
             "accuracy": 0.75,
             "seconds": 10.0,
@@ -108,7 +108,7 @@ def test_a_round_is_shown_once_with_its_final_metrics_and_the_end_with_the_accur
             "round": 2,
             "phase": "committed",
             "participants": 2,
-            "reports": "2/2",
+            "reports": 2,
             "loss": 0.1,
             "accuracy": 0.9,
             "seconds": 20.0,
@@ -127,7 +127,8 @@ def test_a_completed_jobs_missing_report_is_waited_for_then_shown_as_partial() -
     script = Script([done] * 5)
     assert script.watch(report_grace_seconds=2.5, refresh_seconds=1.0).run() == 0
     (row,) = rows(script.events)
-    assert (row["reports"], row["accuracy"]) == ("1/2", 0.5)
+    assert (row["reports"], row["participants"], row["accuracy"]) == (1, 2, 0.5)
+    assert "  reports=1/2  " in watch_line(row)
     assert script.sleeps == [1.0, 1.0, 1.0]  # shown at the first look 2.5 s after the end
 
 
