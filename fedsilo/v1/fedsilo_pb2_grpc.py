@@ -530,8 +530,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """Removes a completed, failed or aborted job with its blobs (FAILED_PRECONDITION otherwise);
-        the audit log keeps its entries.
+        """Deletes a completed, failed or aborted job (FAILED_PRECONDITION otherwise): no call finds
+        it any more, and its models, metrics, messages and blobs go; the audit log keeps its entries.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
