@@ -15,7 +15,14 @@ from fedsilo.wire import header_then_chunks, receive_model
 
 __all__ = ["AdminClient"]
 
-OPTIONS = [("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)]
+OPTIONS = [
+    ("grpc.max_receive_message_length", 4 << 20),
+    ("grpc.max_send_message_length", 4 << 20),
+    # After a coordinator restart the channel reconnects within seconds, not gRPC's default
+    # of up to two minutes: `job watch` keeps one channel across restarts.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
 
 
 class AdminClient:
@@ -62,6 +69,12 @@ class AdminClient:
 
     def abort_job(self, job_id: str) -> pb.JobStatus:
         result: pb.JobStatus = self._stub.AbortJob(pb.JobRef(job_id=job_id), timeout=self._timeout)
+        return result
+
+    def delete_job(self, job_id: str) -> pb.DeleteJobResponse:
+        result: pb.DeleteJobResponse = self._stub.DeleteJob(
+            pb.JobRef(job_id=job_id), timeout=self._timeout
+        )
         return result
 
     def get_job(self, job_id: str) -> pb.JobStatus:

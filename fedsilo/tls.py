@@ -7,8 +7,10 @@ that only the consortium CA is trusted.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,15 @@ class PeerIdentity:
     """The certificate's serial number in lower-case hex: what revocation lists name."""
     certificate_pem: bytes = field(default=b"", repr=False, compare=False)
     """The certificate itself (PEM), as verified in the handshake."""
+
+    @property
+    def certificate_sha256(self) -> str:
+        """Hex SHA-256 of the certificate (DER), as ``openssl x509 -fingerprint -sha256``; ""
+        without a certificate."""
+        if not self.certificate_pem:
+            return ""
+        der = ssl.PEM_cert_to_DER_cert(self.certificate_pem.decode("ascii"))
+        return hashlib.sha256(der).hexdigest()
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

@@ -32,8 +32,10 @@ class JobState(enum.StrEnum):
     """Lifecycle of a job. CREATED -> RUNNING -> COMPLETED | FAILED.
 
     An admin may pause a running job (PAUSED <-> RUNNING: an open round finishes, no new one
-    opens) and abort any job that has not ended (ABORTED, for good). The state column is a plain
-    string, so these two states need no schema revision.
+    opens) and abort any job that has not ended (ABORTED, for good). An ended job (COMPLETED,
+    FAILED, ABORTED) may be deleted: DELETED jobs are found by no use case, and only their
+    rounds' and submissions' bookkeeping rows remain (what the coordinator's counters count).
+    The state column is a plain string, so these states need no schema revision.
     """
 
     CREATED = "created"
@@ -42,6 +44,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     PAUSED = "paused"
     ABORTED = "aborted"
+    DELETED = "deleted"
 
 
 class ParticipantStatus(enum.StrEnum):
@@ -197,12 +200,17 @@ class Job:
 
 @dataclass(frozen=True)
 class Participant:
-    """An organization known to the coordinator, identified by its certificate's org id."""
+    """An organization known to the coordinator, identified by its certificate's org id.
+
+    ``certificate_sha256`` is the hex SHA-256 of the certificate (DER) it last called with, what
+    an admin compares before approving it ("" when not known).
+    """
 
     org_id: str
     status: ParticipantStatus
     first_seen: float
     last_seen: float
+    certificate_sha256: str = ""
 
 
 @dataclass(frozen=True)

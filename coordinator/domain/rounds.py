@@ -107,6 +107,17 @@ class Round:
     abort_reason: str | None = None
 
     @property
+    def train_loss(self) -> float | None:
+        """Contributors' mean training loss, weighted by examples; None when it is not known.
+
+        Only plain rounds carry it: a secure round's organizations report no loss (it would
+        leak), and a round without contributions has none.
+        """
+        if self.protection is not Protection.NONE or self.total_weight == 0:
+            return None
+        return self.train_loss_sum / self.total_weight
+
+    @property
     def is_terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES
 

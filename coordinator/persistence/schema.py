@@ -24,7 +24,7 @@ __all__ = ["metadata"]
 
 metadata = MetaData()
 
-# The schema version before Alembic (4 since revision 0004). Code from before Alembic reads it and
+# The schema version before Alembic (5 since revision 0005). Code from before Alembic reads it and
 # refuses any version but its own, so a revision that changes tables sets it to 4 or more.
 schema_info = Table(
     "schema_info",
@@ -40,6 +40,8 @@ participants = Table(
     Column("status", String(16), nullable=False),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
+    # Hex SHA-256 of the certificate (DER) of the organization's latest call; NULL before 0005.
+    Column("certificate_sha256", String(64)),
 )
 
 jobs = Table(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from coordinator.domain.jobs import (
@@ -109,12 +109,17 @@ class Transaction:
                 status=participant.status.value,
                 first_seen=participant.first_seen,
                 last_seen=participant.last_seen,
+                certificate_sha256=participant.certificate_sha256 or None,
             )
         )
 
-    def touch_participant(self, org_id: str, now: float) -> None:
+    def touch_participant(self, org_id: str, now: float, certificate_sha256: str = "") -> None:
+        """Record a call: its time and, when given, the fingerprint of the caller's certificate."""
+        values: dict[str, Any] = {"last_seen": now}
+        if certificate_sha256:
+            values["certificate_sha256"] = certificate_sha256
         self._conn.execute(
-            update(t.participants).where(t.participants.c.org_id == org_id).values(last_seen=now)
+            update(t.participants).where(t.participants.c.org_id == org_id).values(**values)
         )
 
     def set_participant_status(self, org_id: str, status: ParticipantStatus) -> None:
@@ -159,6 +164,44 @@ class Transaction:
         )
         if result.rowcount != 1:
             raise StaleWrite(f"job {job.job_id} vanished")
+
+    def delete_job(self, job_id: str) -> set[str]:
+        """Mark a job DELETED and drop what it stored: model versions, metrics and messages.
+
+        Its rounds and submissions stay as bookkeeping (ids, phases, sizes, hashes; their blob
+        references cleared), so counts of past rounds and submissions never go down. Returns the
+        blob references the job held; the caller deletes each blob no other row still references
+        (blobs are content-addressed and may be shared). The audit log is not touched.
+        """
+        r, m = t.rounds.c, t.model_versions.c
+        refs: set[str] = set()
+        for row in self._conn.execute(
+            select(r.accumulator_ref, r.result_ref).where(r.job_id == job_id)
+        ):
+            refs.update(ref for ref in row if ref is not None)
+        for row in self._conn.execute(
+            select(m.blob_ref, m.optimizer_state_ref).where(m.job_id == job_id)
+        ):
+            refs.update(ref for ref in row if ref is not None)
+        round_ids = select(r.round_id).where(r.job_id == job_id)
+        self._conn.execute(
+            delete(t.phase_messages).where(t.phase_messages.c.round_id.in_(round_ids))
+        )
+        for table in (t.job_messages, t.metrics, t.model_versions):
+            self._conn.execute(delete(table).where(table.c.job_id == job_id))
+        self._conn.execute(
+            update(t.rounds)
+            .where(r.job_id == job_id)
+            .values(accumulator_ref=None, result_ref=None, row_version=r.row_version + 1)
+        )
+        result = self._conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.job_id == job_id, t.jobs.c.state != JobState.DELETED.value)
+            .values(state=JobState.DELETED.value, row_version=t.jobs.c.row_version + 1)
+        )
+        if result.rowcount != 1:
+            raise StaleWrite(f"job {job_id} vanished")
+        return refs
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -391,7 +434,13 @@ class Transaction:
 
 
 def _participant(row: Any) -> Participant:
-    return Participant(row.org_id, ParticipantStatus(row.status), row.first_seen, row.last_seen)
+    return Participant(
+        row.org_id,
+        ParticipantStatus(row.status),
+        row.first_seen,
+        row.last_seen,
+        row.certificate_sha256 or "",
+    )
 
 
 def _spec_to_json(spec: JobSpec) -> str:

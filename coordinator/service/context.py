@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from coordinator.domain.jobs import Job
+from coordinator.domain.jobs import Job, JobState
 from coordinator.errors import NotFound
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store, Transaction
@@ -66,7 +66,7 @@ class ServiceContext:
 
 def require_job(tx: Transaction, job_id: str) -> Job:
     job = tx.get_job(job_id)
-    if job is None:
+    if job is None or job.state is JobState.DELETED:
         raise NotFound("no such job")
     return job
 

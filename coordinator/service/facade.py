@@ -22,6 +22,7 @@ from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.submissions import SubmissionService
 from coordinator.service.views import (
     Acknowledgement,
+    JobDeletion,
     JobView,
     MessageSubmission,
     RoundOutcomeView,
@@ -75,6 +76,9 @@ class CoordinatorService:
 
     def abort_job(self, job_id: str, actor: str) -> Job:
         return self.jobs.abort_job(job_id, actor)
+
+    def delete_job(self, job_id: str, actor: str) -> JobDeletion:
+        return self.jobs.delete_job(job_id, actor)
 
     def get_job(self, job_id: str) -> JobView:
         return self.jobs.get_job(job_id)

@@ -17,7 +17,7 @@ from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.metrics import summarize
 from coordinator.service.payloads import check_finite_or_invalid, decode_payload
 from coordinator.service.round_ledger import RoundLedger
-from coordinator.service.views import JobView
+from coordinator.service.views import JobDeletion, JobView
 from fedsilo.codec import PayloadHeader
 from fedsilo.logs import context
 from fedsilo.protection import Protection
@@ -26,6 +26,9 @@ from fedsilo.strategies import resolve_parameters
 __all__ = ["JobService"]
 
 log = logging.getLogger("coordinator")
+
+_ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
+_LISTED = tuple(state for state in JobState if state is not JobState.DELETED)
 
 
 class JobService:
@@ -127,6 +130,32 @@ class JobService:
         self._ctx.changes.notify()
         return job
 
+    def delete_job(self, job_id: str, actor: str) -> JobDeletion:
+        """Delete an ended job (completed, failed or aborted): it is marked DELETED, found by
+        no use case any more, and its model versions, metrics, messages and blobs go.
+
+        A job that may still open rounds is refused (abort it first), so nothing of it is in
+        flight. Its rounds and submissions stay as bookkeeping, so the coordinator's counters
+        never go down; the audit log keeps every entry that names the job and gains
+        ``job.delete``.
+        """
+        with self._ctx.lock:
+            with self._ctx.store.transaction() as tx:
+                job = require_job(tx, job_id)
+                if job.state not in _ENDED:
+                    raise WrongRoundPhase(
+                        f"job is {job.state.value}; only a completed, failed or aborted job can "
+                        "be deleted (fedsilo job abort first)"
+                    )
+                refs = tx.delete_job(job_id)
+                detail = f"job={job_id} name={job.spec.name}"
+                tx.add_audit(self._ctx.clock(), actor, "job.delete", "ok", detail)
+            # After the rows are gone: a blob another job still references stays.
+            removed = sum(self._ledger.discard_blob(ref) for ref in sorted(refs))
+        log.info("job deleted, %d blobs removed", removed, **context(job=job_id))
+        self._ctx.changes.notify()
+        return JobDeletion(job, removed)
+
     def _change_state(
         self,
         job_id: str,
@@ -155,16 +184,24 @@ class JobService:
 
     def list_jobs(self) -> list[JobView]:
         with self._ctx.store.transaction() as tx:
-            return [self._view(tx, job) for job in tx.list_jobs()]
+            return [self._view(tx, job) for job in tx.list_jobs(_LISTED)]
 
     def _view(self, tx: Transaction, job: Job) -> JobView:
         rounds = tuple(tx.list_rounds(job.job_id))
+        thresholds = tuple(self._engines[r.protection].threshold(job, r) for r in rounds)
+        if thresholds:
+            threshold = thresholds[-1]
+        elif job.spec.protection is Protection.NONE:
+            threshold = 0
+        else:
+            threshold = job.spec.secagg.threshold_for(job.spec.min_participants)
         return JobView(
             job,
             rounds,
             summarize(tx.list_metrics(job.job_id)),
-            tuple(self._engines[r.protection].threshold(job, r) for r in rounds),
+            thresholds,
             self._driver.waiting_reason(tx, job, rounds),
+            threshold,
         )
 
     def read_model(

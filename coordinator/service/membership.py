@@ -56,34 +56,43 @@ class MembershipService:
 
     # -- callers --------------------------------------------------------------------------------
 
-    def authenticate_participant(self, org_id: str, *, require_active: bool = True) -> Participant:
-        """Register on first contact and refresh liveness; refuse revoked (and pending) members."""
+    def authenticate_participant(
+        self, org_id: str, *, require_active: bool = True, certificate_sha256: str = ""
+    ) -> Participant:
+        """Register on first contact and refresh liveness; refuse revoked (and pending) members.
+
+        ``certificate_sha256`` (of the caller's certificate) is kept for the admin who approves.
+        """
         now = self._clock()
         try:
-            participant = self._register_or_touch(org_id, now)
+            participant = self._register_or_touch(org_id, now, certificate_sha256)
         except DuplicateKey:
             # Two first calls of one organization raced; the other one registered it.
-            participant = self._register_or_touch(org_id, now)
+            participant = self._register_or_touch(org_id, now, certificate_sha256)
         if participant.status is ParticipantStatus.REVOKED:
             raise NotAuthorized("this organization's membership is revoked")
         if require_active and participant.status is not ParticipantStatus.ACTIVE:
             raise NotAuthorized("this organization's membership is pending an admin's approval")
         return participant
 
-    def _register_or_touch(self, org_id: str, now: float) -> Participant:
+    def _register_or_touch(self, org_id: str, now: float, certificate_sha256: str) -> Participant:
         with self._store.transaction() as tx:
             participant = tx.get_participant(org_id)
             if participant is None:
                 status = (
                     ParticipantStatus.ACTIVE if self._auto_approve else ParticipantStatus.PENDING
                 )
-                participant = Participant(org_id, status, now, now)
+                participant = Participant(org_id, status, now, now, certificate_sha256)
                 tx.add_participant(participant)
                 tx.add_audit(now, org_id, "participant.register", status.value, "")
                 log.info("new organization registered as %s", status.value, **context(org=org_id))
                 return participant
-            tx.touch_participant(org_id, now)
-            return dataclasses.replace(participant, last_seen=now)
+            tx.touch_participant(org_id, now, certificate_sha256)
+            return dataclasses.replace(
+                participant,
+                last_seen=now,
+                certificate_sha256=certificate_sha256 or participant.certificate_sha256,
+            )
 
     def is_certificate_revoked(self, serial_hex: str) -> bool:
         return serial_hex in self._revoked

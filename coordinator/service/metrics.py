@@ -48,7 +48,8 @@ class MetricsService:
 
 
 def summarize(reports: list[MetricReport]) -> tuple[MetricsSummary, ...]:
-    """Per version: the number of reports and examples, loss and accuracy weighted by examples."""
+    """Per version: the number of reports and examples, loss and accuracy weighted by examples,
+    and each organization's own report."""
     by_version: dict[int, list[MetricReport]] = {}
     for report in reports:
         by_version.setdefault(report.version, []).append(report)
@@ -62,6 +63,7 @@ def summarize(reports: list[MetricReport]) -> tuple[MetricsSummary, ...]:
                 total,
                 sum(r.loss * r.num_examples for r in group) / total,
                 sum(r.accuracy * r.num_examples for r in group) / total,
+                tuple(sorted(group, key=lambda r: r.org_id)),
             )
         )
     return tuple(summaries)

@@ -103,17 +103,19 @@ class RoundLedger:
             **context(job=job.job_id, round=str(round_.number), phase="committed"),
         )
 
-    def discard_blob(self, ref: str | None) -> None:
+    def discard_blob(self, ref: str | None) -> bool:
         """Delete a superseded blob unless another round or model version still points at it.
 
         Blobs are content-addressed, so two jobs whose running sums happen to be equal share one.
+        Returns whether the blob was deleted.
         """
         if ref is None:
-            return
+            return False
         with self._ctx.store.transaction() as tx:
             in_use = tx.blob_in_use(ref)
         if not in_use:
             self._ctx.blobs.delete(ref)
+        return not in_use
 
     def model_payload(self, job_id: str, version: int) -> tuple[Job, int, bytes]:
         """A committed model version (-1: the latest): the job, the version number, the payload."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from coordinator.domain.jobs import Job
+from coordinator.domain.jobs import Job, MetricReport
 from coordinator.domain.rounds import Phase, Round
 from coordinator.service.engines.paillier_ceremony import CeremonyStep
 from coordinator.service.engines.secure_rounds import SecAggStep
@@ -13,6 +13,7 @@ from fedsilo.codec import PayloadHeader
 
 __all__ = [
     "Acknowledgement",
+    "JobDeletion",
     "JobView",
     "MessageSubmission",
     "MetricsSummary",
@@ -91,6 +92,8 @@ class MetricsSummary:
     num_examples: int
     loss: float
     accuracy: float
+    organizations: tuple[MetricReport, ...] = ()
+    """Each organization's own report, by org id."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ class JobView:
     """A job with its rounds and per-version metrics, for status displays.
 
     ``thresholds`` holds, per round, the number of survivors it needs (0 without secure
-    aggregation); ``waiting_reason`` says why no round is open ("" when one is or the job ended).
+    aggregation) and ``threshold`` the job's: its latest round's, or for a job without rounds
+    what a cohort of ``min_participants`` would need; ``waiting_reason`` says why no round is
+    open ("" when one is or the job ended).
     """
 
     job: Job
@@ -106,3 +111,12 @@ class JobView:
     metrics: tuple[MetricsSummary, ...]
     thresholds: tuple[int, ...] = ()
     waiting_reason: str = ""
+    threshold: int = 0
+
+
+@dataclass(frozen=True)
+class JobDeletion:
+    """A deleted job as it was, and how many blobs went with it (shared ones stay)."""
+
+    job: Job
+    blobs_removed: int

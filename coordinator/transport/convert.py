@@ -208,12 +208,22 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
                 num_examples=m.num_examples,
                 loss=m.loss,
                 accuracy=m.accuracy,
+                organizations=[
+                    pb.OrganizationMetrics(
+                        org_id=r.org_id,
+                        num_examples=r.num_examples,
+                        loss=r.loss,
+                        accuracy=r.accuracy,
+                    )
+                    for r in m.organizations
+                ],
             )
             for m in view.metrics
         ],
         created_at=job.created_at,
         failure_reason=job.failure_reason or "",
         waiting_reason=view.waiting_reason,
+        threshold=view.threshold,
     )
 
 
@@ -228,7 +238,7 @@ def _round_to_pb(round_: Round, threshold: int) -> pb.RoundStatus:
         started_at=round_.created_at,
         finished_at=round_.finished_at or 0.0,
         abort_reason=round_.abort_reason or "",
-        train_loss=(round_.train_loss_sum / round_.total_weight) if round_.total_weight else 0.0,
+        train_loss=round_.train_loss,
         threshold=threshold,
     )
 
@@ -324,7 +334,11 @@ def server_info_to_pb(identity: PeerIdentity, membership: str, now: float) -> pb
 
 def participant_to_pb(p: Participant) -> pb.ParticipantInfo:
     return pb.ParticipantInfo(
-        org_id=p.org_id, status=p.status.value, first_seen=p.first_seen, last_seen=p.last_seen
+        org_id=p.org_id,
+        status=p.status.value,
+        first_seen=p.first_seen,
+        last_seen=p.last_seen,
+        certificate_sha256=p.certificate_sha256,
     )
 
 

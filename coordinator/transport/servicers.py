@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from coordinator.domain.jobs import ParticipantStatus
+from coordinator.domain.jobs import Participant, ParticipantStatus
 from coordinator.errors import InvalidRequest
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
@@ -49,12 +49,22 @@ def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: i
     return chunking.assemble(pieces(), header.total_bytes, header.sha256)
 
 
+def _authenticate(membership: MembershipService, *, require_active: bool = True) -> Participant:
+    """The calling organization's membership, registered on its first call, with the
+    fingerprint of the certificate it calls with (what the admin sees before approving it)."""
+    identity = current_identity()
+    return membership.authenticate_participant(
+        identity.org_id,
+        require_active=require_active,
+        certificate_sha256=identity.certificate_sha256,
+    )
+
+
 def _server_info(membership: MembershipService, require_registered: bool) -> pb.ServerInfo:
     identity = current_identity()
     status = ""
     if require_registered:
-        member = membership.authenticate_participant(identity.org_id, require_active=False)
-        status = member.status.value
+        status = _authenticate(membership, require_active=False).status.value
     return server_info_to_pb(identity, status, time.time())
 
 
@@ -86,7 +96,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.GetTaskRequest, context: grpc.ServicerContext
     ) -> pb.GetTaskResponse:  # noqa: N802
         org = current_identity().org_id
-        member = self._membership.authenticate_participant(org, require_active=False)
+        member = _authenticate(self._membership, require_active=False)
         if member.status is not ParticipantStatus.ACTIVE:
             # Pending organizations keep polling until an admin approves them.
             return pb.GetTaskResponse(kind=pb.TASK_KIND_WAIT)
@@ -100,7 +110,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
     def DownloadModel(  # noqa: N802
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        self._membership.authenticate_participant(current_identity().org_id)
+        _authenticate(self._membership)
         yield from _model_chunks(self._service, request, encrypted=True)
 
     def SubmitUpdate(  # noqa: N802
@@ -109,7 +119,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         org = current_identity().org_id
         # Membership first: a pending or revoked organization is refused before the server reads
         # (or waits for) a single message of its stream.
-        self._membership.authenticate_participant(org)
+        _authenticate(self._membership)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidRequest("the first message of SubmitUpdate must be its header")
@@ -123,7 +133,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.SubmitMessageRequest, context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
         identity = current_identity()
-        self._membership.authenticate_participant(identity.org_id)
+        _authenticate(self._membership)
         message = message_from_pb(request)
         ack = self._service.submit_message(identity.org_id, message, identity.certificate_pem)
         return acknowledgement_to_pb(ack)
@@ -132,7 +142,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.SubmitCeremonyRequest, context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
         identity = current_identity()
-        self._membership.authenticate_participant(identity.org_id)
+        _authenticate(self._membership)
         ack = self._service.submit_ceremony(
             identity.org_id,
             request.job_id,
@@ -146,7 +156,7 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ReportMetricsResponse:
         org = current_identity().org_id
-        self._membership.authenticate_participant(org)
+        _authenticate(self._membership)
         duplicate = self._service.report_metrics(metric_report_from_pb(request, org))
         return pb.ReportMetricsResponse(duplicate=duplicate)
 
@@ -217,6 +227,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def AbortJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
         self._service.abort_job(request.job_id, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(request.job_id))
+
+    def DeleteJob(  # noqa: N802
+        self, request: pb.JobRef, context: grpc.ServicerContext
+    ) -> pb.DeleteJobResponse:
+        deleted = self._service.delete_job(request.job_id, actor=current_identity().org_id)
+        return pb.DeleteJobResponse(
+            job_id=deleted.job.job_id,
+            name=deleted.job.spec.name,
+            blobs_removed=deleted.blobs_removed,
+        )
 
     def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
         return job_view_to_pb(self._service.get_job(request.job_id))

@@ -8,12 +8,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
 from fedsilo.admin import AdminClient
 from fedsilo.cli.admin_connection import admin_tls
+from fedsilo.cli.job_views import (
+    PHASE_NAMES,
+    STATE_NAMES,
+    age_text,
+    iso_time,
+    job_json,
+    message_json,
+    participant_json,
+    round_metrics,
+)
+from fedsilo.cli.job_watch import JobWatch, eta_seconds, watch_line
 from fedsilo.cli.model_export import export_in_format, task_config_of
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.convert import protection_to_pb, strategy_parameters_to_pb, training_settings_to_pb
@@ -24,21 +34,18 @@ from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = ["participant_export", "run_admin"]
 
-PHASE_NAMES = {v: k.removeprefix("ROUND_PHASE_").lower() for k, v in pb.RoundPhase.items()}
-STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in pb.JobState.items()}
-
 
 def run_admin(args: argparse.Namespace, console: Console) -> int:
     """Execute an admin command over the admin API with the admin certificate."""
     tls = admin_tls(args)
     with AdminClient(args.coordinator, tls, timeout=args.timeout) as client:
         if args.command == "audit":
-            events = [_to_dict(e) for e in client.audit_events(args.limit)]
+            events = [message_json(e) for e in client.audit_events(args.limit)]
             if args.json:
                 print(json.dumps(events, indent=2))
             else:
                 for event in events:
-                    event["at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["at"]))
+                    event["at"] = iso_time(event["at"])
                 columns = ["at", "actor", "action", "outcome", "detail"]
                 _print_table(console, "audit log (newest first)", columns, events)
             return 0
@@ -48,18 +55,26 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
                 if args.action == "approve"
                 else client.revoke_participant
             )
-            info = _to_dict(change(args.org_id))
+            info = participant_json(change(args.org_id), time.time())
             if args.json:
                 print(json.dumps(info))
             else:
                 console.print(f"{info['org_id']}: {info['status']}")
+                # The admin checks this against the fingerprint the organization sent out of band.
+                certificate = info["certificate_sha256"] or "unknown (no call since the upgrade)"
+                console.print(f"certificate sha256: {certificate}", soft_wrap=True)
             return 0
         if args.command == "participants":
-            rows = [_to_dict(p) for p in client.list_participants()]
+            now = time.time()
+            rows = [participant_json(p, now) for p in client.list_participants()]
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
-                _print_table(console, "participants", ["org_id", "status", "last_seen"], rows)
+                for row in rows:
+                    row["last_seen_age"] = age_text(row["last_seen_age_seconds"]) + " ago"
+                    row["certificate_sha256"] = row["certificate_sha256"][:16]
+                columns = ["org_id", "status", "first_seen", "last_seen", "last_seen_age"]
+                _print_table(console, "participants", [*columns, "certificate_sha256"], rows)
             return 0
         if args.command == "model":
             return _export(client, args, console)
@@ -68,7 +83,7 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
         if args.action == "list":
             jobs = client.list_jobs()
             if args.json:
-                print(json.dumps([_to_dict(j) for j in jobs], indent=2))
+                print(json.dumps([job_json(j) for j in jobs], indent=2))
             else:
                 rows = [_job_row(j) for j in jobs]
                 _print_table(console, "jobs", ["job_id", "name", "state", "model_version"], rows)
@@ -83,6 +98,16 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
                 "abort": client.abort_job,
             }
             _show_job(controls[args.action](args.job_id), args.json, console)
+            return 0
+        if args.action == "delete":
+            deleted = client.delete_job(args.job_id)
+            if args.json:
+                print(json.dumps(message_json(deleted)))
+            else:
+                console.print(
+                    f"deleted job {deleted.job_id} ({deleted.name}) and "
+                    f"{deleted.blobs_removed} blobs; its audit entries stay"
+                )
             return 0
         if args.action == "status":
             _show_job(client.get_job(args.job_id), args.json, console)
@@ -231,43 +256,26 @@ def participant_export(args: argparse.Namespace, config: Path | None, console: C
 
 
 def _watch(client: AdminClient, job_id: str, as_json: bool, console: Console) -> int:
-    printed: set[int] = set()
-    shown_reason = ""
-    while True:
-        status = client.get_job(job_id)
-        if status.waiting_reason != shown_reason:
-            # Printed when it changes, so a stalled job says why once instead of every second.
-            shown_reason = status.waiting_reason
-            if shown_reason:
-                console.print(
-                    json.dumps({"waiting": shown_reason}) if as_json else f"waiting: {shown_reason}"
-                )
-        metrics = {m.version: m for m in status.metrics}
-        for round_ in status.rounds:
-            done = round_.phase in (pb.ROUND_PHASE_COMMITTED, pb.ROUND_PHASE_ABORTED)
-            if done and round_.number not in printed:
-                printed.add(round_.number)
-                row = _round_row(round_, metrics.get(round_.base_version + 1))
-                console.print(
-                    json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items())
-                )
-        if status.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_ABORTED):
-            console.print(
-                f"job {STATE_NAMES[status.state]} at model version {status.model_version}"
-            )
-            return 0 if status.state == pb.JOB_STATE_COMPLETED else 1
-        time.sleep(1.0)  # a human-facing refresh interval, not a wait for a condition
+    def emit(event: dict[str, Any]) -> None:
+        print(json.dumps(event) if as_json else watch_line(event), flush=True)
+
+    return JobWatch(lambda: client.get_job(job_id), emit).run()
 
 
-def _round_row(round_: pb.RoundStatus, metrics: pb.VersionMetrics | None) -> dict[str, Any]:
+def _round_row(status: pb.JobStatus, round_: pb.RoundStatus) -> dict[str, Any]:
+    metrics = round_metrics(status, round_)
     seconds = round_.finished_at - round_.started_at if round_.finished_at else 0.0
+    ended = round_.phase in (pb.ROUND_PHASE_COMMITTED, pb.ROUND_PHASE_ABORTED)
     return {
         "round": round_.number,
         "phase": PHASE_NAMES[round_.phase],
         "participants": len(round_.contributors),
+        "reports": f"{metrics.reports}/{len(round_.contributors)}" if metrics else None,
         "loss": round(metrics.loss, 4) if metrics else None,
         "accuracy": round(metrics.accuracy, 4) if metrics else None,
-        "seconds": round(seconds, 2),
+        "train_loss": round(round_.train_loss, 4) if round_.HasField("train_loss") else None,
+        "threshold": round_.threshold or None,
+        "seconds": round(seconds, 2) if ended else None,
     }
 
 
@@ -282,17 +290,32 @@ def _job_row(status: pb.JobStatus) -> dict[str, Any]:
 
 def _show_job(status: pb.JobStatus, as_json: bool, console: Console) -> None:
     if as_json:
-        print(json.dumps(_to_dict(status), indent=2))
+        print(json.dumps(job_json(status), indent=2))
         return
     row = _job_row(status)
     console.print(
         f"job {row['job_id']} ({row['name']}): {row['state']}, model version {row['model_version']}"
         f" of {status.spec.num_rounds}"
     )
-    metrics = {m.version: m for m in status.metrics}
-    rows = [_round_row(r, metrics.get(r.base_version + 1)) for r in status.rounds]
+    rows = [_round_row(status, r) for r in status.rounds]
     if rows:
         _print_table(console, "rounds", list(rows[0]), rows)
+    latest = next((m for m in reversed(status.metrics) if m.organizations), None)
+    if latest is not None:
+        per_org = [
+            {
+                "org_id": m.org_id,
+                "examples": m.num_examples,
+                "loss": round(m.loss, 4),
+                "accuracy": round(m.accuracy, 4),
+            }
+            for m in latest.organizations
+        ]
+        title = f"evaluation of model version {latest.version} per organization"
+        _print_table(console, title, list(per_org[0]), per_org)
+    eta = eta_seconds(status)
+    if eta is not None:
+        console.print(f"eta: {age_text(eta)} (mean round time x rounds left)")
     if status.waiting_reason:
         console.print(f"waiting: {status.waiting_reason}")
     if status.failure_reason:
@@ -308,10 +331,3 @@ def _print_table(
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     console.print(table)
-
-
-def _to_dict(message: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return result

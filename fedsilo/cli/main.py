@@ -141,8 +141,18 @@ def _parser() -> argparse.ArgumentParser:
     add_strategy_arguments(create)
     create.add_argument("--start", action="store_true", help="start the job right away")
     add_admin_connection(create)
-    for name in ("start", "status", "watch", "pause", "resume", "abort"):
-        sub = job_cmds.add_parser(name, help=f"{name} a job")
+    job_help = {
+        "start": "start a created job",
+        "status": "show a job: rounds, metrics per organization, why it waits",
+        "watch": "follow a job round by round until it ends (reconnects after restarts)",
+        "pause": "open no new round (the open one finishes) until resumed",
+        "resume": "let a paused job open rounds again",
+        "abort": "end a job for good; its open round is aborted",
+        "delete": "remove a completed, failed or aborted job and its stored models "
+        "(abort it first); the audit log keeps its entries",
+    }
+    for name, text in job_help.items():
+        sub = job_cmds.add_parser(name, help=text, description=text)
         sub.add_argument("job_id")
         add_admin_connection(sub)
     listing = job_cmds.add_parser("list", help="list jobs")

@@ -1106,6 +1106,7 @@ class RoundStatus(_message.Message):
     finished_at: _builtins.float
     abort_reason: _builtins.str
     train_loss: _builtins.float
+    """Mean training loss of the contributors, weighted by examples; unset while none is known."""
     threshold: _builtins.int
     @_builtins.property
     def cohort(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -1123,14 +1124,16 @@ class RoundStatus(_message.Message):
         started_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
         abort_reason: _builtins.str = ...,
-        train_loss: _builtins.float = ...,
+        train_loss: _builtins.float | None = ...,
         threshold: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss", "train_loss", b"train_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "base_version", b"base_version", "cohort", b"cohort", "contributors", b"contributors", "finished_at", b"finished_at", "number", b"number", "phase", b"phase", "round_id", b"round_id", "started_at", b"started_at", "threshold", b"threshold", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss", "abort_reason", b"abort_reason", "base_version", b"base_version", "cohort", b"cohort", "contributors", b"contributors", "finished_at", b"finished_at", "number", b"number", "phase", b"phase", "round_id", b"round_id", "started_at", b"started_at", "threshold", b"threshold", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__train_loss: _TypeAlias = _typing.Literal["train_loss"]  # noqa: Y015
+    _WhichOneofArgType__train_loss: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__train_loss) -> _WhichOneofReturnType__train_loss | None: ...
 
 Global___RoundStatus: _TypeAlias = RoundStatus  # noqa: Y015
 
@@ -1143,11 +1146,16 @@ class VersionMetrics(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
     LOSS_FIELD_NUMBER: _builtins.int
     ACCURACY_FIELD_NUMBER: _builtins.int
+    ORGANIZATIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     reports: _builtins.int
     num_examples: _builtins.int
     loss: _builtins.float
     accuracy: _builtins.float
+    @_builtins.property
+    def organizations(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganizationMetrics]:
+        """Each organization's own evaluation of this version, by org id."""
+
     def __init__(
         self,
         *,
@@ -1156,14 +1164,43 @@ class VersionMetrics(_message.Message):
         num_examples: _builtins.int = ...,
         loss: _builtins.float = ...,
         accuracy: _builtins.float = ...,
+        organizations: _abc.Iterable[Global___OrganizationMetrics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "loss", b"loss", "num_examples", b"num_examples", "reports", b"reports", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "loss", b"loss", "num_examples", b"num_examples", "organizations", b"organizations", "reports", b"reports", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VersionMetrics: _TypeAlias = VersionMetrics  # noqa: Y015
+
+@_typing.final
+class OrganizationMetrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    num_examples: _builtins.int
+    loss: _builtins.float
+    accuracy: _builtins.float
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        num_examples: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        accuracy: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "loss", b"loss", "num_examples", b"num_examples", "org_id", b"org_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrganizationMetrics: _TypeAlias = OrganizationMetrics  # noqa: Y015
 
 @_typing.final
 class JobStatus(_message.Message):
@@ -1178,6 +1215,7 @@ class JobStatus(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     model_version: _builtins.int
@@ -1185,6 +1223,10 @@ class JobStatus(_message.Message):
     failure_reason: _builtins.str
     waiting_reason: _builtins.str
     """Why no round is open: not started, too few live organizations ("" while a round runs)."""
+    threshold: _builtins.int
+    """Survivors the job's latest round needs (for a job without rounds: a cohort of
+    min_participants); 0 without secure aggregation.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -1203,10 +1245,11 @@ class JobStatus(_message.Message):
         created_at: _builtins.float = ...,
         failure_reason: _builtins.str = ...,
         waiting_reason: _builtins.str = ...,
+        threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "job_id", b"job_id", "metrics", b"metrics", "model_version", b"model_version", "rounds", b"rounds", "spec", b"spec", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "job_id", b"job_id", "metrics", b"metrics", "model_version", b"model_version", "rounds", b"rounds", "spec", b"spec", "state", b"state", "threshold", b"threshold", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1230,6 +1273,32 @@ class JobRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobRef: _TypeAlias = JobRef  # noqa: Y015
+
+@_typing.final
+class DeleteJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    BLOBS_REMOVED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    blobs_removed: _builtins.int
+    """Blobs (model versions, running sums) removed; a blob another job shares stays."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        blobs_removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_removed", b"blobs_removed", "job_id", b"job_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobResponse: _TypeAlias = DeleteJobResponse  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):
@@ -1274,10 +1343,13 @@ class ParticipantInfo(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     FIRST_SEEN_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SHA256_FIELD_NUMBER: _builtins.int
     org_id: _builtins.str
     status: _builtins.str
     first_seen: _builtins.float
     last_seen: _builtins.float
+    certificate_sha256: _builtins.str
+    """Hex SHA-256 of the certificate (DER) the organization last called with; "" if unknown."""
     def __init__(
         self,
         *,
@@ -1285,10 +1357,11 @@ class ParticipantInfo(_message.Message):
         status: _builtins.str = ...,
         first_seen: _builtins.float = ...,
         last_seen: _builtins.float = ...,
+        certificate_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen", "org_id", b"org_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_sha256", b"certificate_sha256", "first_seen", b"first_seen", "last_seen", b"last_seen", "org_id", b"org_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

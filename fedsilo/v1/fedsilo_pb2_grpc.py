@@ -434,6 +434,11 @@ class AdminServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/fedsilo.v1.AdminService/DeleteJob',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -524,6 +529,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Deletes a completed, failed or aborted job (FAILED_PRECONDITION otherwise): no call finds
+        it any more, and its models, metrics, messages and blobs go; the audit log keeps its entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -596,6 +609,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.AbortJob,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -976,6 +994,33 @@ class AdminService:
             '/fedsilo.v1.AdminService/AbortJob',
             fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/DeleteJob',
+            fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -704,7 +704,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 21  # 7 participant + 14 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 22  # 7 participant + 15 admin RPCs; update when the API grows
 
 
 def _raw_call(
@@ -888,7 +888,7 @@ def _valid_request(path: str, job_id: str) -> list[bytes]:
                 first.SerializeToString(),
                 pb.CreateJobRequest(data=payload).SerializeToString(),
             ]
-        if name in ("StartJob", "GetJob", "PauseJob", "ResumeJob", "AbortJob"):
+        if name in ("StartJob", "GetJob", "PauseJob", "ResumeJob", "AbortJob", "DeleteJob"):
             return [pb.JobRef(job_id=job_id).SerializeToString()]
         if name == "ListJobs":
             return [pb.ListJobsRequest().SerializeToString()]

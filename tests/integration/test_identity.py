@@ -6,6 +6,7 @@ test_bad_input_grpc.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc_consortium import (
     ORGS,
@@ -92,7 +94,15 @@ def test_new_organization_waits_as_pending_until_an_admin_approves_it(
             assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
             assert "pending" in (denied.details() or "")
 
-        assert admin.approve_participant("org-a").status == "active"
+        # The admin sees the fingerprint of the certificate being approved, as openssl prints it.
+        der = x509.load_pem_x509_certificate(
+            pki.demo.participants["org-a"].cert_path.read_bytes()
+        ).public_bytes(serialization.Encoding.DER)
+        (listed,) = admin.list_participants()
+        assert listed.certificate_sha256 == hashlib.sha256(der).hexdigest()
+        approved = admin.approve_participant("org-a")
+        assert approved.status == "active"
+        assert approved.certificate_sha256 == hashlib.sha256(der).hexdigest()
         status = wait_for_job(
             admin, job_id, lambda s: s.state == pb.JOB_STATE_COMPLETED, "the approved job"
         )

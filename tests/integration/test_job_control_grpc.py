@@ -1,4 +1,4 @@
-"""Pause, resume and abort of a job over the admin API, real mutual TLS and real daemons."""
+"""Pause, resume, abort and delete of a job over the admin API, real mutual TLS and daemons."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ def test_a_bad_transition_is_failed_precondition_and_changes_nothing(
     coordinator: RunningCoordinator, admin: AdminClient
 ) -> None:
     job_id = admin.create_job(shift_job_spec(), initial_weights()).job_id
-    for call in (admin.pause_job, admin.resume_job):
+    for call in (admin.pause_job, admin.resume_job, admin.delete_job):
         error = rpc_error(lambda call=call: call(job_id))  # type: ignore[misc]
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "job is created" in (error.details() or "")
     assert admin.get_job(job_id).state == pb.JOB_STATE_CREATED
-    assert not {"job.pause", "job.resume"} & set(_actions(admin))
+    assert not {"job.pause", "job.resume", "job.delete"} & set(_actions(admin))
 
 
 def test_a_paused_job_opens_no_round_until_resumed_then_finishes(
@@ -101,6 +101,16 @@ def test_abort_ends_the_open_round_and_the_job_for_good(
     status = admin.get_job(job_id)
     assert status.state == pb.JOB_STATE_ABORTED and len(status.rounds) == 1
     assert _actions(admin).count("job.abort") == 1
+
+    # An aborted job can be deleted, once; the audit log keeps its entries.
+    deleted = admin.delete_job(job_id)
+    assert (deleted.job_id, deleted.name) == (job_id, status.spec.name)
+    assert deleted.blobs_removed >= 1  # version 0; the aborted round's running sum went earlier
+    for call in (admin.get_job, admin.delete_job):
+        error = rpc_error(lambda call=call: call(job_id))  # type: ignore[misc]
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert [j.job_id for j in admin.list_jobs()] == []
+    assert {"job.create", "job.start", "job.abort", "job.delete"} <= set(_actions(admin))
 
 
 def test_paused_and_aborted_survive_a_coordinator_restart(

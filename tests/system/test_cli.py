@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fedsilo.cli.daemons import wait_for
 
@@ -48,6 +52,18 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
     )
     table = _fedsilo(consortium, "participants", "list").stdout
     assert all(org in table for org in consortium.orgs) and "status" in table
+    rows = json.loads(_fedsilo(consortium, "participants", "list", "--json").stdout)
+    listed = {p["org_id"]: p for p in rows}
+    fingerprint = hashlib.sha256(
+        x509.load_pem_x509_certificate(
+            consortium.pki.participants["org-1"].cert_path.read_bytes()
+        ).public_bytes(serialization.Encoding.DER)
+    ).hexdigest()
+    assert listed["org-1"]["certificate_sha256"] == fingerprint
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed["org-1"]["last_seen"])
+    assert 0 <= listed["org-1"]["last_seen_age_seconds"] < 600
+    approved = _fedsilo(consortium, "participants", "approve", "org-1").stdout
+    assert f"certificate sha256: {fingerprint}" in approved
 
     created = _fedsilo(
         consortium,
@@ -70,25 +86,27 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
         "--json",
     )
     job = json.loads(created.stdout)
-    assert job["state"] == "JOB_STATE_CREATED" and job["model_version"] == "0"
+    assert job["state"] == "created" and job["model_version"] == 0
     # The strategy is the job's, with the unset parameters at their defaults.
     assert job["spec"]["algorithm"] == "fedadam"
     assert job["spec"]["strategy"] == {
         "server_learning_rate": 0.05,
+        "server_momentum": None,
         "beta1": 0.9,
         "beta2": 0.99,
         "tau": 0.001,
+        "proximal_mu": None,
     }
 
     started = json.loads(_fedsilo(consortium, "job", "start", job["job_id"], "--json").stdout)
-    assert started["state"] == "JOB_STATE_RUNNING"
+    assert started["state"] == "running"
     watched = _fedsilo(consortium, "job", "watch", job["job_id"])
     assert "job completed at model version 2" in watched.stdout
     assert watched.stdout.count("phase=committed") == 2
 
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
-    assert status["state"] == "JOB_STATE_COMPLETED"
-    assert [r["phase"] for r in status["rounds"]] == ["ROUND_PHASE_COMMITTED"] * 2
+    assert status["state"] == "completed"
+    assert [r["phase"] for r in status["rounds"]] == ["committed"] * 2
     listed = json.loads(_fedsilo(consortium, "job", "list", "--json").stdout)
     assert [j["job_id"] for j in listed] == [job["job_id"]]
 

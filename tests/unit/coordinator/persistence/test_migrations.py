@@ -62,8 +62,8 @@ from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
 
-HEAD = "0004"
-HEAD_SCHEMA_INFO = 4  # what schema_info records at HEAD, for code from before Alembic
+HEAD = "0005"
+HEAD_SCHEMA_INFO = 5  # what schema_info records at HEAD, for code from before Alembic
 T0 = 1_700_000_000.123456
 
 # (schema version, whether revoked_certificates exists): that table arrived after version 1
@@ -411,7 +411,15 @@ def make_legacy_database(url: str, version: int, revocations: bool) -> Contents:
             conn.execute(tables["schema_info"].insert().values(id=1, version=version))
             conn.execute(
                 tables["participants"].insert(),
-                [dataclasses.asdict(p) | {"status": p.status.value} for p in data.participants],
+                [
+                    {
+                        "org_id": p.org_id,
+                        "status": p.status.value,
+                        "first_seen": p.first_seen,
+                        "last_seen": p.last_seen,
+                    }
+                    for p in data.participants
+                ],
             )
             conn.execute(
                 tables["jobs"].insert(),

@@ -18,12 +18,14 @@ from sqlalchemy import text
 
 from coordinator.domain.jobs import (
     Job,
+    JobMessage,
     JobSpec,
     JobState,
     MetricReport,
     ModelVersion,
     Participant,
     ParticipantStatus,
+    PhaseMessage,
     Submission,
 )
 from coordinator.domain.rounds import Phase, Round
@@ -182,6 +184,25 @@ def test_duplicate_participant_is_refused(store: Store) -> None:
         tx.add_participant(Participant("org-a", ParticipantStatus.PENDING, T0 + 1, T0 + 1))
     with store.transaction() as tx:
         assert tx.get_participant("org-a") == Participant("org-a", ParticipantStatus.ACTIVE, T0, T0)
+
+
+def test_participant_certificate_fingerprint_is_kept_and_updated_only_when_given(
+    store: Store,
+) -> None:
+    first, renewed = "ab" * 32, "cd" * 32
+    with store.transaction() as tx:
+        tx.add_participant(Participant("org-a", ParticipantStatus.PENDING, T0, T0, first))
+        tx.add_participant(Participant("org-b", ParticipantStatus.PENDING, T0, T0))
+    with store.transaction() as tx:
+        tx.touch_participant("org-a", T0 + 1)  # no fingerprint known: the stored one stays
+        assert tx.get_participant("org-a") == Participant(
+            "org-a", ParticipantStatus.PENDING, T0, T0 + 1, first
+        )
+        tx.touch_participant("org-a", T0 + 2, renewed)
+        tx.touch_participant("org-b", T0 + 2)
+    with store.transaction() as tx:
+        assert tx.get_participant("org-a").certificate_sha256 == renewed  # type: ignore[union-attr]
+        assert tx.get_participant("org-b").certificate_sha256 == ""  # type: ignore[union-attr]
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -441,6 +462,49 @@ def test_metric_round_trip_order_and_uniqueness(store: Store) -> None:
         tx.add_metric(MetricReport("job-1", 1, "org-b", 99, 9.0, 0.0, T0 + 5))
     with store.transaction() as tx:
         assert tx.get_metric("job-1", 1, "org-b") == reports[1]
+
+
+def test_delete_job_marks_it_keeps_round_bookkeeping_and_returns_its_blobs(store: Store) -> None:
+    with store.transaction() as tx:
+        for job_id, round_id, state_ref in (
+            ("job-1", "round-1", "d" * 64),
+            ("job-2", "round-2", "e" * 64),
+        ):
+            tx.add_job(make_job(job_id))
+            tx.add_round(
+                make_round(round_id, job_id, accumulator_ref="a" * 64, result_ref=job_id[-1] * 64)
+            )
+            tx.add_submission(make_submission(round_id=round_id, ack=f"ack-{job_id}"))
+            tx.add_phase_message(PhaseMessage(round_id, "org-a", "keys", b"keys"))
+            tx.add_job_message(JobMessage(job_id, "org-a", "job_key", b"k", b"pem", job_id, T0))
+            tx.add_model_version(ModelVersion(job_id, 0, "0" * 64, None, T0))
+            tx.add_model_version(
+                ModelVersion(job_id, 1, "f" * 64, round_id, T0, optimizer_state_ref=state_ref)
+            )
+            tx.add_metric(MetricReport(job_id, 1, "org-a", 10, 0.5, 0.5, T0))
+        tx.add_audit(T0, "admin", "job.create", "ok", "job=job-1")
+    with store.transaction() as tx:
+        refs = tx.delete_job("job-1")
+    assert refs == {"a" * 64, "1" * 64, "0" * 64, "f" * 64, "d" * 64}
+    with store.transaction() as tx:
+        assert tx.get_job("job-1").state is JobState.DELETED  # type: ignore[union-attr]
+        assert [j.job_id for j in tx.list_jobs((JobState.CREATED,))] == ["job-2"]
+        # What counts past work stays, without its blobs; what the job stored goes.
+        (kept,) = tx.list_rounds("job-1")
+        assert (kept.accumulator_ref, kept.result_ref) == (None, None)
+        assert kept.row_version == make_round().row_version + 1
+        assert tx.list_submissions("round-1") == [make_submission(ack="ack-job-1")]
+        assert tx.list_phase_messages("round-1") == []
+        assert tx.list_job_messages("job-1") == [] and tx.list_metrics("job-1") == []
+        assert tx.get_model_version("job-1", 0) is None
+        # The other job is whole, so the blobs it shares are still in use.
+        assert len(tx.list_submissions("round-2")) == 1 and len(tx.list_metrics("job-2")) == 1
+        assert len(tx.list_phase_messages("round-2")) == 1
+        assert tx.blob_in_use("0" * 64) and tx.blob_in_use("a" * 64)
+        assert not tx.blob_in_use("1" * 64) and not tx.blob_in_use("d" * 64)
+        assert [a["action"] for a in tx.list_audit()] == ["job.create"]
+    with pytest.raises(StaleWrite), store.transaction() as tx:
+        tx.delete_job("job-1")
 
 
 # -- audit -----------------------------------------------------------------------------------------

@@ -889,3 +889,130 @@ def test_a_failing_server_step_aborts_the_round(harness: Harness) -> None:
     reason = harness.round(second.round_id).abort_reason or ""
     assert "the fedavgm server step failed: the optimizer state is unreadable" in reason
     assert harness.service.get_job(job.job_id).job.model_version == 1
+
+
+# -- job delete ------------------------------------------------------------------------------------
+
+
+def _job_rows(harness: Harness, job_id: str) -> dict[str, int]:
+    """Rows that belong to one job, per table (submissions through its rounds)."""
+    counts = {}
+    with harness.store.engine.connect() as conn:
+        for table in ("jobs", "rounds", "model_versions", "metrics", "job_messages"):
+            counts[table] = int(
+                conn.execute(
+                    text(f"SELECT count(*) FROM {table} WHERE job_id = :job"),  # noqa: S608
+                    {"job": job_id},
+                ).scalar_one()
+            )
+        counts["submissions"] = int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM submissions WHERE round_id IN "
+                    "(SELECT round_id FROM rounds WHERE job_id = :job)"
+                ),
+                {"job": job_id},
+            ).scalar_one()
+        )
+    return counts
+
+
+def test_delete_drops_an_ended_jobs_models_and_blobs_and_keeps_the_audit(
+    file_harness: Harness,
+) -> None:
+    harness = file_harness
+    job, first = harness.running_job(algorithm="fedavgm", num_rounds=3)
+    other = harness.create_job()  # the same initial weights: version 0 is one shared blob
+    other_refs = set(harness.blobs.refs())
+    for seed, org in enumerate(ORGS):
+        harness.submit(org, first, update_weights(seed), 10)
+    harness.drive(lambda: harness.round(first.round_id).phase is Phase.COMMITTED, "commit")
+    harness.service.report_metrics(MetricReport(job.job_id, 1, "org-a", 10, 0.5, 0.75, T0))
+    harness.drive(lambda: len(harness.rounds(job.job_id)) == 2, "second round")
+    harness.submit("org-a", harness.current_round(job.job_id), update_weights(9), 10)
+    before = _job_rows(harness, job.job_id)
+    assert before["submissions"] == 4 and before["model_versions"] == 2
+    assert set(harness.blobs.refs()) > other_refs
+
+    # A job that may still open rounds is refused, and the refusal changes nothing.
+    with pytest.raises(WrongRoundPhase, match=r"job is running; .*fedsilo job abort first"):
+        harness.service.delete_job(job.job_id, actor="admin")
+    assert _job_rows(harness, job.job_id) == before
+    assert "job.delete" not in [a["action"] for a in harness.audit()]
+
+    harness.service.abort_job(job.job_id, actor="admin")
+    deleted = harness.service.delete_job(job.job_id, actor="admin")
+    assert deleted.job.job_id == job.job_id and deleted.blobs_removed >= 2
+    # The job row, its rounds and submissions stay as bookkeeping; what it stored is gone.
+    assert _job_rows(harness, job.job_id) == {
+        "jobs": 1,
+        "rounds": 2,
+        "model_versions": 0,
+        "metrics": 0,
+        "job_messages": 0,
+        "submissions": 4,
+    }
+    with harness.store.transaction() as tx:
+        assert tx.get_job(job.job_id).state is JobState.DELETED  # type: ignore[union-attr]
+    # The blobs on disk are exactly the other job's: its version 0 stays though job shared it.
+    assert set(harness.blobs.refs()) == other_refs
+    assert_weights_equal(harness.model(other.job_id, 0), initial_weights())
+    with pytest.raises(NotFound):
+        harness.service.get_job(job.job_id)
+    with pytest.raises(NotFound):
+        harness.service.read_model(job.job_id, 0)
+    with pytest.raises(NotFound):
+        harness.service.delete_job(job.job_id, actor="admin")
+    assert [v.job.job_id for v in harness.service.list_jobs()] == [other.job_id]
+    assert harness.service.next_work("org-a").kind is WorkKind.WAIT  # nothing to evaluate
+    audit = harness.audit()
+    assert audit[0]["action"] == "job.delete" and f"job={job.job_id}" in audit[0]["detail"]
+    mine = [a["action"] for a in reversed(audit) if f"job={job.job_id}" in a["detail"]]
+    assert mine == ["job.create", "job.start", "job.abort", "job.delete"]
+
+    harness.restart()
+    assert [v.job.job_id for v in harness.service.list_jobs()] == [other.job_id]
+    with pytest.raises(NotFound):
+        harness.service.get_job(job.job_id)
+
+
+@pytest.mark.parametrize("state", ["created", "paused"])
+def test_a_job_that_has_not_ended_cannot_be_deleted(harness: Harness, state: str) -> None:
+    job = harness.create_job()
+    if state == "paused":
+        harness.service.start_job(job.job_id, actor="admin")
+        harness.service.pause_job(job.job_id, actor="admin")
+    with pytest.raises(WrongRoundPhase, match=f"job is {state}; only a completed"):
+        harness.service.delete_job(job.job_id, actor="admin")
+    assert harness.service.get_job(job.job_id).job.state.value == state
+
+
+def test_train_loss_is_known_only_for_plain_rounds_with_contributions(harness: Harness) -> None:
+    job, first = harness.running_job()
+    assert harness.round(first.round_id).train_loss is None
+    harness.submit("org-a", first, update_weights(1), 10, train_loss=1.0)
+    harness.submit("org-b", first, update_weights(2), 30, train_loss=3.0)
+    assert harness.round(first.round_id).train_loss == pytest.approx(2.5)
+    secure = dataclasses.replace(harness.round(first.round_id), protection=Protection.SECAGG)
+    assert secure.train_loss is None
+
+
+def test_job_view_has_the_jobs_threshold_and_each_organizations_metrics(
+    harness: Harness,
+) -> None:
+    plain = harness.create_job()
+    assert harness.service.get_job(plain.job_id).threshold == 0
+    secure = harness.create_job(protection=Protection.SECAGG, min_participants=3)
+    assert harness.service.get_job(secure.job_id).threshold == 2  # two thirds of 3
+    job, first = harness.running_job()
+    for seed, org in enumerate(ORGS):
+        harness.submit(org, first, update_weights(seed), 10)
+    harness.drive(lambda: harness.round(first.round_id).phase is Phase.COMMITTED, "commit")
+    harness.service.report_metrics(MetricReport(job.job_id, 1, "org-b", 30, 0.2, 0.9, T0))
+    harness.service.report_metrics(MetricReport(job.job_id, 1, "org-a", 10, 0.6, 0.5, T0))
+    (summary,) = harness.service.get_job(job.job_id).metrics
+    assert summary.accuracy == pytest.approx((10 * 0.5 + 30 * 0.9) / 40)
+    assert [(r.org_id, r.num_examples, r.loss, r.accuracy) for r in summary.organizations] == [
+        ("org-a", 10, 0.6, 0.5),
+        ("org-b", 30, 0.2, 0.9),
+    ]
