@@ -83,9 +83,8 @@ def round_scalars(
         missing = set(round_.contributors) - {r.org_id for r in evaluations}
         if missing and now < round_.finished_at + job.spec.round_timeout_seconds:
             return None
-        if round_.total_weight > 0:
-            # Secure rounds never reveal a training loss: their total weight stays 0.
-            scalars["training/loss"] = round_.train_loss_sum / round_.total_weight
+        if round_.train_loss is not None:  # secure rounds never reveal one
+            scalars["training/loss"] = round_.train_loss
         for summary in summarize(evaluations):
             scalars["evaluation/loss"] = summary.loss
             scalars["evaluation/accuracy"] = summary.accuracy
@@ -119,7 +118,11 @@ class TensorBoardExporter:
         """
         written = 0
         with self._store.transaction() as tx:
-            jobs = [job for job in tx.list_jobs() if job.job_id not in self._finished_jobs]
+            jobs = [
+                job
+                for job in tx.list_jobs()
+                if job.job_id not in self._finished_jobs and job.state is not JobState.DELETED
+            ]
             work = [(job, tx.list_rounds(job.job_id), tx.list_metrics(job.job_id)) for job in jobs]
         now = self._clock()
         for job, rounds, reports in work:
