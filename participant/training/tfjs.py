@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess  # nosec B404: runs the converter and node from fixed paths, no shell
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +83,19 @@ def tfjs_environment(python: str | Path | None = None) -> TfjsEnvironment:
 
 
 def _run(command: list[str], env: dict[str, str], what: str) -> None:
-    result = subprocess.run(  # noqa: S603  # nosec B603: fixed programs, arguments as a list
-        command,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT_SECONDS,
-        env=env,
-        check=False,
-    )
+    try:
+        result = subprocess.run(  # noqa: S603  (fixed programs, arguments as a list, no shell)
+            command,
+            capture_output=True,
+            text=True,
+            timeout=_TIMEOUT_SECONDS,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{what} took more than {_TIMEOUT_SECONDS} s") from None
+    except OSError as exc:  # e.g. a --tfjs-python that is not an executable
+        raise ValueError(f"{what} could not start: {exc}") from None
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise ValueError(f"{what} failed: {lines[-1] if lines else f'exit {result.returncode}'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from fedsilo.cli.model_export import export_in_format
 from fedsilo.config import ConfigError
-from participant.training.tfjs import tfjs_environment
+from participant.training.tfjs import TfjsEnvironment, convert_savedmodel, tfjs_environment
 
 
 def _fake_environment(root: Path) -> Path:
@@ -72,3 +73,11 @@ def test_the_export_stops_before_downloading_the_model(tmp_path: Path) -> None:
         )
     assert downloads == []
     assert not (tmp_path / "model-tfjs").exists()
+
+
+def test_a_python_without_the_converter_fails_with_its_last_error_line(tmp_path: Path) -> None:
+    environment = TfjsEnvironment(Path(sys.executable), Path("node"), tmp_path)
+    with pytest.raises(ValueError, match="the TF.js converter failed: .*tensorflowjs") as raised:
+        convert_savedmodel(environment, tmp_path / "saved", tmp_path / "out")
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()
