@@ -31,7 +31,7 @@ $(KFP_STAMP): deploy/kubeflow/requirements.txt
 	$(KFP_VENV)/bin/pip install -qq -r deploy/kubeflow/requirements.txt
 	touch $(KFP_STAMP)
 
-# About 2 minutes. Needs node and npm (Node.js 18 or later) for TF.js.
+# About 2½ minutes (longer on a busy machine) and 2.2 GB. Needs node and npm (Node.js 18+).
 $(TFJS_STAMP): scripts/tfjs/requirements.txt scripts/tfjs/requirements-no-deps.txt scripts/tfjs/package.json
 	@echo "make: creating $(TFJS_VENV) for the TensorFlow.js converter and TF.js under Node.js"
 	$(PYTHON) -m venv $(TFJS_VENV)
