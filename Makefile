@@ -8,9 +8,13 @@ STAMP := $(VENV)/.installed
 # The Kubeflow Pipelines SDK needs protobuf < 7 (fedsilo: >= 7): it lives in its own venv.
 KFP_VENV := .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.installed
+# The TF.js converter's declared dependencies replace TensorFlow and crash beside it: its own venv,
+# with TF.js for Node.js (checks converted models) in $(TFJS_VENV)/node.
+TFJS_VENV := .venv-tfjs
+TFJS_STAMP := $(TFJS_VENV)/.installed
 
 .PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round bench-learning clean \
-	testbed testbed-clean kfp-venv kubeflow-pipeline
+	testbed testbed-clean kfp-venv tfjs-venv kubeflow-pipeline
 
 # pip -qq: errors only. Index configuration on some machines makes pip warn about every package
 # it looks up; a failed install still prints its error and stops make.
@@ -27,13 +31,25 @@ $(KFP_STAMP): deploy/kubeflow/requirements.txt
 	$(KFP_VENV)/bin/pip install -qq -r deploy/kubeflow/requirements.txt
 	touch $(KFP_STAMP)
 
+# About 2½ minutes (longer on a busy machine) and 2.2 GB. Needs node and npm (Node.js 18+).
+$(TFJS_STAMP): scripts/tfjs/requirements.txt scripts/tfjs/requirements-no-deps.txt scripts/tfjs/package.json
+	@echo "make: creating $(TFJS_VENV) for the TensorFlow.js converter and TF.js under Node.js"
+	$(PYTHON) -m venv $(TFJS_VENV)
+	$(TFJS_VENV)/bin/pip install -qq -r scripts/tfjs/requirements.txt
+	$(TFJS_VENV)/bin/pip install -qq --no-deps -r scripts/tfjs/requirements-no-deps.txt
+	mkdir -p $(TFJS_VENV)/node
+	cp scripts/tfjs/package.json $(TFJS_VENV)/node/package.json
+	npm install --prefix $(TFJS_VENV)/node --no-audit --no-fund --silent
+	touch $(TFJS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/fedsilo demo --summary-json out.json
 
 # The whole suite: unit, integration, system, PostgreSQL and TensorFlow tests, and the static
 # checks of deploy/ (compose config, hadolint, Kubernetes schemas, the compiled Kubeflow
-# pipeline). The compose testbed on a real engine is `make testbed` (deploy/README.md).
-test: $(STAMP) $(KFP_STAMP)
+# pipeline), and the TF.js export run in TF.js. The compose testbed on a real engine is
+# `make testbed` (deploy/README.md).
+test: $(STAMP) $(KFP_STAMP) $(TFJS_STAMP)
 	scripts/ensure-test-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -96,9 +112,12 @@ testbed-clean:
 
 kfp-venv: $(KFP_STAMP)
 
+# fedsilo model export --format tfjs runs the converter from here (docs/requirements.md).
+tfjs-venv: $(TFJS_STAMP)
+
 # Compile the Kubeflow pipeline; the suite fails when deploy/kubeflow/pipeline.yaml is stale.
 kubeflow-pipeline: $(KFP_STAMP)
 	$(KFP_VENV)/bin/python deploy/kubeflow/pipeline.py deploy/kubeflow/pipeline.yaml
 
 clean:
-	rm -rf $(VENV) $(KFP_VENV) out.json
+	rm -rf $(VENV) $(KFP_VENV) $(TFJS_VENV) out.json

@@ -201,7 +201,7 @@ def _export(client: AdminClient, args: argparse.Namespace, console: Console) -> 
     # Check data: --task-config, else the job's own task_config.
     task_config = task_config_of(args.task_config or spec.task_config_json)
     report = export_in_format(
-        write_keras, task, task_config, args.out, args.format, args.quantization
+        write_keras, task, task_config, args.out, args.format, args.quantization, args.tfjs_python
     )
     result = {"job_id": args.job_id, "version": got[0], "path": str(args.out)}
     if args.json:
@@ -234,7 +234,13 @@ def participant_export(args: argparse.Namespace, config: Path | None, console: C
             task = load_task(args.task, participant.tasks or None)
             task_config = participant.task_config  # the organization's own data
             report = export_in_format(
-                write_keras, task, task_config, args.out, fmt, args.quantization
+                write_keras,
+                task,
+                task_config,
+                args.out,
+                fmt,
+                args.quantization,
+                getattr(args, "tfjs_python", None),
             )
     except CallFailed as exc:
         # The same line a refused admin call prints (main's grpc.RpcError handler).

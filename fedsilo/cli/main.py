@@ -177,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="global models")
     model_cmds = model.add_subparsers(dest="action", required=True)
     export = model_cmds.add_parser(
-        "export", help="save a global model as .keras, a SavedModel or a checked TF Lite model"
+        "export",
+        help="save a global model as .keras, or a checked SavedModel, TF Lite or TF.js model",
     )
     export.add_argument("job_id")
     export.add_argument("--task", help="task that defines the architecture (default: the job's)")

@@ -1,4 +1,4 @@
-"""``fedsilo model export --format``: a .keras file, a checked SavedModel or a TF Lite model."""
+"""``fedsilo model export --format``: .keras, or a checked SavedModel, TF Lite or TF.js model."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fedsilo.tasks import Task
 __all__ = ["FORMATS", "QUANTIZATIONS", "add_format_arguments", "export_in_format", "task_config_of"]
 
 # Mirrors participant.training.model_formats and .tflite, which import TensorFlow when used.
-FORMATS = ("keras", "savedmodel", "tflite")
+FORMATS = ("keras", "savedmodel", "tflite", "tfjs")
 QUANTIZATIONS = ("float", "dynamic", "int8")
 
 
@@ -26,6 +26,7 @@ def export_in_format(
     out: Path,
     fmt: str,
     quantization: str = "float",
+    tfjs_python: str | None = None,
 ) -> str:
     """Write the model at ``out`` in ``fmt``; what it measured against Keras, one line.
 
@@ -38,6 +39,13 @@ def export_in_format(
         return f"Keras model {out}"
     from participant.training.model_formats import convert_keras_file
 
+    if fmt == "tfjs":
+        from participant.training.tfjs import tfjs_environment
+
+        try:  # before downloading anything: a missing environment is the likeliest failure
+            tfjs_environment(tfjs_python)
+        except ValueError as exc:
+            raise ConfigError(f"not written: {exc}") from None
     data = task.load_data(task_config)
     with tempfile.TemporaryDirectory(prefix="fedsilo-export-") as scratch:
         keras_path = Path(scratch) / "model.keras"
@@ -51,6 +59,7 @@ def export_in_format(
                 data.y_test,
                 quantization=quantization,
                 representative=data.x_train,
+                tfjs_python=tfjs_python,
             )
         except ValueError as exc:
             raise ConfigError(f"not written: {exc}") from None
@@ -77,6 +86,12 @@ def add_format_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task-config",
         default="",
-        help="JSON task_config whose held-out split checks a savedmodel or tflite export "
+        help="JSON task_config whose held-out split checks a savedmodel, tflite or tfjs export "
         "(default: the job's; with --participant-config, the organization's)",
+    )
+    parser.add_argument(
+        "--tfjs-python",
+        metavar="PYTHON",
+        help="tfjs only: the Python of the TF.js converter's own environment (default: "
+        "$FEDSILO_TFJS_PYTHON, else .venv-tfjs/bin/python of the checkout; make tfjs-venv)",
     )

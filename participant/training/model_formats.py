@@ -1,9 +1,10 @@
-"""Turn an exported ``.keras`` file into a SavedModel or a checked TF Lite model for devices."""
+"""Turn an exported ``.keras`` file into a SavedModel, a TF Lite or a TF.js model, each checked."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from participant.training.quiet_import import import_keras
+from participant.training.tfjs import TfjsEnvironment, export_tfjs, tfjs_environment
 from participant.training.tflite import export_tflite
 
 __all__ = [
@@ -21,7 +23,7 @@ __all__ = [
     "savedmodel_predict",
 ]
 
-FORMATS = ("keras", "savedmodel", "tflite")
+FORMATS = ("keras", "savedmodel", "tflite", "tfjs")
 
 # A SavedModel runs the same float32 graph as Keras; only kernel order can differ.
 SAVEDMODEL_MAX_DIFFERENCE = 1e-5
@@ -55,12 +57,14 @@ def convert_keras_file(
     *,
     quantization: str = "float",
     representative: npt.ArrayLike | None = None,
+    tfjs_python: str | Path | None = None,
 ) -> FormatReport:
     """Convert ``keras_path`` to ``fmt`` at ``out``, checked against Keras on ``inputs``.
 
     ``keras_path`` must be a file this machine has just written from a downloaded (or locally
     decrypted) list of weights: Keras model files can carry code, so nothing received over the
-    network is ever loaded as a model, only as weight arrays.
+    network is ever loaded as a model, only as weight arrays. ``tfjs_python`` is the Python of the
+    TF.js converter's environment (default: see :func:`participant.training.tfjs.tfjs_environment`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
@@ -68,6 +72,9 @@ def convert_keras_file(
         return FormatReport(fmt, keras_path, f"Keras model {keras_path}")
     if inputs is None:
         raise ValueError(f"a {fmt} export is checked on held-out inputs; none were given")
+    if fmt == "tfjs":
+        # Before any TensorFlow work: a missing environment is the likeliest failure.
+        environment = tfjs_environment(tfjs_python)
     keras = import_keras()
 
     model = keras.saving.load_model(keras_path, compile=False)
@@ -81,7 +88,25 @@ def convert_keras_file(
             representative=representative,
         )
         return FormatReport(fmt, out, report.describe())
+    if fmt == "tfjs":
+        return _export_tfjs(model, out, inputs, environment)
     return _export_savedmodel(model, out, inputs)
+
+
+def _export_tfjs(
+    model: Any, out: Path, inputs: npt.ArrayLike, environment: TfjsEnvironment
+) -> FormatReport:
+    if out.exists():
+        raise ValueError(f"{out} exists; a TF.js model is written to a new directory")
+    batch = np.asarray(inputs, dtype=np.float32)
+    expected = np.asarray(model.predict(batch, batch_size=1024, verbose=0), dtype=np.float64)
+    with tempfile.TemporaryDirectory(prefix="fedsilo-export-") as scratch:
+        # The converter reads the SavedModel this process writes and checks, not the .keras
+        # file: its Keras 3 reader makes layers models TF.js cannot load (see tfjs.py).
+        savedmodel = Path(scratch) / "savedmodel"
+        _export_savedmodel(model, savedmodel, batch)
+        description = export_tfjs(environment, savedmodel, out, batch, expected)
+    return FormatReport("tfjs", out, description)
 
 
 def _export_savedmodel(model: Any, out: Path, inputs: npt.ArrayLike) -> FormatReport:

@@ -192,6 +192,31 @@ def test_model_export_takes_the_task_from_the_job_and_writes_a_checked_int8_tfli
     assert out.read_bytes()[4:8] == b"TFL3"  # the TF Lite flatbuffer identifier
 
 
+@pytest.mark.tf
+def test_model_export_writes_a_tfjs_graph_model_checked_in_tfjs(consortium, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from participant.training.tfjs import TFJS_MAX_DIFFERENCE
+
+    configured = os.environ.get("FEDSILO_TFJS_PYTHON")
+    repo = Path(__file__).resolve().parents[2]
+    if not Path(configured or repo / ".venv-tfjs" / "bin" / "python").exists():
+        pytest.skip("the TF.js converter's environment is missing: `make tfjs-venv` (make test)")
+    consortium.start_coordinator()
+    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
+    job_id = json.loads(created.stdout)["job_id"]
+    out = tmp_path / "model-tfjs"
+    exported = _fedsilo(
+        consortium, "model", "export", job_id, "--format", "tfjs",
+        "--task-config", '{"partition": 0, "num_partitions": 2}', "--out", str(out), "--json",
+    )  # fmt: skip
+    result = json.loads(exported.stdout)
+    print(result["check"])
+    assert (result["version"], result["format"]) == (0, "tfjs")
+    assert result["check"].startswith("TF.js graph model")
+    difference = float(result["check"].split("max |difference| ")[1].split()[0])
+    assert difference <= TFJS_MAX_DIFFERENCE
+    assert json.loads((out / "model.json").read_text())["format"] == "graph-model"
+
+
 def test_participant_doctor_passes_against_a_running_coordinator(consortium) -> None:  # type: ignore[no-untyped-def]
     consortium.start_coordinator()
     consortium.start_participant("org-2")  # writes org-2.yaml; the daemon also runs

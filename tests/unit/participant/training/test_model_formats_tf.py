@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,17 @@ import pytest
 
 from fedsilo.tasks import LocalData, TrainingSettings, load_task
 from participant.training.model_formats import FORMATS, convert_keras_file, savedmodel_predict
+from participant.training.tfjs import (
+    TFJS_MAX_DIFFERENCE,
+    export_tfjs,
+    tfjs_environment,
+    tfjs_predict,
+)
 from participant.training.tflite import DEFAULT_BOUNDS, QUANTIZATIONS, tflite_predict
 
 pytestmark = pytest.mark.tf
+
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +85,54 @@ def test_each_tflite_quantization_agrees_with_keras(
     )
     assert difference <= bounds.max_abs_difference
     assert agreement >= bounds.min_agreement
+
+
+def _tfjs_python() -> Path | None:
+    configured = os.environ.get("FEDSILO_TFJS_PYTHON")
+    candidate = Path(configured) if configured else REPO / ".venv-tfjs" / "bin" / "python"
+    return candidate if candidate.exists() else None
+
+
+@pytest.fixture(scope="module")
+def tfjs_python() -> Path:
+    python = _tfjs_python()
+    if python is None:
+        pytest.skip(
+            "the TF.js converter lives in its own environment (its dependencies conflict with "
+            "TensorFlow 2.21): `make tfjs-venv` creates .venv-tfjs (make test does), or set "
+            "FEDSILO_TFJS_PYTHON"
+        )
+    return python
+
+
+def test_the_tfjs_graph_model_matches_keras_in_tfjs(
+    trained: tuple[Path, LocalData], tmp_path: Path, tfjs_python: Path
+) -> None:
+    path, data = trained
+    out = tmp_path / "digits-tfjs"
+    report = convert_keras_file(path, out, "tfjs", data.x_test, tfjs_python=tfjs_python)
+    print(report.description)
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["format"] == "graph-model"
+    shards = [shard for group in manifest["weightsManifest"] for shard in group["paths"]]
+    assert shards and all((out / shard).is_file() for shard in shards)
+    # Run again, apart from the export's own check, in TF.js under Node.js.
+    outputs = tfjs_predict(tfjs_environment(tfjs_python), out, data.x_test)
+    difference = float(np.max(np.abs(outputs - _keras_outputs(path, data.x_test))))
+    print(f"tfjs: max |difference| {difference:.3g} (bound {TFJS_MAX_DIFFERENCE})")
+    assert outputs.shape == (len(data.x_test), 10)
+    assert difference <= TFJS_MAX_DIFFERENCE
+
+
+def test_a_tfjs_model_that_differs_from_keras_is_not_written(
+    trained: tuple[Path, LocalData], tmp_path: Path, tfjs_python: Path
+) -> None:
+    path, data = trained
+    convert_keras_file(path, tmp_path / "saved", "savedmodel", data.x_test)
+    expected = _keras_outputs(path, data.x_test)
+    expected[0, 0] += 10 * TFJS_MAX_DIFFERENCE  # what a wrong conversion would look like
+    out = tmp_path / "digits-tfjs"
+    environment = tfjs_environment(tfjs_python)
+    with pytest.raises(ValueError, match="differs from Keras"):
+        export_tfjs(environment, tmp_path / "saved", out, data.x_test, expected)
+    assert not out.exists()
