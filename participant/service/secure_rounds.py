@@ -35,6 +35,7 @@ from cryptography import x509
 from fedsilo.codec import encode_tensors, tensors_sha256
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
+from fedsilo.membership import NotAMember
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import (
     Protection,
@@ -53,6 +54,7 @@ from participant.domain.assignments import (
     StepOutcome,
 )
 from participant.errors import (
+    MembershipUnavailable,
     NotSupported,
     SecAggUnavailable,
     StateUnreadable,
@@ -64,6 +66,7 @@ from participant.service.calls import SecureRoundCalls
 from participant.service.identity import OrgIdentity, utc_now
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
@@ -117,6 +120,7 @@ class SecureRoundParticipant:
         paillier: PaillierJobs | None = None,
         terms: JobTermsStore,
         ledger: ContributionLedger,
+        membership: MembershipStore,
     ) -> None:
         self._client = client
         self._states = states
@@ -129,6 +133,7 @@ class SecureRoundParticipant:
         self._paillier = paillier
         self._terms = terms
         self._ledger = ledger
+        self._membership = membership
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
 
     def held_round_ids(self) -> list[str]:
@@ -170,6 +175,13 @@ class SecureRoundParticipant:
             phase=phase.value,
             org=identity.participant_id,
         )
+        try:
+            self._membership.ready()
+        except MembershipUnavailable as exc:
+            # Not a refusal: the round is answered once the CA's list has arrived.
+            return self._silent(
+                assignment, StepOutcome.SKIPPED, logging.WARNING, "%s", exc, ctx=ctx
+            )
         try:
             state = self._states.load(assignment.round_id)
         except StateUnreadable as exc:
@@ -234,11 +246,17 @@ class SecureRoundParticipant:
         try:
             _check_unchanged(assignment, data.parameters, state, client)
             self._check_protection(assignment)
+            # Every phase: a peer revoked since the round started ends it here.
+            self._check_members(assignment, identity, state.parameters, state.peer_certificates)
             answer = self._answer(phase, assignment, data, identity, state, client, ctx)
         except (SecAggError, PeerCertificateError) as exc:
             client.abort(str(exc))
             self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
             log.error("refused the round: %s", exc, **ctx)
+            if isinstance(exc, NotAMember):
+                log.error(
+                    "organization %s is not admitted by the membership list", exc.org_id, **ctx
+                )
             sender = getattr(exc, "sender", None)
             if sender is not None:
                 # A bad share comes from a peer, not from the coordinator: say who, so the
@@ -274,6 +292,8 @@ class SecureRoundParticipant:
                 self._require_paillier().check_round(
                     assignment.job_id, parameters, assignment.strategy
                 )
+            # Only organizations the consortium CA's list admits, before a key is made.
+            self._check_members(assignment, identity, parameters, {})
             # The organization's own cohort policy (a threshold or cohort below it is refused),
             # then its bounds and the job's terms and secure parameters as first accepted.
             client = SecAggClient.start(
@@ -289,13 +309,20 @@ class SecureRoundParticipant:
                 assignment.round_number,
                 assignment.model_version,
             )
-        except (SecAggError, UntrustedMessage) as exc:
+        except (SecAggError, UntrustedMessage, PeerCertificateError) as exc:
             refused = SecureRoundState(
                 parameters, None, {}, refusal=str(exc), protection=protection.value
             )
             self._states.save(assignment.round_id, refused)
             log.error("refused the round: %s", exc, **ctx)
+            if isinstance(exc, NotAMember):
+                log.error(
+                    "organization %s is not admitted by the membership list", exc.org_id, **ctx
+                )
             return StepOutcome.REFUSED
+        if protection is Protection.PAILLIER:
+            # Every cohort member decrypts the round's sum with the job's key: it holds it.
+            self._require_paillier().record_key_holders(assignment.job_id, parameters.cohort)
         answer = _Answer(
             SecureRoundState(
                 parameters,
@@ -369,11 +396,13 @@ class SecureRoundParticipant:
             offered[entry.participant] = item.certificate_pem
         if client.phase is ClientPhase.KEYS_ADVERTISED:
             now = self._clock()
-            # S14: a peer's keys count only with a certificate of the consortium CA for its id.
+            # S14: a peer's keys count only with a certificate of the consortium CA for its id,
+            # and only from an organization the CA's membership list admits, with that certificate.
             peer_keys = {
                 org: verify_peer_certificate(pem, identity.ca, org, Role.PARTICIPANT, now)
                 for org, pem in offered.items()
             }
+            self._membership.check_peers(identity.participant_id, offered)
             client = SecAggClient.restore(client.to_dict(), self._context(identity, peer_keys))
         elif offered != dict(state.peer_certificates):
             # Later phases verify signatures with the certificates accepted the first time.
@@ -529,6 +558,24 @@ class SecureRoundParticipant:
             raise ProtocolViolation(
                 f"a round with protection {assignment.protection.value} in a paillier job"
             )
+
+    def _check_members(
+        self,
+        assignment: Assignment,
+        identity: OrgIdentity,
+        parameters: SecAggParameters,
+        certificates: Mapping[str, bytes],
+    ) -> None:
+        """Every organization of the round (its cohort, with the certificates accepted so far)
+        and, under paillier, everyone known to hold the job's key, must be admitted by the
+        membership list held now; NotAMember names the first that is not."""
+        me = identity.participant_id
+        peers: dict[str, bytes | None] = dict.fromkeys(parameters.cohort)
+        peers.update(certificates)
+        self._membership.check_peers(me, peers)
+        if assignment.protection is Protection.PAILLIER:
+            holders = self._require_paillier().key_holders(assignment.job_id)
+            self._membership.check_key_holders(me, holders)
 
     def _current_identity(self) -> OrgIdentity:
         if self._identity is None:
