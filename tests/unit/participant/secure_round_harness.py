@@ -40,6 +40,7 @@ from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant, model_digest, round_config
 from secagg import (
@@ -162,6 +163,16 @@ def identity_files(pki: DemoPki, org: str) -> TlsFiles:
     return TlsFiles(pki.ca_cert, files.cert_path, files.key_path)
 
 
+def membership_store(
+    state_dir: Path, pki: DemoPki, document: bytes | None = None, *, required: bool = True
+) -> MembershipStore:
+    """The participant's membership store holding ``document`` (the demo's list if None)."""
+    ca = load_certificate(pki.ca_cert)
+    store = MembershipStore(state_dir, lambda: ca, required=required)
+    store.offer(pki.membership_list.read_bytes() if document is None else document)
+    return store
+
+
 def make_participant(
     org: str,
     state_dir: Path,
@@ -187,6 +198,7 @@ def make_participant(
         train,
         terms=JobTermsStore(state_dir, accept),
         ledger=ContributionLedger(state_dir),
+        membership=membership_store(state_dir, pki),
     )
     return Participant(org, state_dir, transport, rounds, pki, data)
 
