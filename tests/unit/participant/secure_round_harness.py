@@ -138,6 +138,7 @@ class Participant:
     rounds: SecureRoundParticipant
     pki: DemoPki
     data: LocalData = field(repr=False)
+    membership: MembershipStore | None = None
 
     def step(self, assignment: Assignment) -> StepOutcome:
         return self.rounds.step(assignment)
@@ -180,8 +181,11 @@ def make_participant(
     transport: FakeTransport | None = None,
     data: LocalData | None = None,
     accept: AcceptPolicy | None = None,
+    membership: MembershipStore | None = None,
 ) -> Participant:
-    """A participant with ``accept`` as its own limits (the configuration's defaults if None)."""
+    """A participant with ``accept`` as its own limits (the configuration's defaults if None)
+    holding ``membership`` (the demo consortium's list if None)."""
+    membership = membership if membership is not None else membership_store(state_dir, pki)
     accept = accept if accept is not None else AcceptPolicy()
     transport = transport or FakeTransport(base_weights())
     data = data if data is not None else local_data(org)
@@ -198,9 +202,9 @@ def make_participant(
         train,
         terms=JobTermsStore(state_dir, accept),
         ledger=ContributionLedger(state_dir),
-        membership=membership_store(state_dir, pki),
+        membership=membership,
     )
-    return Participant(org, state_dir, transport, rounds, pki, data)
+    return Participant(org, state_dir, transport, rounds, pki, data, membership)
 
 
 def certificate_pem(pki: DemoPki, org: str) -> bytes:
