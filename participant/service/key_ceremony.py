@@ -29,7 +29,6 @@ from typing import Any
 
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
-from fedsilo.membership import NotAMember
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from participant.domain.assignments import (
     AdvertisedKeys,
@@ -46,7 +45,7 @@ from participant.errors import (
 )
 from participant.service.calls import CeremonyCalls
 from participant.service.identity import OrgIdentity, utc_now
-from participant.service.membership import MembershipStore
+from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import job_parameters
 from participant.service.paillier_state import (
     OutgoingMessage,
@@ -161,10 +160,7 @@ class CeremonyParticipant:
         except (SecAggError, PeerCertificateError) as exc:
             self._store.save(job_id, replace(state, refused_step=digest, refusal=str(exc)))
             log.error("refused the key-ceremony step: %s", exc, **ctx)
-            if isinstance(exc, NotAMember):
-                log.error(
-                    "organization %s is not admitted by the membership list", exc.org_id, **ctx
-                )
+            log_refused_member(exc, ctx)
             return StepOutcome.REFUSED
         self._flush(job_id, new_state, ctx, data.action)
         return StepOutcome.ANSWERED

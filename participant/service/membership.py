@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -29,9 +30,16 @@ from fedsilo.membership import (
 from participant.errors import MembershipUnavailable, StateUnreadable, UntrustedMessage
 from participant.service.private_files import private_directory, write_private
 
-__all__ = ["MembershipStore"]
+__all__ = ["MembershipStore", "log_refused_member"]
 
 log = logging.getLogger("participant")
+
+
+def log_refused_member(exc: Exception, ctx: Mapping[str, Any]) -> None:
+    """After a refusal: name the organization the membership list does not admit, if that was
+    the reason, on a line of its own (operators search their logs for it)."""
+    if isinstance(exc, NotAMember):
+        log.error("organization %s is not admitted by the membership list", exc.org_id, **ctx)
 
 
 class MembershipStore:

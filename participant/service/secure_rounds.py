@@ -35,7 +35,6 @@ from cryptography import x509
 from fedsilo.codec import encode_tensors, tensors_sha256
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
-from fedsilo.membership import NotAMember
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import (
     Protection,
@@ -66,7 +65,7 @@ from participant.service.calls import SecureRoundCalls
 from participant.service.identity import OrgIdentity, utc_now
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
-from participant.service.membership import MembershipStore
+from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
@@ -253,10 +252,7 @@ class SecureRoundParticipant:
             client.abort(str(exc))
             self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
             log.error("refused the round: %s", exc, **ctx)
-            if isinstance(exc, NotAMember):
-                log.error(
-                    "organization %s is not admitted by the membership list", exc.org_id, **ctx
-                )
+            log_refused_member(exc, ctx)
             sender = getattr(exc, "sender", None)
             if sender is not None:
                 # A bad share comes from a peer, not from the coordinator: say who, so the
@@ -315,10 +311,7 @@ class SecureRoundParticipant:
             )
             self._states.save(assignment.round_id, refused)
             log.error("refused the round: %s", exc, **ctx)
-            if isinstance(exc, NotAMember):
-                log.error(
-                    "organization %s is not admitted by the membership list", exc.org_id, **ctx
-                )
+            log_refused_member(exc, ctx)
             return StepOutcome.REFUSED
         if protection is Protection.PAILLIER:
             # Every cohort member decrypts the round's sum with the job's key: it holds it.

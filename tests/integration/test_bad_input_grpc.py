@@ -704,7 +704,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 21  # 7 participant + 14 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 22  # 7 participant + 15 admin RPCs; update when the API grows
 
 
 def _raw_call(
