@@ -288,13 +288,13 @@ class SecureRoundParticipant:
                 self._require_paillier().check_round(
                     assignment.job_id, parameters, assignment.strategy
                 )
-            # Only organizations the consortium CA's list admits, before a key is made.
-            self._check_members(assignment, identity, parameters, {})
             # The organization's own cohort policy (a threshold or cohort below it is refused),
             # then its bounds and the job's terms and secure parameters as first accepted.
             client = SecAggClient.start(
                 config, self._context(identity, {}), self._terms.policy.cohort
             )
+            # Only organizations the consortium CA's list admits, before a key leaves.
+            self._check_members(assignment, identity, parameters, {})
             self._terms.check(assignment)
             self._terms.check_secure(assignment.job_id, parameters)
             # Round ids, numbers and base versions against what this organization already gave
