@@ -5,6 +5,7 @@ organization the CA revoked even when the coordinator keeps it in the cohort.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from test_secure_rounds_grpc import secure_spec, start_daemons
 
 from fedsilo.admin import AdminClient
 from fedsilo.cli.daemons import wait_for
+from fedsilo.cli.main import main
 from fedsilo.membership import certificate_sha256, sign_membership_list
 from fedsilo.pki import create_ca, load_ca, load_certificate
 from fedsilo.v1 import fedsilo_pb2 as pb
@@ -112,3 +114,36 @@ def test_a_round_keeping_an_org_the_ca_revoked_is_refused_by_every_honest_daemon
         # Each keeps the list in its own state: a restart cannot bring back serial 1.
         held = tmp_path / "participants" / org / "membership" / "list.json"
         assert held.read_bytes() == document
+
+
+def test_the_operator_publishes_a_list_from_the_shell(
+    pki: ConsortiumPki,
+    admin: AdminClient,
+    target: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    newer = tmp_path / "membership-2.json"
+    newer.write_bytes(signed_list(pki, 2, ORGS[:2], ORGS[2:]))
+    tls = pki.admin_tls()
+    connection = [
+        "--coordinator",
+        target,
+        "--ca-cert",
+        str(tls.ca_cert),
+        "--cert",
+        str(tls.cert),
+        "--key",
+        str(tls.key),
+    ]
+    assert main(["participants", "publish-membership", str(newer), *connection]) == 0
+    assert "membership list 2 published" in capsys.readouterr().out
+    assert main(["participants", "publish-membership", str(newer), *connection, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"serial": 2, "already_published": True}
+    # The list from before the revocation cannot be published again.
+    older = tmp_path / "membership-1.json"
+    older.write_bytes(pki.demo.membership_list.read_bytes())
+    assert main(["participants", "publish-membership", str(older), *connection]) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().out
+    assert main(["participants", "publish-membership", str(tmp_path / "none"), *connection]) == 2
+    assert "cannot read" in capsys.readouterr().out
