@@ -27,7 +27,12 @@ from fedsilo.membership import (
     NotAMember,
     verify_membership_list,
 )
-from participant.errors import MembershipUnavailable, StateUnreadable, UntrustedMessage
+from participant.errors import (
+    MembershipUnavailable,
+    ParticipantError,
+    StateUnreadable,
+    UntrustedMessage,
+)
 from participant.service.private_files import private_directory, write_private
 
 __all__ = ["MembershipStore", "log_refused_member"]
@@ -65,16 +70,23 @@ class MembershipStore:
                 try:
                     self._current = verify_membership_list(document, self._ca())
                 except MembershipListError as exc:
+                    # Never replaced silently: the file is this organization's memory of the
+                    # highest serial, and a coordinator could otherwise hand back an older list.
                     raise StateUnreadable(
-                        f"the stored membership list is unusable: {exc}"
+                        f"the stored membership list {self._path} is unusable ({exc}); no "
+                        "secure work is answered until it is repaired or deleted"
                     ) from None
             self._loaded = True
         return self._current
 
     @property
     def serial(self) -> int:
-        """The serial of the list held, 0 if none."""
-        held = self.current()
+        """The serial of the list held; 0 if none, or if the held one cannot be read now (the
+        reason is reported where the list is used)."""
+        try:
+            held = self.current()
+        except ParticipantError:
+            return 0
         return 0 if held is None else held.serial
 
     def offer(self, document: bytes) -> bool:

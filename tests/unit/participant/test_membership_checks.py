@@ -33,7 +33,7 @@ from secure_round_harness import (
 from fedsilo.membership import certificate_sha256, sign_membership_list
 from fedsilo.pki import DemoPki, create_ca, load_ca, load_certificate, make_demo_pki
 from participant.domain.assignments import KeyCeremonyStepData, SecAggPhase, StepOutcome
-from participant.errors import UntrustedMessage
+from participant.errors import StateUnreadable, UntrustedMessage
 from participant.service.membership import MembershipStore
 from secagg.paillier import PaillierPrivateKey
 
@@ -111,6 +111,22 @@ def test_a_list_not_signed_by_the_consortium_ca_is_refused(pki: DemoPki, tmp_pat
         store.offer(forged)
     assert store.serial == 0
     assert not (tmp_path / "membership" / "list.json").exists()
+
+
+def test_a_damaged_stored_list_is_not_replaced_by_the_coordinators(
+    pki: DemoPki, tmp_path: Path
+) -> None:
+    _store(tmp_path, pki).offer(signed_list(pki, 5, members=ORGS4[:3], revoked=["org-d"]))
+    path = tmp_path / "membership" / "list.json"
+    path.write_bytes(path.read_bytes().replace(b'"serial', b'"serail'))
+    damaged = path.read_bytes()
+    store = _store(tmp_path, pki)
+    assert store.serial == 0  # asks for the coordinator's list, which is then refused
+    with pytest.raises(StateUnreadable, match="repaired or deleted"):
+        store.offer(signed_list(pki, 4))
+    with pytest.raises(StateUnreadable):
+        store.check_peers("org-a", {"org-d": None})
+    assert path.read_bytes() == damaged
 
 
 # -- secure rounds -------------------------------------------------------------------------------
