@@ -27,7 +27,7 @@ from cryptography import x509
 
 from coordinator.domain.jobs import Participant, ParticipantStatus
 from coordinator.errors import InvalidRequest, NotAuthorized, NotFound, StaleMembershipList
-from coordinator.persistence.store import DuplicateKey, Store
+from coordinator.persistence.store import DuplicateKey, Store, Transaction
 from fedsilo.logs import context
 from fedsilo.membership import MembershipListError, verify_membership_list
 
@@ -158,7 +158,11 @@ class MembershipService:
     def publish_membership_list(self, document: bytes, actor: str) -> tuple[int, bool]:
         """Keep a membership list signed by the consortium CA; returns its serial and whether
         this very list was already published. A list with a serial not above the current one is
-        refused (StaleMembershipList): participants would refuse it too."""
+        refused (StaleMembershipList): participants would refuse it too.
+
+        Organizations the list revokes are revoked here as well (audited as
+        ``participant.revoke``), so this coordinator stops putting them in cohorts, as every
+        participant would refuse those rounds anyway."""
         if self._ca is None:
             raise InvalidRequest(
                 "this coordinator runs without TLS: it has no consortium CA to check a "
@@ -179,6 +183,7 @@ class MembershipService:
                         f"list {current[0]}"
                     )
                 tx.add_membership_list(published.serial, document, actor, self._clock())
+                revoked_here = self._revoke_listed(tx, published.revoked, published.serial, actor)
                 tx.add_audit(
                     self._clock(),
                     actor,
@@ -195,7 +200,30 @@ class MembershipService:
             len(published.members),
             len(published.revoked),
         )
+        for org_id in revoked_here:
+            log.warning(
+                "revoked: membership list %d revokes it", published.serial, **context(org=org_id)
+            )
         return published.serial, False
+
+    def _revoke_listed(
+        self, tx: Transaction, revoked: frozenset[str], serial: int, actor: str
+    ) -> list[str]:
+        changed = []
+        for org_id in sorted(revoked):
+            participant = tx.get_participant(org_id)
+            if participant is None or participant.status is ParticipantStatus.REVOKED:
+                continue
+            tx.set_participant_status(org_id, ParticipantStatus.REVOKED)
+            tx.add_audit(
+                self._clock(),
+                actor,
+                "participant.revoke",
+                "ok",
+                f"org={org_id} (membership list {serial})",
+            )
+            changed.append(org_id)
+        return changed
 
     def membership_list_after(self, serial: int) -> bytes:
         """The newest published list if its serial is above ``serial``, else empty bytes."""

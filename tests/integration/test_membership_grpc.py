@@ -19,8 +19,10 @@ from inproc_consortium import (
     initial_weights,
     rpc_error,
 )
-from test_secure_rounds_grpc import secure_spec, start_daemons
+from test_secure_rounds_grpc import secure_spec
 
+from coordinator.domain.jobs import ParticipantStatus
+from coordinator.persistence.store import Store
 from fedsilo.admin import AdminClient
 from fedsilo.cli.daemons import wait_for
 from fedsilo.cli.main import main
@@ -78,15 +80,32 @@ def test_a_round_keeping_an_org_the_ca_revoked_is_refused_by_every_honest_daemon
     admin: AdminClient,
     target: str,
     run_daemon: Callable[..., DaemonThread],
+    register: Callable[..., None],
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.INFO, logger="participant")
-    start_daemons(admin, target, run_daemon)
-    # The CA revokes org-c and the admin publishes the list, but this coordinator keeps org-c
-    # approved and in the cohort (it was never told to revoke it, or ignores it).
+    for org in ("org-a", "org-b"):
+        run_daemon(org, target, poll_seconds=0.5)
+    register("org-c")  # known and live; org-c's own daemon is not needed to be put in a cohort
+    wait_for(
+        lambda: len(admin.list_participants()) == len(ORGS),
+        20,
+        "three organizations to register",
+        interval=0.02,
+    )
+    # The CA revokes org-c and the admin publishes the list; an honest coordinator revokes org-c
+    # too. This one's operator undoes that in its own database and keeps org-c in its cohorts.
     document = signed_list(pki, 2, ORGS[:2], ORGS[2:])
     assert admin.publish_membership_list(document) == (2, False)
+    statuses = {p.org_id: p.status for p in admin.list_participants()}
+    assert statuses["org-c"] == "revoked"
+    store = Store(f"sqlite:///{tmp_path / 'coordinator' / 'coordinator.db'}")
+    try:
+        with store.transaction() as tx:
+            tx.set_participant_status("org-c", ParticipantStatus.ACTIVE)
+    finally:
+        store.close()
     job_id = admin.create_job(secure_spec(phase_timeout=120.0), initial_weights()).job_id
     admin.start_job(job_id)
 

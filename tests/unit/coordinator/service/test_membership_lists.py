@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import InvalidRequest, StaleMembershipList
+from coordinator.domain.jobs import ParticipantStatus
+from coordinator.errors import InvalidRequest, NotAuthorized, StaleMembershipList
 from coordinator.persistence.store import Store
 from coordinator.service.membership import MembershipService
 from fedsilo.membership import sign_membership_list
@@ -76,3 +77,18 @@ def test_a_list_not_signed_by_the_coordinators_ca_is_refused(
 def test_without_a_ca_no_list_is_accepted(ca: CertificateAuthority, store: Store) -> None:
     with pytest.raises(InvalidRequest, match="without TLS"):
         MembershipService(store).publish_membership_list(_signed(ca, 1), "admin")
+
+
+def test_organizations_the_list_revokes_are_revoked_here_too(
+    ca: CertificateAuthority, store: Store
+) -> None:
+    service = MembershipService(store, auto_approve=True, ca=ca.cert)
+    for org in ("org-a", "org-c"):
+        service.authenticate_participant(org)
+    service.publish_membership_list(_signed(ca, 2, revoked=("org-c", "org-z")), "admin")
+    statuses = {p.org_id: p.status for p in service.list_participants()}
+    assert statuses == {"org-a": ParticipantStatus.ACTIVE, "org-c": ParticipantStatus.REVOKED}
+    with pytest.raises(NotAuthorized, match="revoked"):
+        service.authenticate_participant("org-c")
+    revocations = [e.detail for e in service.audit_events() if e.action == "participant.revoke"]
+    assert revocations == ["org=org-c (membership list 2)"]
