@@ -8,6 +8,7 @@ __all__ = [
     "InvalidRequest",
     "NotAuthorized",
     "NotFound",
+    "StaleMembershipList",
     "StorageUnavailable",
     "WrongRoundPhase",
 ]
@@ -39,6 +40,10 @@ class ConflictingSubmission(CoordinatorError):
 
 class NotAuthorized(CoordinatorError):
     """The caller's certificate does not carry the role this call needs."""
+
+
+class StaleMembershipList(CoordinatorError):
+    """A membership list whose serial is not above the one published (lists never go back)."""
 
 
 class StorageUnavailable(CoordinatorError):

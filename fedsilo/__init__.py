@@ -16,7 +16,9 @@ built-in class in brackets as a second base, because callers across the daemons 
     ├── ChunkError               chunking: a stream that does not add up       [ValueError]
     ├── TaskNotFoundError        tasks: the named task is not installed        [LookupError]
     ├── PkiError                 pki: bad org id, subject, CSR, key or CA      [ValueError]
-    │   └── PeerCertificateError   a peer's certificate is not acceptable
+    │   ├── PeerCertificateError   a peer's certificate is not acceptable
+    │   │   └── NotAMember             membership: a peer the CA-signed list does not admit
+    │   └── MembershipListError    membership: a list that is malformed or not the CA's
     └── UnknownCrashPoint        faults: a crash point that is not declared    [ValueError]
 """
 

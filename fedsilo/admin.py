@@ -107,6 +107,13 @@ class AdminClient:
         )
         return bool(response.already_revoked)
 
+    def publish_membership_list(self, document: bytes) -> tuple[int, bool]:
+        """Publish a membership list signed by the consortium CA; (its serial, already there)."""
+        response = self._stub.PublishMembershipList(
+            pb.PublishMembershipListRequest(document=document), timeout=self._timeout
+        )
+        return int(response.serial), bool(response.already_published)
+
     def audit_events(self, limit: int = 100) -> list[pb.AuditEvent]:
         response = self._stub.ListAuditEvents(
             pb.ListAuditEventsRequest(limit=limit), timeout=self._timeout

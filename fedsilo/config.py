@@ -147,6 +147,9 @@ class ParticipantConfig:
     rpc_timeout_seconds: float = 120.0
     backoff: BackoffSection = field(default_factory=BackoffSection)
     accept: AcceptSection = field(default_factory=AcceptSection)
+    # No secure round or key-ceremony step until a membership list signed by the consortium CA
+    # has arrived (docs/configuration.md); false checks peers against the CA only.
+    require_membership_list: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
 

@@ -108,6 +108,8 @@ class DemoPki:
     coordinator: IssuedFiles
     participants: Mapping[str, IssuedFiles]
     admin: IssuedFiles
+    membership_list: Path
+    """Serial 1 of the consortium's membership list: every participant, signed by the CA."""
 
     @property
     def coordinator_cert(self) -> Path:
@@ -415,8 +417,13 @@ def make_demo_pki(
 ) -> DemoPki:
     """Create a CA, a coordinator server cert, one participant cert per org and an admin cert.
 
-    Layout: ``ca/``, ``coordinator/``, ``orgs/<org_id>/``, ``admin/`` under ``out_dir``.
+    Layout: ``ca/``, ``coordinator/``, ``orgs/<org_id>/``, ``admin/`` under ``out_dir``, and
+    ``membership.json``: the membership list (serial 1) admitting every participant, to publish
+    at the coordinator (fedsilo/membership.py).
     """
+    # Imported here: fedsilo.membership builds on this module.
+    from fedsilo.membership import certificate_sha256, sign_membership_list
+
     for org_id in (*org_ids, admin_id, coordinator_name):
         validate_org_id(org_id)
     if len(set(org_ids)) != len(org_ids):
@@ -441,12 +448,24 @@ def make_demo_pki(
         org_id: issue(ca, org_id, Role.PARTICIPANT, out_dir / "orgs" / org_id) for org_id in org_ids
     }
     admin = issue(ca, admin_id, Role.ADMIN, out_dir / "admin")
+    members = {
+        org_id: [certificate_sha256(load_certificate(files.cert_path))]
+        for org_id, files in participants.items()
+    }
+    membership_list = out_dir / "membership.json"
+    _write_file(
+        membership_list,
+        sign_membership_list(ca.cert, ca.key, members, (), 1),
+        mode=0o644,
+        overwrite=False,
+    )
     return DemoPki(
         ca_cert=ca_files.cert_path,
         ca_key=ca_files.key_path,
         coordinator=coordinator,
         participants=participants,
         admin=admin,
+        membership_list=membership_list,
     )
 
 

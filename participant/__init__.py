@@ -15,6 +15,7 @@ Errors the participant raises on purpose form one tree (see ``participant.errors
     ├── UntrustedMessage          the coordinator sent what this participant will not act on
     ├── NotSupported              work this participant is not set up for (e.g. paillier)
     │   └── SecAggUnavailable         no usable organization key and certificate
+    ├── MembershipUnavailable     no CA-signed membership list yet, and one is required
     ├── ModelUnavailable          a global model version cannot be obtained or rebuilt
     ├── TaskFailed                the organization's task rejected its settings, data or weights
     └── LocalStateError           an id that is no safe file name, a damaged state file

@@ -9,6 +9,7 @@ __all__ = [
     "CallStatus",
     "CoordinatorUnavailable",
     "LocalStateError",
+    "MembershipUnavailable",
     "ModelUnavailable",
     "NotSupported",
     "PaillierStateUnreadable",
@@ -101,6 +102,11 @@ class NotSupported(ParticipantError, ValueError):
 
 class SecAggUnavailable(NotSupported):
     """This participant cannot take part in secure aggregation (no usable organization key)."""
+
+
+class MembershipUnavailable(ParticipantError, ValueError):
+    """No membership list signed by the consortium CA is held and one is required: secure
+    rounds and key-ceremony steps wait for it (nothing is recorded as refused)."""
 
 
 class ModelUnavailable(ParticipantError, ValueError):

@@ -11,18 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
+from cryptography import x509
 
 from fedsilo.config import ParticipantConfig, load_config
 from fedsilo.logs import configure
 from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsFiles
 from participant.domain.policy import AcceptPolicy
-from participant.errors import ModelUnavailable, NotSupported, Revoked
+from participant.errors import ModelUnavailable, NotSupported, Revoked, SecAggUnavailable
 from participant.service.answers import AnswerStore
 from participant.service.calls import ModelCalls
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.runner import ParticipantDaemon
@@ -77,17 +79,28 @@ def build_daemon(
     tls = _tls_files(config)
     client, channels = build_client(config, stop)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity = IdentityFiles(tls) if tls is not None else None
+
+    def consortium_ca() -> x509.Certificate:
+        # The CA the organization trusts for TLS is the one whose membership lists it accepts.
+        if identity is None:
+            raise SecAggUnavailable("without TLS there is no consortium CA to check lists with")
+        return identity().ca
+
     daemon = ParticipantDaemon(
         client,
         AnswerStore(config.state_dir),
         SecAggStateStore(config.state_dir),
-        IdentityFiles(tls) if tls is not None else None,
+        identity,
         config.tasks,
         config.task_config,
         stop,
         config.poll_seconds,
         job_terms=JobTermsStore(config.state_dir, AcceptPolicy.from_config(config.accept)),
         ledger=ContributionLedger(config.state_dir),
+        membership=MembershipStore(
+            config.state_dir, consortium_ca, required=config.require_membership_list
+        ),
         paillier_states=PaillierStateStore(config.state_dir),
         paillier_workers=PaillierWorkers(),
     )

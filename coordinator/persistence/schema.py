@@ -24,8 +24,9 @@ __all__ = ["metadata"]
 
 metadata = MetaData()
 
-# The schema version before Alembic (5 since revision 0005). Code from before Alembic reads it and
-# refuses any version but its own, so a revision that changes tables sets it to 4 or more.
+# The schema version before Alembic (4 since revision 0004, 5 since 0005, 6 since 0006). Code
+# from before Alembic reads it and refuses any version but its own, so a revision that changes
+# tables sets it to 4 or more.
 schema_info = Table(
     "schema_info",
     metadata,
@@ -153,6 +154,17 @@ revoked_certificates = Table(
     metadata,
     Column("serial_hex", String(64), primary_key=True),
     Column("reason", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# The consortium CA's signed membership lists as the admin published them; the newest is handed
+# to participants (fedsilo/membership.py). The serial is the list's own: it only goes up.
+membership_lists = Table(
+    "membership_lists",
+    metadata,
+    Column("serial", BigInteger, primary_key=True, autoincrement=False),
+    Column("document", LargeBinary, nullable=False),
     Column("actor", String(64), nullable=False),
     Column("at", Float, nullable=False),
 )

@@ -414,6 +414,22 @@ class Transaction:
     def revoked_serials(self) -> set[str]:
         return set(self._conn.execute(select(t.revoked_certificates.c.serial_hex)).scalars())
 
+    # -- membership lists ----------------------------------------------------------------------
+
+    def add_membership_list(self, serial: int, document: bytes, actor: str, at: float) -> None:
+        self._conn.execute(
+            insert(t.membership_lists).values(serial=serial, document=document, actor=actor, at=at)
+        )
+
+    def latest_membership_list(self) -> tuple[int, bytes] | None:
+        """The published list with the highest serial, as (serial, document); None if none."""
+        row = self._conn.execute(
+            select(t.membership_lists.c.serial, t.membership_lists.c.document)
+            .order_by(t.membership_lists.c.serial.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else (int(row.serial), bytes(row.document))
+
     # -- audit -------------------------------------------------------------------------------
 
     def add_audit(self, at: float, actor: str, action: str, outcome: str, detail: str) -> None:

@@ -5,6 +5,11 @@ PENDING (or ACTIVE when the coordinator runs with ``auto_approve``); only an adm
 ACTIVE. A revoked organization, or a revoked certificate, is refused on its next call: the
 revocation set is kept in memory and updated in the same process that writes it, so no restart
 is needed.
+
+Participants do not take the coordinator's word on membership: the consortium CA signs a
+membership list (``fedsilo.membership``) that the admin publishes here; the coordinator checks
+it against its own CA certificate, keeps the newest and hands it to participants, which verify
+it themselves and check every peer of a secure round or key ceremony against it.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from coordinator.domain.jobs import Participant, ParticipantStatus
-from coordinator.errors import InvalidRequest, NotAuthorized, NotFound
-from coordinator.persistence.store import DuplicateKey, Store
+from coordinator.errors import InvalidRequest, NotAuthorized, NotFound, StaleMembershipList
+from coordinator.persistence.store import DuplicateKey, Store, Transaction
 from fedsilo.logs import context
+from fedsilo.membership import MembershipListError, verify_membership_list
 
 __all__ = ["AuditEvent", "MembershipService"]
 
@@ -45,14 +53,21 @@ class MembershipService:
     """Registration, approval, revocation and the audit log."""
 
     def __init__(
-        self, store: Store, *, auto_approve: bool = False, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        *,
+        auto_approve: bool = False,
+        clock: Callable[[], float] = time.time,
+        ca: x509.Certificate | None = None,
     ) -> None:
         self._store = store
         self._auto_approve = auto_approve
         self._clock = clock
+        self._ca = ca
         self._lock = threading.Lock()
         with store.transaction() as tx:
             self._revoked = tx.revoked_serials()
+            self._membership_list = tx.latest_membership_list()
 
     # -- callers --------------------------------------------------------------------------------
 
@@ -148,6 +163,83 @@ class MembershipService:
             self._revoked.add(serial)
         log.warning("certificate %s revoked by %s", serial, actor)
         return False
+
+    def publish_membership_list(self, document: bytes, actor: str) -> tuple[int, bool]:
+        """Keep a membership list signed by the consortium CA; returns its serial and whether
+        this very list was already published. A list with a serial not above the current one is
+        refused (StaleMembershipList): participants would refuse it too.
+
+        Organizations the list revokes are revoked here as well (audited as
+        ``participant.revoke``), so this coordinator stops putting them in cohorts, as every
+        participant would refuse those rounds anyway."""
+        if self._ca is None:
+            raise InvalidRequest(
+                "this coordinator runs without TLS: it has no consortium CA to check a "
+                "membership list against"
+            )
+        try:
+            published = verify_membership_list(document, self._ca)
+        except MembershipListError as exc:
+            raise InvalidRequest(f"membership list refused: {exc}") from None
+        with self._lock:
+            with self._store.transaction() as tx:
+                current = tx.latest_membership_list()
+                if current is not None and published.serial <= current[0]:
+                    if current == (published.serial, document):
+                        return published.serial, True
+                    raise StaleMembershipList(
+                        f"membership list {published.serial} is not newer than the published "
+                        f"list {current[0]}"
+                    )
+                tx.add_membership_list(published.serial, document, actor, self._clock())
+                revoked_here = self._revoke_listed(tx, published.revoked, published.serial, actor)
+                tx.add_audit(
+                    self._clock(),
+                    actor,
+                    "membership.publish",
+                    "ok",
+                    f"serial={published.serial} members={len(published.members)} "
+                    f"revoked={','.join(sorted(published.revoked)) or '-'}",
+                )
+            self._membership_list = (published.serial, document)
+        log.info(
+            "membership list %d published by %s (%d members, %d revoked)",
+            published.serial,
+            actor,
+            len(published.members),
+            len(published.revoked),
+        )
+        for org_id in revoked_here:
+            log.warning(
+                "revoked: membership list %d revokes it", published.serial, **context(org=org_id)
+            )
+        return published.serial, False
+
+    def _revoke_listed(
+        self, tx: Transaction, revoked: frozenset[str], serial: int, actor: str
+    ) -> list[str]:
+        changed = []
+        for org_id in sorted(revoked):
+            participant = tx.get_participant(org_id)
+            if participant is None or participant.status is ParticipantStatus.REVOKED:
+                continue
+            tx.set_participant_status(org_id, ParticipantStatus.REVOKED)
+            tx.add_audit(
+                self._clock(),
+                actor,
+                "participant.revoke",
+                "ok",
+                f"org={org_id} (membership list {serial})",
+            )
+            changed.append(org_id)
+        return changed
+
+    def membership_list_after(self, serial: int) -> bytes:
+        """The newest published list if its serial is above ``serial``, else empty bytes."""
+        current = self._membership_list
+        if current is None or current[0] <= serial:
+            return b""
+        return current[1]
 
     def record(self, actor: str, action: str, outcome: str, detail: str = "") -> None:
         """Write an audit event (rejected requests, admin actions)."""

@@ -22,6 +22,7 @@ from coordinator.errors import (
     InvalidRequest,
     NotAuthorized,
     NotFound,
+    StaleMembershipList,
     StorageUnavailable,
     WrongRoundPhase,
 )
@@ -42,6 +43,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ChunkError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (WrongRoundPhase, grpc.StatusCode.FAILED_PRECONDITION),
+    (StaleMembershipList, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictingSubmission, grpc.StatusCode.ALREADY_EXISTS),
     (NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
     (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),

@@ -32,6 +32,7 @@ from coordinator.transport.interceptors import AuthInterceptor, CallLimiter
 from coordinator.transport.servicers import AdminServicer, ParticipantServicer
 from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.config import CoordinatorConfig
+from fedsilo.pki import load_certificate
 from fedsilo.tls import TlsFiles, check_insecure_allowed, reloading_server_credentials
 from fedsilo.tls_policy import tls13_only_in_effect
 from fedsilo.v1 import fedsilo_pb2 as pb
@@ -118,7 +119,14 @@ def start_coordinator(
         max_payload_bytes=config.limits.max_payload_bytes,
     )
     service = CoordinatorService(store, blobs, settings)
-    membership = MembershipService(store, auto_approve=config.auto_approve)
+    membership = MembershipService(
+        store,
+        auto_approve=config.auto_approve,
+        # The CA that signs membership lists is the one that signs every certificate here.
+        ca=None
+        if config.tls.insecure or config.tls.ca_cert is None
+        else load_certificate(config.tls.ca_cert),
+    )
 
     def audit(actor: str, method: str, outcome: str) -> None:
         try:

@@ -105,7 +105,10 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         finished = self._service.round_outcomes(held) if held else []
         # A participant told that rounds ended gets that answer at once, not after a long poll.
         item = self._service.wait_for_work(org, 0.0 if finished else wait, context.is_active)
-        return work_to_pb(item, finished)
+        response = work_to_pb(item, finished)
+        # The CA's membership list, when newer than the one the participant holds.
+        response.membership_list = self._membership.membership_list_after(request.membership_serial)
+        return response
 
     def DownloadModel(  # noqa: N802
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
@@ -192,6 +195,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             request.serial_hex, request.reason, current_identity().org_id
         )
         return pb.RevokeCertificateResponse(already_revoked=already)
+
+    def PublishMembershipList(  # noqa: N802
+        self, request: pb.PublishMembershipListRequest, context: grpc.ServicerContext
+    ) -> pb.PublishMembershipListResponse:
+        serial, already = self._membership.publish_membership_list(
+            request.document, current_identity().org_id
+        )
+        return pb.PublishMembershipListResponse(serial=serial, already_published=already)
 
     def ListAuditEvents(  # noqa: N802
         self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext

@@ -49,6 +49,19 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
                 columns = ["at", "actor", "action", "outcome", "detail"]
                 _print_table(console, "audit log (newest first)", columns, events)
             return 0
+        if args.command == "participants" and args.action == "publish-membership":
+            try:
+                document = args.file.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+            serial, already = client.publish_membership_list(document)
+            if args.json:
+                print(json.dumps({"serial": serial, "already_published": already}))
+            elif already:
+                console.print(f"membership list {serial} was already published")
+            else:
+                console.print(f"membership list {serial} published")
+            return 0
         if args.command == "participants" and args.action in ("approve", "revoke"):
             change = (
                 client.approve_participant

@@ -163,7 +163,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             # New members wait as pending until an admin admits them, as in production.
             for org in orgs:
                 admin.approve_participant(org)
+            # Then the consortium CA's membership list admitting them: participants take part in
+            # secure rounds only with the organizations it lists (docs/threat-model.md).
+            serial, _ = admin.publish_membership_list(pki.membership_list.read_bytes())
             console.print(f"  {len(orgs)} organizations connected and approved: {', '.join(orgs)}")
+            console.print(f"  membership list {serial}, signed by the consortium CA, published")
             spec = pb.JobSpec(
                 name=f"{options.task}-demo",
                 task_name=options.task,

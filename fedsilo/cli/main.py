@@ -167,6 +167,18 @@ def _parser() -> argparse.ArgumentParser:
         membership = participants_cmds.add_parser(name, help=text)
         membership.add_argument("org_id")
         add_admin_connection(membership)
+    publish = participants_cmds.add_parser(
+        "publish-membership",
+        help="publish the membership list the consortium CA signed (after approve/revoke)",
+        description=(
+            "Upload FILE, made by 'fedsilo pki membership sign', to the coordinator, which hands "
+            "it to every participant; each checks the CA's signature itself and from then on "
+            "takes part in secure rounds and key ceremonies only with the organizations it "
+            "admits. A list whose serial is not above the published one is refused."
+        ),
+    )
+    publish.add_argument("file", type=Path, metavar="FILE", help="signed membership list")
+    add_admin_connection(publish)
 
     audit = commands.add_parser("audit", help="the coordinator's audit log")
     audit_cmds = audit.add_subparsers(dest="action", required=True)

@@ -3,7 +3,9 @@
 The commands keep the consortium's trust split (docs/design.md, "Identity and transport"): the
 CA (``init``, ``sign``) only ever sees certificate signing requests, and an organization's private
 key (``csr``) never leaves the machine it was made on. ``show`` and ``revoke`` work on
-certificates alone.
+certificates alone. ``membership sign`` is the CA's too: it signs the consortium's membership and
+revocation list (``fedsilo.membership``) that the admin publishes and every participant checks;
+``membership show`` verifies and prints one.
 
 Wiring into the ``fedsilo`` parser takes two calls: :func:`register` adds the ``pki`` command to
 the subparsers object, and :func:`run` executes a parsed ``pki`` command and returns its exit code.
@@ -35,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from rich.console import Console
 from rich.markup import escape
 
-from fedsilo import pki
+from fedsilo import membership, pki
 from fedsilo.cli.admin_connection import AdminConnectionError, add_admin_connection, admin_tls
 from fedsilo.pki import Role
 from fedsilo.tls import TlsFiles
@@ -90,7 +92,7 @@ def normalize_serial_hex(text: str) -> str:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``pki`` and its subcommands (init, csr, sign, show, revoke) to ``commands``."""
+    """Add ``pki`` and its subcommands (init, csr, sign, show, revoke, membership)."""
     parser = commands.add_parser(
         "pki",
         help="consortium CA: create it, make keys and CSRs, sign them, inspect and revoke certs",
@@ -164,6 +166,44 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     revoke.add_argument("--reason", default="", help="why (recorded in the audit log)")
     add_admin_connection(revoke, json_flag=False)
     _add_json_flag(revoke)
+
+    members = actions.add_parser(
+        "membership",
+        help="sign or check the consortium's membership and revocation list",
+        description=_HELP_MEMBERSHIP,
+    )
+    member_actions = members.add_subparsers(
+        dest="membership_action", required=True, metavar="ACTION"
+    )
+    member_sign = member_actions.add_parser(
+        "sign", help="sign a membership list with the CA key", description=_HELP_MEMBERSHIP_SIGN
+    )
+    member_sign.add_argument("--ca", type=Path, required=True, metavar="DIR", help="CA directory")
+    member_sign.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="CERT|ORG=SHA256",
+        help="a member: its certificate file, or its org id and certificate SHA-256 (repeatable)",
+    )
+    member_sign.add_argument(
+        "--revoke", action="append", default=[], metavar="ORG", help="a revoked org (repeatable)"
+    )
+    member_sign.add_argument(
+        "--serial", type=int, help="the list's serial (default: above --previous and the time)"
+    )
+    member_sign.add_argument(
+        "--previous", type=Path, metavar="FILE", help="the list this one replaces (checked)"
+    )
+    member_sign.add_argument("--out", type=Path, required=True, metavar="FILE", help="list file")
+    _add_passphrase_flags(member_sign)
+    _add_json_flag(member_sign)
+    member_show = member_actions.add_parser("show", help="verify a membership list and print it")
+    member_show.add_argument("file", type=Path, metavar="FILE", help="membership list")
+    member_show.add_argument(
+        "--ca-cert", type=Path, required=True, metavar="CERT", help="the consortium CA certificate"
+    )
+    _add_json_flag(member_show)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -422,6 +462,115 @@ def _send_revocation(target: str, tls: TlsFiles, timeout: float, serial: str, re
         return client.revoke_certificate(serial, reason)
 
 
+# ---------------------------------------------------------------------------------- membership
+
+_HELP_MEMBERSHIP = (
+    "The consortium's membership and revocation list, signed by the CA key: participants take "
+    "part in secure rounds and key ceremonies only with the organizations it admits, under the "
+    "certificates it lists. After approving or revoking an organization, sign a new list and "
+    "publish it: fedsilo participants publish-membership FILE."
+)
+
+_HELP_MEMBERSHIP_SIGN = (
+    "Run by the CA: writes a membership list admitting each --member (its certificate file, or "
+    "ORG=SHA256 of its certificate as 'fedsilo pki show' prints it) and naming each --revoke'd "
+    "organization. The serial must be above every earlier list's (participants refuse a lower "
+    "one): by default it is the current Unix time, or one above --previous if that is higher."
+)
+
+
+def _membership(args: argparse.Namespace, console: Console) -> int:
+    if args.membership_action == "show":
+        return _membership_show(args, console)
+    return _membership_sign(args, console)
+
+
+def _membership_sign(args: argparse.Namespace, console: Console) -> int:
+    out: Path = args.out
+    if out.exists():
+        raise _UserError(f"refusing to overwrite {out}; choose another --out file")
+    if not args.member:
+        raise _UserError("a membership list needs at least one --member")
+    ca = _load_ca(args.ca, args.passphrase_file)
+    members: dict[str, set[str]] = {}
+    for text in args.member:
+        org_id, fingerprint = _member(text)
+        members.setdefault(org_id, set()).add(fingerprint)
+    revoked = {pki.validate_org_id(org) for org in args.revoke}
+    both = sorted(set(members) & revoked)
+    if both:
+        raise _UserError(f"both --member and --revoke: {', '.join(both)}")
+    now = dt.datetime.now(dt.UTC)
+    lowest = 1
+    if args.previous is not None:
+        previous = membership.verify_membership_list(args.previous.read_bytes(), ca.cert)
+        lowest = previous.serial + 1
+    serial = args.serial if args.serial is not None else max(int(now.timestamp()), lowest)
+    if serial < lowest:
+        raise _UserError(f"--serial {serial} is not above the --previous list's {lowest - 1}")
+    document = membership.sign_membership_list(
+        ca.cert, ca.key, members, revoked, serial, issued_at=now
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("xb") as stream:
+        stream.write(document)
+    result = {
+        "file": str(out),
+        "serial": serial,
+        "members": {org: sorted(prints) for org, prints in sorted(members.items())},
+        "revoked": sorted(revoked),
+    }
+    _emit(
+        console,
+        args.json,
+        result,
+        [
+            f"signed membership list {serial} -> {out}",
+            f"  members: {', '.join(sorted(members))}",
+            f"  revoked: {', '.join(sorted(revoked)) or '-'}",
+            f"next: fedsilo participants publish-membership {out}",
+        ],
+    )
+    return EXIT_OK
+
+
+def _member(text: str) -> tuple[str, str]:
+    """A --member value: ORG=SHA256, or the path of the member's certificate."""
+    org_id, sep, fingerprint = text.partition("=")
+    if sep:
+        fingerprint = fingerprint.strip().lower().replace(":", "")
+        if len(fingerprint) != 64 or any(c not in string.hexdigits for c in fingerprint):
+            raise _UserError(f"--member {text!r}: the SHA-256 must be 64 hex digits")
+        return pki.validate_org_id(org_id), fingerprint
+    cert = _read_certificate(Path(text), "member certificate")
+    org_id, role = pki.subject_identity(cert.subject)
+    if role is not Role.PARTICIPANT:
+        raise _UserError(f"{text} is a {role.value} certificate, not a participant's")
+    return org_id, membership.certificate_sha256(cert)
+
+
+def _membership_show(args: argparse.Namespace, console: Console) -> int:
+    ca_cert = _read_certificate(args.ca_cert, "CA certificate")
+    listed = membership.verify_membership_list(args.file.read_bytes(), ca_cert)
+    members = {org: sorted(prints) for org, prints in sorted(listed.members.items())}
+    revoked = sorted(listed.revoked)
+    result = {
+        "serial": listed.serial,
+        "issued_at": listed.issued_at.isoformat(),
+        "ca_sha256": listed.ca_sha256,
+        "members": members,
+        "revoked": revoked,
+    }
+    lines = [
+        f"{args.file}: membership list {listed.serial}, signed by the CA, "
+        f"issued {listed.issued_at.isoformat()}",
+        *(f"  member {org}: {', '.join(prints)}" for org, prints in members.items()),
+        f"  revoked: {', '.join(revoked) or '-'}",
+    ]
+    _emit(console, args.json, result, lines)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------- helpers
 
 _Handler = Callable[[argparse.Namespace, Console], int]
@@ -432,6 +581,7 @@ _HANDLERS: dict[str, _Handler] = {
     "sign": _sign,
     "show": _show,
     "revoke": _revoke,
+    "membership": _membership,
 }
 
 

@@ -218,8 +218,13 @@ class GetTaskRequest(_message.Message):
 
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     HELD_ROUND_IDS_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_SERIAL_FIELD_NUMBER: _builtins.int
     wait_seconds: _builtins.float
     """How long the coordinator may hold the call open waiting for work (long poll)."""
+    membership_serial: _builtins.int
+    """The serial of the newest membership list this participant holds (0: none); the answer
+    carries the coordinator's list only when it is newer (docs/threat-model.md).
+    """
     @_builtins.property
     def held_round_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Rounds this participant still keeps secure-aggregation secrets for; the answer says which of
@@ -231,10 +236,11 @@ class GetTaskRequest(_message.Message):
         *,
         wait_seconds: _builtins.float = ...,
         held_round_ids: _abc.Iterable[_builtins.str] | None = ...,
+        membership_serial: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_round_ids", b"held_round_ids", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_round_ids", b"held_round_ids", "membership_serial", b"membership_serial", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,6 +488,7 @@ class GetTaskResponse(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_LIST_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -501,6 +508,10 @@ class GetTaskResponse(_message.Message):
     min_participants: _builtins.int
     """The job's minimum cohort: bound, with everything else that determines an organization's
     input, into the round context each participant signs (docs/secagg.md).
+    """
+    membership_list: _builtins.bytes
+    """The membership list the consortium CA signed (fedsilo.membership), when it is newer than
+    the request's membership_serial; empty otherwise. The participant verifies it itself.
     """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
@@ -534,10 +545,11 @@ class GetTaskResponse(_message.Message):
         algorithm: _builtins.str = ...,
         strategy: Global___StrategyParameters | None = ...,
         min_participants: _builtins.int = ...,
+        membership_list: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "membership_list", b"membership_list", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1476,6 +1488,52 @@ class AuditEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class PublishMembershipListRequest(_message.Message):
+    """A membership list signed by the consortium CA (`fedsilo pki membership sign`); the coordinator
+    keeps the newest and hands it to participants, which verify it against the CA themselves.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        document: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishMembershipListRequest: _TypeAlias = PublishMembershipListRequest  # noqa: Y015
+
+@_typing.final
+class PublishMembershipListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    ALREADY_PUBLISHED_FIELD_NUMBER: _builtins.int
+    serial: _builtins.int
+    already_published: _builtins.bool
+    """The same list was already published (nothing changed)."""
+    def __init__(
+        self,
+        *,
+        serial: _builtins.int = ...,
+        already_published: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_published", b"already_published", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishMembershipListResponse: _TypeAlias = PublishMembershipListResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsRequest(_message.Message):

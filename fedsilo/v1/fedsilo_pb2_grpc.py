@@ -439,6 +439,11 @@ class AdminServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
+        self.PublishMembershipList = channel.unary_unary(
+                '/fedsilo.v1.AdminService/PublishMembershipList',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.PublishMembershipListRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.PublishMembershipListResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -537,6 +542,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishMembershipList(self, request, context):
+        """Publish the consortium CA's membership list: INVALID_ARGUMENT if it is not signed by the
+        coordinator's CA, FAILED_PRECONDITION if its serial is not above the current one; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -614,6 +627,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteJob,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'PublishMembershipList': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishMembershipList,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.PublishMembershipListRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.PublishMembershipListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1021,6 +1039,33 @@ class AdminService:
             '/fedsilo.v1.AdminService/DeleteJob',
             fedsilo_dot_v1_dot_fedsilo__pb2.JobRef.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishMembershipList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsilo.v1.AdminService/PublishMembershipList',
+            fedsilo_dot_v1_dot_fedsilo__pb2.PublishMembershipListRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.PublishMembershipListResponse.FromString,
             options,
             channel_credentials,
             insecure,

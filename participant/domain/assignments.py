@@ -138,10 +138,12 @@ class EndedRound:
 
 @dataclass(frozen=True)
 class TaskReply:
-    """One answer to a request for work: the next assignment and the rounds that ended."""
+    """One answer to a request for work: the next assignment, the rounds that ended, and the
+    consortium's signed membership list when the coordinator holds a newer one (else empty)."""
 
     assignment: Assignment
     finished_rounds: tuple[EndedRound, ...] = ()
+    membership_list: bytes = field(default=b"", repr=False)
 
 
 class StepOutcome(enum.StrEnum):

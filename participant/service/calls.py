@@ -62,7 +62,7 @@ class DaemonCalls(SecureRoundCalls, CeremonyCalls, Protocol):
         ...
 
     def get_assignment(
-        self, wait_seconds: float, held_round_ids: Sequence[str] = ()
+        self, wait_seconds: float, held_round_ids: Sequence[str] = (), membership_serial: int = 0
     ) -> TaskReply: ...
 
     def report_metrics(

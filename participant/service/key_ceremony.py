@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ from participant.domain.assignments import (
     StepOutcome,
 )
 from participant.errors import (
+    MembershipUnavailable,
     PaillierStateUnreadable,
     RequestRefused,
     SecAggUnavailable,
@@ -44,12 +45,14 @@ from participant.errors import (
 )
 from participant.service.calls import CeremonyCalls
 from participant.service.identity import OrgIdentity, utc_now
+from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import job_parameters
 from participant.service.paillier_state import (
     OutgoingMessage,
     PaillierJobState,
     PaillierStateStore,
     SealedFor,
+    known_key_holders,
 )
 from secagg import (
     AgreementKeyPair,
@@ -97,6 +100,7 @@ class CeremonyParticipant:
         store: PaillierStateStore,
         identity: Callable[[], OrgIdentity] | None,
         *,
+        membership: MembershipStore,
         generate_key: KeyGenerator | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         random: RandomSource = os.urandom,
@@ -106,6 +110,7 @@ class CeremonyParticipant:
         self._min_key_bits = min_key_bits
         self._store = store
         self._identity = identity
+        self._membership = membership
         self._random = random
         self._generate = generate_key or (lambda bits: generate_private_key(bits, random))
         self._clock = clock
@@ -120,6 +125,11 @@ class CeremonyParticipant:
         identity = self._current_identity()
         job_id = assignment.job_id
         ctx = context(job=job_id, phase=f"ceremony-{data.action}", org=identity.participant_id)
+        try:
+            self._membership.ready()
+        except MembershipUnavailable as exc:
+            # Not a refusal: the step is answered once the CA's list has arrived.
+            return self._silent(job_id, data, StepOutcome.SKIPPED, logging.WARNING, str(exc), ctx)
         try:
             state = self._store.load(job_id) or PaillierJobState()
         except PaillierStateUnreadable as exc:
@@ -136,6 +146,8 @@ class CeremonyParticipant:
             )
         try:
             checked = self._check_job(state, data)
+            # A key already dealt or sealed to an organization revoked since is not used again.
+            self._membership.check_key_holders(identity.participant_id, known_key_holders(state))
             if data.action == "advertise":
                 new_state = self._advertise(job_id, identity, checked)
             elif data.action == "deal":
@@ -151,6 +163,7 @@ class CeremonyParticipant:
         except (SecAggError, PeerCertificateError) as exc:
             self._store.save(job_id, replace(state, refused_step=digest, refusal=str(exc)))
             log.error("refused the key-ceremony step: %s", exc, **ctx)
+            log_refused_member(exc, ctx)
             return StepOutcome.REFUSED
         self._flush(job_id, new_state, ctx, data.action)
         return StepOutcome.ANSWERED
@@ -247,6 +260,7 @@ class CeremonyParticipant:
                 **context(job=job_id, phase="ceremony-deal", org=me),
             )
         receivers = [entry for org, entry in holders.items() if org != me]
+        state = _with_holders(state, holders)
         state, sealed = self._seal_for(job_id, me, pair, key, state, receivers)
         messages = [OutgoingMessage("dealt_key", state.dealt_key)]
         if sealed:
@@ -276,6 +290,7 @@ class CeremonyParticipant:
             raise ProtocolViolation("asked to seal the job's key for this participant itself")
         if not receivers:
             raise ProtocolViolation("the seal step lists no job key to seal for")
+        state = _with_holders(state, receivers)
         state, sealed = self._seal_for(job_id, me, pair, key, state, list(receivers.values()))
         return self._queue(job_id, state, [OutgoingMessage("sealed", encode_fields(sealed))])
 
@@ -297,6 +312,9 @@ class CeremonyParticipant:
         dealer_key = verify_peer_certificate(
             data.dealer_certificate_pem, identity.ca, dealt.dealer, Role.PARTICIPANT, self._clock()
         )
+        # The dealer made the key: a key from an organization the CA's list does not admit is
+        # never used.
+        self._membership.check_peers(me, {dealt.dealer: data.dealer_certificate_pem})
         public = dealt.verify(job_id, dealer_key)
         if public.bits != data.key_bits:
             raise ProtocolViolation(
@@ -317,7 +335,12 @@ class CeremonyParticipant:
             if sender.participant == me:
                 raise ProtocolViolation("the sealed key claims to come from this participant")
             key = open_private_key(job_id, sealed, pair, sender, public)
-            state = replace(state, private_key=key.to_bytes(), dealt_key=data.dealt_key)
+            state = replace(
+                state,
+                private_key=key.to_bytes(),
+                dealt_key=data.dealt_key,
+                key_holders=state.key_holders | {me, dealt.dealer, sender.participant},
+            )
             log.info(
                 "opened the job's %d-bit Paillier key sealed by %s",
                 public.bits,
@@ -363,6 +386,10 @@ class CeremonyParticipant:
                     item.certificate_pem, identity.ca, entry.participant, Role.PARTICIPANT, now
                 )
                 entry.verify(job_id, verifying)
+                # A key is sealed for, or received from, admitted organizations only.
+                self._membership.check_peers(
+                    identity.participant_id, {entry.participant: item.certificate_pem}
+                )
             keys[entry.participant] = entry
         return keys
 
@@ -455,6 +482,10 @@ class CeremonyParticipant:
                 "this participant runs without TLS"
             )
         return self._identity()
+
+
+def _with_holders(state: PaillierJobState, holders: Mapping[str, JobKey]) -> PaillierJobState:
+    return replace(state, key_holders=state.key_holders | set(holders))
 
 
 def _step_digest(data: KeyCeremonyStepData) -> bytes:

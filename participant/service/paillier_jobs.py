@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +37,11 @@ from fedsilo.strategies import (
 )
 from participant.errors import ModelUnavailable, PaillierStateUnreadable
 from participant.service.calls import ModelCalls
-from participant.service.paillier_state import PaillierJobState, PaillierStateStore
+from participant.service.paillier_state import (
+    PaillierJobState,
+    PaillierStateStore,
+    known_key_holders,
+)
 from secagg import ProtocolViolation, QuantizationSpec, RandomSource, SecAggError
 from secagg.paillier import (
     PackingLayout,
@@ -113,6 +117,18 @@ class PaillierJobs:
         key = PaillierPrivateKey.from_bytes(state.private_key)
         self._keys[job_id] = key
         return key
+
+    def key_holders(self, job_id: str) -> frozenset[str]:
+        """Everyone this participant knows holds the job's key (none for an unknown job)."""
+        state = self._store.load(job_id)
+        return frozenset() if state is None else known_key_holders(state)
+
+    def record_key_holders(self, job_id: str, holders: Iterable[str]) -> None:
+        """Remember more organizations that hold the job's key (a round's cohort)."""
+        state = self._store.load(job_id)
+        if state is None or set(holders) <= state.key_holders:
+            return
+        self._store.save(job_id, replace(state, key_holders=state.key_holders | set(holders)))
 
     # -- rounds ---------------------------------------------------------------------------------
 

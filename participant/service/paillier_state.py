@@ -46,12 +46,14 @@ from participant.service.private_files import (
 )
 from participant.service.secagg_state import parameters_from_json, parameters_to_json
 from secagg import AgreementKeyPair
+from secagg.paillier import DealtKey
 
 __all__ = [
     "OutgoingMessage",
     "PaillierJobState",
     "PaillierStateStore",
     "SealedFor",
+    "known_key_holders",
 ]
 
 _FORMAT = "fedsilo-participant-paillier/1"
@@ -89,7 +91,10 @@ class PaillierJobState:
     participant sealed for them. ``refused_step`` is the digest of the last ceremony step this
     participant refused (``refusal`` says why): the same step is never answered. ``strategy``
     is the job's strategy as first received in an assignment: the model chain is rebuilt with
-    it, and a round naming another is refused.
+    it, and a round naming another is refused. ``key_holders`` are the organizations this
+    participant knows were dealt or sealed the Paillier key (the dealer, the sender of its
+    sealed key, those it sealed for, the cohorts of the job's rounds): if one of them is revoked,
+    the key is no longer used (docs/threat-model.md, "Revoked organizations").
     """
 
     parameters: SecAggParameters | None = None
@@ -103,6 +108,15 @@ class PaillierJobState:
     refused_step: bytes = b""
     refusal: str = ""
     strategy: StrategyChoice | None = None
+    key_holders: frozenset[str] = frozenset()
+
+
+def known_key_holders(state: PaillierJobState) -> frozenset[str]:
+    """Everyone this participant knows was dealt or sealed the job's key (itself included)."""
+    holders = set(state.key_holders) | set(state.sealed)
+    if state.dealt_key:
+        holders.add(DealtKey.from_bytes(state.dealt_key).dealer)
+    return frozenset(holders)
 
 
 class PaillierStateStore:
@@ -249,6 +263,7 @@ def _encode(state: PaillierJobState) -> dict[str, Any]:
         "refused_step": state.refused_step.hex(),
         "refusal": state.refusal,
         "strategy": None if state.strategy is None else state.strategy.to_json(),
+        "key_holders": sorted(state.key_holders),
     }
 
 
@@ -281,4 +296,6 @@ def _decode(data: Any) -> PaillierJobState:
         strategy=(
             None if data.get("strategy") is None else StrategyChoice.from_json(data["strategy"])
         ),
+        # Absent in state written before membership lists: filled by the next step or round.
+        key_holders=frozenset(str(org) for org in data.get("key_holders", ())),
     )

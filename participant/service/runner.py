@@ -31,6 +31,7 @@ from participant.service.identity import OrgIdentity
 from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant, KeyGenerator
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
@@ -66,6 +67,8 @@ class ParticipantDaemon:
     generation (tests). ``job_terms`` holds the organization's own limits (``accept:``) and the
     terms of each job as first seen: every round it trains in or answers is checked against both;
     ``ledger`` is what it contributed to each job's secure rounds (one input per base version).
+    ``membership`` holds the consortium CA's newest membership list, taken from the replies:
+    every peer of a secure round or key ceremony must be a member it admits.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class ParticipantDaemon:
         *,
         job_terms: JobTermsStore,
         ledger: ContributionLedger,
+        membership: MembershipStore,
         paillier_states: PaillierStateStore | None = None,
         paillier_workers: PaillierWorkers | None = None,
         generate_paillier_key: KeyGenerator | None = None,
@@ -93,6 +97,7 @@ class ParticipantDaemon:
         self._stop = stop
         self._poll = poll_seconds
         self._data: dict[tuple[str, str], tuple[Task, LocalData]] = {}
+        self._membership = membership
         self._paillier: PaillierJobs | None = None
         self._ceremony: CeremonyParticipant | None = None
         if paillier_states is not None:
@@ -101,6 +106,7 @@ class ParticipantDaemon:
                 client,
                 paillier_states,
                 identity,
+                membership=membership,
                 generate_key=generate_paillier_key,
                 min_key_bits=job_terms.policy.min_paillier_key_bits,
             )
@@ -112,6 +118,7 @@ class ParticipantDaemon:
             self._train_round,
             terms=job_terms,
             ledger=ledger,
+            membership=membership,
             paillier=self._paillier,
         )
 
@@ -132,9 +139,13 @@ class ParticipantDaemon:
                     # the dealer twice).
                     self._ceremony.resume()
                 reply = self._client.retrying(
-                    lambda: self._client.get_assignment(self._poll, self._secure.held_round_ids())
+                    lambda: self._client.get_assignment(
+                        self._poll, self._secure.held_round_ids(), self._membership.serial
+                    )
                 )
                 self._secure.finish_rounds(reply.finished_rounds)
+                if reply.membership_list:
+                    self._take_membership_list(reply.membership_list)
                 if not self.handle(reply.assignment) and self._client.pause():
                     # Work left unanswered (a refused secure round) is offered again at once:
                     # wait a backoff step rather than ask again in a tight loop.
@@ -191,6 +202,13 @@ class ParticipantDaemon:
             log.warning("coordinator refused: %s", exc.details, **ctx)
             return not secure
         return True
+
+    def _take_membership_list(self, document: bytes) -> None:
+        """Keep a newer list the CA signed; a refused one is logged and the held one stays."""
+        try:
+            self._membership.offer(document)
+        except ParticipantError as exc:
+            log.error("%s", exc)
 
     def _require_ceremony(self) -> CeremonyParticipant:
         if self._ceremony is None:

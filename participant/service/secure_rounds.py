@@ -53,6 +53,7 @@ from participant.domain.assignments import (
     StepOutcome,
 )
 from participant.errors import (
+    MembershipUnavailable,
     NotSupported,
     SecAggUnavailable,
     StateUnreadable,
@@ -64,6 +65,7 @@ from participant.service.calls import SecureRoundCalls
 from participant.service.identity import OrgIdentity, utc_now
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
@@ -117,6 +119,7 @@ class SecureRoundParticipant:
         paillier: PaillierJobs | None = None,
         terms: JobTermsStore,
         ledger: ContributionLedger,
+        membership: MembershipStore,
     ) -> None:
         self._client = client
         self._states = states
@@ -129,6 +132,7 @@ class SecureRoundParticipant:
         self._paillier = paillier
         self._terms = terms
         self._ledger = ledger
+        self._membership = membership
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
         # The base model downloaded at KEYS (job, version, digest, weights): INPUTS trains from
         # these very bytes instead of downloading them again. One model at most; after a restart
@@ -174,6 +178,13 @@ class SecureRoundParticipant:
             phase=phase.value,
             org=identity.participant_id,
         )
+        try:
+            self._membership.ready()
+        except MembershipUnavailable as exc:
+            # Not a refusal: the round is answered once the CA's list has arrived.
+            return self._silent(
+                assignment, StepOutcome.SKIPPED, logging.WARNING, "%s", exc, ctx=ctx
+            )
         try:
             state = self._states.load(assignment.round_id)
         except StateUnreadable as exc:
@@ -238,11 +249,14 @@ class SecureRoundParticipant:
         try:
             _check_unchanged(assignment, data.parameters, state, client)
             self._check_protection(assignment)
+            # Every phase: a peer revoked since the round started ends it here.
+            self._check_members(assignment, identity, state.parameters, state.peer_certificates)
             answer = self._answer(phase, assignment, data, identity, state, client, ctx)
         except (SecAggError, PeerCertificateError) as exc:
             client.abort(str(exc))
             self._states.save(assignment.round_id, replace(state, client=client.to_dict()))
             log.error("refused the round: %s", exc, **ctx)
+            log_refused_member(exc, ctx)
             sender = getattr(exc, "sender", None)
             if sender is not None:
                 # A bad share comes from a peer, not from the coordinator: say who, so the
@@ -283,6 +297,8 @@ class SecureRoundParticipant:
             client = SecAggClient.start(
                 config, self._context(identity, {}), self._terms.policy.cohort
             )
+            # Only organizations the consortium CA's list admits, before a key leaves.
+            self._check_members(assignment, identity, parameters, {})
             self._terms.check(assignment)
             self._terms.check_secure(assignment.job_id, parameters)
             # Round ids, numbers and base versions against what this organization already gave
@@ -293,13 +309,17 @@ class SecureRoundParticipant:
                 assignment.round_number,
                 assignment.model_version,
             )
-        except (SecAggError, UntrustedMessage) as exc:
+        except (SecAggError, UntrustedMessage, PeerCertificateError) as exc:
             refused = SecureRoundState(
                 parameters, None, {}, refusal=str(exc), protection=protection.value
             )
             self._states.save(assignment.round_id, refused)
             log.error("refused the round: %s", exc, **ctx)
+            log_refused_member(exc, ctx)
             return StepOutcome.REFUSED
+        if protection is Protection.PAILLIER:
+            # Every cohort member decrypts the round's sum with the job's key: it holds it.
+            self._require_paillier().record_key_holders(assignment.job_id, parameters.cohort)
         answer = _Answer(
             SecureRoundState(
                 parameters,
@@ -378,11 +398,13 @@ class SecureRoundParticipant:
             offered[entry.participant] = item.certificate_pem
         if client.phase is ClientPhase.KEYS_ADVERTISED:
             now = self._clock()
-            # S14: a peer's keys count only with a certificate of the consortium CA for its id.
+            # S14: a peer's keys count only with a certificate of the consortium CA for its id,
+            # and only from an organization the CA's membership list admits, with that certificate.
             peer_keys = {
                 org: verify_peer_certificate(pem, identity.ca, org, Role.PARTICIPANT, now)
                 for org, pem in offered.items()
             }
+            self._membership.check_peers(identity.participant_id, offered)
             client = SecAggClient.restore(client.to_dict(), self._context(identity, peer_keys))
         elif offered != dict(state.peer_certificates):
             # Later phases verify signatures with the certificates accepted the first time.
@@ -550,6 +572,24 @@ class SecureRoundParticipant:
             raise ProtocolViolation(
                 f"a round with protection {assignment.protection.value} in a paillier job"
             )
+
+    def _check_members(
+        self,
+        assignment: Assignment,
+        identity: OrgIdentity,
+        parameters: SecAggParameters,
+        certificates: Mapping[str, bytes],
+    ) -> None:
+        """Every organization of the round (its cohort, with the certificates accepted so far)
+        and, under paillier, everyone known to hold the job's key, must be admitted by the
+        membership list held now; NotAMember names the first that is not."""
+        me = identity.participant_id
+        peers: dict[str, bytes | None] = dict.fromkeys(parameters.cohort)
+        peers.update(certificates)
+        self._membership.check_peers(me, peers)
+        if assignment.protection is Protection.PAILLIER:
+            holders = self._require_paillier().key_holders(assignment.job_id)
+            self._membership.check_key_holders(me, holders)
 
     def _current_identity(self) -> OrgIdentity:
         if self._identity is None:

@@ -220,13 +220,20 @@ class CoordinatorClient:
             self._backoff.reset()
             return result
 
-    def get_assignment(self, wait_seconds: float, held_round_ids: Sequence[str] = ()) -> TaskReply:
+    def get_assignment(
+        self, wait_seconds: float, held_round_ids: Sequence[str] = (), membership_serial: int = 0
+    ) -> TaskReply:
         """Long-poll for work; the assignment is WAIT if nothing came within wait_seconds.
 
         ``held_round_ids`` are the rounds this participant keeps secure-aggregation state for;
-        the reply names those that have ended.
+        the reply names those that have ended. ``membership_serial`` is the serial of the
+        membership list held; the reply carries the coordinator's list if it is newer.
         """
-        request = pb.GetTaskRequest(wait_seconds=wait_seconds, held_round_ids=list(held_round_ids))
+        request = pb.GetTaskRequest(
+            wait_seconds=wait_seconds,
+            held_round_ids=list(held_round_ids),
+            membership_serial=membership_serial,
+        )
         with mapped_rpc_errors():
             future = self._stub().GetTask.future(request, timeout=wait_seconds + 15)
             while True:

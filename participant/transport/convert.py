@@ -62,7 +62,7 @@ def task_reply_from_pb(response: pb.GetTaskResponse) -> TaskReply:
         EndedRound(outcome.round_id, outcome.phase == pb.ROUND_PHASE_COMMITTED, outcome.reason)
         for outcome in response.finished_rounds
     )
-    return TaskReply(_assignment_from_pb(response), finished)
+    return TaskReply(_assignment_from_pb(response), finished, response.membership_list)
 
 
 def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:

@@ -100,6 +100,7 @@ def start_test_coordinator(
         stream_idle_seconds: float = 30.0,
         metrics_listen: str = "",
         tensorboard_dir: Path | None = None,
+        publish_membership: bool = True,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -130,6 +131,13 @@ def start_test_coordinator(
         )
         running = start_coordinator(config, participant_servicer)
         started.append(running)
+        if publish_membership:
+            # As an operator does after approving the organizations: the CA's list (serial 1)
+            # admitting every consortium member, without which participants answer no secure
+            # work (docs/configuration.md, require_membership_list).
+            target = target_of(running.port)
+            with AdminClient(target, pki.admin_tls(), timeout=RPC_TIMEOUT_S) as client:
+                client.publish_membership_list(pki.demo.membership_list.read_bytes())
         return running
 
     yield start

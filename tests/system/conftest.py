@@ -92,6 +92,10 @@ class Consortium:
         process = Process("coordinator", args, log, env)
         self.processes["coordinator"] = process
         wait_for(lambda: self._serving(process), 60, "the coordinator to serve")
+        # The CA's membership list, as an operator publishes it (again after a restart: the
+        # same list is acknowledged as already published).
+        with self.admin() as client:
+            client.publish_membership_list(self.pki.membership_list.read_bytes())
         return process
 
     def _serving(self, process: Process) -> bool:

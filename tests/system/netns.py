@@ -283,6 +283,9 @@ class NetConsortium:
         )
         self.processes["coordinator"] = process
         self.admin("wait-serving")
+        # The CA's membership list, as an operator publishes it (acknowledged again after a
+        # restart: the same list is already published).
+        self.admin("publish-membership", str(self.pki.membership_list))
         return process
 
     def start_participant(self, org: str, env: dict[str, str] | None = None) -> Process:

@@ -10,6 +10,7 @@ files (numpy arrays only, no pickle).
 Commands:
   wait-serving TARGET               until health is SERVING (60 s deadline)
   watch-health TARGET OUT           append each Health.Watch status to OUT until the stream ends
+  publish-membership TARGET FILE    publish the consortium CA's membership list
   wait-orgs TARGET COUNT            until COUNT organizations registered (60 s deadline)
   create-job TARGET SPEC_B64 NPZ    create and start a job with these initial weights; job id
   status TARGET JOB                 the JobStatus, base64
@@ -77,7 +78,9 @@ def main(argv: list[str]) -> int:
         _watch_health(target, Path(rest[0]))
         return 0
     with AdminClient(target, _tls()) as admin:
-        if command == "wait-orgs":
+        if command == "publish-membership":
+            admin.publish_membership_list(Path(rest[0]).read_bytes())
+        elif command == "wait-orgs":
             count = int(rest[0])
             _poll(lambda: len(admin.list_participants()) >= count, f"{count} organizations")
         elif command == "create-job":

@@ -25,6 +25,7 @@ from secure_round_harness import (
     FakeTransport,
     Sent,
     identity_files,
+    membership_store,
     parameters,
 )
 
@@ -50,6 +51,7 @@ from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
@@ -238,6 +240,7 @@ class PaillierParticipant:
     min_key_bits: int = KEY_BITS
     rounds: SecureRoundParticipant = field(init=False)
     ceremony: CeremonyParticipant = field(init=False)
+    membership: MembershipStore = field(init=False)
     paillier: PaillierJobs = field(init=False)
     data: LocalData = field(init=False, repr=False)
 
@@ -245,10 +248,12 @@ class PaillierParticipant:
         identity = IdentityFiles(identity_files(self.pki, self.org))
         store = PaillierStateStore(self.state_dir)
         self.paillier = PaillierJobs(store, self.transport)
+        self.membership = membership_store(self.state_dir, self.pki)
         self.ceremony = CeremonyParticipant(
             self.transport,
             store,
             identity,
+            membership=self.membership,
             generate_key=self.generate,
             min_key_bits=self.min_key_bits,
         )
@@ -266,6 +271,7 @@ class PaillierParticipant:
             paillier=self.paillier,
             terms=JobTermsStore(self.state_dir, AcceptPolicy()),
             ledger=ContributionLedger(self.state_dir),
+            membership=self.membership,
         )
 
     def step(self, assignment: Assignment) -> StepOutcome:

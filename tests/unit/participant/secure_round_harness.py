@@ -40,6 +40,7 @@ from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant, model_digest, round_config
 from secagg import (
@@ -137,6 +138,7 @@ class Participant:
     rounds: SecureRoundParticipant
     pki: DemoPki
     data: LocalData = field(repr=False)
+    membership: MembershipStore | None = None
 
     def step(self, assignment: Assignment) -> StepOutcome:
         return self.rounds.step(assignment)
@@ -162,6 +164,16 @@ def identity_files(pki: DemoPki, org: str) -> TlsFiles:
     return TlsFiles(pki.ca_cert, files.cert_path, files.key_path)
 
 
+def membership_store(
+    state_dir: Path, pki: DemoPki, document: bytes | None = None, *, required: bool = True
+) -> MembershipStore:
+    """The participant's membership store holding ``document`` (the demo's list if None)."""
+    ca = load_certificate(pki.ca_cert)
+    store = MembershipStore(state_dir, lambda: ca, required=required)
+    store.offer(pki.membership_list.read_bytes() if document is None else document)
+    return store
+
+
 def make_participant(
     org: str,
     state_dir: Path,
@@ -169,8 +181,11 @@ def make_participant(
     transport: FakeTransport | None = None,
     data: LocalData | None = None,
     accept: AcceptPolicy | None = None,
+    membership: MembershipStore | None = None,
 ) -> Participant:
-    """A participant with ``accept`` as its own limits (the configuration's defaults if None)."""
+    """A participant with ``accept`` as its own limits (the configuration's defaults if None)
+    holding ``membership`` (the demo consortium's list if None)."""
+    membership = membership if membership is not None else membership_store(state_dir, pki)
     accept = accept if accept is not None else AcceptPolicy()
     transport = transport or FakeTransport(base_weights())
     data = data if data is not None else local_data(org)
@@ -187,8 +202,9 @@ def make_participant(
         train,
         terms=JobTermsStore(state_dir, accept),
         ledger=ContributionLedger(state_dir),
+        membership=membership,
     )
-    return Participant(org, state_dir, transport, rounds, pki, data)
+    return Participant(org, state_dir, transport, rounds, pki, data, membership)
 
 
 def certificate_pem(pki: DemoPki, org: str) -> bytes:

@@ -25,7 +25,14 @@ from paillier_harness import (
     make_participants,
     run_ceremony,
 )
-from secure_round_harness import JOB_ID, TASK_NAME, TRAINING, identity_files, parameters
+from secure_round_harness import (
+    JOB_ID,
+    TASK_NAME,
+    TRAINING,
+    identity_files,
+    membership_store,
+    parameters,
+)
 
 from fedsilo import cli
 from fedsilo.pki import DemoPki, make_demo_pki
@@ -106,7 +113,9 @@ class ScriptedClient(PaillierTransport):
         self.pauses += 1
         return False
 
-    def get_assignment(self, wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+    def get_assignment(
+        self, wait_seconds: float, held_round_ids: list[str], membership_serial: int = 0
+    ) -> TaskReply:
         self.asked += 1
         if not self.replies:
             self.stop.set()
@@ -139,6 +148,7 @@ def _daemon(
         poll_seconds=0.0,
         job_terms=JobTermsStore(state_dir, AcceptPolicy()),
         ledger=ContributionLedger(state_dir),
+        membership=membership_store(state_dir, pki),
         paillier_states=PaillierStateStore(state_dir) if paillier else None,
         generate_paillier_key=(lambda bits: paillier_key) if paillier_key else None,
     )

@@ -33,7 +33,7 @@ from paillier_harness import (
     make_participants,
     run_ceremony,
 )
-from secure_round_harness import JOB_ID, Coordinator
+from secure_round_harness import JOB_ID, Coordinator, membership_store
 
 from examples.synthetic.task import task
 from fedsilo import faults
@@ -553,7 +553,10 @@ def test_without_an_identity_the_ceremony_is_refused(
     coordinator: CeremonyCoordinator, tmp_path: Path
 ) -> None:
     ceremony = CeremonyParticipant(
-        PaillierTransport(coordinator, "org-a"), PaillierStateStore(tmp_path), None
+        PaillierTransport(coordinator, "org-a"),
+        PaillierStateStore(tmp_path),
+        None,
+        membership=membership_store(tmp_path, coordinator.pki),
     )
     with pytest.raises(SecAggUnavailable, match="without TLS"):
         ceremony.step(coordinator.task("org-a"))

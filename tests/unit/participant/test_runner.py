@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from cryptography import x509
 from secure_round_harness import (
     ORGS,
     TASK_NAME,
@@ -18,6 +19,7 @@ from secure_round_harness import (
     FakeTransport,
     base_weights,
     identity_files,
+    membership_store,
     parameters,
 )
 
@@ -36,6 +38,7 @@ from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
 
@@ -70,7 +73,9 @@ class ScriptedClient(FakeTransport):
         self.pauses += 1
         return False
 
-    def get_assignment(self, wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+    def get_assignment(
+        self, wait_seconds: float, held_round_ids: list[str], membership_serial: int = 0
+    ) -> TaskReply:
         self.held.append(list(held_round_ids))
         if not self.replies:
             self.stop.set()
@@ -81,6 +86,10 @@ class ScriptedClient(FakeTransport):
         if self.refuse_messages:
             raise _Refusal()
         return super().submit_message(assignment, body)
+
+
+def _no_ca() -> x509.Certificate:
+    raise AssertionError("a daemon without TLS checks no membership list")
 
 
 def _daemon(
@@ -101,6 +110,11 @@ def _daemon(
         # settings it rejects is tested here, not the organization's own bounds.
         job_terms=JobTermsStore(tmp_path, AcceptPolicy(local_epochs=(0, 1000))),
         ledger=ContributionLedger(tmp_path),
+        membership=(
+            membership_store(tmp_path, pki)
+            if pki is not None
+            else MembershipStore(tmp_path, _no_ca, required=False)
+        ),
     )
     return daemon, client
 
@@ -231,7 +245,7 @@ def test_a_revoked_organization_stops_instead_of_retrying(
 ) -> None:
     daemon, client = _daemon(tmp_path, pki, [TaskReply(_plain_train())])
 
-    def refused(wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+    def refused(wait_seconds: float, held_round_ids: list[str], serial: int = 0) -> TaskReply:
         raise RequestRefused(status, details)
 
     client.get_assignment = refused  # type: ignore[method-assign]
@@ -244,7 +258,7 @@ def test_a_pending_organization_keeps_retrying(tmp_path: Path, pki: DemoPki) -> 
     daemon, client = _daemon(tmp_path, pki, [])
     calls: list[int] = []
 
-    def pending(wait_seconds: float, held_round_ids: list[str]) -> TaskReply:
+    def pending(wait_seconds: float, held_round_ids: list[str], serial: int = 0) -> TaskReply:
         calls.append(1)
         if len(calls) == 3:
             client.stop.set()

@@ -17,6 +17,7 @@ from secure_round_harness import (
     certificate_pem,
     expected_mean,
     make_participant,
+    membership_store,
     parameters,
 )
 
@@ -418,6 +419,7 @@ def test_without_an_identity_secure_work_is_refused_and_nothing_is_stored(
         lambda assignment, weights: pytest.fail("no training without an identity"),
         terms=JobTermsStore(tmp_path / "org-a", AcceptPolicy()),
         ledger=ContributionLedger(tmp_path / "org-a"),
+        membership=membership_store(tmp_path / "org-a", pki),
     )
     with pytest.raises(SecAggUnavailable, match="without TLS"):
         rounds.step(Coordinator(pki).keys_task())

@@ -62,8 +62,8 @@ from fedsilo.codec import TensorSpec
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings
 
-HEAD = "0005"
-HEAD_SCHEMA_INFO = 5  # what schema_info records at HEAD, for code from before Alembic
+HEAD = "0006"
+HEAD_SCHEMA_INFO = 6  # what schema_info records at HEAD, for code from before Alembic
 T0 = 1_700_000_000.123456
 
 # (schema version, whether revoked_certificates exists): that table arrived after version 1
