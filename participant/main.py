@@ -174,7 +174,12 @@ def export(
         config, threading.Event(), give_up_after=config.rpc_timeout_seconds
     )
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paillier = PaillierJobs(PaillierStateStore(config.state_dir), client)
+    tls = _tls_files(config)
+    paillier = PaillierJobs(
+        PaillierStateStore(config.state_dir),
+        client,
+        identity=IdentityFiles(tls) if tls is not None else None,
+    )
     try:
         return export_model(client, paillier, job_id, version, exporter, out)
     finally:

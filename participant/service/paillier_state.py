@@ -89,7 +89,9 @@ class PaillierJobState:
     participant sealed for them. ``refused_step`` is the digest of the last ceremony step this
     participant refused (``refusal`` says why): the same step is never answered. ``strategy``
     is the job's strategy as first received in an assignment: the model chain is rebuilt with
-    it, and a round naming another is refused.
+    it, and a round naming another is refused. ``stopped`` is why this participant stopped
+    serving the job for good (a served version failed verification, ``stopped_version``): it
+    takes part in none of the job's rounds again and decrypts no version from then on.
     """
 
     parameters: SecAggParameters | None = None
@@ -103,6 +105,8 @@ class PaillierJobState:
     refused_step: bytes = b""
     refusal: str = ""
     strategy: StrategyChoice | None = None
+    stopped: str = ""
+    stopped_version: int = 0
 
 
 class PaillierStateStore:
@@ -249,6 +253,8 @@ def _encode(state: PaillierJobState) -> dict[str, Any]:
         "refused_step": state.refused_step.hex(),
         "refusal": state.refusal,
         "strategy": None if state.strategy is None else state.strategy.to_json(),
+        "stopped": state.stopped,
+        "stopped_version": state.stopped_version,
     }
 
 
@@ -281,4 +287,7 @@ def _decode(data: Any) -> PaillierJobState:
         strategy=(
             None if data.get("strategy") is None else StrategyChoice.from_json(data["strategy"])
         ),
+        # Absent in state written before versions were verified: never stopped.
+        stopped=str(data.get("stopped", "")),
+        stopped_version=int(data.get("stopped_version", 0)),
     )

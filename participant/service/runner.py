@@ -96,7 +96,9 @@ class ParticipantDaemon:
         self._paillier: PaillierJobs | None = None
         self._ceremony: CeremonyParticipant | None = None
         if paillier_states is not None:
-            self._paillier = PaillierJobs(paillier_states, client, workers=paillier_workers)
+            self._paillier = PaillierJobs(
+                paillier_states, client, identity=identity, workers=paillier_workers
+            )
             self._ceremony = CeremonyParticipant(
                 client, paillier_states, identity, generate_key=generate_paillier_key
             )
