@@ -41,7 +41,11 @@ from fedsilo.strategies import (
 from participant.errors import ModelUnavailable, PaillierStateUnreadable
 from participant.service.calls import ModelCalls
 from participant.service.identity import OrgIdentity, utc_now
-from participant.service.paillier_state import PaillierJobState, PaillierStateStore
+from participant.service.paillier_state import (
+    OutgoingMessage,
+    PaillierJobState,
+    PaillierStateStore,
+)
 from secagg import ProtocolViolation, QuantizationSpec, RandomSource, SecAggError
 from secagg.paillier import (
     PackingLayout,
@@ -97,6 +101,7 @@ class PaillierJobs:
         self._random = random
         self._clock = clock
         self._keys: dict[str, PaillierPrivateKey] = {}
+        self._new_stops = False
 
     @property
     def store(self) -> PaillierStateStore:
@@ -268,6 +273,11 @@ class PaillierJobs:
             base_served = served
         return version, weights
 
+    def take_new_stops(self) -> bool:
+        """Whether a job was stopped since the last call (its report waits in the outbox)."""
+        new, self._new_stops = self._new_stops, False
+        return new
+
     def stopped(self, job_id: str) -> str:
         """Why this participant stopped serving the job for good ("" if it did not)."""
         try:
@@ -295,8 +305,18 @@ class PaillierJobs:
         if state is None:
             return
         if not state.stopped:
-            state = replace(state, stopped=reason, stopped_version=version)
+            # The coordinator is told (a ``stopped`` ceremony message from the job's outbox,
+            # sent by the daemon's next poll and again after a restart until acknowledged), so
+            # the admin sees the reason in the job's status.
+            report = OutgoingMessage("stopped", reason.encode())
+            state = replace(
+                state,
+                stopped=reason,
+                stopped_version=version,
+                outbox=(*state.outbox, report),
+            )
             self._store.save(job_id, state)
+            self._new_stops = True
         log.error(
             "stopped serving job %s for good: model version %d failed verification: %s",
             job_id,

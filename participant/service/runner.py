@@ -127,8 +127,9 @@ class ParticipantDaemon:
             try:
                 if self._ceremony is not None:
                     # Key-ceremony messages a restart interrupted (the coordinator does not ask
-                    # the dealer twice).
-                    self._ceremony.resume()
+                    # the dealer twice), and the report of a job this daemon stopped serving.
+                    stopped = self._paillier is not None and self._paillier.take_new_stops()
+                    self._ceremony.resume(again=stopped)
                 reply = self._client.retrying(
                     lambda: self._client.get_assignment(self._poll, self._secure.held_round_ids())
                 )

@@ -56,8 +56,19 @@ class PaillierRoundEngine(MaskedRoundEngine):
         # until the ceremony settles.
         if not self._ceremony.settled(tx, job, live, now):
             return None
+        # An organization that stopped serving the job (a version failed its checks there)
+        # refuses every later round: it is left out rather than waited for.
         holders = set(self._ceremony.holders(tx, job.job_id))
+        holders -= set(self._ceremony.stopped(tx, job.job_id))
         return super().select_cohort(tx, job, tuple(org for org in live if org in holders), now)
+
+    def status_note(self, tx: Transaction, job: Job) -> str:
+        stopped = self._ceremony.stopped(tx, job.job_id)
+        if not stopped:
+            return ""
+        return "stopped serving this job for good: " + "; ".join(
+            f"{org} ({reason})" for org, reason in sorted(stopped.items())
+        )
 
     def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
         return self._ceremony.step_for(tx, job, org_id, self._secure.job_parameters(job))

@@ -96,6 +96,7 @@ class CeremonyCoordinator:
         self.dealt: tuple[str, bytes] | None = None
         self.sealed: dict[str, tuple[str, bytes]] = {}  # receiver -> (sender, SealedKey bytes)
         self.confirmed: dict[str, bytes] = {}
+        self.stopped: dict[str, str] = {}
         self.received: list[tuple[str, str, bytes]] = []
         self.models: dict[int, Weights] = {0: initial_weights()}
 
@@ -118,6 +119,8 @@ class CeremonyCoordinator:
                 sealed = SealedKey.from_bytes(item)
                 assert sealed.sender == org
                 self.sealed.setdefault(sealed.receiver, (org, item))
+        elif action == "stopped":
+            self.stopped[org] = body.decode()
         else:
             assert action == "confirm"
             self.confirmed[org] = body

@@ -213,9 +213,19 @@ def test_one_refused_version_stops_the_job_for_good_across_a_restart(
     assert f"job {JOB_ID}" in line and "model version 1 failed verification" in line
     assert "served mask correction" in line
 
+    # The report waits in the job's outbox; the restarted daemon sends it to the coordinator,
+    # which shows it to the admin (the job's waiting reason) and leaves org-a out of cohorts.
+    state = participants[0].store.load(JOB_ID)
+    assert state is not None and [m.action for m in state.outbox] == ["stopped"]
+    assert coordinator.stopped == {}
+
     # The coordinator serves the honest version now: too late, whatever it serves.
     coordinator.models[1] = honest
     restarted = participants[0].restart()
+    restarted.ceremony.resume()
+    assert coordinator.stopped["org-a"].startswith("version 1: the served mask correction")
+    state = restarted.store.load(JOB_ID)
+    assert state is not None and state.outbox == ()
     assert "model version 1 failed verification" in restarted.paillier.stopped(JOB_ID)
     with pytest.raises(ModelUnavailable, match="stopped serving the job for good"):
         restarted.paillier.model(JOB_ID, 1)

@@ -958,6 +958,40 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_nothing(
     assert np.max(np.abs(decoded - np.clip(delta("org-a"), -1, 1))) > 1.0
 
 
+def test_organizations_that_stopped_serving_a_paillier_job_are_shown_and_left_out(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    """A participant whose version failed verification reports it with a ``stopped`` ceremony
+    message: the admin sees the reason, and no later cohort waits for that organization."""
+    job = _paillier_job(consortium, paillier_key, num_rounds=2)
+    consortium.step()  # the job keys
+    dealer = consortium.service.next_work("org-a")
+    assert dealer.kind is WorkKind.KEY_CEREMONY
+    assert consortium.participants["org-a"].act(consortium.service, dealer)
+    reason = b"model version 1: the served mask correction is not the one the round gives"
+    for org in ("org-b", "org-c", "org-d", "org-e"):
+        certificate = consortium.orgs[org].certificate_pem
+        ack = consortium.service.submit_ceremony(org, job.job_id, "stopped", reason, certificate)
+        assert not ack.duplicate
+        again = consortium.service.submit_ceremony(org, job.job_id, "stopped", reason, certificate)
+        assert again.duplicate
+    with pytest.raises(InvalidRequest, match="UTF-8"):
+        consortium.service.submit_ceremony(
+            "org-a", job.job_id, "stopped", b"\xff", consortium.orgs["org-a"].certificate_pem
+        )
+
+    while consortium.step():  # the receipts, and whatever work there is
+        pass
+    consortium.service.tick()
+    view = consortium.service.get_job(job.job_id)
+    # One holder left: below min_participants = 2, so no round opens, and the admin sees why.
+    assert view.rounds == ()
+    assert "stopped serving this job for good: org-b (model version 1: the served" in (
+        view.waiting_reason
+    )
+    assert "org-e (model version 1" in view.waiting_reason
+
+
 def test_bad_ciphertexts_are_refused_and_change_nothing(
     consortium: Consortium, paillier_key: PaillierPrivateKey
 ) -> None:
