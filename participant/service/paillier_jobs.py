@@ -59,7 +59,7 @@ from secagg.paillier import (
     tag_matches,
 )
 
-__all__ = ["PaillierJobs", "VersionRefused", "job_parameters"]
+__all__ = ["MalformedAggregate", "PaillierJobs", "VersionRefused", "job_parameters"]
 
 log = logging.getLogger("participant")
 
@@ -68,6 +68,12 @@ Weights = list[npt.NDArray[Any]]
 
 class VersionRefused(ModelUnavailable):
     """A served model version failed verification: the job is stopped here for good."""
+
+
+class MalformedAggregate(ModelUnavailable):
+    """An authenticated version (the round's correction, count and tag all verified) whose
+    decrypted sum is no aggregate of well-formed inputs: a contributor of the round sent a
+    malformed or out-of-range input. Refused, but not held against the coordinator."""
 
 
 def job_parameters(parameters: SecAggParameters) -> SecAggParameters:
@@ -259,6 +265,9 @@ class PaillierJobs:
                 mean = self._apply(job_id, current, key, spec, specs, weights, tensors, base_served)
             except VersionRefused as exc:
                 self._stop(job_id, current, str(exc))
+                raise
+            except MalformedAggregate as exc:
+                log.error("%s", exc, **context(job=job_id))
                 raise
             if server.updates_server_model:
                 try:
@@ -457,26 +466,37 @@ class PaillierJobs:
         try:
             plaintexts = decrypt_integers(key, summed.ciphertexts, workers=self._workers)
             (tag_plaintext,) = decrypt_integers(key, [tag])
-            if not tag_matches(key, binding, plaintexts, tag_plaintext):
-                raise ProtocolViolation(
-                    "the summed ciphertexts are not the sum of inputs made for this round and "
-                    f"base version {version - 1} (their tag does not match)"
-                )
+        except SecAggError as exc:
+            raise VersionRefused(f"version {version} does not decrypt: {exc}") from None
+        if not tag_matches(key, binding, plaintexts, tag_plaintext):
+            raise VersionRefused(
+                f"version {version} does not decrypt: the summed ciphertexts are not the sum of "
+                f"inputs made for this round and base version {version - 1} (their tag does "
+                "not match)"
+            )
+        # From here on the sum is exactly the product of inputs that holders of the key made
+        # for this round: what is wrong with it was sent by a contributor, not the coordinator.
+        contributors = ", ".join(record.transcript.contributors)
+        try:
             sums = layout.unpack(plaintexts, summed.value_count, summed.contributions)
             # uint64 wraps modulo 2^64 and narrowing to uint32 reduces modulo 2^32: mod R.
             aggregate = (sums + correction.astype(np.uint64)).astype(spec.dtype)
             mean = spec.dequantize(aggregate)
         except SecAggError as exc:
-            raise VersionRefused(f"version {version} does not decrypt: {exc}") from None
+            raise MalformedAggregate(
+                f"version {version} (round {record.transcript.round_id}) holds a malformed "
+                f"input from one of its contributors {contributors}: {exc}"
+            ) from None
         # Every contribution is clipped to [-clip, clip] with a weight of at most max_weight:
         # anything else is not the sum of this job's inputs (e.g. one masked input, S16).
         limit = spec.clip + spec.mean_error_bound
         if mean.total_weight > summed.contributions * spec.max_weight or (
             mean.mean.size and float(np.max(np.abs(mean.mean))) > limit * (1 + 1e-9)
         ):
-            raise VersionRefused(
-                f"version {version} does not decrypt to a mean of clipped updates: it is not "
-                "the aggregate of a round"
+            raise MalformedAggregate(
+                f"version {version} (round {record.transcript.round_id}) does not decrypt to a "
+                "mean of clipped updates: it is not the aggregate of a round; one of its "
+                f"contributors {contributors} sent an out-of-range input"
             )
         delta = unflatten(mean.mean, specs, "float64")
         log.info(

@@ -735,6 +735,8 @@ def test_a_version_that_is_no_mean_of_clipped_updates_is_refused(
     with pytest.raises(ModelUnavailable, match="not the aggregate of a round"):
         participants[0].paillier.model(JOB_ID, 2)
     assert participants[0].paillier.model(JOB_ID, 1)[0] == 1
+    # Tagged with the key: only a key holder could make it, so the job is not stopped.
+    assert participants[0].paillier.stopped(JOB_ID) == ""
 
 
 def test_a_malformed_model_version_is_refused(

@@ -25,17 +25,21 @@ from paillier_harness import (
 )
 from secure_round_harness import JOB_ID
 
+from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.paillier_versions import PaillierVersion
 from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.protection import SecAggParameters
 from participant.domain.assignments import StepOutcome
 from participant.errors import ModelUnavailable
-from participant.service.paillier_jobs import VersionRefused
+from participant.service.paillier_jobs import MalformedAggregate, VersionRefused
 from secagg.paillier import (
     PackingLayout,
     PaillierCiphertexts,
     PaillierPrivateKey,
     add_ciphertexts,
+    encrypt_integers,
     encrypt_vector,
+    input_tag,
 )
 
 
@@ -240,3 +244,48 @@ def test_one_refused_version_stops_the_job_for_good_across_a_restart(
     assert "stopped serving the job for good" in caplog.text
     assert len(restarted.transport.sent) == sent
     assert participants[1].step(round_.keys_task()) is StepOutcome.ANSWERED
+
+
+def test_a_malformed_input_of_a_contributor_is_refused_without_stopping_the_job(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """org-c holds the key and tags its input properly, but one slot of it overflows: the
+    version verifies (it is the round's), its sum is no aggregate. The coordinator did nothing
+    wrong, so nothing is held against it; the round's contributors are named."""
+    run_ceremony(coordinator, participants)
+    bad = participants[2]
+    public = paillier_key.public_key
+
+    def oversized(
+        job_id: str, parameters: SecAggParameters, masked: np.ndarray, binding: bytes
+    ) -> tuple[PayloadHeader, bytes]:
+        layout = PackingLayout(parameters.modulus_bits, parameters.max_participants, public.bits)
+        plaintexts = layout.pack(masked)
+        # Every carry bit of the first slot set: far above what one input may hold.
+        plaintexts[0] += ((1 << layout.carry_bits) - 1) << parameters.modulus_bits
+        tag = input_tag(paillier_key, binding, plaintexts)
+        *encrypted, tag_ciphertext = encrypt_integers(public, [*plaintexts, tag])
+        data = PaillierCiphertexts(public.fingerprint, layout, 1, masked.size, tuple(encrypted))
+        tag_bytes = tag_ciphertext.to_bytes(public.ciphertext_bytes, "big")
+        return encode_tensors(
+            [
+                np.frombuffer(data.to_bytes(), dtype=np.uint8),
+                np.frombuffer(tag_bytes, dtype=np.uint8),
+            ]
+        )
+
+    monkeypatch.setattr(bad.paillier, "encrypt_input", oversized)
+    assert PaillierRound(pki, coordinator, [p.org for p in participants]).run(participants) == 1
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        with pytest.raises(MalformedAggregate, match="one of its contributors org-a, org-b, org-c"):
+            participants[0].paillier.model(JOB_ID, 1)
+    assert "malformed input from one of its contributors" in caplog.text
+    assert participants[0].paillier.stopped(JOB_ID) == ""
+    state = participants[0].store.load(JOB_ID)
+    assert state is not None and state.outbox == ()
