@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.paillier_versions import PaillierVersion
 from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.protection import SecAggParameters
-from participant.domain.assignments import StepOutcome
+from participant.domain.assignments import SecAggPhase, StepOutcome
 from participant.errors import ModelUnavailable
 from participant.service.paillier_jobs import MalformedAggregate, VersionRefused
 from secagg.paillier import (
@@ -289,3 +290,41 @@ def test_a_malformed_input_of_a_contributor_is_refused_without_stopping_the_job(
     assert participants[0].paillier.stopped(JOB_ID) == ""
     state = participants[0].store.load(JOB_ID)
     assert state is not None and state.outbox == ()
+
+
+def test_a_version_with_a_dropout_verifies_from_the_dropped_masking_key(
+    pki: DemoPki,
+    tmp_path: Path,
+    coordinator: CeremonyCoordinator,
+    paillier_key: PaillierPrivateKey,
+) -> None:
+    """org-d drops after SHARES: the replay reconstructs its masking key from the unmask
+    answers, checks it against its signed public key and removes its pairwise masks."""
+    everyone = make_participants(pki, tmp_path, coordinator, lambda bits: paillier_key, ORGS4)
+    run_ceremony(coordinator, everyone)
+    round_ = PaillierRound(pki, coordinator, ORGS4)
+    survivors = everyone[:3]
+    for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES):
+        round_.run_phase(phase, everyone)
+    for phase in (SecAggPhase.INPUTS, SecAggPhase.CONSISTENCY, SecAggPhase.UNMASK):
+        round_.run_phase(phase, survivors)
+    assert round_.publish() == 1
+    transcript = _record(coordinator, 1).transcript
+    assert transcript.contributors == ("org-a", "org-b", "org-c")
+    assert [org for org, _, _ in transcript.keys] == list(ORGS4)
+
+    assert [p.paillier.model(JOB_ID, 1)[0] for p in everyone] == [1, 1, 1, 1]
+    # The same version with the dropped organization's answers left out of the shares: the
+    # replay no longer knows who sent shares, so it cannot account for org-d's masks.
+    record = _record(coordinator, 1)
+    shares = tuple(item for item in record.transcript.shares if item[0] != "org-d")
+    forged = PaillierVersion(
+        record.ciphertexts, record.tag, replace(record.transcript, shares=shares)
+    )
+    late = make_participants(
+        pki, tmp_path / "again", coordinator, lambda bits: paillier_key, ORGS4[:1]
+    )[0]
+    late.store.save(JOB_ID, everyone[0].store.load(JOB_ID))  # the same key, nothing decrypted
+    _serve(coordinator, 1, forged, coordinator.models[1][1])
+    with pytest.raises(VersionRefused, match="signed messages do not verify"):
+        late.paillier.model(JOB_ID, 1)
