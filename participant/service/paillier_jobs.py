@@ -533,6 +533,15 @@ class PaillierJobs:
                 org: verify_peer_certificate(pem, ca, org, Role.PARTICIPANT, now)
                 for org, _, pem in transcript.keys
             }
+        except PeerCertificateError as exc:
+            # Not held against the coordinator: a certificate may simply have expired since the
+            # round (a late joiner rebuilding old versions). Nothing was decrypted, so refusing
+            # tells the coordinator nothing about the aggregate.
+            raise ModelUnavailable(
+                f"version {version}: a certificate in the round's transcript does not verify "
+                f"now: {exc}"
+            ) from None
+        try:
             return replay_correction(
                 transcript,
                 job_id=job_id,
@@ -540,7 +549,7 @@ class PaillierJobs:
                 modulus_bits=spec.modulus_bits,
                 verifying_keys=keys,
             )
-        except (SecAggError, PeerCertificateError, ValueError) as exc:
+        except (SecAggError, ValueError) as exc:
             raise VersionRefused(
                 f"version {version}: the round's signed messages do not verify: {exc}"
             ) from None

@@ -328,3 +328,28 @@ def test_a_version_with_a_dropout_verifies_from_the_dropped_masking_key(
     _serve(coordinator, 1, forged, coordinator.models[1][1])
     with pytest.raises(VersionRefused, match="signed messages do not verify"):
         late.paillier.model(JOB_ID, 1)
+
+
+def test_a_transcript_certificate_that_does_not_verify_now_refuses_without_stopping(
+    tmp_path: Path,
+    released: PaillierRound,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    """Checked before anything is decrypted: the refusal says nothing about the aggregate, and
+    a certificate may just have expired since the round, so the job is not stopped for it."""
+    foreign = make_demo_pki(tmp_path / "foreign", ORGS4)
+    record = _record(coordinator, 1)
+    keys = tuple(
+        (org, body, foreign.participants[org].cert_path.read_bytes() if org == "org-b" else pem)
+        for org, body, pem in record.transcript.keys
+    )
+    forged = PaillierVersion(record.ciphertexts, record.tag, replace(record.transcript, keys=keys))
+    honest = [w.copy() for w in coordinator.models[1]]
+    _serve(coordinator, 1, forged, honest[1])
+
+    with pytest.raises(ModelUnavailable, match="certificate in the round's transcript"):
+        participants[0].paillier.model(JOB_ID, 1)
+    assert participants[0].paillier.stopped(JOB_ID) == ""
+    coordinator.models[1] = honest
+    assert participants[0].paillier.model(JOB_ID, 1)[0] == 1
