@@ -66,6 +66,17 @@ def build_client(
     return client, channels
 
 
+def paillier_jobs(config: ParticipantConfig, client: CoordinatorClient) -> PaillierJobs:
+    """This organization's paillier jobs outside the daemon (export): its state directory, and its
+    CA, which the certificates of every version's transcript are checked against."""
+    tls = _tls_files(config)
+    return PaillierJobs(
+        PaillierStateStore(config.state_dir),
+        client,
+        identity=IdentityFiles(tls) if tls is not None else None,
+    )
+
+
 def build_daemon(
     config: ParticipantConfig, stop: threading.Event
 ) -> tuple[ParticipantDaemon, ChannelSource]:
@@ -187,7 +198,7 @@ def export(
         config, threading.Event(), give_up_after=config.rpc_timeout_seconds
     )
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paillier = PaillierJobs(PaillierStateStore(config.state_dir), client)
+    paillier = paillier_jobs(config, client)
     try:
         return export_model(client, paillier, job_id, version, exporter, out)
     finally:

@@ -75,12 +75,15 @@ class RoundDriver:
             return ""
         if any(not r.is_terminal for r in rounds):
             return ""
+        # E.g. organizations that stopped serving a paillier job: why no cohort forms.
+        note = self._engines[job.spec.protection].status_note(tx, job)
+        suffix = f"; {note}" if note else ""
         live = self.live_organizations(tx, self._ctx.clock())
         needed = job.spec.min_participants
         if len(live) < needed:
             names = ", ".join(live) if live else "none"
-            return f"needs {needed} live organizations, {len(live)} active: {names}"
-        return "waiting for the next round to open"
+            return f"needs {needed} live organizations, {len(live)} active: {names}{suffix}"
+        return f"waiting for the next round to open{suffix}"
 
     def _open_round(self, job: Job) -> bool:
         now = self._ctx.clock()

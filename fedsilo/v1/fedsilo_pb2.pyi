@@ -750,7 +750,9 @@ Global___SubmitMessageRequest: _TypeAlias = SubmitMessageRequest  # noqa: Y015
 @_typing.final
 class SubmitCeremonyRequest(_message.Message):
     """A key-ceremony message: action "job_key" (JobKey), "dealt_key" (DealtKey), "sealed" (the
-    canonical fields of one or more SealedKey) or "confirm" (the key fingerprint).
+    canonical fields of one or more SealedKey), "confirm" (the key fingerprint) or "stopped" (UTF-8:
+    why the organization stopped serving the job for good, a model version having failed its
+    verification; docs/paillier.md).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -168,9 +168,10 @@ class CeremonyParticipant:
         self._flush(job_id, new_state, ctx, data.action)
         return StepOutcome.ANSWERED
 
-    def resume(self) -> None:
-        """Send what the outboxes still hold (after a restart); once per process."""
-        if self._resumed:
+    def resume(self, *, again: bool = False) -> None:
+        """Send what the outboxes still hold (after a restart); once per process, or ``again``
+        when something was queued outside a ceremony step (a job stopped for good)."""
+        if self._resumed and not again:
             return
         for job_id in self._store.job_ids():
             try:

@@ -15,10 +15,11 @@ versions ``1..v`` in order, and keeps each version it rebuilt and its optimizer 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,8 @@ import numpy.typing as npt
 
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of, tensors_sha256
 from fedsilo.logs import context
+from fedsilo.paillier_versions import PaillierVersion, replay_correction, tag_binding
+from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import SecAggParameters, unflatten
 from fedsilo.strategies import (
     OptimizerState,
@@ -37,7 +40,9 @@ from fedsilo.strategies import (
 )
 from participant.errors import ModelUnavailable, PaillierStateUnreadable
 from participant.service.calls import ModelCalls
+from participant.service.identity import OrgIdentity, utc_now
 from participant.service.paillier_state import (
+    OutgoingMessage,
     PaillierJobState,
     PaillierStateStore,
     known_key_holders,
@@ -48,15 +53,28 @@ from secagg.paillier import (
     PaillierCiphertexts,
     PaillierPrivateKey,
     PaillierWorkers,
-    decrypt_vector,
-    encrypt_vector,
+    check_ciphertexts,
+    decrypt_integers,
+    encrypt_integers,
+    input_tag,
+    tag_matches,
 )
 
-__all__ = ["PaillierJobs", "job_parameters"]
+__all__ = ["MalformedAggregate", "PaillierJobs", "VersionRefused", "job_parameters"]
 
 log = logging.getLogger("participant")
 
 Weights = list[npt.NDArray[Any]]
+
+
+class VersionRefused(ModelUnavailable):
+    """A served model version failed verification: the job is stopped here for good."""
+
+
+class MalformedAggregate(ModelUnavailable):
+    """An authenticated version (the round's correction, count and tag all verified) whose
+    decrypted sum is no aggregate of well-formed inputs: a contributor of the round sent a
+    malformed or out-of-range input. Refused, but not held against the coordinator."""
 
 
 def job_parameters(parameters: SecAggParameters) -> SecAggParameters:
@@ -69,7 +87,8 @@ class PaillierJobs:
 
     ``workers`` is the process pool for encryption and decryption (one for the daemon's
     lifetime; :meth:`close` stops it); None runs small batches here and large ones on a
-    temporary pool.
+    temporary pool. ``identity`` gives the consortium CA that the certificates in a version's
+    transcript are checked against; without it no version after 0 is decrypted.
     """
 
     def __init__(
@@ -77,14 +96,19 @@ class PaillierJobs:
         store: PaillierStateStore,
         client: ModelCalls,
         *,
+        identity: Callable[[], OrgIdentity] | None = None,
         workers: PaillierWorkers | None = None,
         random: RandomSource = os.urandom,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._store = store
         self._client = client
+        self._identity = identity
         self._workers = workers
         self._random = random
+        self._clock = clock
         self._keys: dict[str, PaillierPrivateKey] = {}
+        self._new_stops = False
 
     @property
     def store(self) -> PaillierStateStore:
@@ -154,6 +178,8 @@ class PaillierJobs:
                 "this participant holds no Paillier key for the job (its key ceremony did not "
                 "complete here)"
             )
+        if state.stopped:
+            raise ProtocolViolation(_stopped_message(state))
         wanted = job_parameters(parameters)
         if state.parameters is None:
             state = replace(state, parameters=wanted)
@@ -183,19 +209,33 @@ class PaillierJobs:
             raise ProtocolViolation("the round's strategy differs from the one this job began with")
 
     def encrypt_input(
-        self, job_id: str, parameters: SecAggParameters, masked: npt.NDArray[Any]
+        self,
+        job_id: str,
+        parameters: SecAggParameters,
+        masked: npt.NDArray[Any],
+        binding: bytes,
     ) -> tuple[PayloadHeader, bytes]:
-        """The masked input ``y``, packed and encrypted: one uint8 tensor on the wire."""
+        """The masked input ``y``, packed and encrypted, and its tag under ``binding``
+        (``fedsilo.paillier_versions.tag_binding``): two uint8 tensors on the wire."""
         key = self.private_key(job_id)
         if key is None:
             raise ProtocolViolation("this participant holds no Paillier key for the job")
+        state = self._store.load(job_id)
+        if state is not None and state.stopped:
+            raise ProtocolViolation(_stopped_message(state))
         public = key.public_key
         layout = PackingLayout(parameters.modulus_bits, parameters.max_participants, public.bits)
-        ciphertexts = encrypt_vector(
-            public, layout, masked, random=self._random, workers=self._workers
+        plaintexts = layout.pack(masked)
+        tag = input_tag(key, binding, plaintexts)
+        encrypted = encrypt_integers(
+            public, [*plaintexts, tag], random=self._random, workers=self._workers
+        )
+        ciphertexts = PaillierCiphertexts(
+            public.fingerprint, layout, 1, int(masked.size), tuple(encrypted[:-1])
         )
         data = np.frombuffer(ciphertexts.to_bytes(), dtype=np.uint8)
-        return encode_tensors([data])
+        tag_bytes = encrypted[-1].to_bytes(public.ciphertext_bytes, "big")
+        return encode_tensors([data, np.frombuffer(tag_bytes, dtype=np.uint8)])
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -208,6 +248,7 @@ class PaillierJobs:
         none yet, refused if it differs); the chain is rebuilt with the recorded one.
         """
         server = self._strategy(job_id, strategy)
+        self._check_not_stopped(job_id, version)
         latest: tuple[int, Weights] | None = None
         if version < 0:
             latest = self._download(job_id, -1)
@@ -221,13 +262,26 @@ class PaillierJobs:
         key, spec = self._key_and_spec(job_id)
         # Every version has the shapes of version 0.
         specs = specs_of(weights)
+        # The inputs of round v were tagged for the bytes of version v - 1 their makers served.
+        base_served = self._store.served_digest(job_id, base_version)
+        if base_served is None:
+            raise ModelUnavailable(
+                f"version {base_version} was kept without the digest of its served bytes"
+            )
         for current in range(base_version + 1, version + 1):
             if latest is not None and latest[0] == current:
                 tensors = latest[1]
             else:
                 tensors = self._download(job_id, current)[1]
             served = tensors_sha256(tensors)
-            mean = self._apply(job_id, current, key, spec, specs, weights, tensors)
+            try:
+                mean = self._apply(job_id, current, key, spec, specs, weights, tensors, base_served)
+            except VersionRefused as exc:
+                self._stop(job_id, current, str(exc))
+                raise
+            except MalformedAggregate as exc:
+                log.error("%s", exc, **context(job=job_id))
+                raise
             if server.updates_server_model:
                 try:
                     weights, optimizer = apply_server_step(server, weights, mean, optimizer)
@@ -238,7 +292,60 @@ class PaillierJobs:
             else:
                 weights = mean
             self._store.save_model(job_id, current, weights, served)
+            base_served = served
         return version, weights
+
+    def take_new_stops(self) -> bool:
+        """Whether a job was stopped since the last call (its report waits in the outbox)."""
+        new, self._new_stops = self._new_stops, False
+        return new
+
+    def stopped(self, job_id: str) -> str:
+        """Why this participant stopped serving the job for good ("" if it did not)."""
+        try:
+            state = self._store.load(job_id)
+        except PaillierStateUnreadable:
+            return ""
+        return "" if state is None or not state.stopped else _stopped_message(state)
+
+    def _check_not_stopped(self, job_id: str, version: int) -> None:
+        """A stopped job serves only the versions it verified before the refused one."""
+        try:
+            state = self._store.load(job_id)
+        except PaillierStateUnreadable:
+            return
+        if state is None or not state.stopped:
+            return
+        if 0 <= version < state.stopped_version and self._store.load_model(job_id, version):
+            return
+        raise ModelUnavailable(_stopped_message(state))
+
+    def _stop(self, job_id: str, version: int, reason: str) -> None:
+        """Record for good that ``version`` failed verification, before anything else happens:
+        a coordinator that watched accept or refuse gets one answer per job, never a second."""
+        state = self._store.load(job_id)
+        if state is None:
+            return
+        if not state.stopped:
+            # The coordinator is told (a ``stopped`` ceremony message from the job's outbox,
+            # sent by the daemon's next poll and again after a restart until acknowledged), so
+            # the admin sees the reason in the job's status.
+            report = OutgoingMessage("stopped", reason.encode())
+            state = replace(
+                state,
+                stopped=reason,
+                stopped_version=version,
+                outbox=(*state.outbox, report),
+            )
+            self._store.save(job_id, state)
+            self._new_stops = True
+        log.error(
+            "stopped serving job %s for good: model version %d failed verification: %s",
+            job_id,
+            version,
+            reason,
+            **context(job=job_id),
+        )
 
     def served_digest(self, job_id: str, version: int) -> bytes | None:
         """The digest of the bytes the coordinator served for a kept version (its ciphertexts,
@@ -320,8 +427,16 @@ class PaillierJobs:
         specs: Sequence[TensorSpec],
         base: Weights,
         tensors: Weights,
+        base_served: bytes,
     ) -> Weights:
-        """The mean model of round ``version``: ``base`` + the weighted mean delta it released."""
+        """The mean model of round ``version``: ``base`` + the weighted mean delta it released.
+
+        Nothing decrypted is the coordinator's choice (docs/paillier.md, "Authenticated
+        versions"): the correction and the contributor count are recomputed from the round's
+        signed messages, and the summed ciphertexts must carry the tag of inputs made for this
+        job, the round those messages name and version ``version - 1`` as this participant
+        holds it. Anything else raises VersionRefused.
+        """
         length = sum(math.prod(s.shape) for s in specs) + 1
         if (
             len(tensors) != 2
@@ -330,31 +445,71 @@ class PaillierJobs:
             or tensors[1].dtype != spec.dtype
             or tensors[1].shape != (length,)
         ):
-            raise ModelUnavailable(
-                f"version {version} of a paillier job must be the summed ciphertexts (uint8) and "
+            raise VersionRefused(
+                f"version {version} of a paillier job must be the version record (uint8) and "
                 f"a correction of {length} {spec.dtype} words"
             )
-        data, correction = tensors
+        data, served_correction = tensors
+        public = key.public_key
         try:
-            summed = PaillierCiphertexts.from_bytes(data.tobytes(), key.public_key)
-            layout = PackingLayout(spec.modulus_bits, spec.max_participants, key.public_key.bits)
+            record = PaillierVersion.from_bytes(data.tobytes())
+            summed = PaillierCiphertexts.from_bytes(record.ciphertexts, public)
+            layout = PackingLayout(spec.modulus_bits, spec.max_participants, public.bits)
             if summed.layout != layout or summed.value_count != length:
                 raise ProtocolViolation("the summed ciphertexts do not have the job's layout")
-            sums = decrypt_vector(key, summed, workers=self._workers)
+            if len(record.tag) != public.ciphertext_bytes:
+                raise ProtocolViolation("the summed tag is not one ciphertext")
+            tag = int.from_bytes(record.tag, "big")
+            check_ciphertexts([tag], public)
+        except SecAggError as exc:
+            raise VersionRefused(f"version {version} is malformed: {exc}") from None
+        correction = self._replay(job_id, version, record, spec, length)
+        if not np.array_equal(correction, served_correction):
+            raise VersionRefused(
+                f"version {version}: the served mask correction is not the one the round's "
+                "signed messages give"
+            )
+        if summed.contributions != len(record.transcript.contributors):
+            raise VersionRefused(
+                f"version {version}: the summed ciphertexts count {summed.contributions} "
+                f"contributions, the round's signed survivor set "
+                f"{len(record.transcript.contributors)}"
+            )
+        binding = tag_binding(job_id, record.transcript.round_id, version - 1, base_served)
+        try:
+            plaintexts = decrypt_integers(key, summed.ciphertexts, workers=self._workers)
+            (tag_plaintext,) = decrypt_integers(key, [tag])
+        except SecAggError as exc:
+            raise VersionRefused(f"version {version} does not decrypt: {exc}") from None
+        if not tag_matches(key, binding, plaintexts, tag_plaintext):
+            raise VersionRefused(
+                f"version {version} does not decrypt: the summed ciphertexts are not the sum of "
+                f"inputs made for this round and base version {version - 1} (their tag does "
+                "not match)"
+            )
+        # From here on the sum is exactly the product of inputs that holders of the key made
+        # for this round: what is wrong with it was sent by a contributor, not the coordinator.
+        contributors = ", ".join(record.transcript.contributors)
+        try:
+            sums = layout.unpack(plaintexts, summed.value_count, summed.contributions)
             # uint64 wraps modulo 2^64 and narrowing to uint32 reduces modulo 2^32: mod R.
             aggregate = (sums + correction.astype(np.uint64)).astype(spec.dtype)
             mean = spec.dequantize(aggregate)
         except SecAggError as exc:
-            raise ModelUnavailable(f"version {version} does not decrypt: {exc}") from None
+            raise MalformedAggregate(
+                f"version {version} (round {record.transcript.round_id}) holds a malformed "
+                f"input from one of its contributors {contributors}: {exc}"
+            ) from None
         # Every contribution is clipped to [-clip, clip] with a weight of at most max_weight:
         # anything else is not the sum of this job's inputs (e.g. one masked input, S16).
         limit = spec.clip + spec.mean_error_bound
         if mean.total_weight > summed.contributions * spec.max_weight or (
             mean.mean.size and float(np.max(np.abs(mean.mean))) > limit * (1 + 1e-9)
         ):
-            raise ModelUnavailable(
-                f"version {version} does not decrypt to a mean of clipped updates: it is not "
-                "the aggregate of a round"
+            raise MalformedAggregate(
+                f"version {version} (round {record.transcript.round_id}) does not decrypt to a "
+                "mean of clipped updates: it is not the aggregate of a round; one of its "
+                f"contributors {contributors} sent an out-of-range input"
             )
         delta = unflatten(mean.mean, specs, "float64")
         log.info(
@@ -367,6 +522,57 @@ class PaillierJobs:
             (np.asarray(b, dtype=np.float64) + d).astype(np.float32)
             for b, d in zip(base, delta, strict=True)
         ]
+
+    def _replay(
+        self,
+        job_id: str,
+        version: int,
+        record: PaillierVersion,
+        spec: QuantizationSpec,
+        length: int,
+    ) -> npt.NDArray[Any]:
+        """The round's mask correction from its transcript, every certificate and signature
+        checked: the certificates against the consortium CA, the signatures by the replay."""
+        if self._identity is None:
+            raise ModelUnavailable(
+                "verifying a paillier version needs the organization's CA certificate; this "
+                "participant runs without TLS"
+            )
+        ca = self._identity().ca
+        now = self._clock()
+        transcript = record.transcript
+        try:
+            keys = {
+                org: verify_peer_certificate(pem, ca, org, Role.PARTICIPANT, now)
+                for org, _, pem in transcript.keys
+            }
+        except PeerCertificateError as exc:
+            # Not held against the coordinator: a certificate may simply have expired since the
+            # round (a late joiner rebuilding old versions). Nothing was decrypted, so refusing
+            # tells the coordinator nothing about the aggregate.
+            raise ModelUnavailable(
+                f"version {version}: a certificate in the round's transcript does not verify "
+                f"now: {exc}"
+            ) from None
+        try:
+            return replay_correction(
+                transcript,
+                job_id=job_id,
+                vector_length=length,
+                modulus_bits=spec.modulus_bits,
+                verifying_keys=keys,
+            )
+        except (SecAggError, ValueError) as exc:
+            raise VersionRefused(
+                f"version {version}: the round's signed messages do not verify: {exc}"
+            ) from None
+
+
+def _stopped_message(state: PaillierJobState) -> str:
+    return (
+        f"this participant stopped serving the job for good: model version "
+        f"{state.stopped_version} failed verification ({state.stopped})"
+    )
 
 
 def _quantization(state: PaillierJobState) -> QuantizationSpec:

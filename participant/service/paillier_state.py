@@ -95,6 +95,9 @@ class PaillierJobState:
     participant knows were dealt or sealed the Paillier key (the dealer, the sender of its
     sealed key, those it sealed for, the cohorts of the job's rounds): if one of them is revoked,
     the key is no longer used (docs/threat-model.md, "Revoked organizations").
+    ``stopped`` is why this participant stopped
+    serving the job for good (a served version failed verification, ``stopped_version``): it
+    takes part in none of the job's rounds again and decrypts no version from then on.
     """
 
     parameters: SecAggParameters | None = None
@@ -109,6 +112,8 @@ class PaillierJobState:
     refusal: str = ""
     strategy: StrategyChoice | None = None
     key_holders: frozenset[str] = frozenset()
+    stopped: str = ""
+    stopped_version: int = 0
 
 
 def known_key_holders(state: PaillierJobState) -> frozenset[str]:
@@ -264,6 +269,8 @@ def _encode(state: PaillierJobState) -> dict[str, Any]:
         "refusal": state.refusal,
         "strategy": None if state.strategy is None else state.strategy.to_json(),
         "key_holders": sorted(state.key_holders),
+        "stopped": state.stopped,
+        "stopped_version": state.stopped_version,
     }
 
 
@@ -298,4 +305,7 @@ def _decode(data: Any) -> PaillierJobState:
         ),
         # Absent in state written before membership lists: filled by the next step or round.
         key_holders=frozenset(str(org) for org in data.get("key_holders", ())),
+        # Absent in state written before versions were verified: never stopped.
+        stopped=str(data.get("stopped", "")),
+        stopped_version=int(data.get("stopped_version", 0)),
     )

@@ -101,7 +101,9 @@ class ParticipantDaemon:
         self._paillier: PaillierJobs | None = None
         self._ceremony: CeremonyParticipant | None = None
         if paillier_states is not None:
-            self._paillier = PaillierJobs(paillier_states, client, workers=paillier_workers)
+            self._paillier = PaillierJobs(
+                paillier_states, client, identity=identity, workers=paillier_workers
+            )
             self._ceremony = CeremonyParticipant(
                 client,
                 paillier_states,
@@ -136,8 +138,9 @@ class ParticipantDaemon:
             try:
                 if self._ceremony is not None:
                     # Key-ceremony messages a restart interrupted (the coordinator does not ask
-                    # the dealer twice).
-                    self._ceremony.resume()
+                    # the dealer twice), and the report of a job this daemon stopped serving.
+                    stopped = self._paillier is not None and self._paillier.take_new_stops()
+                    self._ceremony.resume(again=stopped)
                 reply = self._client.retrying(
                     lambda: self._client.get_assignment(
                         self._poll, self._secure.held_round_ids(), self._membership.serial

@@ -35,6 +35,7 @@ from cryptography import x509
 from fedsilo.codec import encode_tensors, tensors_sha256
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
+from fedsilo.paillier_versions import tag_binding
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import (
     Protection,
@@ -487,7 +488,17 @@ class SecureRoundParticipant:
         masked = client.mask_input(shares, parameters.quantization().quantize(update, weight))
         if paillier is not None:
             # Encryption is randomized: the stored answer is what every retry sends.
-            header, payload = paillier.encrypt_input(assignment.job_id, parameters, masked.vector)
+            # The tag binds the ciphertexts to this job, round and base version as served
+            # (docs/paillier.md, "Authenticated versions").
+            binding = tag_binding(
+                assignment.job_id,
+                assignment.round_id,
+                assignment.model_version,
+                state.base_sha256,
+            )
+            header, payload = paillier.encrypt_input(
+                assignment.job_id, parameters, masked.vector, binding
+            )
         else:
             header, payload = encode_tensors([masked.vector])
         log.info(

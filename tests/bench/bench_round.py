@@ -67,9 +67,7 @@ from fedsilo.health import health_serving
 from fedsilo.pki import make_demo_pki
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
-from participant.main import build_client, export_model
-from participant.service.paillier_jobs import PaillierJobs
-from participant.service.paillier_state import PaillierStateStore
+from participant.main import build_client, export_model, paillier_jobs
 
 TARGET_RATIO = 1.5
 """(c): secagg / none."""
@@ -289,7 +287,7 @@ def participant_model(config_path: Path, job_id: str, version: int) -> tuple[int
     client, channels = build_client(
         config, threading.Event(), give_up_after=config.rpc_timeout_seconds
     )
-    paillier = PaillierJobs(PaillierStateStore(config.state_dir), client)
+    paillier = paillier_jobs(config, client)
     kept: list[Weights] = []
 
     def keep(weights: Weights, _out: Path) -> None:

@@ -15,6 +15,7 @@ import math
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -22,8 +23,10 @@ import pytest
 from inproc_consortium import ORGS, DaemonThread, initial_weights, shift_job_spec, wait_for_job
 from integration_shift_task import ORG_SETTINGS
 
+from coordinator.transport.server import RunningCoordinator
 from fedsilo.admin import AdminClient
 from fedsilo.cli.daemons import wait_for
+from fedsilo.codec import decode_tensors, encode_tensors
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 LEVELS_BITS = 12
@@ -105,3 +108,56 @@ def test_three_daemons_complete_a_paillier_job(
     assert key_files
     for path in key_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_coordinator_serving_another_correction_is_refused_for_good(
+    admin: AdminClient,
+    target: str,
+    coordinator: RunningCoordinator,
+    run_daemon: Callable[..., DaemonThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The decryption oracle over real gRPC: version 1 is served with its correction shifted by
+    one quantum (a plausible mean). Every daemon recomputes the correction from the round's
+    signed messages, refuses the version, stops serving the job for good and says so; the
+    admin sees it in the job's status, and no further round opens."""
+    service = coordinator.service
+    honest_read = service.read_model
+
+    def tampered(job_id: str, version: int, *, encrypted: bool = False) -> Any:
+        got, header, payload = honest_read(job_id, version, encrypted=encrypted)
+        if not encrypted or got < 1:
+            return got, header, payload
+        record, correction = decode_tensors(header, payload)
+        correction = correction.copy()
+        correction[0] += 1
+        return (got, *encode_tensors([record, correction]))
+
+    service.read_model = tampered  # type: ignore[method-assign]
+    for org in ORGS:
+        run_daemon(org, target, poll_seconds=0.5)
+    wait_for(
+        lambda: sorted(p.org_id for p in admin.list_participants()) == list(ORGS),
+        20,
+        "three organizations to register",
+        interval=0.02,
+    )
+    spec = paillier_spec()
+    spec.max_failed_rounds = 3
+    spec.round_timeout_seconds = 5
+    job_id = admin.create_job(spec, initial_weights()).job_id
+    admin.start_job(job_id)
+
+    def refused(status: pb.JobStatus) -> bool:
+        return all(f"{org} (version 1:" in status.waiting_reason for org in ORGS)
+
+    status = wait_for_job(admin, job_id, refused, "every organization to report the refusal", 120)
+    assert "stopped serving this job for good" in status.waiting_reason
+    assert "served mask correction is not the one" in status.waiting_reason
+    assert status.rounds[0].phase == pb.ROUND_PHASE_COMMITTED
+    # Version 1 was never built on: no round after the first committed, none is open.
+    assert all(r.phase != pb.ROUND_PHASE_COMMITTED for r in status.rounds[1:])
+    assert all(r.phase in (pb.ROUND_PHASE_COMMITTED, pb.ROUND_PHASE_ABORTED) for r in status.rounds)
+    lines = [r.getMessage() for r in caplog.records if "stopped serving job" in r.getMessage()]
+    assert len(lines) == len(ORGS)
+    assert all(f"job {job_id}" in line and "model version 1 failed" in line for line in lines)

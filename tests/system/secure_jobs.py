@@ -28,8 +28,7 @@ from fedsilo.faults import ENV_VAR
 from fedsilo.protection import flatten, unflatten
 from fedsilo.tasks import TrainingSettings, TrainResult, as_float32, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb
-from participant.main import build_client, export_model
-from participant.service.paillier_jobs import PaillierJobs
+from participant.main import build_client, export_model, paillier_jobs
 from participant.service.paillier_state import PaillierStateStore
 
 __all__ = [
@@ -229,7 +228,7 @@ def exported_model(consortium: Consortium, org: str, job_id: str) -> Weights:
     """``fedsilo participant export`` of the latest version with ``org``'s configuration."""
     config = load_config(ParticipantConfig, consortium.participant_config(org))
     client, channels = build_client(config, threading.Event(), config.rpc_timeout_seconds)
-    paillier = PaillierJobs(PaillierStateStore(config.state_dir), client)
+    paillier = paillier_jobs(config, client)
     captured: list[Weights] = []
     try:
         export = export_model(

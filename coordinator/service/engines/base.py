@@ -76,6 +76,10 @@ class RoundEngine(abc.ABC):
         """Whether ``org_id`` takes part in a short step of the round the cohort waits for."""
         return False
 
+    def status_note(self, tx: Transaction, job: Job) -> str:
+        """What the admin should know about the job's organizations ("" if nothing)."""
+        return ""
+
     def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
         """The key-ceremony task of ``org_id`` in ``job`` now, if any."""
         return None

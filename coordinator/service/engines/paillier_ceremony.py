@@ -32,8 +32,12 @@ from secagg.paillier import DealtKey, JobKey, PaillierPublicKey, SealedKey
 
 __all__ = ["ACTIONS", "CeremonyStep", "CeremonyCoordinator"]
 
-ACTIONS = ("job_key", "dealt_key", "sealed", "confirm")
-"""What a participant may submit (SubmitCeremony ``action``)."""
+ACTIONS = ("job_key", "dealt_key", "sealed", "confirm", "stopped")
+"""What a participant may submit (SubmitCeremony ``action``). ``stopped``: the organization
+stopped serving the job for good because a model version failed its verification; the body is
+the reason (UTF-8), shown to the admin, and the organization is in no later cohort."""
+
+_MAX_REASON_BYTES = 4096
 
 _MAX_BODY_BYTES = 4 << 20
 
@@ -58,6 +62,7 @@ class _State:
     dealt: JobMessage | None
     sealed: dict[str, JobMessage]  # receiver -> message
     confirmed: tuple[str, ...]
+    stopped: dict[str, str]  # org -> the reason it gave
 
     def dealer_for(self, min_participants: int) -> str | None:
         """Who deals: the lowest id among the first ``min_participants`` job keys accepted
@@ -77,6 +82,7 @@ class CeremonyCoordinator:
         sealed: dict[str, JobMessage] = {}
         dealt: JobMessage | None = None
         confirmed: list[str] = []
+        stopped: dict[str, str] = {}
         for message in tx.list_job_messages(job_id):
             if message.kind == "job_key":
                 job_keys[message.org_id] = message
@@ -86,11 +92,17 @@ class CeremonyCoordinator:
                 sealed[message.kind.removeprefix("sealed:")] = message
             elif message.kind == "confirm":
                 confirmed.append(message.org_id)
-        return _State(job_keys, dealt, sealed, tuple(sorted(confirmed)))
+            elif message.kind == "stopped":
+                stopped[message.org_id] = message.body.decode("utf-8", "replace")
+        return _State(job_keys, dealt, sealed, tuple(sorted(confirmed)), stopped)
 
     def holders(self, tx: Transaction, job_id: str) -> tuple[str, ...]:
         """The organizations that confirmed they hold the job's private key (sorted)."""
         return self._state(tx, job_id).confirmed
+
+    def stopped(self, tx: Transaction, job_id: str) -> dict[str, str]:
+        """The organizations that stopped serving the job for good, with their reasons."""
+        return self._state(tx, job_id).stopped
 
     def settled(self, tx: Transaction, job: Job, live: tuple[str, ...], now: float) -> bool:
         """Whether a round may open: every live organization holds the key, or the ceremony
@@ -224,6 +236,14 @@ class CeremonyCoordinator:
             return [("dealt_key", body, b"")]
         if state.dealt is None:
             raise WrongRoundPhase("the job's key has not been dealt yet")
+        if action == "stopped":
+            if len(body) > _MAX_REASON_BYTES:
+                raise InvalidRequest(f"a reason is limited to {_MAX_REASON_BYTES} bytes")
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest("a reason is UTF-8 text") from None
+            return [("stopped", body, b"")]
         if action == "sealed":
             if org_id != state.dealt.org_id and org_id not in state.confirmed:
                 raise WrongRoundPhase("only a holder of the job's key may seal it")

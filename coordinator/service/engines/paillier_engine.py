@@ -3,9 +3,10 @@ learns nothing, not even the aggregate.
 
 A job first runs its key ceremony (``paillier_ceremony``); a round opens only among the
 organizations that hold the job's key. Each input is the Paillier encryption of a masked
-vector; the coordinator multiplies the ciphertexts slot-wise into a running product, and closing
-UNMASK stores that product with the mask correction as the new (encrypted) model version, which
-only participants can decrypt (docs/paillier.md).
+vector with its tag; the coordinator multiplies the ciphertexts slot-wise, and the tags, into
+running products, and closing UNMASK stores them with the round's signed messages and the mask
+correction as the new (encrypted) model version, which only participants can decrypt and which
+they verify from those messages (docs/paillier.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from coordinator.domain.jobs import Job
-from coordinator.domain.rounds import Round, RoundEvent
+from coordinator.domain.rounds import Phase, Round, RoundEvent
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
@@ -24,8 +25,15 @@ from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import UpdateSubmission
 from fedsilo.codec import CodecError, PayloadHeader, TensorSpec, decode_tensors, encode_tensors
 from fedsilo.faults import crash_point
-from secagg import SecAggError
-from secagg.paillier import PackingLayout, PaillierCiphertexts, PaillierPublicKey, add_ciphertexts
+from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
+from secagg import InvalidInput, SecAggError, decode_fields, encode_fields
+from secagg.paillier import (
+    PackingLayout,
+    PaillierCiphertexts,
+    PaillierPublicKey,
+    add_ciphertexts,
+    check_ciphertexts,
+)
 
 __all__ = ["PaillierRoundEngine"]
 
@@ -48,8 +56,19 @@ class PaillierRoundEngine(MaskedRoundEngine):
         # until the ceremony settles.
         if not self._ceremony.settled(tx, job, live, now):
             return None
+        # An organization that stopped serving the job (a version failed its checks there)
+        # refuses every later round: it is left out rather than waited for.
         holders = set(self._ceremony.holders(tx, job.job_id))
+        holders -= set(self._ceremony.stopped(tx, job.job_id))
         return super().select_cohort(tx, job, tuple(org for org in live if org in holders), now)
+
+    def status_note(self, tx: Transaction, job: Job) -> str:
+        stopped = self._ceremony.stopped(tx, job.job_id)
+        if not stopped:
+            return ""
+        return "stopped serving this job for good: " + "; ".join(
+            f"{org} ({reason})" for org, reason in sorted(stopped.items())
+        )
 
     def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
         return self._ceremony.step_for(tx, job, org_id, self._secure.job_parameters(job))
@@ -75,27 +94,35 @@ class PaillierRoundEngine(MaskedRoundEngine):
             public_key = self._ceremony.public_key(tx, job.job_id)
         assert public_key is not None  # rounds open only after the key was dealt
         try:
-            (data,) = decode_tensors(update.header, payload)
+            data, tag = decode_tensors(update.header, payload)
         except CodecError as exc:
             raise InvalidRequest(str(exc)) from exc
-        return self._add_encrypted(round_, job, public_key, data.tobytes())
+        return self._add_encrypted(round_, job, public_key, data.tobytes(), tag.tobytes())
 
     def _check_encrypted_input(
         self, tx: Transaction, round_: Round, org_id: str, header: PayloadHeader
     ) -> None:
-        """An encrypted input comes from a member of U2 and is one vector of bytes."""
+        """An encrypted input comes from a member of U2: its ciphertexts and its tag, as bytes."""
         self._secure.require_shares_sent(tx, round_, org_id)
-        if len(header.tensors) != 1 or header.tensors[0].dtype != "uint8":
-            raise InvalidRequest("an encrypted input is one uint8 tensor of Paillier ciphertexts")
-        if len(header.tensors[0].shape) != 1:
-            raise InvalidRequest("an encrypted input is a 1-D tensor of bytes")
+        if len(header.tensors) != 2 or any(t.dtype != "uint8" for t in header.tensors):
+            raise InvalidRequest(
+                "an encrypted input is two uint8 tensors: the Paillier ciphertexts and their tag"
+            )
+        if any(len(t.shape) != 1 for t in header.tensors):
+            raise InvalidRequest("an encrypted input is 1-D tensors of bytes")
 
     def _add_encrypted(
-        self, round_: Round, job: Job, public_key: PaillierPublicKey, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        public_key: PaillierPublicKey,
+        payload: bytes,
+        tag_bytes: bytes,
     ) -> str:
-        """Multiply one participant's ciphertexts into the round's running product; store it."""
+        """Multiply one participant's ciphertexts and tag into the round's running products."""
         try:
             new = PaillierCiphertexts.from_bytes(payload, public_key)
+            tag = _decode_tag(tag_bytes, public_key)
         except SecAggError as exc:
             raise InvalidRequest(f"the encrypted input was refused: {exc}") from None
         length = self._secure.vector_length(job)
@@ -107,31 +134,63 @@ class PaillierRoundEngine(MaskedRoundEngine):
         if new.contributions != 1:
             raise InvalidRequest("an encrypted input is one participant's contribution")
         if round_.accumulator_ref is not None:
-            total = PaillierCiphertexts.from_bytes(
-                self._ctx.blobs.get(round_.accumulator_ref), public_key
+            total_bytes, total_tag_bytes = _read_accumulator(
+                self._ctx.blobs.get(round_.accumulator_ref)
             )
+            total = PaillierCiphertexts.from_bytes(total_bytes, public_key)
             new = add_ciphertexts(public_key, [total, new])
-        return self._ctx.blobs.put(new.to_bytes())
+            tag = tag * _decode_tag(total_tag_bytes, public_key) % public_key.n_squared
+        return self._ctx.blobs.put(
+            encode_fields([_ACCUMULATOR_LABEL, new.to_bytes(), _encode_tag(tag, public_key)])
+        )
 
     # -- the encrypted result -------------------------------------------------------------------
 
     def _unmask(self, round_: Round, job: Job, now: float) -> None:
-        """Store the summed ciphertexts with the mask correction (AGGREGATED).
+        """Store the version record and the mask correction (AGGREGATED).
 
-        Participants decrypt the sum ``S`` and take ``(S + C) mod R`` with the correction ``C``.
+        The record (``fedsilo.paillier_versions.PaillierVersion``) holds the summed ciphertexts,
+        the summed tags and the round's signed messages, from which every participant recomputes
+        the correction and the contributor count before it decrypts (docs/paillier.md).
         """
         try:
             with self._ctx.store.transaction() as tx:
                 correction = self._secure.mask_correction(tx, round_, job)
+                transcript = self._transcript(tx, round_, job)
         except SecAggError as exc:
             self._ledger.abort(round_, job, f"unmasking failed: {exc}", now)
             return
         assert round_.accumulator_ref is not None  # U3 has at least t >= 2 members
-        summed = np.frombuffer(self._ctx.blobs.get(round_.accumulator_ref), dtype=np.uint8)
-        _, payload = encode_tensors([summed, correction])
+        summed, tag = _read_accumulator(self._ctx.blobs.get(round_.accumulator_ref))
+        record = PaillierVersion(summed, tag, transcript).to_bytes()
+        _, payload = encode_tensors([np.frombuffer(record, dtype=np.uint8), correction])
         result_ref = self._ctx.blobs.put(payload)
         crash_point("coordinator.secagg.before_aggregated")
         self._ledger.write_transition(round_, RoundEvent.PHASE_COMPLETE, now, result_ref=result_ref)
+
+    def _transcript(self, tx: Transaction, round_: Round, job: Job) -> RoundTranscript:
+        """The round's accepted messages, in acceptance order, as participants replay them."""
+        config = self._secure.config(tx, round_, job)
+
+        def bodies(phase: Phase) -> tuple[tuple[str, bytes], ...]:
+            return tuple(
+                (m.org_id, m.body) for m in tx.list_phase_messages(round_.round_id, phase.value)
+            )
+
+        return RoundTranscript(
+            round_id=round_.round_id,
+            cohort=config.cohort,
+            threshold=config.threshold,
+            context=config.context,
+            keys=tuple(
+                (m.org_id, m.body, m.certificate_pem)
+                for m in tx.list_phase_messages(round_.round_id, Phase.KEYS.value)
+            ),
+            shares=bodies(Phase.SHARES),
+            contributors=round_.contributors,
+            consistency=bodies(Phase.CONSISTENCY),
+            unmask=bodies(Phase.UNMASK),
+        )
 
     def model_specs(
         self, job: Job, version: int, size: int, *, encrypted: bool
@@ -148,3 +207,27 @@ class PaillierRoundEngine(MaskedRoundEngine):
             )
         correction = self._secure.input_spec(job)
         return (TensorSpec("uint8", (size - correction.nbytes,)), correction)
+
+
+_ACCUMULATOR_LABEL = b"fedsilo/paillier/v1/running-sum"
+
+
+def _read_accumulator(data: bytes) -> tuple[bytes, bytes]:
+    """The running products of a round: (ciphertexts bytes, tag bytes)."""
+    label, summed, tag = decode_fields(data, 3)
+    if label != _ACCUMULATOR_LABEL:
+        raise InvalidRequest("the round's running sum is not a paillier one")
+    return summed, tag
+
+
+def _decode_tag(data: bytes, public_key: PaillierPublicKey) -> int:
+    """A tag ciphertext: big-endian in exactly ``2 * bits(n) / 8`` bytes, valid under the key."""
+    if len(data) != public_key.ciphertext_bytes:
+        raise InvalidInput(f"a tag ciphertext is {public_key.ciphertext_bytes} bytes")
+    value = int.from_bytes(data, "big")
+    check_ciphertexts([value], public_key)
+    return value
+
+
+def _encode_tag(value: int, public_key: PaillierPublicKey) -> bytes:
+    return value.to_bytes(public_key.ciphertext_bytes, "big")

@@ -31,6 +31,7 @@ from secure_round_harness import (
 
 from examples.synthetic.task import task
 from fedsilo.codec import decode_tensors, tensors_sha256
+from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
 from fedsilo.pki import DemoPki
 from fedsilo.protection import Protection, SecAggParameters, flatten
 from fedsilo.strategies import StrategyChoice
@@ -97,6 +98,7 @@ class CeremonyCoordinator:
         self.dealt: tuple[str, bytes] | None = None
         self.sealed: dict[str, tuple[str, bytes]] = {}  # receiver -> (sender, SealedKey bytes)
         self.confirmed: dict[str, bytes] = {}
+        self.stopped: dict[str, str] = {}
         self.received: list[tuple[str, str, bytes]] = []
         self.models: dict[int, Weights] = {0: initial_weights()}
 
@@ -119,6 +121,8 @@ class CeremonyCoordinator:
                 sealed = SealedKey.from_bytes(item)
                 assert sealed.sender == org
                 self.sealed.setdefault(sealed.receiver, (org, item))
+        elif action == "stopped":
+            self.stopped[org] = body.decode()
         else:
             assert action == "confirm"
             self.confirmed[org] = body
@@ -247,7 +251,7 @@ class PaillierParticipant:
     def __post_init__(self) -> None:
         identity = IdentityFiles(identity_files(self.pki, self.org))
         store = PaillierStateStore(self.state_dir)
-        self.paillier = PaillierJobs(store, self.transport)
+        self.paillier = PaillierJobs(store, self.transport, identity=identity)
         self.membership = membership_store(self.state_dir, self.pki)
         self.ceremony = CeremonyParticipant(
             self.transport,
@@ -298,6 +302,11 @@ class PaillierParticipant:
         job_id = self.transport.coordinator.job_id
         return PaillierJobs(self.store, self.transport).private_key(job_id)
 
+    def jobs(self) -> PaillierJobs:
+        """The paillier jobs as a restarted process reads them from the state directory."""
+        identity = IdentityFiles(identity_files(self.pki, self.org))
+        return PaillierJobs(self.store, self.transport, identity=identity)
+
 
 def make_participants(
     pki: DemoPki,
@@ -345,7 +354,10 @@ class PaillierRound(Coordinator):
         self.base_version = ceremony.latest() if base_version is None else base_version
         self.public = ceremony.public_key()
         self.total: PaillierCiphertexts | None = None
+        self.tag = 1
         self.encrypted: dict[str, bytes] = {}
+        self.tags: dict[str, bytes] = {}
+        self.messages: dict[SecAggPhase, list[tuple[str, bytes]]] = {}
         self.correction: npt.NDArray[Any] | None = None
         # Signed as a paillier round: its context binds the base version's served bytes.
         served = tensors_sha256(ceremony.models[self.base_version])
@@ -364,16 +376,19 @@ class PaillierRound(Coordinator):
     def receive(self, phase: SecAggPhase, org: str, sent: Sent) -> None:
         if phase is not SecAggPhase.INPUTS:
             super().receive(phase, org, sent)
+            self.messages.setdefault(phase, []).append((org, sent.body))
             return
         assert sent.header is not None and sent.num_examples == 0 and sent.train_loss == 0.0
-        (data,) = decode_tensors(sent.header, sent.payload)
-        assert data.dtype == np.uint8 and data.ndim == 1
+        data, tag = decode_tensors(sent.header, sent.payload)
+        assert data.dtype == np.uint8 and data.ndim == 1 and tag.dtype == np.uint8
         item = PaillierCiphertexts.from_bytes(data.tobytes(), self.public)
         assert item.contributions == 1 and item.value_count == self.params.vector_length
         self.encrypted[org] = data.tobytes()
+        self.tags[org] = tag.tobytes()
         self.total = (
             item if self.total is None else add_ciphertexts(self.public, [self.total, item])
         )
+        self.tag = self.tag * int.from_bytes(tag.tobytes(), "big") % self.public.n_squared
 
     def close(self, phase: SecAggPhase) -> None:
         if phase is SecAggPhase.INPUTS:
@@ -381,12 +396,40 @@ class PaillierRound(Coordinator):
             self.server.restore_inputs(sorted(self.encrypted), zeros)
         super().close(phase)
 
+    def transcript(self) -> RoundTranscript:
+        """The round's messages as the coordinator serves them with the version."""
+        return RoundTranscript(
+            round_id=self.round_id,
+            cohort=self.config.cohort,
+            threshold=self.config.threshold,
+            context=self.config.context,
+            keys=tuple(
+                (org, body, self.ceremony.certificate(org))
+                for org, body in self.messages.get(SecAggPhase.KEYS, [])
+            ),
+            shares=tuple(self.messages.get(SecAggPhase.SHARES, [])),
+            contributors=tuple(sorted(self.encrypted)),
+            consistency=tuple(self.messages.get(SecAggPhase.CONSISTENCY, [])),
+            unmask=tuple(self.messages.get(SecAggPhase.UNMASK, [])),
+        )
+
+    def record(self, total: PaillierCiphertexts | None = None, tag: int | None = None) -> bytes:
+        """The version record: summed ciphertexts, summed tag, transcript."""
+        total = total or self.total
+        assert total is not None
+        tag_value = self.tag if tag is None else tag
+        return PaillierVersion(
+            total.to_bytes(),
+            tag_value.to_bytes(self.public.ciphertext_bytes, "big"),
+            self.transcript(),
+        ).to_bytes()
+
     def publish(self) -> int:
-        """UNMASK is over: the correction from a zero sum, the new version (S, C)."""
+        """UNMASK is over: the correction from a zero sum, the new version (record, C)."""
         assert self.total is not None
         self.correction = self.server.finish()
         version = self.base_version + 1
-        summed = np.frombuffer(self.total.to_bytes(), dtype=np.uint8).copy()
+        summed = np.frombuffer(self.record(), dtype=np.uint8).copy()
         self.ceremony.models[version] = [summed, self.correction]
         return version
 

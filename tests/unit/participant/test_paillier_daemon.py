@@ -347,7 +347,13 @@ def test_participant_export_cli_rebuilds_the_model_from_the_state_directory(
             {
                 "coordinator": "127.0.0.1:1",
                 "state_dir": str(participant.state_dir),
-                "tls": {"insecure": True},
+                # The organization's files: the CA checks the certificates of each version's
+                # transcript before it is decrypted.
+                "tls": {
+                    "ca_cert": str(pki.ca_cert),
+                    "cert": str(pki.participants["org-c"].cert_path),
+                    "key": str(pki.participants["org-c"].key_path),
+                },
                 "tasks": {"exportable": "paillier_harness:exportable_task"},
             }
         )

@@ -37,7 +37,8 @@ from secure_round_harness import JOB_ID, Coordinator, membership_store
 
 from examples.synthetic.task import task
 from fedsilo import faults
-from fedsilo.codec import specs_of
+from fedsilo.codec import specs_of, tensors_sha256
+from fedsilo.paillier_versions import tag_binding
 from fedsilo.pki import DemoPki, Role, create_ca, issue, load_private_key, make_demo_pki
 from fedsilo.protection import Protection, flatten, unflatten
 from fedsilo.strategies import StrategyChoice, StrategyParameters, apply_server_step
@@ -60,10 +61,11 @@ from secagg.paillier import (
     PaillierPrivateKey,
     SealedKey,
     decrypt_vector,
-    encrypt_vector,
+    encrypt_integers,
     make_job_key,
     sign_public_key,
 )
+from secagg.paillier.tags import input_tag
 
 DEALER = "org-a"
 
@@ -628,7 +630,7 @@ def test_a_paillier_round_gives_every_participant_what_secagg_would(
     assert np.max(np.abs(mean)) > 100 * bound
 
 
-def test_the_encrypted_input_is_one_byte_tensor_without_count_or_loss(
+def test_the_encrypted_input_is_byte_tensors_without_count_or_loss(
     pki: DemoPki,
     coordinator: CeremonyCoordinator,
     participants: list[PaillierParticipant],
@@ -641,8 +643,10 @@ def test_the_encrypted_input_is_one_byte_tensor_without_count_or_loss(
 
     for org, sent in answers.items():
         assert sent.header is not None
-        ((dtype, shape),) = [(s.dtype, s.shape) for s in sent.header.tensors]
-        assert dtype == "uint8" and shape == (len(round_.encrypted[org]),)
+        # The ciphertexts, then their tag: one ciphertext (docs/paillier.md).
+        data, tag = [(s.dtype, s.shape) for s in sent.header.tensors]
+        assert data == ("uint8", (len(round_.encrypted[org]),))
+        assert tag == ("uint8", (round_.public.ciphertext_bytes,))
         assert sent.num_examples == 0 and sent.train_loss == 0.0
         assert sent.assignment.protection is Protection.PAILLIER
 
@@ -708,12 +712,10 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_no_update(
         signed = revealed.view(np.int32)[:-1].astype(np.float64)
         assert np.median(np.abs(signed)) > 2**20  # nowhere near quantized clipped values
 
-    # Served as model version 2, the participants refuse to build on it.
-    coordinator.models[2] = [
-        np.frombuffer(round_.encrypted[victim], dtype=np.uint8).copy(),
-        round_.correction,
-    ]
-    with pytest.raises(ModelUnavailable, match="version 2 does not decrypt"):
+    # Served as model version 2 with its own tag, the participants refuse to build on it.
+    record = round_.record(single, int.from_bytes(round_.tags[victim], "big"))
+    coordinator.models[2] = [np.frombuffer(record, dtype=np.uint8).copy(), round_.correction]
+    with pytest.raises(ModelUnavailable, match="version 2"):
         participants[0].paillier.model(JOB_ID, 2)
     assert participants[0].store.model_versions(JOB_ID) == [0, 1]
 
@@ -725,22 +727,36 @@ def test_a_version_that_is_no_mean_of_clipped_updates_is_refused(
     paillier_key: PaillierPrivateKey,
 ) -> None:
     run_ceremony(coordinator, participants)
-    _round(pki, coordinator, participants)
-    params = PaillierRound(pki, coordinator, ["org-a", "org-b"]).params
+    round_ = _round(pki, coordinator, participants)
+    assert round_.correction is not None
+    params = round_.params
     spec = params.quantization()
-    # A well-formed encryption of the coordinator's choice: a plausible weight, huge values.
+    # The last line of defence, against a holder of the key: a sum that passes every check of
+    # the record (its tag made with the key) but decrypts to huge values with a plausible weight.
     crafted = np.full(params.vector_length, 2**30, dtype=spec.dtype)
     crafted[-1] = 3
+    crafted -= round_.correction  # the participants add the round's correction back
     layout = PackingLayout(32, params.max_participants, paillier_key.public_key.bits)
-    encrypted = encrypt_vector(paillier_key.public_key, layout, crafted)
-    coordinator.models[2] = [
-        np.frombuffer(encrypted.to_bytes(), dtype=np.uint8).copy(),
-        np.zeros(params.vector_length, dtype=spec.dtype),
-    ]
+    plaintexts = layout.pack(crafted)
+    public = paillier_key.public_key
+    summed = PaillierCiphertexts(
+        public.fingerprint,
+        layout,
+        3,
+        params.vector_length,
+        tuple(encrypt_integers(public, plaintexts)),
+    )
+    served_v1 = tensors_sha256(coordinator.models[1])
+    binding = tag_binding(JOB_ID, round_.round_id, 1, served_v1)
+    (tag,) = encrypt_integers(public, [input_tag(paillier_key, binding, plaintexts)])
+    record = round_.record(summed, tag)
+    coordinator.models[2] = [np.frombuffer(record, dtype=np.uint8).copy(), round_.correction]
 
     with pytest.raises(ModelUnavailable, match="not the aggregate of a round"):
         participants[0].paillier.model(JOB_ID, 2)
     assert participants[0].paillier.model(JOB_ID, 1)[0] == 1
+    # Tagged with the key: only a key holder could make it, so the job is not stopped.
+    assert participants[0].paillier.stopped(JOB_ID) == ""
 
 
 def test_a_malformed_model_version_is_refused(
@@ -753,11 +769,11 @@ def test_a_malformed_model_version_is_refused(
     summed, correction = coordinator.models[1]
     coordinator.models[1] = [summed[:-1], correction]
 
-    with pytest.raises(ModelUnavailable, match="does not decrypt"):
+    with pytest.raises(ModelUnavailable, match="version 1 is malformed"):
         participants[0].paillier.model(JOB_ID, 1)
     coordinator.models[1] = [summed, correction[:-1]]
-    with pytest.raises(ModelUnavailable, match="must be the summed ciphertexts"):
-        participants[0].paillier.model(JOB_ID, 1)
+    with pytest.raises(ModelUnavailable, match="must be the version record"):
+        participants[1].paillier.model(JOB_ID, 1)
 
 
 def test_a_restart_mid_round_resends_the_stored_ciphertexts(

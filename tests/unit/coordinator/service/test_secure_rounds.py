@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import itertools
 import logging
 import math
@@ -28,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import load_pem_x509_certificate
 from sqlalchemy import select
 
 from coordinator.domain.jobs import Job, JobSpec, SecAggSettings
@@ -39,7 +41,8 @@ from coordinator.persistence.store import Store
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
-from fedsilo.codec import PayloadHeader, encode_tensors
+from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
+from fedsilo.paillier_versions import PaillierVersion, replay_correction, tag_binding
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
 from fedsilo.protection import (
     Protection,
@@ -62,6 +65,7 @@ from secagg import (
     UnmaskRequest,
     VerifyingKey,
     encode_fields,
+    verifying_key,
 )
 from secagg.paillier import (
     DealtKey,
@@ -70,13 +74,17 @@ from secagg.paillier import (
     PaillierCiphertexts,
     PaillierPrivateKey,
     SealedKey,
+    decrypt_integers,
     decrypt_vector,
+    encrypt_integers,
     encrypt_vector,
     generate_private_key,
+    input_tag,
     make_job_key,
     open_private_key,
     seal_private_key,
     sign_public_key,
+    tag_matches,
 )
 
 T0 = 1_700_000_000.0
@@ -234,10 +242,7 @@ class Participant:
         masked = self.client.mask_input(shares, vector)
         header, payload = encode_tensors([masked.vector])
         if self.paillier is not None:
-            public = self.paillier.public_key
-            layout = PackingLayout(p.modulus_bits, p.max_participants, public.bits)
-            encrypted = encrypt_vector(public, layout, masked.vector).to_bytes()
-            header, payload = encode_tensors([np.frombuffer(encrypted, dtype=np.uint8)])
+            header, payload = _encrypted_input(service, item, self.paillier, masked.vector, p)
         service.submit_update(
             self.org.org_id,
             UpdateSubmission(
@@ -360,8 +365,6 @@ def consortium(tmp_path: Path, orgs: dict[str, Org]) -> Iterator[Consortium]:
 
 def committed_delta(c: Consortium, job: Job) -> npt.NDArray[np.float64]:
     import hashlib
-
-    from fedsilo.codec import decode_tensors
 
     version, header, payload = c.service.read_model(job.job_id, -1)
     assert version == 1
@@ -820,6 +823,33 @@ def paillier_key() -> PaillierPrivateKey:
     return generate_private_key(2048)
 
 
+def _encrypted_input(
+    service: CoordinatorService,
+    item: WorkItem,
+    key: PaillierPrivateKey,
+    vector: npt.NDArray[Any],
+    p: SecAggParameters,
+) -> tuple[PayloadHeader, bytes]:
+    """What an honest participant sends: the packed ciphertexts and their tag, bound to the
+    job, the round and the base version as served."""
+    assert item.round is not None
+    public = key.public_key
+    layout = PackingLayout(p.modulus_bits, p.max_participants, public.bits)
+    plaintexts = layout.pack(vector)
+    _, base, _ = service.read_model(item.round.job_id, item.round.base_version, encrypted=True)
+    binding = tag_binding(
+        item.round.job_id, item.round.round_id, item.round.base_version, base.sha256
+    )
+    *encrypted, tag = encrypt_integers(public, [*plaintexts, input_tag(key, binding, plaintexts)])
+    data = PaillierCiphertexts(public.fingerprint, layout, 1, vector.size, tuple(encrypted))
+    return encode_tensors(
+        [
+            np.frombuffer(data.to_bytes(), dtype=np.uint8),
+            np.frombuffer(tag.to_bytes(public.ciphertext_bytes, "big"), dtype=np.uint8),
+        ]
+    )
+
+
 def _paillier_job(c: Consortium, key: PaillierPrivateKey, **changes: Any) -> Job:
     c.participants["org-a"].dealer_key = key  # org-a has the lowest id: the dealer
     return c.start(protection=Protection.PAILLIER, **changes)
@@ -828,12 +858,31 @@ def _paillier_job(c: Consortium, key: PaillierPrivateKey, **changes: Any) -> Job
 def _decrypt_version(
     c: Consortium, job: Job, key: PaillierPrivateKey, version: int
 ) -> npt.NDArray[np.float64]:
-    """What a participant does: decrypt the summed ciphertexts, add the correction, decode."""
-    from fedsilo.codec import decode_tensors
+    """What a participant does: replay the transcript to the served correction, check the tag,
+    decrypt the summed ciphertexts, add the correction, decode."""
 
     _, header, payload = c.service.read_model(job.job_id, version, encrypted=True)
-    summed, correction = decode_tensors(header, payload)
-    ciphertexts = PaillierCiphertexts.from_bytes(summed.tobytes(), key.public_key)
+    data, correction = decode_tensors(header, payload)
+    record = PaillierVersion.from_bytes(data.tobytes())
+    transcript = record.transcript
+    keys = {
+        org: verifying_key(load_pem_x509_certificate(pem).public_key())
+        for org, _, pem in transcript.keys
+    }
+    replayed = replay_correction(
+        transcript,
+        job_id=job.job_id,
+        vector_length=correction.size,
+        modulus_bits=32,
+        verifying_keys=keys,
+    )
+    assert np.array_equal(replayed, correction)
+    ciphertexts = PaillierCiphertexts.from_bytes(record.ciphertexts, key.public_key)
+    assert ciphertexts.contributions == len(transcript.contributors)
+    _, base, _ = c.service.read_model(job.job_id, version - 1, encrypted=True)
+    binding = tag_binding(job.job_id, transcript.round_id, version - 1, base.sha256)
+    (tag,) = decrypt_integers(key, [int.from_bytes(record.tag, "big")])
+    assert tag_matches(key, binding, decrypt_integers(key, ciphertexts.ciphertexts), tag)
     total = (decrypt_vector(key, ciphertexts) + correction.astype(np.uint64)) % (1 << 32)
     spec = SecAggSettings()
     params = SecAggParameters(0, 32, 0, (), spec.clip, spec.levels_bits, 16, 8192)
@@ -887,10 +936,19 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_nothing(
     consortium.service.submit_update = spy  # type: ignore[method-assign]
     assert consortium.run(job).phase is Phase.COMMITTED
     _, header, payload = consortium.service.read_model(job.job_id, 1, encrypted=True)
-    from fedsilo.codec import decode_tensors
 
     _, correction = decode_tensors(header, payload)
-    alone = PaillierCiphertexts.from_bytes(captured[0], paillier_key.public_key)
+    (first,) = captured
+    header_a = PayloadHeader(
+        (
+            TensorSpec("uint8", (len(first) - paillier_key.public_key.ciphertext_bytes,)),
+            TensorSpec("uint8", (paillier_key.public_key.ciphertext_bytes,)),
+        ),
+        len(first),
+        hashlib.sha256(first).digest(),
+    )
+    data_a, _ = decode_tensors(header_a, first)
+    alone = PaillierCiphertexts.from_bytes(data_a.tobytes(), paillier_key.public_key)
     words = (decrypt_vector(paillier_key, alone) + correction.astype(np.uint64)) % (1 << 32)
     signed = words.astype(np.uint32).view(np.int32)
     scale = math.ldexp(float(EXAMPLES["org-a"]), SecAggSettings().levels_bits)
@@ -898,6 +956,40 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_nothing(
     # Masked: the weight word is not org-a's weight and the values are noise, far from its delta.
     assert int(signed[-1]) != EXAMPLES["org-a"]
     assert np.max(np.abs(decoded - np.clip(delta("org-a"), -1, 1))) > 1.0
+
+
+def test_organizations_that_stopped_serving_a_paillier_job_are_shown_and_left_out(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    """A participant whose version failed verification reports it with a ``stopped`` ceremony
+    message: the admin sees the reason, and no later cohort waits for that organization."""
+    job = _paillier_job(consortium, paillier_key, num_rounds=2)
+    consortium.step()  # the job keys
+    dealer = consortium.service.next_work("org-a")
+    assert dealer.kind is WorkKind.KEY_CEREMONY
+    assert consortium.participants["org-a"].act(consortium.service, dealer)
+    reason = b"model version 1: the served mask correction is not the one the round gives"
+    for org in ("org-b", "org-c", "org-d", "org-e"):
+        certificate = consortium.orgs[org].certificate_pem
+        ack = consortium.service.submit_ceremony(org, job.job_id, "stopped", reason, certificate)
+        assert not ack.duplicate
+        again = consortium.service.submit_ceremony(org, job.job_id, "stopped", reason, certificate)
+        assert again.duplicate
+    with pytest.raises(InvalidRequest, match="UTF-8"):
+        consortium.service.submit_ceremony(
+            "org-a", job.job_id, "stopped", b"\xff", consortium.orgs["org-a"].certificate_pem
+        )
+
+    while consortium.step():  # the receipts, and whatever work there is
+        pass
+    consortium.service.tick()
+    view = consortium.service.get_job(job.job_id)
+    # One holder left: below min_participants = 2, so no round opens, and the admin sees why.
+    assert view.rounds == ()
+    assert "stopped serving this job for good: org-b (model version 1: the served" in (
+        view.waiting_reason
+    )
+    assert "org-e (model version 1" in view.waiting_reason
 
 
 def test_bad_ciphertexts_are_refused_and_change_nothing(
@@ -931,8 +1023,13 @@ def test_bad_ciphertexts_are_refused_and_change_nothing(
         "garbage": b"\x00" * 64,
     }
     before = _state(consortium)
+    tag = good.ciphertexts[0].to_bytes(public.ciphertext_bytes, "big")
+    cases["tag of zero"] = good.to_bytes()
     for what, data in cases.items():
-        header, payload = encode_tensors([np.frombuffer(data, dtype=np.uint8)])
+        tensors = [np.frombuffer(data, dtype=np.uint8), np.frombuffer(tag, dtype=np.uint8)]
+        if what == "tag of zero":
+            tensors[1] = np.zeros(public.ciphertext_bytes, dtype=np.uint8)
+        header, payload = encode_tensors(tensors)
         update = UpdateSubmission(job.job_id, round_.round_id, Phase.INPUTS, 0, 0, 0.0, header)
         with pytest.raises(InvalidRequest):
             consortium.service.submit_update("org-a", update, payload)

@@ -25,16 +25,20 @@ PUBLIC = {
     "SealedKey",
     "ShortExponentRandomizer",
     "add_ciphertexts",
+    "check_ciphertexts",
     "decrypt_integers",
     "decrypt_vector",
     "default_exponent_bits",
     "encrypt_integers",
     "encrypt_vector",
     "generate_private_key",
+    "input_tag",
     "make_job_key",
     "open_private_key",
     "seal_private_key",
     "sign_public_key",
+    "tag_matches",
+    "tag_weights",
 }
 
 
