@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
+from coordinator.domain.privacy import privacy_spent, released_rounds
 from coordinator.domain.rounds import RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
@@ -165,6 +166,7 @@ class JobService:
             summarize(tx.list_metrics(job.job_id)),
             tuple(self._engines[r.protection].threshold(job, r) for r in rounds),
             self._driver.waiting_reason(tx, job, rounds),
+            privacy_spent(job.spec.dp, released_rounds(rounds)) if job.spec.dp.enabled else None,
         )
 
     def read_model(

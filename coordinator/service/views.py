@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from coordinator.domain.jobs import Job
+from coordinator.domain.privacy import PrivacySpent
 from coordinator.domain.rounds import Phase, Round
 from coordinator.service.engines.paillier_ceremony import CeremonyStep
 from coordinator.service.engines.secure_rounds import SecAggStep
@@ -98,7 +99,8 @@ class JobView:
     """A job with its rounds and per-version metrics, for status displays.
 
     ``thresholds`` holds, per round, the number of survivors it needs (0 without secure
-    aggregation); ``waiting_reason`` says why no round is open ("" when one is or the job ended).
+    aggregation); ``waiting_reason`` says why no round is open ("" when one is or the job ended);
+    ``privacy`` is what a job with differential privacy has spent (docs/differential-privacy.md).
     """
 
     job: Job
@@ -106,3 +108,4 @@ class JobView:
     metrics: tuple[MetricsSummary, ...]
     thresholds: tuple[int, ...] = ()
     waiting_reason: str = ""
+    privacy: PrivacySpent | None = None
