@@ -989,7 +989,7 @@ Global___DifferentialPrivacy: _TypeAlias = DifferentialPrivacy  # noqa: Y015
 @_typing.final
 class PrivacySpent(_message.Message):
     """What a job with differential privacy has spent: epsilon at delta after rounds released
-    aggregates, by the PLD accountant of dp-accounting.
+    aggregates, by the RDP accountant of dp-accounting.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
