@@ -206,8 +206,9 @@ class JobSpec:
                     f"secagg.clip {self.secagg.clip:g} is too small for dp.clip {dp.clip:g} with "
                     f"its noise: it must be at least {needed:.4g} (clip + 4 noise deviations)"
                 )
+        # Also refuses a job whose epsilon this coordinator could not report (no dp extra).
+        first = epsilon_after(dp, 1)
         if dp.epsilon_budget > 0.0:
-            first = epsilon_after(dp, 1)
             if first > dp.epsilon_budget:
                 found.append(
                     f"dp.epsilon_budget {dp.epsilon_budget:g} is spent by the first round "
