@@ -1,5 +1,6 @@
-"""A secagg job with differential privacy over real gRPC: clipped, noisy, unweighted rounds, the
-spent epsilon in GetJob, and the budget stopping the job (docs/differential-privacy.md).
+"""Secagg and paillier jobs with differential privacy over real gRPC: clipped, noisy, unweighted
+rounds, the spent epsilon in GetJob, and the budget stopping the job
+(docs/differential-privacy.md).
 
 Three real participant daemons (threads) run the shift task: organization i moves every one of
 the 15 weights by its offset (1, 2, -0.5), an update of L2 norm ``|offset| * sqrt(15)``. With
@@ -30,8 +31,14 @@ CLIPPED_MEAN = 1.0 / (3 * math.sqrt(15))
 NOISE_STD = MULTIPLIER * CLIP * math.sqrt(3 / 2) / 3
 
 
+@pytest.mark.parametrize(
+    "protection", [pb.PROTECTION_SECAGG, pb.PROTECTION_PAILLIER], ids=["secagg", "paillier"]
+)
 def test_a_dp_job_releases_noisy_clipped_means_and_stops_at_its_budget(
-    admin: AdminClient, target: str, run_daemon: Callable[..., DaemonThread]
+    admin: AdminClient,
+    target: str,
+    run_daemon: Callable[..., DaemonThread],
+    protection: pb.Protection.ValueType,
 ) -> None:
     unbounded = DifferentialPrivacy(CLIP, MULTIPLIER, DELTA)
     budget = (epsilon_after(unbounded, 2) + epsilon_after(unbounded, 3)) / 2
@@ -44,7 +51,7 @@ def test_a_dp_job_releases_noisy_clipped_means_and_stops_at_its_budget(
         interval=0.02,
     )
     spec = shift_job_spec(num_rounds=4)
-    spec.protection = pb.PROTECTION_SECAGG
+    spec.protection = protection
     spec.phase_timeout_seconds = 30
     spec.max_failed_rounds = 0
     spec.secagg.CopyFrom(pb.SecAggSettings(clip=2.0, levels_bits=12))
@@ -68,6 +75,16 @@ def test_a_dp_job_releases_noisy_clipped_means_and_stops_at_its_budget(
     assert status.privacy.epsilon <= status.privacy.epsilon_budget == pytest.approx(budget)
 
     _, base = admin.download_model(job_id, 0)
+    if protection == pb.PROTECTION_PAILLIER:
+        # The model exists only at the organizations; each evaluated the version it rebuilt.
+        # The shift task's loss is the mean absolute weight, the same at all three.
+        losses = {m.version: m.loss for m in status.metrics if m.reports == 3}
+        assert 1 in losses
+        noiseless = np.mean([np.abs(w + CLIPPED_MEAN).mean() for w in base])
+        assert abs(losses[1] - noiseless) < 6 * NOISE_STD
+        fedavg = np.mean([np.abs(w + 0.4).mean() for w in base])
+        assert abs(losses[1] - fedavg) > 0.05
+        return
     _, first = admin.download_model(job_id, 1)
     moved = np.concatenate([(f - b).ravel() for f, b in zip(first, base, strict=True)])
     assert moved.size == 15
