@@ -37,6 +37,7 @@ from coordinator.errors import (
     NotFound,
     WrongRoundPhase,
 )
+from coordinator.observability.prometheus import CoordinatorMetrics
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings
@@ -902,6 +903,13 @@ def test_the_privacy_budget_stops_the_job_before_a_round_would_overspend_it(
     for _ in range(3):
         harness.service.tick()
     assert len(harness.rounds(job.job_id)) == 2  # no third round
+    # The same figures for the dashboard (docs/metrics.md).
+    registry = CoordinatorMetrics(harness.store).registry
+    labels = {"job": job.job_id}
+    assert registry.get_sample_value("fedsilo_job_privacy_epsilon", labels) == (
+        stopped.privacy.epsilon
+    )
+    assert registry.get_sample_value("fedsilo_job_privacy_epsilon_budget", labels) == budget
 
 
 def test_a_dp_job_keeps_its_settings_across_a_restart(file_harness: Harness) -> None:
