@@ -441,13 +441,13 @@ class SecureRoundParticipant:
             update, weight = self._privatize(update, assignment, parameters, ctx), 1
         else:
             weight = min(result.num_examples, parameters.max_weight)
-        if weight < result.num_examples and not assignment.privacy.enabled:
-            log.warning(
-                "the update's weight is capped at max_weight=%d (trained on %d examples)",
-                parameters.max_weight,
-                result.num_examples,
-                **ctx,
-            )
+            if weight < result.num_examples:
+                log.warning(
+                    "the update's weight is capped at max_weight=%d (trained on %d examples)",
+                    parameters.max_weight,
+                    result.num_examples,
+                    **ctx,
+                )
         try:
             # Recorded before the masked input exists outside the client (ledger.py).
             self._ledger.record_input(

@@ -94,6 +94,9 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
             "coordinator sent invalid differential-privacy settings: "
             + "; ".join(privacy.problems())
         )
+    if privacy.enabled and kind is AssignmentKind.TRAIN and response.min_participants < 1:
+        # The noise share of a plain round is sized by the job's minimum cohort.
+        raise UntrustedMessage("coordinator sent a differentially private round without its cohort")
     ceremony = None
     if kind is AssignmentKind.KEY_CEREMONY:
         if not response.HasField("ceremony"):
