@@ -3,7 +3,10 @@ the job spec's differential-privacy checks; which rounds count as released."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 from scipy import optimize, stats
@@ -141,3 +144,18 @@ def test_a_budget_spent_by_the_first_round_is_refused() -> None:
 def test_incomplete_dp_settings_are_refused() -> None:
     with pytest.raises(InvalidRequest, match=r"dp.delta must be in \(0, 1\)"):
         _spec(dp=DifferentialPrivacy(clip=0.5, noise_multiplier=1.0)).validate()
+
+
+def test_the_accountant_does_not_load_tensorflow() -> None:
+    # The coordinator never imports TensorFlow; dp-accounting must not bring it in either.
+    probe = (
+        "import sys, json; from coordinator.domain.privacy import epsilon_after; "
+        "from fedsilo.privacy import DifferentialPrivacy; "
+        "epsilon_after(DifferentialPrivacy(1.0, 1.0, 1e-5), 3); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'tensorflow_privacy'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
