@@ -32,8 +32,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
     return make_demo_pki(tmp_path_factory.mktemp("pki"), ORGS)
 
 
+@pytest.mark.parametrize("contributors", [3, 2], ids=["everyone", "one-dropped-out"])
 def test_the_released_mean_is_the_clipped_mean_plus_the_jobs_noise(
-    pki: DemoPki, tmp_path: Path
+    pki: DemoPki, tmp_path: Path, contributors: int
 ) -> None:
     # Fixed-seed random sources: the round (keys, masks, noise) is the same on every run.
     participants = [
@@ -41,24 +42,30 @@ def test_the_released_mean_is_the_clipped_mean_plus_the_jobs_noise(
         for i, org in enumerate(ORGS)
     ]
     coordinator = Coordinator(pki, privacy=PRIVACY)
-    for phase in PHASES:
+    for phase in PHASES[:2]:
         coordinator.run_phase(phase, participants)
+    # A dropout after SHARES leaves t = 2 inputs: still the job's full noise in the sum.
+    survivors = participants[:contributors]
+    for phase in PHASES[2:]:
+        coordinator.run_phase(phase, survivors)
     spec = coordinator.params.quantization()
     result = spec.dequantize(coordinator.server.finish())
 
     # Weight 1 each: the mean does not depend on (or reveal) example counts.
-    assert result.total_weight == len(ORGS)
+    assert result.total_weight == contributors
     settings = coordinator.keys_task().round_settings()
     base = flatten(base_weights())
     deltas = [
         flatten(task.train(base_weights(), local_data(org), settings).weights) - base
-        for org in ORGS
+        for org in ORGS[:contributors]
     ]
     assert min(np.linalg.norm(d) for d in deltas) > 2 * PRIVACY.clip  # clipping is active
     clipped_mean = np.mean([clip_to_norm(d, PRIVACY.clip) for d in deltas], axis=0)
     noise = result.mean - clipped_mean
-    # n = 3 shares of variance (z C)^2 / t with t = 2, divided by n in the mean.
-    t, n = coordinator.params.threshold, len(ORGS)
+    # n shares of variance (z C)^2 / t with t = 2, divided by n in the mean: the sum's noise
+    # has variance n / t * (z C)^2, never below (z C)^2.
+    t, n = coordinator.params.threshold, contributors
+    assert t == 2
     expected = (PRIVACY.noise_multiplier * PRIVACY.clip) ** 2 * (n / t) / n**2
     # 650 coordinates: the variance ratio's standard error is about 0.055.
     assert 0.8 < np.var(noise) / expected < 1.25
