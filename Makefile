@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@echo "make: creating $(VENV) and installing fedsilo with its tf, postgres and dev extras"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -qq --upgrade pip
-	$(BIN)/pip install -qq -e '.[tf,postgres,dev]'
+	$(BIN)/pip install -qq -e '.[tf,postgres,dp,dev]'
 	touch $(STAMP)
 
 $(KFP_STAMP): deploy/kubeflow/requirements.txt

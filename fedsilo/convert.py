@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection, SecAggParameters
 from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = [
+    "privacy_from_pb",
+    "privacy_to_pb",
     "protection_from_pb",
     "protection_to_pb",
     "secagg_parameters_from_pb",
@@ -108,4 +111,17 @@ def strategy_parameters_from_pb(message: pb.StrategyParameters) -> StrategyParam
         beta2=m.beta2 if m.HasField("beta2") else None,
         tau=m.tau if m.HasField("tau") else None,
         proximal_mu=m.proximal_mu if m.HasField("proximal_mu") else None,
+    )
+
+
+def privacy_to_pb(privacy: DifferentialPrivacy) -> pb.DifferentialPrivacy:
+    return pb.DifferentialPrivacy(**privacy.to_json())
+
+
+def privacy_from_pb(message: pb.DifferentialPrivacy) -> DifferentialPrivacy:
+    return DifferentialPrivacy(
+        clip=message.clip,
+        noise_multiplier=message.noise_multiplier,
+        delta=message.delta,
+        epsilon_budget=message.epsilon_budget,
     )

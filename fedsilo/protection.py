@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedsilo.codec import CodecError, TensorSpec
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.tasks import TrainingSettings
 from secagg import EncryptedShare, QuantizationSpec, decode_fields, encode_fields, encode_text
 
@@ -99,6 +100,7 @@ def round_context(
     parameters: SecAggParameters,
     min_participants: int,
     paillier_key_fingerprint: bytes = b"",
+    dp: DifferentialPrivacy | None = None,
 ) -> bytes:
     """SHA-256 of everything that determines an organization's input to one round.
 
@@ -106,7 +108,9 @@ def round_context(
     version it serves, a participant from its assignment and the model bytes it verified), and
     it enters ``secagg.RoundConfig.context``: two participants handed different values cannot
     complete a round together (docs/secagg.md, "Round context binding"). The cohort, vector length
-    and round id are bound by the round config itself.
+    and round id are bound by the round config itself. A job's differential-privacy settings
+    (``dp``) are bound too, so no organization can be handed a smaller clip or noise multiplier
+    than its peers (docs/differential-privacy.md); a job without them encodes as before.
     """
     if len(base_model_sha256) != hashlib.sha256().digest_size:
         raise ValueError("base_model_sha256 must be a SHA-256 digest")
@@ -133,8 +137,21 @@ def round_context(
             _u64(min_participants),
             paillier_key_fingerprint,
         ]
+        + _privacy_fields(dp)
     )
     return hashlib.sha256(encoded).digest()
+
+
+def _privacy_fields(dp: DifferentialPrivacy | None) -> list[bytes]:
+    if dp is None or dp == DifferentialPrivacy():
+        return []
+    return [
+        encode_text("dp"),
+        _f64(dp.clip),
+        _f64(dp.noise_multiplier),
+        _f64(dp.delta),
+        _f64(dp.epsilon_budget),
+    ]
 
 
 def flatten(weights: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:

@@ -6,8 +6,10 @@ import enum
 import json
 from dataclasses import dataclass, field
 
+from coordinator.domain.privacy import epsilon_after
 from coordinator.errors import InvalidRequest
 from fedsilo.codec import TensorSpec
+from fedsilo.privacy import DifferentialPrivacy, noise_share_std
 from fedsilo.protection import Protection
 from fedsilo.strategies import StrategyError, StrategyParameters, load_strategy, strategy_names
 from fedsilo.tasks import TrainingSettings
@@ -132,6 +134,8 @@ class JobSpec:
     paillier_key_bits: int = 2048
     strategy: StrategyParameters = field(default_factory=StrategyParameters)
     """Parameters of the strategy ``algorithm`` names (docs/strategies.md)."""
+    dp: DifferentialPrivacy = field(default_factory=DifferentialPrivacy)
+    """Differential privacy of the released model (docs/differential-privacy.md)."""
 
     def validate(self) -> None:
         problems: list[str] = []
@@ -156,6 +160,7 @@ class JobSpec:
             limit = self.secagg.max_participants
             if 2 <= limit < self.min_participants:
                 problems.append(f"min_participants must not exceed the secagg cohort limit {limit}")
+        problems.extend(self._privacy_problems())
         if self.protection is Protection.PAILLIER and self.paillier_key_bits not in (2048, 3072):
             problems.append("paillier_key_bits must be 2048 or 3072")
         if not 1.0 <= self.phase_timeout_seconds <= 24 * 3600:
@@ -182,6 +187,37 @@ class JobSpec:
             problems.append("task_config_json is not valid JSON")
         if problems:
             raise InvalidRequest("invalid job: " + "; ".join(problems))
+
+    def min_contributors(self) -> int:
+        """The fewest contributions any round of this job can complete with: the secure
+        threshold of its smallest cohort, or ``min_participants`` without secure aggregation."""
+        if self.protection is Protection.NONE:
+            return self.min_participants
+        return self.secagg.threshold_for(self.min_participants)
+
+    def _privacy_problems(self) -> list[str]:
+        dp = self.dp
+        found = dp.problems()
+        if found or not dp.enabled:
+            return found
+        if self.protection is not Protection.NONE:
+            # Each organization's noisy update must fit the quantization box, or its noise
+            # would be clipped too (docs/differential-privacy.md, "Quantization").
+            needed = dp.clip + 4.0 * noise_share_std(dp, self.min_contributors())
+            if self.secagg.clip < needed:
+                found.append(
+                    f"secagg.clip {self.secagg.clip:g} is too small for dp.clip {dp.clip:g} with "
+                    f"its noise: it must be at least {needed:.4g} (clip + 4 noise deviations)"
+                )
+        # Also refuses a job whose epsilon this coordinator could not report (no dp extra).
+        first = epsilon_after(dp, 1)
+        if dp.epsilon_budget > 0.0:
+            if first > dp.epsilon_budget:
+                found.append(
+                    f"dp.epsilon_budget {dp.epsilon_budget:g} is spent by the first round "
+                    f"alone (epsilon {first:.4g} at delta {dp.delta:g})"
+                )
+        return found
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from coordinator.domain.jobs import JobState, ParticipantStatus
+from coordinator.domain.privacy import epsilon_after, released_rounds
 from coordinator.domain.rounds import Phase
 from coordinator.persistence.store import Store
 
-__all__ = ["METRIC_NAMES", "CoordinatorMetrics", "RpcMetricsInterceptor", "serve_metrics"]
+__all__ = [
+    "DP_JOB_METRIC_NAMES",
+    "METRIC_NAMES",
+    "CoordinatorMetrics",
+    "RpcMetricsInterceptor",
+    "serve_metrics",
+]
 
 ROUND_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, float("inf"))
 
@@ -32,7 +39,12 @@ METRIC_NAMES = (
     "fedsilo_jobs",
     "fedsilo_rpc_duration_seconds",
     "fedsilo_rpc_refusals_total",
+    "fedsilo_job_privacy_epsilon",
+    "fedsilo_job_privacy_epsilon_budget",
 )
+
+# Exported only while a job with differential privacy exists (one series per such job).
+DP_JOB_METRIC_NAMES = ("fedsilo_job_privacy_epsilon", "fedsilo_job_privacy_epsilon_budget")
 
 
 class StoreCollector(Collector):
@@ -53,6 +65,16 @@ class StoreCollector(Collector):
             "fedsilo_active_organizations", "Organizations with active membership"
         )
         jobs = GaugeMetricFamily("fedsilo_jobs", "Jobs by state", labels=["state"])
+        epsilon = GaugeMetricFamily(
+            "fedsilo_job_privacy_epsilon",
+            "Epsilon spent by a job with differential privacy, at its delta",
+            labels=["job"],
+        )
+        budget = GaugeMetricFamily(
+            "fedsilo_job_privacy_epsilon_budget",
+            "Epsilon budget of a job with differential privacy (0: none)",
+            labels=["job"],
+        )
         outcomes = {Phase.COMMITTED.value: 0, Phase.ABORTED.value: 0}
         durations: list[float] = []
         n_submissions = 0
@@ -61,7 +83,12 @@ class StoreCollector(Collector):
             all_jobs = tx.list_jobs()
             participants = tx.list_participants()
             for job in all_jobs:
-                for round_ in tx.list_rounds(job.job_id):
+                job_rounds = tx.list_rounds(job.job_id)
+                if job.spec.dp.enabled:
+                    released = released_rounds(job_rounds)
+                    epsilon.add_metric([job.job_id], epsilon_after(job.spec.dp, released))
+                    budget.add_metric([job.job_id], job.spec.dp.epsilon_budget)
+                for round_ in job_rounds:
                     if round_.phase.value in outcomes:
                         outcomes[round_.phase.value] += 1
                         if round_.finished_at is not None:
@@ -85,7 +112,7 @@ class StoreCollector(Collector):
             buckets=buckets,
             sum_value=sum(durations),
         )
-        yield from (rounds, histogram, submissions, received, orgs, jobs)
+        yield from (rounds, histogram, submissions, received, orgs, jobs, epsilon, budget)
 
 
 def _le(bound: float) -> str:

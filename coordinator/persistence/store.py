@@ -36,6 +36,7 @@ from coordinator.persistence import migrate
 from coordinator.persistence import schema as t
 from coordinator.persistence.engine import failure_reason, make_engine
 from fedsilo.codec import TensorSpec
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings
@@ -481,6 +482,7 @@ def _spec_to_json(spec: JobSpec) -> str:
             "phase_timeout_seconds": spec.phase_timeout_seconds,
             "paillier_key_bits": spec.paillier_key_bits,
             "strategy": spec.strategy.to_json(),
+            "dp": spec.dp.to_json(),
         },
         sort_keys=True,
     )
@@ -505,6 +507,8 @@ def _spec_from_json(text: str) -> JobSpec:
         paillier_key_bits=data.get("paillier_key_bits", 2048),
         # Jobs stored before strategies had parameters: the strategy's defaults.
         strategy=StrategyParameters.from_json(data.get("strategy")),
+        # Jobs stored before differential privacy existed have none.
+        dp=DifferentialPrivacy.from_json(data.get("dp")),
     )
 
 

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
+from coordinator.domain.privacy import privacy_spent, released_rounds
 from coordinator.domain.rounds import RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
@@ -202,6 +203,7 @@ class JobService:
             thresholds,
             self._driver.waiting_reason(tx, job, rounds),
             threshold,
+            privacy_spent(job.spec.dp, released_rounds(rounds)) if job.spec.dp.enabled else None,
         )
 
     def read_model(

@@ -11,8 +11,10 @@ import logging
 from typing import Any
 
 from coordinator.domain.jobs import Job, JobState, ModelVersion
+from coordinator.domain.privacy import epsilon_after, released_rounds, rounds_within_budget
 from coordinator.domain.rounds import Round, RoundEvent, transition
 from coordinator.errors import NotFound
+from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job
 from coordinator.service.server_step import next_model
 from fedsilo.logs import context
@@ -90,10 +92,19 @@ class RoundLedger:
                 )
             )
             state = JobState.COMPLETED if version >= job.spec.num_rounds else job.state
-            tx.update_job(
-                dataclasses.replace(job, model_version=version, state=state, failed_rounds=0)
-            )
             tx.update_round(following, expected_row_version=round_.row_version)
+            stop = None if state is JobState.COMPLETED else _budget_stop(tx, job)
+            if stop is not None:
+                state = JobState.COMPLETED
+            tx.update_job(
+                dataclasses.replace(
+                    job,
+                    model_version=version,
+                    state=state,
+                    failed_rounds=0,
+                    failure_reason=stop or job.failure_reason,
+                )
+            )
         self.discard_blob(round_.accumulator_ref)
         log.info(
             "model version %d committed from %d updates%s",
@@ -102,6 +113,8 @@ class RoundLedger:
             "; job completed" if state is JobState.COMPLETED else "",
             **context(job=job.job_id, round=str(round_.number), phase="committed"),
         )
+        if stop is not None:
+            log.warning("%s", stop, **context(job=job.job_id, round=str(round_.number)))
 
     def discard_blob(self, ref: str | None) -> bool:
         """Delete a superseded blob unless another round or model version still points at it.
@@ -126,3 +139,19 @@ class RoundLedger:
         if model is None:
             raise NotFound(f"model version {version} does not exist for this job")
         return job, wanted, self._ctx.blobs.get(model.blob_ref)
+
+
+def _budget_stop(tx: Transaction, job: Job) -> str | None:
+    """Why the job stops before its next round: that round would overspend its epsilon budget
+    (docs/differential-privacy.md); None when it may go on. Read after this round's commit."""
+    dp = job.spec.dp
+    if not dp.enabled or dp.epsilon_budget <= 0.0:
+        return None
+    released = released_rounds(tx.list_rounds(job.job_id))
+    if rounds_within_budget(dp, released + 1):
+        return None
+    return (
+        f"stopped by the privacy budget: after {released} released rounds epsilon is "
+        f"{epsilon_after(dp, released):.4g} at delta {dp.delta:g}, and one more round would "
+        f"reach {epsilon_after(dp, released + 1):.4g}, above the budget {dp.epsilon_budget:g}"
+    )

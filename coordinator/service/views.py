@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from coordinator.domain.jobs import Job, MetricReport
+from coordinator.domain.privacy import PrivacySpent
 from coordinator.domain.rounds import Phase, Round
 from coordinator.service.engines.paillier_ceremony import CeremonyStep
 from coordinator.service.engines.secure_rounds import SecAggStep
@@ -103,7 +104,8 @@ class JobView:
     ``thresholds`` holds, per round, the number of survivors it needs (0 without secure
     aggregation) and ``threshold`` the job's: its latest round's, or for a job without rounds
     what a cohort of ``min_participants`` would need; ``waiting_reason`` says why no round is
-    open ("" when one is or the job ended).
+    open ("" when one is or the job ended); ``privacy`` is what a job with
+    differential privacy has spent (docs/differential-privacy.md).
     """
 
     job: Job
@@ -112,6 +114,7 @@ class JobView:
     thresholds: tuple[int, ...] = ()
     waiting_reason: str = ""
     threshold: int = 0
+    privacy: PrivacySpent | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from coordinator.service.views import (
 )
 from fedsilo.codec import PayloadHeader, header_from_proto, header_to_proto
 from fedsilo.convert import (
+    privacy_from_pb,
+    privacy_to_pb,
     protection_from_pb,
     protection_to_pb,
     secagg_parameters_to_pb,
@@ -137,6 +139,8 @@ def work_to_pb(
         response.task_config_json = spec.task_config_json
         response.algorithm = spec.algorithm
         response.strategy.CopyFrom(strategy_parameters_to_pb(spec.strategy))
+        if spec.dp.enabled:
+            response.dp.CopyFrom(privacy_to_pb(spec.dp))
         response.min_participants = spec.min_participants
     if item.round is not None:
         response.round_id = item.round.round_id
@@ -224,6 +228,14 @@ def job_view_to_pb(view: JobView) -> pb.JobStatus:
         failure_reason=job.failure_reason or "",
         waiting_reason=view.waiting_reason,
         threshold=view.threshold,
+        privacy=None
+        if view.privacy is None
+        else pb.PrivacySpent(
+            epsilon=view.privacy.epsilon,
+            delta=view.privacy.delta,
+            rounds=view.privacy.rounds,
+            epsilon_budget=view.privacy.epsilon_budget,
+        ),
     )
 
 
@@ -266,6 +278,7 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         phase_timeout_seconds=spec.phase_timeout_seconds,
         paillier_key_bits=spec.paillier_key_bits,
         strategy=strategy_parameters_to_pb(spec.strategy),
+        dp=privacy_to_pb(spec.dp) if spec.dp.enabled else None,
     )
 
 
@@ -294,6 +307,7 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
         phase_timeout_seconds=message.phase_timeout_seconds or defaults.phase_timeout_seconds,
         paillier_key_bits=message.paillier_key_bits or defaults.paillier_key_bits,
         strategy=strategy_parameters_from_pb(message.strategy),
+        dp=privacy_from_pb(message.dp),
     )
 
 

@@ -26,7 +26,13 @@ from fedsilo.cli.job_views import (
 from fedsilo.cli.job_watch import JobWatch, eta_seconds, watch_line
 from fedsilo.cli.model_export import export_in_format, task_config_of
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
-from fedsilo.convert import protection_to_pb, strategy_parameters_to_pb, training_settings_to_pb
+from fedsilo.convert import (
+    privacy_to_pb,
+    protection_to_pb,
+    strategy_parameters_to_pb,
+    training_settings_to_pb,
+)
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from fedsilo.strategies import BUILTIN_STRATEGIES, StrategyParameters
 from fedsilo.tasks import TrainingSettings, as_float32, load_task
@@ -144,6 +150,82 @@ def add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--proximal-mu", type=float, help="fedprox's proximal term weight mu")
 
 
+def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
+    """``job create``'s differential-privacy options (docs/differential-privacy.md)."""
+    group = parser.add_argument_group("differential privacy (docs/differential-privacy.md)")
+    group.add_argument(
+        "--dp-clip", type=_finite_positive, help="L2 bound C of each organization's update"
+    )
+    group.add_argument(
+        "--dp-noise-multiplier",
+        type=_finite_positive,
+        help="noise standard deviation of the sum, in units of C (needs --dp-clip)",
+    )
+    group.add_argument(
+        "--dp-delta",
+        type=_probability,
+        help=f"delta epsilon is reported for (default with --dp-clip: {DEFAULT_DP_DELTA:g})",
+    )
+    group.add_argument(
+        "--dp-epsilon-budget",
+        type=_finite_positive,
+        help="stop the job before a round would spend more epsilon than this",
+    )
+
+
+DEFAULT_DP_DELTA = 1e-5
+
+
+def privacy_argument_problem(args: argparse.Namespace) -> str | None:
+    """The one-line error of inconsistent differential-privacy flags, None when they fit."""
+    clip, multiplier = args.dp_clip, args.dp_noise_multiplier
+    if clip is None and multiplier is None:
+        for flag, value in (
+            ("--dp-delta", args.dp_delta),
+            ("--dp-epsilon-budget", args.dp_epsilon_budget),
+        ):
+            if value is not None:
+                return f"argument {flag}: needs --dp-clip and --dp-noise-multiplier"
+        return None
+    if clip is None:
+        return "argument --dp-noise-multiplier: needs --dp-clip"
+    if multiplier is None:
+        return "argument --dp-clip: needs --dp-noise-multiplier"
+    return None
+
+
+def _privacy_of(args: argparse.Namespace) -> DifferentialPrivacy:
+    if args.dp_clip is None:
+        return DifferentialPrivacy()
+    return DifferentialPrivacy(
+        clip=args.dp_clip,
+        noise_multiplier=args.dp_noise_multiplier,
+        delta=DEFAULT_DP_DELTA if args.dp_delta is None else args.dp_delta,
+        epsilon_budget=args.dp_epsilon_budget or 0.0,
+    )
+
+
+def _finite_positive(text: str) -> float:
+    # argparse names the flag in its one-line error: "argument --dp-clip: must be ...".
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
 def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> int:
     try:
         task_config = json.loads(args.task_config)
@@ -152,6 +234,7 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
     if not isinstance(task_config, dict):
         raise ConfigError("--task-config must be a JSON object")
     task = load_task(args.task)
+    privacy = _privacy_of(args)
     spec = pb.JobSpec(
         name=args.name or args.task,
         task_name=args.task,
@@ -167,6 +250,7 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
                 proximal_mu=args.proximal_mu,
             )
         ),
+        dp=privacy_to_pb(privacy) if privacy.enabled else None,
         num_rounds=args.rounds,
         min_participants=args.min_participants,
         round_timeout_seconds=args.round_timeout,
@@ -337,8 +421,23 @@ def _show_job(status: pb.JobStatus, as_json: bool, console: Console) -> None:
         console.print(f"eta: {age_text(eta)} (mean round time x rounds left)")
     if status.waiting_reason:
         console.print(f"waiting: {status.waiting_reason}")
+    if status.HasField("privacy"):
+        console.print(privacy_line(status.privacy))
     if status.failure_reason:
-        console.print(f"[red]failure:[/red] {status.failure_reason}")
+        if status.state == pb.JOB_STATE_COMPLETED:
+            # A job stopped early on purpose (its privacy budget) is finished, not failed.
+            console.print(f"stopped: {status.failure_reason}")
+        else:
+            console.print(f"[red]failure:[/red] {status.failure_reason}")
+
+
+def privacy_line(privacy: pb.PrivacySpent) -> str:
+    """What a job with differential privacy has spent, for ``job status``."""
+    budget = f" of budget {privacy.epsilon_budget:g}" if privacy.epsilon_budget > 0 else ""
+    return (
+        f"privacy: epsilon {privacy.epsilon:.4g}{budget} at delta {privacy.delta:g} "
+        f"after {privacy.rounds} released rounds (organization-level)"
+    )
 
 
 def _print_table(

@@ -11,7 +11,13 @@ from rich.console import Console
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
 from fedsilo.cli import doctor, health_command, pki_commands
-from fedsilo.cli.admin_commands import add_strategy_arguments, participant_export, run_admin
+from fedsilo.cli.admin_commands import (
+    add_privacy_arguments,
+    add_strategy_arguments,
+    participant_export,
+    privacy_argument_problem,
+    run_admin,
+)
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.cli.model_export import add_format_arguments
@@ -139,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         "--task-config", default=_JOB.task_config_json, help="JSON object passed to every task"
     )
     add_strategy_arguments(create)
+    add_privacy_arguments(create)
     create.add_argument("--start", action="store_true", help="start the job right away")
     add_admin_connection(create)
     job_help = {
@@ -272,7 +279,11 @@ def _installed_task(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    problem = privacy_argument_problem(args) if hasattr(args, "dp_clip") else None
+    if problem is not None:
+        parser.error(problem)
     console = Console()
     try:
         return _dispatch(args, console)

@@ -489,6 +489,7 @@ class GetTaskResponse(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
     MEMBERSHIP_LIST_FIELD_NUMBER: _builtins.int
+    DP_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -525,6 +526,12 @@ class GetTaskResponse(_message.Message):
     def ceremony(self) -> Global___KeyCeremonyStep: ...
     @_builtins.property
     def strategy(self) -> Global___StrategyParameters: ...
+    @_builtins.property
+    def dp(self) -> Global___DifferentialPrivacy:
+        """The job's differential-privacy settings (docs/differential-privacy.md); unset: none. A
+        participant clips its update and adds its noise share before quantization.
+        """
+
     def __init__(
         self,
         *,
@@ -546,10 +553,11 @@ class GetTaskResponse(_message.Message):
         strategy: Global___StrategyParameters | None = ...,
         min_participants: _builtins.int = ...,
         membership_list: _builtins.bytes = ...,
+        dp: Global___DifferentialPrivacy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "dp", b"dp", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "membership_list", b"membership_list", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "dp", b"dp", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "membership_list", b"membership_list", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -898,6 +906,7 @@ class JobSpec(_message.Message):
     PHASE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     PAILLIER_KEY_BITS_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    DP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task_name: _builtins.str
     protection: Global___Protection.ValueType
@@ -924,6 +933,10 @@ class JobSpec(_message.Message):
     def strategy(self) -> Global___StrategyParameters:
         """Parameters of the strategy named by algorithm (docs/strategies.md)."""
 
+    @_builtins.property
+    def dp(self) -> Global___DifferentialPrivacy:
+        """Differential privacy of the released model (docs/differential-privacy.md); unset: none."""
+
     def __init__(
         self,
         *,
@@ -941,16 +954,83 @@ class JobSpec(_message.Message):
         phase_timeout_seconds: _builtins.float = ...,
         paillier_key_bits: _builtins.int = ...,
         strategy: Global___StrategyParameters | None = ...,
+        dp: Global___DifferentialPrivacy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "dp", b"dp", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "dp", b"dp", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_failed_rounds: _TypeAlias = _typing.Literal["max_failed_rounds"]  # noqa: Y015
     _WhichOneofArgType__max_failed_rounds: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_failed_rounds) -> _WhichOneofReturnType__max_failed_rounds | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class DifferentialPrivacy(_message.Message):
+    """Organization-level differential privacy of a job (docs/differential-privacy.md): each
+    organization clips its update to the L2 norm clip and adds Gaussian noise so that the sum
+    carries noise of standard deviation noise_multiplier * clip; epsilon is reported for delta,
+    and the job stops before a round would spend more than epsilon_budget (0: no budget).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIP_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    EPSILON_BUDGET_FIELD_NUMBER: _builtins.int
+    clip: _builtins.float
+    noise_multiplier: _builtins.float
+    delta: _builtins.float
+    epsilon_budget: _builtins.float
+    def __init__(
+        self,
+        *,
+        clip: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        epsilon_budget: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "delta", b"delta", "epsilon_budget", b"epsilon_budget", "noise_multiplier", b"noise_multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DifferentialPrivacy: _TypeAlias = DifferentialPrivacy  # noqa: Y015
+
+@_typing.final
+class PrivacySpent(_message.Message):
+    """What a job with differential privacy has spent: epsilon at delta after rounds released
+    aggregates, by the RDP accountant of dp-accounting.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    EPSILON_BUDGET_FIELD_NUMBER: _builtins.int
+    epsilon: _builtins.float
+    delta: _builtins.float
+    rounds: _builtins.int
+    epsilon_budget: _builtins.float
+    def __init__(
+        self,
+        *,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        rounds: _builtins.int = ...,
+        epsilon_budget: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "epsilon_budget", b"epsilon_budget", "rounds", b"rounds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacySpent: _TypeAlias = PrivacySpent  # noqa: Y015
 
 @_typing.final
 class StrategyParameters(_message.Message):
@@ -1230,6 +1310,7 @@ class JobStatus(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    PRIVACY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     model_version: _builtins.int
@@ -1247,6 +1328,10 @@ class JobStatus(_message.Message):
     def rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundStatus]: ...
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionMetrics]: ...
+    @_builtins.property
+    def privacy(self) -> Global___PrivacySpent:
+        """Set for a job with differential privacy."""
+
     def __init__(
         self,
         *,
@@ -1260,10 +1345,11 @@ class JobStatus(_message.Message):
         failure_reason: _builtins.str = ...,
         waiting_reason: _builtins.str = ...,
         threshold: _builtins.int = ...,
+        privacy: Global___PrivacySpent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["privacy", b"privacy", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "job_id", b"job_id", "metrics", b"metrics", "model_version", b"model_version", "rounds", b"rounds", "spec", b"spec", "state", b"state", "threshold", b"threshold", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure_reason", b"failure_reason", "job_id", b"job_id", "metrics", b"metrics", "model_version", b"model_version", "privacy", b"privacy", "rounds", b"rounds", "spec", b"spec", "state", b"state", "threshold", b"threshold", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

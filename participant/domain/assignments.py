@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection, SecAggParameters
 from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import TrainingSettings
@@ -112,6 +113,8 @@ class Assignment:
     ceremony: KeyCeremonyStepData | None = None
     strategy: StrategyChoice = field(default_factory=StrategyChoice)
     min_participants: int = 0
+    privacy: DifferentialPrivacy = field(default_factory=DifferentialPrivacy)
+    """The job's differential privacy: clip and noise applied to every update it trains."""
 
     def round_settings(self) -> TrainingSettings:
         """The training settings with this round's seed and the strategy's client term.

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedsilo.config import AcceptSection
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import SecAggParameters
 from fedsilo.tasks import TrainingSettings
 from secagg import CohortPolicy, secure_threshold
@@ -111,7 +112,9 @@ class JobTerms:
 
     Every later round of the job must carry the same values; a coordinator that changes them for
     one organization (e.g. a vanishing learning rate for all but one, to isolate its update) is
-    refused. ``secure`` is filled at the job's first secure round.
+    refused. ``secure`` is filled at the job's first secure round. ``dp_clip`` and
+    ``dp_noise_multiplier`` are the job's differential privacy (0: none): a coordinator cannot
+    lower every organization's noise after the job was accepted (docs/differential-privacy.md).
     """
 
     task_name: str
@@ -121,9 +124,18 @@ class JobTerms:
     batch_size: int
     seed: int
     secure: SecureTerms | None = None
+    dp_clip: float = 0.0
+    dp_noise_multiplier: float = 0.0
 
     @classmethod
-    def of(cls, task_name: str, protection: str, training: TrainingSettings) -> JobTerms:
+    def of(
+        cls,
+        task_name: str,
+        protection: str,
+        training: TrainingSettings,
+        privacy: DifferentialPrivacy | None = None,
+    ) -> JobTerms:
+        privacy = privacy or DifferentialPrivacy()
         return cls(
             task_name=task_name,
             protection=protection,
@@ -131,6 +143,8 @@ class JobTerms:
             local_epochs=training.local_epochs,
             batch_size=training.batch_size,
             seed=training.seed,
+            dp_clip=float(privacy.clip),
+            dp_noise_multiplier=float(privacy.noise_multiplier),
         )
 
     def differences(self, other: JobTerms) -> list[str]:
@@ -144,6 +158,8 @@ class JobTerms:
                 "local_epochs",
                 "batch_size",
                 "seed",
+                "dp_clip",
+                "dp_noise_multiplier",
             )
             if getattr(other, name) != getattr(self, name)
         ]
@@ -162,4 +178,7 @@ class JobTerms:
             batch_size=int(data["batch_size"]),
             seed=int(data["seed"]),
             secure=None if secure is None else SecureTerms(**secure),
+            # Terms recorded before differential privacy existed: a job without it.
+            dp_clip=float(data.get("dp_clip", 0.0)),
+            dp_noise_multiplier=float(data.get("dp_noise_multiplier", 0.0)),
         )

@@ -1,11 +1,12 @@
 """The terms each job had when this organization first saw it, kept durably, and their checks.
 
 One JSON file per job, ``state_dir/jobs/<job_id>.json`` (directory 0700, file 0600, atomic
-writes): task, protection, training settings and, from the job's first secure round, its secure
-aggregation parameters. Every round this organization trains in or answers must carry the same
-values and stay inside the organization's own bounds (``AcceptPolicy``); otherwise the work is
-refused with ``UntrustedMessage`` naming the setting, and nothing is sent. The files survive
-restarts, so a coordinator cannot change a job's settings by waiting for one.
+writes): task, protection, training settings, differential privacy and, from the job's first
+secure round, its secure aggregation parameters. Every round this organization trains in or
+answers must carry the same values and stay inside the organization's own bounds
+(``AcceptPolicy``); otherwise the work is refused with ``UntrustedMessage`` naming the setting,
+and nothing is sent. The files survive restarts, so a coordinator cannot change a job's settings
+by waiting for one.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ class JobTermsStore:
         problems = self._policy.settings_problems(assignment.training)
         if problems:
             raise UntrustedMessage("; ".join(problems))
-        seen = JobTerms.of(assignment.task_name, assignment.protection.value, assignment.training)
+        seen = JobTerms.of(
+            assignment.task_name,
+            assignment.protection.value,
+            assignment.training,
+            assignment.privacy,
+        )
         recorded = self.load(assignment.job_id)
         if recorded is None:
             self._save(assignment.job_id, seen)

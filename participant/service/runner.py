@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from fedsilo.codec import encode_tensors
 from fedsilo.logs import context
+from fedsilo.privacy import privatize_weights
 from fedsilo.protection import Protection
 from fedsilo.tasks import LocalData, Task, TaskNotFoundError, TrainResult, as_float32, load_task
 from participant.domain.assignments import Assignment, AssignmentKind, StepOutcome
@@ -258,8 +259,17 @@ class ParticipantDaemon:
                 )
                 return
             result = _task_call(lambda: task.train(weights, data, assignment.round_settings()))
-            header, payload = _task_call(lambda: encode_tensors(as_float32(result.weights)))
-            answer = StoredAnswer(header, payload, result.num_examples, float(result.loss))
+            sent, weight = as_float32(result.weights), result.num_examples
+            if assignment.privacy.enabled:
+                # Clipped delta plus this organization's noise share, weight 1: the coordinator
+                # averages without example counts (docs/differential-privacy.md).
+                sent = privatize_weights(
+                    weights, sent, assignment.privacy, assignment.min_participants
+                )
+                weight = 1
+            header, payload = _task_call(lambda: encode_tensors(sent))
+            # Saved before it is sent: a retry sends the same noisy update, never a fresh draw.
+            answer = StoredAnswer(header, payload, weight, float(result.loss))
             self._answers.save(assignment.round_id, assignment.phase, answer)
             log.info("trained on %d examples, loss %.4f", result.num_examples, result.loss, **ctx)
         else:

@@ -37,6 +37,7 @@ from fedsilo.faults import crash_point
 from fedsilo.logs import context
 from fedsilo.paillier_versions import tag_binding
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
+from fedsilo.privacy import privatize_update
 from fedsilo.protection import (
     Protection,
     SecAggParameters,
@@ -467,14 +468,17 @@ class SecureRoundParticipant:
                 f"the round expects vectors of {parameters.vector_length} words, but this "
                 f"model's update encodes to {update.size + 1}"
             )
-        weight = min(result.num_examples, parameters.max_weight)
-        if weight < result.num_examples:
-            log.warning(
-                "the update's weight is capped at max_weight=%d (trained on %d examples)",
-                parameters.max_weight,
-                result.num_examples,
-                **ctx,
-            )
+        if assignment.privacy.enabled:
+            update, weight = self._privatize(update, assignment, parameters, ctx), 1
+        else:
+            weight = min(result.num_examples, parameters.max_weight)
+            if weight < result.num_examples:
+                log.warning(
+                    "the update's weight is capped at max_weight=%d (trained on %d examples)",
+                    parameters.max_weight,
+                    result.num_examples,
+                    **ctx,
+                )
         try:
             # Recorded before the masked input exists outside the client (ledger.py).
             self._ledger.record_input(
@@ -512,6 +516,32 @@ class SecureRoundParticipant:
         # Neither the example count nor the loss is revealed: both stay zero on the wire.
         answer = StoredAnswer(header, payload, num_examples=0, train_loss=0.0)
         return _Answer(replace(state, client=client.to_dict()), masked=answer)
+
+    def _privatize(
+        self,
+        update: npt.NDArray[np.float64],
+        assignment: Assignment,
+        parameters: SecAggParameters,
+        ctx: dict[str, Any],
+    ) -> npt.NDArray[np.float64]:
+        """The update clipped and with this organization's noise share (weight 1 follows).
+
+        The share's deviation uses the round's threshold, which the round context binds: any
+        ``t`` or more shares that reach the sum carry the job's full noise.
+        """
+        noisy = privatize_update(update, assignment.privacy, parameters.threshold, self._random)
+        outside = int(np.count_nonzero(np.abs(noisy) > parameters.clip))
+        if outside:
+            # The quantization box clips these coordinates, noise included: the job's clip
+            # should be wider (docs/differential-privacy.md, "Quantization").
+            log.warning(
+                "%d of %d noisy coordinates fall outside the quantization clip %g",
+                outside,
+                noisy.size,
+                parameters.clip,
+                **ctx,
+            )
+        return noisy
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -658,6 +688,7 @@ def round_config(
         training=assignment.training,
         parameters=parameters,
         min_participants=assignment.min_participants,
+        dp=assignment.privacy,
     )
     return RoundConfig(
         job_id=assignment.job_id,

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 
 from fedsilo.convert import (
+    privacy_from_pb,
     protection_from_pb,
     secagg_parameters_from_pb,
     strategy_parameters_from_pb,
@@ -87,6 +88,15 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
                 "coordinator sent a secure-aggregation task without its parameters"
             )
         secagg = _secagg_step_from_pb(response.secagg)
+    privacy = privacy_from_pb(response.dp)
+    if privacy.problems():
+        raise UntrustedMessage(
+            "coordinator sent invalid differential-privacy settings: "
+            + "; ".join(privacy.problems())
+        )
+    if privacy.enabled and kind is AssignmentKind.TRAIN and response.min_participants < 1:
+        # The noise share of a plain round is sized by the job's minimum cohort.
+        raise UntrustedMessage("coordinator sent a differentially private round without its cohort")
     ceremony = None
     if kind is AssignmentKind.KEY_CEREMONY:
         if not response.HasField("ceremony"):
@@ -110,6 +120,7 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
             response.algorithm or "fedavg", strategy_parameters_from_pb(response.strategy)
         ),
         min_participants=response.min_participants,
+        privacy=privacy,
     )
 
 

@@ -254,3 +254,58 @@ def test_membership_and_revocation_commands_reach_the_coordinator(consortium) ->
     assert ("admin", "certificate.revoke") in actions
     table = _fedsilo(consortium, "audit", "list").stdout
     assert "participant.revoke" in table and "certificate.revoke" in table
+
+
+def test_admin_cli_runs_a_dp_job_until_its_budget_is_spent(consortium) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("dp_accounting", reason="the coordinator's accountant needs the dp extra")
+    from coordinator.domain.privacy import epsilon_after
+    from fedsilo.privacy import DifferentialPrivacy
+
+    dp = DifferentialPrivacy(clip=0.1, noise_multiplier=1.0, delta=1e-5)
+    budget = (epsilon_after(dp, 1) + epsilon_after(dp, 2)) / 2  # one round, not two
+    consortium.start_coordinator()
+    for org in consortium.orgs:
+        consortium.start_participant(org)
+    wait_for(
+        lambda: len(json.loads(_fedsilo(consortium, "participants", "list", "--json").stdout)) == 3,
+        60,
+        "three organizations",
+    )
+    created = _fedsilo(
+        consortium,
+        "job",
+        "create",
+        "--task",
+        "digits-linear",
+        "--rounds",
+        "3",
+        "--min-participants",
+        "3",
+        "--dp-clip",
+        "0.1",
+        "--dp-noise-multiplier",
+        "1.0",
+        "--dp-epsilon-budget",
+        repr(budget),
+        "--start",
+        "--json",
+    )
+    job = json.loads(created.stdout)
+    assert job["spec"]["protection"] == "PROTECTION_SECAGG"
+    assert job["spec"]["dp"] == {
+        "clip": 0.1,
+        "noise_multiplier": 1.0,
+        "delta": 1e-05,
+        "epsilon_budget": budget,
+    }
+    watched = _fedsilo(consortium, "job", "watch", job["job_id"])
+    assert "job completed at model version 1" in watched.stdout
+
+    shown = _fedsilo(consortium, "job", "status", job["job_id"]).stdout
+    assert f"privacy: epsilon {epsilon_after(dp, 1):.4g} of budget {budget:g}" in shown
+    assert "after 1 released rounds" in shown
+    assert "stopped: stopped by the privacy budget: after 1 released rounds" in shown
+    status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
+    assert status["state"] == "JOB_STATE_COMPLETED" and status["model_version"] == "1"
+    assert status["privacy"]["rounds"] == "1"
+    assert status["privacy"]["epsilon"] == pytest.approx(epsilon_after(dp, 1))

@@ -167,6 +167,7 @@ class SecureRoundCoordinator:
             training=spec.training,
             parameters=parameters,
             min_participants=spec.min_participants,
+            dp=spec.dp,
         )
 
     def input_spec(self, job: Job) -> TensorSpec:

@@ -7,11 +7,14 @@ import dataclasses
 import pytest
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
+from fedsilo.cli.admin_commands import DEFAULT_DP_DELTA, _privacy_of, privacy_line
 from fedsilo.cli.demo import DemoOptions
 from fedsilo.cli.main import _parser
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from fedsilo.strategies import StrategyParameters
 from fedsilo.tasks import TrainingSettings, installed_tasks
+from fedsilo.v1 import fedsilo_pb2 as pb
 
 
 def test_job_create_defaults_are_the_job_spec_defaults() -> None:
@@ -79,3 +82,27 @@ def test_demo_offers_the_installed_tasks_with_the_demo_defaults() -> None:
         assert _parser().parse_args(["demo", "--task", name]).task == name
     with pytest.raises(SystemExit):
         _parser().parse_args(["demo", "--task", "not-installed"])
+
+
+def test_job_create_dp_options_become_the_job_spec_settings() -> None:
+    plain = _parser().parse_args(["job", "create", "--task", "digits"])
+    assert _privacy_of(plain) == JobSpec(name="", task_name="").dp == DifferentialPrivacy()
+    args = _parser().parse_args(
+        ["job", "create", "--task", "digits", "--dp-clip", "0.5", "--dp-noise-multiplier", "1.1"]
+        + ["--dp-epsilon-budget", "8"]
+    )
+    assert _privacy_of(args) == DifferentialPrivacy(0.5, 1.1, DEFAULT_DP_DELTA, 8.0)
+    with_delta = _parser().parse_args(
+        ["job", "create", "--task", "digits", "--dp-clip", "1", "--dp-noise-multiplier", "2"]
+        + ["--dp-delta", "1e-7"]
+    )
+    assert _privacy_of(with_delta) == DifferentialPrivacy(1.0, 2.0, 1e-7, 0.0)
+
+
+def test_job_status_shows_epsilon_delta_rounds_and_budget() -> None:
+    line = privacy_line(pb.PrivacySpent(epsilon=3.21, delta=1e-5, rounds=4, epsilon_budget=8))
+    assert line == (
+        "privacy: epsilon 3.21 of budget 8 at delta 1e-05 after 4 released rounds "
+        "(organization-level)"
+    )
+    assert "budget" not in privacy_line(pb.PrivacySpent(epsilon=1.0, delta=1e-5, rounds=1))

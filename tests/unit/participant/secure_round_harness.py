@@ -7,6 +7,7 @@ each participant talks to it through a fake transport that records what was sent
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy.typing as npt
 from examples.synthetic.task import task
 from fedsilo.codec import PayloadHeader, decode_tensors
 from fedsilo.pki import DemoPki, load_certificate
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import (
     Protection,
     SecAggParameters,
@@ -46,6 +48,7 @@ from participant.service.secure_rounds import SecureRoundParticipant, model_dige
 from secagg import (
     ConsistencySignature,
     MaskedInput,
+    RandomSource,
     SecAggServer,
     SignedKeys,
     UnmaskRequest,
@@ -182,6 +185,7 @@ def make_participant(
     data: LocalData | None = None,
     accept: AcceptPolicy | None = None,
     membership: MembershipStore | None = None,
+    random: RandomSource = os.urandom,
 ) -> Participant:
     """A participant with ``accept`` as its own limits (the configuration's defaults if None)
     holding ``membership`` (the demo consortium's list if None)."""
@@ -203,6 +207,7 @@ def make_participant(
         terms=JobTermsStore(state_dir, accept),
         ledger=ContributionLedger(state_dir),
         membership=membership,
+        random=random,
     )
     return Participant(org, state_dir, transport, rounds, pki, data, membership)
 
@@ -223,8 +228,10 @@ class Coordinator:
         model_version: int = 0,
         round_id: str | None = None,
         training: TrainingSettings = TRAINING,
+        privacy: DifferentialPrivacy | None = None,
     ) -> None:
         self.pki = pki
+        self.privacy = privacy or DifferentialPrivacy()
         self.params = params or parameters()
         self.round_id = round_id or str(uuid.uuid4())
         self.round_number = round_number
@@ -256,6 +263,7 @@ class Coordinator:
             training=self.training,
             protection=Protection.SECAGG,
             secagg=SecAggStepData(parameters=step.pop("parameters", self.params), **step),
+            privacy=self.privacy,
         )
 
     # -- the tasks of each phase ------------------------------------------------------------------

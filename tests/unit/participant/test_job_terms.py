@@ -12,6 +12,7 @@ from secure_round_harness import ORGS, PHASES, TRAINING, Coordinator, make_parti
 
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from participant.domain.assignments import Assignment, AssignmentKind, StepOutcome
 from participant.domain.policy import AcceptPolicy
@@ -135,3 +136,16 @@ def test_a_threshold_below_the_policy_is_refused_at_keys(pki: DemoPki, tmp_path:
     participant = make_participant(ORGS[0], tmp_path / ORGS[0], pki, accept=strict)
     assert participant.step(Coordinator(pki).keys_task()) is StepOutcome.REFUSED
     assert participant.transport.sent == []
+
+
+def test_the_jobs_differential_privacy_is_pinned(tmp_path: Path) -> None:
+    privacy = DifferentialPrivacy(clip=0.5, noise_multiplier=1.0, delta=1e-5)
+    store = JobTermsStore(tmp_path, AcceptPolicy())
+    store.check(replace(_train(), privacy=privacy))
+    restarted = JobTermsStore(tmp_path, AcceptPolicy())
+    restarted.check(replace(_train(), privacy=privacy))
+    # Less noise for everyone in a later round: every organization refuses it.
+    with pytest.raises(UntrustedMessage, match=r"dp_noise_multiplier is 0\.5, .* with 1\.0"):
+        restarted.check(replace(_train(), privacy=replace(privacy, noise_multiplier=0.5)))
+    with pytest.raises(UntrustedMessage, match=r"dp_clip is 0\.0"):
+        restarted.check(_train())

@@ -25,6 +25,7 @@ from secure_round_harness import (
 )
 
 from fedsilo.pki import DemoPki, make_demo_pki
+from fedsilo.privacy import DifferentialPrivacy
 from participant.domain.assignments import AdvertisedKeys, SecAggPhase, StepOutcome
 from secagg import SignedKeys
 
@@ -133,3 +134,25 @@ def test_a_running_daemon_trains_from_the_bytes_it_signed_for(pki: DemoPki, tmp_
 
     assert victim.step(coordinator.inputs_task(victim.org)) is StepOutcome.ANSWERED
     assert victim.transport.downloads == downloads  # kept from KEYS, never fetched again
+
+
+def test_less_noise_for_one_organization_stops_the_round(pki: DemoPki, tmp_path: Path) -> None:
+    # A coordinator that hands one organization a smaller noise multiplier (or a larger clip)
+    # would weaken the sum's noise: the round context binds both.
+    participants = [make_participant(org, tmp_path / org, pki) for org in ORGS]
+    privacy = DifferentialPrivacy(clip=0.1, noise_multiplier=1.0, delta=1e-5)
+    coordinator = Coordinator(pki, privacy=privacy)
+    quieter = replace(privacy, noise_multiplier=0.5)
+    keys = keys_of(coordinator, participants, VICTIM, privacy=quieter)
+    assert_no_round_with_the_victim(coordinator, participants, keys)
+
+
+def test_a_round_without_the_jobs_noise_for_one_organization_stops_the_round(
+    pki: DemoPki, tmp_path: Path
+) -> None:
+    participants = [make_participant(org, tmp_path / org, pki) for org in ORGS]
+    coordinator = Coordinator(
+        pki, privacy=DifferentialPrivacy(clip=0.1, noise_multiplier=1.0, delta=1e-5)
+    )
+    keys = keys_of(coordinator, participants, VICTIM, privacy=DifferentialPrivacy())
+    assert_no_round_with_the_victim(coordinator, participants, keys)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pytest
 from cryptography import x509
 from secure_round_harness import (
@@ -19,12 +20,16 @@ from secure_round_harness import (
     FakeTransport,
     base_weights,
     identity_files,
+    local_data,
     membership_store,
     parameters,
 )
 
+from examples.synthetic.task import task
+from fedsilo.codec import decode_tensors
 from fedsilo.pki import DemoPki, make_demo_pki
-from fedsilo.protection import Protection
+from fedsilo.privacy import DifferentialPrivacy, clip_to_norm, noise_share_std
+from fedsilo.protection import Protection, flatten
 from participant.domain.assignments import (
     Assignment,
     AssignmentKind,
@@ -268,3 +273,25 @@ def test_a_pending_organization_keeps_retrying(tmp_path: Path, pki: DemoPki) -> 
     client.get_assignment = pending  # type: ignore[method-assign]
     daemon.run()
     assert client.pauses == 2
+
+
+def test_a_plain_dp_round_sends_the_clipped_noisy_update_with_weight_one(
+    tmp_path: Path,
+) -> None:
+    privacy = DifferentialPrivacy(clip=0.01, noise_multiplier=1.0, delta=1e-5)
+    train = replace(_plain_train(), privacy=privacy, min_participants=2)
+    daemon, client = _daemon(tmp_path, None, [TaskReply(train)])
+    daemon.run()
+
+    (update,) = client.sent
+    assert update.num_examples == 1 and update.header is not None
+    sent = flatten(decode_tensors(update.header, update.payload))
+    base = flatten(base_weights())
+    trained = flatten(
+        task.train(base_weights(), local_data("org-a"), train.round_settings()).weights
+    )
+    assert np.linalg.norm(trained - base) > 10 * privacy.clip  # clipping matters here
+    noise = (sent - base) - clip_to_norm(trained - base, privacy.clip)
+    std = noise_share_std(privacy, 2)
+    # 650 coordinates (variance ratio standard error ~0.055); float32 rounding is far below std.
+    assert 0.75 < np.var(noise) / std**2 < 1.3

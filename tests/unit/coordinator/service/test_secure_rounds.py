@@ -1270,4 +1270,5 @@ def _context_as_an_honest_participant_computes_it(
         training=spec.training,
         parameters=item.secagg.parameters,
         min_participants=spec.min_participants,
+        dp=spec.dp,
     )

@@ -29,6 +29,7 @@ from coordinator.domain.jobs import (
     MetricReport,
     ParticipantStatus,
 )
+from coordinator.domain.privacy import epsilon_after
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import (
     ConflictingSubmission,
@@ -36,6 +37,7 @@ from coordinator.errors import (
     NotFound,
     WrongRoundPhase,
 )
+from coordinator.observability.prometheus import CoordinatorMetrics
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings
@@ -43,6 +45,7 @@ from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
 from coordinator.service.views import Acknowledgement, UpdateSubmission, WorkKind
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from fedsilo.strategies import (
     StrategyParameters,
@@ -1016,3 +1019,61 @@ def test_job_view_has_the_jobs_threshold_and_each_organizations_metrics(
         ("org-a", 10, 0.6, 0.5),
         ("org-b", 30, 0.2, 0.9),
     ]
+
+
+def test_the_privacy_budget_stops_the_job_before_a_round_would_overspend_it(
+    harness: Harness,
+) -> None:
+    pytest.importorskip("dp_accounting", reason="needs the dp extra (dp-accounting)")
+    unbounded = DifferentialPrivacy(clip=1.0, noise_multiplier=3.0, delta=1e-5)
+    # Enough for two released rounds, not for three.
+    budget = (epsilon_after(unbounded, 2) + epsilon_after(unbounded, 3)) / 2
+    dp = dataclasses.replace(unbounded, epsilon_budget=budget)
+    job, first = harness.running_job(num_rounds=5, dp=dp)
+    assert harness.service.next_work("org-a").job.spec.dp == dp  # type: ignore[union-attr]
+    spent = harness.service.get_job(job.job_id).privacy
+    assert spent is not None and (spent.rounds, spent.epsilon) == (0, 0.0)
+
+    for org in ORGS:
+        harness.submit(org, first, update_weights(1), 1)
+    harness.drive(lambda: harness.round(first.round_id).phase is Phase.COMMITTED, "commit")
+    view = harness.service.get_job(job.job_id)
+    assert view.job.state is JobState.RUNNING and view.job.failure_reason is None
+    assert view.privacy is not None and view.privacy.rounds == 1
+    assert view.privacy.epsilon == epsilon_after(dp, 1)
+
+    harness.drive(lambda: len(harness.rounds(job.job_id)) == 2, "second round")
+    second = harness.current_round(job.job_id)
+    for org in ORGS:
+        harness.submit(org, second, update_weights(2), 1)
+    harness.drive(
+        lambda: harness.service.get_job(job.job_id).job.state is JobState.COMPLETED, "stop"
+    )
+    stopped = harness.service.get_job(job.job_id)
+    assert stopped.job.model_version == 2
+    reason = stopped.job.failure_reason or ""
+    assert reason.startswith("stopped by the privacy budget: after 2 released rounds")
+    assert f"above the budget {budget:g}" in reason
+    assert stopped.privacy is not None and stopped.privacy.epsilon <= budget
+    for _ in range(3):
+        harness.service.tick()
+    assert len(harness.rounds(job.job_id)) == 2  # no third round
+    # The same figures for the dashboard (docs/metrics.md).
+    registry = CoordinatorMetrics(harness.store).registry
+    labels = {"job": job.job_id}
+    assert registry.get_sample_value("fedsilo_job_privacy_epsilon", labels) == (
+        stopped.privacy.epsilon
+    )
+    assert registry.get_sample_value("fedsilo_job_privacy_epsilon_budget", labels) == budget
+
+
+def test_a_dp_job_keeps_its_settings_across_a_restart(file_harness: Harness) -> None:
+    pytest.importorskip("dp_accounting", reason="needs the dp extra (dp-accounting)")
+    harness = file_harness
+    dp = DifferentialPrivacy(clip=0.5, noise_multiplier=1.5, delta=1e-6)
+    job = harness.create_job(dp=dp)
+    harness.restart()
+    assert harness.service.get_job(job.job_id).job.spec.dp == dp
+    # A job without differential privacy reports no spending at all.
+    plain = harness.create_job()
+    assert harness.service.get_job(plain.job_id).privacy is None
