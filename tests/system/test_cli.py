@@ -291,7 +291,7 @@ def test_admin_cli_runs_a_dp_job_until_its_budget_is_spent(consortium) -> None: 
         "--json",
     )
     job = json.loads(created.stdout)
-    assert job["spec"]["protection"] == "PROTECTION_SECAGG"
+    assert job["spec"]["protection"] == "secagg"
     assert job["spec"]["dp"] == {
         "clip": 0.1,
         "noise_multiplier": 1.0,
@@ -306,6 +306,6 @@ def test_admin_cli_runs_a_dp_job_until_its_budget_is_spent(consortium) -> None: 
     assert "after 1 released rounds" in shown
     assert "stopped: stopped by the privacy budget: after 1 released rounds" in shown
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
-    assert status["state"] == "JOB_STATE_COMPLETED" and status["model_version"] == "1"
-    assert status["privacy"]["rounds"] == "1"
+    assert status["state"] == "completed" and status["model_version"] == 1
+    assert status["privacy"]["rounds"] == 1
     assert status["privacy"]["epsilon"] == pytest.approx(epsilon_after(dp, 1))
