@@ -49,15 +49,19 @@ demo: $(STAMP)
 # checks of deploy/ (compose config, hadolint, Kubernetes schemas, the compiled Kubeflow
 # pipeline), and the TF.js export run in TF.js. The compose testbed on a real engine is
 # `make testbed` (deploy/README.md).
+# The fast tests run on every core (pytest-xdist); the rest, which start processes, databases
+# and TensorFlow of their own, one at a time, with the slowest listed at the end.
+FAST_TESTS := not tf and not postgres and not system and not slow
 test: $(STAMP) $(KFP_STAMP) $(TFJS_STAMP)
 	scripts/ensure-test-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto -m "$(FAST_TESTS)"
+	$(BIN)/python -m pytest -q -m "not ($(FAST_TESTS))" --durations=15
 
 # Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto -m "not tf and not postgres and not system and not slow"
+	$(BIN)/python -m pytest -q -n auto -m "$(FAST_TESTS)"
 
 # The long chaos run: a 20-round secure job on PostgreSQL under random kills of the coordinator,
 # the database and organizations, and network partitions (make test runs a short one).
