@@ -24,6 +24,10 @@ class BlobStore:
         except OSError as exc:
             raise StorageUnavailable(f"blob store directory is not usable: {exc.strerror}") from exc
 
+    @property
+    def root(self) -> Path:
+        return self._root
+
     def _path(self, ref: str) -> Path:
         if not _REF.fullmatch(ref):
             raise NotFound("unknown blob reference")

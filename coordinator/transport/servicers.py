@@ -36,17 +36,18 @@ __all__ = ["AdminServicer", "ParticipantServicer"]
 MAX_WAIT_SECONDS = 30.0
 
 
+def _data_chunks(requests: Iterator[object]) -> Iterator[bytes]:
+    """The data chunks that follow a stream's header, one message at a time."""
+    for message in requests:
+        if message.WhichOneof("item") != "data":  # type: ignore[attr-defined]
+            raise InvalidRequest("only data chunks may follow the header")
+        yield message.data  # type: ignore[attr-defined]
+
+
 def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: int) -> bytes:
     """Collect the data chunks that follow a header, bounded by the announced and allowed size."""
     check_payload_size(header.total_bytes, limit)
-
-    def pieces() -> Iterator[bytes]:
-        for message in requests:
-            if message.WhichOneof("item") != "data":  # type: ignore[attr-defined]
-                raise InvalidRequest("only data chunks may follow the header")
-            yield message.data  # type: ignore[attr-defined]
-
-    return chunking.assemble(pieces(), header.total_bytes, header.sha256)
+    return chunking.assemble(_data_chunks(requests), header.total_bytes, header.sha256)
 
 
 def _server_info(membership: MembershipService, require_registered: bool) -> pb.ServerInfo:
@@ -114,10 +115,10 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidRequest("the first message of SubmitUpdate must be its header")
         update = update_from_pb(first.header)
-        payload = _receive_payload(
-            request_iterator, update.header, self._service.settings.max_payload_bytes
-        )
-        return acknowledgement_to_pb(self._service.submit_update(org, update, payload))
+        # The round is checked from the header before any payload byte is read, and the payload
+        # goes to the spool as it arrives.
+        chunks = _data_chunks(request_iterator)
+        return acknowledgement_to_pb(self._service.receive_update(org, update, chunks))
 
     def SubmitMessage(  # noqa: N802
         self, request: pb.SubmitMessageRequest, context: grpc.ServicerContext
