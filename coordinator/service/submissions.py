@@ -114,7 +114,11 @@ class SubmissionService:
                     previous, update.header.sha256, org_id, update.round_id, update.phase, now
                 )
             engine = self._engines[round_.protection]
-            folded = engine.fold_input(round_, job, org_id, update, payload)
+            try:
+                folded = engine.fold_input(round_, job, org_id, update, payload)
+            except NotFound:
+                self._raise_if_moved(round_)
+                raise
             ack = Acknowledgement(self._ctx.new_id(), duplicate=False)
             updated = dataclasses.replace(
                 round_,
@@ -264,6 +268,14 @@ class SubmissionService:
         log.info("key ceremony: %s accepted", action, **context(job=job_id, org=org_id))
         self._driver.tick()
         return ack
+
+    def _raise_if_moved(self, round_: Round) -> None:
+        """StaleWrite if another writer changed the round since it was read: the running sum
+        it named may be gone (superseded and deleted), which is a lost race, not a lost blob."""
+        with self._ctx.store.transaction() as tx:
+            current = tx.get_round(round_.round_id)
+        if current is None or current.row_version != round_.row_version:
+            raise StaleWrite(f"round {round_.round_id} changed while its sum was read")
 
     def _record(
         self,
