@@ -97,18 +97,16 @@ class UploadSpool:
                 dir=self._root, prefix=f"{_PREFIX}{os.getpid()}-", suffix=_SUFFIX
             )
         except OSError as exc:
-            raise StorageUnavailable(f"cannot write to the upload spool: {exc.strerror}") from exc
+            raise _unwritable(exc) from exc
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as handle:
                 received, digest = _write_chunks(handle, chunks, total_bytes)
+                _flushed(handle)
             if received != total_bytes:
                 raise ChunkError(f"stream ended after {received} of {total_bytes} bytes")
             if digest != sha256:
                 raise ChunkError("stream SHA-256 does not match the announced hash")
-        except OSError as exc:
-            path.unlink(missing_ok=True)
-            raise StorageUnavailable(f"cannot write to the upload spool: {exc.strerror}") from exc
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -134,9 +132,24 @@ def _write_chunks(handle: BinaryIO, chunks: Iterable[bytes], total_bytes: int) -
     received = 0
     for chunk in _bounded(chunks, total_bytes):
         digest.update(chunk)
-        handle.write(chunk)
+        try:
+            handle.write(chunk)
+        except OSError as exc:
+            raise _unwritable(exc) from exc
         received += len(chunk)
     return received, digest.digest()
+
+
+def _flushed(handle: BinaryIO) -> None:
+    try:
+        handle.flush()
+    except OSError as exc:
+        raise _unwritable(exc) from exc
+
+
+def _unwritable(exc: OSError) -> StorageUnavailable:
+    """A full or failing disk; errors of the stream itself pass through unchanged."""
+    return StorageUnavailable(f"cannot write to the upload spool: {exc.strerror}")
 
 
 def _bounded(chunks: Iterable[bytes], total_bytes: int) -> Iterator[bytes]:
