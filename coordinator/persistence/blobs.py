@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -46,6 +47,26 @@ class BlobStore:
             raise StorageUnavailable(f"cannot write to the blob store: {exc.strerror}") from exc
         return ref
 
+    def put_file(self, path: Path, sha256: bytes) -> str:
+        """Store the file at ``path`` (whose SHA-256 the caller checked) by moving it in, without
+        reading it into memory; the file is gone afterwards either way."""
+        ref = sha256.hex()
+        target = self._path(ref)
+        try:
+            if target.exists():
+                path.unlink(missing_ok=True)
+                return ref
+            target.parent.mkdir(exist_ok=True)
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+            # Same file system (the spool lives beside the blobs): an atomic rename, no copy.
+            os.replace(path, target)
+            _sync_directory(target.parent)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise StorageUnavailable(f"cannot write to the blob store: {exc.strerror}") from exc
+        return ref
+
     def get(self, ref: str) -> bytes:
         path = self._path(ref)
         try:
@@ -66,3 +87,12 @@ class BlobStore:
 
     def refs(self) -> list[str]:
         return sorted(p.name for p in self._root.glob("??/*") if _REF.fullmatch(p.name))
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename into ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

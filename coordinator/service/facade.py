@@ -55,9 +55,9 @@ class CoordinatorService:
         engines = RoundEngines(ctx, ledger)
         self._ctx = ctx
         self.driver = RoundDriver(ctx, ledger, engines)
-        self.jobs = JobService(ctx, ledger, engines, self.driver)
-        self.work = WorkService(ctx, engines)
         self.spool = spool or UploadSpool(blobs.root.parent / "spool")
+        self.jobs = JobService(ctx, ledger, engines, self.driver, self.spool)
+        self.work = WorkService(ctx, engines)
         self.submissions = SubmissionService(ctx, ledger, engines, self.driver, self.spool)
         self.metrics = MetricsService(ctx)
 
@@ -67,8 +67,15 @@ class CoordinatorService:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+    def create_job(
+        self, spec: JobSpec, header: PayloadHeader, payload: ReceivedPayload, actor: str
+    ) -> Job:
         return self.jobs.create_job(spec, header, payload, actor)
+
+    def receive_job(
+        self, spec: JobSpec, header: PayloadHeader, chunks: Iterable[bytes], actor: str
+    ) -> Job:
+        return self.jobs.receive_job(spec, header, chunks, actor)
 
     def start_job(self, job_id: str, actor: str) -> Job:
         return self.jobs.start_job(job_id, actor)

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 
 import numpy as np
 
 from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
 from coordinator.domain.rounds import RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
+from coordinator.persistence.spool import SpooledUpload, UploadSpool
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job, sha256
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.metrics import summarize
-from coordinator.service.payloads import check_finite_or_invalid, decode_payload
+from coordinator.service.payloads import (
+    ReceivedPayload,
+    check_finite_or_invalid,
+    check_payload_size,
+    decode_payload,
+)
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import JobView
 from fedsilo.codec import PayloadHeader
@@ -37,13 +44,27 @@ class JobService:
         ledger: RoundLedger,
         engines: RoundEngines,
         driver: RoundDriver,
+        spool: UploadSpool,
     ) -> None:
         self._ctx = ctx
         self._ledger = ledger
         self._engines = engines
         self._driver = driver
+        self._spool = spool
 
-    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+    def receive_job(
+        self, spec: JobSpec, header: PayloadHeader, chunks: Iterable[bytes], actor: str
+    ) -> Job:
+        """Create a job whose initial weights arrive in chunks: the spec and size are checked
+        first, the weights spooled as they arrive and moved into the blob store."""
+        spec.validate()
+        check_payload_size(header.total_bytes, self._ctx.settings.max_payload_bytes)
+        with self._spool.receive(chunks, header.total_bytes, header.sha256) as upload:
+            return self.create_job(spec, header, upload, actor)
+
+    def create_job(
+        self, spec: JobSpec, header: PayloadHeader, payload: ReceivedPayload, actor: str
+    ) -> Job:
         """Validate the spec and initial weights, store them as model version 0."""
         spec.validate()
         # The job keeps its strategy's parameters with every default filled in, so a later
@@ -65,7 +86,10 @@ class JobService:
             weight_specs=header.tensors,
             created_at=now,
         )
-        blob_ref = self._ctx.blobs.put(payload)
+        if isinstance(payload, SpooledUpload):
+            blob_ref = self._ctx.blobs.put_file(payload.path, payload.sha256)
+        else:
+            blob_ref = self._ctx.blobs.put(payload)
         with self._ctx.lock, self._ctx.store.transaction() as tx:
             tx.add_job(job)
             tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))

@@ -11,7 +11,6 @@ from coordinator.domain.jobs import ParticipantStatus
 from coordinator.errors import InvalidRequest
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.payloads import check_payload_size
 from coordinator.transport.convert import (
     acknowledgement_to_pb,
     audit_events_to_pb,
@@ -27,7 +26,7 @@ from coordinator.transport.convert import (
 )
 from coordinator.transport.interceptors import current_identity
 from fedsilo import chunking
-from fedsilo.codec import PayloadHeader, header_from_proto
+from fedsilo.codec import header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -42,12 +41,6 @@ def _data_chunks(requests: Iterator[object]) -> Iterator[bytes]:
         if message.WhichOneof("item") != "data":  # type: ignore[attr-defined]
             raise InvalidRequest("only data chunks may follow the header")
         yield message.data  # type: ignore[attr-defined]
-
-
-def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: int) -> bytes:
-    """Collect the data chunks that follow a header, bounded by the announced and allowed size."""
-    check_payload_size(header.total_bytes, limit)
-    return chunking.assemble(_data_chunks(requests), header.total_bytes, header.sha256)
 
 
 def _server_info(membership: MembershipService, require_registered: bool) -> pb.ServerInfo:
@@ -197,10 +190,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise InvalidRequest("the first message of CreateJob must be its header")
         spec = spec_from_pb(first.header.spec)
         header = header_from_proto(first.header.initial_weights)
-        payload = _receive_payload(
-            request_iterator, header, self._service.settings.max_payload_bytes
-        )
-        job = self._service.create_job(spec, header, payload, actor=current_identity().org_id)
+        chunks = _data_chunks(request_iterator)
+        job = self._service.receive_job(spec, header, chunks, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(job.job_id))
 
     def StartJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802
