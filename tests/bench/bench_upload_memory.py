@@ -204,11 +204,33 @@ def measured(
     return Figure(scenario, (peak - before) * 1024, model_bytes, detail)
 
 
-def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) -> list[Figure]:
+SCENARIOS = ("create", "stalled", "oversized", "accepted")
+
+
+def run_bench(
+    workdir: Path,
+    megabytes: int,
+    stalled: int,
+    idle_seconds: float,
+    scenarios: tuple[str, ...] = SCENARIOS,
+) -> list[Figure]:
+    """Each scenario in a coordinator process of its own: memory a process freed is often kept
+    (and reused) rather than returned, which would hide the next scenario's growth."""
+    return [
+        _run_scenario(workdir / scenario, scenario, megabytes, stalled, idle_seconds)
+        for scenario in scenarios
+    ]
+
+
+def _run_scenario(
+    workdir: Path, scenario: str, megabytes: int, stalled: int, idle_seconds: float
+) -> Figure:
+    workdir.mkdir(parents=True)
     parameters = megabytes * MIB // 4
     model_bytes = parameters * 4
     coordinator = Coordinator(workdir, idle_seconds)
     figures: list[Figure] = []
+    admin: AdminClient | None = None
     try:
         coordinator.start()
         stubs = {org: coordinator.stub(org) for org in ORGS}
@@ -224,7 +246,9 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
             round_timeout_seconds=3600,
             training=pb.TrainingSettings(local_epochs=1, batch_size=8, learning_rate=0.1),
         )
-        admin = AdminClient(coordinator.target, coordinator.admin_tls, timeout=STREAM_SECONDS)
+        admin = client = AdminClient(
+            coordinator.target, coordinator.admin_tls, timeout=STREAM_SECONDS
+        )
         job: list[str] = []
         figures.append(
             measured(
@@ -232,10 +256,13 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
                 "create",
                 model_bytes,
                 "CreateJob with the initial model",
-                lambda: job.append(admin.create_job(spec, initial).job_id),
+                lambda: job.append(client.create_job(spec, initial).job_id),
             )
         )
-        admin.start_job(job[0])
+        if scenario == "create":
+            return figures[0]
+        figures.clear()
+        client.start_job(job[0])
         tasks = {
             org: wait_for(lambda org=org: _train_task(stubs[org]), 60, f"{org}'s round to open")
             for org in ORGS
@@ -271,8 +298,8 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
             if len(ended) != stalled or set(ended) != {grpc.StatusCode.CANCELLED}:
                 raise BenchError(f"stalled uploads ended with {ended}")
 
-        figures.append(
-            measured(
+        if scenario == "stalled":
+            return measured(
                 coordinator,
                 "stalled",
                 model_bytes,
@@ -280,7 +307,6 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
                 f"{idle_seconds:g} s idle timeout",
                 stall,
             )
-        )
 
         def oversized() -> None:
             update = updates[ORGS[1]]
@@ -304,8 +330,8 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
                 else:
                     raise BenchError(f"the {what} oversized upload was accepted")
 
-        figures.append(
-            measured(
+        if scenario == "oversized":
+            return measured(
                 coordinator,
                 "oversized",
                 model_bytes,
@@ -313,7 +339,6 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
                 "again (refused at the first chunk too many)",
                 oversized,
             )
-        )
 
         def accepted() -> None:
             for org in ORGS:
@@ -322,26 +347,26 @@ def run_bench(workdir: Path, megabytes: int, stalled: int, idle_seconds: float) 
                 )
                 stubs[org].SubmitUpdate(messages, timeout=STREAM_SECONDS)
             wait_for(
-                lambda: admin.get_job(job[0]).state == pb.JOB_STATE_COMPLETED,
+                lambda: client.get_job(job[0]).state == pb.JOB_STATE_COMPLETED,
                 600,
                 "the round to commit",
             )
 
-        figures.append(
-            measured(
+        if scenario == "accepted":
+            return measured(
                 coordinator,
                 "accepted",
                 model_bytes,
                 "both whole updates received, added to the running sum, the round committed",
                 accepted,
             )
-        )
-        admin.close()
+        raise BenchError(f"no scenario {scenario!r}")
     finally:
+        if admin is not None:
+            admin.close()
         code = coordinator.stop()
         if code not in (None, 0, -signal.SIGTERM):
             print(f"coordinator exited with {code}; log: {workdir / 'coordinator.log'}")
-    return figures
 
 
 def _train_task(stub: pb_grpc.ParticipantServiceStub) -> pb.GetTaskResponse | None:
@@ -359,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=256, help="model size in MiB")
     parser.add_argument("--stalled", type=int, default=8, help="stalled uploads at once")
-    parser.add_argument("--idle-seconds", type=float, default=5.0, help="stream idle timeout")
+    parser.add_argument("--idle-seconds", type=float, default=15.0, help="stream idle timeout")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fedsilo-upload-memory-"))
