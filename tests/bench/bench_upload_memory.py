@@ -18,7 +18,8 @@ divided by the model size:
 
 It also checks that the spool directory is empty after each scenario. Every process it started is
 stopped by its pid and the working directory removed (``--keep`` keeps it). To measure another
-checkout, put it first on ``PYTHONPATH``: the coordinator runs the code found there.
+checkout, run the script from its root with that root first on ``PYTHONPATH`` (``python -m``
+puts the current directory first): the coordinator runs the code found there.
 """
 
 from __future__ import annotations
