@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from coordinator.errors import NotFound, StorageUnavailable
@@ -78,6 +79,32 @@ class BlobStore:
         if hashlib.sha256(data).hexdigest() != ref:
             raise StorageUnavailable("blob store content is corrupted")
         return data
+
+    def stream(self, ref: str, chunk_bytes: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        """A blob's size and its bytes in chunks, read as they are consumed: a reader holds one
+        chunk, not the blob. Corruption (a hash that no longer matches the name) is found only
+        at the end, and raised there."""
+        path = self._path(ref)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound("blob is missing from the blob store") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read the blob store: {exc.strerror}") from exc
+
+        def chunks() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            try:
+                with path.open("rb") as handle:
+                    while chunk := handle.read(chunk_bytes):
+                        digest.update(chunk)
+                        yield chunk
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot read the blob store: {exc.strerror}") from exc
+            if digest.hexdigest() != ref:
+                raise StorageUnavailable("blob store content is corrupted")
+
+        return size, chunks()
 
     def delete(self, ref: str) -> None:
         try:

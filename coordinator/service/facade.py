@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.domain.jobs import Job, JobSpec, MetricReport
 from coordinator.persistence.blobs import BlobStore
@@ -94,6 +94,11 @@ class CoordinatorService:
 
     def list_jobs(self) -> list[JobView]:
         return self.jobs.list_jobs()
+
+    def stream_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, Iterator[bytes]]:
+        return self.jobs.stream_model(job_id, version, encrypted=encrypted)
 
     def read_model(
         self, job_id: str, version: int, *, encrypted: bool = False

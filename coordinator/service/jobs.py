@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from coordinator.service.payloads import (
 )
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import JobView
+from fedsilo.chunking import CHUNK_BYTES
 from fedsilo.codec import PayloadHeader
 from fedsilo.logs import context
 from fedsilo.protection import Protection
@@ -190,6 +191,19 @@ class JobService:
             tuple(self._engines[r.protection].threshold(job, r) for r in rounds),
             self._driver.waiting_reason(tx, job, rounds),
         )
+
+    def stream_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, Iterator[bytes]]:
+        """Like ``read_model``, with the payload in chunks read from the blob store as they are
+        sent: concurrent downloads of a large model do not each hold a copy of it."""
+        job, wanted, blob_ref = self._ledger.model_blob(job_id, version)
+        size, chunks = self._ctx.blobs.stream(blob_ref, CHUNK_BYTES)
+        specs = self._engines[job.spec.protection].model_specs(
+            job, wanted, size, encrypted=encrypted
+        )
+        # Blobs are named by the SHA-256 of their bytes (checked again as they are read).
+        return wanted, PayloadHeader(specs, size, bytes.fromhex(blob_ref)), chunks
 
     def read_model(
         self, job_id: str, version: int, *, encrypted: bool = False

@@ -25,7 +25,6 @@ from coordinator.transport.convert import (
     work_to_pb,
 )
 from coordinator.transport.interceptors import current_identity
-from fedsilo import chunking
 from fedsilo.codec import header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
@@ -56,12 +55,16 @@ def _model_chunks(
     service: CoordinatorService, request: pb.DownloadModelRequest, *, encrypted: bool = False
 ) -> Iterator[pb.ModelChunk]:
     """The DownloadModel stream: the model's info (header), then its payload in chunks."""
-    version, header, payload = service.read_model(
+    version, header, chunks = service.stream_model(
         request.job_id, request.version, encrypted=encrypted
     )
     yield model_info_to_pb(request.job_id, version, header)
-    for piece in chunking.split(payload):
+    empty = True
+    for piece in chunks:
+        empty = False
         yield pb.ModelChunk(data=piece)
+    if empty:
+        yield pb.ModelChunk(data=b"")  # as chunking.split sends an empty payload
 
 
 class ParticipantServicer(pb_grpc.ParticipantServiceServicer):

@@ -137,3 +137,19 @@ def test_put_file_moves_a_checked_file_in_and_leaves_no_source(tmp_path: Path) -
     assert blobs.put_file(again, digest) == ref
     assert not again.exists()
     assert blobs.refs() == [ref]
+
+
+def test_stream_reads_a_blob_in_chunks_and_finds_corruption_at_the_end(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = bytes(range(256)) * 100
+    ref = blobs.put(data)
+    size, chunks = blobs.stream(ref, chunk_bytes=1000)
+    pieces = list(chunks)
+    assert size == len(data) and b"".join(pieces) == data
+    assert max(len(piece) for piece in pieces) == 1000
+    (tmp_path / "blobs" / ref[:2] / ref).write_bytes(b"x" + data[1:])
+    _, corrupted = blobs.stream(ref, chunk_bytes=1000)
+    with pytest.raises(StorageUnavailable, match="corrupted"):
+        list(corrupted)
+    with pytest.raises(NotFound):
+        blobs.stream("0" * 64)
