@@ -12,6 +12,7 @@ divided by the model size:
   nothing, until the coordinator's idle timeout cancels them;
 - oversized: an upload announcing more than ``max_payload_bytes``, and one that sends more than
   it announced (the whole update and ``--megabytes`` more);
+- downloads: ``--stalled`` DownloadModel calls of the model at once;
 - accepted: both organizations' whole updates, received and added to the round's running sum
   (the round then commits);
 - create: the job's initial model received through CreateJob.
@@ -205,7 +206,7 @@ def measured(
     return Figure(scenario, (peak - before) * 1024, model_bytes, detail)
 
 
-SCENARIOS = ("create", "stalled", "oversized", "accepted")
+SCENARIOS = ("create", "stalled", "oversized", "downloads", "accepted")
 
 
 def run_bench(
@@ -339,6 +340,39 @@ def _run_scenario(
                 "announced 1 GiB + 1 (refused at its header); the whole update and as much "
                 "again (refused at the first chunk too many)",
                 oversized,
+            )
+
+        def downloads() -> None:
+            failed: list[BaseException] = []
+
+            def fetch() -> None:
+                request = pb.DownloadModelRequest(job_id=job[0], version=0)
+                try:
+                    received = sum(
+                        len(chunk.data)
+                        for chunk in stubs[ORGS[0]].DownloadModel(request, timeout=STREAM_SECONDS)
+                    )
+                except grpc.RpcError as exc:
+                    failed.append(exc)
+                    return
+                if received != model_bytes:
+                    failed.append(BenchError(f"a download brought {received} bytes"))
+
+            threads = [threading.Thread(target=fetch) for _ in range(stalled)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=STREAM_SECONDS)
+            if failed:
+                raise BenchError(f"downloads failed: {failed}")
+
+        if scenario == "downloads":
+            return measured(
+                coordinator,
+                "downloads",
+                model_bytes,
+                f"{stalled} downloads of the model at once",
+                downloads,
             )
 
         def accepted() -> None:

@@ -37,5 +37,7 @@ def test_stalled_and_oversized_uploads_are_not_held_in_the_coordinators_memory(
     assert figures["stalled"].growth_bytes < 0.5 * sent_by_stalled
     # The over-long upload sent the whole update and more before it was refused.
     assert figures["oversized"].growth_bytes < 0.5 * model
+    # Concurrent downloads each read the model from the blob store as they send it.
+    assert figures["downloads"].growth_bytes < 0.5 * model
     # The round still commits from the updates that were sent whole.
     assert figures["accepted"].growth_bytes > 0
