@@ -13,7 +13,8 @@ KFP_STAMP := $(KFP_VENV)/.installed
 TFJS_VENV := .venv-tfjs
 TFJS_STAMP := $(TFJS_VENV)/.installed
 
-.PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round bench-learning clean \
+.PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round bench-learning \
+	bench-upload-memory clean \
 	testbed testbed-clean kfp-venv tfjs-venv kubeflow-pipeline
 
 # pip -qq: errors only. Index configuration on some machines makes pip warn about every package
@@ -83,12 +84,19 @@ protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 # Every benchmark (tests/bench/README.md): the secagg library, whole rounds (c), the Paillier
-# library, whole paillier rounds (d). About 4 minutes on 2 cores, (d) half of it.
+# library, whole paillier rounds (d), the coordinator's memory under large uploads. About 5
+# minutes on 2 cores, (d) 2 of them.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_secagg.py
 	$(BIN)/python tests/bench/bench_round.py $(BENCH_ROUND_ARGS)
 	$(BIN)/python tests/bench/bench_paillier.py
 	$(BIN)/python tests/bench/bench_round.py $(BENCH_PAILLIER_ROUND) $(BENCH_PAILLIER_ROUND_ARGS)
+	$(BIN)/python tests/bench/bench_upload_memory.py $(BENCH_UPLOAD_MEMORY_ARGS)
+
+# The coordinator's peak memory with stalled, oversized and accepted uploads of a 256 MiB model,
+# as a ratio of the model size (R16). Options go in BENCH_UPLOAD_MEMORY_ARGS, e.g. "--megabytes 512".
+bench-upload-memory: $(STAMP)
+	$(BIN)/python tests/bench/bench_upload_memory.py $(BENCH_UPLOAD_MEMORY_ARGS)
 
 # A coordinator and 5 participant daemons on loopback: secagg round time / none round time.
 # Learning quality under label skew over simulated organizations (tests/bench/README.md).

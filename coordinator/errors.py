@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConcurrentUpdate",
     "ConflictingSubmission",
     "CoordinatorError",
     "InvalidRequest",
@@ -48,3 +49,8 @@ class StaleMembershipList(CoordinatorError):
 
 class StorageUnavailable(CoordinatorError):
     """The database or blob store cannot be reached; nothing was changed."""
+
+
+class ConcurrentUpdate(CoordinatorError):
+    """Another writer changed the same row first, again after every retry; nothing was
+    changed and the call may be sent again."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from coordinator.errors import NotFound, StorageUnavailable
@@ -24,6 +26,10 @@ class BlobStore:
         except OSError as exc:
             raise StorageUnavailable(f"blob store directory is not usable: {exc.strerror}") from exc
 
+    @property
+    def root(self) -> Path:
+        return self._root
+
     def _path(self, ref: str) -> Path:
         if not _REF.fullmatch(ref):
             raise NotFound("unknown blob reference")
@@ -42,6 +48,26 @@ class BlobStore:
             raise StorageUnavailable(f"cannot write to the blob store: {exc.strerror}") from exc
         return ref
 
+    def put_file(self, path: Path, sha256: bytes) -> str:
+        """Store the file at ``path`` (whose SHA-256 the caller checked) by moving it in, without
+        reading it into memory; the file is gone afterwards either way."""
+        ref = sha256.hex()
+        target = self._path(ref)
+        try:
+            if target.exists():
+                path.unlink(missing_ok=True)
+                return ref
+            target.parent.mkdir(exist_ok=True)
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+            # Same file system (the spool lives beside the blobs): an atomic rename, no copy.
+            os.replace(path, target)
+            _sync_directory(target.parent)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise StorageUnavailable(f"cannot write to the blob store: {exc.strerror}") from exc
+        return ref
+
     def get(self, ref: str) -> bytes:
         path = self._path(ref)
         try:
@@ -54,6 +80,32 @@ class BlobStore:
             raise StorageUnavailable("blob store content is corrupted")
         return data
 
+    def stream(self, ref: str, chunk_bytes: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        """A blob's size and its bytes in chunks, read as they are consumed: a reader holds one
+        chunk, not the blob. Corruption (a hash that no longer matches the name) is found only
+        at the end, and raised there."""
+        path = self._path(ref)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound("blob is missing from the blob store") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read the blob store: {exc.strerror}") from exc
+
+        def chunks() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            try:
+                with path.open("rb") as handle:
+                    while chunk := handle.read(chunk_bytes):
+                        digest.update(chunk)
+                        yield chunk
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot read the blob store: {exc.strerror}") from exc
+            if digest.hexdigest() != ref:
+                raise StorageUnavailable("blob store content is corrupted")
+
+        return size, chunks()
+
     def delete(self, ref: str) -> None:
         try:
             self._path(ref).unlink(missing_ok=True)
@@ -62,3 +114,12 @@ class BlobStore:
 
     def refs(self) -> list[str]:
         return sorted(p.name for p in self._root.glob("??/*") if _REF.fullmatch(p.name))
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename into ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

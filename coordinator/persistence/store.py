@@ -31,7 +31,7 @@ from coordinator.domain.jobs import (
     Submission,
 )
 from coordinator.domain.rounds import Phase, Round
-from coordinator.errors import CoordinatorError, StorageUnavailable
+from coordinator.errors import ConcurrentUpdate, CoordinatorError, StorageUnavailable
 from coordinator.persistence import migrate
 from coordinator.persistence import schema as t
 from coordinator.persistence.engine import failure_reason, make_engine
@@ -48,7 +48,7 @@ class DuplicateKey(CoordinatorError):
     """A unique constraint refused the row (a concurrent or repeated insert)."""
 
 
-class StaleWrite(CoordinatorError):
+class StaleWrite(ConcurrentUpdate):
     """A compare-and-set update found another row_version: someone else changed the row."""
 
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.domain.jobs import Job, JobSpec, MetricReport
 from coordinator.persistence.blobs import BlobStore
+from coordinator.persistence.spool import UploadSpool
 from coordinator.persistence.store import Store
 from coordinator.service.context import CoordinatorSettings, ServiceContext
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.jobs import JobService
 from coordinator.service.metrics import MetricsService
+from coordinator.service.payloads import ReceivedPayload
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.submissions import SubmissionService
 from coordinator.service.views import (
@@ -45,15 +47,19 @@ class CoordinatorService:
         settings: CoordinatorSettings | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        spool: UploadSpool | None = None,
     ) -> None:
+        """``spool`` receives uploads; by default the directory ``spool`` beside the blob
+        store's, on the same file system."""
         ctx = ServiceContext(store, blobs, settings or CoordinatorSettings(), clock, new_id)
         ledger = RoundLedger(ctx)
         engines = RoundEngines(ctx, ledger)
         self._ctx = ctx
         self.driver = RoundDriver(ctx, ledger, engines)
-        self.jobs = JobService(ctx, ledger, engines, self.driver)
+        self.spool = spool or UploadSpool(blobs.root.parent / "spool")
+        self.jobs = JobService(ctx, ledger, engines, self.driver, self.spool)
         self.work = WorkService(ctx, engines)
-        self.submissions = SubmissionService(ctx, ledger, engines, self.driver)
+        self.submissions = SubmissionService(ctx, ledger, engines, self.driver, self.spool)
         self.metrics = MetricsService(ctx)
 
     @property
@@ -62,8 +68,15 @@ class CoordinatorService:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+    def create_job(
+        self, spec: JobSpec, header: PayloadHeader, payload: ReceivedPayload, actor: str
+    ) -> Job:
         return self.jobs.create_job(spec, header, payload, actor)
+
+    def receive_job(
+        self, spec: JobSpec, header: PayloadHeader, chunks: Iterable[bytes], actor: str
+    ) -> Job:
+        return self.jobs.receive_job(spec, header, chunks, actor)
 
     def start_job(self, job_id: str, actor: str) -> Job:
         return self.jobs.start_job(job_id, actor)
@@ -86,6 +99,11 @@ class CoordinatorService:
     def list_jobs(self) -> list[JobView]:
         return self.jobs.list_jobs()
 
+    def stream_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, Iterator[bytes]]:
+        return self.jobs.stream_model(job_id, version, encrypted=encrypted)
+
     def read_model(
         self, job_id: str, version: int, *, encrypted: bool = False
     ) -> tuple[int, PayloadHeader, bytes]:
@@ -107,9 +125,14 @@ class CoordinatorService:
     # -- submissions and metrics ----------------------------------------------------------------
 
     def submit_update(
-        self, org_id: str, update: UpdateSubmission, payload: bytes
+        self, org_id: str, update: UpdateSubmission, payload: ReceivedPayload
     ) -> Acknowledgement:
         return self.submissions.submit_update(org_id, update, payload)
+
+    def receive_update(
+        self, org_id: str, update: UpdateSubmission, chunks: Iterable[bytes]
+    ) -> Acknowledgement:
+        return self.submissions.receive_update(org_id, update, chunks)
 
     def submit_message(
         self, org_id: str, message: MessageSubmission, certificate_pem: bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -11,14 +12,21 @@ from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
 from coordinator.domain.privacy import privacy_spent, released_rounds
 from coordinator.domain.rounds import RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
+from coordinator.persistence.spool import SpooledUpload, UploadSpool
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job, sha256
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.metrics import summarize
-from coordinator.service.payloads import check_finite_or_invalid, decode_payload
+from coordinator.service.payloads import (
+    ReceivedPayload,
+    check_finite_or_invalid,
+    check_payload_size,
+    decode_payload,
+)
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import JobDeletion, JobView
+from fedsilo.chunking import CHUNK_BYTES
 from fedsilo.codec import PayloadHeader
 from fedsilo.logs import context
 from fedsilo.protection import Protection
@@ -41,13 +49,27 @@ class JobService:
         ledger: RoundLedger,
         engines: RoundEngines,
         driver: RoundDriver,
+        spool: UploadSpool,
     ) -> None:
         self._ctx = ctx
         self._ledger = ledger
         self._engines = engines
         self._driver = driver
+        self._spool = spool
 
-    def create_job(self, spec: JobSpec, header: PayloadHeader, payload: bytes, actor: str) -> Job:
+    def receive_job(
+        self, spec: JobSpec, header: PayloadHeader, chunks: Iterable[bytes], actor: str
+    ) -> Job:
+        """Create a job whose initial weights arrive in chunks: the spec and size are checked
+        first, the weights spooled as they arrive and moved into the blob store."""
+        spec.validate()
+        check_payload_size(header.total_bytes, self._ctx.settings.max_payload_bytes)
+        with self._spool.receive(chunks, header.total_bytes, header.sha256) as upload:
+            return self.create_job(spec, header, upload, actor)
+
+    def create_job(
+        self, spec: JobSpec, header: PayloadHeader, payload: ReceivedPayload, actor: str
+    ) -> Job:
         """Validate the spec and initial weights, store them as model version 0."""
         spec.validate()
         # The job keeps its strategy's parameters with every default filled in, so a later
@@ -69,7 +91,10 @@ class JobService:
             weight_specs=header.tensors,
             created_at=now,
         )
-        blob_ref = self._ctx.blobs.put(payload)
+        if isinstance(payload, SpooledUpload):
+            blob_ref = self._ctx.blobs.put_file(payload.path, payload.sha256)
+        else:
+            blob_ref = self._ctx.blobs.put(payload)
         with self._ctx.lock, self._ctx.store.transaction() as tx:
             tx.add_job(job)
             tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
@@ -205,6 +230,19 @@ class JobService:
             threshold,
             privacy_spent(job.spec.dp, released_rounds(rounds)) if job.spec.dp.enabled else None,
         )
+
+    def stream_model(
+        self, job_id: str, version: int, *, encrypted: bool = False
+    ) -> tuple[int, PayloadHeader, Iterator[bytes]]:
+        """Like ``read_model``, with the payload in chunks read from the blob store as they are
+        sent: concurrent downloads of a large model do not each hold a copy of it."""
+        job, wanted, blob_ref = self._ledger.model_blob(job_id, version)
+        size, chunks = self._ctx.blobs.stream(blob_ref, CHUNK_BYTES)
+        specs = self._engines[job.spec.protection].model_specs(
+            job, wanted, size, encrypted=encrypted
+        )
+        # Blobs are named by the SHA-256 of their bytes (checked again as they are read).
+        return wanted, PayloadHeader(specs, size, bytes.fromhex(blob_ref)), chunks
 
     def read_model(
         self, job_id: str, version: int, *, encrypted: bool = False

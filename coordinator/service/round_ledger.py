@@ -132,13 +132,18 @@ class RoundLedger:
 
     def model_payload(self, job_id: str, version: int) -> tuple[Job, int, bytes]:
         """A committed model version (-1: the latest): the job, the version number, the payload."""
+        job, wanted, blob_ref = self.model_blob(job_id, version)
+        return job, wanted, self._ctx.blobs.get(blob_ref)
+
+    def model_blob(self, job_id: str, version: int) -> tuple[Job, int, str]:
+        """A committed model version (-1: the latest): the job, the version number, its blob."""
         with self._ctx.store.transaction() as tx:
             job = require_job(tx, job_id)
             wanted = job.model_version if version < 0 else version
             model = tx.get_model_version(job_id, wanted)
         if model is None:
             raise NotFound(f"model version {version} does not exist for this job")
-        return job, wanted, self._ctx.blobs.get(model.blob_ref)
+        return job, wanted, model.blob_ref
 
 
 def _budget_stop(tx: Transaction, job: Job) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from coordinator.errors import (
+    ConcurrentUpdate,
     ConflictingSubmission,
     InvalidRequest,
     NotAuthorized,
@@ -47,6 +48,9 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ConflictingSubmission, grpc.StatusCode.ALREADY_EXISTS),
     (NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
     (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # A lost compare-and-set that outlived the use case's retries: nothing was written, and the
+    # participants retry UNAVAILABLE with backoff.
+    (ConcurrentUpdate, grpc.StatusCode.UNAVAILABLE),
 )
 """The only place where an error class becomes a gRPC status code."""
 

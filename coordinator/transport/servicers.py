@@ -11,7 +11,6 @@ from coordinator.domain.jobs import Participant, ParticipantStatus
 from coordinator.errors import InvalidRequest
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.service.payloads import check_payload_size
 from coordinator.transport.convert import (
     acknowledgement_to_pb,
     audit_events_to_pb,
@@ -26,8 +25,7 @@ from coordinator.transport.convert import (
     work_to_pb,
 )
 from coordinator.transport.interceptors import current_identity
-from fedsilo import chunking
-from fedsilo.codec import PayloadHeader, header_from_proto
+from fedsilo.codec import header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -36,17 +34,12 @@ __all__ = ["AdminServicer", "ParticipantServicer"]
 MAX_WAIT_SECONDS = 30.0
 
 
-def _receive_payload(requests: Iterator[object], header: PayloadHeader, limit: int) -> bytes:
-    """Collect the data chunks that follow a header, bounded by the announced and allowed size."""
-    check_payload_size(header.total_bytes, limit)
-
-    def pieces() -> Iterator[bytes]:
-        for message in requests:
-            if message.WhichOneof("item") != "data":  # type: ignore[attr-defined]
-                raise InvalidRequest("only data chunks may follow the header")
-            yield message.data  # type: ignore[attr-defined]
-
-    return chunking.assemble(pieces(), header.total_bytes, header.sha256)
+def _data_chunks(requests: Iterator[object]) -> Iterator[bytes]:
+    """The data chunks that follow a stream's header, one message at a time."""
+    for message in requests:
+        if message.WhichOneof("item") != "data":  # type: ignore[attr-defined]
+            raise InvalidRequest("only data chunks may follow the header")
+        yield message.data  # type: ignore[attr-defined]
 
 
 def _authenticate(membership: MembershipService, *, require_active: bool = True) -> Participant:
@@ -72,12 +65,16 @@ def _model_chunks(
     service: CoordinatorService, request: pb.DownloadModelRequest, *, encrypted: bool = False
 ) -> Iterator[pb.ModelChunk]:
     """The DownloadModel stream: the model's info (header), then its payload in chunks."""
-    version, header, payload = service.read_model(
+    version, header, chunks = service.stream_model(
         request.job_id, request.version, encrypted=encrypted
     )
     yield model_info_to_pb(request.job_id, version, header)
-    for piece in chunking.split(payload):
+    empty = True
+    for piece in chunks:
+        empty = False
         yield pb.ModelChunk(data=piece)
+    if empty:
+        yield pb.ModelChunk(data=b"")  # as chunking.split sends an empty payload
 
 
 class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
@@ -127,10 +124,10 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidRequest("the first message of SubmitUpdate must be its header")
         update = update_from_pb(first.header)
-        payload = _receive_payload(
-            request_iterator, update.header, self._service.settings.max_payload_bytes
-        )
-        return acknowledgement_to_pb(self._service.submit_update(org, update, payload))
+        # The round is checked from the header before any payload byte is read, and the payload
+        # goes to the spool as it arrives.
+        chunks = _data_chunks(request_iterator)
+        return acknowledgement_to_pb(self._service.receive_update(org, update, chunks))
 
     def SubmitMessage(  # noqa: N802
         self, request: pb.SubmitMessageRequest, context: grpc.ServicerContext
@@ -217,10 +214,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise InvalidRequest("the first message of CreateJob must be its header")
         spec = spec_from_pb(first.header.spec)
         header = header_from_proto(first.header.initial_weights)
-        payload = _receive_payload(
-            request_iterator, header, self._service.settings.max_payload_bytes
-        )
-        job = self._service.create_job(spec, header, payload, actor=current_identity().org_id)
+        chunks = _data_chunks(request_iterator)
+        job = self._service.receive_job(spec, header, chunks, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(job.job_id))
 
     def StartJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobStatus:  # noqa: N802

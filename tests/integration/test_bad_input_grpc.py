@@ -815,11 +815,11 @@ def test_oversized_messages_are_resource_exhausted_before_application_code(
     # A well-formed GetTask from org-c that would register it, if it ever reached the servicer.
     big_get_task = pb.GetTaskRequest(wait_seconds=0).SerializeToString() + padding
     c_channel = open_channel(pki.participant_tls(ORG_C))
-    big_chunk = np.zeros(OVERSIZED // 4, np.float32)
-    big_update = Update(job_id, round_.round_id, round_.base_version, [big_chunk], 10)
+    # A header the round accepts (it is checked before any payload is read), then a data
+    # message over the cap.
     submit_messages = [
-        big_update.requests()[0].SerializeToString(),
-        pb.SubmitUpdateRequest(data=big_update.payload()).SerializeToString(),
+        update_for(ORG_A, job_id, round_).requests()[0].SerializeToString(),
+        pb.SubmitUpdateRequest(data=b"\x00" * OVERSIZED).SerializeToString(),
     ]
     big_header = pb.SubmitUpdateRequest(header=update_for(ORG_A, job_id, round_).header())
     admin_channel = open_channel(tls_for("admin"))

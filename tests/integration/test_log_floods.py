@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inproc_consortium import ConsortiumPki
+from inproc_consortium import ConsortiumPki, initial_weights
 
 from coordinator.transport.server import RunningCoordinator
 from fedsilo.codec import encode_tensors, header_to_proto
@@ -36,26 +35,31 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_a_cancelled_upload_is_one_info_line_and_no_traceback(
     coordinator: RunningCoordinator,
+    running_round: Callable[..., tuple[str, pb.RoundStatus]],
     participant_stub: Callable[[str], pb_grpc.ParticipantServiceStub],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # A header the round accepts: the server goes on to read (and spool) the payload.
+    job_id, round_ = running_round(orgs=("org-a",))
     caplog.set_level(logging.INFO)
     stub = participant_stub("org-a")
-    stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)  # registered, pending
-    header, payload = encode_tensors([np.zeros(1 << 18, "float32")])
+    header, payload = encode_tensors(initial_weights())
     asked_for_more = threading.Event()
     release = threading.Event()
 
     def requests() -> Iterator[pb.SubmitUpdateRequest]:
         yield pb.SubmitUpdateRequest(
             header=pb.UpdateHeader(
-                job_id="no-such-job",
-                round_id="no-such-round",
+                job_id=job_id,
+                round_id=round_.round_id,
                 phase=pb.ROUND_PHASE_INPUTS,
+                base_version=round_.base_version,
+                num_examples=10,
+                train_loss=0.5,
                 payload=header_to_proto(header),
             )
         )
-        yield pb.SubmitUpdateRequest(data=payload[: 1 << 16])
+        yield pb.SubmitUpdateRequest(data=payload[: len(payload) // 2])
         asked_for_more.set()  # both messages are out: the server is reading the payload
         release.wait(DEADLINE_S)
 

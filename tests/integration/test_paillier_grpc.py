@@ -127,13 +127,14 @@ def test_a_coordinator_serving_another_correction_is_refused_for_good(
     def tampered(job_id: str, version: int, *, encrypted: bool = False) -> Any:
         got, header, payload = honest_read(job_id, version, encrypted=encrypted)
         if not encrypted or got < 1:
-            return got, header, payload
+            return got, header, iter([payload])
         record, correction = decode_tensors(header, payload)
         correction = correction.copy()
         correction[0] += 1
-        return (got, *encode_tensors([record, correction]))
+        header, payload = encode_tensors([record, correction])
+        return got, header, iter([payload])
 
-    service.read_model = tampered  # type: ignore[method-assign]
+    service.stream_model = tampered  # type: ignore[method-assign]
     for org in ORGS:
         run_daemon(org, target, poll_seconds=0.5)
     wait_for(

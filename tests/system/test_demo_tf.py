@@ -27,10 +27,15 @@ def _demo(tmp_path: Path, *options: str) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The default demo (secure aggregation), run once for both comparisons below."""
+    return _demo(tmp_path_factory.mktemp("secure-demo"))
+
+
 def test_default_secure_demo_reaches_central_accuracy_and_matches_plain_fedavg(
-    tmp_path: Path,
+    tmp_path: Path, secure: dict[str, Any]
 ) -> None:
-    secure = _demo(tmp_path)
     assert secure["protection"] == "secagg"
     assert secure["participants"] == 3
     assert secure["final_accuracy"] >= 0.90
@@ -43,12 +48,12 @@ def test_default_secure_demo_reaches_central_accuracy_and_matches_plain_fedavg(
     assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01
 
 
-def test_paillier_demo_matches_the_secure_demo(tmp_path: Path) -> None:
+def test_paillier_demo_matches_the_secure_demo(tmp_path: Path, secure: dict[str, Any]) -> None:
     # Paillier sums the same masked integers exactly, so the model equals secagg's.
     exported = tmp_path / "paillier.keras"
     paillier = _demo(tmp_path, "--protection", "paillier", "--export-model", str(exported))
     assert paillier["protection"] == "paillier"
-    secure = _demo(tmp_path, "--protection", "secagg")
+    assert secure["protection"] == "secagg"
     assert abs(paillier["final_accuracy"] - secure["final_accuracy"]) <= 0.01
     assert paillier["final_accuracy"] >= 0.90
     # The model org-1 exported (decrypted there: the coordinator never had it) is the one the

@@ -17,6 +17,7 @@ from coordinator.errors import WrongRoundPhase
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.paillier_ceremony import CeremonyStep
+from coordinator.service.payloads import ReceivedPayload
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
 from fedsilo.codec import TensorSpec
@@ -110,8 +111,20 @@ class RoundEngine(abc.ABC):
         raise WrongRoundPhase("this round does not use secure aggregation")
 
     @abc.abstractmethod
+    def check_input_header(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, update: UpdateSubmission
+    ) -> None:
+        """Refuse an input from its header alone, before its payload is received (the round's
+        phase, cohort and deadline are already checked)."""
+
+    @abc.abstractmethod
     def fold_input(
-        self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        update: UpdateSubmission,
+        payload: ReceivedPayload,
     ) -> FoldedInput:
         """Validate an input and add it to the round's running sum (the caller holds the lock
         and records it)."""

@@ -19,7 +19,7 @@ from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job
 from coordinator.service.engines.base import FoldedInput, RoundEngine, check_phase, revoked_orgs
 from coordinator.service.engines.secure_rounds import SMALL_PHASES, SecureRoundCoordinator
-from coordinator.service.payloads import check_payload_size
+from coordinator.service.payloads import ReceivedPayload, check_payload_size
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
 from fedsilo.faults import crash_point
@@ -138,20 +138,38 @@ class MaskedRoundEngine(RoundEngine):
         )
 
     def fold_input(
-        self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        update: UpdateSubmission,
+        payload: ReceivedPayload,
     ) -> FoldedInput:
         """Add a masked input to the round's running sum modulo R (the caller holds the lock)."""
-        if update.num_examples != 0 or update.train_loss != 0.0:
-            raise InvalidRequest(
-                "under secure aggregation the example count travels inside the masked input: "
-                "num_examples and train_loss must be 0"
-            )
+        _check_no_clear_counts(update)
         check_payload_size(update.header.total_bytes, self._ctx.settings.max_payload_bytes)
         return FoldedInput(self._fold_masked(round_, job, org_id, update, payload), 0)
 
+    def check_input_header(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, update: UpdateSubmission
+    ) -> None:
+        _check_no_clear_counts(update)
+        self._check_masked_header(tx, round_, job, org_id, update)
+
+    @abc.abstractmethod
+    def _check_masked_header(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, update: UpdateSubmission
+    ) -> None:
+        """Refuse a masked input from its header: its sender and its tensor layout."""
+
     @abc.abstractmethod
     def _fold_masked(
-        self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        update: UpdateSubmission,
+        payload: ReceivedPayload,
     ) -> str:
         """Check one masked input and add it to the round's sum; the new sum's blob."""
 
@@ -161,4 +179,12 @@ class MaskedRoundEngine(RoundEngine):
             "masked input accepted (%d bytes)",
             update.header.total_bytes,
             **context(job=round_.job_id, round=str(round_.number), phase="inputs", org=org_id),
+        )
+
+
+def _check_no_clear_counts(update: UpdateSubmission) -> None:
+    if update.num_examples != 0 or update.train_loss != 0.0:
+        raise InvalidRequest(
+            "under secure aggregation the example count travels inside the masked input: "
+            "num_examples and train_loss must be 0"
         )

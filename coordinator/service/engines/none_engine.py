@@ -21,10 +21,14 @@ from coordinator.errors import InvalidRequest
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import require_job, sha256
 from coordinator.service.engines.base import FoldedInput, RoundEngine, revoked_orgs
-from coordinator.service.payloads import check_finite_or_invalid, decode_payload
+from coordinator.service.payloads import (
+    ReceivedPayload,
+    check_finite_or_invalid,
+    decode_payload,
+)
 from coordinator.service.views import UpdateSubmission, WorkItem, WorkKind
 from fedsilo.aggregation import fold_weighted, weighted_mean
-from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors, specs_of
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
 
@@ -71,20 +75,35 @@ class PlainRoundEngine(RoundEngine):
         return None
 
     def fold_input(
-        self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        update: UpdateSubmission,
+        payload: ReceivedPayload,
     ) -> FoldedInput:
         settings = self._ctx.settings
+        self._check_counts(update)
         weights = decode_payload(update.header, payload, settings.max_payload_bytes)
         _check_layout(weights, job)
         check_finite_or_invalid(weights)
-        if not 1 <= update.num_examples <= settings.max_examples:
-            raise InvalidRequest(f"num_examples must be between 1 and {settings.max_examples}")
-        if not np.isfinite(update.train_loss):
-            raise InvalidRequest("train_loss must be finite")
         accumulator = self._accumulator(round_, job)
         fold_weighted(accumulator, weights, update.num_examples)
         _, acc_payload = encode_tensors(accumulator)
         return FoldedInput(self._ctx.blobs.put(acc_payload), update.num_examples)
+
+    def check_input_header(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, update: UpdateSubmission
+    ) -> None:
+        self._check_counts(update)
+        _check_layout_of(update.header.tensors, job)
+
+    def _check_counts(self, update: UpdateSubmission) -> None:
+        limit = self._ctx.settings.max_examples
+        if not 1 <= update.num_examples <= limit:
+            raise InvalidRequest(f"num_examples must be between 1 and {limit}")
+        if not np.isfinite(update.train_loss):
+            raise InvalidRequest("train_loss must be finite")
 
     def input_recorded(self, round_: Round, org_id: str, update: UpdateSubmission) -> None:
         crash_point("coordinator.plain.after_update_commit")
@@ -116,15 +135,17 @@ class PlainRoundEngine(RoundEngine):
 
 
 def _check_layout(weights: list[npt.NDArray[Any]], job: Job) -> None:
+    _check_layout_of(specs_of(weights), job)
+
+
+def _check_layout_of(specs: tuple[TensorSpec, ...], job: Job) -> None:
     expected = job.weight_specs
-    if len(weights) != len(expected):
-        raise InvalidRequest(f"update has {len(weights)} tensors, the model has {len(expected)}")
-    for index, (array, spec) in enumerate(zip(weights, expected, strict=True)):
-        if array.dtype.name != spec.dtype:
+    if len(specs) != len(expected):
+        raise InvalidRequest(f"update has {len(specs)} tensors, the model has {len(expected)}")
+    for index, (got, spec) in enumerate(zip(specs, expected, strict=True)):
+        if got.dtype != spec.dtype:
+            raise InvalidRequest(f"tensor {index} has dtype {got.dtype}, expected {spec.dtype}")
+        if got.shape != spec.shape:
             raise InvalidRequest(
-                f"tensor {index} has dtype {array.dtype.name}, expected {spec.dtype}"
-            )
-        if tuple(array.shape) != spec.shape:
-            raise InvalidRequest(
-                f"tensor {index} has shape {list(array.shape)}, expected {list(spec.shape)}"
+                f"tensor {index} has shape {list(got.shape)}, expected {list(spec.shape)}"
             )

@@ -21,9 +21,10 @@ from coordinator.service.context import ServiceContext
 from coordinator.service.engines.base import CeremonyRow
 from coordinator.service.engines.masked_engine import MaskedRoundEngine
 from coordinator.service.engines.paillier_ceremony import CeremonyCoordinator, CeremonyStep
+from coordinator.service.payloads import ReceivedPayload, decode_payload
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import UpdateSubmission
-from fedsilo.codec import CodecError, PayloadHeader, TensorSpec, decode_tensors, encode_tensors
+from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors
 from fedsilo.faults import crash_point
 from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
 from secagg import InvalidInput, SecAggError, decode_fields, encode_fields
@@ -86,17 +87,25 @@ class PaillierRoundEngine(MaskedRoundEngine):
 
     # -- encrypted inputs -----------------------------------------------------------------------
 
+    def _check_masked_header(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, update: UpdateSubmission
+    ) -> None:
+        self._check_encrypted_input(tx, round_, org_id, update.header)
+
     def _fold_masked(
-        self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        update: UpdateSubmission,
+        payload: ReceivedPayload,
     ) -> str:
         with self._ctx.store.transaction() as tx:
             self._check_encrypted_input(tx, round_, org_id, update.header)
             public_key = self._ceremony.public_key(tx, job.job_id)
         assert public_key is not None  # rounds open only after the key was dealt
-        try:
-            data, tag = decode_tensors(update.header, payload)
-        except CodecError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        # Checked like any payload (size, hash, the two uint8 vectors), read from the spool once.
+        data, tag = decode_payload(update.header, payload, self._ctx.settings.max_payload_bytes)
         return self._add_encrypted(round_, job, public_key, data.tobytes(), tag.tobytes())
 
     def _check_encrypted_input(

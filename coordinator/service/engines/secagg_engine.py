@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from coordinator.domain.jobs import Job
 from coordinator.domain.rounds import Round, RoundEvent
-from coordinator.errors import InvalidRequest
+from coordinator.persistence.store import Transaction
 from coordinator.service.context import sha256
 from coordinator.service.engines.masked_engine import MaskedRoundEngine
+from coordinator.service.payloads import ReceivedPayload, decode_payload
 from coordinator.service.views import UpdateSubmission
-from fedsilo.codec import CodecError, PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.faults import crash_point
 from secagg import SecAggError
 
@@ -22,15 +23,23 @@ __all__ = ["SecAggRoundEngine"]
 class SecAggRoundEngine(MaskedRoundEngine):
     """The ``secagg`` protection."""
 
+    def _check_masked_header(
+        self, tx: Transaction, round_: Round, job: Job, org_id: str, update: UpdateSubmission
+    ) -> None:
+        self._secure.check_masked_input(tx, round_, job, org_id, update.header)
+
     def _fold_masked(
-        self, round_: Round, job: Job, org_id: str, update: UpdateSubmission, payload: bytes
+        self,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        update: UpdateSubmission,
+        payload: ReceivedPayload,
     ) -> str:
         with self._ctx.store.transaction() as tx:
             self._secure.check_masked_input(tx, round_, job, org_id, update.header)
-        try:
-            sum_ref, _ = self._secure.add_input(round_, job, update.header, payload)
-        except CodecError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        (vector,) = decode_payload(update.header, payload, self._ctx.settings.max_payload_bytes)
+        sum_ref, _ = self._secure.add_input(round_, job, vector)
         return sum_ref
 
     def _unmask(self, round_: Round, job: Job, now: float) -> None:

@@ -304,10 +304,9 @@ class SecureRoundCoordinator:
     # -- the running sum of masked inputs -------------------------------------------------------
 
     def add_input(
-        self, round_: Round, job: Job, header: PayloadHeader, payload: bytes
+        self, round_: Round, job: Job, vector: npt.NDArray[Any]
     ) -> tuple[str, PayloadHeader]:
         """Add one masked input to the round's sum (mod R); store it, return (ref, header)."""
-        (vector,) = decode_tensors(header, payload)
         total = self.input_sum(round_, job)
         np.add(total, vector, out=total)  # unsigned wrap-around: addition modulo R = 2^k
         sum_header, sum_payload = encode_tensors([total])

@@ -119,3 +119,37 @@ def test_unwritable_shard_is_unavailable_and_leaves_nothing(tmp_path: Path) -> N
         blobs.put(data)
     assert blobs.refs() == []
     assert [p.name for p in files_under(tmp_path)] == [ref[:2]]
+
+
+def test_put_file_moves_a_checked_file_in_and_leaves_no_source(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = bytes(range(256)) * 100
+    digest = hashlib.sha256(data).digest()
+    source = tmp_path / "upload.part"
+    source.write_bytes(data)
+    ref = blobs.put_file(source, digest)
+    assert ref == digest.hex()
+    assert blobs.get(ref) == data
+    assert not source.exists()
+    # The same content again: the stored blob is kept, the new file removed.
+    again = tmp_path / "again.part"
+    again.write_bytes(data)
+    assert blobs.put_file(again, digest) == ref
+    assert not again.exists()
+    assert blobs.refs() == [ref]
+
+
+def test_stream_reads_a_blob_in_chunks_and_finds_corruption_at_the_end(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = bytes(range(256)) * 100
+    ref = blobs.put(data)
+    size, chunks = blobs.stream(ref, chunk_bytes=1000)
+    pieces = list(chunks)
+    assert size == len(data) and b"".join(pieces) == data
+    assert max(len(piece) for piece in pieces) == 1000
+    (tmp_path / "blobs" / ref[:2] / ref).write_bytes(b"x" + data[1:])
+    _, corrupted = blobs.stream(ref, chunk_bytes=1000)
+    with pytest.raises(StorageUnavailable, match="corrupted"):
+        list(corrupted)
+    with pytest.raises(NotFound):
+        blobs.stream("0" * 64)

@@ -44,6 +44,7 @@ from coordinator.service.context import CoordinatorSettings
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
 from coordinator.service.views import Acknowledgement, UpdateSubmission, WorkKind
+from fedsilo.chunking import ChunkError, split
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
@@ -172,6 +173,7 @@ class Harness:
         train_loss: float = 0.5,
         header: PayloadHeader | None = None,
         payload: bytes | None = None,
+        spool: bool = True,
         **changes: Any,
     ) -> Acknowledgement:
         encoded_header, encoded_payload = encode_tensors(weights)
@@ -185,9 +187,11 @@ class Harness:
             header=header or encoded_header,
         )
         update = dataclasses.replace(update, **changes)
-        return self.service.submit_update(
-            org, update, encoded_payload if payload is None else payload
-        )
+        sent = encoded_payload if payload is None else payload
+        if not spool:
+            return self.service.submit_update(org, update, sent)
+        # As the servicer does: the header is checked, the payload spooled in chunks.
+        return self.service.receive_update(org, update, split(sent, chunk_bytes=64))
 
     def drive(self, done: Callable[[], bool], what: str, max_ticks: int = 10) -> None:
         """Tick the round driver until ``done``; a bounded loop, not a wait."""
@@ -512,6 +516,79 @@ def test_participant_outside_the_cohort_is_wrong_phase(harness: Harness) -> None
     _assert_unchanged(harness, before, 0, refs)
 
 
+# -- uploads are checked from their header, then spooled (R16) -------------------------------------
+
+HEADER_REFUSALS: dict[str, tuple[type[Exception], str]] = {
+    "late": (WrongRoundPhase, "deadline"),
+    "outside-the-cohort": (WrongRoundPhase, "cohort"),
+    "wrong-base-version": (WrongRoundPhase, "model version"),
+    "wrong-layout": (InvalidRequest, "2 tensors"),
+    "zero-examples": (InvalidRequest, "num_examples"),
+    "oversized": (InvalidRequest, "exceeds"),
+    "unknown-round": (NotFound, "round"),
+    "a-different-one-accepted": (ConflictingSubmission, "different submission"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADER_REFUSALS))
+def test_an_update_is_refused_from_its_header_before_any_payload_is_read(
+    tmp_path: Path, case: str
+) -> None:
+    settings = CoordinatorSettings(max_payload_bytes=1000)
+    harness = Harness("sqlite://", tmp_path / "blobs", settings=settings)
+    try:
+        _, round_ = harness.running_job(orgs=("org-a", "org-b"))
+        harness.join("org-late")
+        org, weights, examples = "org-a", update_weights(1), 5
+        changes: dict[str, Any] = {}
+        if case == "late":
+            harness.clock.now = round_.deadline_at + 1
+        elif case == "outside-the-cohort":
+            org = "org-late"
+        elif case == "wrong-base-version":
+            changes["base_version"] = round_.base_version + 1
+        elif case == "wrong-layout":
+            weights = weights[:2]
+        elif case == "zero-examples":
+            examples = 0
+        elif case == "oversized":
+            weights = [np.zeros(300, np.float32)]  # 1200 bytes, over the 1000-byte limit
+        elif case == "unknown-round":
+            changes["round_id"] = "no-such-round"
+        else:
+            harness.submit("org-a", round_, update_weights(2), 5)
+        header, payload = encode_tensors(weights)
+        update = UpdateSubmission(
+            round_.job_id, round_.round_id, Phase.INPUTS, round_.base_version, examples, 0.5, header
+        )
+        update = dataclasses.replace(update, **changes)
+        read: list[int] = []
+
+        def chunks() -> Iterator[bytes]:
+            for piece in split(payload, chunk_bytes=64):
+                read.append(len(piece))
+                yield piece
+
+        error, match = HEADER_REFUSALS[case]
+        with pytest.raises(error, match=match):
+            harness.service.receive_update(org, update, chunks())
+        assert read == []
+        assert harness.service.spool.files() == []
+    finally:
+        harness.close()
+
+
+def test_an_update_refused_after_it_was_spooled_leaves_no_file(harness: Harness) -> None:
+    _, round_ = harness.running_job()
+    before, refs = harness.round(round_.round_id), harness.blobs.refs()
+    with pytest.raises(InvalidRequest, match="NaN"):
+        harness.submit("org-a", round_, _poisoned(float("nan")), 5)
+    assert harness.service.spool.files() == []
+    _assert_unchanged(harness, before, 0, refs)
+    assert not harness.submit("org-a", round_, update_weights(1), 5).duplicate
+    assert harness.service.spool.files() == []
+
+
 # -- bad input changes nothing (S8) ----------------------------------------------------------------
 
 
@@ -561,10 +638,19 @@ def test_payload_that_does_not_match_its_header_is_invalid(harness: Harness) -> 
     before, refs = harness.round(round_.round_id), harness.blobs.refs()
     header, payload = encode_tensors(update_weights(1))
     tampered = bytes([payload[0] ^ 1]) + payload[1:]
+    weights = update_weights(1)
     with pytest.raises(InvalidRequest, match="SHA-256"):
-        harness.submit("org-a", round_, update_weights(1), 5, header=header, payload=tampered)
+        harness.submit("org-a", round_, weights, 5, header=header, payload=tampered, spool=False)
     with pytest.raises(InvalidRequest, match="bytes"):
-        harness.submit("org-a", round_, update_weights(1), 5, header=header, payload=payload[:-4])
+        harness.submit(
+            "org-a", round_, weights, 5, header=header, payload=payload[:-4], spool=False
+        )
+    # Received as a stream, the same payloads are refused as they are spooled.
+    with pytest.raises(ChunkError, match="SHA-256"):
+        harness.submit("org-a", round_, weights, 5, header=header, payload=tampered)
+    with pytest.raises(ChunkError, match="bytes"):
+        harness.submit("org-a", round_, weights, 5, header=header, payload=payload[:-4])
+    assert harness.service.spool.files() == []
     _assert_unchanged(harness, before, 0, refs)
 
 
