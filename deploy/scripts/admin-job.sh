@@ -29,6 +29,8 @@ for org in "$@"; do
     done
     fedsilo participants approve "$org"
 done
+# The membership list the CA signed (pki-sign.sh): without it participants join no secure round.
+fedsilo participants publish-membership "${MEMBERSHIP_LIST:-/pki/certs/membership.json}"
 job=$(fedsilo job create --task digits --name digits-testbed --protection secagg \
     --rounds "$rounds" --epochs 2 --batch-size 16 --learning-rate 0.1 --seed 0 \
     --min-participants "$#" --round-timeout 300 --start --json)

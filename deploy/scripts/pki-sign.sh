@@ -39,3 +39,21 @@ for request in /pki/requests/*.csr; do
     mv "/pki/certs/.$party.crt" "/pki/certs/$party.crt"
 done
 [ "$found" = 1 ] || { echo "pki-sign: no certificate requests in /pki/requests" >&2; exit 1; }
+# The consortium's membership list, signed by the CA: every organization's certificate (not the
+# coordinator's or the admin's). Participants take part in secure rounds only with the
+# organizations it admits; the admin service publishes it (admin-job.sh).
+members=""
+for cert in /pki/certs/*.crt; do
+    case "$(basename "$cert" .crt)" in
+        ca|coordinator|admin) ;;
+        *) members="$members --member $cert" ;;
+    esac
+done
+previous=""
+if [ -f /pki/certs/membership.json ]; then
+    previous="--previous /pki/certs/membership.json"
+fi
+# shellcheck disable=SC2086 # options and their values are separate arguments on purpose
+fedsilo pki membership sign --ca /pki/ca $members $previous --out /pki/certs/.membership.json \
+    $passphrase
+mv /pki/certs/.membership.json /pki/certs/membership.json

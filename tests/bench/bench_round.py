@@ -212,6 +212,8 @@ class Consortium:
         )
         for org in self.orgs:
             admin.approve_participant(org)
+        # The consortium CA's membership list: participants join secure rounds only with it.
+        admin.publish_membership_list(self.pki.membership_list.read_bytes())
 
     def stop(self) -> dict[str, int]:
         """SIGTERM each process (participants first), wait; the exit codes that were not clean."""
