@@ -154,11 +154,11 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
     """``job create``'s differential-privacy options (docs/differential-privacy.md)."""
     group = parser.add_argument_group("differential privacy (docs/differential-privacy.md)")
     group.add_argument(
-        "--dp-clip", type=_finite_positive, help="L2 bound C of each organization's update"
+        "--dp-clip", type=positive_float, help="L2 bound C of each organization's update"
     )
     group.add_argument(
         "--dp-noise-multiplier",
-        type=_finite_positive,
+        type=positive_float,
         help="noise standard deviation of the sum, in units of C (needs --dp-clip)",
     )
     group.add_argument(
@@ -168,7 +168,7 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--dp-epsilon-budget",
-        type=_finite_positive,
+        type=positive_float,
         help="stop the job before a round would spend more epsilon than this",
     )
 
@@ -205,8 +205,8 @@ def _privacy_of(args: argparse.Namespace) -> DifferentialPrivacy:
     )
 
 
-def _finite_positive(text: str) -> float:
-    # argparse names the flag in its one-line error: "argument --dp-clip: must be ...".
+def positive_float(text: str) -> float:
+    """A flag's positive finite number; argparse names the flag in the one-line error."""
     try:
         value = float(text)
     except ValueError:

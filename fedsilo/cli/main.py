@@ -15,6 +15,7 @@ from fedsilo.cli.admin_commands import (
     add_privacy_arguments,
     add_strategy_arguments,
     participant_export,
+    positive_float,
     privacy_argument_problem,
     run_admin,
 )
@@ -139,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         help="local epochs per round",
     )
     create.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
-    create.add_argument("--learning-rate", type=_positive_float, default=_TRAINING.learning_rate)
+    create.add_argument("--learning-rate", type=positive_float, default=_TRAINING.learning_rate)
     create.add_argument("--seed", type=int, default=_TRAINING.seed)
     create.add_argument(
         "--task-config", default=_JOB.task_config_json, help="JSON object passed to every task"
@@ -256,16 +257,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
