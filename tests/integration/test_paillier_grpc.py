@@ -110,6 +110,7 @@ def test_three_daemons_complete_a_paillier_job(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
+@pytest.mark.slow  # it waits out the rounds the stopped organizations refuse: about 30 s
 def test_a_coordinator_serving_another_correction_is_refused_for_good(
     admin: AdminClient,
     target: str,
