@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +17,21 @@ pytestmark = [pytest.mark.tf, pytest.mark.system, pytest.mark.slow]
 
 def _demo(tmp_path: Path, *options: str) -> dict[str, Any]:
     summary = tmp_path / f"summary-{len(list(tmp_path.glob('summary-*.json')))}.json"
-    result = subprocess.run(  # noqa: S603
+    # In a session of its own: if it must be killed, its coordinator and daemons go with it.
+    process = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "fedsilo", "demo", "--summary-json", str(summary), *options],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
-        check=False,
+        start_new_session=True,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError("the demo did not end in 900 s: " + stdout[-4000:] + stderr[-4000:])
+    assert process.returncode == 0, stdout[-4000:] + stderr[-4000:]
     data: dict[str, Any] = json.loads(summary.read_text())
     return data
 
