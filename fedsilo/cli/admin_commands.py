@@ -25,6 +25,7 @@ from fedsilo.cli.job_views import (
 )
 from fedsilo.cli.job_watch import JobWatch, eta_seconds, watch_line
 from fedsilo.cli.model_export import export_in_format, task_config_of
+from fedsilo.cli.strategy_arguments import strategy_parameters
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.convert import (
     privacy_to_pb,
@@ -34,7 +35,6 @@ from fedsilo.convert import (
 )
 from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
-from fedsilo.strategies import BUILTIN_STRATEGIES, StrategyParameters
 from fedsilo.tasks import TrainingSettings, as_float32, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb
 
@@ -134,22 +134,6 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
         return _watch(client, args.job_id, args.json, console)
 
 
-def add_strategy_arguments(parser: argparse.ArgumentParser) -> None:
-    """``job create``'s strategy options (docs/strategies.md); unset ones take the defaults."""
-    group = parser.add_argument_group("federated optimization strategy (docs/strategies.md)")
-    group.add_argument(
-        "--strategy",
-        default="fedavg",
-        help=f"{', '.join(BUILTIN_STRATEGIES)} or an installed fedsilo.strategies entry point",
-    )
-    group.add_argument("--server-learning-rate", type=float, help="server step size eta")
-    group.add_argument("--server-momentum", type=float, help="fedavgm's momentum beta")
-    group.add_argument("--beta1", type=float, help="first-moment decay (fedadam/yogi/adagrad)")
-    group.add_argument("--beta2", type=float, help="second-moment decay (fedadam, fedyogi)")
-    group.add_argument("--tau", type=float, help="adaptivity tau (fedadam/yogi/adagrad)")
-    group.add_argument("--proximal-mu", type=float, help="fedprox's proximal term weight mu")
-
-
 def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
     """``job create``'s differential-privacy options (docs/differential-privacy.md)."""
     group = parser.add_argument_group("differential privacy (docs/differential-privacy.md)")
@@ -240,16 +224,7 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
         task_name=args.task,
         protection=protection_to_pb(Protection(args.protection)),
         algorithm=args.strategy,
-        strategy=strategy_parameters_to_pb(
-            StrategyParameters(
-                server_learning_rate=args.server_learning_rate,
-                server_momentum=args.server_momentum,
-                beta1=args.beta1,
-                beta2=args.beta2,
-                tau=args.tau,
-                proximal_mu=args.proximal_mu,
-            )
-        ),
+        strategy=strategy_parameters_to_pb(strategy_parameters(args)),
         dp=privacy_to_pb(privacy) if privacy.enabled else None,
         num_rounds=args.rounds,
         min_participants=args.min_participants,

@@ -13,7 +13,6 @@ from coordinator.domain.jobs import JobSpec, SecAggSettings
 from fedsilo.cli import doctor, health_command, pki_commands
 from fedsilo.cli.admin_commands import (
     add_privacy_arguments,
-    add_strategy_arguments,
     participant_export,
     positive_float,
     privacy_argument_problem,
@@ -23,6 +22,7 @@ from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.cli.model_export import add_format_arguments
 from fedsilo.cli.simulate import run_simulate
+from fedsilo.cli.strategy_arguments import add_strategy_arguments
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.protection import Protection
 from fedsilo.tasks import TaskNotFoundError, TrainingSettings, installed_tasks

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from rich.console import Console
 
 from fedsilo.aggregation import fold_weighted, weighted_mean
+from fedsilo.cli.strategy_arguments import strategy_parameters
 from fedsilo.strategies import (
     OptimizerState,
     StrategyParameters,
@@ -125,14 +126,7 @@ def run_simulate(args: argparse.Namespace, console: Console) -> int:
         participants=args.participants,
         rounds=args.rounds,
         strategy=args.strategy,
-        strategy_parameters=StrategyParameters(
-            server_learning_rate=args.server_learning_rate,
-            server_momentum=args.server_momentum,
-            beta1=args.beta1,
-            beta2=args.beta2,
-            tau=args.tau,
-            proximal_mu=args.proximal_mu,
-        ),
+        strategy_parameters=strategy_parameters(args),
         split=args.split,
         seed=args.seed,
         training=TrainingSettings(
