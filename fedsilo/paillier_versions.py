@@ -32,6 +32,7 @@ from secagg import (
     encode_fields,
     encode_text,
 )
+from secagg.primitives.encoding import decode_text, decode_uint, encode_uint
 
 __all__ = ["PaillierVersion", "RoundTranscript", "replay_correction", "tag_binding"]
 
@@ -52,26 +53,6 @@ def tag_binding(job_id: str, round_id: str, base_version: int, base_sha256: byte
             base_sha256,
         ]
     )
-
-
-def encode_uint(value: int, size: int) -> bytes:
-    """Fixed-width big-endian unsigned integer."""
-    if not 0 <= value < 1 << (8 * size):
-        raise InvalidInput(f"integer does not fit in {size} unsigned bytes")
-    return value.to_bytes(size, "big")
-
-
-def decode_uint(data: bytes, size: int) -> int:
-    if len(data) != size:
-        raise InvalidInput(f"expected a {size}-byte integer, found {len(data)} bytes")
-    return int.from_bytes(data, "big")
-
-
-def decode_text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput("a name is not valid UTF-8") from None
 
 
 def _names(names: Sequence[str]) -> bytes:

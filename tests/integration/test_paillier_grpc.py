@@ -52,8 +52,7 @@ def test_three_daemons_complete_a_paillier_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    for org in ORGS:
-        run_daemon(org, target, poll_seconds=0.5)
+    daemons = [run_daemon(org, target, poll_seconds=0.5) for org in ORGS]
     wait_for(
         lambda: sorted(p.org_id for p in admin.list_participants()) == list(ORGS),
         20,
@@ -87,6 +86,10 @@ def test_three_daemons_complete_a_paillier_job(
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "export the model from a participant" in (refused.value.details() or "")
 
+    # The daemons stop before their files and the coordinator's are read: a running one may be
+    # between writing a temporary file and renaming it.
+    for daemon in daemons:
+        assert daemon.stop()
     # Privacy: no individual update, and nothing close to a decrypted model, at the coordinator.
     stored = [p.read_bytes() for p in (tmp_path / "coordinator").rglob("*") if p.is_file()]
     logged = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records).encode()
