@@ -29,10 +29,12 @@ from secagg import (
     UnmaskResponse,
     VerifyingKey,
     decode_fields,
+    decode_text,
+    decode_uint,
     encode_fields,
     encode_text,
+    encode_uint,
 )
-from secagg.primitives.encoding import decode_text, decode_uint, encode_uint
 
 __all__ = ["PaillierVersion", "RoundTranscript", "replay_correction", "tag_binding"]
 

@@ -61,7 +61,14 @@ from secagg.masking import (
     secure_threshold,
 )
 from secagg.primitives.agreement import AgreementKeyPair
-from secagg.primitives.encoding import decode_fields, encode_fields, encode_text
+from secagg.primitives.encoding import (
+    decode_fields,
+    decode_text,
+    decode_uint,
+    encode_fields,
+    encode_text,
+    encode_uint,
+)
 from secagg.primitives.randomness import RandomSource
 from secagg.primitives.signatures import SigningKey, VerifyingKey, verifying_key
 
@@ -97,9 +104,12 @@ __all__ = [
     "WrongPhase",
     "check_bit_budget",
     "decode_fields",
+    "decode_text",
+    "decode_uint",
     "default_threshold",
     "encode_fields",
     "encode_text",
+    "encode_uint",
     "secure_threshold",
     "verifying_key",
 ]

@@ -60,8 +60,11 @@ PRIMITIVES = {
     "SigningKey",
     "VerifyingKey",
     "decode_fields",
+    "decode_text",
+    "decode_uint",
     "encode_fields",
     "encode_text",
+    "encode_uint",
     "verifying_key",
 }
 """The building blocks other packages need, re-exported so nothing imports secagg.primitives."""
