@@ -103,7 +103,11 @@ class ParticipantDaemon:
         self._ceremony: CeremonyParticipant | None = None
         if paillier_states is not None:
             self._paillier = PaillierJobs(
-                paillier_states, client, identity=identity, workers=paillier_workers
+                paillier_states,
+                client,
+                identity=identity,
+                membership=membership,
+                workers=paillier_workers,
             )
             self._ceremony = CeremonyParticipant(
                 client,
