@@ -136,7 +136,9 @@ class CeremonyParticipant:
             state = self._store.load(job_id) or PaillierJobState()
         except PaillierStateUnreadable as exc:
             return self._silent(job_id, data, StepOutcome.DROPPED, logging.ERROR, str(exc), ctx)
-        digest = _step_digest(data)
+        # Under a newer membership list a refused step is weighed again (e.g. a rotation the
+        # coordinator asked for before this organization held the list revoking a holder).
+        digest = _step_digest(data, self._membership.serial)
         if state.refusal and state.refused_step == digest:
             return self._silent(
                 job_id,
@@ -500,8 +502,9 @@ def _with_holders(state: PaillierJobState, holders: Mapping[str, JobKey]) -> Pai
     return replace(state, key_holders=state.key_holders | set(holders))
 
 
-def _step_digest(data: KeyCeremonyStepData) -> bytes:
-    """What identifies a step: a refused one is recognised when it is offered again."""
+def _step_digest(data: KeyCeremonyStepData, membership_serial: int) -> bytes:
+    """What identifies a step under the membership list held: a refused one is recognised when
+    it is offered again."""
     parameters = None if data.parameters is None else asdict(data.parameters)
     fields = [
         encode_text(data.action),
@@ -515,6 +518,7 @@ def _step_digest(data: KeyCeremonyStepData) -> bytes:
         data.sealed_key,
         json.dumps(parameters, sort_keys=True).encode(),
         str(data.generation).encode(),
+        str(membership_serial).encode(),
         encode_fields(
             field
             for holder in data.revoked_holders

@@ -251,8 +251,10 @@ class PaillierParticipant:
     def __post_init__(self) -> None:
         identity = IdentityFiles(identity_files(self.pki, self.org))
         store = PaillierStateStore(self.state_dir)
-        self.paillier = PaillierJobs(store, self.transport, identity=identity)
         self.membership = membership_store(self.state_dir, self.pki)
+        self.paillier = PaillierJobs(
+            store, self.transport, identity=identity, membership=self.membership
+        )
         self.ceremony = CeremonyParticipant(
             self.transport,
             store,
