@@ -162,6 +162,19 @@ class CeremonyCoordinator:
             last_change,
         )
 
+    def rotation_note(self, tx: Transaction, job_id: str) -> str:
+        """While a new key generation is being dealt: which, and whose revocation started it."""
+        state = self._state(tx, job_id)
+        if not state.generation or state.dealt is not None:
+            return ""
+        revoked = sorted(
+            {JobKey.from_bytes(key).participant for _, key, _ in state.revoked_holders}
+        )
+        return (
+            f"rotating the job's Paillier key: key generation {state.generation} is being dealt "
+            f"(revoked key holders: {', '.join(revoked) or 'none advertised'})"
+        )
+
     def generation(self, tx: Transaction, job_id: str) -> int:
         """The job's current key generation (0 until a rotation)."""
         return self._state(tx, job_id).generation

@@ -69,12 +69,17 @@ class PaillierRoundEngine(MaskedRoundEngine):
         return super().select_cohort(tx, job, tuple(org for org in live if org in holders), now)
 
     def status_note(self, tx: Transaction, job: Job) -> str:
+        notes = []
+        rotation = self._ceremony.rotation_note(tx, job.job_id)
+        if rotation:
+            notes.append(rotation)
         stopped = self._ceremony.stopped(tx, job.job_id)
-        if not stopped:
-            return ""
-        return "stopped serving this job for good: " + "; ".join(
-            f"{org} ({reason})" for org, reason in sorted(stopped.items())
-        )
+        if stopped:
+            notes.append(
+                "stopped serving this job for good: "
+                + "; ".join(f"{org} ({reason})" for org, reason in sorted(stopped.items()))
+            )
+        return "; ".join(notes)
 
     def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
         return self._ceremony.step_for(tx, job, org_id, self._secure.job_parameters(job))

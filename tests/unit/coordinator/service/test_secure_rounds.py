@@ -1023,6 +1023,10 @@ def test_a_revoked_key_holder_starts_a_new_key_generation_before_the_next_round(
     step = next(i.ceremony for i in items if i.kind is WorkKind.KEY_CEREMONY)
     assert step is not None and (step.action, step.generation) == ("advertise", 1)
     assert [(g, key) for g, key, _ in step.revoked_holders] == [(0, old_key_of_e)]
+    # The admin sees why no round opens.
+    assert "key generation 1 is being dealt (revoked key holders: org-e)" in (
+        consortium.service.get_job(job.job_id).waiting_reason
+    )
     # A job key of generation 0 is not one of generation 1 (the signature binds the generation).
     with pytest.raises(InvalidRequest, match="job_key message was refused"):
         consortium.service.submit_ceremony(
