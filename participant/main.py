@@ -78,7 +78,11 @@ def paillier_jobs(config: ParticipantConfig, client: CoordinatorClient) -> Paill
         config.state_dir, lambda: identity().ca, required=config.require_membership_list
     )
     return PaillierJobs(
-        PaillierStateStore(config.state_dir), client, identity=identity, membership=membership
+        PaillierStateStore(config.state_dir),
+        client,
+        identity=identity,
+        membership=membership,
+        ledger=ContributionLedger(config.state_dir),
     )
 
 

@@ -42,11 +42,13 @@ from participant.errors import (
     PaillierStateUnreadable,
     RequestRefused,
     SecAggUnavailable,
+    StateUnreadable,
     UntrustedMessage,
 )
 from participant.service.calls import CeremonyCalls
 from participant.service.identity import OrgIdentity, utc_now
 from participant.service.key_rotation import enter_generation
+from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import job_parameters
 from participant.service.paillier_state import (
@@ -103,6 +105,7 @@ class CeremonyParticipant:
         identity: Callable[[], OrgIdentity] | None,
         *,
         membership: MembershipStore,
+        ledger: ContributionLedger | None = None,
         generate_key: KeyGenerator | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         random: RandomSource = os.urandom,
@@ -113,6 +116,7 @@ class CeremonyParticipant:
         self._store = store
         self._identity = identity
         self._membership = membership
+        self._ledger = ledger
         self._random = random
         self._generate = generate_key or (lambda bits: generate_private_key(bits, random))
         self._clock = clock
@@ -152,7 +156,13 @@ class CeremonyParticipant:
             # A step of a later key generation is a rotation: taken only if the membership list
             # shows the current key compromised (participant/service/key_rotation.py).
             current = enter_generation(
-                job_id, state, data, identity, self._membership.current(), self._clock()
+                job_id,
+                state,
+                data,
+                identity,
+                self._membership.current(),
+                self._clock(),
+                self._last_round(job_id),
             )
             checked = self._check_job(current, data)
             # A key already dealt or sealed to an organization revoked since is not used again.
@@ -364,6 +374,17 @@ class CeremonyParticipant:
         return self._queue(job_id, state, [OutgoingMessage("confirm", public.fingerprint)])
 
     # -- checks and material --------------------------------------------------------------------
+
+    def _last_round(self, job_id: str) -> int:
+        """The highest round number this organization started in the job (0: none, or no
+        ledger)."""
+        if self._ledger is None:
+            return 0
+        try:
+            rounds = self._ledger.rounds(job_id)
+        except StateUnreadable as exc:
+            raise _LostMaterial(str(exc)) from None
+        return max((entry.number for entry in rounds.values()), default=0)
 
     def _own_job_key(self, state: PaillierJobState, identity: OrgIdentity) -> AgreementKeyPair:
         if state.job_key_pair is None or not state.job_key:

@@ -17,7 +17,10 @@ than the one held is always refused: the generation, kept in the job's state, on
 The dealer and every organization the new key is sealed to are checked against the list by the
 ceremony steps themselves (``participant/service/key_ceremony.py``), as in the first ceremony.
 On a rotation the old key is kept read-only (``RetiredKey``): the versions made under it are
-still decrypted and verified with it, and nothing is encrypted under it again.
+still decrypted and verified with it, and nothing is encrypted under it again. It keeps the
+highest round number this participant had started in the job (its contribution ledger): a
+version of a later round that claims the old key is refused, since the revoked organization
+holds that key and could make such a version's tag.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def enter_generation(
     identity: OrgIdentity,
     membership: MembershipList | None,
     now: dt.datetime,
+    last_round: int = 0,
 ) -> PaillierJobState:
     """The job's state for the step's key generation: ``state`` itself for the current one, a
     fresh generation (the old key retired) for a later one when the rotation is justified.
@@ -70,7 +74,10 @@ def enter_generation(
                 f"holder of generation {state.generation}'s key is admitted by the membership "
                 "list: a job's key is rotated only after a holder is revoked"
             )
-        retired = (*retired, RetiredKey(state.generation, state.dealt_key, state.private_key))
+        retired = (
+            *retired,
+            RetiredKey(state.generation, state.dealt_key, state.private_key, last_round),
+        )
         log.warning(
             "the job's Paillier key of generation %d was held by %s, which the membership list "
             "no longer admits: taking part in key generation %d",

@@ -45,11 +45,13 @@ from fedsilo.strategies import (
 from participant.errors import ModelUnavailable, PaillierStateUnreadable, ParticipantError
 from participant.service.calls import ModelCalls
 from participant.service.identity import OrgIdentity, utc_now
+from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_state import (
     OutgoingMessage,
     PaillierJobState,
     PaillierStateStore,
+    RetiredKey,
     known_key_holders,
 )
 from secagg import ProtocolViolation, QuantizationSpec, RandomSource, SecAggError
@@ -95,7 +97,9 @@ class PaillierJobs:
     temporary pool. ``identity`` gives the consortium CA that the certificates in a version's
     transcript are checked against; without it no version after 0 is decrypted. ``membership``
     is the consortium's membership list, which every organization in a version's transcript
-    must be admitted by (None: the certificates are checked against the CA only).
+    must be admitted by (None: the certificates are checked against the CA only). ``ledger``
+    is this organization's record of the rounds it started: a version of a round it started
+    after leaving a key generation is refused under that generation's key.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class PaillierJobs:
         *,
         identity: Callable[[], OrgIdentity] | None = None,
         membership: MembershipStore | None = None,
+        ledger: ContributionLedger | None = None,
         workers: PaillierWorkers | None = None,
         random: RandomSource = os.urandom,
         clock: Callable[[], dt.datetime] = utc_now,
@@ -113,6 +118,7 @@ class PaillierJobs:
         self._client = client
         self._identity = identity
         self._membership = membership
+        self._ledger = ledger
         self._workers = workers
         self._random = random
         self._clock = clock
@@ -509,6 +515,7 @@ class PaillierJobs:
                 f"generation {base_generation} of version {version - 1}"
             )
         key = self._version_key(job_id, version, record.generation)
+        self._check_retired_round(job_id, version, record)
         public = key.public_key
         try:
             summed = PaillierCiphertexts.from_bytes(record.ciphertexts, public)
@@ -630,6 +637,27 @@ class PaillierJobs:
                 f"version {version}: the round's signed messages do not verify: {exc}"
             ) from None
 
+    def _check_retired_round(self, job_id: str, version: int, record: PaillierVersion) -> None:
+        """A version under a retired key generation comes from a round started before this
+        organization left that generation, as far as its own ledger knows: the revoked holder of
+        the old key could make a later round's tag under it."""
+        if self._ledger is None:
+            return
+        state = self._store.load(job_id)
+        retired = None if state is None else _retired(state, record.generation)
+        if retired is None:
+            return
+        try:
+            entry = self._ledger.rounds(job_id).get(record.transcript.round_id)
+        except ParticipantError as exc:
+            raise ModelUnavailable(f"version {version}: {exc}") from None
+        if entry is not None and entry.number > retired.last_round:
+            raise VersionRefused(
+                f"version {version} claims key generation {record.generation}, but this "
+                f"organization took part in its round (number {entry.number}) under a later "
+                "generation: its inputs were not encrypted under that key"
+            )
+
     def _check_transcript_members(self, job_id: str, version: int, record: PaillierVersion) -> None:
         """Every organization of the round's transcript is admitted by the membership list
         held now, with the certificate it signed with; under a key generation retired since,
@@ -655,6 +683,10 @@ class PaillierJobs:
                 f"version {version}: the round's transcript names an organization the "
                 f"membership list does not admit: {exc}"
             ) from None
+
+
+def _retired(state: PaillierJobState, generation: int) -> RetiredKey | None:
+    return next((item for item in state.retired if item.generation == generation), None)
 
 
 def _stopped_message(state: PaillierJobState) -> str:

@@ -86,11 +86,14 @@ class SealedFor:
 @dataclass(frozen=True)
 class RetiredKey:
     """The key of an earlier generation of the job, left after a rotation: never used to
-    encrypt again, kept to decrypt and verify the versions made under it."""
+    encrypt again, kept to decrypt and verify the versions made under it. ``last_round`` is the
+    highest round number this participant had started in the job when it left the generation:
+    a round it started after is under a later key."""
 
     generation: int
     dealt_key: bytes = field(repr=False)
     private_key: bytes = field(repr=False)
+    last_round: int = 0
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,7 @@ def _encode(state: PaillierJobState) -> dict[str, Any]:
                 "generation": item.generation,
                 "dealt_key": item.dealt_key.hex(),
                 "private_key": item.private_key.hex(),
+                "last_round": item.last_round,
             }
             for item in state.retired
         ],
@@ -353,6 +357,7 @@ def _decode(data: Any) -> PaillierJobState:
                 int(item["generation"]),
                 bytes.fromhex(item["dealt_key"]),
                 bytes.fromhex(item["private_key"]),
+                int(item.get("last_round", 0)),
             )
             for item in data.get("retired", ())
         ),

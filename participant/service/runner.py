@@ -107,6 +107,7 @@ class ParticipantDaemon:
                 client,
                 identity=identity,
                 membership=membership,
+                ledger=ledger,
                 workers=paillier_workers,
             )
             self._ceremony = CeremonyParticipant(
@@ -114,6 +115,7 @@ class ParticipantDaemon:
                 paillier_states,
                 identity,
                 membership=membership,
+                ledger=ledger,
                 generate_key=generate_paillier_key,
                 min_key_bits=job_terms.policy.min_paillier_key_bits,
             )

@@ -252,14 +252,16 @@ class PaillierParticipant:
         identity = IdentityFiles(identity_files(self.pki, self.org))
         store = PaillierStateStore(self.state_dir)
         self.membership = membership_store(self.state_dir, self.pki)
+        ledger = ContributionLedger(self.state_dir)
         self.paillier = PaillierJobs(
-            store, self.transport, identity=identity, membership=self.membership
+            store, self.transport, identity=identity, membership=self.membership, ledger=ledger
         )
         self.ceremony = CeremonyParticipant(
             self.transport,
             store,
             identity,
             membership=self.membership,
+            ledger=ledger,
             generate_key=self.generate,
             min_key_bits=self.min_key_bits,
         )
@@ -276,7 +278,7 @@ class PaillierParticipant:
             train,
             paillier=self.paillier,
             terms=JobTermsStore(self.state_dir, AcceptPolicy()),
-            ledger=ContributionLedger(self.state_dir),
+            ledger=ledger,
             membership=self.membership,
         )
 

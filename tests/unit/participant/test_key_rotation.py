@@ -39,6 +39,7 @@ from participant.domain.assignments import (
 from participant.errors import ModelUnavailable
 from participant.service.identity import IdentityFiles
 from participant.service.key_ceremony import CeremonyParticipant
+from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import VersionRefused
 from participant.service.paillier_state import PaillierStateStore
 from secagg import decode_fields
@@ -363,3 +364,34 @@ def test_a_version_under_a_generation_this_participant_does_not_hold_is_not_decr
     # Under its true generation the tag binds generation 0: relabelled back, it decrypts.
     coordinator.models[version] = [record, correction]
     assert participants[1].paillier.model(JOB_ID, version)[0] == version
+
+
+def test_a_later_round_passed_off_as_under_the_retired_key_is_refused(
+    pki: DemoPki,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+) -> None:
+    """org-c, revoked, still holds key 0 and can make its tags: with the coordinator it could
+    serve a sum of its choice under key 0 as the version of a round after the rotation. An
+    organization that took part in that round after leaving generation 0 refuses it unread."""
+    _, version = _version_one(pki, participants)  # round 1, under key 0
+    org_a = participants[0]
+    org_a.paillier.model(JOB_ID, version)  # version 1 decrypted and kept
+    revoke_org_c(pki, participants, 2)
+    assert step(org_a, advertise(1)) is StepOutcome.ANSWERED
+    state = org_a.store.load(JOB_ID)
+    assert state is not None and [r.last_round for r in state.retired] == [1]
+    # Round 2 ran after the rotation (org-a sent its keys in it), then the coordinator serves
+    # version 2 under key 0 with round 2's transcript.
+    coordinator = org_a.transport.coordinator
+    record, correction = coordinator.models[version]
+    served = PaillierVersion.from_bytes(record.tobytes())
+    round_2 = replace(served.transcript, round_id="round-2")
+    ContributionLedger(org_a.state_dir).start(JOB_ID, "round-2", 2, version)
+    forged = PaillierVersion(served.ciphertexts, served.tag, round_2, generation=0).to_bytes()
+    coordinator.models[version + 1] = [np.frombuffer(forged, dtype=np.uint8).copy(), correction]
+    with pytest.raises(VersionRefused, match="took part in its round .number 2. under a later"):
+        org_a.paillier.model(JOB_ID, version + 1)
+    assert org_a.paillier.stopped(JOB_ID)
+    # Version 1, from round 1 (started under key 0), is still read with the retired key.
+    assert org_a.store.model_versions(JOB_ID) == [0, 1]
