@@ -36,25 +36,49 @@ from secagg import (
     encode_uint,
 )
 
-__all__ = ["PaillierVersion", "RoundTranscript", "replay_correction", "tag_binding"]
+__all__ = [
+    "PaillierVersion",
+    "RoundTranscript",
+    "key_scope",
+    "replay_correction",
+    "tag_binding",
+]
 
 _VERSION_LABEL = b"fedsilo/paillier/v1/version"
 _TRANSCRIPT_LABEL = b"fedsilo/paillier/v1/transcript"
 _BINDING_LABEL = b"fedsilo/paillier/v1/tag-binding"
 
 
-def tag_binding(job_id: str, round_id: str, base_version: int, base_sha256: bytes) -> bytes:
-    """What an input tag is bound to: the job, the round, its base version and the SHA-256 of
-    that version's bytes as served. A sum re-served under another round or version fails."""
-    return encode_fields(
-        [
-            _BINDING_LABEL,
-            encode_text(job_id),
-            encode_text(round_id),
-            encode_uint(base_version, 8),
-            base_sha256,
-        ]
-    )
+def key_scope(job_id: str, generation: int) -> str:
+    """The name a job's key ceremony of key generation ``generation`` signs and seals under.
+
+    Generation 0 (the job's first key) is the job id itself; a later generation (a rotation,
+    docs/paillier.md, "Key rotation") appends ``/key-generation/<n>``, which no job id contains
+    (ids are safe file names): a job key, dealt key or sealed key of one generation never
+    verifies or opens in another.
+    """
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise InvalidInput("a key generation is a non-negative integer")
+    return job_id if generation == 0 else f"{job_id}/key-generation/{generation}"
+
+
+def tag_binding(
+    job_id: str, round_id: str, base_version: int, base_sha256: bytes, generation: int = 0
+) -> bytes:
+    """What an input tag is bound to: the job, the round, its base version, the SHA-256 of
+    that version's bytes as served and the key generation the input is encrypted under. A sum
+    re-served under another round, version or generation fails."""
+    fields = [
+        _BINDING_LABEL,
+        encode_text(job_id),
+        encode_text(round_id),
+        encode_uint(base_version, 8),
+        base_sha256,
+    ]
+    if generation:
+        # Generation 0 keeps the encoding from before rotations existed.
+        fields.append(encode_uint(generation, 4))
+    return encode_fields(fields)
 
 
 def _names(names: Sequence[str]) -> bytes:
@@ -144,18 +168,26 @@ class PaillierVersion:
     tag: bytes
     """The product of their tag ciphertexts, big-endian in ``2 * bits(n) / 8`` bytes."""
     transcript: RoundTranscript
+    generation: int = 0
+    """The job's key generation the inputs are encrypted and tagged under (0: the first key;
+    each rotation adds one)."""
 
     def to_bytes(self) -> bytes:
-        return encode_fields(
-            [_VERSION_LABEL, self.ciphertexts, self.tag, self.transcript.to_bytes()]
-        )
+        fields = [_VERSION_LABEL, self.ciphertexts, self.tag, self.transcript.to_bytes()]
+        if self.generation:
+            # Generation 0 keeps the four fields from before rotations existed.
+            fields.append(encode_uint(self.generation, 4))
+        return encode_fields(fields)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PaillierVersion:
         fields = decode_fields(data)
-        if len(fields) != 4 or fields[0] != _VERSION_LABEL:
+        if len(fields) not in (4, 5) or fields[0] != _VERSION_LABEL:
             raise InvalidInput("not a paillier model version")
-        return cls(fields[1], fields[2], RoundTranscript.from_bytes(fields[3]))
+        generation = decode_uint(fields[4], 4) if len(fields) == 5 else 0
+        if len(fields) == 5 and generation == 0:
+            raise InvalidInput("generation 0 is written without its field")
+        return cls(fields[1], fields[2], RoundTranscript.from_bytes(fields[3]), generation)
 
 
 def replay_correction(

@@ -68,12 +68,21 @@ def build_client(
 
 def paillier_jobs(config: ParticipantConfig, client: CoordinatorClient) -> PaillierJobs:
     """This organization's paillier jobs outside the daemon (export): its state directory, and its
-    CA, which the certificates of every version's transcript are checked against."""
+    CA and membership list, which the certificates and organizations of every version's
+    transcript are checked against."""
     tls = _tls_files(config)
+    if tls is None:
+        return PaillierJobs(PaillierStateStore(config.state_dir), client)
+    identity = IdentityFiles(tls)
+    membership = MembershipStore(
+        config.state_dir, lambda: identity().ca, required=config.require_membership_list
+    )
     return PaillierJobs(
         PaillierStateStore(config.state_dir),
         client,
-        identity=IdentityFiles(tls) if tls is not None else None,
+        identity=identity,
+        membership=membership,
+        ledger=ContributionLedger(config.state_dir),
     )
 
 

@@ -280,8 +280,10 @@ class PhaseMessage:
 class JobMessage:
     """An accepted message of a job's key ceremony (docs/paillier.md, "In the service").
 
-    ``kind`` is ``job_key``, ``dealt_key``, ``sealed:<receiver>`` or ``confirm``; job keys keep
-    the sender's certificate from the TLS handshake, which peers verify them against.
+    ``kind`` is ``job_key``, ``dealt_key``, ``sealed:<receiver>`` or ``confirm`` (prefixed
+    ``g<n>/`` in key generation ``n`` >= 1), ``stopped``, or ``rotate:<n>`` (no organization: key
+    generation ``n`` starts); job keys keep the sender's certificate from the TLS handshake, which
+    peers verify them against.
     """
 
     job_id: str

@@ -167,6 +167,14 @@ def _ceremony_to_pb(step: CeremonyStep) -> pb.KeyCeremonyStep:
         dealt_key=step.dealt_key,
         dealer_certificate_pem=step.dealer_certificate_pem,
         sealed_key=step.sealed_key,
+        key_generation=step.generation,
+        revoked_holders=[
+            pb.RevokedKeyHolder(
+                key_generation=generation,
+                job_key=pb.AdvertisedKeys(signed_keys=key, certificate_pem=pem),
+            )
+            for generation, key, pem in step.revoked_holders
+        ],
     )
     if step.parameters is not None:
         message.parameters.CopyFrom(secagg_parameters_to_pb(step.parameters))

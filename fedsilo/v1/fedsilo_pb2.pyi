@@ -381,17 +381,29 @@ class KeyCeremonyStep(_message.Message):
     DEALER_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     SEALED_KEY_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    KEY_GENERATION_FIELD_NUMBER: _builtins.int
+    REVOKED_HOLDERS_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     dealer: _builtins.str
     key_bits: _builtins.int
     dealt_key: _builtins.bytes
     dealer_certificate_pem: _builtins.bytes
     sealed_key: _builtins.bytes
+    key_generation: _builtins.int
+    """The key generation this step belongs to: 0 for the job's first key, one more after each
+    rotation (docs/paillier.md, "Key rotation"). A participant never goes back to an older one.
+    """
     @_builtins.property
     def job_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertisedKeys]: ...
     @_builtins.property
     def parameters(self) -> Global___SecAggParameters:
         """The job's quantization settings (vector_length and cohort are per round and unset here)."""
+
+    @_builtins.property
+    def revoked_holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokedKeyHolder]:
+        """Why each rotation happened: the job keys the revoked holders advertised in the generation
+        they held. A participant leaves its key only if the membership list does not admit one.
+        """
 
     def __init__(
         self,
@@ -404,14 +416,43 @@ class KeyCeremonyStep(_message.Message):
         dealer_certificate_pem: _builtins.bytes = ...,
         sealed_key: _builtins.bytes = ...,
         parameters: Global___SecAggParameters | None = ...,
+        key_generation: _builtins.int = ...,
+        revoked_holders: _abc.Iterable[Global___RevokedKeyHolder] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dealer", b"dealer", "dealer_certificate_pem", b"dealer_certificate_pem", "dealt_key", b"dealt_key", "job_keys", b"job_keys", "key_bits", b"key_bits", "parameters", b"parameters", "sealed_key", b"sealed_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dealer", b"dealer", "dealer_certificate_pem", b"dealer_certificate_pem", "dealt_key", b"dealt_key", "job_keys", b"job_keys", "key_bits", b"key_bits", "key_generation", b"key_generation", "parameters", b"parameters", "revoked_holders", b"revoked_holders", "sealed_key", b"sealed_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyCeremonyStep: _TypeAlias = KeyCeremonyStep  # noqa: Y015
+
+@_typing.final
+class RevokedKeyHolder(_message.Message):
+    """An organization that held a paillier job's key of generation key_generation and was revoked:
+    the job key it signed for that generation, with its certificate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_GENERATION_FIELD_NUMBER: _builtins.int
+    JOB_KEY_FIELD_NUMBER: _builtins.int
+    key_generation: _builtins.int
+    @_builtins.property
+    def job_key(self) -> Global___AdvertisedKeys: ...
+    def __init__(
+        self,
+        *,
+        key_generation: _builtins.int = ...,
+        job_key: Global___AdvertisedKeys | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job_key", b"job_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_key", b"job_key", "key_generation", b"key_generation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokedKeyHolder: _TypeAlias = RevokedKeyHolder  # noqa: Y015
 
 @_typing.final
 class RoundOutcome(_message.Message):

@@ -17,6 +17,7 @@ __all__ = [
     "AssignmentKind",
     "EndedRound",
     "KeyCeremonyStepData",
+    "RevokedKeyHolder",
     "SecAggPhase",
     "SecAggStepData",
     "StepOutcome",
@@ -72,6 +73,15 @@ class SecAggStepData:
 
 
 @dataclass(frozen=True)
+class RevokedKeyHolder:
+    """A holder of a paillier job's key of ``generation`` that was revoked: the job key it
+    signed for that generation (``JobKey`` bytes) and its certificate."""
+
+    generation: int
+    job_key: AdvertisedKeys
+
+
+@dataclass(frozen=True)
 class KeyCeremonyStepData:
     """One step of a paillier job's key ceremony (docs/paillier.md, "In the service").
 
@@ -81,6 +91,8 @@ class KeyCeremonyStepData:
     ``sealed_key`` for ``receive``. ``dealt_key`` is the dealer's signed public key
     (``DealtKey`` bytes) and ``dealer_certificate_pem`` the dealer's certificate. ``parameters``
     are the job's quantization settings (no round: threshold and cohort are unset).
+    ``generation`` is the job's key generation the step belongs to (docs/paillier.md, "Key
+    rotation"); ``revoked_holders`` are why each rotation happened.
     """
 
     action: str
@@ -91,6 +103,8 @@ class KeyCeremonyStepData:
     dealer_certificate_pem: bytes = b""
     sealed_key: bytes = b""
     parameters: SecAggParameters | None = None
+    generation: int = 0
+    revoked_holders: tuple[RevokedKeyHolder, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
+from fedsilo.paillier_versions import key_scope
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from participant.domain.assignments import (
     AdvertisedKeys,
@@ -41,10 +42,13 @@ from participant.errors import (
     PaillierStateUnreadable,
     RequestRefused,
     SecAggUnavailable,
+    StateUnreadable,
     UntrustedMessage,
 )
 from participant.service.calls import CeremonyCalls
 from participant.service.identity import OrgIdentity, utc_now
+from participant.service.key_rotation import enter_generation
+from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import job_parameters
 from participant.service.paillier_state import (
@@ -101,6 +105,7 @@ class CeremonyParticipant:
         identity: Callable[[], OrgIdentity] | None,
         *,
         membership: MembershipStore,
+        ledger: ContributionLedger | None = None,
         generate_key: KeyGenerator | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         random: RandomSource = os.urandom,
@@ -111,6 +116,7 @@ class CeremonyParticipant:
         self._store = store
         self._identity = identity
         self._membership = membership
+        self._ledger = ledger
         self._random = random
         self._generate = generate_key or (lambda bits: generate_private_key(bits, random))
         self._clock = clock
@@ -134,7 +140,9 @@ class CeremonyParticipant:
             state = self._store.load(job_id) or PaillierJobState()
         except PaillierStateUnreadable as exc:
             return self._silent(job_id, data, StepOutcome.DROPPED, logging.ERROR, str(exc), ctx)
-        digest = _step_digest(data)
+        # Under a newer membership list a refused step is weighed again (e.g. a rotation the
+        # coordinator asked for before this organization held the list revoking a holder).
+        digest = _step_digest(data, self._membership.serial)
         if state.refusal and state.refused_step == digest:
             return self._silent(
                 job_id,
@@ -145,17 +153,29 @@ class CeremonyParticipant:
                 ctx,
             )
         try:
-            checked = self._check_job(state, data)
+            # A step of a later key generation is a rotation: taken only if the membership list
+            # shows the current key compromised (participant/service/key_rotation.py).
+            current = enter_generation(
+                job_id,
+                state,
+                data,
+                identity,
+                self._membership.current(),
+                self._clock(),
+                self._last_round(job_id),
+            )
+            checked = self._check_job(current, data)
             # A key already dealt or sealed to an organization revoked since is not used again.
-            self._membership.check_key_holders(identity.participant_id, known_key_holders(state))
+            self._membership.check_key_holders(identity.participant_id, known_key_holders(checked))
+            scope = key_scope(job_id, checked.generation)
             if data.action == "advertise":
-                new_state = self._advertise(job_id, identity, checked)
+                new_state = self._advertise(job_id, scope, identity, checked)
             elif data.action == "deal":
-                new_state = self._deal(job_id, identity, checked, data)
+                new_state = self._deal(job_id, scope, identity, checked, data)
             elif data.action == "seal":
-                new_state = self._seal(job_id, identity, checked, data)
+                new_state = self._seal(job_id, scope, identity, checked, data)
             elif data.action == "receive":
-                new_state = self._receive(job_id, identity, checked, data)
+                new_state = self._receive(job_id, scope, identity, checked, data)
             else:
                 raise ProtocolViolation(f"unknown key-ceremony step {data.action!r}")
         except _LostMaterial as exc:
@@ -213,12 +233,12 @@ class CeremonyParticipant:
         return replace(state, parameters=parameters, key_bits=data.key_bits)
 
     def _advertise(
-        self, job_id: str, identity: OrgIdentity, state: PaillierJobState
+        self, job_id: str, scope: str, identity: OrgIdentity, state: PaillierJobState
     ) -> PaillierJobState:
         """Make and sign the job key once; every retry sends the same bytes."""
         if state.job_key_pair is None:
             pair, job_key = make_job_key(
-                job_id, identity.participant_id, identity.signing_key, self._random
+                scope, identity.participant_id, identity.signing_key, self._random
             )
             state = replace(state, job_key_pair=pair, job_key=job_key.to_bytes())
         else:
@@ -228,6 +248,7 @@ class CeremonyParticipant:
     def _deal(
         self,
         job_id: str,
+        scope: str,
         identity: OrgIdentity,
         state: PaillierJobState,
         data: KeyCeremonyStepData,
@@ -237,7 +258,7 @@ class CeremonyParticipant:
         pair = self._own_job_key(state, identity)
         if data.dealer and data.dealer != me:
             raise ProtocolViolation(f"asked to deal the key of dealer {data.dealer!r}")
-        holders = self._verified_job_keys(job_id, data.job_keys, identity, state)
+        holders = self._verified_job_keys(scope, data.job_keys, identity, state)
         if state.private_key:
             if not state.dealt_key or DealtKey.from_bytes(state.dealt_key).dealer != me:
                 raise ProtocolViolation(
@@ -251,7 +272,7 @@ class CeremonyParticipant:
             if key.public_key.bits != data.key_bits:
                 # A generator that breaks its contract is a programming error: it surfaces.
                 raise ValueError(f"the key generator made a {key.public_key.bits}-bit key")
-            dealt = sign_public_key(job_id, me, key.public_key, identity.signing_key)
+            dealt = sign_public_key(scope, me, key.public_key, identity.signing_key)
             state = replace(state, private_key=key.to_bytes(), dealt_key=dealt.to_bytes())
             # The key exists only here until it is sealed: persisted before anything is sent.
             self._store.save(job_id, state)
@@ -262,7 +283,7 @@ class CeremonyParticipant:
             )
         receivers = [entry for org, entry in holders.items() if org != me]
         state = _with_holders(state, holders)
-        state, sealed = self._seal_for(job_id, me, pair, key, state, receivers)
+        state, sealed = self._seal_for(scope, me, pair, key, state, receivers)
         messages = [OutgoingMessage("dealt_key", state.dealt_key)]
         if sealed:
             messages.append(OutgoingMessage("sealed", encode_fields(sealed)))
@@ -272,6 +293,7 @@ class CeremonyParticipant:
     def _seal(
         self,
         job_id: str,
+        scope: str,
         identity: OrgIdentity,
         state: PaillierJobState,
         data: KeyCeremonyStepData,
@@ -286,18 +308,19 @@ class CeremonyParticipant:
             key.public_key.to_bytes()
         ):
             raise ProtocolViolation("the seal step names another key than the one held here")
-        receivers = self._verified_job_keys(job_id, data.job_keys, identity, state)
+        receivers = self._verified_job_keys(scope, data.job_keys, identity, state)
         if me in receivers:
             raise ProtocolViolation("asked to seal the job's key for this participant itself")
         if not receivers:
             raise ProtocolViolation("the seal step lists no job key to seal for")
         state = _with_holders(state, receivers)
-        state, sealed = self._seal_for(job_id, me, pair, key, state, list(receivers.values()))
+        state, sealed = self._seal_for(scope, me, pair, key, state, list(receivers.values()))
         return self._queue(job_id, state, [OutgoingMessage("sealed", encode_fields(sealed))])
 
     def _receive(
         self,
         job_id: str,
+        scope: str,
         identity: OrgIdentity,
         state: PaillierJobState,
         data: KeyCeremonyStepData,
@@ -316,7 +339,7 @@ class CeremonyParticipant:
         # The dealer made the key: a key from an organization the CA's list does not admit is
         # never used.
         self._membership.check_peers(me, {dealt.dealer: data.dealer_certificate_pem})
-        public = dealt.verify(job_id, dealer_key)
+        public = dealt.verify(scope, dealer_key)
         if public.bits != data.key_bits:
             raise ProtocolViolation(
                 f"the dealt key has {public.bits} bits, the job asks for {data.key_bits}"
@@ -331,11 +354,11 @@ class CeremonyParticipant:
                 raise ProtocolViolation(f"the sealed key is addressed to {sealed.receiver!r}")
             if len(data.job_keys) != 1:
                 raise ProtocolViolation("a receive step names exactly one sender's job key")
-            senders = self._verified_job_keys(job_id, data.job_keys, identity, state)
+            senders = self._verified_job_keys(scope, data.job_keys, identity, state)
             (sender,) = senders.values()
             if sender.participant == me:
                 raise ProtocolViolation("the sealed key claims to come from this participant")
-            key = open_private_key(job_id, sealed, pair, sender, public)
+            key = open_private_key(scope, sealed, pair, sender, public)
             state = replace(
                 state,
                 private_key=key.to_bytes(),
@@ -352,6 +375,17 @@ class CeremonyParticipant:
 
     # -- checks and material --------------------------------------------------------------------
 
+    def _last_round(self, job_id: str) -> int:
+        """The highest round number this organization started in the job (0: none, or no
+        ledger)."""
+        if self._ledger is None:
+            return 0
+        try:
+            rounds = self._ledger.rounds(job_id)
+        except StateUnreadable as exc:
+            raise _LostMaterial(str(exc)) from None
+        return max((entry.number for entry in rounds.values()), default=0)
+
     def _own_job_key(self, state: PaillierJobState, identity: OrgIdentity) -> AgreementKeyPair:
         if state.job_key_pair is None or not state.job_key:
             raise _LostMaterial(
@@ -364,7 +398,7 @@ class CeremonyParticipant:
 
     def _verified_job_keys(
         self,
-        job_id: str,
+        scope: str,
         offered: tuple[AdvertisedKeys, ...],
         identity: OrgIdentity,
         state: PaillierJobState,
@@ -386,7 +420,7 @@ class CeremonyParticipant:
                 verifying = verify_peer_certificate(
                     item.certificate_pem, identity.ca, entry.participant, Role.PARTICIPANT, now
                 )
-                entry.verify(job_id, verifying)
+                entry.verify(scope, verifying)
                 # A key is sealed for, or received from, admitted organizations only.
                 self._membership.check_peers(
                     identity.participant_id, {entry.participant: item.certificate_pem}
@@ -396,7 +430,7 @@ class CeremonyParticipant:
 
     def _seal_for(
         self,
-        job_id: str,
+        scope: str,
         me: str,
         pair: AgreementKeyPair,
         key: PaillierPrivateKey,
@@ -410,7 +444,7 @@ class CeremonyParticipant:
             encoded = receiver.to_bytes()
             previous = kept.get(receiver.participant)
             if previous is None or previous.job_key != encoded:
-                sealed = seal_private_key(job_id, key, me, pair, receiver, self._random)
+                sealed = seal_private_key(scope, key, me, pair, receiver, self._random)
                 previous = SealedFor(encoded, sealed.to_bytes())
                 kept[receiver.participant] = previous
             bodies.append(previous.sealed)
@@ -489,8 +523,9 @@ def _with_holders(state: PaillierJobState, holders: Mapping[str, JobKey]) -> Pai
     return replace(state, key_holders=state.key_holders | set(holders))
 
 
-def _step_digest(data: KeyCeremonyStepData) -> bytes:
-    """What identifies a step: a refused one is recognised when it is offered again."""
+def _step_digest(data: KeyCeremonyStepData, membership_serial: int) -> bytes:
+    """What identifies a step under the membership list held: a refused one is recognised when
+    it is offered again."""
     parameters = None if data.parameters is None else asdict(data.parameters)
     fields = [
         encode_text(data.action),
@@ -503,5 +538,16 @@ def _step_digest(data: KeyCeremonyStepData) -> bytes:
         data.dealer_certificate_pem,
         data.sealed_key,
         json.dumps(parameters, sort_keys=True).encode(),
+        str(data.generation).encode(),
+        str(membership_serial).encode(),
+        encode_fields(
+            field
+            for holder in data.revoked_holders
+            for field in (
+                str(holder.generation).encode(),
+                holder.job_key.signed_keys,
+                holder.job_key.certificate_pem,
+            )
+        ),
     ]
     return hashlib.sha256(encode_fields(fields)).digest()

@@ -11,6 +11,10 @@ optimizer state of version ``v - 1`` (docs/strategies.md): the step is determini
 organization rebuilds the same bits. It rebuilds any version from version 0 by applying
 versions ``1..v`` in order, and keeps each version it rebuilt and its optimizer state
 (:class:`PaillierStateStore`), so each is decrypted once.
+
+Each version says which key generation it is under (docs/paillier.md, "Key rotation"): it is
+decrypted and its tag checked with that generation's key, the current one or one retired by a
+rotation (kept read-only for this), and the generations along the chain never go back.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ from fedsilo.strategies import (
     StrategyError,
     apply_server_step,
 )
-from participant.errors import ModelUnavailable, PaillierStateUnreadable
+from participant.errors import ModelUnavailable, PaillierStateUnreadable, ParticipantError
 from participant.service.calls import ModelCalls
 from participant.service.identity import OrgIdentity, utc_now
+from participant.service.ledger import ContributionLedger
+from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_state import (
     OutgoingMessage,
     PaillierJobState,
     PaillierStateStore,
+    RetiredKey,
     known_key_holders,
 )
 from secagg import ProtocolViolation, QuantizationSpec, RandomSource, SecAggError
@@ -88,7 +95,11 @@ class PaillierJobs:
     ``workers`` is the process pool for encryption and decryption (one for the daemon's
     lifetime; :meth:`close` stops it); None runs small batches here and large ones on a
     temporary pool. ``identity`` gives the consortium CA that the certificates in a version's
-    transcript are checked against; without it no version after 0 is decrypted.
+    transcript are checked against; without it no version after 0 is decrypted. ``membership``
+    is the consortium's membership list, which every organization in a version's transcript
+    must be admitted by (None: the certificates are checked against the CA only). ``ledger``
+    is this organization's record of the rounds it started: a version of a round it started
+    after leaving a key generation is refused under that generation's key.
     """
 
     def __init__(
@@ -97,6 +108,8 @@ class PaillierJobs:
         client: ModelCalls,
         *,
         identity: Callable[[], OrgIdentity] | None = None,
+        membership: MembershipStore | None = None,
+        ledger: ContributionLedger | None = None,
         workers: PaillierWorkers | None = None,
         random: RandomSource = os.urandom,
         clock: Callable[[], dt.datetime] = utc_now,
@@ -104,10 +117,12 @@ class PaillierJobs:
         self._store = store
         self._client = client
         self._identity = identity
+        self._membership = membership
+        self._ledger = ledger
         self._workers = workers
         self._random = random
         self._clock = clock
-        self._keys: dict[str, PaillierPrivateKey] = {}
+        self._keys: dict[tuple[str, int], PaillierPrivateKey] = {}
         self._new_stops = False
 
     @property
@@ -131,15 +146,34 @@ class PaillierJobs:
             return True
 
     def private_key(self, job_id: str) -> PaillierPrivateKey | None:
-        """The job's Paillier private key, None if this participant does not hold it."""
-        key = self._keys.get(job_id)
-        if key is not None:
-            return key
+        """The job's current Paillier private key, None if this participant does not hold it."""
         state = self._store.load(job_id)
-        if state is None or not state.private_key:
+        if state is None:
             return None
-        key = PaillierPrivateKey.from_bytes(state.private_key)
-        self._keys[job_id] = key
+        return self._generation_key(job_id, state, state.generation)
+
+    def generation(self, job_id: str) -> int:
+        """The job's key generation this participant is at (0 for an unknown job)."""
+        state = self._store.load(job_id)
+        return 0 if state is None else state.generation
+
+    def _generation_key(
+        self, job_id: str, state: PaillierJobState, generation: int
+    ) -> PaillierPrivateKey | None:
+        """The key of one generation: the current one or a retired one; None if not held."""
+        cached = self._keys.get((job_id, generation))
+        if cached is not None:
+            return cached
+        if generation == state.generation:
+            encoded = state.private_key
+        else:
+            encoded = next(
+                (item.private_key for item in state.retired if item.generation == generation), b""
+            )
+        if not encoded:
+            return None
+        key = PaillierPrivateKey.from_bytes(encoded)
+        self._keys[job_id, generation] = key
         return key
 
     def key_holders(self, job_id: str) -> frozenset[str]:
@@ -259,7 +293,7 @@ class PaillierJobs:
         base_version, weights, optimizer = self._start_of_chain(job_id, version, server)
         if base_version == version:
             return version, weights
-        key, spec = self._key_and_spec(job_id)
+        spec = self._spec(job_id)
         # Every version has the shapes of version 0.
         specs = specs_of(weights)
         # The inputs of round v were tagged for the bytes of version v - 1 their makers served.
@@ -268,6 +302,7 @@ class PaillierJobs:
             raise ModelUnavailable(
                 f"version {base_version} was kept without the digest of its served bytes"
             )
+        base_generation = self._store.version_generation(job_id, base_version)
         for current in range(base_version + 1, version + 1):
             if latest is not None and latest[0] == current:
                 tensors = latest[1]
@@ -275,7 +310,9 @@ class PaillierJobs:
                 tensors = self._download(job_id, current)[1]
             served = tensors_sha256(tensors)
             try:
-                mean = self._apply(job_id, current, key, spec, specs, weights, tensors, base_served)
+                mean, base_generation = self._apply(
+                    job_id, current, spec, specs, weights, tensors, base_served, base_generation
+                )
             except VersionRefused as exc:
                 self._stop(job_id, current, str(exc))
                 raise
@@ -291,7 +328,7 @@ class PaillierJobs:
                 self._store.save_optimizer_state(job_id, current, optimizer)
             else:
                 weights = mean
-            self._store.save_model(job_id, current, weights, served)
+            self._store.save_model(job_id, current, weights, served, base_generation)
             base_served = served
         return version, weights
 
@@ -405,37 +442,54 @@ class PaillierJobs:
             raise ModelUnavailable(f"asked for model version {version}, the coordinator sent {got}")
         return got, tensors
 
-    def _key_and_spec(self, job_id: str) -> tuple[PaillierPrivateKey, QuantizationSpec]:
+    def _spec(self, job_id: str) -> QuantizationSpec:
         try:
             state = self._store.load(job_id)
-            key = self.private_key(job_id)
-        except (PaillierStateUnreadable, SecAggError) as exc:
+        except PaillierStateUnreadable as exc:
             raise ModelUnavailable(f"the paillier state of this job is unusable: {exc}") from None
-        if state is None or key is None:
+        if state is None or (not state.private_key and not state.retired):
             raise ModelUnavailable(
                 "the models of this paillier job are encrypted and this participant holds no "
                 "key for it"
             )
-        return key, _quantization(state)
+        return _quantization(state)
+
+    def _version_key(self, job_id: str, version: int, generation: int) -> PaillierPrivateKey:
+        """The key of the generation a version is under; ModelUnavailable if not held here
+        (nothing is decrypted, so the refusal tells the coordinator nothing)."""
+        try:
+            state = self._store.load(job_id)
+            key = None if state is None else self._generation_key(job_id, state, generation)
+        except (PaillierStateUnreadable, SecAggError) as exc:
+            raise ModelUnavailable(f"the paillier state of this job is unusable: {exc}") from None
+        if key is None:
+            held = "none" if state is None else str(state.generation)
+            raise ModelUnavailable(
+                f"version {version} is under key generation {generation} of the job, whose key "
+                f"this participant does not hold (it is at generation {held})"
+            )
+        return key
 
     def _apply(
         self,
         job_id: str,
         version: int,
-        key: PaillierPrivateKey,
         spec: QuantizationSpec,
         specs: Sequence[TensorSpec],
         base: Weights,
         tensors: Weights,
         base_served: bytes,
-    ) -> Weights:
-        """The mean model of round ``version``: ``base`` + the weighted mean delta it released.
+        base_generation: int,
+    ) -> tuple[Weights, int]:
+        """The mean model of round ``version``: ``base`` + the weighted mean delta it released,
+        and the key generation it was under.
 
         Nothing decrypted is the coordinator's choice (docs/paillier.md, "Authenticated
         versions"): the correction and the contributor count are recomputed from the round's
         signed messages, and the summed ciphertexts must carry the tag of inputs made for this
         job, the round those messages name and version ``version - 1`` as this participant
-        holds it. Anything else raises VersionRefused.
+        holds it, under the key of the generation the record names (never older than the
+        base's). Anything else raises VersionRefused.
         """
         length = sum(math.prod(s.shape) for s in specs) + 1
         if (
@@ -450,9 +504,20 @@ class PaillierJobs:
                 f"a correction of {length} {spec.dtype} words"
             )
         data, served_correction = tensors
-        public = key.public_key
         try:
             record = PaillierVersion.from_bytes(data.tobytes())
+        except SecAggError as exc:
+            raise VersionRefused(f"version {version} is malformed: {exc}") from None
+        if record.generation < base_generation:
+            # Rotations happen between rounds: a later version is never under an older key.
+            raise VersionRefused(
+                f"version {version} claims key generation {record.generation}, older than the "
+                f"generation {base_generation} of version {version - 1}"
+            )
+        key = self._version_key(job_id, version, record.generation)
+        self._check_retired_round(job_id, version, record)
+        public = key.public_key
+        try:
             summed = PaillierCiphertexts.from_bytes(record.ciphertexts, public)
             layout = PackingLayout(spec.modulus_bits, spec.max_participants, public.bits)
             if summed.layout != layout or summed.value_count != length:
@@ -475,7 +540,9 @@ class PaillierJobs:
                 f"contributions, the round's signed survivor set "
                 f"{len(record.transcript.contributors)}"
             )
-        binding = tag_binding(job_id, record.transcript.round_id, version - 1, base_served)
+        binding = tag_binding(
+            job_id, record.transcript.round_id, version - 1, base_served, record.generation
+        )
         try:
             plaintexts = decrypt_integers(key, summed.ciphertexts, workers=self._workers)
             (tag_plaintext,) = decrypt_integers(key, [tag])
@@ -518,10 +585,11 @@ class PaillierJobs:
             summed.contributions,
             **context(job=job_id),
         )
-        return [
+        weights = [
             (np.asarray(b, dtype=np.float64) + d).astype(np.float32)
             for b, d in zip(base, delta, strict=True)
         ]
+        return weights, record.generation
 
     def _replay(
         self,
@@ -532,7 +600,8 @@ class PaillierJobs:
         length: int,
     ) -> npt.NDArray[Any]:
         """The round's mask correction from its transcript, every certificate and signature
-        checked: the certificates against the consortium CA, the signatures by the replay."""
+        checked: the certificates against the consortium CA and the membership list, the
+        signatures by the replay."""
         if self._identity is None:
             raise ModelUnavailable(
                 "verifying a paillier version needs the organization's CA certificate; this "
@@ -554,6 +623,7 @@ class PaillierJobs:
                 f"version {version}: a certificate in the round's transcript does not verify "
                 f"now: {exc}"
             ) from None
+        self._check_transcript_members(job_id, version, record)
         try:
             return replay_correction(
                 transcript,
@@ -566,6 +636,57 @@ class PaillierJobs:
             raise VersionRefused(
                 f"version {version}: the round's signed messages do not verify: {exc}"
             ) from None
+
+    def _check_retired_round(self, job_id: str, version: int, record: PaillierVersion) -> None:
+        """A version under a retired key generation comes from a round started before this
+        organization left that generation, as far as its own ledger knows: the revoked holder of
+        the old key could make a later round's tag under it."""
+        if self._ledger is None:
+            return
+        state = self._store.load(job_id)
+        retired = None if state is None else _retired(state, record.generation)
+        if retired is None:
+            return
+        try:
+            entry = self._ledger.rounds(job_id).get(record.transcript.round_id)
+        except ParticipantError as exc:
+            raise ModelUnavailable(f"version {version}: {exc}") from None
+        if entry is not None and entry.number > retired.last_round:
+            raise VersionRefused(
+                f"version {version} claims key generation {record.generation}, but this "
+                f"organization took part in its round (number {entry.number}) under a later "
+                "generation: its inputs were not encrypted under that key"
+            )
+
+    def _check_transcript_members(self, job_id: str, version: int, record: PaillierVersion) -> None:
+        """Every organization of the round's transcript is admitted by the membership list
+        held now, with the certificate it signed with; under a key generation retired since,
+        also one the list revokes by name (the revocation is what retired that key).
+
+        ModelUnavailable otherwise: nothing was decrypted, so the refusal tells the coordinator
+        nothing about the aggregate.
+        """
+        if self._membership is None or self._identity is None:
+            return
+        me = self._identity().participant_id
+        try:
+            state = self._store.load(job_id)
+            held = self._membership.current()
+            retired = state is not None and record.generation < state.generation
+            for org, _, pem in record.transcript.keys:
+                if retired and held is not None and org in held.revoked:
+                    continue
+                self._membership.check_peers(me, {org: pem})
+        except (ParticipantError, PeerCertificateError) as exc:
+            log_refused_member(exc, context(job=job_id))
+            raise ModelUnavailable(
+                f"version {version}: the round's transcript names an organization the "
+                f"membership list does not admit: {exc}"
+            ) from None
+
+
+def _retired(state: PaillierJobState, generation: int) -> RetiredKey | None:
+    return next((item for item in state.retired if item.generation == generation), None)
 
 
 def _stopped_message(state: PaillierJobState) -> str:

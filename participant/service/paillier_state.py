@@ -5,7 +5,9 @@ One directory per job, ``state_dir/paillier/<job_id>/`` (mode 0700):
 - ``job.json`` (0600): the job's quantization settings and key size as first received, this
   participant's X25519 job key pair and its signed public part, the dealer's signed public key
   (``DealtKey``), the Paillier private key, the keys this participant sealed for others, the
-  key-ceremony messages not yet acknowledged (the outbox), and the last refused ceremony step.
+  key-ceremony messages not yet acknowledged (the outbox), and the last refused ceremony step;
+  the job's key generation and the keys of earlier generations (read-only, to decrypt the
+  versions made under them: docs/paillier.md, "Key rotation").
 - ``models/<version>.json`` + ``models/<version>.bin`` (0600): the global model versions this
   participant decrypted (or downloaded: version 0), as tensor-codec header and payload, so each
   version is decrypted once.
@@ -52,6 +54,7 @@ __all__ = [
     "OutgoingMessage",
     "PaillierJobState",
     "PaillierStateStore",
+    "RetiredKey",
     "SealedFor",
     "known_key_holders",
 ]
@@ -81,6 +84,19 @@ class SealedFor:
 
 
 @dataclass(frozen=True)
+class RetiredKey:
+    """The key of an earlier generation of the job, left after a rotation: never used to
+    encrypt again, kept to decrypt and verify the versions made under it. ``last_round`` is the
+    highest round number this participant had started in the job when it left the generation:
+    a round it started after is under a later key."""
+
+    generation: int
+    dealt_key: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    last_round: int = 0
+
+
+@dataclass(frozen=True)
 class PaillierJobState:
     """What this participant keeps for one paillier job (see the module docstring).
 
@@ -98,6 +114,9 @@ class PaillierJobState:
     ``stopped`` is why this participant stopped
     serving the job for good (a served version failed verification, ``stopped_version``): it
     takes part in none of the job's rounds again and decrypts no version from then on.
+    ``generation`` is the key generation the job-key, key and holder fields belong to (0: the
+    job's first key); it only goes up, and ``retired`` keeps the keys of the earlier
+    generations this participant held (docs/paillier.md, "Key rotation").
     """
 
     parameters: SecAggParameters | None = None
@@ -114,6 +133,8 @@ class PaillierJobState:
     key_holders: frozenset[str] = frozenset()
     stopped: str = ""
     stopped_version: int = 0
+    generation: int = 0
+    retired: tuple[RetiredKey, ...] = field(default=(), repr=False)
 
 
 def known_key_holders(state: PaillierJobState) -> frozenset[str]:
@@ -197,12 +218,13 @@ class PaillierStateStore:
         version: int,
         weights: Sequence[npt.NDArray[Any]],
         served_sha256: bytes = b"",
+        generation: int = 0,
     ) -> None:
         """Keep a model version (the payload first: the header's presence marks it complete).
 
         ``served_sha256`` is the digest of the bytes the coordinator served for this version
         (the ciphertexts it was decrypted from, or version 0 itself): what a round trained from
-        it binds.
+        it binds. ``generation`` is the key generation it was encrypted under.
         """
         payload_path, meta_path = self._model_paths(job_id, version)
         private_directory(payload_path.parent)
@@ -214,6 +236,7 @@ class PaillierStateStore:
             "total_bytes": header.total_bytes,
             "sha256": header.sha256.hex(),
             "served_sha256": served_sha256.hex(),
+            "generation": generation,
         }
         write_private(meta_path, json.dumps(meta).encode())
 
@@ -225,6 +248,15 @@ class PaillierStateStore:
             return bytes.fromhex(recorded) or None
         except (OSError, ValueError, AttributeError):
             return None
+
+    def version_generation(self, job_id: str, version: int) -> int:
+        """The key generation a kept version was encrypted under (0 when not recorded: kept
+        before rotations existed, or version 0)."""
+        _, meta_path = self._model_paths(job_id, version)
+        try:
+            return int(json.loads(meta_path.read_bytes()).get("generation", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0
 
     # -- the optimizer state of the job's strategy ----------------------------------------------
 
@@ -271,6 +303,16 @@ def _encode(state: PaillierJobState) -> dict[str, Any]:
         "key_holders": sorted(state.key_holders),
         "stopped": state.stopped,
         "stopped_version": state.stopped_version,
+        "generation": state.generation,
+        "retired": [
+            {
+                "generation": item.generation,
+                "dealt_key": item.dealt_key.hex(),
+                "private_key": item.private_key.hex(),
+                "last_round": item.last_round,
+            }
+            for item in state.retired
+        ],
     }
 
 
@@ -308,4 +350,15 @@ def _decode(data: Any) -> PaillierJobState:
         # Absent in state written before versions were verified: never stopped.
         stopped=str(data.get("stopped", "")),
         stopped_version=int(data.get("stopped_version", 0)),
+        # Absent in state written before rotations: the job's first key, nothing retired.
+        generation=int(data.get("generation", 0)),
+        retired=tuple(
+            RetiredKey(
+                int(item["generation"]),
+                bytes.fromhex(item["dealt_key"]),
+                bytes.fromhex(item["private_key"]),
+                int(item.get("last_round", 0)),
+            )
+            for item in data.get("retired", ())
+        ),
     )

@@ -103,13 +103,19 @@ class ParticipantDaemon:
         self._ceremony: CeremonyParticipant | None = None
         if paillier_states is not None:
             self._paillier = PaillierJobs(
-                paillier_states, client, identity=identity, workers=paillier_workers
+                paillier_states,
+                client,
+                identity=identity,
+                membership=membership,
+                ledger=ledger,
+                workers=paillier_workers,
             )
             self._ceremony = CeremonyParticipant(
                 client,
                 paillier_states,
                 identity,
                 membership=membership,
+                ledger=ledger,
                 generate_key=generate_paillier_key,
                 min_key_bits=job_terms.policy.min_paillier_key_bits,
             )

@@ -499,6 +499,8 @@ class SecureRoundParticipant:
                 assignment.round_id,
                 assignment.model_version,
                 state.base_sha256,
+                # The generation of the key the input is encrypted under (docs/paillier.md).
+                paillier.generation(assignment.job_id),
             )
             header, payload = paillier.encrypt_input(
                 assignment.job_id, parameters, masked.vector, binding

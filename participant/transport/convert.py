@@ -26,6 +26,7 @@ from participant.domain.assignments import (
     AssignmentKind,
     EndedRound,
     KeyCeremonyStepData,
+    RevokedKeyHolder,
     SecAggStepData,
     SubmissionReceipt,
     TaskReply,
@@ -150,4 +151,12 @@ def _ceremony_step_from_pb(step: pb.KeyCeremonyStep) -> KeyCeremonyStepData:
         parameters=secagg_parameters_from_pb(step.parameters)
         if step.HasField("parameters")
         else None,
+        generation=step.key_generation,
+        revoked_holders=tuple(
+            RevokedKeyHolder(
+                holder.key_generation,
+                AdvertisedKeys(holder.job_key.signed_keys, holder.job_key.certificate_pem),
+            )
+            for holder in step.revoked_holders
+        ),
     )

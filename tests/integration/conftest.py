@@ -27,6 +27,7 @@ from coordinator.transport.server import (
 from coordinator.transport.servicers import ParticipantServicer
 from fedsilo.admin import AdminClient
 from fedsilo.config import (
+    AcceptSection,
     BackoffSection,
     CoordinatorConfig,
     DatabaseSection,
@@ -282,6 +283,7 @@ def run_daemon(pki: ConsortiumPki, tmp_path: Path) -> Iterator[Callable[..., Dae
         target: str,
         poll_seconds: float = 1.0,
         backoff: BackoffSection = BackoffSection(initial_seconds=0.05, max_seconds=0.5),
+        accept: AcceptSection | None = None,
     ) -> DaemonThread:
         tls = pki.participant_tls(org)
         config = ParticipantConfig(
@@ -293,6 +295,7 @@ def run_daemon(pki: ConsortiumPki, tmp_path: Path) -> Iterator[Callable[..., Dae
             poll_seconds=poll_seconds,
             rpc_timeout_seconds=RPC_TIMEOUT_S,
             backoff=backoff,
+            accept=accept or AcceptSection(),
         )
         stop = threading.Event()
         daemon, channels = build_daemon(config, stop)

@@ -15,19 +15,31 @@ State is the job's rows in ``job_messages`` (kinds ``job_key``, ``dealt_key``,
 The coordinator checks the shapes, the senders' signatures against the certificates they
 presented in the TLS handshake, and that sealed keys and confirmations name the one public
 key; it cannot open a sealed key (they are encrypted under keys agreed between participants).
+
+Key generations (docs/paillier.md, "Key rotation"): when an organization that holds the job's
+key (its dealer, an organization it was sealed for, or one that confirmed it) is revoked,
+:meth:`CeremonyCoordinator.rotate_if_revoked` starts generation ``g + 1`` before the next round
+opens: a row of kind ``rotate:<g + 1>`` (no organization; its body names the revoked holders),
+after which the same steps run again among the organizations still admitted, with their
+messages stored under kinds prefixed ``g<g + 1>/``. Every step names the generation and
+carries the signed job keys the revoked holders advertised in the generation they held, which
+participants check against the membership list before they leave the old key.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coordinator.domain.jobs import Job, JobMessage
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
 from coordinator.service.engines.secure_rounds import certificate_key
+from fedsilo.logs import context
+from fedsilo.paillier_versions import key_scope
 from fedsilo.protection import SecAggParameters
-from secagg import SecAggError, decode_fields
+from secagg import SecAggError, decode_fields, decode_text, encode_fields, encode_text
 from secagg.paillier import DealtKey, JobKey, PaillierPublicKey, SealedKey
 
 __all__ = ["ACTIONS", "CeremonyStep", "CeremonyCoordinator"]
@@ -38,6 +50,11 @@ stopped serving the job for good because a model version failed its verification
 the reason (UTF-8), shown to the admin, and the organization is in no later cohort."""
 
 _MAX_REASON_BYTES = 4096
+
+_ROTATE = "rotate:"
+"""The kind of the row that starts key generation ``n`` (``rotate:<n>``)."""
+
+log = logging.getLogger("coordinator")
 
 _MAX_BODY_BYTES = 4 << 20
 
@@ -54,15 +71,25 @@ class CeremonyStep:
     dealer_certificate_pem: bytes = b""
     sealed_key: bytes = b""
     parameters: SecAggParameters | None = None
+    generation: int = 0
+    revoked_holders: tuple[tuple[int, bytes, bytes], ...] = ()
+    """(generation, signed job key, certificate PEM) of every holder revoked from an earlier
+    generation: why each rotation happened, for participants to check."""
 
 
 @dataclass(frozen=True)
 class _State:
+    """The messages of the job's current key generation (``generation``)."""
+
     job_keys: dict[str, JobMessage]
     dealt: JobMessage | None
     sealed: dict[str, JobMessage]  # receiver -> message
     confirmed: tuple[str, ...]
-    stopped: dict[str, str]  # org -> the reason it gave
+    stopped: dict[str, str]  # org -> the reason it gave (any generation)
+    generation: int = 0
+    advertised: frozenset[str] = frozenset()  # sent a job key in any generation
+    revoked_holders: tuple[tuple[int, bytes, bytes], ...] = ()
+    last_change: float | None = None  # when the generation's latest row was accepted
 
     def dealer_for(self, min_participants: int) -> str | None:
         """Who deals: the lowest id among the first ``min_participants`` job keys accepted
@@ -78,23 +105,104 @@ class CeremonyCoordinator:
 
     @staticmethod
     def _state(tx: Transaction, job_id: str) -> _State:
+        messages = tx.list_job_messages(job_id)
+        rotations = {
+            int(m.kind.removeprefix(_ROTATE)): m for m in messages if m.kind.startswith(_ROTATE)
+        }
+        generation = max(rotations, default=0)
+        prefix = _prefix(generation)
         job_keys: dict[str, JobMessage] = {}
         sealed: dict[str, JobMessage] = {}
         dealt: JobMessage | None = None
         confirmed: list[str] = []
         stopped: dict[str, str] = {}
-        for message in tx.list_job_messages(job_id):
-            if message.kind == "job_key":
-                job_keys[message.org_id] = message
-            elif message.kind == "dealt_key":
-                dealt = message
-            elif message.kind.startswith("sealed:"):
-                sealed[message.kind.removeprefix("sealed:")] = message
-            elif message.kind == "confirm":
-                confirmed.append(message.org_id)
-            elif message.kind == "stopped":
+        advertised: set[str] = set()
+        earlier_keys: dict[tuple[int, str], JobMessage] = {}
+        last_change: float | None = None
+        for message in messages:
+            generation_of, kind = _split_kind(message.kind)
+            if kind == "job_key":
+                advertised.add(message.org_id)
+                earlier_keys[generation_of, message.org_id] = message
+            if message.kind == "stopped":
+                # Stopping is for the job, whatever its key.
                 stopped[message.org_id] = message.body.decode("utf-8", "replace")
-        return _State(job_keys, dealt, sealed, tuple(sorted(confirmed)), stopped)
+                continue
+            if message.kind == f"{_ROTATE}{generation}" or (
+                generation_of == generation and message.kind.startswith(prefix)
+            ):
+                last_change = message.created_at
+            if generation_of != generation or message.kind.startswith(_ROTATE):
+                continue
+            if kind == "job_key":
+                job_keys[message.org_id] = message
+            elif kind == "dealt_key":
+                dealt = message
+            elif kind.startswith("sealed:"):
+                sealed[kind.removeprefix("sealed:")] = message
+            elif kind == "confirm":
+                confirmed.append(message.org_id)
+        revoked_holders = []
+        for new_generation, marker in sorted(rotations.items()):
+            for org in _read_names(marker.body):
+                advertised_key = earlier_keys.get((new_generation - 1, org))
+                if advertised_key is not None:
+                    revoked_holders.append(
+                        (new_generation - 1, advertised_key.body, advertised_key.certificate_pem)
+                    )
+        return _State(
+            job_keys,
+            dealt,
+            sealed,
+            tuple(sorted(confirmed)),
+            stopped,
+            generation,
+            frozenset(advertised),
+            tuple(revoked_holders),
+            last_change,
+        )
+
+    def rotation_note(self, tx: Transaction, job_id: str) -> str:
+        """While a new key generation is being dealt: which, and whose revocation started it."""
+        state = self._state(tx, job_id)
+        if not state.generation or state.dealt is not None:
+            return ""
+        revoked = sorted(
+            {JobKey.from_bytes(key).participant for _, key, _ in state.revoked_holders}
+        )
+        return (
+            f"rotating the job's Paillier key: key generation {state.generation} is being dealt "
+            f"(revoked key holders: {', '.join(revoked) or 'none advertised'})"
+        )
+
+    def generation(self, tx: Transaction, job_id: str) -> int:
+        """The job's current key generation (0 until a rotation)."""
+        return self._state(tx, job_id).generation
+
+    def rotate_if_revoked(
+        self, tx: Transaction, job: Job, revoked: set[str], now: float
+    ) -> tuple[str, ...]:
+        """Start the next key generation if an organization that holds the current key is
+        revoked; returns those organizations (empty: the key is kept)."""
+        state = self._state(tx, job.job_id)
+        if state.dealt is None:
+            return ()
+        holders = {state.dealt.org_id, *state.sealed, *state.confirmed}
+        compromised = tuple(sorted(holders & revoked))
+        if not compromised:
+            return ()
+        generation = state.generation + 1
+        tx.add_job_message(
+            JobMessage(job.job_id, "", f"{_ROTATE}{generation}", _names(compromised), b"", "", now)
+        )
+        log.warning(
+            "the job's Paillier key was held by revoked %s: key generation %d starts among the "
+            "organizations still admitted",
+            ", ".join(compromised),
+            generation,
+            **context(job=job.job_id, phase="ceremony"),
+        )
+        return compromised
 
     def holders(self, tx: Transaction, job_id: str) -> tuple[str, ...]:
         """The organizations that confirmed they hold the job's private key (sorted)."""
@@ -105,13 +213,15 @@ class CeremonyCoordinator:
         return self._state(tx, job_id).stopped
 
     def settled(self, tx: Transaction, job: Job, live: tuple[str, ...], now: float) -> bool:
-        """Whether a round may open: every live organization holds the key, or the ceremony
-        has been quiet for a phase deadline (the rest join a later round once they hold it)."""
-        messages = tx.list_job_messages(job.job_id)
-        confirmed = {m.org_id for m in messages if m.kind == "confirm"}
-        if all(org in confirmed for org in live):
+        """Whether a round may open: every live organization holds the current key, or the
+        ceremony has been quiet for a phase deadline (the rest join a later round once they
+        hold it). A key generation with no key dealt yet is never settled."""
+        state = self._state(tx, job.job_id)
+        if state.generation and state.dealt is None:
+            return False
+        if all(org in state.confirmed for org in live):
             return True
-        last = max((m.created_at for m in messages), default=now)
+        last = now if state.last_change is None else state.last_change
         return now - last > job.spec.phase_timeout_seconds
 
     def public_key(self, tx: Transaction, job_id: str) -> PaillierPublicKey | None:
@@ -125,6 +235,15 @@ class CeremonyCoordinator:
     ) -> CeremonyStep | None:
         """The ceremony task of ``org_id`` in ``job`` now, or None."""
         state = self._state(tx, job.job_id)
+        step = self._step(state, job, org_id, parameters)
+        if step is None:
+            return None
+        return replace(step, generation=state.generation, revoked_holders=state.revoked_holders)
+
+    @staticmethod
+    def _step(
+        state: _State, job: Job, org_id: str, parameters: SecAggParameters
+    ) -> CeremonyStep | None:
         bits = job.spec.paillier_key_bits
         if org_id not in state.job_keys:
             return CeremonyStep("advertise", key_bits=bits, parameters=parameters)
@@ -197,9 +316,13 @@ class CeremonyCoordinator:
             raise InvalidRequest(f"a ceremony message is limited to {_MAX_BODY_BYTES} bytes")
         state = self._state(tx, job.job_id)
         try:
-            return self._check(job, state, org_id, action, body, certificate_pem)
+            rows = self._check(job, state, org_id, action, body, certificate_pem)
         except SecAggError as exc:
             raise InvalidRequest(f"the {action} message was refused: {exc}") from None
+        prefix = _prefix(state.generation)
+        return [
+            (kind if kind == "stopped" else prefix + kind, data, pem) for kind, data, pem in rows
+        ]
 
     def _check(
         self,
@@ -210,12 +333,23 @@ class CeremonyCoordinator:
         body: bytes,
         certificate_pem: bytes,
     ) -> list[tuple[str, bytes, bytes]]:
+        scope = key_scope(job.job_id, state.generation)
         if action == "job_key":
             key = JobKey.from_bytes(body)
             if key.participant != org_id:
                 raise InvalidRequest("a job key must name its sender")
-            key.verify(job.job_id, certificate_key(certificate_pem))
+            key.verify(scope, certificate_key(certificate_pem))
             return [("job_key", body, certificate_pem)]
+        if action == "stopped":
+            if org_id not in state.advertised:
+                raise WrongRoundPhase("this organization has sent no job key")
+            if len(body) > _MAX_REASON_BYTES:
+                raise InvalidRequest(f"a reason is limited to {_MAX_REASON_BYTES} bytes")
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest("a reason is UTF-8 text") from None
+            return [("stopped", body, b"")]
         if org_id not in state.job_keys:
             raise WrongRoundPhase("this organization has sent no job key")
         if action == "dealt_key":
@@ -226,9 +360,7 @@ class CeremonyCoordinator:
             dealt = DealtKey.from_bytes(body)
             if dealt.dealer != org_id:
                 raise InvalidRequest("a dealt key must name its dealer")
-            public = dealt.verify(
-                job.job_id, certificate_key(state.job_keys[org_id].certificate_pem)
-            )
+            public = dealt.verify(scope, certificate_key(state.job_keys[org_id].certificate_pem))
             if public.bits != job.spec.paillier_key_bits:
                 raise InvalidRequest(
                     f"the job asks for a {job.spec.paillier_key_bits}-bit key, not {public.bits}"
@@ -236,14 +368,6 @@ class CeremonyCoordinator:
             return [("dealt_key", body, b"")]
         if state.dealt is None:
             raise WrongRoundPhase("the job's key has not been dealt yet")
-        if action == "stopped":
-            if len(body) > _MAX_REASON_BYTES:
-                raise InvalidRequest(f"a reason is limited to {_MAX_REASON_BYTES} bytes")
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRequest("a reason is UTF-8 text") from None
-            return [("stopped", body, b"")]
         if action == "sealed":
             if org_id != state.dealt.org_id and org_id not in state.confirmed:
                 raise WrongRoundPhase("only a holder of the job's key may seal it")
@@ -270,3 +394,24 @@ class CeremonyCoordinator:
 
 def _advertised(messages: Iterable[JobMessage]) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((m.body, m.certificate_pem) for m in messages)
+
+
+def _prefix(generation: int) -> str:
+    """What the kinds of a key generation's rows start with (nothing for generation 0)."""
+    return f"g{generation}/" if generation else ""
+
+
+def _split_kind(kind: str) -> tuple[int, str]:
+    """(generation, kind without its prefix) of a stored row's kind."""
+    head, slash, rest = kind.partition("/")
+    if slash and head.startswith("g") and head[1:].isdigit():
+        return int(head[1:]), rest
+    return 0, kind
+
+
+def _names(names: Iterable[str]) -> bytes:
+    return encode_fields(encode_text(name) for name in names)
+
+
+def _read_names(data: bytes) -> tuple[str, ...]:
+    return tuple(decode_text(item) for item in decode_fields(data))

@@ -18,7 +18,7 @@ from coordinator.domain.rounds import Phase, Round, RoundEvent
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
-from coordinator.service.engines.base import CeremonyRow
+from coordinator.service.engines.base import CeremonyRow, revoked_orgs
 from coordinator.service.engines.masked_engine import MaskedRoundEngine
 from coordinator.service.engines.paillier_ceremony import CeremonyCoordinator, CeremonyStep
 from coordinator.service.payloads import ReceivedPayload, decode_payload
@@ -53,6 +53,11 @@ class PaillierRoundEngine(MaskedRoundEngine):
     def select_cohort(
         self, tx: Transaction, job: Job, live: tuple[str, ...], now: float
     ) -> tuple[str, ...] | None:
+        # A key held by a revoked organization is not used for another round: a new key
+        # generation is dealt among the organizations still admitted first (docs/paillier.md,
+        # "Key rotation").
+        if self._ceremony.rotate_if_revoked(tx, job, revoked_orgs(tx), now):
+            return None
         # Only organizations that hold the job's key can take part; the first rounds wait
         # until the ceremony settles.
         if not self._ceremony.settled(tx, job, live, now):
@@ -64,12 +69,17 @@ class PaillierRoundEngine(MaskedRoundEngine):
         return super().select_cohort(tx, job, tuple(org for org in live if org in holders), now)
 
     def status_note(self, tx: Transaction, job: Job) -> str:
+        notes = []
+        rotation = self._ceremony.rotation_note(tx, job.job_id)
+        if rotation:
+            notes.append(rotation)
         stopped = self._ceremony.stopped(tx, job.job_id)
-        if not stopped:
-            return ""
-        return "stopped serving this job for good: " + "; ".join(
-            f"{org} ({reason})" for org, reason in sorted(stopped.items())
-        )
+        if stopped:
+            notes.append(
+                "stopped serving this job for good: "
+                + "; ".join(f"{org} ({reason})" for org, reason in sorted(stopped.items()))
+            )
+        return "; ".join(notes)
 
     def ceremony_step(self, tx: Transaction, job: Job, org_id: str) -> CeremonyStep | None:
         return self._ceremony.step_for(tx, job, org_id, self._secure.job_parameters(job))
@@ -166,12 +176,14 @@ class PaillierRoundEngine(MaskedRoundEngine):
             with self._ctx.store.transaction() as tx:
                 correction = self._secure.mask_correction(tx, round_, job)
                 transcript = self._transcript(tx, round_, job)
+                # Rotations happen only between rounds: the round's inputs are under this one.
+                generation = self._ceremony.generation(tx, job.job_id)
         except SecAggError as exc:
             self._ledger.abort(round_, job, f"unmasking failed: {exc}", now)
             return
         assert round_.accumulator_ref is not None  # U3 has at least t >= 2 members
         summed, tag = _read_accumulator(self._ctx.blobs.get(round_.accumulator_ref))
-        record = PaillierVersion(summed, tag, transcript).to_bytes()
+        record = PaillierVersion(summed, tag, transcript, generation).to_bytes()
         _, payload = encode_tensors([np.frombuffer(record, dtype=np.uint8), correction])
         result_ref = self._ctx.blobs.put(payload)
         crash_point("coordinator.secagg.before_aggregated")

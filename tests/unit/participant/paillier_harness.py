@@ -251,13 +251,17 @@ class PaillierParticipant:
     def __post_init__(self) -> None:
         identity = IdentityFiles(identity_files(self.pki, self.org))
         store = PaillierStateStore(self.state_dir)
-        self.paillier = PaillierJobs(store, self.transport, identity=identity)
         self.membership = membership_store(self.state_dir, self.pki)
+        ledger = ContributionLedger(self.state_dir)
+        self.paillier = PaillierJobs(
+            store, self.transport, identity=identity, membership=self.membership, ledger=ledger
+        )
         self.ceremony = CeremonyParticipant(
             self.transport,
             store,
             identity,
             membership=self.membership,
+            ledger=ledger,
             generate_key=self.generate,
             min_key_bits=self.min_key_bits,
         )
@@ -274,7 +278,7 @@ class PaillierParticipant:
             train,
             paillier=self.paillier,
             terms=JobTermsStore(self.state_dir, AcceptPolicy()),
-            ledger=ContributionLedger(self.state_dir),
+            ledger=ledger,
             membership=self.membership,
         )
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_pem_x509_certificate
 from sqlalchemy import select
 
-from coordinator.domain.jobs import Job, JobSpec, SecAggSettings
+from coordinator.domain.jobs import Job, JobSpec, MetricReport, SecAggSettings
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import ConflictingSubmission, InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence import schema
@@ -42,7 +42,12 @@ from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
 from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
-from fedsilo.paillier_versions import PaillierVersion, replay_correction, tag_binding
+from fedsilo.paillier_versions import (
+    PaillierVersion,
+    key_scope,
+    replay_correction,
+    tag_binding,
+)
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
 from fedsilo.protection import (
     Protection,
@@ -148,6 +153,8 @@ class Participant:
         assert item.job is not None and item.ceremony is not None
         job_id, me, step = item.job.job_id, self.org.org_id, item.ceremony
         pem = self.org.certificate_pem
+        # What the generation's keys sign and seal under (the job id for the first key).
+        scope = key_scope(job_id, step.generation)
 
         def send(action: str, body: bytes) -> None:
             service.submit_ceremony(me, job_id, action, body, pem)
@@ -157,19 +164,19 @@ class Participant:
             sealed = []
             for signed, _ in advertised:
                 receiver = JobKey.from_bytes(signed)
-                receiver.verify(job_id, self.peers[receiver.participant])
+                receiver.verify(scope, self.peers[receiver.participant])
                 sealed.append(
-                    seal_private_key(job_id, self.paillier, me, self.job_pair, receiver, os.urandom)
+                    seal_private_key(scope, self.paillier, me, self.job_pair, receiver, os.urandom)
                 )
             send("sealed", encode_fields(item.to_bytes() for item in sealed))
 
         if step.action == "advertise":
-            self.job_pair, job_key = make_job_key(job_id, me, self.org.key, os.urandom)
+            self.job_pair, job_key = make_job_key(scope, me, self.org.key, os.urandom)
             send("job_key", job_key.to_bytes())
         elif step.action == "deal":
             assert self.dealer_key is not None
             self.paillier = self.dealer_key
-            dealt = sign_public_key(job_id, me, self.paillier.public_key, self.org.key)
+            dealt = sign_public_key(scope, me, self.paillier.public_key, self.org.key)
             send("dealt_key", dealt.to_bytes())
             seal_for(tuple(k for k in step.job_keys if JobKey.from_bytes(k[0]).participant != me))
             send("confirm", self.paillier.public_key.fingerprint)
@@ -178,11 +185,11 @@ class Participant:
         else:
             assert step.action == "receive" and self.job_pair is not None
             dealt = DealtKey.from_bytes(step.dealt_key)
-            public = dealt.verify(job_id, self.peers[dealt.dealer])
+            public = dealt.verify(scope, self.peers[dealt.dealer])
             sender = JobKey.from_bytes(step.job_keys[0][0])
-            sender.verify(job_id, self.peers[sender.participant])
+            sender.verify(scope, self.peers[sender.participant])
             sealed = SealedKey.from_bytes(step.sealed_key)
-            self.paillier = open_private_key(job_id, sealed, self.job_pair, sender, public)
+            self.paillier = open_private_key(scope, sealed, self.job_pair, sender, public)
             send("confirm", public.fingerprint)
         return True
 
@@ -246,7 +253,13 @@ class Participant:
         service.submit_update(
             self.org.org_id,
             UpdateSubmission(
-                item.round.job_id, item.round.round_id, Phase.INPUTS, 0, 0, 0.0, header
+                item.round.job_id,
+                item.round.round_id,
+                Phase.INPUTS,
+                item.round.base_version,
+                0,
+                0.0,
+                header,
             ),
             payload,
         )
@@ -990,6 +1003,64 @@ def test_organizations_that_stopped_serving_a_paillier_job_are_shown_and_left_ou
         view.waiting_reason
     )
     assert "org-e (model version 1" in view.waiting_reason
+
+
+def test_a_revoked_key_holder_starts_a_new_key_generation_before_the_next_round(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    job = _paillier_job(consortium, paillier_key, num_rounds=2)
+    first = consortium.run(job)
+    assert first.phase is Phase.COMMITTED and "org-e" in first.contributors
+    old_key_of_e = _job_key(consortium, job, "org-e").to_bytes()
+    MembershipService(consortium.store, clock=lambda: consortium.clock.now).revoke("org-e", "admin")
+    del consortium.participants["org-e"]  # refused at its next call
+
+    consortium.service.tick()
+    # No round under the key org-e holds: generation 1 starts first, with why it started.
+    assert len(consortium.service.get_job(job.job_id).rounds) == 1
+    # (The ceremony step alternates with other work, e.g. evaluating version 1.)
+    items = [consortium.service.next_work("org-b") for _ in range(3)]
+    step = next(i.ceremony for i in items if i.kind is WorkKind.KEY_CEREMONY)
+    assert step is not None and (step.action, step.generation) == ("advertise", 1)
+    assert [(g, key) for g, key, _ in step.revoked_holders] == [(0, old_key_of_e)]
+    # The admin sees why no round opens.
+    assert "key generation 1 is being dealt (revoked key holders: org-e)" in (
+        consortium.service.get_job(job.job_id).waiting_reason
+    )
+    # A job key of generation 0 is not one of generation 1 (the signature binds the generation).
+    with pytest.raises(InvalidRequest, match="job_key message was refused"):
+        consortium.service.submit_ceremony(
+            "org-b",
+            job.job_id,
+            "job_key",
+            _job_key(consortium, job, "org-b").to_bytes(),
+            consortium.orgs["org-b"].certificate_pem,
+        )
+    for org in consortium.participants:  # version 1 evaluated: no evaluation work is left
+        consortium.service.report_metrics(
+            MetricReport(job.job_id, 1, org, 1, 0.5, 0.5, consortium.clock.now)
+        )
+    for _ in range(10):  # the ceremony of generation 1, then round 2 opens
+        if len(consortium.service.get_job(job.job_id).rounds) == 2:
+            break
+        consortium.step()
+        consortium.service.tick()
+    second = consortium.run(job)
+    assert second.phase is Phase.COMMITTED, second.abort_reason
+    assert (
+        sorted(second.cohort) == sorted(second.contributors) == ["org-a", "org-b", "org-c", "org-d"]
+    )
+    generations = []
+    for version in (1, 2):
+        _, header, payload = consortium.service.read_model(job.job_id, version, encrypted=True)
+        record, _ = decode_tensors(header, payload)
+        generations.append(PaillierVersion.from_bytes(record.tobytes()).generation)
+    assert generations == [0, 1]
+    with consortium.store.transaction() as tx:
+        kinds = [(m.org_id, m.kind) for m in tx.list_job_messages(job.job_id)]
+    assert ("", "rotate:1") in kinds
+    assert not any(org == "org-e" and kind.startswith("g1/") for org, kind in kinds)
+    assert not any(kind == "g1/sealed:org-e" for _, kind in kinds)
 
 
 def test_bad_ciphertexts_are_refused_and_change_nothing(
