@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from coordinator.errors import StorageUnavailable
 from fedsilo.chunking import ChunkError
+from fedsilo.files import remove_orphaned
 
 __all__ = ["SpooledUpload", "UploadSpool"]
 
@@ -115,13 +116,7 @@ class UploadSpool:
     def _remove_stale(self) -> None:
         """Remove what an earlier process (killed mid-upload) left: its uploads will never be
         used. Files of another live process sharing the directory are kept."""
-        removed = 0
-        for path in self.files():
-            pid = _owner_pid(path.name)
-            if pid is not None and pid != os.getpid() and _alive(pid):
-                continue
-            path.unlink(missing_ok=True)
-            removed += 1
+        removed = remove_orphaned(self.files(), _owner_pid)
         if removed:
             log.info("removed %d upload(s) left in the spool by an earlier run", removed)
 
@@ -161,16 +156,6 @@ def _bounded(chunks: Iterable[bytes], total_bytes: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _owner_pid(name: str) -> int | None:
-    pid = name.removeprefix(_PREFIX).split("-", 1)[0]
+def _owner_pid(path: Path) -> int | None:
+    pid = path.name.removeprefix(_PREFIX).split("-", 1)[0]
     return int(pid) if pid.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: not ours to judge
-    return True
