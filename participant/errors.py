@@ -7,6 +7,7 @@ import enum
 __all__ = [
     "CallFailed",
     "CallStatus",
+    "CoordinatorBusy",
     "CoordinatorUnavailable",
     "LocalStateError",
     "MembershipUnavailable",
@@ -64,15 +65,24 @@ class CallFailed(ParticipantError):
         self.details = details
 
     @staticmethod
-    def of(status: CallStatus, details: str) -> CallFailed:
-        """The error of the status's kind: unavailable for a transient one, refused otherwise."""
+    def of(status: CallStatus, details: str, *, call_limit: bool = False) -> CallFailed:
+        """The error of the status's kind: unavailable for a transient one, busy for a refusal
+        by the coordinator's concurrent-call cap (``call_limit``), refused otherwise."""
         if status in TRANSIENT:
             return CoordinatorUnavailable(status, details)
+        if call_limit and status is CallStatus.RESOURCE_EXHAUSTED:
+            return CoordinatorBusy(status, details)
         return RequestRefused(status, details)
 
 
 class CoordinatorUnavailable(CallFailed):
     """The coordinator could not be reached or did not answer in time (after the retries)."""
+
+
+class CoordinatorBusy(CoordinatorUnavailable):
+    """The coordinator refused the call for its cap on concurrent calls (RESOURCE_EXHAUSTED with
+    the call-limit trailer): it succeeds once other calls end, so it is retried with backoff. A
+    RESOURCE_EXHAUSTED without the trailer (a message over the size limit) is a refusal."""
 
 
 class RequestRefused(CallFailed):

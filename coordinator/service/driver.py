@@ -9,6 +9,7 @@ next tick reads the new state.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -42,12 +43,14 @@ class RoundDriver:
                 running = tx.list_jobs((JobState.RUNNING,))
             for round_ in open_rounds:
                 changed |= self._unless_overtaken(
-                    lambda r=round_: self._advance_round(r), round_.job_id
+                    functools.partial(self._advance_round, round_), round_.job_id
                 )
             busy = {r.job_id for r in open_rounds}
             for job in running:
                 if job.job_id not in busy:
-                    changed |= self._unless_overtaken(lambda j=job: self._open_round(j), job.job_id)
+                    changed |= self._unless_overtaken(
+                        functools.partial(self._open_round, job), job.job_id
+                    )
         if changed:
             self._ctx.changes.notify()
 

@@ -33,6 +33,7 @@ from fedsilo.idle import IdleWatchdog
 from fedsilo.logs import context as log_context
 from fedsilo.pki import Role
 from fedsilo.tls import PeerIdentity, identity_from_auth_context
+from fedsilo.wire import CALL_LIMIT_TRAILER
 
 __all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "CallLimiter", "current_identity", "status_for"]
 
@@ -215,6 +216,9 @@ def _acquire(context: grpc.ServicerContext, identity: PeerIdentity, policy: _Pol
     if limiter is not None and not limiter.acquire(
         identity.org_id, participant_call=policy.participant_call
     ):
+        # Marked, so that a participant retries this refusal (and not an oversized message,
+        # which gRPC also answers with RESOURCE_EXHAUSTED).
+        context.set_trailing_metadata((CALL_LIMIT_TRAILER,))
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "too many concurrent calls (from this organization, or from all of them); "
