@@ -11,21 +11,22 @@ from fedsilo import chunking
 from fedsilo.codec import CodecError, decode_tensors, header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["CALL_LIMIT_TRAILER", "header_then_chunks", "receive_model", "refused_for_call_limit"]
+__all__ = ["BUSY_TRAILER", "header_then_chunks", "receive_model", "refused_as_busy"]
 
 M = TypeVar("M")
 
-CALL_LIMIT_TRAILER = ("fedsilo-refusal", "call-limit")
-"""Trailing metadata of a RESOURCE_EXHAUSTED that the coordinator's concurrent-call cap sent.
+BUSY_TRAILER = ("fedsilo-refusal", "busy")
+"""Trailing metadata of a RESOURCE_EXHAUSTED that frees up as other calls end: the coordinator's
+cap on concurrent calls, or its upload spool's disk budget.
 
 gRPC answers a message over the size limit with RESOURCE_EXHAUSTED too; sending that message
-again can never succeed, while a call refused for the cap succeeds once other calls end. The
-trailer tells the two apart (docs/configuration.md, "Limits")."""
+again can never succeed, while a call refused for a busy coordinator succeeds later. The trailer
+tells the two apart (docs/configuration.md, "Limits")."""
 
 
-def refused_for_call_limit(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-    """Whether a failed call's trailing metadata carries :data:`CALL_LIMIT_TRAILER`."""
-    return any((key, value) == CALL_LIMIT_TRAILER for key, value in (trailing_metadata or ()))
+def refused_as_busy(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    """Whether a failed call's trailing metadata carries :data:`BUSY_TRAILER`."""
+    return any((key, value) == BUSY_TRAILER for key, value in (trailing_metadata or ()))
 
 
 def header_then_chunks(

@@ -65,12 +65,12 @@ class CallFailed(ParticipantError):
         self.details = details
 
     @staticmethod
-    def of(status: CallStatus, details: str, *, call_limit: bool = False) -> CallFailed:
+    def of(status: CallStatus, details: str, *, busy: bool = False) -> CallFailed:
         """The error of the status's kind: unavailable for a transient one, busy for a refusal
         by the coordinator's concurrent-call cap (``call_limit``), refused otherwise."""
         if status in TRANSIENT:
             return CoordinatorUnavailable(status, details)
-        if call_limit and status is CallStatus.RESOURCE_EXHAUSTED:
+        if busy and status is CallStatus.RESOURCE_EXHAUSTED:
             return CoordinatorBusy(status, details)
         return RequestRefused(status, details)
 

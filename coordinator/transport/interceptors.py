@@ -23,6 +23,7 @@ from coordinator.errors import (
     InvalidRequest,
     NotAuthorized,
     NotFound,
+    SpoolFull,
     StaleMembershipList,
     StorageUnavailable,
     WrongRoundPhase,
@@ -33,7 +34,7 @@ from fedsilo.idle import IdleWatchdog
 from fedsilo.logs import context as log_context
 from fedsilo.pki import Role
 from fedsilo.tls import PeerIdentity, identity_from_auth_context
-from fedsilo.wire import CALL_LIMIT_TRAILER
+from fedsilo.wire import BUSY_TRAILER
 
 __all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "CallLimiter", "current_identity", "status_for"]
 
@@ -52,6 +53,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     # A lost compare-and-set that outlived the use case's retries: nothing was written, and the
     # participants retry UNAVAILABLE with backoff.
     (ConcurrentUpdate, grpc.StatusCode.UNAVAILABLE),
+    # The spool's disk budget frees up as other uploads end: marked busy, retried with backoff.
+    (SpoolFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 """The only place where an error class becomes a gRPC status code."""
 
@@ -218,7 +221,7 @@ def _acquire(context: grpc.ServicerContext, identity: PeerIdentity, policy: _Pol
     ):
         # Marked, so that a participant retries this refusal (and not an oversized message,
         # which gRPC also answers with RESOURCE_EXHAUSTED).
-        context.set_trailing_metadata((CALL_LIMIT_TRAILER,))
+        context.set_trailing_metadata((BUSY_TRAILER,))
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "too many concurrent calls (from this organization, or from all of them); "
@@ -247,6 +250,8 @@ def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         log.exception("unexpected error in %s", method)
     else:
         log.info("%s -> %s: %s", method, code.name, message)
+    if isinstance(exc, SpoolFull):
+        context.set_trailing_metadata((BUSY_TRAILER,))
     context.abort(code, message)
 
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from fedsilo.wire import refused_for_call_limit
+from fedsilo.wire import refused_as_busy
 from participant.errors import CallFailed, CallStatus
 
 __all__ = ["call_status", "mapped_rpc_errors"]
@@ -34,5 +34,5 @@ def mapped_rpc_errors() -> Iterator[None]:
             exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
         )
         raise CallFailed.of(
-            call_status(code), details or "", call_limit=refused_for_call_limit(trailers)
+            call_status(code), details or "", busy=refused_as_busy(trailers)
         ) from exc

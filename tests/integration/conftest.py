@@ -101,6 +101,8 @@ def start_test_coordinator(
         metrics_listen: str = "",
         tensorboard_dir: Path | None = None,
         publish_membership: bool = True,
+        max_payload_bytes: int = 1 << 30,
+        spool_bytes_per_org: int = 0,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -121,6 +123,8 @@ def start_test_coordinator(
                 max_workers=max_workers,
                 reserved_workers=reserved_workers,
                 stream_idle_seconds=stream_idle_seconds,
+                max_payload_bytes=max_payload_bytes,
+                spool_bytes_per_org=spool_bytes_per_org,
             ),
             tick_seconds=tick_seconds,
             # Membership approval has its own tests; elsewhere every consortium member is admitted.

@@ -44,7 +44,7 @@ from fedsilo.config import CoordinatorConfig, TlsSection
 from fedsilo.tls import InsecureTransportError, TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
-from fedsilo.wire import refused_for_call_limit
+from fedsilo.wire import refused_as_busy
 from participant.domain.assignments import AssignmentKind, TaskReply
 from participant.errors import CallStatus, CoordinatorBusy
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
@@ -356,7 +356,7 @@ def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
             assert busy.status is CallStatus.RESOURCE_EXHAUSTED
             cause = busy.__cause__
             assert isinstance(cause, grpc.Call)
-            assert refused_for_call_limit(cause.trailing_metadata())
+            assert refused_as_busy(cause.trailing_metadata())
             worker.start()
             wait_for(lambda: len(attempts) >= 2, RPC_TIMEOUT_S, "a call again after a refusal")
             assert not holds[0].done()  # every refusal so far was the cap's

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 import participant
-from fedsilo.wire import CALL_LIMIT_TRAILER
+from fedsilo.wire import BUSY_TRAILER
 from participant.errors import (
     CallFailed,
     CallStatus,
@@ -101,7 +101,7 @@ def test_the_call_caps_refusal_is_retried_and_an_oversized_message_is_not() -> N
         with mapped_rpc_errors():
             if len(calls) < 3:
                 raise _RpcError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls", (CALL_LIMIT_TRAILER,)
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls", (BUSY_TRAILER,)
                 )
             raise _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max")
 
@@ -110,10 +110,10 @@ def test_the_call_caps_refusal_is_retried_and_an_oversized_message_is_not() -> N
     assert len(calls) == 3
     assert raised.value.status is CallStatus.RESOURCE_EXHAUSTED
     with pytest.raises(CoordinatorBusy), mapped_rpc_errors():
-        raise _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", (CALL_LIMIT_TRAILER,))
+        raise _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", (BUSY_TRAILER,))
     # The mark means nothing on another status.
     with pytest.raises(RequestRefused), mapped_rpc_errors():
-        raise _RpcError(grpc.StatusCode.NOT_FOUND, "unknown job", (CALL_LIMIT_TRAILER,))
+        raise _RpcError(grpc.StatusCode.NOT_FOUND, "unknown job", (BUSY_TRAILER,))
 
 
 def test_a_command_gives_up_on_an_unavailable_coordinator() -> None:
