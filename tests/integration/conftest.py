@@ -8,9 +8,12 @@ Nothing sleeps to wait: conditions are polled with a deadline.
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.persistence.blobs import BlobStore
+from coordinator.persistence.store import Store
 from coordinator.transport.server import (
     ParticipantServicerFactory,
     RunningCoordinator,
@@ -34,7 +38,7 @@ from fedsilo.config import (
     ParticipantConfig,
     TlsSection,
 )
-from fedsilo.pki import Role, create_ca, issue, make_demo_pki
+from fedsilo.pki import DemoPki, IssuedFiles, Role, create_ca, issue, make_demo_pki
 from fedsilo.tls import TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
@@ -62,21 +66,76 @@ from integration_shift_task import ORG_SETTINGS, TASK_SPEC  # noqa: E402
 # -- PKI -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> ConsortiumPki:
-    demo = make_demo_pki(tmp_path / "pki", list(ORGS))
+_PKI_DIRS = ("pki", "foreign-ca", "foreign")
+
+
+@pytest.fixture(scope="session")
+def pki_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ConsortiumPki]:
+    """The consortium's keys and certificates, made once per session (each test gets a copy)."""
+    root = tmp_path_factory.mktemp("pki-template")
+    demo = make_demo_pki(root / "pki", list(ORGS))
     foreign_ca = create_ca("evil consortium CA")
-    foreign_ca_files = foreign_ca.save(tmp_path / "foreign-ca")
-    foreign_org_a = issue(foreign_ca, "org-a", Role.PARTICIPANT, tmp_path / "foreign")
-    return ConsortiumPki(demo, foreign_ca_files.cert_path, foreign_org_a)
+    foreign_ca_files = foreign_ca.save(root / "foreign-ca")
+    foreign_org_a = issue(foreign_ca, "org-a", Role.PARTICIPANT, root / "foreign")
+    return root, ConsortiumPki(demo, foreign_ca_files.cert_path, foreign_org_a)
+
+
+@pytest.fixture
+def pki(pki_template: tuple[Path, ConsortiumPki], tmp_path: Path) -> ConsortiumPki:
+    """A private copy of the session's consortium PKI under ``tmp_path``: a test may renew or
+    damage its files (rotation, revocation) without touching another test's."""
+    root, made = pki_template
+    for name in _PKI_DIRS:
+        shutil.copytree(root / name, tmp_path / name)
+
+    def moved(path: Path) -> Path:
+        return tmp_path / path.relative_to(root)
+
+    def moved_files(files: IssuedFiles) -> IssuedFiles:
+        return IssuedFiles(moved(files.cert_path), moved(files.key_path))
+
+    demo = made.demo
+    return ConsortiumPki(
+        DemoPki(
+            ca_cert=moved(demo.ca_cert),
+            ca_key=moved(demo.ca_key),
+            coordinator=moved_files(demo.coordinator),
+            participants={org: moved_files(f) for org, f in demo.participants.items()},
+            admin=moved_files(demo.admin),
+            membership_list=moved(demo.membership_list),
+        ),
+        moved(made.foreign_ca_cert),
+        moved_files(made.foreign_org_a),
+    )
 
 
 # -- coordinator -----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty coordinator database at the newest schema, made once per session.
+
+    Each test's coordinator starts on a copy of it: creating the schema on a new file runs every
+    migration (about a quarter of a second, mostly fsyncs), once per test otherwise. The copy is
+    what the coordinator would have made; migrations themselves are tested on their own
+    (tests/unit/coordinator/persistence/test_migrations.py).
+    """
+    path = tmp_path_factory.mktemp("schema") / "coordinator.db"
+    Store(f"sqlite:///{path}").close()
+    return path
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """Copy a closed SQLite database through SQLite's backup API (consistent whatever the
+    journal mode)."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
 @pytest.fixture
 def start_test_coordinator(
-    pki: ConsortiumPki, tmp_path: Path
+    pki: ConsortiumPki, tmp_path: Path, migrated_sqlite: Path
 ) -> Iterator[Callable[..., RunningCoordinator]]:
     """Factory: start a coordinator on 127.0.0.1:<port> (0 = any); all are stopped at teardown.
 
@@ -106,6 +165,9 @@ def start_test_coordinator(
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
+        if database_url is None and not (data_dir / "coordinator.db").exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            copy_sqlite(migrated_sqlite, data_dir / "coordinator.db")
         config = CoordinatorConfig(
             listen=f"127.0.0.1:{port}",
             data_dir=data_dir,
