@@ -9,11 +9,9 @@ Nothing sleeps to wait: conditions are polled with a deadline.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.persistence.blobs import BlobStore
-from coordinator.persistence.store import Store
 from coordinator.transport.server import (
     ParticipantServicerFactory,
     RunningCoordinator,
@@ -112,30 +109,9 @@ def pki(pki_template: tuple[Path, ConsortiumPki], tmp_path: Path) -> ConsortiumP
 # -- coordinator -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty coordinator database at the newest schema, made once per session.
-
-    Each test's coordinator starts on a copy of it: creating the schema on a new file runs every
-    migration (about a quarter of a second, mostly fsyncs), once per test otherwise. The copy is
-    what the coordinator would have made; migrations themselves are tested on their own
-    (tests/unit/coordinator/persistence/test_migrations.py).
-    """
-    path = tmp_path_factory.mktemp("schema") / "coordinator.db"
-    Store(f"sqlite:///{path}").close()
-    return path
-
-
-def copy_sqlite(source: Path, target: Path) -> None:
-    """Copy a closed SQLite database through SQLite's backup API (consistent whatever the
-    journal mode)."""
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)
-
-
 @pytest.fixture
 def start_test_coordinator(
-    pki: ConsortiumPki, tmp_path: Path, migrated_sqlite: Path
+    pki: ConsortiumPki, tmp_path: Path, new_coordinator_db: Callable[[Path], str]
 ) -> Iterator[Callable[..., RunningCoordinator]]:
     """Factory: start a coordinator on 127.0.0.1:<port> (0 = any); all are stopped at teardown.
 
@@ -167,7 +143,7 @@ def start_test_coordinator(
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
         if database_url is None and not (data_dir / "coordinator.db").exists():
             data_dir.mkdir(parents=True, exist_ok=True)
-            copy_sqlite(migrated_sqlite, data_dir / "coordinator.db")
+            new_coordinator_db(data_dir / "coordinator.db")
         config = CoordinatorConfig(
             listen=f"127.0.0.1:{port}",
             data_dir=data_dir,

@@ -357,7 +357,10 @@ class Consortium:
 
 
 @pytest.fixture
-def consortium(tmp_path: Path, orgs: dict[str, Org]) -> Iterator[Consortium]:
+def consortium(
+    tmp_path: Path, orgs: dict[str, Org], new_coordinator_db: Callable[[Path], str]
+) -> Iterator[Consortium]:
+    new_coordinator_db(tmp_path / "coordinator.db")  # the schema made once per session
     made = Consortium(tmp_path, orgs, ("org-a", "org-b", "org-c", "org-d", "org-e"))
     yield made
     made.close()
