@@ -66,8 +66,9 @@ class CallFailed(ParticipantError):
 
     @staticmethod
     def of(status: CallStatus, details: str, *, busy: bool = False) -> CallFailed:
-        """The error of the status's kind: unavailable for a transient one, busy for a refusal
-        by the coordinator's concurrent-call cap (``call_limit``), refused otherwise."""
+        """The error of the status's kind: unavailable for a transient one, busy for a
+        RESOURCE_EXHAUSTED marked busy (``busy``: the coordinator's call cap or spool budget),
+        refused otherwise."""
         if status in TRANSIENT:
             return CoordinatorUnavailable(status, details)
         if busy and status is CallStatus.RESOURCE_EXHAUSTED:
@@ -80,9 +81,10 @@ class CoordinatorUnavailable(CallFailed):
 
 
 class CoordinatorBusy(CoordinatorUnavailable):
-    """The coordinator refused the call for its cap on concurrent calls (RESOURCE_EXHAUSTED with
-    the call-limit trailer): it succeeds once other calls end, so it is retried with backoff. A
-    RESOURCE_EXHAUSTED without the trailer (a message over the size limit) is a refusal."""
+    """The coordinator refused the call for a limit that frees up as other calls end (its cap on
+    concurrent calls, its upload spool's disk budget: RESOURCE_EXHAUSTED with the busy trailer of
+    ``fedsilo.wire``), so it is retried with backoff. A RESOURCE_EXHAUSTED without the trailer
+    (a message over the size limit) is a refusal."""
 
 
 class RequestRefused(CallFailed):

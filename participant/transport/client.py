@@ -214,7 +214,7 @@ class CoordinatorClient:
             try:
                 result = call()
             except CallFailed as exc:
-                # Transient: unreachable, too slow, or busy with other calls (the call cap).
+                # Transient: unreachable, too slow, or busy (call cap, spool budget).
                 if not isinstance(exc, CoordinatorUnavailable) or (
                     deadline is not None and time.monotonic() >= deadline
                 ):

@@ -23,7 +23,7 @@ def call_status(code: grpc.StatusCode | None) -> CallStatus:
 @contextmanager
 def mapped_rpc_errors() -> Iterator[None]:
     """Raise a failed call's ``grpc.RpcError`` as ``CoordinatorUnavailable`` (transient, or
-    ``CoordinatorBusy``: refused by the coordinator's concurrent-call cap) or ``RequestRefused``
+    ``CoordinatorBusy``: refused by a coordinator limit marked busy) or ``RequestRefused``
     (any other status); the gRPC error stays attached as the cause."""
     try:
         yield

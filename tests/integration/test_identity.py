@@ -315,7 +315,7 @@ def test_per_organization_call_cap_refuses_the_greedy_member_only(
 def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
     start_test_coordinator: Callable[..., RunningCoordinator], pki: ConsortiumPki
 ) -> None:
-    # The cap's RESOURCE_EXHAUSTED carries the call-limit trailer; the participant's client
+    # The cap's RESOURCE_EXHAUSTED carries the busy trailer; the participant's client
     # backs off and calls again (an oversized message, without the trailer, is refused for good:
     # test_bad_input_grpc.py, S6).
     running = start_test_coordinator(max_calls_per_org=1)
