@@ -147,17 +147,26 @@ def test_silent_uploads_of_two_organizations_cannot_freeze_the_coordinator(
         yield  # sends nothing until the test ends
 
     try:
-        held = [
-            stubs[org].SubmitUpdate.future(silent(), timeout=4 * DEADLINE_S)
-            for org in ("org-a", "org-b")
-            for _ in range(4)
+        # Each slot: the silent upload holding it now. One cut by its idle time before the test
+        # saw the budget full (a busy machine) is opened again.
+        slots = [org for org in ("org-a", "org-b") for _ in range(4)]
+        holding = [
+            stubs[org].SubmitUpdate.future(silent(), timeout=4 * DEADLINE_S) for org in slots
         ]
+        held = list(holding)
 
         def exhausted() -> bool:
+            for index, call in enumerate(holding):
+                if call.done():
+                    holding[index] = stubs[slots[index]].SubmitUpdate.future(
+                        silent(), timeout=4 * DEADLINE_S
+                    )
+                    held.append(holding[index])
             try:
                 stubs["org-c"].GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)
             except grpc.RpcError as exc:
-                return exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                full = exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                return full and not any(call.done() for call in holding)
             return False
 
         deadline = time.monotonic() + DEADLINE_S
