@@ -51,14 +51,15 @@ demo: $(STAMP)
 # pipeline), and the TF.js export run in TF.js. The compose testbed on a real engine is
 # `make testbed` (deploy/README.md).
 # The fast tests run on every core (pytest-xdist); the rest, which start processes, databases
-# and TensorFlow of their own, one at a time, with the slowest listed at the end.
+# and TensorFlow of their own, two at a time (they mostly wait on deadlines, idle phases and
+# shaped links; each has its own ports, directories and namespaces), with the slowest listed.
 FAST_TESTS := not tf and not postgres and not system and not slow
 test: $(STAMP) $(KFP_STAMP) $(TFJS_STAMP)
 	scripts/ensure-test-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n auto -m "$(FAST_TESTS)"
-	$(BIN)/python -m pytest -q -m "not ($(FAST_TESTS))" --durations=15
+	$(BIN)/python -m pytest -q -n 2 -m "not ($(FAST_TESTS))" --durations=15
 
 # Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.
 test-fast: $(STAMP)

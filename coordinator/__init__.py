@@ -8,7 +8,11 @@ Errors raised by the coordinator's use cases form one tree (see ``coordinator.er
     ├── WrongRoundPhase       wrong phase, late, not in cohort, old round  -> FAILED_PRECONDITION
     ├── ConflictingSubmission different bytes for an answered phase        -> ALREADY_EXISTS
     ├── NotAuthorized         wrong role or unknown identity               -> PERMISSION_DENIED
-    └── StorageUnavailable    database or blob store unavailable           -> UNAVAILABLE
+    ├── StaleMembershipList   a membership list not newer than the last    -> FAILED_PRECONDITION
+    ├── StorageUnavailable    database or blob store unavailable           -> UNAVAILABLE
+    ├── ConcurrentUpdate      a compare-and-set lost after every retry     -> UNAVAILABLE
+    └── SpoolFull             upload spool disk budget taken, for now      -> RESOURCE_EXHAUSTED
+                              (with the busy trailer of fedsilo/wire.py: retried later)
 """
 
 import fedsilo  # noqa: F401 - applies the TLS 1.3-only policy before grpc is imported

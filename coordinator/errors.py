@@ -10,6 +10,7 @@ __all__ = [
     "NotAuthorized",
     "NotFound",
     "StaleMembershipList",
+    "SpoolFull",
     "StorageUnavailable",
     "WrongRoundPhase",
 ]
@@ -54,3 +55,8 @@ class StorageUnavailable(CoordinatorError):
 class ConcurrentUpdate(CoordinatorError):
     """Another writer changed the same row first, again after every retry; nothing was
     changed and the call may be sent again."""
+
+
+class SpoolFull(CoordinatorError):
+    """The upload spool's disk budget (of the organization, or of all of them) cannot take the
+    announced size now; nothing was received, and the upload may be sent again later."""

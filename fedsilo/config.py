@@ -73,6 +73,20 @@ class LimitsSection:
     quarter of ``max_workers``, at least one."""
     stream_idle_seconds: float = 30.0
     """A request stream (an upload) that brings no message for this long is cancelled."""
+    spool_bytes_per_org: int = 0
+    """Disk one organization's uploads in flight may hold in the spool; 0: twice
+    ``max_payload_bytes``. An upload that does not fit is refused before it is read."""
+    spool_bytes_total: int = 0
+    """Disk all organizations' uploads in flight may hold in the spool; 0: eight times
+    ``max_payload_bytes`` (at least ``spool_bytes_per_org``)."""
+
+    def spool_org_budget(self) -> int:
+        """``spool_bytes_per_org`` resolved."""
+        return self.spool_bytes_per_org or 2 * self.max_payload_bytes
+
+    def spool_total_budget(self) -> int:
+        """``spool_bytes_total`` resolved."""
+        return self.spool_bytes_total or max(8 * self.max_payload_bytes, self.spool_org_budget())
 
     def reserved(self) -> int:
         """The worker threads kept from participant calls (``reserved_workers`` resolved)."""
@@ -268,6 +282,23 @@ def _coerce(hint: Any, value: Any, key: str, *, from_env: bool, base: Path) -> A
     raise ConfigError(f"{key}: unsupported setting type")
 
 
+def _check_spool_budgets(limits: LimitsSection) -> None:
+    for key in ("spool_bytes_per_org", "spool_bytes_total"):
+        if getattr(limits, key) < 0:
+            raise ConfigError(f"limits.{key}: must not be negative")
+    # A budget that cannot hold one payload of the largest size would refuse it for ever.
+    if limits.spool_org_budget() < limits.max_payload_bytes:
+        raise ConfigError(
+            f"limits.spool_bytes_per_org: {limits.spool_bytes_per_org} is below "
+            f"limits.max_payload_bytes={limits.max_payload_bytes}"
+        )
+    if limits.spool_total_budget() < limits.spool_org_budget():
+        raise ConfigError(
+            f"limits.spool_bytes_total: {limits.spool_bytes_total} is below the budget of one "
+            f"organization ({limits.spool_org_budget()})"
+        )
+
+
 def _validate(config: object) -> None:
     log_format = getattr(config, "log_format", "text")
     if log_format not in ("text", "json"):
@@ -281,6 +312,7 @@ def _validate(config: object) -> None:
         _positive(config.limits.max_concurrent_rpcs, "limits.max_concurrent_rpcs")
         _positive(config.limits.max_calls_per_org, "limits.max_calls_per_org")
         _positive(config.limits.stream_idle_seconds, "limits.stream_idle_seconds")
+        _check_spool_budgets(config.limits)
         if config.limits.reserved_workers < 0:
             raise ConfigError("limits.reserved_workers: must not be negative")
         if config.limits.reserved_workers >= config.limits.max_workers:

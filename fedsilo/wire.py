@@ -1,4 +1,4 @@
-"""Streaming helpers shared by every client: send a payload after its header, receive a model."""
+"""What both ends of the wire share beyond protobuf: upload and download streams, refusal marks."""
 
 from __future__ import annotations
 
@@ -11,9 +11,22 @@ from fedsilo import chunking
 from fedsilo.codec import CodecError, decode_tensors, header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["header_then_chunks", "receive_model"]
+__all__ = ["BUSY_TRAILER", "header_then_chunks", "receive_model", "refused_as_busy"]
 
 M = TypeVar("M")
+
+BUSY_TRAILER = ("fedsilo-refusal", "busy")
+"""Trailing metadata of a RESOURCE_EXHAUSTED that frees up as other calls end: the coordinator's
+cap on concurrent calls, or its upload spool's disk budget.
+
+gRPC answers a message over the size limit with RESOURCE_EXHAUSTED too; sending that message
+again can never succeed, while a call refused for a busy coordinator succeeds later. The trailer
+tells the two apart (docs/configuration.md, "Limits")."""
+
+
+def refused_as_busy(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    """Whether a failed call's trailing metadata carries :data:`BUSY_TRAILER`."""
+    return any((key, value) == BUSY_TRAILER for key, value in (trailing_metadata or ()))
 
 
 def header_then_chunks(

@@ -11,6 +11,7 @@ Errors the participant raises on purpose form one tree (see ``participant.errors
     ParticipantError
     ├── CallFailed                a call to the coordinator failed; .status is a CallStatus
     │   ├── CoordinatorUnavailable    UNAVAILABLE or DEADLINE_EXCEEDED (retried with backoff)
+    │   │   └── CoordinatorBusy           RESOURCE_EXHAUSTED marked busy: call cap, spool (retried)
     │   └── RequestRefused            any other status: the coordinator will not accept it
     ├── UntrustedMessage          the coordinator sent what this participant will not act on
     ├── NotSupported              work this participant is not set up for (e.g. paillier)
@@ -32,6 +33,7 @@ import fedsilo  # noqa: F401 - applies the TLS 1.3-only policy before grpc is im
 from participant.errors import (
     CallFailed,
     CallStatus,
+    CoordinatorBusy,
     CoordinatorUnavailable,
     LocalStateError,
     ModelUnavailable,
@@ -49,6 +51,7 @@ from participant.errors import (
 __all__ = [
     "CallFailed",
     "CallStatus",
+    "CoordinatorBusy",
     "CoordinatorUnavailable",
     "LocalStateError",
     "ModelUnavailable",

@@ -7,6 +7,7 @@ import enum
 __all__ = [
     "CallFailed",
     "CallStatus",
+    "CoordinatorBusy",
     "CoordinatorUnavailable",
     "LocalStateError",
     "MembershipUnavailable",
@@ -64,15 +65,26 @@ class CallFailed(ParticipantError):
         self.details = details
 
     @staticmethod
-    def of(status: CallStatus, details: str) -> CallFailed:
-        """The error of the status's kind: unavailable for a transient one, refused otherwise."""
+    def of(status: CallStatus, details: str, *, busy: bool = False) -> CallFailed:
+        """The error of the status's kind: unavailable for a transient one, busy for a
+        RESOURCE_EXHAUSTED marked busy (``busy``: the coordinator's call cap or spool budget),
+        refused otherwise."""
         if status in TRANSIENT:
             return CoordinatorUnavailable(status, details)
+        if busy and status is CallStatus.RESOURCE_EXHAUSTED:
+            return CoordinatorBusy(status, details)
         return RequestRefused(status, details)
 
 
 class CoordinatorUnavailable(CallFailed):
     """The coordinator could not be reached or did not answer in time (after the retries)."""
+
+
+class CoordinatorBusy(CoordinatorUnavailable):
+    """The coordinator refused the call for a limit that frees up as other calls end (its cap on
+    concurrent calls, its upload spool's disk budget: RESOURCE_EXHAUSTED with the busy trailer of
+    ``fedsilo.wire``), so it is retried with backoff. A RESOURCE_EXHAUSTED without the trailer
+    (a message over the size limit) is a refusal."""
 
 
 class RequestRefused(CallFailed):

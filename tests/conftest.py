@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway PostgreSQL cluster for the tests marked ``postgres``.
+"""Shared fixtures: a throwaway PostgreSQL cluster for the tests marked ``postgres``, and
+SQLite coordinator databases copied from one made at the newest schema once per session.
 
 The cluster is started once per session (initdb + pg_ctl, about a second) and every test that
 asks for ``fresh_postgres_url`` gets its own database on it. A missing server is a failure, not a
@@ -12,10 +13,12 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,34 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty coordinator database at the newest schema, made once per session.
+
+    Creating the schema on a new file runs every migration (about a quarter of a second, mostly
+    fsyncs); tests that only need a coordinator start on a copy instead. Migrations themselves
+    are tested on their own (tests/unit/coordinator/persistence/test_migrations.py).
+    """
+    from coordinator.persistence.store import Store  # only where a coordinator is needed
+
+    path = tmp_path_factory.mktemp("schema") / "coordinator.db"
+    Store(f"sqlite:///{path}").close()
+    return path
+
+
+@pytest.fixture
+def new_coordinator_db(migrated_sqlite: Path) -> Callable[[Path], str]:
+    """Factory: a copy of :func:`migrated_sqlite` at ``path`` (through SQLite's backup API,
+    consistent whatever the journal mode); returns its URL."""
+
+    def make(path: Path) -> str:
+        with (
+            closing(sqlite3.connect(migrated_sqlite)) as src,
+            closing(sqlite3.connect(path)) as dst,
+        ):
+            src.backup(dst)
+        return f"sqlite:///{path}"
+
+    return make

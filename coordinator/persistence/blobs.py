@@ -1,17 +1,24 @@
-"""Content-addressed blob store: files named by SHA-256 under the data dir, fsync'd on write."""
+"""Content-addressed blob store: files named by SHA-256 under the data dir, fsync'd on write.
+
+A blob is written to a temporary file and renamed into place (``write_atomic``); a process
+killed mid-write leaves that temporary file, which the next process to open the store removes.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from coordinator.errors import NotFound, StorageUnavailable
-from fedsilo.files import write_atomic
+from fedsilo.files import atomic_write_owner, remove_orphaned, write_atomic
 
 __all__ = ["BlobStore"]
+
+log = logging.getLogger("coordinator")
 
 _REF = re.compile(r"^[0-9a-f]{64}$")
 
@@ -25,6 +32,9 @@ class BlobStore:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"blob store directory is not usable: {exc.strerror}") from exc
+        removed = remove_orphaned(self.temporary_files(), atomic_write_owner)
+        if removed:
+            log.info("removed %d unfinished blob write(s) left by an earlier run", removed)
 
     @property
     def root(self) -> Path:
@@ -111,6 +121,10 @@ class BlobStore:
             self._path(ref).unlink(missing_ok=True)
         except OSError:
             pass  # an orphaned blob wastes space but breaks nothing
+
+    def temporary_files(self) -> list[Path]:
+        """Blob writes in progress now, or left unfinished by a killed process."""
+        return sorted(self._root.glob("??/.*.tmp"))
 
     def refs(self) -> list[str]:
         return sorted(p.name for p in self._root.glob("??/*") if _REF.fullmatch(p.name))

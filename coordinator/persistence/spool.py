@@ -5,6 +5,11 @@ so the coordinator keeps at most one chunk of each stream in memory: every chunk
 to a file beside the blob store, its SHA-256 computed as it passes, the announced size enforced
 as soon as it is exceeded. The file is removed when the upload is refused, cancelled or stalls,
 and once it has been used; a process killed mid-upload leaves files that the next start removes.
+
+Memory is bounded that way, disk by two budgets: the bytes one organization's uploads in flight
+may hold, and the bytes all of them may hold. An upload's announced size is reserved before its
+first payload byte is read, and refused (``SpoolFull``) when it does not fit; the reservation
+ends with the spool file.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from coordinator.errors import StorageUnavailable
+from coordinator.errors import SpoolFull, StorageUnavailable
 from fedsilo.chunking import ChunkError
+from fedsilo.files import remove_orphaned
 
 __all__ = ["SpooledUpload", "UploadSpool"]
 
@@ -34,10 +41,17 @@ class SpooledUpload:
     """One received payload in its spool file: size and SHA-256 already checked; removed on
     ``close`` (or leaving a ``with`` block)."""
 
-    def __init__(self, path: Path, total_bytes: int, sha256: bytes) -> None:
+    def __init__(
+        self,
+        path: Path,
+        total_bytes: int,
+        sha256: bytes,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.total_bytes = total_bytes
         self.sha256 = sha256
+        self._on_close = on_close
 
     def read(self) -> bytes:
         """The whole payload (for the callers that need it as one bytes object)."""
@@ -55,6 +69,9 @@ class SpooledUpload:
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def __enter__(self) -> SpooledUpload:
         return self
@@ -69,10 +86,24 @@ class SpooledUpload:
 
 
 class UploadSpool:
-    """A directory of uploads being received; files of dead processes are removed at start."""
+    """A directory of uploads being received; files of dead processes are removed at start.
 
-    def __init__(self, root: Path) -> None:
+    ``owner_budget_bytes`` bounds what one owner's (organization's) uploads in flight may hold,
+    ``total_budget_bytes`` what all of them may hold; None: no bound.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        owner_budget_bytes: int | None = None,
+        total_budget_bytes: int | None = None,
+    ) -> None:
         self._root = root
+        self._owner_budget = owner_budget_bytes
+        self._total_budget = total_budget_bytes
+        self._held: dict[str, int] = {}
+        self._held_lock = threading.Lock()
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -88,10 +119,63 @@ class UploadSpool:
         """The spool files present now (in flight, or left by a killed process)."""
         return sorted(self._root.glob(f"{_PREFIX}*{_SUFFIX}"))
 
-    def receive(self, chunks: Iterable[bytes], total_bytes: int, sha256: bytes) -> SpooledUpload:
+    def held_bytes(self, owner: str | None = None) -> int:
+        """The bytes reserved now by ``owner``'s uploads in flight (None: by everyone's)."""
+        with self._held_lock:
+            if owner is None:
+                return sum(self._held.values())
+            return self._held.get(owner, 0)
+
+    def receive(
+        self, chunks: Iterable[bytes], total_bytes: int, sha256: bytes, owner: str = ""
+    ) -> SpooledUpload:
         """Write ``chunks`` to a new spool file, failing as soon as they exceed ``total_bytes``;
         then check the size and hash. The file is removed on every failure, including a client
-        that cancels or stalls (the iterator raises) and a full disk."""
+        that cancels or stalls (the iterator raises) and a full disk.
+
+        ``total_bytes`` is reserved in ``owner``'s budget and the total one before the first
+        chunk is read (``SpoolFull`` if it does not fit), until the returned upload is closed.
+        """
+        self._reserve(owner, total_bytes)
+        try:
+            return self._receive(
+                chunks, total_bytes, sha256, lambda: self._release(owner, total_bytes)
+            )
+        except BaseException:
+            self._release(owner, total_bytes)
+            raise
+
+    def _reserve(self, owner: str, total_bytes: int) -> None:
+        with self._held_lock:
+            mine = self._held.get(owner, 0)
+            if self._owner_budget is not None and mine + total_bytes > self._owner_budget:
+                raise SpoolFull(
+                    f"uploads of this organization in flight hold {mine} bytes of its "
+                    f"{self._owner_budget}-byte spool budget; this one ({total_bytes} bytes) "
+                    "must wait until they end"
+                )
+            everyone = sum(self._held.values())
+            if self._total_budget is not None and everyone + total_bytes > self._total_budget:
+                raise SpoolFull(
+                    "the coordinator's upload spool is full for now; send this upload again later"
+                )
+            self._held[owner] = mine + total_bytes
+
+    def _release(self, owner: str, total_bytes: int) -> None:
+        with self._held_lock:
+            left = self._held.get(owner, 0) - total_bytes
+            if left > 0:
+                self._held[owner] = left
+            else:
+                self._held.pop(owner, None)
+
+    def _receive(
+        self,
+        chunks: Iterable[bytes],
+        total_bytes: int,
+        sha256: bytes,
+        on_close: Callable[[], None],
+    ) -> SpooledUpload:
         try:
             fd, name = tempfile.mkstemp(
                 dir=self._root, prefix=f"{_PREFIX}{os.getpid()}-", suffix=_SUFFIX
@@ -110,18 +194,12 @@ class UploadSpool:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return SpooledUpload(path, total_bytes, digest)
+        return SpooledUpload(path, total_bytes, digest, on_close)
 
     def _remove_stale(self) -> None:
         """Remove what an earlier process (killed mid-upload) left: its uploads will never be
         used. Files of another live process sharing the directory are kept."""
-        removed = 0
-        for path in self.files():
-            pid = _owner_pid(path.name)
-            if pid is not None and pid != os.getpid() and _alive(pid):
-                continue
-            path.unlink(missing_ok=True)
-            removed += 1
+        removed = remove_orphaned(self.files(), _owner_pid)
         if removed:
             log.info("removed %d upload(s) left in the spool by an earlier run", removed)
 
@@ -161,16 +239,6 @@ def _bounded(chunks: Iterable[bytes], total_bytes: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _owner_pid(name: str) -> int | None:
-    pid = name.removeprefix(_PREFIX).split("-", 1)[0]
+def _owner_pid(path: Path) -> int | None:
+    pid = path.name.removeprefix(_PREFIX).split("-", 1)[0]
     return int(pid) if pid.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: not ours to judge
-    return True

@@ -26,6 +26,10 @@ class CoordinatorSettings:
     liveness_seconds: float = 30.0
     max_payload_bytes: int = 1 << 30
     max_examples: int = 1 << 40
+    spool_bytes_per_org: int | None = None
+    """Disk the uploads in flight of one organization may hold in the spool; None: no bound."""
+    spool_bytes_total: int | None = None
+    """Disk the uploads in flight of all organizations may hold in the spool; None: no bound."""
 
 
 class ChangeFeed:

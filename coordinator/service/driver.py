@@ -2,15 +2,20 @@
 
 It runs on the coordinator's clock only, on a timer and after every accepted submission; what a
 protection mode does in its phases is its round engine's, committing is shared by all modes.
+Several coordinators on one database may tick the same round: the one that loses the round's
+compare-and-set (or the insert of the next round) changed nothing and logs one INFO line; the
+next tick reads the new state.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 from coordinator.domain.jobs import Job, JobState, ParticipantStatus
 from coordinator.domain.rounds import Phase, Round
-from coordinator.persistence.store import Transaction
+from coordinator.persistence.store import DuplicateKey, StaleWrite, Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.round_ledger import RoundLedger
@@ -37,13 +42,31 @@ class RoundDriver:
                 open_rounds = tx.open_rounds()
                 running = tx.list_jobs((JobState.RUNNING,))
             for round_ in open_rounds:
-                changed |= self._advance_round(round_)
+                changed |= self._unless_overtaken(
+                    functools.partial(self._advance_round, round_), round_.job_id
+                )
             busy = {r.job_id for r in open_rounds}
             for job in running:
                 if job.job_id not in busy:
-                    changed |= self._open_round(job)
+                    changed |= self._unless_overtaken(
+                        functools.partial(self._open_round, job), job.job_id
+                    )
         if changed:
             self._ctx.changes.notify()
+
+    @staticmethod
+    def _unless_overtaken(step: Callable[[], bool], job_id: str) -> bool:
+        """Run one job's step; another coordinator moving the job first is no error (nothing of
+        this step was written): one INFO line, no traceback, and the state changed."""
+        try:
+            return step()
+        except (StaleWrite, DuplicateKey) as exc:
+            log.info(
+                "another coordinator moved this job first (%s); read again on the next tick",
+                exc,
+                **context(job=job_id),
+            )
+            return True
 
     def _advance_round(self, round_: Round) -> bool:
         now = self._ctx.clock()

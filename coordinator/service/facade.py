@@ -56,7 +56,11 @@ class CoordinatorService:
         engines = RoundEngines(ctx, ledger)
         self._ctx = ctx
         self.driver = RoundDriver(ctx, ledger, engines)
-        self.spool = spool or UploadSpool(blobs.root.parent / "spool")
+        self.spool = spool or UploadSpool(
+            blobs.root.parent / "spool",
+            owner_budget_bytes=ctx.settings.spool_bytes_per_org,
+            total_budget_bytes=ctx.settings.spool_bytes_total,
+        )
         self.jobs = JobService(ctx, ledger, engines, self.driver, self.spool)
         self.work = WorkService(ctx, engines)
         self.submissions = SubmissionService(ctx, ledger, engines, self.driver, self.spool)

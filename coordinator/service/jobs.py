@@ -64,7 +64,7 @@ class JobService:
         first, the weights spooled as they arrive and moved into the blob store."""
         spec.validate()
         check_payload_size(header.total_bytes, self._ctx.settings.max_payload_bytes)
-        with self._spool.receive(chunks, header.total_bytes, header.sha256) as upload:
+        with self._spool.receive(chunks, header.total_bytes, header.sha256, actor) as upload:
             return self.create_job(spec, header, upload, actor)
 
     def create_job(

@@ -70,7 +70,7 @@ class SubmissionService:
         happens."""
         self.check_update(org_id, update)
         header = update.header
-        with self._spool.receive(chunks, header.total_bytes, header.sha256) as upload:
+        with self._spool.receive(chunks, header.total_bytes, header.sha256, org_id) as upload:
             return self.submit_update(org_id, update, upload)
 
     def check_update(self, org_id: str, update: UpdateSubmission) -> None:

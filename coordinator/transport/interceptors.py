@@ -23,6 +23,7 @@ from coordinator.errors import (
     InvalidRequest,
     NotAuthorized,
     NotFound,
+    SpoolFull,
     StaleMembershipList,
     StorageUnavailable,
     WrongRoundPhase,
@@ -33,6 +34,7 @@ from fedsilo.idle import IdleWatchdog
 from fedsilo.logs import context as log_context
 from fedsilo.pki import Role
 from fedsilo.tls import PeerIdentity, identity_from_auth_context
+from fedsilo.wire import BUSY_TRAILER
 
 __all__ = ["STATUS_BY_ERROR", "AuthInterceptor", "CallLimiter", "current_identity", "status_for"]
 
@@ -51,6 +53,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     # A lost compare-and-set that outlived the use case's retries: nothing was written, and the
     # participants retry UNAVAILABLE with backoff.
     (ConcurrentUpdate, grpc.StatusCode.UNAVAILABLE),
+    # The spool's disk budget frees up as other uploads end: marked busy, retried with backoff.
+    (SpoolFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 """The only place where an error class becomes a gRPC status code."""
 
@@ -215,6 +219,9 @@ def _acquire(context: grpc.ServicerContext, identity: PeerIdentity, policy: _Pol
     if limiter is not None and not limiter.acquire(
         identity.org_id, participant_call=policy.participant_call
     ):
+        # Marked, so that a participant retries this refusal (and not an oversized message,
+        # which gRPC also answers with RESOURCE_EXHAUSTED).
+        context.set_trailing_metadata((BUSY_TRAILER,))
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "too many concurrent calls (from this organization, or from all of them); "
@@ -243,6 +250,8 @@ def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         log.exception("unexpected error in %s", method)
     else:
         log.info("%s -> %s: %s", method, code.name, message)
+    if isinstance(exc, SpoolFull):
+        context.set_trailing_metadata((BUSY_TRAILER,))
     context.abort(code, message)
 
 

@@ -117,6 +117,8 @@ def start_coordinator(
     settings = CoordinatorSettings(
         liveness_seconds=config.limits.liveness_seconds,
         max_payload_bytes=config.limits.max_payload_bytes,
+        spool_bytes_per_org=config.limits.spool_org_budget(),
+        spool_bytes_total=config.limits.spool_total_budget(),
     )
     service = CoordinatorService(store, blobs, settings)
     membership = MembershipService(

@@ -27,7 +27,13 @@ from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 from fedsilo.wire import header_then_chunks, receive_model
 from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
-from participant.errors import TRANSIENT, CallFailed, CallStatus, Stopped, UntrustedMessage
+from participant.errors import (
+    CallFailed,
+    CallStatus,
+    CoordinatorUnavailable,
+    Stopped,
+    UntrustedMessage,
+)
 from participant.transport.convert import phase_to_pb, receipt_from_pb, task_reply_from_pb
 from participant.transport.rpc_errors import mapped_rpc_errors
 
@@ -208,7 +214,8 @@ class CoordinatorClient:
             try:
                 result = call()
             except CallFailed as exc:
-                if exc.status not in TRANSIENT or (
+                # Transient: unreachable, too slow, or busy (call cap, spool budget).
+                if not isinstance(exc, CoordinatorUnavailable) or (
                     deadline is not None and time.monotonic() >= deadline
                 ):
                     raise

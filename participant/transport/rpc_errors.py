@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from fedsilo.wire import refused_as_busy
 from participant.errors import CallFailed, CallStatus
 
 __all__ = ["call_status", "mapped_rpc_errors"]
@@ -21,11 +22,17 @@ def call_status(code: grpc.StatusCode | None) -> CallStatus:
 
 @contextmanager
 def mapped_rpc_errors() -> Iterator[None]:
-    """Raise a failed call's ``grpc.RpcError`` as ``CoordinatorUnavailable`` (transient) or
-    ``RequestRefused`` (any other status); the gRPC error stays attached as the cause."""
+    """Raise a failed call's ``grpc.RpcError`` as ``CoordinatorUnavailable`` (transient, or
+    ``CoordinatorBusy``: refused by a coordinator limit marked busy) or ``RequestRefused``
+    (any other status); the gRPC error stays attached as the cause."""
     try:
         yield
     except grpc.RpcError as exc:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         details = exc.details() if callable(getattr(exc, "details", None)) else None
-        raise CallFailed.of(call_status(code), details or "") from exc
+        trailers = (
+            exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+        )
+        raise CallFailed.of(
+            call_status(code), details or "", busy=refused_as_busy(trailers)
+        ) from exc

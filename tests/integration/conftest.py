@@ -8,6 +8,7 @@ Nothing sleeps to wait: conditions are polled with a deadline.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from fedsilo.config import (
     ParticipantConfig,
     TlsSection,
 )
-from fedsilo.pki import Role, create_ca, issue, make_demo_pki
+from fedsilo.pki import DemoPki, IssuedFiles, Role, create_ca, issue, make_demo_pki
 from fedsilo.tls import TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
@@ -63,13 +64,47 @@ from integration_shift_task import ORG_SETTINGS, TASK_SPEC  # noqa: E402
 # -- PKI -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> ConsortiumPki:
-    demo = make_demo_pki(tmp_path / "pki", list(ORGS))
+_PKI_DIRS = ("pki", "foreign-ca", "foreign")
+
+
+@pytest.fixture(scope="session")
+def pki_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ConsortiumPki]:
+    """The consortium's keys and certificates, made once per session (each test gets a copy)."""
+    root = tmp_path_factory.mktemp("pki-template")
+    demo = make_demo_pki(root / "pki", list(ORGS))
     foreign_ca = create_ca("evil consortium CA")
-    foreign_ca_files = foreign_ca.save(tmp_path / "foreign-ca")
-    foreign_org_a = issue(foreign_ca, "org-a", Role.PARTICIPANT, tmp_path / "foreign")
-    return ConsortiumPki(demo, foreign_ca_files.cert_path, foreign_org_a)
+    foreign_ca_files = foreign_ca.save(root / "foreign-ca")
+    foreign_org_a = issue(foreign_ca, "org-a", Role.PARTICIPANT, root / "foreign")
+    return root, ConsortiumPki(demo, foreign_ca_files.cert_path, foreign_org_a)
+
+
+@pytest.fixture
+def pki(pki_template: tuple[Path, ConsortiumPki], tmp_path: Path) -> ConsortiumPki:
+    """A private copy of the session's consortium PKI under ``tmp_path``: a test may renew or
+    damage its files (rotation, revocation) without touching another test's."""
+    root, made = pki_template
+    for name in _PKI_DIRS:
+        shutil.copytree(root / name, tmp_path / name)
+
+    def moved(path: Path) -> Path:
+        return tmp_path / path.relative_to(root)
+
+    def moved_files(files: IssuedFiles) -> IssuedFiles:
+        return IssuedFiles(moved(files.cert_path), moved(files.key_path))
+
+    demo = made.demo
+    return ConsortiumPki(
+        DemoPki(
+            ca_cert=moved(demo.ca_cert),
+            ca_key=moved(demo.ca_key),
+            coordinator=moved_files(demo.coordinator),
+            participants={org: moved_files(f) for org, f in demo.participants.items()},
+            admin=moved_files(demo.admin),
+            membership_list=moved(demo.membership_list),
+        ),
+        moved(made.foreign_ca_cert),
+        moved_files(made.foreign_org_a),
+    )
 
 
 # -- coordinator -----------------------------------------------------------------------------------
@@ -77,7 +112,7 @@ def pki(tmp_path: Path) -> ConsortiumPki:
 
 @pytest.fixture
 def start_test_coordinator(
-    pki: ConsortiumPki, tmp_path: Path
+    pki: ConsortiumPki, tmp_path: Path, new_coordinator_db: Callable[[Path], str]
 ) -> Iterator[Callable[..., RunningCoordinator]]:
     """Factory: start a coordinator on 127.0.0.1:<port> (0 = any); all are stopped at teardown.
 
@@ -102,9 +137,14 @@ def start_test_coordinator(
         metrics_listen: str = "",
         tensorboard_dir: Path | None = None,
         publish_membership: bool = True,
+        max_payload_bytes: int = 1 << 30,
+        spool_bytes_per_org: int = 0,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
+        if database_url is None and not (data_dir / "coordinator.db").exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            new_coordinator_db(data_dir / "coordinator.db")
         config = CoordinatorConfig(
             listen=f"127.0.0.1:{port}",
             data_dir=data_dir,
@@ -122,6 +162,8 @@ def start_test_coordinator(
                 max_workers=max_workers,
                 reserved_workers=reserved_workers,
                 stream_idle_seconds=stream_idle_seconds,
+                max_payload_bytes=max_payload_bytes,
+                spool_bytes_per_org=spool_bytes_per_org,
             ),
             tick_seconds=tick_seconds,
             # Membership approval has its own tests; elsewhere every consortium member is admitted.

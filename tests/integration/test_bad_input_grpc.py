@@ -45,6 +45,7 @@ from fedsilo.codec import encode_tensors, header_to_proto
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from fedsilo.wire import refused_as_busy
 
 ORG_A, ORG_B, ORG_C = ORGS
 GARBAGE = b"\xff\x00garbage"
@@ -859,6 +860,8 @@ def test_oversized_messages_are_resource_exhausted_before_application_code(
     assert {k: e.code() for k, e in errors.items()} == dict.fromkeys(
         errors, grpc.StatusCode.RESOURCE_EXHAUSTED
     )
+    # Not the call cap's mark: a participant does not send such a message again.
+    assert [k for k, e in errors.items() if refused_as_busy(e.trailing_metadata())] == []
     assert health_check() == health_pb2.HealthCheckResponse.SERVING
     assert sorted(p.org_id for p in admin.list_participants()) == [ORG_A, ORG_B]
     assert [j.job_id for j in admin.list_jobs()] == [job_id]

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,10 @@ from fedsilo.config import CoordinatorConfig, TlsSection
 from fedsilo.tls import InsecureTransportError, TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from fedsilo.wire import refused_as_busy
+from participant.domain.assignments import AssignmentKind, TaskReply
+from participant.errors import CallStatus, CoordinatorBusy
+from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
 
 
 def _serial(path: Path) -> str:
@@ -305,6 +310,69 @@ def test_per_organization_call_cap_refuses_the_greedy_member_only(
         finally:
             for hold in holds:
                 hold.cancel()
+
+
+def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
+    start_test_coordinator: Callable[..., RunningCoordinator], pki: ConsortiumPki
+) -> None:
+    # The cap's RESOURCE_EXHAUSTED carries the busy trailer; the participant's client
+    # backs off and calls again (an oversized message, without the trailer, is refused for good:
+    # test_bad_input_grpc.py, S6).
+    running = start_test_coordinator(max_calls_per_org=1)
+    target = target_of(running.port)
+    stop = threading.Event()
+    source = ChannelSource(target, pki.participant_tls("org-a"))
+    client = CoordinatorClient(source, RPC_TIMEOUT_S, Backoff(0.05, 0.2), stop)
+    attempts: list[BaseException | None] = []
+    replies: list[TaskReply] = []
+
+    def poll_once() -> TaskReply:
+        try:
+            reply = client.get_assignment(0.0)
+        except BaseException as exc:
+            attempts.append(exc)
+            raise
+        attempts.append(None)
+        return reply
+
+    worker = threading.Thread(target=lambda: replies.append(client.retrying(poll_once)))
+    with grpc.secure_channel(target, channel_credentials(pki.participant_tls("org-a"))) as held:
+        stub = _participant_stub(held)
+        stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)  # registers org-a
+        holds: list[grpc.Future] = []
+
+        def refused_while_held() -> CoordinatorBusy | None:
+            holds[:] = [h for h in holds if not h.done()]
+            if not holds:
+                holds.append(stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60))
+            try:
+                client.get_assignment(0.0)
+            except CoordinatorBusy as exc:
+                return exc if not holds[0].done() else None
+            return None
+
+        try:
+            busy = wait_for(refused_while_held, RPC_TIMEOUT_S, "the cap to apply")
+            assert busy.status is CallStatus.RESOURCE_EXHAUSTED
+            cause = busy.__cause__
+            assert isinstance(cause, grpc.Call)
+            assert refused_as_busy(cause.trailing_metadata())
+            worker.start()
+            wait_for(lambda: len(attempts) >= 2, RPC_TIMEOUT_S, "a call again after a refusal")
+            assert not holds[0].done()  # every refusal so far was the cap's
+            holds[0].cancel()
+            worker.join(RPC_TIMEOUT_S)
+            assert not worker.is_alive()
+        finally:
+            stop.set()
+            for hold in holds:
+                hold.cancel()
+            if worker.ident is not None:
+                worker.join(RPC_TIMEOUT_S)
+            source.close()
+    assert [type(a) for a in attempts[:-1]] == [CoordinatorBusy] * (len(attempts) - 1)
+    assert attempts[-1] is None
+    assert len(replies) == 1 and replies[0].assignment.kind is AssignmentKind.WAIT
 
 
 # -- S21: no plaintext except on loopback ---------------------------------------------------------

@@ -21,6 +21,7 @@ from fedsilo.codec import encode_tensors, header_to_proto
 from fedsilo.tls import channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
+from fedsilo.wire import refused_as_busy
 
 DEADLINE_S = 30.0
 
@@ -146,17 +147,26 @@ def test_silent_uploads_of_two_organizations_cannot_freeze_the_coordinator(
         yield  # sends nothing until the test ends
 
     try:
-        held = [
-            stubs[org].SubmitUpdate.future(silent(), timeout=4 * DEADLINE_S)
-            for org in ("org-a", "org-b")
-            for _ in range(4)
+        # Each slot: the silent upload holding it now. One cut by its idle time before the test
+        # saw the budget full (a busy machine) is opened again.
+        slots = [org for org in ("org-a", "org-b") for _ in range(4)]
+        holding = [
+            stubs[org].SubmitUpdate.future(silent(), timeout=4 * DEADLINE_S) for org in slots
         ]
+        held = list(holding)
 
         def exhausted() -> bool:
+            for index, call in enumerate(holding):
+                if call.done():
+                    holding[index] = stubs[slots[index]].SubmitUpdate.future(
+                        silent(), timeout=4 * DEADLINE_S
+                    )
+                    held.append(holding[index])
             try:
                 stubs["org-c"].GetServerInfo(pb.GetServerInfoRequest(), timeout=DEADLINE_S)
             except grpc.RpcError as exc:
-                return exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                full = exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                return full and not any(call.done() for call in holding)
             return False
 
         deadline = time.monotonic() + DEADLINE_S
@@ -177,3 +187,88 @@ def test_silent_uploads_of_two_organizations_cannot_freeze_the_coordinator(
         hold.set()
         for channel in (*channels.values(), admin_channel):
             channel.close()
+
+
+PAYLOAD_BYTES = len(encode_tensors(initial_weights())[1])
+
+
+@pytest.mark.parametrize(
+    "coordinator",
+    # One organization's spool budget holds one payload: a second upload in flight must wait.
+    [{"max_payload_bytes": PAYLOAD_BYTES, "spool_bytes_per_org": PAYLOAD_BYTES}],
+    indirect=True,
+)
+def test_an_upload_over_the_organizations_spool_budget_is_refused_before_it_is_read(
+    coordinator: RunningCoordinator,
+    running_round: Callable[..., tuple[str, pb.RoundStatus]],
+    participant_stub: Callable[[str], pb_grpc.ParticipantServiceStub],
+) -> None:
+    job_id, round_ = running_round(orgs=("org-a", "org-b"))
+    header, payload = encode_tensors(initial_weights())
+    spool = coordinator.service.spool
+
+    def update_header() -> pb.SubmitUpdateRequest:
+        return pb.SubmitUpdateRequest(
+            header=pb.UpdateHeader(
+                job_id=job_id,
+                round_id=round_.round_id,
+                phase=pb.ROUND_PHASE_INPUTS,
+                base_version=round_.base_version,
+                num_examples=10,
+                train_loss=0.5,
+                payload=header_to_proto(header),
+            )
+        )
+
+    answered = threading.Event()
+
+    def header_only_until_answered() -> Iterator[pb.SubmitUpdateRequest]:
+        # The payload is sent only after the answer: a server that waited for it would stall.
+        yield update_header()
+        answered.wait(DEADLINE_S)
+        yield pb.SubmitUpdateRequest(data=payload)
+
+    release = threading.Event()
+    half_sent = threading.Event()
+
+    def held_upload() -> Iterator[pb.SubmitUpdateRequest]:
+        yield update_header()
+        yield pb.SubmitUpdateRequest(data=payload[: len(payload) // 2])
+        half_sent.set()
+        release.wait(DEADLINE_S)
+
+    stub = participant_stub("org-a")
+    held = stub.SubmitUpdate.future(held_upload(), timeout=DEADLINE_S)
+    try:
+        assert half_sent.wait(DEADLINE_S)
+        deadline = time.monotonic() + DEADLINE_S
+        while spool.held_bytes("org-a") != PAYLOAD_BYTES:
+            assert time.monotonic() < deadline, "the first upload never reached the spool"
+            time.sleep(0.02)
+        second = stub.SubmitUpdate.future(header_only_until_answered(), timeout=DEADLINE_S)
+        try:
+            refused = second.exception(timeout=DEADLINE_S)
+        finally:
+            answered.set()
+        assert isinstance(refused, grpc.Call)
+        assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "spool budget" in (refused.details() or "")
+        assert refused_as_busy(refused.trailing_metadata())  # retried, not given up
+        assert len(spool.files()) == 1
+        # Another organization's budget is its own.
+        other = participant_stub("org-b").SubmitUpdate(
+            iter([update_header(), pb.SubmitUpdateRequest(data=payload)]), timeout=DEADLINE_S
+        )
+        assert not other.duplicate
+    finally:
+        held.cancel()
+        release.set()
+    deadline = time.monotonic() + DEADLINE_S
+    while spool.held_bytes() != 0:
+        assert time.monotonic() < deadline, "the cancelled upload's reservation was kept"
+        time.sleep(0.02)
+    accepted = stub.SubmitUpdate(
+        iter([update_header(), pb.SubmitUpdateRequest(data=payload)]), timeout=DEADLINE_S
+    )
+    assert not accepted.duplicate
+    assert spool.files() == []

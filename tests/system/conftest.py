@@ -31,10 +31,16 @@ LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print what the chaos test injected and survived (tests/system/test_chaos.py)."""
-    from netns import CHAOS_REPORT
+    from netns import CHAOS_REPORT_KEY
 
-    for line in CHAOS_REPORT:
-        terminalreporter.write_line(line)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for key, lines in getattr(report, "user_properties", ()):
+                if key == CHAOS_REPORT_KEY:
+                    for line in lines:
+                        terminalreporter.write_line(line)
 
 
 def free_port() -> int:

@@ -34,10 +34,11 @@ from fedsilo.cli.daemons import Process
 from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["CHAOS_REPORT", "NetConsortium", "PORT", "pg_bin_dir"]
+__all__ = ["CHAOS_REPORT_KEY", "NetConsortium", "PORT", "pg_bin_dir"]
 
-CHAOS_REPORT: list[str] = []
-"""Lines the chaos test reports; printed in the session's terminal summary (conftest.py)."""
+CHAOS_REPORT_KEY = "chaos_report"
+"""The user property holding the lines the chaos test reports; printed in the session's terminal
+summary (conftest.py). A property travels with the test's report, also from an xdist worker."""
 
 HERE = Path(__file__).resolve().parent
 PORT = 50051  # each namespace has its own ports: nothing else can hold this one

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netns import CHAOS_REPORT, NetConsortium
+from netns import CHAOS_REPORT_KEY, NetConsortium
 from secure_jobs import BASE, BOUND, CLIP, LINEAR_TASK, SEED, TASK, TRAINING, secure_spec
 
 from fedsilo.tasks import TrainingSettings
@@ -93,9 +93,13 @@ def acknowledged_inputs(group: NetConsortium, job_id: str, org: str) -> set[int]
     return {int(number) for number in pattern.findall(group.logs(org))}
 
 
-def test_a_secure_job_survives_random_kills_and_partitions(chaos: NetConsortium) -> None:
+def test_a_secure_job_survives_random_kills_and_partitions(
+    chaos: NetConsortium, request: pytest.FixtureRequest
+) -> None:
     rng = random.Random(SEED_OF_RUN)
-    report = CHAOS_REPORT
+    # Printed in the session's summary (conftest.py), also from an xdist worker.
+    report: list[str] = []
+    request.node.user_properties.append((CHAOS_REPORT_KEY, report))
     report.append(f"chaos: seed {SEED_OF_RUN}, {ROUNDS} rounds, {len(ORGS)} organizations")
     coordinator_settings = {
         "database": {"url": chaos.start_postgres()},

@@ -44,7 +44,8 @@ class MaskedRoundEngine(RoundEngine):
     ) -> tuple[str, ...] | None:
         # The bit budget holds for at most max_participants; t must not exceed the cohort.
         cohort = live[: job.spec.secagg.max_participants]
-        if job.spec.secagg.threshold_for(len(cohort)) > len(cohort):
+        # No organization live (all of them down at once): no cohort, and no threshold of one.
+        if not cohort or job.spec.secagg.threshold_for(len(cohort)) > len(cohort):
             return None
         return cohort
 

@@ -286,6 +286,37 @@ def test_non_positive_limits_are_named(tmp_path: Path, key: str, value: str) -> 
         load_coordinator(tmp_path, "", {**INSECURE, env_name(key): value})
 
 
+def test_spool_budgets_default_to_multiples_of_the_payload_limit(tmp_path: Path) -> None:
+    limits = load_coordinator(
+        tmp_path, "", {**INSECURE, "FEDSILO_LIMITS_MAX_PAYLOAD_BYTES": "1000"}
+    ).limits
+    assert (limits.spool_org_budget(), limits.spool_total_budget()) == (2000, 8000)
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"FEDSILO_LIMITS_SPOOL_BYTES_PER_ORG": "-1"}, "limits.spool_bytes_per_org"),
+        ({"FEDSILO_LIMITS_SPOOL_BYTES_TOTAL": "-1"}, "limits.spool_bytes_total"),
+        # Budgets that could never hold one payload of the largest size.
+        ({"FEDSILO_LIMITS_SPOOL_BYTES_PER_ORG": "999"}, "limits.spool_bytes_per_org"),
+        (
+            {
+                "FEDSILO_LIMITS_SPOOL_BYTES_PER_ORG": "3000",
+                "FEDSILO_LIMITS_SPOOL_BYTES_TOTAL": "2000",
+            },
+            "limits.spool_bytes_total",
+        ),
+    ],
+)
+def test_unusable_spool_budgets_are_named(
+    tmp_path: Path, settings: dict[str, str], key: str
+) -> None:
+    environ = {**INSECURE, "FEDSILO_LIMITS_MAX_PAYLOAD_BYTES": "1000", **settings}
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        load_coordinator(tmp_path, "", environ)
+
+
 def test_nan_is_not_a_positive_number(tmp_path: Path) -> None:
     try:
         config = load_coordinator(tmp_path, "", {**INSECURE, "FEDSILO_TICK_SECONDS": "nan"})

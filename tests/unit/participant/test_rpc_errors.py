@@ -10,9 +10,11 @@ import grpc
 import pytest
 
 import participant
+from fedsilo.wire import BUSY_TRAILER
 from participant.errors import (
     CallFailed,
     CallStatus,
+    CoordinatorBusy,
     CoordinatorUnavailable,
     ParticipantError,
     RequestRefused,
@@ -25,8 +27,13 @@ PACKAGE = Path(participant.__file__).resolve().parent
 
 
 class _RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -83,6 +90,30 @@ def test_retrying_retries_transient_failures_and_raises_a_refusal_at_once() -> N
         client.retrying(flaky)
     assert len(calls) == 3
     assert raised.value.status is CallStatus.NOT_FOUND
+
+
+def test_the_call_caps_refusal_is_retried_and_an_oversized_message_is_not() -> None:
+    client = _client(threading.Event())
+    calls: list[int] = []
+
+    def capped_then_too_large() -> str:
+        calls.append(1)
+        with mapped_rpc_errors():
+            if len(calls) < 3:
+                raise _RpcError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls", (BUSY_TRAILER,)
+                )
+            raise _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max")
+
+    with pytest.raises(RequestRefused) as raised:
+        client.retrying(capped_then_too_large)
+    assert len(calls) == 3
+    assert raised.value.status is CallStatus.RESOURCE_EXHAUSTED
+    with pytest.raises(CoordinatorBusy), mapped_rpc_errors():
+        raise _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", (BUSY_TRAILER,))
+    # The mark means nothing on another status.
+    with pytest.raises(RequestRefused), mapped_rpc_errors():
+        raise _RpcError(grpc.StatusCode.NOT_FOUND, "unknown job", (BUSY_TRAILER,))
 
 
 def test_a_command_gives_up_on_an_unavailable_coordinator() -> None:

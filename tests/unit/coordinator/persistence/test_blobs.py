@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,38 @@ def test_stream_reads_a_blob_in_chunks_and_finds_corruption_at_the_end(tmp_path:
         list(corrupted)
     with pytest.raises(NotFound):
         blobs.stream("0" * 64)
+
+
+# A writer killed between writing its temporary file and renaming it into place.
+_KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from fedsilo import files
+files.os.replace = lambda *args: os._exit(9)
+files.write_atomic(Path(sys.argv[1]), b"half a blob", sync_directory=True)
+"""
+
+
+def test_a_blob_write_killed_midway_is_cleaned_when_the_store_opens(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    kept = BlobStore(root).put(b"a finished blob")
+    target = root / ("ab" * 32)[:2] / ("ab" * 32)
+    target.parent.mkdir(exist_ok=True)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target)], check=False)
+    assert killed.returncode == 9
+    (left,) = list(target.parent.glob(".*.tmp"))
+    assert left.read_bytes() == b"half a blob"
+    reopened = BlobStore(root)
+    assert reopened.temporary_files() == []
+    assert not left.exists() and not target.exists()
+    assert reopened.refs() == [kept]
+
+
+def test_a_temporary_file_of_a_live_writer_is_kept(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    (root / "ab").mkdir(parents=True)
+    live = root / "ab" / f".{'ab' * 32}.{os.getppid()}-x1y2.tmp"  # another coordinator writing
+    old = root / "ab" / f".{'ab' * 32}.k3m4.tmp"  # an older release's name: no pid, long dead
+    for path in (live, old):
+        path.write_bytes(b"partial")
+    assert BlobStore(root).temporary_files() == [live]

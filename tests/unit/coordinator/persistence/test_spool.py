@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.errors import SpoolFull
 from coordinator.persistence.spool import UploadSpool
 from fedsilo.chunking import ChunkError
 
@@ -107,3 +108,53 @@ def test_files_of_a_dead_process_are_removed_at_start_and_a_live_ones_kept(
     spool = UploadSpool(root)
     assert spool.files() == [live]
     assert unrelated.exists()
+
+
+def unread(data: bytes) -> Iterator[bytes]:
+    """Chunks that fail the test if anyone reads them."""
+    raise AssertionError("a refused upload's payload was read")
+    yield data
+
+
+def test_an_owners_budget_refuses_an_upload_before_reading_it_and_frees_on_close(
+    tmp_path: Path,
+) -> None:
+    spool = UploadSpool(tmp_path / "spool", owner_budget_bytes=len(PAYLOAD) + 100)
+    first = spool.receive(chunks(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-a")
+    assert spool.held_bytes("org-a") == len(PAYLOAD)
+    with pytest.raises(SpoolFull, match="spool budget"):
+        spool.receive(unread(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-a")
+    assert spool.files() == [first.path]
+    # Another owner has a budget of its own; a small upload still fits in org-a's.
+    spool.receive(chunks(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-b").close()
+    spool.receive(chunks(b"x" * 100), 100, digest(b"x" * 100), "org-a").close()
+    first.close()
+    first.close()  # closing twice frees the reservation once
+    assert spool.held_bytes() == 0
+    spool.receive(chunks(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-a").close()
+
+
+def test_the_total_budget_refuses_an_upload_that_would_exceed_it(tmp_path: Path) -> None:
+    spool = UploadSpool(
+        tmp_path / "spool",
+        owner_budget_bytes=len(PAYLOAD),
+        total_budget_bytes=2 * len(PAYLOAD),
+    )
+    held = [
+        spool.receive(chunks(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), org)
+        for org in ("org-a", "org-b")
+    ]
+    with pytest.raises(SpoolFull, match="full for now"):
+        spool.receive(unread(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-c")
+    held[0].close()
+    spool.receive(chunks(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-c").close()
+    held[1].close()
+    assert spool.held_bytes() == 0 and spool.files() == []
+
+
+def test_a_failed_upload_frees_its_reservation(tmp_path: Path) -> None:
+    spool = UploadSpool(tmp_path / "spool", owner_budget_bytes=len(PAYLOAD))
+    with pytest.raises(ChunkError):
+        spool.receive(chunks(PAYLOAD[:-1]), len(PAYLOAD), digest(PAYLOAD), "org-a")
+    assert spool.held_bytes() == 0 and spool.files() == []
+    spool.receive(chunks(PAYLOAD), len(PAYLOAD), digest(PAYLOAD), "org-a").close()

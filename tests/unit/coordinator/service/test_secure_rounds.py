@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_pem_x509_certificate
 from sqlalchemy import select
 
-from coordinator.domain.jobs import Job, JobSpec, MetricReport, SecAggSettings
+from coordinator.domain.jobs import Job, JobSpec, JobState, MetricReport, SecAggSettings
 from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import ConflictingSubmission, InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence import schema
@@ -370,7 +370,10 @@ class Consortium:
 
 
 @pytest.fixture
-def consortium(tmp_path: Path, orgs: dict[str, Org]) -> Iterator[Consortium]:
+def consortium(
+    tmp_path: Path, orgs: dict[str, Org], new_coordinator_db: Callable[[Path], str]
+) -> Iterator[Consortium]:
+    new_coordinator_db(tmp_path / "coordinator.db")  # the schema made once per session
     made = Consortium(tmp_path, orgs, ("org-a", "org-b", "org-c", "org-d", "org-e"))
     yield made
     made.close()
@@ -541,6 +544,23 @@ def test_a_configured_threshold_above_the_majority_is_enforced(consortium: Conso
     finished = consortium.run(job)
     assert finished.phase is Phase.ABORTED
     assert "fewer than the 5 required" in (finished.abort_reason or "")
+
+
+def test_no_organization_live_opens_no_round_and_fails_no_tick(consortium: Consortium) -> None:
+    # Every organization down at once (a chaos run kills them all): the next round waits.
+    for participant in consortium.participants.values():
+        participant.stop_before = Phase.KEYS
+    job = consortium.start(num_rounds=2, max_failed_rounds=5)
+    assert consortium.run(job).phase is Phase.ABORTED
+    consortium.clock.now += 3600.0  # nobody called in since: no organization is live
+    consortium.service.tick()  # a cohort of none raised InvalidInput here
+    view = consortium.service.get_job(job.job_id)
+    assert view.job.state is JobState.RUNNING and len(view.rounds) == 1
+    membership = MembershipService(consortium.store, clock=lambda: consortium.clock.now)
+    for member in consortium.members:
+        membership.authenticate_participant(member)
+    consortium.service.tick()
+    assert len(consortium.service.get_job(job.job_id).rounds) == 2
 
 
 def test_a_restarted_coordinator_continues_the_round_from_the_database(

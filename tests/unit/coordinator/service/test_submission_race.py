@@ -26,6 +26,7 @@ from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import ConcurrentUpdate
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import StaleWrite, Store, Transaction
+from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.none_engine import PlainRoundEngine
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
@@ -248,3 +249,58 @@ def _running_round(coordinators: Coordinators) -> tuple[Job, Round]:
     round_ = first.get_job(job.job_id).rounds[-1]
     assert round_.phase is Phase.INPUTS and set(round_.cohort) == set(ORGS)
     return job, round_
+
+
+def test_a_coordinator_overtaken_on_a_round_logs_one_line_and_no_traceback(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two coordinators tick one round whose deadline passed: B aborts it between A reading the
+    # round and A writing it, so A's compare-and-set is lost for real.
+    now = [T0]
+    stores = [Store(database_url) for _ in range(2)]
+    first, second = (
+        CoordinatorService(store, BlobStore(tmp_path / "blobs"), clock=lambda: now[0])
+        for store in stores
+    )
+    membership = MembershipService(stores[0], auto_approve=True, clock=lambda: now[0])
+    header, payload = encode_tensors([np.zeros(shape, np.float32) for shape in SHAPES])
+    spec = JobSpec(
+        name="overtaken",
+        task_name="race-linear",
+        protection=Protection.NONE,
+        num_rounds=2,
+        min_participants=2,
+        round_timeout_seconds=60.0,
+        training=TrainingSettings(local_epochs=1, batch_size=8, learning_rate=0.1, seed=1),
+    )
+    job = first.create_job(spec, header, payload, actor="admin")
+    for org in ORGS[:2]:
+        membership.authenticate_participant(org)
+    first.start_job(job.job_id, actor="admin")
+    opened = first.get_job(job.job_id).rounds[-1]
+    assert opened.phase is Phase.INPUTS
+
+    now[0] += 61.0
+    original = RoundDriver._advance_round
+
+    def overtaken_by_the_second(self: RoundDriver, round_: Round) -> bool:
+        if self is first.driver:
+            second.tick()
+        return original(self, round_)
+
+    monkeypatch.setattr(RoundDriver, "_advance_round", overtaken_by_the_second)
+    caplog.set_level(logging.DEBUG)
+    first.tick()  # raised StaleWrite out of the tick (a traceback in the server log) before
+
+    lost = [r for r in caplog.records if "another coordinator moved this job first" in r.msg]
+    assert [r.levelno for r in lost] == [logging.INFO]
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    (aborted,) = first.get_job(job.job_id).rounds
+    assert aborted.round_id == opened.round_id
+    assert aborted.phase is Phase.ABORTED
+    assert aborted.row_version == opened.row_version + 1  # written once, by the second
+    for store in stores:
+        store.close()
