@@ -6,7 +6,7 @@ import argparse
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,13 @@ import numpy.typing as npt
 from rich.console import Console
 
 from coordinator.domain.jobs import SecAggSettings
+from coordinator.domain.privacy import epsilon_after, rounds_within_budget
 from fedsilo.aggregation import fold_weighted, weighted_mean
-from fedsilo.cli.privacy_arguments import add_privacy_arguments, privacy_settings
+from fedsilo.cli.privacy_arguments import (
+    add_privacy_arguments,
+    positive_float,
+    privacy_settings,
+)
 from fedsilo.cli.simulated_rounds import RoundJob, VirtualOrganizations, secure_round
 from fedsilo.cli.strategy_arguments import add_strategy_arguments, strategy_parameters
 from fedsilo.privacy import DifferentialPrivacy, privatize_weights
@@ -79,10 +84,12 @@ class SimulationOptions:
 
 @dataclass(frozen=True)
 class SimulationResult:
-    """The final global model and the mean test accuracy after each round."""
+    """The final global model, the mean test accuracy after each round and, under differential
+    privacy, the epsilon spent (the coordinator's accountant, coordinator/domain/privacy.py)."""
 
     weights: list[npt.NDArray[Any]]
     accuracy: list[float]
+    epsilon: float | None = None
 
 
 def task_config(
@@ -107,14 +114,19 @@ def task_config(
     return config
 
 
-def secagg_settings(participants: int) -> SecAggSettings:
-    """A job's default secure-aggregation settings, with a cohort limit of at least
-    ``participants`` and, if the bit budget needs it, a lower cap on an update's weight."""
-    settings = SecAggSettings(max_participants=max(_SECAGG.max_participants, participants))
-    while settings.problems() and settings.max_weight > 1:
-        settings = SecAggSettings(
-            max_participants=settings.max_participants, max_weight=settings.max_weight // 2
-        )
+def secagg_settings(
+    participants: int, *, clip: float | None = None, max_weight: int | None = None
+) -> SecAggSettings:
+    """A job's default secure-aggregation settings with a cohort limit of at least
+    ``participants``, the given ``clip`` and ``max_weight``, and without a given ``max_weight``,
+    the job's default halved until the bit budget holds for the cohort."""
+    settings = SecAggSettings(
+        max_participants=max(_SECAGG.max_participants, participants),
+        clip=_SECAGG.clip if clip is None else clip,
+        max_weight=_SECAGG.max_weight if max_weight is None else max_weight,
+    )
+    while max_weight is None and settings.problems() and settings.max_weight > 1:
+        settings = replace(settings, max_weight=settings.max_weight // 2)
     return settings
 
 
@@ -135,6 +147,12 @@ def simulate(options: SimulationOptions) -> SimulationResult:
         raise ValueError("a simulation needs at least one organization and one round")
     if options.dp.problems():
         raise ValueError("; ".join(options.dp.problems()))
+    if not rounds_within_budget(options.dp, 1):
+        # The coordinator refuses such a job when it is created (coordinator/domain/jobs.py).
+        raise ValueError(
+            f"one round alone spends epsilon {epsilon_after(options.dp, 1):.4g}, more than the "
+            f"budget {options.dp.epsilon_budget:g}"
+        )
     task: Task = load_task(options.task)
     strategy = load_strategy(options.strategy, options.strategy_parameters)
     organizations = VirtualOrganizations(
@@ -165,6 +183,8 @@ def simulate(options: SimulationOptions) -> SimulationResult:
     state: OptimizerState | None = None
     accuracy: list[float] = []
     for round_number in range(1, options.rounds + 1):
+        if not rounds_within_budget(options.dp, round_number):
+            break  # as the coordinator stops a job before a round would overspend its budget
         # The participant's per-round settings (participant/domain/assignments.py).
         settings = TrainingSettings(
             local_epochs=options.training.local_epochs,
@@ -188,7 +208,8 @@ def simulate(options: SimulationOptions) -> SimulationResult:
         else:
             model = list(mean)
         accuracy.append(_mean_accuracy(task, model, list(data.values())))
-    return SimulationResult(model, accuracy)
+    epsilon = epsilon_after(options.dp, len(accuracy)) if options.dp.enabled else None
+    return SimulationResult(model, accuracy, epsilon)
 
 
 def _plain_round(
@@ -278,7 +299,7 @@ def _mean_accuracy(task: Task, model: list[npt.NDArray[Any]], data: Sequence[Loc
 
 def summary(result: SimulationResult) -> Mapping[str, Any]:
     """A JSON-ready summary of a simulation."""
-    return {"rounds": len(result.accuracy), "accuracy": result.accuracy}
+    return {"rounds": len(result.accuracy), "accuracy": result.accuracy, "epsilon": result.epsilon}
 
 
 def register(commands: Any) -> None:
@@ -313,6 +334,12 @@ def register(commands: Any) -> None:
         help="cap on one organization's example count (default: the job's, lowered until "
         "the secure-aggregation bit budget holds for the cohort)",
     )
+    parser.add_argument(
+        "--clip",
+        type=positive_float,
+        help=f"clip of each update value under secagg and paillier (default {_SECAGG.clip:g}; "
+        "with --dp-clip it must leave room for the noise, docs/differential-privacy.md)",
+    )
     parser.add_argument("--paillier-key-bits", type=int, choices=[2048, 3072], default=2048)
     parser.add_argument("--local-epochs", type=_positive_int, default=_TRAINING.local_epochs)
     parser.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
@@ -327,11 +354,7 @@ def run_simulate(args: argparse.Namespace, console: Console) -> int:
     options_json = json.loads(args.task_config)
     if not isinstance(options_json, dict):
         raise ValueError("--task-config must be a JSON object")
-    secagg = secagg_settings(args.participants)
-    if args.max_weight is not None:
-        secagg = SecAggSettings(
-            max_participants=secagg.max_participants, max_weight=args.max_weight
-        )
+    secagg = secagg_settings(args.participants, clip=args.clip, max_weight=args.max_weight)
     options = SimulationOptions(
         task=args.task,
         participants=args.participants,
@@ -356,6 +379,11 @@ def run_simulate(args: argparse.Namespace, console: Console) -> int:
     result = simulate(options)
     for number, accuracy in enumerate(result.accuracy, start=1):
         console.print(f"round {number}: mean test accuracy {accuracy:.4f}")
+    if result.epsilon is not None:
+        console.print(
+            f"privacy: epsilon {result.epsilon:.4g} at delta {options.dp.delta:g} after "
+            f"{len(result.accuracy)} rounds (organization-level)"
+        )
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(summary(result), indent=2), encoding="utf-8")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.domain.privacy import epsilon_after
 from fedsilo.cli.main import main
 from fedsilo.cli.simulate import (
     SimulationOptions,
@@ -175,3 +176,17 @@ def test_simulate_command_takes_protection_and_dp_flags(tmp_path: Path) -> None:
     assert json.loads(out.read_text(encoding="utf-8"))["rounds"] == 1
     with pytest.raises(SystemExit):
         main(["simulate", "--dp-clip", "1.0"])
+
+
+def test_an_epsilon_budget_stops_the_simulation_as_it_stops_a_job() -> None:
+    dp = DifferentialPrivacy(clip=0.5, noise_multiplier=4.0, delta=1e-5, epsilon_budget=8.0)
+    options = SimulationOptions(participants=3, rounds=30, seed=1, training=TRAINING, dp=dp)
+    result = simulate(options)
+    assert 1 <= len(result.accuracy) < 30
+    assert result.epsilon is not None and result.epsilon <= 8.0
+    assert epsilon_after(dp, len(result.accuracy) + 1) > 8.0
+    with pytest.raises(ValueError, match="budget"):
+        simulate(dataclasses.replace(options, dp=dataclasses.replace(dp, noise_multiplier=1.1)))
+    assert (
+        simulate(dataclasses.replace(options, rounds=1, dp=DifferentialPrivacy())).epsilon is None
+    )
