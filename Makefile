@@ -101,6 +101,7 @@ bench-upload-memory: $(STAMP)
 
 # A coordinator and 5 participant daemons on loopback: secagg round time / none round time.
 # Learning quality under label skew over simulated organizations (tests/bench/README.md).
+# Options go in BENCH_LEARNING_ARGS, e.g. make bench-learning BENCH_LEARNING_ARGS="--tasks digits-linear"
 bench-learning: $(STAMP)
 	$(BIN)/python tests/bench/bench_learning.py $(BENCH_LEARNING_ARGS)
 

@@ -12,8 +12,8 @@ Partitioning schemes (``skew``):
   each class, the share of its images given to each organization is drawn from
   ``Dirichlet(alpha, ..., alpha)``; small ``alpha`` (default 0.5) means each organization holds
   most of a few classes and little of the others. Draws that would leave an organization with
-  fewer than ``MIN_PARTITION_SIZE`` images are redrawn (from the same seeded stream, so still
-  deterministic).
+  fewer than ``MIN_PARTITION_SIZE`` images (or the ``task_config``'s ``min_partition_size``)
+  are redrawn (from the same seeded stream, so still deterministic).
 - ``"iid"``: a seeded shuffle cut into near-equal parts.
 
 Inside each organization a held-out test split of ``test_fraction`` is taken, stratified by
@@ -53,9 +53,13 @@ NUM_FEATURES = 64
 SKEWS = ("label", "iid")
 # Smallest share worth training on; also guarantees a non-empty train and test split.
 MIN_PARTITION_SIZE = 20
+# The smallest a task_config may ask for (min_partition_size): one train and one test example.
+_SMALLEST_PARTITION = 2
 # Redraws allowed before giving up on a Dirichlet split that keeps every share large enough.
 _MAX_DIRICHLET_DRAWS = 1000
-_KNOWN_KEYS = frozenset({"partition", "num_partitions", "seed", "skew", "alpha", "test_fraction"})
+_KNOWN_KEYS = frozenset(
+    {"partition", "num_partitions", "seed", "skew", "alpha", "test_fraction", "min_partition_size"}
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class PartitionConfig:
     skew: str = "label"
     alpha: float = 0.5
     test_fraction: float = 0.2
+    min_partition_size: int = MIN_PARTITION_SIZE
 
 
 def parse_partition_config(config: Mapping[str, Any]) -> PartitionConfig:
@@ -102,6 +107,12 @@ def parse_partition_config(config: Mapping[str, Any]) -> PartitionConfig:
     test_fraction = _float(config, "test_fraction", 0.2)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"task_config.test_fraction must be in (0, 1), got {test_fraction}")
+    # Smaller shares let more organizations split the 1,797 images (e.g. 100 of at least 10).
+    min_size = _int(config, "min_partition_size", MIN_PARTITION_SIZE)
+    if min_size < _SMALLEST_PARTITION:
+        raise ValueError(
+            f"task_config.min_partition_size must be >= {_SMALLEST_PARTITION}, got {min_size}"
+        )
     return PartitionConfig(
         partition=partition,
         num_partitions=num_partitions,
@@ -109,6 +120,7 @@ def parse_partition_config(config: Mapping[str, Any]) -> PartitionConfig:
         skew=skew,
         alpha=alpha,
         test_fraction=test_fraction,
+        min_partition_size=min_size,
     )
 
 
@@ -156,23 +168,25 @@ def partition_indices(
     seed: int = 0,
     skew: str = "label",
     alpha: float = 0.5,
+    min_size: int = MIN_PARTITION_SIZE,
 ) -> list[npt.NDArray[np.int64]]:
-    """Split ``range(len(labels))`` into ``num_partitions`` disjoint, sorted index arrays."""
+    """Split ``range(len(labels))`` into ``num_partitions`` disjoint, sorted index arrays of at
+    least ``min_size`` each."""
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
     if skew not in SKEWS:
         raise ValueError(f"skew must be one of {list(SKEWS)}, got {skew!r}")
     labels = np.asarray(labels)
-    if num_partitions * MIN_PARTITION_SIZE > labels.shape[0]:
+    if num_partitions * min_size > labels.shape[0]:
         raise ValueError(
             f"num_partitions={num_partitions} is too large for {labels.shape[0]} examples "
-            f"(each organization needs at least {MIN_PARTITION_SIZE})"
+            f"(each organization needs at least {min_size})"
         )
     rng = np.random.default_rng(seed)
     if skew == "iid":
         parts = np.array_split(rng.permutation(labels.shape[0]), num_partitions)
     else:
-        parts = _dirichlet_parts(labels, num_partitions, alpha, rng)
+        parts = _dirichlet_parts(labels, num_partitions, alpha, rng, min_size)
     return [np.sort(part).astype(np.int64) for part in parts]
 
 
@@ -181,6 +195,7 @@ def _dirichlet_parts(
     num_partitions: int,
     alpha: float,
     rng: np.random.Generator,
+    min_size: int,
 ) -> list[npt.NDArray[np.int64]]:
     classes = np.unique(labels)
     for _ in range(_MAX_DIRICHLET_DRAWS):
@@ -192,11 +207,11 @@ def _dirichlet_parts(
             for part, chunk in zip(parts, np.split(members, cuts), strict=True):
                 part.append(chunk)
         merged = [np.concatenate(chunks) for chunks in parts]
-        if min(chunk.shape[0] for chunk in merged) >= MIN_PARTITION_SIZE:
+        if min(chunk.shape[0] for chunk in merged) >= min_size:
             return merged
     raise ValueError(
         f"could not draw a Dirichlet(alpha={alpha}) split into {num_partitions} partitions of at "
-        f"least {MIN_PARTITION_SIZE} examples; use fewer partitions or a larger alpha"
+        f"least {min_size} examples; use fewer partitions or a larger alpha"
     )
 
 
@@ -219,7 +234,14 @@ def load_partition(config: Mapping[str, Any]) -> LocalData:
     """This organization's train and held-out test data, from its ``task_config``."""
     cfg = parse_partition_config(config)
     x, y = load_digits_arrays()
-    parts = partition_indices(y, cfg.num_partitions, seed=cfg.seed, skew=cfg.skew, alpha=cfg.alpha)
+    parts = partition_indices(
+        y,
+        cfg.num_partitions,
+        seed=cfg.seed,
+        skew=cfg.skew,
+        alpha=cfg.alpha,
+        min_size=cfg.min_partition_size,
+    )
     own = parts[cfg.partition]
     # A per-partition stream: the test split of one organization does not depend on how many
     # random numbers the partitioning of the others consumed.

@@ -25,6 +25,7 @@ from fedsilo.cli.job_views import (
 )
 from fedsilo.cli.job_watch import JobWatch, eta_seconds, watch_line
 from fedsilo.cli.model_export import export_in_format, task_config_of
+from fedsilo.cli.privacy_arguments import privacy_settings
 from fedsilo.cli.strategy_arguments import strategy_parameters
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.convert import (
@@ -33,7 +34,6 @@ from fedsilo.convert import (
     strategy_parameters_to_pb,
     training_settings_to_pb,
 )
-from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from fedsilo.tasks import TrainingSettings, as_float32, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb
@@ -134,82 +134,6 @@ def run_admin(args: argparse.Namespace, console: Console) -> int:
         return _watch(client, args.job_id, args.json, console)
 
 
-def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
-    """``job create``'s differential-privacy options (docs/differential-privacy.md)."""
-    group = parser.add_argument_group("differential privacy (docs/differential-privacy.md)")
-    group.add_argument(
-        "--dp-clip", type=positive_float, help="L2 bound C of each organization's update"
-    )
-    group.add_argument(
-        "--dp-noise-multiplier",
-        type=positive_float,
-        help="noise standard deviation of the sum, in units of C (needs --dp-clip)",
-    )
-    group.add_argument(
-        "--dp-delta",
-        type=_probability,
-        help=f"delta epsilon is reported for (default with --dp-clip: {DEFAULT_DP_DELTA:g})",
-    )
-    group.add_argument(
-        "--dp-epsilon-budget",
-        type=positive_float,
-        help="stop the job before a round would spend more epsilon than this",
-    )
-
-
-DEFAULT_DP_DELTA = 1e-5
-
-
-def privacy_argument_problem(args: argparse.Namespace) -> str | None:
-    """The one-line error of inconsistent differential-privacy flags, None when they fit."""
-    clip, multiplier = args.dp_clip, args.dp_noise_multiplier
-    if clip is None and multiplier is None:
-        for flag, value in (
-            ("--dp-delta", args.dp_delta),
-            ("--dp-epsilon-budget", args.dp_epsilon_budget),
-        ):
-            if value is not None:
-                return f"argument {flag}: needs --dp-clip and --dp-noise-multiplier"
-        return None
-    if clip is None:
-        return "argument --dp-noise-multiplier: needs --dp-clip"
-    if multiplier is None:
-        return "argument --dp-clip: needs --dp-noise-multiplier"
-    return None
-
-
-def _privacy_of(args: argparse.Namespace) -> DifferentialPrivacy:
-    if args.dp_clip is None:
-        return DifferentialPrivacy()
-    return DifferentialPrivacy(
-        clip=args.dp_clip,
-        noise_multiplier=args.dp_noise_multiplier,
-        delta=DEFAULT_DP_DELTA if args.dp_delta is None else args.dp_delta,
-        epsilon_budget=args.dp_epsilon_budget or 0.0,
-    )
-
-
-def positive_float(text: str) -> float:
-    """A flag's positive finite number; argparse names the flag in the one-line error."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
 def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> int:
     try:
         task_config = json.loads(args.task_config)
@@ -218,7 +142,7 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
     if not isinstance(task_config, dict):
         raise ConfigError("--task-config must be a JSON object")
     task = load_task(args.task)
-    privacy = _privacy_of(args)
+    privacy = privacy_settings(args)
     spec = pb.JobSpec(
         name=args.name or args.task,
         task_name=args.task,

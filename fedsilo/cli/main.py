@@ -10,18 +10,16 @@ import grpc
 from rich.console import Console
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
-from fedsilo.cli import doctor, health_command, pki_commands
-from fedsilo.cli.admin_commands import (
-    add_privacy_arguments,
-    participant_export,
-    positive_float,
-    privacy_argument_problem,
-    run_admin,
-)
+from fedsilo.cli import doctor, health_command, pki_commands, simulate
+from fedsilo.cli.admin_commands import participant_export, run_admin
 from fedsilo.cli.admin_connection import add_admin_connection
 from fedsilo.cli.demo import DemoOptions, run_demo
 from fedsilo.cli.model_export import add_format_arguments
-from fedsilo.cli.simulate import run_simulate
+from fedsilo.cli.privacy_arguments import (
+    add_privacy_arguments,
+    positive_float,
+    privacy_argument_problem,
+)
 from fedsilo.cli.strategy_arguments import add_strategy_arguments
 from fedsilo.config import ConfigError, ParticipantConfig, load_config
 from fedsilo.protection import Protection
@@ -230,22 +228,7 @@ def _parser() -> argparse.ArgumentParser:
         help="export the final model as the first organization (fedsilo model export "
         "--participant-config; decrypted there in a paillier job)",
     )
-    simulate = commands.add_parser(
-        "simulate", help="simulate a job's plain rounds in one process (no daemons)"
-    )
-    simulate.add_argument("--task", default="digits-linear", choices=sorted(installed_tasks()))
-    simulate.add_argument("--participants", type=int, default=3)
-    simulate.add_argument("--rounds", type=int, default=2)
-    simulate.add_argument("--split", default="dirichlet:0.5", help="iid or dirichlet:ALPHA")
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument(
-        "--protection", choices=["none"], default="none", help="only plain rounds so far"
-    )
-    simulate.add_argument("--local-epochs", type=int, default=_TRAINING.local_epochs)
-    simulate.add_argument("--batch-size", type=int, default=_TRAINING.batch_size)
-    simulate.add_argument("--learning-rate", type=float, default=_TRAINING.learning_rate)
-    simulate.add_argument("--summary-json", type=Path, help="write the result summary here")
-    add_strategy_arguments(simulate)
+    simulate.register(commands)
     return parser
 
 
@@ -331,7 +314,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         )
         return run_demo(options, console)
     if args.command == "simulate":
-        return run_simulate(args, console)
+        return simulate.run_simulate(args, console)
     if args.command == "model" and args.participant_config is not None:
         return participant_export(args, args.participant_config, console)
     return run_admin(args, console)

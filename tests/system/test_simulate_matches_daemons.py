@@ -1,5 +1,5 @@
 """``fedsilo simulate`` gives the same final model bits as real coordinator and participant
-processes running the same plain job with the same seeds."""
+processes running the same job with the same seeds, plain and under secure aggregation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from secure_jobs import SEED, TRAINING, secure_spec, start_job, wait_for_end
 
 from fedsilo.cli.simulate import SimulationOptions, simulate
+from fedsilo.protection import Protection
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 pytestmark = pytest.mark.system
@@ -17,12 +18,22 @@ pytestmark = pytest.mark.system
 ROUNDS = 2
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_plain_job_matches_simulation(consortium: Any, strategy: str) -> None:
+@pytest.mark.parametrize(
+    ("protection", "strategy"),
+    [
+        (Protection.NONE, "fedavg"),
+        (Protection.NONE, "fedadam"),
+        (Protection.SECAGG, "fedavg"),
+        (Protection.SECAGG, "fedadam"),
+    ],
+)
+def test_job_matches_simulation(consortium: Any, protection: Protection, strategy: str) -> None:
     consortium.start_coordinator()
     for org in consortium.orgs:
         consortium.start_participant(org)
-    spec = secure_spec(pb.PROTECTION_NONE)
+    spec = secure_spec(
+        pb.PROTECTION_SECAGG if protection is Protection.SECAGG else pb.PROTECTION_NONE
+    )
     spec.num_rounds = ROUNDS
     spec.algorithm = strategy
     job_id = start_job(consortium, spec)
@@ -43,6 +54,7 @@ def test_plain_job_matches_simulation(consortium: Any, strategy: str) -> None:
             seed=SEED,
             data_seed=0,
             training=TRAINING,
+            protection=protection,
         )
     ).weights
     for a, b in zip(real, simulated, strict=True):

@@ -133,6 +133,28 @@ def test_too_many_partitions_is_a_clear_error() -> None:
         load_partition({"partition": 0, "num_partitions": N_DIGITS // MIN_PARTITION_SIZE + 1})
 
 
+@pytest.mark.parametrize("skew", ["label", "iid"])
+def test_smaller_shares_split_the_digits_among_100_organizations(skew: str) -> None:
+    _, y = load_digits_arrays()
+    parts = partition_indices(y, 100, seed=0, skew=skew, alpha=1.0, min_size=10)
+    assert len(parts) == 100 and min(p.shape[0] for p in parts) >= 10
+    joined = np.concatenate(parts)
+    np.testing.assert_array_equal(np.sort(joined), np.arange(N_DIGITS))
+    config = {"partition": 99, "num_partitions": 100, "min_partition_size": 10, "skew": skew}
+    local = load_partition({**config, "alpha": 1.0})
+    assert local.x_train.shape[0] >= 1 and local.x_test.shape[0] >= 1
+    with pytest.raises(ValueError, match="min_partition_size"):
+        load_partition({"partition": 0, "num_partitions": 2, "min_partition_size": 1})
+
+
+def test_the_default_share_size_is_unchanged_by_the_option() -> None:
+    _, y = load_digits_arrays()
+    default = partition_indices(y, 3, seed=4)
+    explicit = partition_indices(y, 3, seed=4, min_size=MIN_PARTITION_SIZE)
+    for a, b in zip(default, explicit, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_concat_of_nothing_is_an_error() -> None:
     with pytest.raises(ValueError):
         concat_local_data([])

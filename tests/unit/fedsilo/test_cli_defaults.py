@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 
 from coordinator.domain.jobs import JobSpec, SecAggSettings
-from fedsilo.cli.admin_commands import DEFAULT_DP_DELTA, _privacy_of, privacy_line
+from fedsilo.cli.admin_commands import privacy_line
 from fedsilo.cli.demo import DemoOptions
 from fedsilo.cli.main import _parser
+from fedsilo.cli.privacy_arguments import DEFAULT_DP_DELTA, privacy_settings
 from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection
 from fedsilo.strategies import StrategyParameters
@@ -86,17 +87,17 @@ def test_demo_offers_the_installed_tasks_with_the_demo_defaults() -> None:
 
 def test_job_create_dp_options_become_the_job_spec_settings() -> None:
     plain = _parser().parse_args(["job", "create", "--task", "digits"])
-    assert _privacy_of(plain) == JobSpec(name="", task_name="").dp == DifferentialPrivacy()
+    assert privacy_settings(plain) == JobSpec(name="", task_name="").dp == DifferentialPrivacy()
     args = _parser().parse_args(
         ["job", "create", "--task", "digits", "--dp-clip", "0.5", "--dp-noise-multiplier", "1.1"]
         + ["--dp-epsilon-budget", "8"]
     )
-    assert _privacy_of(args) == DifferentialPrivacy(0.5, 1.1, DEFAULT_DP_DELTA, 8.0)
+    assert privacy_settings(args) == DifferentialPrivacy(0.5, 1.1, DEFAULT_DP_DELTA, 8.0)
     with_delta = _parser().parse_args(
         ["job", "create", "--task", "digits", "--dp-clip", "1", "--dp-noise-multiplier", "2"]
         + ["--dp-delta", "1e-7"]
     )
-    assert _privacy_of(with_delta) == DifferentialPrivacy(1.0, 2.0, 1e-7, 0.0)
+    assert privacy_settings(with_delta) == DifferentialPrivacy(1.0, 2.0, 1e-7, 0.0)
 
 
 def test_job_status_shows_epsilon_delta_rounds_and_budget() -> None:
