@@ -17,6 +17,7 @@ only an input its sender signed for this very round is decrypted (docs/threat-mo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from secagg import (
@@ -38,6 +39,7 @@ from secagg.paillier import (
     PaillierCiphertexts,
     PaillierPrivateKey,
     PaillierWorkers,
+    add_ciphertexts,
     check_ciphertexts,
     decrypt_integers,
     tag_matches,
@@ -47,6 +49,7 @@ __all__ = [
     "ExclusionReport",
     "SignedInput",
     "input_defect",
+    "inputs_defect",
     "input_statement",
     "is_exclusion_report",
     "sign_input",
@@ -186,25 +189,51 @@ def input_defect(
     plaintexts under ``binding`` (``fedsilo.paillier_versions.tag_binding``). Only the holder of
     the key can tell. The caller checks the sender's signature first: nothing else is decrypted.
     """
+    return inputs_defect(key, layout, value_count, binding, [item], workers)
+
+
+def inputs_defect(
+    key: PaillierPrivateKey,
+    layout: PackingLayout,
+    value_count: int,
+    binding: bytes,
+    items: Sequence[SignedInput],
+    workers: PaillierWorkers | None = None,
+) -> str:
+    """Why the sum of ``items`` is no sum of well-formed inputs of the round (``""`` if it is).
+
+    One decryption for all of them: every sum of well-formed inputs decodes (each slot at most
+    ``len(items) * (R - 1)``, padding zero) and carries the tag of its plaintexts, and a sum
+    does so only if every input that could brick the round's sum is well formed (a non-zero
+    padding bit, or a tag that does not match, shows in the sum). :func:`input_defect` then
+    finds the sender. A slot of one input above ``R - 1`` that the sum still holds is the same
+    as another masked word modulo ``R``, which any sender may choose anyway.
+    """
     public = key.public_key
+    parsed: list[PaillierCiphertexts] = []
+    tag = 1
     try:
-        ciphertexts = PaillierCiphertexts.from_bytes(item.ciphertexts, public)
-        if len(item.tag) != public.ciphertext_bytes:
-            raise InvalidInput("its tag is not one ciphertext")
-        tag = int.from_bytes(item.tag, "big")
-        check_ciphertexts([tag], public)
+        for item in items:
+            ciphertexts = PaillierCiphertexts.from_bytes(item.ciphertexts, public)
+            if ciphertexts.layout != layout or ciphertexts.value_count != value_count:
+                raise InvalidInput("the ciphertexts do not pack the round's values in the layout")
+            if ciphertexts.contributions != 1:
+                raise InvalidInput(f"it claims {ciphertexts.contributions} contributions")
+            if len(item.tag) != public.ciphertext_bytes:
+                raise InvalidInput("the tag is not one ciphertext")
+            value = int.from_bytes(item.tag, "big")
+            check_ciphertexts([value], public)
+            parsed.append(ciphertexts)
+            tag = tag * value % public.n_squared
+        summed = add_ciphertexts(public, parsed)
     except SecAggError as exc:
-        return f"its ciphertexts are invalid: {exc}"
-    if ciphertexts.layout != layout or ciphertexts.value_count != value_count:
-        return "its ciphertexts do not pack the round's values in the job's layout"
-    if ciphertexts.contributions != 1:
-        return f"it claims {ciphertexts.contributions} contributions"
+        return f"invalid ciphertexts: {exc}"
     try:
-        plaintexts = decrypt_integers(key, ciphertexts.ciphertexts, workers=workers)
+        plaintexts = decrypt_integers(key, summed.ciphertexts, workers=workers)
         (tag_plaintext,) = decrypt_integers(key, [tag])
-        layout.unpack(plaintexts, value_count, 1)
+        layout.unpack(plaintexts, value_count, len(items))
     except SecAggError as exc:
-        return f"it does not decode as one masked vector: {exc}"
+        return f"it does not decode as a sum of masked vectors: {exc}"
     if not tag_matches(key, binding, plaintexts, tag_plaintext):
-        return "its tag is not the tag of its ciphertexts for this round"
+        return "the tag is not the tag of the ciphertexts for this round"
     return ""

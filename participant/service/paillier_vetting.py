@@ -26,6 +26,7 @@ from fedsilo.paillier_inputs import (
     ExclusionReport,
     SignedInput,
     input_defect,
+    inputs_defect,
     sign_input,
     verify_input,
 )
@@ -144,13 +145,20 @@ def vet_inputs(
             )
         _log_malformed(item, reason, "the coordinator excluded it; checked here", ctx)
     excluded: list[str] = []
-    for item in shown:
-        reason = input_defect(
-            key, layout, parameters.vector_length, binding, item, paillier.workers
-        )
-        if reason:
-            excluded.append(item.sender)
-            _log_malformed(item, reason, "left out of the survivor set this participant signs", ctx)
+    # One decryption of the others' sum in the usual case; each input alone only when the sum
+    # shows that one of them is malformed.
+    if shown and inputs_defect(
+        key, layout, parameters.vector_length, binding, shown, paillier.workers
+    ):
+        for item in shown:
+            reason = input_defect(
+                key, layout, parameters.vector_length, binding, item, paillier.workers
+            )
+            if reason:
+                excluded.append(item.sender)
+                _log_malformed(
+                    item, reason, "left out of the survivor set this participant signs", ctx
+                )
     remaining = tuple(org for org in survivors if org not in excluded)
     return Vetted(remaining, tuple(sorted(excluded)))
 
