@@ -206,8 +206,9 @@ def inputs_defect(
     ``len(items) * (R - 1)``, padding zero) and carries the tag of its plaintexts, and a sum
     does so only if every input that could brick the round's sum is well formed (a non-zero
     padding bit, or a tag that does not match, shows in the sum). :func:`input_defect` then
-    finds the sender. A slot of one input above ``R - 1`` that the sum still holds is the same
-    as another masked word modulo ``R``, which any sender may choose anyway.
+    finds the sender. A slot of one input above ``R - 1`` that the sum still holds is not
+    caught: the sum decodes, and modulo ``R`` it is an aggregate a sender could reach by
+    choosing its masked words, which any sender may do anyway.
     """
     public = key.public_key
     parsed: list[PaillierCiphertexts] = []
