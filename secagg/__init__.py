@@ -4,8 +4,9 @@ No gRPC, SQL, TensorFlow or ``numpy.random``: functions take bytes, ints, numpy 
 dataclasses and return dataclasses; randomness is injected as a ``Callable[[int], bytes]`` such as
 ``os.urandom``. :mod:`secagg.masking` is the protocol (what applications use);
 :mod:`secagg.primitives` holds the building blocks (X25519, HKDF, AES-GCM, AES-CTR PRG, Shamir,
-signatures); the few of them other packages need (organization signing and verifying keys, the
-injected random source, X25519 key pairs and the canonical field encoding) are re-exported here,
+signatures); the few of them other packages need (organization signing and verifying keys,
+signing and verifying with them, the injected random source, X25519 key pairs and the canonical
+field encoding) are re-exported here,
 so nothing outside ``secagg`` imports ``secagg.primitives``. The protocol, encodings and
 quantization bound are described in ``docs/secagg.md``. A participant starts every round with
 its own ``CohortPolicy`` (the smallest threshold fraction and cohort it accepts) and refuses a
@@ -70,7 +71,7 @@ from secagg.primitives.encoding import (
     encode_uint,
 )
 from secagg.primitives.randomness import RandomSource
-from secagg.primitives.signatures import SigningKey, VerifyingKey, verifying_key
+from secagg.primitives.signatures import SigningKey, VerifyingKey, sign, verify, verifying_key
 
 __all__ = [
     "AgreementKeyPair",
@@ -111,5 +112,7 @@ __all__ = [
     "encode_text",
     "encode_uint",
     "secure_threshold",
+    "sign",
+    "verify",
     "verifying_key",
 ]

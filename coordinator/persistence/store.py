@@ -288,6 +288,12 @@ class Transaction:
             )
         )
 
+    def delete_phase_messages(self, round_id: str, phase: str) -> None:
+        """Forget a phase's accepted messages (a paillier round's consistency signatures on a
+        survivor set that changed when a malformed input was excluded)."""
+        c = t.phase_messages.c
+        self._conn.execute(delete(t.phase_messages).where(c.round_id == round_id, c.phase == phase))
+
     def list_phase_messages(self, round_id: str, phase: str | None = None) -> list[PhaseMessage]:
         """The accepted messages of a round (of one phase), in the order they were accepted."""
         c = t.phase_messages.c

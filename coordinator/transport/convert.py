@@ -188,6 +188,8 @@ def _step_to_pb(step: SecAggStep) -> pb.SecAggStep:
         shares=list(step.shares),
         survivors=list(step.survivors),
         unmask_request=step.unmask_request,
+        inputs=list(step.inputs),
+        excluded_inputs=list(step.excluded_inputs),
     )
 
 

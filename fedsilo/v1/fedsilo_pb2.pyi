@@ -326,6 +326,8 @@ class SecAggStep(_message.Message):
     SHARES_FIELD_NUMBER: _builtins.int
     SURVIVORS_FIELD_NUMBER: _builtins.int
     UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    EXCLUDED_INPUTS_FIELD_NUMBER: _builtins.int
     unmask_request: _builtins.bytes
     """UNMASK: the unmask request (survivors, dropped and the consistency signatures)."""
     @_builtins.property
@@ -342,6 +344,18 @@ class SecAggStep(_message.Message):
     def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CONSISTENCY: the survivor set U3 to sign."""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """CONSISTENCY of a paillier round: the signed encrypted inputs of the other members of U3
+        (fedsilo.paillier_inputs.SignedInput), for the caller to vet before it signs.
+        """
+
+    @_builtins.property
+    def excluded_inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """CONSISTENCY of a paillier round: the evidence for every organization excluded from U3 as the
+        sender of a malformed input: its signed encrypted input.
+        """
+
     def __init__(
         self,
         *,
@@ -350,10 +364,12 @@ class SecAggStep(_message.Message):
         shares: _abc.Iterable[_builtins.bytes] | None = ...,
         survivors: _abc.Iterable[_builtins.str] | None = ...,
         unmask_request: _builtins.bytes = ...,
+        inputs: _abc.Iterable[_builtins.bytes] | None = ...,
+        excluded_inputs: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "parameters", b"parameters", "shares", b"shares", "survivors", b"survivors", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded_inputs", b"excluded_inputs", "inputs", b"inputs", "keys", b"keys", "parameters", b"parameters", "shares", b"shares", "survivors", b"survivors", "unmask_request", b"unmask_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

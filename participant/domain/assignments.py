@@ -62,7 +62,10 @@ class SecAggStepData:
 
     SHARES: ``keys`` (U1); INPUTS: ``shares`` (``secagg.EncryptedShare`` bytes addressed to this
     participant); CONSISTENCY: ``survivors`` (U3); UNMASK: ``unmask_request``
-    (``secagg.UnmaskRequest`` bytes).
+    (``secagg.UnmaskRequest`` bytes). CONSISTENCY of a paillier round also carries the signed
+    encrypted inputs of the other members of U3 (``inputs``) and the evidence against those
+    excluded as senders of malformed inputs (``excluded_inputs``), both
+    ``fedsilo.paillier_inputs.SignedInput`` bytes.
     """
 
     parameters: SecAggParameters
@@ -70,6 +73,8 @@ class SecAggStepData:
     shares: tuple[bytes, ...] = ()
     survivors: tuple[str, ...] = ()
     unmask_request: bytes = b""
+    inputs: tuple[bytes, ...] = ()
+    excluded_inputs: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,11 @@ class PaillierJobs:
     def store(self) -> PaillierStateStore:
         return self._store
 
+    @property
+    def workers(self) -> PaillierWorkers | None:
+        """The process pool for encryption and decryption (None: small batches run here)."""
+        return self._workers
+
     def close(self) -> None:
         """Stop the worker processes, if any were started."""
         if self._workers is not None:

@@ -69,6 +69,11 @@ from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import PaillierJobs
+from participant.service.paillier_vetting import (
+    sign_encrypted_input,
+    signed_consistency_answer,
+    vet_inputs,
+)
 from participant.service.secagg_state import SecAggStateStore, SecureRoundState
 from secagg import (
     ClientPhase,
@@ -365,6 +370,21 @@ class SecureRoundParticipant:
         if phase is SecAggPhase.INPUTS:
             return self._mask_input(assignment, data, state, client, ctx)
         if phase is SecAggPhase.CONSISTENCY:
+            if assignment.protection is Protection.PAILLIER:
+                # Every other contributor's signed input is vetted before U3 is signed; senders
+                # of malformed ones are left out like dropouts (paillier_vetting.py).
+                vetted = vet_inputs(
+                    self._require_paillier(),
+                    assignment,
+                    data,
+                    client.config,
+                    state.base_sha256,
+                    state.peer_certificates,
+                    identity.participant_id,
+                    ctx,
+                )
+                body = signed_consistency_answer(client, vetted)
+                return _Answer(replace(state, client=client.to_dict()), body)
             signature = client.sign_survivors(list(data.survivors))
             return _Answer(replace(state, client=client.to_dict()), signature.to_bytes())
         request = UnmaskRequest.from_bytes(data.unmask_request)
@@ -504,6 +524,11 @@ class SecureRoundParticipant:
             )
             header, payload = paillier.encrypt_input(
                 assignment.job_id, parameters, masked.vector, binding
+            )
+            # Signed over the round: attributable to this organization, and only to this round.
+            identity = self._current_identity()
+            header, payload = sign_encrypted_input(
+                header, payload, identity.signing_key, client.config, identity.participant_id
             )
         else:
             header, payload = encode_tensors([masked.vector])

@@ -136,6 +136,8 @@ def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
         shares=tuple(step.shares),
         survivors=tuple(step.survivors),
         unmask_request=step.unmask_request,
+        inputs=tuple(step.inputs),
+        excluded_inputs=tuple(step.excluded_inputs),
     )
 
 

@@ -26,8 +26,12 @@ from integration_shift_task import ORG_SETTINGS
 from coordinator.transport.server import RunningCoordinator
 from fedsilo.admin import AdminClient
 from fedsilo.cli.daemons import wait_for
-from fedsilo.codec import decode_tensors, encode_tensors
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.protection import SecAggParameters
 from fedsilo.v1 import fedsilo_pb2 as pb
+from participant.service.paillier_jobs import PaillierJobs
+from participant.service.paillier_state import PaillierStateStore
+from secagg.paillier import PackingLayout, PaillierCiphertexts, encrypt_integers, input_tag
 
 LEVELS_BITS = 12
 BOUND = math.ldexp(1.0, -(LEVELS_BITS + 1)) + 1e-5
@@ -166,3 +170,84 @@ def test_a_coordinator_serving_another_correction_is_refused_for_good(
     lines = [r.getMessage() for r in caplog.records if "stopped serving job" in r.getMessage()]
     assert len(lines) == len(ORGS)
     assert all(f"job {job_id}" in line and "model version 1 failed" in line for line in lines)
+
+
+def test_a_malformed_input_is_excluded_and_its_sender_named(
+    admin: AdminClient,
+    target: str,
+    run_daemon: Callable[..., DaemonThread],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """org-c holds the job key and signs an encrypted input with a non-zero padding bit (its
+    tag made properly, so only decrypting its input can tell). org-a and org-b vet it before
+    signing U3, leave org-c out like a dropout and name it; the coordinator keeps the signed
+    input as evidence, and the round commits exactly org-a's and org-b's sum, which every key
+    holder decrypts. Without the vetting the sum would not decode and the job would stall."""
+    caplog.set_level(logging.INFO)
+    honest_encrypt = PaillierJobs.encrypt_input
+
+    def encrypt(
+        self: PaillierJobs,
+        job_id: str,
+        parameters: SecAggParameters,
+        masked: np.ndarray,
+        binding: bytes,
+    ) -> tuple[PayloadHeader, bytes]:
+        if vars(self.store)["_dir"].parent.name != "org-c":
+            return honest_encrypt(self, job_id, parameters, masked, binding)
+        key = self.private_key(job_id)
+        assert key is not None
+        public = key.public_key
+        layout = PackingLayout(parameters.modulus_bits, parameters.max_participants, public.bits)
+        plaintexts = layout.pack(masked)
+        plaintexts[-1] |= 1 << layout.packed_bits  # a padding bit: the sum would never decode
+        tag = input_tag(key, binding, plaintexts)
+        *encrypted, tag_ciphertext = encrypt_integers(public, [*plaintexts, tag])
+        data = PaillierCiphertexts(public.fingerprint, layout, 1, masked.size, tuple(encrypted))
+        tag_bytes = tag_ciphertext.to_bytes(public.ciphertext_bytes, "big")
+        return encode_tensors(
+            [np.frombuffer(data.to_bytes(), np.uint8), np.frombuffer(tag_bytes, np.uint8)]
+        )
+
+    monkeypatch.setattr(PaillierJobs, "encrypt_input", encrypt)
+    daemons = [run_daemon(org, target, poll_seconds=0.5) for org in ORGS]
+    wait_for(
+        lambda: sorted(p.org_id for p in admin.list_participants()) == list(ORGS),
+        20,
+        "three organizations to register",
+        interval=0.02,
+    )
+    initial = initial_weights()
+    spec = paillier_spec()
+    spec.num_rounds = 1
+    job_id = admin.create_job(spec, initial).job_id
+    admin.start_job(job_id)
+
+    def done(status: pb.JobStatus) -> bool:
+        final = [m for m in status.metrics if m.version == 1]
+        return status.state == pb.JOB_STATE_COMPLETED and bool(final) and final[0].reports >= 2
+
+    status = wait_for_job(admin, job_id, done, "the paillier job to complete without org-c", 120)
+    (round_,) = status.rounds
+    assert round_.phase == pb.ROUND_PHASE_COMMITTED, round_.abort_reason
+    assert sorted(round_.contributors) == ["org-a", "org-b"]
+    events = [e for e in admin.audit_events() if e.action == "round.malformed_input"]
+    assert events and all("org=org-c" in e.detail for e in events)
+    named = [r for r in caplog.records if "organization org-c sent a malformed" in r.getMessage()]
+    assert {r.name for r in named} == {"participant", "coordinator"}
+    for daemon in daemons:
+        assert daemon.stop()
+
+    # Exactly org-a's and org-b's sum: the weighted mean offset (10 * 1 + 30 * 2) / 40.
+    shift = np.float32((10 * 1.0 + 30 * 2.0) / 40)
+    models = []
+    for org in ("org-a", "org-b"):
+        kept = PaillierStateStore(tmp_path / "participants" / org).load_model(job_id, 1)
+        assert kept is not None, org
+        models.append(kept)
+    for model in models[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(models[0], model, strict=True))
+    for got, base in zip(models[0], initial, strict=True):
+        assert np.max(np.abs(got - (base + shift))) <= BOUND

@@ -11,9 +11,11 @@ they verify from those messages (docs/paillier.md).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from coordinator.domain.jobs import Job
+from coordinator.domain.jobs import Job, PhaseMessage
 from coordinator.domain.rounds import Phase, Round, RoundEvent
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.store import Transaction
@@ -21,13 +23,20 @@ from coordinator.service.context import ServiceContext
 from coordinator.service.engines.base import CeremonyRow, revoked_orgs
 from coordinator.service.engines.masked_engine import MaskedRoundEngine
 from coordinator.service.engines.paillier_ceremony import CeremonyCoordinator, CeremonyStep
+from coordinator.service.engines.paillier_inputs import (
+    RunningInputs,
+    exclude_reported,
+    inputs_for,
+    signed_input,
+)
 from coordinator.service.payloads import ReceivedPayload, decode_payload
 from coordinator.service.round_ledger import RoundLedger
-from coordinator.service.views import UpdateSubmission
+from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors
 from fedsilo.faults import crash_point
+from fedsilo.paillier_inputs import ExclusionReport, SignedInput, is_exclusion_report
 from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
-from secagg import InvalidInput, SecAggError, decode_fields, encode_fields
+from secagg import InvalidInput, SecAggError
 from secagg.paillier import (
     PackingLayout,
     PaillierCiphertexts,
@@ -95,6 +104,53 @@ class PaillierRoundEngine(MaskedRoundEngine):
     ) -> list[CeremonyRow]:
         return self._ceremony.check(tx, job, org_id, action, body, certificate_pem)
 
+    # -- vetting the inputs before CONSISTENCY (paillier_inputs.py) -----------------------------
+
+    def round_work(
+        self, tx: Transaction, round_: Round, org_id: str, now: float
+    ) -> WorkItem | None:
+        item = super().round_work(tx, round_, org_id, now)
+        if (
+            item is None
+            or item.secagg is None
+            or round_.phase is not Phase.CONSISTENCY
+            or round_.accumulator_ref is None
+        ):
+            return item
+        # Every member decrypts the others' signed inputs and checks them before it signs U3.
+        running = RunningInputs.from_bytes(self._ctx.blobs.get(round_.accumulator_ref))
+        inputs, excluded = inputs_for(running, org_id)
+        step = dataclasses.replace(item.secagg, inputs=inputs, excluded_inputs=excluded)
+        return dataclasses.replace(item, secagg=step)
+
+    def check_message(
+        self,
+        tx: Transaction,
+        round_: Round,
+        job: Job,
+        org_id: str,
+        message: MessageSubmission,
+        certificate_pem: bytes,
+        now: float,
+    ) -> PhaseMessage:
+        if message.phase is Phase.CONSISTENCY and is_exclusion_report(message.body):
+            try:
+                report = ExclusionReport.from_bytes(message.body)
+            except SecAggError as exc:
+                raise InvalidRequest(f"the exclusion report was refused: {exc}") from None
+            if org_id not in round_.contributors:
+                raise WrongRoundPhase(
+                    "this organization does not take part in the consistency phase"
+                )
+            public_key = self._ceremony.public_key(tx, job.job_id)
+            assert public_key is not None  # rounds open only after the key was dealt
+            # U3 without the reported senders; the signature below must be on exactly that set.
+            round_ = exclude_reported(
+                tx, self._ctx.blobs, public_key, round_, job, org_id, report, now
+            )
+            message = dataclasses.replace(message, body=report.signature)
+        return super().check_message(tx, round_, job, org_id, message, certificate_pem, now)
+
     # -- encrypted inputs -----------------------------------------------------------------------
 
     def _check_masked_header(
@@ -114,18 +170,33 @@ class PaillierRoundEngine(MaskedRoundEngine):
             self._check_encrypted_input(tx, round_, org_id, update.header)
             public_key = self._ceremony.public_key(tx, job.job_id)
         assert public_key is not None  # rounds open only after the key was dealt
-        # Checked like any payload (size, hash, the two uint8 vectors), read from the spool once.
-        data, tag = decode_payload(update.header, payload, self._ctx.settings.max_payload_bytes)
-        return self._add_encrypted(round_, job, public_key, data.tobytes(), tag.tobytes())
+        # Checked like any payload (size, hash, the three uint8 vectors), read from the spool once.
+        data, tag, signature = decode_payload(
+            update.header, payload, self._ctx.settings.max_payload_bytes
+        )
+        with self._ctx.store.transaction() as tx:
+            signed = signed_input(
+                tx,
+                self._secure,
+                round_,
+                job,
+                org_id,
+                data.tobytes(),
+                tag.tobytes(),
+                signature.tobytes(),
+            )
+        return self._add_encrypted(round_, job, public_key, signed)
 
     def _check_encrypted_input(
         self, tx: Transaction, round_: Round, org_id: str, header: PayloadHeader
     ) -> None:
-        """An encrypted input comes from a member of U2: its ciphertexts and its tag, as bytes."""
+        """An encrypted input comes from a member of U2: its ciphertexts, its tag and its
+        sender's signature over both and the round (``fedsilo.paillier_inputs``), as bytes."""
         self._secure.require_shares_sent(tx, round_, org_id)
-        if len(header.tensors) != 2 or any(t.dtype != "uint8" for t in header.tensors):
+        if len(header.tensors) != 3 or any(t.dtype != "uint8" for t in header.tensors):
             raise InvalidRequest(
-                "an encrypted input is two uint8 tensors: the Paillier ciphertexts and their tag"
+                "an encrypted input is three uint8 tensors: the Paillier ciphertexts, their tag "
+                "and the sender's signature"
             )
         if any(len(t.shape) != 1 for t in header.tensors):
             raise InvalidRequest("an encrypted input is 1-D tensors of bytes")
@@ -135,13 +206,13 @@ class PaillierRoundEngine(MaskedRoundEngine):
         round_: Round,
         job: Job,
         public_key: PaillierPublicKey,
-        payload: bytes,
-        tag_bytes: bytes,
+        signed: SignedInput,
     ) -> str:
-        """Multiply one participant's ciphertexts and tag into the round's running products."""
+        """Multiply one participant's ciphertexts and tag into the round's running products,
+        and keep its signed input beside them (shown to the members at CONSISTENCY)."""
         try:
-            new = PaillierCiphertexts.from_bytes(payload, public_key)
-            tag = _decode_tag(tag_bytes, public_key)
+            new = PaillierCiphertexts.from_bytes(signed.ciphertexts, public_key)
+            tag = _decode_tag(signed.tag, public_key)
         except SecAggError as exc:
             raise InvalidRequest(f"the encrypted input was refused: {exc}") from None
         length = self._secure.vector_length(job)
@@ -152,16 +223,21 @@ class PaillierRoundEngine(MaskedRoundEngine):
             raise InvalidRequest(f"an encrypted input packs {length} values in the job's layout")
         if new.contributions != 1:
             raise InvalidRequest("an encrypted input is one participant's contribution")
+        inputs: tuple[bytes, ...] = ()
+        excluded: tuple[bytes, ...] = ()
         if round_.accumulator_ref is not None:
-            total_bytes, total_tag_bytes = _read_accumulator(
-                self._ctx.blobs.get(round_.accumulator_ref)
-            )
-            total = PaillierCiphertexts.from_bytes(total_bytes, public_key)
+            running = RunningInputs.from_bytes(self._ctx.blobs.get(round_.accumulator_ref))
+            total = PaillierCiphertexts.from_bytes(running.summed, public_key)
             new = add_ciphertexts(public_key, [total, new])
-            tag = tag * _decode_tag(total_tag_bytes, public_key) % public_key.n_squared
-        return self._ctx.blobs.put(
-            encode_fields([_ACCUMULATOR_LABEL, new.to_bytes(), _encode_tag(tag, public_key)])
+            tag = tag * _decode_tag(running.tag, public_key) % public_key.n_squared
+            inputs, excluded = running.inputs, running.excluded
+        running = RunningInputs(
+            new.to_bytes(),
+            _encode_tag(tag, public_key),
+            (*inputs, signed.to_bytes()),
+            excluded,
         )
+        return self._ctx.blobs.put(running.to_bytes())
 
     # -- the encrypted result -------------------------------------------------------------------
 
@@ -182,8 +258,8 @@ class PaillierRoundEngine(MaskedRoundEngine):
             self._ledger.abort(round_, job, f"unmasking failed: {exc}", now)
             return
         assert round_.accumulator_ref is not None  # U3 has at least t >= 2 members
-        summed, tag = _read_accumulator(self._ctx.blobs.get(round_.accumulator_ref))
-        record = PaillierVersion(summed, tag, transcript, generation).to_bytes()
+        running = RunningInputs.from_bytes(self._ctx.blobs.get(round_.accumulator_ref))
+        record = PaillierVersion(running.summed, running.tag, transcript, generation).to_bytes()
         _, payload = encode_tensors([np.frombuffer(record, dtype=np.uint8), correction])
         result_ref = self._ctx.blobs.put(payload)
         crash_point("coordinator.secagg.before_aggregated")
@@ -228,17 +304,6 @@ class PaillierRoundEngine(MaskedRoundEngine):
             )
         correction = self._secure.input_spec(job)
         return (TensorSpec("uint8", (size - correction.nbytes,)), correction)
-
-
-_ACCUMULATOR_LABEL = b"fedsilo/paillier/v1/running-sum"
-
-
-def _read_accumulator(data: bytes) -> tuple[bytes, bytes]:
-    """The running products of a round: (ciphertexts bytes, tag bytes)."""
-    label, summed, tag = decode_fields(data, 3)
-    if label != _ACCUMULATOR_LABEL:
-        raise InvalidRequest("the round's running sum is not a paillier one")
-    return summed, tag
 
 
 def _decode_tag(data: bytes, public_key: PaillierPublicKey) -> int:

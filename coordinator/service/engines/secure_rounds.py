@@ -80,6 +80,10 @@ class SecAggStep:
     """CONSISTENCY: U3."""
     unmask_request: bytes = b""
     """UNMASK: the request every member of U4 answers."""
+    inputs: tuple[bytes, ...] = ()
+    """CONSISTENCY (paillier): the signed encrypted inputs of U3's other members, to vet."""
+    excluded_inputs: tuple[bytes, ...] = ()
+    """CONSISTENCY (paillier): the signed inputs of those excluded from U3 as malformed."""
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,15 @@ from secure_round_harness import (
 
 from examples.synthetic.task import task
 from fedsilo.codec import decode_tensors, tensors_sha256
+from fedsilo.paillier_inputs import (
+    ExclusionReport,
+    SignedInput,
+    is_exclusion_report,
+    verify_input,
+)
 from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
 from fedsilo.pki import DemoPki
-from fedsilo.protection import Protection, SecAggParameters, flatten
+from fedsilo.protection import Protection, SecAggParameters, decode_share_list, flatten
 from fedsilo.strategies import StrategyChoice
 from fedsilo.tasks import LocalData, TrainingSettings, TrainResult
 from participant.domain.assignments import (
@@ -57,7 +63,7 @@ from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant, round_config
-from secagg import SecAggServer, decode_fields
+from secagg import ConsistencySignature, SecAggServer, SignedKeys, decode_fields
 from secagg.paillier import (
     DealtKey,
     JobKey,
@@ -361,6 +367,13 @@ class PaillierRound(Coordinator):
         self.tag = 1
         self.encrypted: dict[str, bytes] = {}
         self.tags: dict[str, bytes] = {}
+        self.signed: dict[str, SignedInput] = {}
+        """Every input as its sender signed it (shown to the others at CONSISTENCY)."""
+        self.evidence: tuple[SignedInput, ...] = ()
+        """The signed inputs shown as evidence for exclusions (none in an honest round)."""
+        self.reports: dict[str, ExclusionReport] = {}
+        self.show_inputs = True
+        """False: a coordinator whose CONSISTENCY step could not carry the inputs."""
         self.messages: dict[SecAggPhase, list[tuple[str, bytes]]] = {}
         self.correction: npt.NDArray[Any] | None = None
         # Signed as a paillier round: its context binds the base version's served bytes.
@@ -377,14 +390,40 @@ class PaillierRound(Coordinator):
             strategy=self.strategy,
         )
 
+    def consistency_task_for(self, org: str) -> Assignment:
+        """U3 with the other members' signed inputs, and the evidence for any exclusion."""
+        inputs = tuple(
+            self.signed[other].to_bytes()
+            for other in self.survivors
+            if other != org and self.show_inputs
+        )
+        return self.task(
+            SecAggPhase.CONSISTENCY,
+            survivors=self.survivors,
+            inputs=inputs,
+            excluded_inputs=tuple(item.to_bytes() for item in self.evidence),
+        )
+
+    def task_for(self, phase: SecAggPhase, org: str) -> Assignment:
+        if phase is SecAggPhase.CONSISTENCY:
+            return self.consistency_task_for(org)
+        return super().task_for(phase, org)
+
     def receive(self, phase: SecAggPhase, org: str, sent: Sent) -> None:
+        if phase is SecAggPhase.CONSISTENCY and is_exclusion_report(sent.body):
+            self.reports[org] = ExclusionReport.from_bytes(sent.body)
+            return
         if phase is not SecAggPhase.INPUTS:
             super().receive(phase, org, sent)
             self.messages.setdefault(phase, []).append((org, sent.body))
             return
         assert sent.header is not None and sent.num_examples == 0 and sent.train_loss == 0.0
-        data, tag = decode_tensors(sent.header, sent.payload)
+        data, tag, signature = decode_tensors(sent.header, sent.payload)
         assert data.dtype == np.uint8 and data.ndim == 1 and tag.dtype == np.uint8
+        # Every input carries its sender's signature over the round: what the others vet.
+        signed = SignedInput(org, data.tobytes(), tag.tobytes(), signature.tobytes())
+        verify_input(self.verifying_keys[org], self.config, signed)
+        self.signed[org] = signed
         item = PaillierCiphertexts.from_bytes(data.tobytes(), self.public)
         assert item.contributions == 1 and item.value_count == self.params.vector_length
         self.encrypted[org] = data.tobytes()
@@ -393,6 +432,40 @@ class PaillierRound(Coordinator):
             item if self.total is None else add_ciphertexts(self.public, [self.total, item])
         )
         self.tag = self.tag * int.from_bytes(tag.tobytes(), "big") % self.public.n_squared
+
+    def exclude(self, orgs: Sequence[str]) -> None:
+        """What the coordinator does on an exclusion report: U3 without ``orgs`` (dropouts now),
+        the products without their inputs, their signed inputs kept as evidence, the server
+        replayed up to CONSISTENCY with the new set."""
+        self.evidence += tuple(self.signed[org] for org in orgs)
+        for org in orgs:
+            del self.encrypted[org], self.tags[org], self.signed[org]
+        items = [
+            PaillierCiphertexts.from_bytes(data, self.public) for data in self.encrypted.values()
+        ]
+        self.total = add_ciphertexts(self.public, items)
+        self.tag = 1
+        for tag in self.tags.values():
+            self.tag = self.tag * int.from_bytes(tag, "big") % self.public.n_squared
+        self.server = SecAggServer(self.config, verifying_keys=self.verifying_keys)
+        for org, body in self.messages[SecAggPhase.KEYS]:
+            self.server.receive_keys(org, SignedKeys.from_bytes(body))
+        self.server.close_keys()
+        for org, body in self.messages[SecAggPhase.SHARES]:
+            self.server.receive_shares(org, decode_share_list(body))
+        self.server.close_shares()
+        zeros = np.zeros(self.params.vector_length, dtype=self.config.dtype)
+        self.server.restore_inputs(sorted(self.encrypted), zeros)
+        self.survivors = tuple(self.server.close_inputs())
+        self.messages.pop(SecAggPhase.CONSISTENCY, None)
+        for org, report in sorted(self.reports.items()):
+            if org in self.encrypted:
+                self.receive_signature(org, report.signature)
+
+    def receive_signature(self, org: str, body: bytes) -> None:
+        """A consistency signature (from a report, or as sent) on the current U3."""
+        self.server.receive_consistency(org, ConsistencySignature.from_bytes(body))
+        self.messages.setdefault(SecAggPhase.CONSISTENCY, []).append((org, body))
 
     def close(self, phase: SecAggPhase) -> None:
         if phase is SecAggPhase.INPUTS:

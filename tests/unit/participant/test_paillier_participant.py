@@ -643,10 +643,12 @@ def test_the_encrypted_input_is_byte_tensors_without_count_or_loss(
 
     for org, sent in answers.items():
         assert sent.header is not None
-        # The ciphertexts, then their tag: one ciphertext (docs/paillier.md).
-        data, tag = [(s.dtype, s.shape) for s in sent.header.tensors]
+        # The ciphertexts, their tag (one ciphertext), and the sender's signature over both
+        # and the round (docs/paillier.md).
+        data, tag, signature = [(s.dtype, s.shape) for s in sent.header.tensors]
         assert data == ("uint8", (len(round_.encrypted[org]),))
         assert tag == ("uint8", (round_.public.ciphertext_bytes,))
+        assert signature == ("uint8", (len(round_.signed[org].signature),))
         assert sent.num_examples == 0 and sent.train_loss == 0.0
         assert sent.assignment.protection is Protection.PAILLIER
 

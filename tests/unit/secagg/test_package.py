@@ -65,6 +65,8 @@ PRIMITIVES = {
     "encode_fields",
     "encode_text",
     "encode_uint",
+    "sign",
+    "verify",
     "verifying_key",
 }
 """The building blocks other packages need, re-exported so nothing imports secagg.primitives."""

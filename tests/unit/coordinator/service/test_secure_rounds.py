@@ -41,7 +41,14 @@ from coordinator.persistence.store import Store
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem, WorkKind
-from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.paillier_inputs import (
+    ExclusionReport,
+    SignedInput,
+    input_defect,
+    sign_input,
+    verify_input,
+)
 from fedsilo.paillier_versions import (
     PaillierVersion,
     key_scope,
@@ -147,6 +154,8 @@ class Participant:
     paillier: PaillierPrivateKey | None = None
     tamper_input: Callable[[npt.NDArray[Any], SecAggParameters], npt.NDArray[Any]] | None = None
     """A malicious organization's change to its encoded input, before it is masked."""
+    tamper_plaintexts: Callable[[PackingLayout, list[int]], None] | None = None
+    """A malicious key holder's change to its packed plaintexts, before they are encrypted."""
 
     def ceremony(self, service: CoordinatorService, item: WorkItem) -> bool:
         """Answer one key-ceremony step honestly."""
@@ -226,7 +235,7 @@ class Participant:
                 self.answered.append(phase)
                 return True
             elif phase is Phase.CONSISTENCY:
-                body = self.client.sign_survivors(item.secagg.survivors).to_bytes()
+                body = self.consistency(service, item)
             else:
                 request = UnmaskRequest.from_bytes(item.secagg.unmask_request)
                 body = self.client.unmask(request).to_bytes()
@@ -237,6 +246,25 @@ class Participant:
         )
         self.answered.append(phase)
         return True
+
+    def consistency(self, service: CoordinatorService, item: WorkItem) -> bytes:
+        """Sign U3; a key holder first vets the inputs shown and leaves malformed senders out."""
+        assert self.client is not None and item.secagg is not None and item.round is not None
+        survivors = list(item.secagg.survivors)
+        bad: list[str] = []
+        if self.paillier is not None and item.secagg.inputs:
+            p = item.secagg.parameters
+            layout = PackingLayout(
+                p.modulus_bits, p.max_participants, self.paillier.public_key.bits
+            )
+            binding = _binding(service, item)
+            for raw in item.secagg.inputs:
+                shown = SignedInput.from_bytes(raw)
+                verify_input(self.peers[shown.sender], self.client.config, shown)
+                if input_defect(self.paillier, layout, p.vector_length, binding, shown):
+                    bad.append(shown.sender)
+        signature = self.client.sign_survivors([m for m in survivors if m not in bad]).to_bytes()
+        return ExclusionReport(signature, tuple(bad)).to_bytes() if bad else signature
 
     def submit_input(
         self, service: CoordinatorService, item: WorkItem, p: SecAggParameters
@@ -249,7 +277,16 @@ class Participant:
         masked = self.client.mask_input(shares, vector)
         header, payload = encode_tensors([masked.vector])
         if self.paillier is not None:
-            header, payload = _encrypted_input(service, item, self.paillier, masked.vector, p)
+            header, payload = _encrypted_input(
+                service, item, self.paillier, masked.vector, p, self.tamper_plaintexts
+            )
+            data, tag = decode_tensors(header, payload)
+            signed = sign_input(
+                self.org.key, self.client.config, self.org.org_id, data.tobytes(), tag.tobytes()
+            )
+            header, payload = encode_tensors(
+                [data, tag, np.frombuffer(signed.signature, dtype=np.uint8)]
+            )
         service.submit_update(
             self.org.org_id,
             UpdateSubmission(
@@ -380,7 +417,6 @@ def consortium(
 
 
 def committed_delta(c: Consortium, job: Job) -> npt.NDArray[np.float64]:
-    import hashlib
 
     version, header, payload = c.service.read_model(job.job_id, -1)
     assert version == 1
@@ -862,17 +898,17 @@ def _encrypted_input(
     key: PaillierPrivateKey,
     vector: npt.NDArray[Any],
     p: SecAggParameters,
+    tamper: Callable[[PackingLayout, list[int]], None] | None = None,
 ) -> tuple[PayloadHeader, bytes]:
-    """What an honest participant sends: the packed ciphertexts and their tag, bound to the
-    job, the round and the base version as served."""
+    """What an honest participant encrypts: the packed ciphertexts and their tag, bound to the
+    job, the round and the base version as served (``tamper``: what a malicious one changes)."""
     assert item.round is not None
     public = key.public_key
     layout = PackingLayout(p.modulus_bits, p.max_participants, public.bits)
     plaintexts = layout.pack(vector)
-    _, base, _ = service.read_model(item.round.job_id, item.round.base_version, encrypted=True)
-    binding = tag_binding(
-        item.round.job_id, item.round.round_id, item.round.base_version, base.sha256
-    )
+    if tamper is not None:
+        tamper(layout, plaintexts)
+    binding = _binding(service, item)
     *encrypted, tag = encrypt_integers(public, [*plaintexts, input_tag(key, binding, plaintexts)])
     data = PaillierCiphertexts(public.fingerprint, layout, 1, vector.size, tuple(encrypted))
     return encode_tensors(
@@ -881,6 +917,13 @@ def _encrypted_input(
             np.frombuffer(tag.to_bytes(public.ciphertext_bytes, "big"), dtype=np.uint8),
         ]
     )
+
+
+def _binding(service: CoordinatorService, item: WorkItem) -> bytes:
+    """The tag binding of the item's round, with the base version as served."""
+    assert item.round is not None
+    _, base, _ = service.read_model(item.round.job_id, item.round.base_version, encrypted=True)
+    return tag_binding(item.round.job_id, item.round.round_id, item.round.base_version, base.sha256)
 
 
 def _paillier_job(c: Consortium, key: PaillierPrivateKey, **changes: Any) -> Job:
@@ -958,12 +1001,12 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_nothing(
 ) -> None:
     # S16: a coordinator that publishes org-a's ciphertexts with the round's correction.
     job = _paillier_job(consortium, paillier_key)
-    captured: list[bytes] = []
+    captured: list[tuple[PayloadHeader, bytes]] = []
     original = consortium.service.submit_update
 
     def spy(org_id: str, update: UpdateSubmission, payload: bytes) -> Any:
         if org_id == "org-a":
-            captured.append(payload)
+            captured.append((update.header, payload))
         return original(org_id, update, payload)
 
     consortium.service.submit_update = spy  # type: ignore[method-assign]
@@ -971,16 +1014,8 @@ def test_one_ciphertext_passed_off_as_the_aggregate_reveals_nothing(
     _, header, payload = consortium.service.read_model(job.job_id, 1, encrypted=True)
 
     _, correction = decode_tensors(header, payload)
-    (first,) = captured
-    header_a = PayloadHeader(
-        (
-            TensorSpec("uint8", (len(first) - paillier_key.public_key.ciphertext_bytes,)),
-            TensorSpec("uint8", (paillier_key.public_key.ciphertext_bytes,)),
-        ),
-        len(first),
-        hashlib.sha256(first).digest(),
-    )
-    data_a, _ = decode_tensors(header_a, first)
+    ((header_a, first),) = captured
+    data_a, _, _ = decode_tensors(header_a, first)
     alone = PaillierCiphertexts.from_bytes(data_a.tobytes(), paillier_key.public_key)
     words = (decrypt_vector(paillier_key, alone) + correction.astype(np.uint64)) % (1 << 32)
     signed = words.astype(np.uint32).view(np.int32)
@@ -1363,3 +1398,80 @@ def _context_as_an_honest_participant_computes_it(
         min_participants=spec.min_participants,
         dp=spec.dp,
     )
+
+
+def _padding_bit(layout: PackingLayout, plaintexts: list[int]) -> None:
+    # A malicious key holder sets a bit above the last slot: the sum would never decode.
+    plaintexts[-1] |= 1 << layout.packed_bits
+
+
+def test_a_malformed_paillier_input_is_excluded_on_the_members_signed_reports(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    """org-c signs a malformed input. Every other member decrypts it at CONSISTENCY, signs U3
+    without org-c and reports it; the coordinator drops org-c like a dropout, keeps its signed
+    input as evidence and commits the other four's exact sum."""
+    consortium.participants["org-c"].tamper_plaintexts = _padding_bit
+    job = _paillier_job(consortium, paillier_key)
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    honest = ("org-a", "org-b", "org-d", "org-e")
+    assert sorted(finished.contributors) == list(honest)
+    mean = _decrypt_version(consortium, job, paillier_key, 1)
+    assert np.max(np.abs(mean - expected_delta(honest))) <= bound()
+    events = _malformed_events(consortium)
+    assert events and all("org=org-c" in detail for detail in events)
+    evidence = events[0].split("evidence_blob=")[1]
+    kept = SignedInput.from_bytes(consortium.blobs.get(evidence))
+    assert kept.sender == "org-c"
+    verify_input(
+        consortium.participants["org-a"].peers["org-c"], _config_of(consortium, "org-a"), kept
+    )
+
+
+def _config_of(consortium: Consortium, member: str) -> RoundConfig:
+    client = consortium.participants[member].client
+    assert client is not None
+    return client.config
+
+
+def test_an_exclusion_report_must_sign_the_set_it_leaves(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    """A report is adopted only with the reporter's signature on U3 minus the excluded: a
+    signature on another set, an exclusion of itself or of an unknown organization is
+    refused, and U3 stays as it was."""
+    job = _paillier_job(consortium, paillier_key)
+    for _ in range(20):
+        if consortium.service.get_job(job.job_id).rounds:
+            round_ = consortium.round(job)
+            if round_.phase is Phase.CONSISTENCY:
+                break
+        consortium.step()
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.CONSISTENCY
+    client = consortium.participants["org-a"].client
+    assert client is not None
+    whole = client.sign_survivors(list(round_.contributors)).to_bytes()
+    for report in (
+        ExclusionReport(whole, ("org-b",)),  # signed on U3, not on U3 without org-b
+        ExclusionReport(whole, ("org-a",)),
+        ExclusionReport(whole, ("org-z",)),
+    ):
+        with pytest.raises(InvalidRequest):
+            consortium.service.submit_message(
+                "org-a",
+                MessageSubmission(
+                    job.job_id, round_.round_id, Phase.CONSISTENCY, report.to_bytes()
+                ),
+                consortium.orgs["org-a"].certificate_pem,
+            )
+        assert consortium.round(job).contributors == round_.contributors
+    assert not _malformed_events(consortium)
+
+
+def _malformed_events(consortium: Consortium) -> list[str]:
+    """The audit details of the exclusions of malformed inputs."""
+    with consortium.store.transaction() as tx:
+        rows = tx.list_audit()
+    return [str(r["detail"]) for r in rows if r["action"] == "round.malformed_input"]

@@ -1,0 +1,189 @@
+"""Paillier rounds: sign this organization's encrypted input, vet the others' before CONSISTENCY.
+
+At INPUTS the participant signs its encrypted input with its organization key over the round
+configuration (``fedsilo.paillier_inputs``): the coordinator cannot forge or swap it, and a
+malformed one is evidence against its sender. At CONSISTENCY, before it signs the survivor set,
+it decrypts every other contributor's signed input the coordinator shows it and checks that it
+is one well-formed masked vector with the right tag. A sender whose signed input is malformed is
+left out of the set it signs, like a dropout (so secure aggregation removes its masks), named
+in an ERROR line and in the answer. Evidence the coordinator shows for organizations it already
+excluded is checked the same way; an exclusion without a validly signed malformed input, or an
+input its sender did not sign for this round, makes the participant refuse the round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cryptography import x509
+
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.paillier_inputs import (
+    ExclusionReport,
+    SignedInput,
+    input_defect,
+    inputs_defect,
+    sign_input,
+    verify_input,
+)
+from fedsilo.paillier_versions import tag_binding
+from participant.domain.assignments import Assignment, SecAggStepData
+from participant.service.paillier_jobs import PaillierJobs
+from secagg import (
+    InvalidSignature,
+    ProtocolViolation,
+    RoundConfig,
+    SecAggClient,
+    SecAggError,
+    SigningKey,
+    VerifyingKey,
+    verifying_key,
+)
+from secagg.paillier import PackingLayout
+
+__all__ = ["Vetted", "sign_encrypted_input", "signed_consistency_answer", "vet_inputs"]
+
+log = logging.getLogger("participant")
+
+
+def sign_encrypted_input(
+    header: PayloadHeader,
+    payload: bytes,
+    key: SigningKey,
+    config: RoundConfig,
+    sender: str,
+) -> tuple[PayloadHeader, bytes]:
+    """The encrypted input (ciphertexts, tag) with a third uint8 tensor: the sender's signature
+    over the round configuration and both (``fedsilo.paillier_inputs.sign_input``)."""
+    data, tag = decode_tensors(header, payload)
+    signed = sign_input(key, config, sender, data.tobytes(), tag.tobytes())
+    signature = np.frombuffer(signed.signature, dtype=np.uint8)
+    return encode_tensors([data, tag, signature])
+
+
+@dataclass(frozen=True)
+class Vetted:
+    """The survivor set to sign and the senders this participant found malformed inputs from."""
+
+    survivors: tuple[str, ...]
+    excluded: tuple[str, ...]
+
+
+def vet_inputs(
+    paillier: PaillierJobs,
+    assignment: Assignment,
+    data: SecAggStepData,
+    config: RoundConfig,
+    base_sha256: bytes,
+    certificates: Mapping[str, bytes],
+    me: str,
+    ctx: Mapping[str, Any],
+) -> Vetted:
+    """Check the signed inputs of a paillier CONSISTENCY step (see the module docstring).
+
+    ``certificates`` are the peers' certificates accepted at SHARES. Raises ProtocolViolation
+    when the coordinator deviated: an input not signed by its sender for this round, inputs that
+    do not cover the survivor set, or an exclusion whose evidence is a well-formed input.
+    """
+    survivors = tuple(sorted(data.survivors))
+    if not data.inputs and not data.excluded_inputs:
+        # Nothing shown (the inputs did not fit in one message): the sum is checked when it is
+        # decrypted instead, and a malformed one is refused there.
+        return Vetted(survivors, ())
+    key = paillier.private_key(assignment.job_id)
+    if key is None:
+        raise ProtocolViolation("this participant holds no Paillier key for the job")
+    parameters = data.parameters
+    layout = PackingLayout(
+        parameters.modulus_bits, parameters.max_participants, key.public_key.bits
+    )
+    binding = tag_binding(
+        assignment.job_id, assignment.round_id, assignment.model_version, base_sha256
+    )
+    keys = {org: _key_of(pem) for org, pem in certificates.items()}
+
+    def signed(raw: bytes, allowed: set[str], what: str) -> SignedInput:
+        try:
+            item = SignedInput.from_bytes(raw)
+        except SecAggError as exc:
+            raise ProtocolViolation(f"a {what} is not a signed encrypted input: {exc}") from None
+        if item.sender not in allowed:
+            raise ProtocolViolation(f"a {what} of {item.sender!r} is not expected in this step")
+        allowed.discard(item.sender)  # one per sender
+        verifier = keys.get(item.sender)
+        if verifier is None:
+            raise ProtocolViolation(f"no certificate of {item.sender!r} was accepted this round")
+        try:
+            verify_input(verifier, config, item)
+        except InvalidSignature:
+            raise ProtocolViolation(
+                f"the {what} shown for {item.sender!r} was not signed by it for this round"
+            ) from None
+        return item
+
+    expected = set(survivors) - {me}
+    shown = [signed(raw, expected, "contributor's input") for raw in data.inputs]
+    if expected:
+        raise ProtocolViolation(
+            f"the step shows no signed encrypted input of {sorted(expected)}, members of the "
+            "survivor set"
+        )
+    outsiders = set(config.cohort) - set(survivors) - {me}
+    for raw in data.excluded_inputs:
+        item = signed(raw, outsiders, "excluded organization's input")
+        reason = input_defect(
+            key, layout, parameters.vector_length, binding, item, paillier.workers
+        )
+        if not reason:
+            raise ProtocolViolation(
+                f"the coordinator excluded organization {item.sender} as the sender of a "
+                "malformed input, but the input it signed for this round is well formed"
+            )
+        _log_malformed(item, reason, "the coordinator excluded it; checked here", ctx)
+    excluded: list[str] = []
+    # One decryption of the others' sum in the usual case; each input alone only when the sum
+    # shows that one of them is malformed.
+    if shown and inputs_defect(
+        key, layout, parameters.vector_length, binding, shown, paillier.workers
+    ):
+        for item in shown:
+            reason = input_defect(
+                key, layout, parameters.vector_length, binding, item, paillier.workers
+            )
+            if reason:
+                excluded.append(item.sender)
+                _log_malformed(
+                    item, reason, "left out of the survivor set this participant signs", ctx
+                )
+    remaining = tuple(org for org in survivors if org not in excluded)
+    return Vetted(remaining, tuple(sorted(excluded)))
+
+
+def signed_consistency_answer(client: SecAggClient, vetted: Vetted) -> bytes:
+    """The CONSISTENCY answer: the signature on the vetted set, wrapped in an exclusion report
+    when this participant left senders of malformed inputs out of it."""
+    signature = client.sign_survivors(list(vetted.survivors)).to_bytes()
+    if not vetted.excluded:
+        return signature
+    return ExclusionReport(signature, vetted.excluded).to_bytes()
+
+
+def _log_malformed(item: SignedInput, reason: str, outcome: str, ctx: Mapping[str, Any]) -> None:
+    log.error(
+        "organization %s sent a malformed encrypted input in this round (%s; signed input "
+        "sha256 %s): %s",
+        item.sender,
+        reason,
+        item.sha256.hex(),
+        outcome,
+        **ctx,
+    )
+
+
+def _key_of(pem: bytes) -> VerifyingKey:
+    """The key of a certificate accepted earlier in the round (checked when it was)."""
+    return verifying_key(x509.load_pem_x509_certificate(pem).public_key())
