@@ -101,8 +101,13 @@ def vet_inputs(
     layout = PackingLayout(
         parameters.modulus_bits, parameters.max_participants, key.public_key.bits
     )
+    # Inputs are tagged under the generation of the key they are encrypted with, as at INPUTS.
     binding = tag_binding(
-        assignment.job_id, assignment.round_id, assignment.model_version, base_sha256
+        assignment.job_id,
+        assignment.round_id,
+        assignment.model_version,
+        base_sha256,
+        paillier.generation(assignment.job_id),
     )
     keys = {org: _key_of(pem) for org, pem in certificates.items()}
 
