@@ -31,7 +31,7 @@ from coordinator.persistence.store import DuplicateKey, Store, Transaction
 from fedsilo.logs import context
 from fedsilo.membership import MembershipListError, verify_membership_list
 
-__all__ = ["AuditEvent", "MembershipService"]
+__all__ = ["TOUCH_INTERVAL", "AuditEvent", "MembershipService"]
 
 log = logging.getLogger("coordinator.membership")
 
