@@ -350,8 +350,9 @@ class SecureRoundCoordinator:
         # An aggregate no honest inputs can add up to is never committed (InvalidInput aborts).
         quantization.check_in_range(mean, len(round_.contributors))
         delta = unflatten(mean.mean, job.weight_specs, dtype="float64")
+        # Each base tensor is widened to float64 inside the addition: one pass, no copy of it.
         weights = [
-            (np.asarray(b, dtype=np.float64) + d).astype(np.float32)
+            np.add(b, d, dtype=np.float64).astype(np.float32)
             for b, d in zip(base, delta, strict=True)
         ]
         return Unmasked(weights, mean.total_weight)
