@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from coordinator.domain.jobs import (
@@ -89,6 +89,49 @@ class Store:
             raise StorageUnavailable(f"database unavailable: {failure_reason(exc)}") from exc
 
 
+# The queries every round step runs (each submission, long poll and driver tick), built once:
+# a statement object built per call costs SQLAlchemy several times the query itself (its cache
+# key is computed again for every new object), and a secure round runs hundreds of them.
+_p, _j, _r = t.participants.c, t.jobs.c, t.rounds.c
+_GET_PARTICIPANT = select(t.participants).where(_p.org_id == bindparam("org_id"))
+_TOUCH_PARTICIPANT = update(t.participants).where(_p.org_id == bindparam("b_org_id"))
+_LIST_PARTICIPANTS = select(t.participants).order_by(_p.org_id)
+_GET_JOB = select(t.jobs).where(_j.job_id == bindparam("job_id"))
+_LIST_JOBS = select(t.jobs).order_by(_j.created_at, _j.job_id)
+_LIST_JOBS_IN = _LIST_JOBS.where(_j.state.in_(bindparam("states", expanding=True)))
+_GET_ROUND = select(t.rounds).where(_r.round_id == bindparam("round_id"))
+_OPEN_ROUNDS = (
+    select(t.rounds)
+    .where(_r.phase.not_in([Phase.COMMITTED.value, Phase.ABORTED.value]))
+    .order_by(_r.created_at)
+)
+_UPDATE_ROUND = update(t.rounds).where(
+    _r.round_id == bindparam("b_round_id"), _r.row_version == bindparam("b_row_version")
+)
+_GET_SUBMISSION = select(t.submissions).where(
+    t.submissions.c.round_id == bindparam("round_id"),
+    t.submissions.c.org_id == bindparam("org_id"),
+    t.submissions.c.phase == bindparam("phase"),
+)
+_INSERT_SUBMISSION = insert(t.submissions)
+_INSERT_PHASE_MESSAGE = insert(t.phase_messages)
+_ROUND_MESSAGES = (
+    select(t.phase_messages)
+    .where(t.phase_messages.c.round_id == bindparam("round_id"))
+    .order_by(t.phase_messages.c.id)
+)
+_PHASE_MESSAGES = _ROUND_MESSAGES.where(t.phase_messages.c.phase == bindparam("phase"))
+_GET_MODEL_VERSION = select(t.model_versions).where(
+    t.model_versions.c.job_id == bindparam("job_id"),
+    t.model_versions.c.version == bindparam("version"),
+)
+_GET_METRIC = select(t.metrics).where(
+    t.metrics.c.job_id == bindparam("job_id"),
+    t.metrics.c.version == bindparam("version"),
+    t.metrics.c.org_id == bindparam("org_id"),
+)
+
+
 class Transaction:
     """Repository operations inside one open transaction."""
 
@@ -98,9 +141,7 @@ class Transaction:
     # -- participants ------------------------------------------------------------------------
 
     def get_participant(self, org_id: str) -> Participant | None:
-        row = self._conn.execute(
-            select(t.participants).where(t.participants.c.org_id == org_id)
-        ).first()
+        row = self._conn.execute(_GET_PARTICIPANT, {"org_id": org_id}).first()
         return None if row is None else _participant(row)
 
     def add_participant(self, participant: Participant) -> None:
@@ -116,12 +157,10 @@ class Transaction:
 
     def touch_participant(self, org_id: str, now: float, certificate_sha256: str = "") -> None:
         """Record a call: its time and, when given, the fingerprint of the caller's certificate."""
-        values: dict[str, Any] = {"last_seen": now}
+        values: dict[str, Any] = {"b_org_id": org_id, "last_seen": now}
         if certificate_sha256:
             values["certificate_sha256"] = certificate_sha256
-        self._conn.execute(
-            update(t.participants).where(t.participants.c.org_id == org_id).values(**values)
-        )
+        self._conn.execute(_TOUCH_PARTICIPANT, values)
 
     def set_participant_status(self, org_id: str, status: ParticipantStatus) -> None:
         self._conn.execute(
@@ -131,8 +170,7 @@ class Transaction:
         )
 
     def list_participants(self) -> list[Participant]:
-        rows = self._conn.execute(select(t.participants).order_by(t.participants.c.org_id))
-        return [_participant(r) for r in rows]
+        return [_participant(r) for r in self._conn.execute(_LIST_PARTICIPANTS)]
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -140,14 +178,15 @@ class Transaction:
         self._conn.execute(insert(t.jobs).values(**_job_values(job), row_version=0))
 
     def get_job(self, job_id: str) -> Job | None:
-        row = self._conn.execute(select(t.jobs).where(t.jobs.c.job_id == job_id)).first()
+        row = self._conn.execute(_GET_JOB, {"job_id": job_id}).first()
         return None if row is None else _job(row)
 
     def list_jobs(self, states: tuple[JobState, ...] | None = None) -> list[Job]:
-        query = select(t.jobs).order_by(t.jobs.c.created_at, t.jobs.c.job_id)
-        if states is not None:
-            query = query.where(t.jobs.c.state.in_([s.value for s in states]))
-        return [_job(r) for r in self._conn.execute(query)]
+        if states is None:
+            rows = self._conn.execute(_LIST_JOBS)
+        else:
+            rows = self._conn.execute(_LIST_JOBS_IN, {"states": [s.value for s in states]})
+        return [_job(r) for r in rows]
 
     def update_job(self, job: Job) -> None:
         """Write the job's mutable fields (state, version, failures)."""
@@ -210,7 +249,7 @@ class Transaction:
         self._conn.execute(insert(t.rounds).values(**_round_values(round_)))
 
     def get_round(self, round_id: str) -> Round | None:
-        row = self._conn.execute(select(t.rounds).where(t.rounds.c.round_id == round_id)).first()
+        row = self._conn.execute(_GET_ROUND, {"round_id": round_id}).first()
         return None if row is None else _round(row)
 
     def list_rounds(self, job_id: str) -> list[Round]:
@@ -221,50 +260,38 @@ class Transaction:
 
     def open_rounds(self) -> list[Round]:
         """Rounds of any job that are not yet committed or aborted."""
-        terminal = [Phase.COMMITTED.value, Phase.ABORTED.value]
-        rows = self._conn.execute(
-            select(t.rounds)
-            .where(t.rounds.c.phase.not_in(terminal))
-            .order_by(t.rounds.c.created_at)
-        )
-        return [_round(r) for r in rows]
+        return [_round(r) for r in self._conn.execute(_OPEN_ROUNDS)]
 
     def update_round(self, round_: Round, expected_row_version: int) -> None:
         """Compare-and-set: write only if the stored row_version is still the expected one."""
         values = _round_values(round_)
         del values["round_id"]
-        result = self._conn.execute(
-            update(t.rounds)
-            .where(t.rounds.c.round_id == round_.round_id)
-            .where(t.rounds.c.row_version == expected_row_version)
-            .values(**values)
-        )
+        values.update(b_round_id=round_.round_id, b_row_version=expected_row_version)
+        result = self._conn.execute(_UPDATE_ROUND, values)
         if result.rowcount != 1:
             raise StaleWrite(f"round {round_.round_id} changed concurrently")
 
     # -- submissions -------------------------------------------------------------------------
 
     def get_submission(self, round_id: str, org_id: str, phase: str) -> Submission | None:
-        c = t.submissions.c
         row = self._conn.execute(
-            select(t.submissions).where(
-                c.round_id == round_id, c.org_id == org_id, c.phase == phase
-            )
+            _GET_SUBMISSION, {"round_id": round_id, "org_id": org_id, "phase": phase}
         ).first()
         return None if row is None else _submission(row)
 
     def add_submission(self, sub: Submission) -> None:
         self._conn.execute(
-            insert(t.submissions).values(
-                round_id=sub.round_id,
-                org_id=sub.org_id,
-                phase=sub.phase,
-                content_sha256=sub.content_sha256,
-                size_bytes=sub.size_bytes,
-                num_examples=sub.num_examples,
-                acknowledgement_id=sub.acknowledgement_id,
-                created_at=sub.created_at,
-            )
+            _INSERT_SUBMISSION,
+            {
+                "round_id": sub.round_id,
+                "org_id": sub.org_id,
+                "phase": sub.phase,
+                "content_sha256": sub.content_sha256,
+                "size_bytes": sub.size_bytes,
+                "num_examples": sub.num_examples,
+                "acknowledgement_id": sub.acknowledgement_id,
+                "created_at": sub.created_at,
+            },
         )
 
     def list_submissions(self, round_id: str) -> list[Submission]:
@@ -279,13 +306,14 @@ class Transaction:
 
     def add_phase_message(self, message: PhaseMessage) -> None:
         self._conn.execute(
-            insert(t.phase_messages).values(
-                round_id=message.round_id,
-                org_id=message.org_id,
-                phase=message.phase,
-                body=message.body,
-                certificate_pem=message.certificate_pem,
-            )
+            _INSERT_PHASE_MESSAGE,
+            {
+                "round_id": message.round_id,
+                "org_id": message.org_id,
+                "phase": message.phase,
+                "body": message.body,
+                "certificate_pem": message.certificate_pem,
+            },
         )
 
     def delete_phase_messages(self, round_id: str, phase: str) -> None:
@@ -296,11 +324,10 @@ class Transaction:
 
     def list_phase_messages(self, round_id: str, phase: str | None = None) -> list[PhaseMessage]:
         """The accepted messages of a round (of one phase), in the order they were accepted."""
-        c = t.phase_messages.c
-        query = select(t.phase_messages).where(c.round_id == round_id)
-        if phase is not None:
-            query = query.where(c.phase == phase)
-        rows = self._conn.execute(query.order_by(c.id))
+        if phase is None:
+            rows = self._conn.execute(_ROUND_MESSAGES, {"round_id": round_id})
+        else:
+            rows = self._conn.execute(_PHASE_MESSAGES, {"round_id": round_id, "phase": phase})
         return [
             PhaseMessage(r.round_id, r.org_id, r.phase, bytes(r.body), bytes(r.certificate_pem))
             for r in rows
@@ -353,10 +380,7 @@ class Transaction:
         )
 
     def get_model_version(self, job_id: str, version: int) -> ModelVersion | None:
-        c = t.model_versions.c
-        row = self._conn.execute(
-            select(t.model_versions).where(c.job_id == job_id, c.version == version)
-        ).first()
+        row = self._conn.execute(_GET_MODEL_VERSION, {"job_id": job_id, "version": version}).first()
         return (
             None
             if row is None
@@ -386,9 +410,8 @@ class Transaction:
         )
 
     def get_metric(self, job_id: str, version: int, org_id: str) -> MetricReport | None:
-        c = t.metrics.c
         row = self._conn.execute(
-            select(t.metrics).where(c.job_id == job_id, c.version == version, c.org_id == org_id)
+            _GET_METRIC, {"job_id": job_id, "version": version, "org_id": org_id}
         ).first()
         return None if row is None else _metric(row)
 

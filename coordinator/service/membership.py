@@ -31,12 +31,17 @@ from coordinator.persistence.store import DuplicateKey, Store, Transaction
 from fedsilo.logs import context
 from fedsilo.membership import MembershipListError, verify_membership_list
 
-__all__ = ["AuditEvent", "MembershipService"]
+__all__ = ["TOUCH_INTERVAL", "AuditEvent", "MembershipService"]
 
 log = logging.getLogger("coordinator.membership")
 
 _SERIAL = re.compile(r"[0-9a-f]{1,64}")
 MAX_AUDIT_EVENTS = 10_000
+TOUCH_INTERVAL = 1.0
+"""Seconds within which a call does not write ``last_seen`` again: liveness is judged over
+``limits.liveness_seconds`` (30 s by default), and a write per call (a secure round makes dozens
+within a second) would only make the organizations' concurrent calls queue for SQLite's single
+writer lock."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,11 @@ class MembershipService:
                 tx.add_audit(now, org_id, "participant.register", status.value, "")
                 log.info("new organization registered as %s", status.value, **context(org=org_id))
                 return participant
-            tx.touch_participant(org_id, now, certificate_sha256)
+            certificate_changed = bool(certificate_sha256) and (
+                certificate_sha256 != participant.certificate_sha256
+            )
+            if certificate_changed or not 0 <= now - participant.last_seen < TOUCH_INTERVAL:
+                tx.touch_participant(org_id, now, certificate_sha256)
             return dataclasses.replace(
                 participant,
                 last_seen=now,

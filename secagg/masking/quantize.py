@@ -148,8 +148,12 @@ class QuantizationSpec:
                 "a contributor sent an out-of-range weight"
             )
         limit = _largest_level(self.clip, self.levels_bits) / math.ldexp(1.0, self.levels_bits)
-        worst = float(np.max(np.abs(aggregate.mean))) if aggregate.mean.size else 0.0
-        if not worst <= limit:
+        # The extremes rather than max |mean|: two reductions and no temporary the vector's size.
+        # A NaN fails both comparisons.
+        high = float(np.max(aggregate.mean)) if aggregate.mean.size else 0.0
+        low = float(np.min(aggregate.mean)) if aggregate.mean.size else 0.0
+        worst = max(abs(high), abs(low))
+        if not (-limit <= low and high <= limit):
             raise InvalidInput(
                 f"the aggregate's mean reaches {worst:.6g}, outside the clip box of {limit:.6g}: "
                 "a contributor sent out-of-range values"
@@ -166,7 +170,8 @@ class QuantizationSpec:
         if total_weight < 1:
             raise InvalidInput("the aggregate's weight sum is not positive: not a valid sum")
         scale = math.ldexp(float(total_weight), self.levels_bits)
-        mean = signed[:-1].astype(np.float64) / scale
+        # Widened and divided in one pass (int to float64 is exact, as astype would be).
+        mean = np.divide(signed[:-1], scale, dtype=np.float64)
         return WeightedMean(mean, total_weight)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from coordinator.domain.jobs import Job
 from coordinator.domain.rounds import Round, RoundEvent
 from coordinator.persistence.store import Transaction
-from coordinator.service.context import sha256
 from coordinator.service.engines.masked_engine import MaskedRoundEngine
 from coordinator.service.payloads import ReceivedPayload, decode_payload
 from coordinator.service.views import UpdateSubmission
@@ -44,8 +43,10 @@ class SecAggRoundEngine(MaskedRoundEngine):
 
     def _unmask(self, round_: Round, job: Job, now: float) -> None:
         """Reconstruct the masks from the UNMASK answers and store the new model (AGGREGATED)."""
-        _, _, base_payload = self._ledger.model_payload(job.job_id, round_.base_version)
-        base_header = PayloadHeader(job.weight_specs, len(base_payload), sha256(base_payload))
+        _, _, base_ref = self._ledger.model_blob(job.job_id, round_.base_version)
+        base_payload = self._ctx.blobs.get(base_ref)
+        # A blob is named by the SHA-256 of its bytes: the header's hash without hashing again.
+        base_header = PayloadHeader(job.weight_specs, len(base_payload), bytes.fromhex(base_ref))
         base = decode_tensors(base_header, base_payload)
         try:
             with self._ctx.store.transaction() as tx:

@@ -21,7 +21,6 @@ and the key share of one participant (the participants refuse to reveal both; do
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from coordinator.domain.rounds import Phase, Round
 from coordinator.errors import InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
-from fedsilo.codec import PayloadHeader, TensorSpec, decode_tensors, encode_tensors
+from fedsilo.codec import CodecError, PayloadHeader, TensorSpec
 from fedsilo.protection import (
     SecAggParameters,
     decode_share_list,
@@ -313,17 +312,22 @@ class SecureRoundCoordinator:
         """Add one masked input to the round's sum (mod R); store it, return (ref, header)."""
         total = self.input_sum(round_, job)
         np.add(total, vector, out=total)  # unsigned wrap-around: addition modulo R = 2^k
-        sum_header, sum_payload = encode_tensors([total])
-        return self._blobs.put(sum_payload), sum_header
+        sum_payload = _little_endian(total).tobytes()
+        # The blob is named by its SHA-256, which is the header's: hashed once, by the store.
+        ref = self._blobs.put(sum_payload)
+        header = PayloadHeader((self.input_spec(job),), len(sum_payload), bytes.fromhex(ref))
+        return ref, header
 
     def input_sum(self, round_: Round, job: Job) -> npt.NDArray[Any]:
         spec = self.input_spec(job)
         if round_.accumulator_ref is None:
             return np.zeros(spec.shape, dtype=spec.dtype)
+        # The store checks the bytes against their name (their SHA-256): no second hash here.
         payload = self._blobs.get(round_.accumulator_ref)
-        header = PayloadHeader((spec,), len(payload), hashlib.sha256(payload).digest())
-        (total,) = decode_tensors(header, payload)
-        return total
+        if len(payload) != spec.nbytes:
+            raise CodecError(f"the round's sum has {len(payload)} bytes, not {spec.nbytes}")
+        stored = np.frombuffer(payload, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+        return stored.astype(spec.dtype, copy=True)
 
     def mask_correction(self, tx: Transaction, round_: Round, job: Job) -> npt.NDArray[Any]:
         """``-(every mask) mod R`` from the UNMASK answers: the unmasking of a zero sum.
@@ -350,8 +354,9 @@ class SecureRoundCoordinator:
         # An aggregate no honest inputs can add up to is never committed (InvalidInput aborts).
         quantization.check_in_range(mean, len(round_.contributors))
         delta = unflatten(mean.mean, job.weight_specs, dtype="float64")
+        # Each base tensor is widened to float64 inside the addition: one pass, no copy of it.
         weights = [
-            (np.asarray(b, dtype=np.float64) + d).astype(np.float32)
+            np.add(b, d, dtype=np.float64).astype(np.float32)
             for b, d in zip(base, delta, strict=True)
         ]
         return Unmasked(weights, mean.total_weight)
@@ -403,6 +408,11 @@ class SecureRoundCoordinator:
         for message in by_phase.get(Phase.UNMASK.value, []):
             server.receive_unmask(message.org_id, UnmaskResponse.from_bytes(message.body))
         return server
+
+
+def _little_endian(vector: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The vector's words as they are stored and sent: little-endian (``fedsilo.codec``)."""
+    return np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<"))
 
 
 def certificate_key(pem: bytes) -> VerifyingKey:
