@@ -88,23 +88,20 @@ if [[ -n "$pip_cert" && -f "$pip_cert" ]]; then
 fi
 
 # build TAG DOCKERFILE CONTEXT: the classic builder, which reaches the package registries over the
-# host network with no builder set-up; its layers stay cached in the engine's data root. The
-# previous image of the tag is removed, not the build cache: pruning would drop the cached
-# TensorFlow layer with it.
+# host network with no builder set-up; its layers stay cached in the engine's data root.
 build() {
-    local tag=$1 previous current
-    previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
     DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$2" \
-        --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$tag" "$3" >/dev/null
-    current=$(docker image inspect -f '{{.Id}}' "$tag")
-    if [[ -n "$previous" && "$previous" != "$current" ]]; then
-        docker image rm "$previous" >/dev/null 2>&1 || true
-    fi
+        --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$1" "$3" >/dev/null
 }
 log "building $IMAGE from $repo"
 build "$IMAGE" "$deploy/Dockerfile" "$repo"
 log "building $POSTGRES_IMAGE"
 build "$POSTGRES_IMAGE" "$here/postgres.Dockerfile" "$here"
+# What earlier builds left: their images and layers, now untagged and used by no tagged image
+# (a dependency layer of an older pyproject.toml is 2 GB). The layers of the images just built,
+# the cached TensorFlow layer among them, are their parents and stay.
+docker image prune --force >/dev/null
+docker builder prune --force >/dev/null 2>&1 || true
 for image in fedsilo-base:bookworm "$IMAGE" "$POSTGRES_IMAGE"; do
     log "image $image: $(( $(docker image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
 done
