@@ -87,21 +87,22 @@ if [[ -n "$pip_cert" && -f "$pip_cert" ]]; then
     cp "$pip_cert" "$deploy/build-ca/ca-bundle.crt"
 fi
 
-# build TAG DOCKERFILE CONTEXT: the classic builder, which reaches the package registries over the
-# host network with no builder set-up; its layers stay cached in the engine's data root.
+# build TAG DOCKERFILE CONTEXT [STAGE]: the classic builder, which reaches the package registries
+# over the host network with no builder set-up; its layers stay cached in the engine's data root.
 build() {
-    DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$2" \
+    DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$2" ${4:+--target "$4"} \
         --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$1" "$3" >/dev/null
 }
 log "building $IMAGE from $repo"
+# The build stage gets a tag of its own: its layers (TensorFlow's among them) are not the final
+# image's parents, and only a tag keeps them out of the prune below.
+build "$IMAGE-build-stage" "$deploy/Dockerfile" "$repo" build
 build "$IMAGE" "$deploy/Dockerfile" "$repo"
 log "building $POSTGRES_IMAGE"
 build "$POSTGRES_IMAGE" "$here/postgres.Dockerfile" "$here"
-# What earlier builds left: their images and layers, now untagged and used by no tagged image
-# (a dependency layer of an older pyproject.toml is 2 GB). The layers of the images just built,
-# the cached TensorFlow layer among them, are their parents and stay.
+# What earlier builds left, untagged and under no tagged image: without this the cache grows by
+# a 2 GB dependency layer with every change of pyproject.toml.
 docker image prune --force >/dev/null
-docker builder prune --force >/dev/null 2>&1 || true
 for image in fedsilo-base:bookworm "$IMAGE" "$POSTGRES_IMAGE"; do
     log "image $image: $(( $(docker image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
 done
