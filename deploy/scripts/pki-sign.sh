@@ -3,7 +3,15 @@
 # CA volume), then signs every CSR in /pki/requests into /pki/certs with ca.crt beside them.
 # The coordinator's certificate names COORDINATOR_NAMES (space-separated DNS names) and
 # 127.0.0.1, so participants can dial it by service name and probes by localhost.
+# /pki/certs is the directory the compose secrets point at (certificates are public).
 set -eu
+# Started as root (compose.yaml): take over /pki/certs, which Docker may have made for the bind
+# mount as root; then do the rest as the image's user.
+if [ "$(id -u)" = 0 ]; then
+    chmod 0755 /pki/certs
+    chown 10001:10001 /pki/certs
+    exec setpriv --reuid=10001 --regid=10001 --clear-groups -- /bin/sh "$0" "$@"
+fi
 # The CA key is encrypted with the passphrase in CA_PASSPHRASE_FILE when that is set (a real
 # consortium); the throwaway testbed CA, which lives only in its volume, is written unencrypted.
 if [ -n "${CA_PASSPHRASE_FILE:-}" ]; then

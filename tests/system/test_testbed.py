@@ -1,9 +1,11 @@
 """The compose testbed end to end on a real Docker engine (deploy/testbed/run.sh).
 
-It builds the image from this checkout, runs the whole consortium (CA step, PostgreSQL,
-coordinator, three organizations, admin) on one network per organization, and checks that an
-organization reaches only the coordinator, that the job reaches the accuracy of `fedsilo demo`
-and that nothing is left: no engine process, no mount, no run directory.
+It builds the image from this checkout, runs the PKI steps and then the whole consortium
+(PostgreSQL, coordinator, three organizations, admin) on one network per organization with every
+key and certificate as a compose secret, and checks that an organization reaches only the
+coordinator and holds its own key and certificate, that the job reaches the accuracy of `fedsilo
+demo` and that nothing is left: no engine process, no mount, no run directory (where the keys
+were), no container or volume in the engine's cached data root.
 
 Minutes long, so not part of `make test` (deploy/README.md): it runs when selected with
 `-m testbed` or FEDSILO_TESTBED=1, and needs what the scripts need to start an engine (root,
@@ -80,6 +82,7 @@ def test_the_compose_consortium_completes_the_demo_job_and_leaves_nothing_behind
             "network isolation: coordinator:50051 reached, 172.30.10.2:5432 unreachable, "
             "172.30.10.3:50051 unreachable" in output
         ), output[-6000:]
+    assert "org-1 secrets: ca.crt tls.crt tls.key (certificate of org-1, key matches)" in output
     accuracy = re.search(r"final accuracy: ([0-9.]+) \(model version 10, job completed\)", output)
     assert accuracy is not None, output[-6000:]
     assert float(accuracy.group(1)) >= DEMO_ACCURACY_BAR
@@ -94,3 +97,11 @@ def test_the_compose_consortium_completes_the_demo_job_and_leaves_nothing_behind
     assert run_dir not in mounts
     assert "fedsilo-testbed/docker-data" not in mounts
     assert _processes_mentioning(run_dir) == []
+    # The data root is kept between runs for its image layers, and only for them.
+    cache = Path(
+        os.environ.get("FEDSILO_TESTBED_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedsilo-testbed"
+    )
+    data_root = cache / "docker-data"
+    assert list((data_root / "containers").iterdir()) == []
+    assert [p.name for p in (data_root / "volumes").iterdir() if p.is_dir()] == []

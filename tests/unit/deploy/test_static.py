@@ -87,13 +87,26 @@ def test_compose_config_rejects_a_broken_file(compose_binary: Path, tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def testbed(compose_binary: Path) -> dict[str, Any]:
-    text = _compose_config(compose_binary, [DEPLOY / "compose.yaml"], "--format", "json")
+    files = [DEPLOY / "compose.yaml"]
+    variables = {"COMPOSE_PROFILES": "pki"}  # the PKI steps as well
+    text = _compose_config(compose_binary, files, "--format", "json", variables=variables)
     project: dict[str, Any] = json.loads(text)
     return project
 
 
 def _volumes(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["source"]: v for v in service.get("volumes", []) if v["type"] == "volume"}
+
+
+def _binds(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["source"]: v for v in service.get("volumes", []) if v["type"] == "bind"}
+
+
+def _secret_files(project: dict[str, Any], service: dict[str, Any]) -> dict[str, str]:
+    """Target name inside the container -> the host file of the secret."""
+    return {
+        s["target"]: project["secrets"][s["source"]]["file"] for s in service.get("secrets", [])
+    }
 
 
 def test_each_organization_shares_a_network_with_the_coordinator_only(
@@ -111,24 +124,85 @@ def test_each_organization_shares_a_network_with_the_coordinator_only(
     assert all(testbed["networks"][n].get("internal") for n in (*ORGS, "database", "admin"))
 
 
-def test_an_organizations_key_is_made_in_its_own_volume_and_no_other_service_mounts_it(
+PARTIES = (*ORGS, "coordinator", "admin")
+
+
+def test_a_partys_key_is_made_in_its_own_directory_and_only_that_party_gets_it(
     testbed: dict[str, Any],
 ) -> None:
     services = testbed["services"]
-    for party in (*ORGS, "coordinator", "admin"):
-        users = {name for name, s in services.items() if party in _volumes(s)}
-        assert users == {party, f"keys-{party}"}
+    pki_dir = DEPLOY / "pki"
+    for party in PARTIES:
+        own = str(pki_dir / "keys" / party)
+        # Made by the party's key step, which has no network, in the party's own directory ...
         key_step = services[f"keys-{party}"]
         assert key_step["network_mode"] == "none"
         assert key_step["entrypoint"][-1].endswith("make-key.sh")
+        assert own in _binds(key_step)
+        users = {name for name, s in services.items() if own in _binds(s)}
+        assert users == {f"keys-{party}"}
+        # ... and handed to the party's own service alone, as a secret read from that directory.
+        key_file = f"{own}/{party}.key"
+        holders = {
+            name for name, s in services.items() if key_file in _secret_files(testbed, s).values()
+        }
+        assert holders == {party}
+        assert _secret_files(testbed, services[party])["tls.key"] == key_file
     # The CA's key stays in the CA volume, which only the PKI step mounts.
     assert {name for name, s in services.items() if "ca" in _volumes(s)} == {"pki"}
     assert services["pki"]["network_mode"] == "none"
-    # Everyone else reads certificates only.
+    assert set(_binds(services["pki"])) == {str(pki_dir / "certs")}
+
+
+def test_every_party_gets_its_certificate_and_the_ca_as_secrets_and_mounts_no_pki_directory(
+    testbed: dict[str, Any],
+) -> None:
+    services = testbed["services"]
+    certs = DEPLOY / "pki" / "certs"
+    for party in PARTIES:
+        files = _secret_files(testbed, services[party])
+        assert files["ca.crt"] == str(certs / "ca.crt")
+        assert files["tls.crt"] == str(certs / f"{party}.crt")
+        assert not _binds(services[party]), party
+    assert _secret_files(testbed, services["admin"])["membership.json"] == str(
+        certs / "membership.json"
+    )
+    # The daemons read them where the secrets are mounted.
+    for config in ("coordinator", "participant"):
+        tls = yaml.safe_load((DEPLOY / "config" / f"{config}.yaml").read_text())["tls"]
+        assert tls == {
+            "ca_cert": "/run/secrets/ca.crt",
+            "cert": "/run/secrets/tls.crt",
+            "key": "/run/secrets/tls.key",
+        }
+    admin = services["admin"]["environment"]
+    assert admin["FEDSILO_ADMIN_KEY"] == "/run/secrets/tls.key"
+
+
+def test_the_pki_steps_run_before_up_and_drop_root(testbed: dict[str, Any]) -> None:
+    # A file secret is mounted when Compose creates the container: the PKI steps are a profile
+    # of their own, run before `up`, and nothing in `up` waits on them.
+    services = testbed["services"]
+    steps = {"pki", *(f"keys-{party}" for party in PARTIES)}
+    assert {n for n, s in services.items() if "pki" in s.get("profiles", [])} == steps
     for name, service in services.items():
-        certs = _volumes(service).get("certs")
-        if certs is not None and name != "pki":
-            assert certs.get("read_only"), name
+        if name not in steps:
+            assert not set(service.get("depends_on", {})) & steps, name
+    for step in steps:
+        assert services[step]["cap_drop"] == ["ALL"]
+        assert set(services[step]["cap_add"]) == {"CHOWN", "FOWNER", "SETUID", "SETGID"}
+    for script in ("make-key.sh", "pki-sign.sh"):
+        text = (DEPLOY / "scripts" / script).read_text()
+        assert "exec setpriv --reuid=10001 --regid=10001 --clear-groups" in text, script
+
+
+def test_pki_directory_is_not_committed() -> None:
+    ignored = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "-q", "deploy/pki/keys/org-1/org-1.key"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert ignored.returncode == 0
 
 
 def test_startup_order_database_then_coordinator_then_organizations(
@@ -137,7 +211,6 @@ def test_startup_order_database_then_coordinator_then_organizations(
     services = testbed["services"]
     coordinator = services["coordinator"]["depends_on"]
     assert coordinator["postgres"]["condition"] == "service_healthy"
-    assert coordinator["pki"]["condition"] == "service_completed_successfully"
     assert "healthcheck" in services["postgres"]
     for org in ORGS:
         assert services[org]["depends_on"]["coordinator"]["condition"] == "service_healthy"
