@@ -14,6 +14,7 @@ from coordinator.domain.rounds import Phase
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.initial_weights import initial_weights_work
 from coordinator.service.views import RoundOutcomeView, WorkItem, WorkKind
 
 __all__ = ["WorkService"]
@@ -53,7 +54,9 @@ class WorkService:
         3. EVALUATE the latest model it helped build, unless it takes part in a small phase now
            (then it waits for the next step instead of holding the cohort up).
         4. TRAIN in an open round (plain, or the masked INPUTS of a secure round).
-        5. WAIT.
+        5. INITIAL_WEIGHTS: build a job's version 0 from its seed (docs/design.md), when it has
+           nothing else to do: an organization without the task loses only idle time.
+        6. WAIT.
 
         A participant refuses a ceremony step by going silent, and nothing ends a ceremony step
         the way a phase deadline ends a round's: a ceremony step offered before and still
@@ -85,7 +88,7 @@ class WorkService:
             return fresh[0]
 
     def _round_and_model_work(self, tx: Transaction, org_id: str, now: float) -> WorkItem:
-        """org_id's work in open rounds and models to evaluate (1, 3, 4 and 5 of next_work)."""
+        """org_id's work in open rounds, models to evaluate and version 0 (1, 3-6 of next_work)."""
         training: WorkItem | None = None
         in_small_phase = False
         for round_ in tx.open_rounds():
@@ -108,7 +111,7 @@ class WorkService:
                 producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
                 if producer is not None and org_id in producer.contributors:
                     return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
-        return training or WorkItem(WorkKind.WAIT)
+        return training or initial_weights_work(tx, org_id) or WorkItem(WorkKind.WAIT)
 
     def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcomeView]:
         """Of the given rounds, those that ended; an unknown round counts as aborted."""

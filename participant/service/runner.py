@@ -37,6 +37,7 @@ from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant
+from participant.service.version_zero import CheckedCalls, VersionZero
 from secagg.paillier import PaillierWorkers
 
 __all__ = ["ParticipantDaemon"]
@@ -69,7 +70,9 @@ class ParticipantDaemon:
     terms of each job as first seen: every round it trains in or answers is checked against both;
     ``ledger`` is what it contributed to each job's secure rounds (one input per base version).
     ``membership`` holds the consortium CA's newest membership list, taken from the replies:
-    every peer of a secure round or key ceremony must be a member it admits.
+    every peer of a secure round or key ceremony must be a member it admits. Version 0 of a job
+    built from its seed is built here when asked, and every downloaded version 0 of such a job
+    is checked against it (``VersionZero``).
     """
 
     def __init__(
@@ -90,6 +93,8 @@ class ParticipantDaemon:
         paillier_workers: PaillierWorkers | None = None,
         generate_paillier_key: KeyGenerator | None = None,
     ) -> None:
+        self._version_zero = VersionZero(tasks)
+        client = CheckedCalls(client, self._version_zero)
         self._client = client
         self._answers = answers
         self._terms = job_terms
@@ -181,7 +186,12 @@ class ParticipantDaemon:
         secure = assignment.kind in (AssignmentKind.SECAGG_STEP, AssignmentKind.KEY_CEREMONY) or (
             assignment.kind is AssignmentKind.TRAIN and assignment.protection is not Protection.NONE
         )
+        # Before any model of the job is downloaded: whether its version 0 comes from a seed.
+        self._version_zero.note(assignment)
         try:
+            if assignment.kind is AssignmentKind.INITIAL_WEIGHTS:
+                self._send_initial_weights(assignment)
+                return True
             if assignment.kind is AssignmentKind.TRAIN and not secure:
                 # Before anything is trained or sent: the organization's bounds and the job's
                 # terms as first seen (UntrustedMessage names the setting; nothing is sent).
@@ -281,6 +291,22 @@ class ParticipantDaemon:
             )
         )
         log.info("update acknowledged%s", " (duplicate)" if receipt.duplicate else "", **ctx)
+
+    def _send_initial_weights(self, assignment: Assignment) -> None:
+        """Build the job's version 0 from its seed and send it: nothing private is used."""
+        # The job's terms as first seen (its seed among them) and the organization's bounds.
+        self._terms.check(assignment)
+        header, payload = self._version_zero.build(assignment.job_id)
+        receipt = self._client.retrying(
+            lambda: self._client.submit_initial_weights(assignment.job_id, header, payload)
+        )
+        log.info(
+            "version 0 built from seed %d and sent (sha256 %s)%s",
+            assignment.training.seed,
+            header.sha256.hex()[:12],
+            " (duplicate)" if receipt.duplicate else "",
+            **context(job=assignment.job_id),
+        )
 
     def _train_round(self, assignment: Assignment, weights: list[npt.NDArray[Any]]) -> TrainResult:
         """Local training for a secure round, exactly as for a plain one (same round seed)."""
