@@ -19,7 +19,27 @@ from fedsilo.cli.daemons import wait_for
 pytestmark = pytest.mark.system
 
 
-def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+# Runs the fedsilo command with every import of TensorFlow or Keras failing, and says so on
+# stderr: the admin CLI must not need them (version 0 is built by the organizations).
+_WITHOUT_TENSORFLOW = """
+import importlib.abc, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            sys.stderr.write("BLOCKED IMPORT " + name + "\\n")
+            raise ImportError("importing " + name + " is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+from fedsilo.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _fedsilo(  # type: ignore[no-untyped-def]
+    consortium, *args: str, check: bool = True, without_tensorflow: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "FEDSILO_ADMIN_COORDINATOR": consortium.target,
@@ -28,8 +48,9 @@ def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.Completed
         "FEDSILO_ADMIN_KEY": str(consortium.pki.admin_key),
         "COLUMNS": "200",
     }
+    command = ["-c", _WITHOUT_TENSORFLOW] if without_tensorflow else ["-m", "fedsilo"]
     result = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "fedsilo", *args],
+        [sys.executable, *command, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,6 +59,8 @@ def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.Completed
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
+    if without_tensorflow:
+        assert "BLOCKED IMPORT" not in result.stderr, result.stderr
     return result
 
 
@@ -84,9 +107,13 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
         "--server-learning-rate",
         "0.05",
         "--json",
+        without_tensorflow=True,
     )
     job = json.loads(created.stdout)
     assert job["state"] == "created" and job["model_version"] == 0
+    # No weights came with the job: the organizations build version 0 from its seed.
+    assert job["spec"]["initial_weights_from_seed"] is True
+    assert job["waiting_reason"].startswith("created, not started")
     # The strategy is the job's, with the unset parameters at their defaults.
     assert job["spec"]["algorithm"] == "fedadam"
     assert job["spec"]["strategy"] == {
@@ -106,6 +133,9 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
 
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
     assert status["state"] == "completed"
+    # Version 0 is what every organization builds from the seed, byte for byte.
+    audit = _fedsilo(consortium, "audit", "list", "--limit", "100").stdout
+    assert "job.initial_weights" in audit
     assert [r["phase"] for r in status["rounds"]] == ["committed"] * 2
     listed = json.loads(_fedsilo(consortium, "job", "list", "--json").stdout)
     assert [j["job_id"] for j in listed] == [job["job_id"]]
@@ -306,6 +336,9 @@ def test_admin_cli_runs_a_dp_job_until_its_budget_is_spent(consortium) -> None: 
     assert "after 1 released rounds" in shown
     assert "stopped: stopped by the privacy budget: after 1 released rounds" in shown
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
-    assert status["state"] == "completed" and status["model_version"] == 1
+    assert status["state"] == "completed"
+    # Version 0 is what every organization builds from the seed, byte for byte.
+    audit = _fedsilo(consortium, "audit", "list", "--limit", "100").stdout
+    assert "job.initial_weights" in audit and status["model_version"] == 1
     assert status["privacy"]["rounds"] == 1
     assert status["privacy"]["epsilon"] == pytest.approx(epsilon_after(dp, 1))

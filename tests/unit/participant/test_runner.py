@@ -26,7 +26,7 @@ from secure_round_harness import (
 )
 
 from examples.synthetic.task import task
-from fedsilo.codec import decode_tensors
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.privacy import DifferentialPrivacy, clip_to_norm, noise_share_std
 from fedsilo.protection import Protection, flatten
@@ -70,6 +70,7 @@ class ScriptedClient(FakeTransport):
         self.held: list[list[str]] = []
         self.pauses = 0
         self.refuse_messages = False
+        self.initial: list[tuple[str, PayloadHeader, bytes]] = []
 
     def retrying(self, call: Callable[[], T]) -> T:
         return call()
@@ -91,6 +92,12 @@ class ScriptedClient(FakeTransport):
         if self.refuse_messages:
             raise _Refusal()
         return super().submit_message(assignment, body)
+
+    def submit_initial_weights(
+        self, job_id: str, header: PayloadHeader, payload: bytes
+    ) -> SubmissionReceipt:
+        self.initial.append((job_id, header, payload))
+        return SubmissionReceipt(f"initial-{len(self.initial)}", False)
 
 
 def _no_ca() -> x509.Certificate:
@@ -295,3 +302,46 @@ def test_a_plain_dp_round_sends_the_clipped_noisy_update_with_weight_one(
     std = noise_share_std(privacy, 2)
     # 650 coordinates (variance ratio standard error ~0.055); float32 rounding is far below std.
     assert 0.75 < np.var(noise) / std**2 < 1.3
+
+
+# -- version 0 from the seed -------------------------------------------------------------------
+
+
+def test_version_zero_is_built_from_the_job_seed_and_sent(tmp_path: Path) -> None:
+    build = Assignment(
+        AssignmentKind.INITIAL_WEIGHTS,
+        job_id="job-1",
+        task_name=TASK_NAME,
+        training=replace(TRAINING, seed=3),
+        initial_weights_from_seed=True,
+    )
+    daemon, client = _daemon(tmp_path, None, [TaskReply(build)])
+    daemon.run()
+
+    ((job_id, header, payload),) = client.initial
+    expected_header, expected_payload = encode_tensors(task.initial_weights(3))
+    assert job_id == "job-1" and payload == expected_payload and header == expected_header
+    assert client.sent == []
+
+
+@pytest.mark.parametrize("seed, trains", [(3, True), (7, False)])
+def test_a_served_version_zero_unlike_the_own_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, seed: int, trains: bool
+) -> None:
+    # The coordinator serves task.initial_weights(3) as version 0 (base_weights).
+    train = replace(
+        _plain_train(), training=replace(TRAINING, seed=seed), initial_weights_from_seed=True
+    )
+    # A later assignment leaving the flag out does not switch the check off.
+    unflagged = replace(train, round_id="0a0b0c0d-0000-4000-8000-000000000001")
+    unflagged = replace(unflagged, initial_weights_from_seed=False)
+    daemon, client = _daemon(tmp_path, None, [TaskReply(train), TaskReply(unflagged)])
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        daemon.run()
+
+    if trains:
+        assert len(client.sent) == 2 and "version 0" not in caplog.text
+    else:
+        assert client.sent == [] and client.pauses == 2
+        assert caplog.text.count("is not the one this organization builds from seed 7") == 2
