@@ -14,7 +14,7 @@ from coordinator.domain.jobs import Job, JobSpec, MetricReport
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.spool import UploadSpool
 from coordinator.persistence.store import Store
-from coordinator.service.context import CoordinatorSettings, ServiceContext
+from coordinator.service.context import CoordinatorSettings, PhaseListener, ServiceContext
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
 from coordinator.service.initial_weights import InitialWeightsService
@@ -67,6 +67,10 @@ class CoordinatorService:
     @property
     def settings(self) -> CoordinatorSettings:
         return self._ctx.settings
+
+    def on_phase_end(self, listener: PhaseListener) -> None:
+        """Call ``listener(protection, phase, seconds)`` whenever a round leaves a phase."""
+        self._ctx.phase_listeners.append(listener)
 
     # -- jobs -----------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
 from coordinator.domain.privacy import privacy_spent, released_rounds
-from coordinator.domain.rounds import RoundEvent, transition
+from coordinator.domain.rounds import Round, RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.spool import SpooledUpload, UploadSpool
 from coordinator.persistence.store import Transaction
@@ -170,12 +170,15 @@ class JobService:
             now = self._ctx.clock()
             with self._ctx.store.transaction() as tx:
                 open_rounds = [r for r in tx.open_rounds() if r.job_id == job_id]
+                ended: list[tuple[Round, Round]] = []
                 for round_ in open_rounds:
                     aborted = transition(
                         round_, RoundEvent.ABORT, now=now, reason="job aborted by admin"
                     )
                     tx.update_round(aborted, expected_row_version=round_.row_version)
-            for round_ in open_rounds:
+                    ended.append((round_, aborted))
+            for round_, aborted in ended:
+                self._ledger.phase_ended(round_, aborted, now)
                 self._ledger.discard_blob(round_.accumulator_ref)
         self._ctx.changes.notify()
         return job

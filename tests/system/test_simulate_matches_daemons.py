@@ -17,15 +17,19 @@ pytestmark = pytest.mark.system
 ROUNDS = 2
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_plain_job_matches_simulation(consortium: Any, strategy: str) -> None:
+@pytest.mark.parametrize(
+    "strategy, seeded", [("fedavg", False), ("fedadam", False), ("fedavg", True)]
+)
+def test_plain_job_matches_simulation(consortium: Any, strategy: str, seeded: bool) -> None:
+    """``seeded``: version 0 is built by the daemons from the job's seed (as ``job create``
+    makes jobs), not sent with the job; the simulation builds it from the same seed."""
     consortium.start_coordinator()
     for org in consortium.orgs:
         consortium.start_participant(org)
     spec = secure_spec(pb.PROTECTION_NONE)
     spec.num_rounds = ROUNDS
     spec.algorithm = strategy
-    job_id = start_job(consortium, spec)
+    job_id = start_job(consortium, spec, seeded=seeded)
     status = wait_for_end(consortium, job_id)
     assert status.state == pb.JOB_STATE_COMPLETED
     with consortium.admin() as admin:
