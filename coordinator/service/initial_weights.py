@@ -71,10 +71,13 @@ def initial_weight_refs(messages: Iterable[JobMessage]) -> set[str]:
     return {report.sha256 for report in _reports(messages)}
 
 
-def initial_weights_work(tx: Transaction, org_id: str) -> WorkItem | None:
-    """A version 0 ``org_id`` has not reported yet, oldest job first."""
+def initial_weights_work(
+    tx: Transaction, org_id: str, skip: Callable[[str], bool] = lambda job_id: False
+) -> WorkItem | None:
+    """A version 0 ``org_id`` has not reported yet, oldest job first (jobs ``skip`` names
+    aside)."""
     for job in tx.list_jobs(_ASKED):
-        if not pending_initial_weights(tx, job):
+        if skip(job.job_id) or not pending_initial_weights(tx, job):
             continue
         if any(r.org_id == org_id for r in _reports(tx.list_job_messages(job.job_id))):
             continue

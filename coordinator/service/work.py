@@ -22,6 +22,10 @@ __all__ = ["WorkService"]
 _MAX_HELD_ROUNDS = 100
 """At most this many held rounds are looked up per GetTask call."""
 
+INITIAL_WEIGHTS_REOFFER_SECONDS = 30.0
+"""An organization asked for a job's version 0 is asked again only after this long: one without
+the task (which cannot answer) is not handed the same request in a tight loop."""
+
 
 class WorkService:
     """Hands each organization its next piece of work."""
@@ -31,6 +35,8 @@ class WorkService:
         self._engines = engines
         # Per organization: the ceremony steps offered since it was last given other work.
         self._ceremony_offered: dict[str, set[int]] = {}
+        # Per (job, organization): when version 0 may be asked of it again (monotonic clock).
+        self._initial_offered: dict[tuple[str, str], float] = {}
 
     def wait_for_work(
         self, org_id: str, wait_seconds: float, still_wanted: Callable[[], bool] = lambda: True
@@ -111,7 +117,18 @@ class WorkService:
                 producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
                 if producer is not None and org_id in producer.contributors:
                     return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
-        return training or initial_weights_work(tx, org_id) or WorkItem(WorkKind.WAIT)
+        return training or self._initial_weights(tx, org_id) or WorkItem(WorkKind.WAIT)
+
+    def _initial_weights(self, tx: Transaction, org_id: str) -> WorkItem | None:
+        now = time.monotonic()
+        with self._ctx.lock:
+            item = initial_weights_work(
+                tx, org_id, lambda job_id: now < self._initial_offered.get((job_id, org_id), 0.0)
+            )
+            if item is not None and item.job is not None:
+                key = (item.job.job_id, org_id)
+                self._initial_offered[key] = now + INITIAL_WEIGHTS_REOFFER_SECONDS
+        return item
 
     def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcomeView]:
         """Of the given rounds, those that ended; an unknown round counts as aborted."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy.typing as npt
 
@@ -40,7 +41,7 @@ from participant.service.secure_rounds import SecureRoundParticipant
 from participant.service.version_zero import CheckedCalls, VersionZero
 from secagg.paillier import PaillierWorkers
 
-__all__ = ["ParticipantDaemon"]
+__all__ = ["ParticipantDaemon", "WorkObserver"]
 
 log = logging.getLogger("participant")
 
@@ -56,6 +57,23 @@ GIVE_UP = frozenset(
 )
 
 T = TypeVar("T")
+
+
+class WorkObserver(Protocol):
+    """What the daemon's loop reports for monitoring (``participant.metrics``)."""
+
+    def contact(self) -> None:
+        """The coordinator answered a request for work."""
+        ...
+
+    def work(self, kind: str, outcome: str, seconds: float) -> None:
+        """A work item of ``kind`` ended: ``answered``, ``unanswered`` (a secure step left
+        unanswered), ``failed`` (it could not run here) or ``coordinator_error``."""
+        ...
+
+    def coordinator_error(self, code: str) -> None:
+        """A call to the coordinator failed with the gRPC status ``code``."""
+        ...
 
 
 class ParticipantDaemon:
@@ -92,7 +110,9 @@ class ParticipantDaemon:
         paillier_states: PaillierStateStore | None = None,
         paillier_workers: PaillierWorkers | None = None,
         generate_paillier_key: KeyGenerator | None = None,
+        observer: WorkObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._version_zero = VersionZero(tasks)
         client = CheckedCalls(client, self._version_zero)
         self._client = client
@@ -152,16 +172,20 @@ class ParticipantDaemon:
                         self._poll, self._secure.held_round_ids(), self._membership.serial
                     )
                 )
+                if self._observer is not None:
+                    self._observer.contact()
                 self._secure.finish_rounds(reply.finished_rounds)
                 if reply.membership_list:
                     self._take_membership_list(reply.membership_list)
-                if not self.handle(reply.assignment) and self._client.pause():
+                if not self._observed(reply.assignment) and self._client.pause():
                     # Work left unanswered (a refused secure round) is offered again at once:
                     # wait a backoff step rather than ask again in a tight loop.
                     break
             except Stopped:
                 break
             except CallFailed as exc:
+                if self._observer is not None:
+                    self._observer.coordinator_error(exc.status.name)
                 if is_revocation(exc):
                     # Permanent: retrying would only fill the coordinator's audit log.
                     raise Revoked(
@@ -178,6 +202,22 @@ class ParticipantDaemon:
                 log.error("cannot run this work item: %s", exc)
                 if self._client.pause():
                     break
+
+    def _observed(self, assignment: Assignment) -> bool:
+        """``handle``, timed and reported to the observer with its outcome."""
+        if self._observer is None:
+            return self.handle(assignment)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            answered = self.handle(assignment)
+            outcome = "answered" if answered else "unanswered"
+            return answered
+        except CallFailed:
+            outcome = "coordinator_error"
+            raise
+        finally:
+            self._observer.work(assignment.kind.value, outcome, time.perf_counter() - started)
 
     def handle(self, assignment: Assignment) -> bool:
         """Do one unit of work; False if a secure-aggregation or key-ceremony task was left

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
 from secure_round_harness import (
     ORGS,
     TASK_NAME,
@@ -39,6 +41,11 @@ from participant.domain.assignments import (
 )
 from participant.domain.policy import AcceptPolicy
 from participant.errors import CallStatus, RequestRefused, Revoked, Stopped
+from participant.metrics import (
+    PARTICIPANT_METRIC_NAMES,
+    ParticipantMetrics,
+    serve_participant_metrics,
+)
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
@@ -105,7 +112,10 @@ def _no_ca() -> x509.Certificate:
 
 
 def _daemon(
-    tmp_path: Path, pki: DemoPki | None, replies: list[TaskReply]
+    tmp_path: Path,
+    pki: DemoPki | None,
+    replies: list[TaskReply],
+    observer: ParticipantMetrics | None = None,
 ) -> tuple[ParticipantDaemon, ScriptedClient]:
     stop = threading.Event()
     client = ScriptedClient(replies, stop)
@@ -127,6 +137,7 @@ def _daemon(
             if pki is not None
             else MembershipStore(tmp_path, _no_ca, required=False)
         ),
+        observer=observer,
     )
     return daemon, client
 
@@ -345,3 +356,43 @@ def test_a_served_version_zero_unlike_the_own_one_is_refused(
     else:
         assert client.sent == [] and client.pauses == 2
         assert caplog.text.count("is not the one this organization builds from seed 7") == 2
+
+
+# -- the daemon's Prometheus metrics -----------------------------------------------------------
+
+
+def test_the_daemon_reports_its_work_to_its_metrics_endpoint(tmp_path: Path, pki: DemoPki) -> None:
+    metrics = ParticipantMetrics()
+    replies = [
+        TaskReply(Assignment(AssignmentKind.WAIT)),
+        TaskReply(_plain_train()),
+        TaskReply(Coordinator(pki).keys_task()),  # refused: this daemon has no TLS identity
+    ]
+    daemon, client = _daemon(tmp_path, None, replies, observer=metrics)
+    daemon.run()
+    assert len(client.sent) == 1
+
+    server, port = serve_participant_metrics(metrics, "127.0.0.1:0")
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    work = "fedsilo_participant_work_total"
+    assert samples[(work, (("kind", "wait"), ("outcome", "answered")))] == 1
+    assert samples[(work, (("kind", "train"), ("outcome", "answered")))] == 1
+    assert samples[(work, (("kind", "secagg_step"), ("outcome", "failed")))] == 1
+    train_seconds = ("fedsilo_participant_work_duration_seconds_count", (("kind", "train"),))
+    assert samples[train_seconds] == 1
+    assert samples[("fedsilo_participant_last_contact_timestamp_seconds", ())] > 0
+    names = {name for name, _ in samples}
+    for metric in PARTICIPANT_METRIC_NAMES:
+        if metric != "fedsilo_participant_coordinator_errors_total":  # no error happened
+            assert any(n.startswith(metric) for n in names), metric

@@ -92,6 +92,8 @@ def test_version_zero_is_committed_when_min_participants_agree(coordinator: Coor
         item = coordinator.service.next_work(org)
         assert item.kind is WorkKind.INITIAL_WEIGHTS and item.job is not None
         assert item.job.job_id == job.job_id
+    # Asked moments ago: not again in a loop (an organization without the task cannot answer).
+    assert coordinator.service.next_work("org-c").kind is WorkKind.WAIT
 
     assert coordinator.report("org-a", job, 0.25) is False
     assert "1 of 2 organizations" in coordinator.reason(job)
