@@ -161,6 +161,11 @@ class RoundLedger:
             wanted = job.model_version if version < 0 else version
             model = tx.get_model_version(job_id, wanted)
         if model is None:
+            if wanted == 0 and job.spec.initial_weights_from_seed:
+                raise NotFound(
+                    "version 0 is not built yet: the organizations build it from the job's seed "
+                    "once the job runs (fedsilo job status says what it waits for)"
+                )
             raise NotFound(f"model version {version} does not exist for this job")
         return job, wanted, model.blob_ref
 

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -175,17 +177,60 @@ def test_participant_certificate_cannot_use_the_admin_cli(consortium) -> None:  
     assert "PERMISSION_DENIED" in result.stdout
 
 
+def _digits_job_with_version_zero(consortium, seed: int) -> str:  # type: ignore[no-untyped-def]
+    """A digits job whose organizations built version 0 from ``seed``, paused right after its
+    start: a first round that opened meanwhile finishes, and none follows."""
+    consortium.start_coordinator()
+    for org in consortium.orgs:
+        path = consortium.participant_config(org)
+        config = yaml.safe_load(path.read_text())
+        config["tasks"]["digits"] = "examples.digits.task:task"
+        path.write_text(yaml.safe_dump(config))
+        consortium.start_participant(org)
+    with consortium.admin() as admin:
+        wait_for(lambda: len(admin.list_participants()) == 3, 60, "three organizations")
+    created = _fedsilo(
+        consortium, "job", "create", "--task", "digits", "--seed", str(seed), "--start", "--json"
+    )
+    job_id = str(json.loads(created.stdout)["job_id"])
+    _fedsilo(consortium, "job", "pause", job_id)
+
+    def version_zero() -> bool:
+        with consortium.admin() as admin:
+            try:
+                admin.download_model(job_id, 0)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+                return False
+        return True
+
+    wait_for(version_zero, 120, "version 0 built by the organizations")
+    return job_id
+
+
+def test_version_zero_cannot_be_exported_before_the_organizations_built_it(
+    consortium, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--json")
+    job_id = json.loads(created.stdout)["job_id"]
+    exported = _fedsilo(
+        consortium, "model", "export", job_id, "--out", str(tmp_path / "m.keras"), check=False
+    )
+    assert exported.returncode == 1
+    assert "version 0 is not built yet" in exported.stdout
+
+
 @pytest.mark.tf
 def test_model_export_writes_a_keras_file_with_the_global_weights(
     consortium, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    consortium.start_coordinator()
-    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
-    job_id = json.loads(created.stdout)["job_id"]
+    job_id = _digits_job_with_version_zero(consortium, seed=5)
     out = tmp_path / "model.keras"
     exported = _fedsilo(
-        consortium, "model", "export", job_id, "--task", "digits", "--out", str(out), "--json"
-    )
+        consortium, "model", "export", job_id, "--task", "digits", "--version", "0",
+        "--out", str(out), "--json",
+    )  # fmt: skip
     assert json.loads(exported.stdout)["version"] == 0
 
     import keras
@@ -204,12 +249,11 @@ def test_model_export_writes_a_keras_file_with_the_global_weights(
 def test_model_export_takes_the_task_from_the_job_and_writes_a_checked_int8_tflite_model(
     consortium, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    consortium.start_coordinator()
-    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
-    job_id = json.loads(created.stdout)["job_id"]
+    job_id = _digits_job_with_version_zero(consortium, seed=5)
     out = tmp_path / "model.tflite"
     exported = _fedsilo(
-        consortium, "model", "export", job_id, "--format", "tflite", "--quantization", "int8",
+        consortium, "model", "export", job_id, "--version", "0",
+        "--format", "tflite", "--quantization", "int8",
         "--task-config", '{"partition": 0, "num_partitions": 2}', "--out", str(out), "--json",
     )  # fmt: skip
     result = json.loads(exported.stdout)
@@ -230,12 +274,10 @@ def test_model_export_writes_a_tfjs_graph_model_checked_in_tfjs(consortium, tmp_
     repo = Path(__file__).resolve().parents[2]
     if not Path(configured or repo / ".venv-tfjs" / "bin" / "python").exists():
         pytest.skip("the TF.js converter's environment is missing: `make tfjs-venv` (make test)")
-    consortium.start_coordinator()
-    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
-    job_id = json.loads(created.stdout)["job_id"]
+    job_id = _digits_job_with_version_zero(consortium, seed=5)
     out = tmp_path / "model-tfjs"
     exported = _fedsilo(
-        consortium, "model", "export", job_id, "--format", "tfjs",
+        consortium, "model", "export", job_id, "--version", "0", "--format", "tfjs",
         "--task-config", '{"partition": 0, "num_partitions": 2}', "--out", str(out), "--json",
     )  # fmt: skip
     result = json.loads(exported.stdout)
