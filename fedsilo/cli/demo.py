@@ -277,13 +277,18 @@ def _follow(
 ) -> pb.JobStatus:
     """Print one row per committed round once its model has been evaluated by every contributor."""
     header = f"  {'round':>5}  {'participants':>12}  {'loss':>8}  {'accuracy':>8}  {'seconds':>7}"
-    console.print(header)
     printed: set[int] = set()
+    console.print("  the organizations build version 0 from the job's seed ...")
 
     def step() -> pb.JobStatus | None:
         _check_alive(processes)
         status = admin.get_job(job_id)
         metrics = {m.version: m for m in status.metrics}
+        if status.rounds and 0 not in printed:
+            # Rounds open only once version 0 is committed: every organization built it alike.
+            printed.add(0)
+            console.print("  version 0 agreed by every organization; training")
+            console.print(header)
         for round_ in status.rounds:
             if round_.number in printed:
                 continue
