@@ -35,6 +35,7 @@ from fedsilo.logs import context
 
 __all__ = [
     "InitialWeightsService",
+    "held_by_pending_reports",
     "initial_weight_refs",
     "initial_weights_reason",
     "initial_weights_work",
@@ -48,6 +49,9 @@ KIND = "initial_weights"
 
 _ASKED = (JobState.RUNNING, JobState.PAUSED)
 """Jobs whose version 0 organizations are asked to build: started and not ended."""
+
+_WAITING = (JobState.CREATED, JobState.RUNNING, JobState.PAUSED)
+"""Jobs that may still commit a version 0 from their reports."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,16 @@ def pending_initial_weights(tx: Transaction, job: Job) -> bool:
 def initial_weight_refs(messages: Iterable[JobMessage]) -> set[str]:
     """The blobs the version-0 reports among ``messages`` hold (blobs are named by SHA-256)."""
     return {report.sha256 for report in _reports(messages)}
+
+
+def held_by_pending_reports(tx: Transaction, ref: str) -> bool:
+    """Whether a report of a job still waiting for its version 0 names blob ``ref`` (reports
+    are not rows ``blob_in_use`` knows; two jobs may well report the same bytes)."""
+    return any(
+        ref in initial_weight_refs(tx.list_job_messages(job.job_id))
+        for job in tx.list_jobs(_WAITING)
+        if pending_initial_weights(tx, job)
+    )
 
 
 def initial_weights_work(
@@ -181,10 +195,10 @@ class InitialWeightsService:
             log.info("version 0 committed from the seed: %s", committed, **context(job=job_id))
             # Weights no organization agreed on are kept no longer than the disagreement.
             for ref in losers:
-                with self._ctx.store.transaction() as tx:
-                    in_use = tx.blob_in_use(ref)
-                if not in_use:
-                    self._ctx.blobs.delete(ref)
+                with self._ctx.lock, self._ctx.store.transaction() as tx:
+                    in_use = tx.blob_in_use(ref) or held_by_pending_reports(tx, ref)
+                    if not in_use:
+                        self._ctx.blobs.delete(ref)
             self._committed()
         self._ctx.changes.notify()
         return Acknowledgement(ack_id, duplicate=False)

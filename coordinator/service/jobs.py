@@ -18,7 +18,7 @@ from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job, sha256
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
-from coordinator.service.initial_weights import initial_weight_refs
+from coordinator.service.initial_weights import held_by_pending_reports, initial_weight_refs
 from coordinator.service.metrics import summarize
 from coordinator.service.payloads import (
     ReceivedPayload,
@@ -200,9 +200,11 @@ class JobService:
                         f"job is {job.state.value}; only a completed, failed or aborted job can "
                         "be deleted (fedsilo job abort first)"
                     )
-                # Version-0 reports of a job deleted before it had version 0 hold blobs too.
-                refs = initial_weight_refs(tx.list_job_messages(job_id))
-                refs |= tx.delete_job(job_id)
+                # Version-0 reports of a job deleted before it had version 0 hold blobs too,
+                # unless another job waiting for its version 0 reported the same bytes.
+                reported = initial_weight_refs(tx.list_job_messages(job_id))
+                refs = tx.delete_job(job_id)
+                refs |= {r for r in reported if not held_by_pending_reports(tx, r)}
                 detail = f"job={job_id} name={job.spec.name}"
                 tx.add_audit(self._ctx.clock(), actor, "job.delete", "ok", detail)
             # After the rows are gone: a blob another job still references stays.

@@ -173,3 +173,26 @@ def test_version_zero_survives_a_restart_of_the_service(
     view = restarted.get_job(job.job_id)
     assert view.job.spec.initial_weights_from_seed
     assert view.job.weight_specs == encode_tensors(weights(0.75))[0].tensors
+
+
+def test_a_blob_another_waiting_job_reported_is_kept(coordinator: Coordinator) -> None:
+    first = coordinator.seeded_job(name="first")
+    second = coordinator.seeded_job(name="second")
+    shared = encode_tensors(weights(0.25))[0].sha256.hex()
+    coordinator.report("org-a", first, 0.25)
+    coordinator.report("org-a", second, 0.25)
+    # The first job settles on other bytes: its losing report's blob is the second job's too.
+    coordinator.report("org-b", first, 0.5)
+    coordinator.report("org-c", first, 0.5)
+    assert shared in coordinator.blobs.refs()
+    coordinator.report("org-b", second, 0.25)
+    _, _, payload = coordinator.service.read_model(second.job_id, 0)
+    assert payload == encode_tensors(weights(0.25))[1]
+    # Deleting a job whose reports another waiting job shares keeps them as well.
+    third = coordinator.seeded_job(name="third")
+    fourth = coordinator.seeded_job(name="fourth")
+    coordinator.report("org-a", third, 2.0)
+    coordinator.report("org-a", fourth, 2.0)
+    coordinator.service.abort_job(third.job_id, "admin")
+    coordinator.service.delete_job(third.job_id, "admin")
+    assert encode_tensors(weights(2.0))[0].sha256.hex() in coordinator.blobs.refs()
