@@ -46,13 +46,25 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_job(self, spec: pb.JobSpec, initial_weights: list[npt.NDArray[Any]]) -> pb.JobStatus:
+    def create_job(
+        self, spec: pb.JobSpec, initial_weights: list[npt.NDArray[Any]] | None = None
+    ) -> pb.JobStatus:
+        """Create a job. Without ``initial_weights`` its participants build version 0 from the
+        job's seed with the task's model (docs/design.md, "Version 0 from the seed"), so the
+        caller needs neither the task's model nor TensorFlow."""
+        if initial_weights is None:
+            seeded = pb.JobSpec()
+            seeded.CopyFrom(spec)
+            seeded.initial_weights_from_seed = True
+            only = pb.CreateJobRequest(header=pb.CreateJobHeader(spec=seeded))
+            result: pb.JobStatus = self._stub.CreateJob(iter([only]), timeout=self._timeout)
+            return result
         header, payload = encode_tensors(initial_weights)
         first = pb.CreateJobRequest(
             header=pb.CreateJobHeader(spec=spec, initial_weights=header_to_proto(header))
         )
         requests = header_then_chunks(first, payload, lambda d: pb.CreateJobRequest(data=d))
-        result: pb.JobStatus = self._stub.CreateJob(requests, timeout=self._timeout)
+        result = self._stub.CreateJob(requests, timeout=self._timeout)
         return result
 
     def start_job(self, job_id: str) -> pb.JobStatus:

@@ -166,6 +166,8 @@ class ParticipantConfig:
     require_membership_list: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
+    # host:port of a plaintext Prometheus /metrics endpoint of the daemon; empty: off.
+    metrics_listen: str = ""
 
 
 def env_name(path: str) -> str:
@@ -335,6 +337,8 @@ def _validate(config: object) -> None:
             raise ConfigError("backoff.max_seconds: must not be below backoff.initial_seconds")
         if ":" not in config.coordinator:
             raise ConfigError(f"coordinator: {config.coordinator!r} must be host:port")
+        if config.metrics_listen and not config.metrics_listen.rpartition(":")[2].isdigit():
+            raise ConfigError(f"metrics_listen: {config.metrics_listen!r} must be host:port")
         _check_accept(config.accept)
         _check_tls(config.tls)
 

@@ -19,6 +19,7 @@ from fedsilo.tasks import TaskNotFoundError, load_task
 from fedsilo.tls import TlsFiles
 from participant.domain.policy import AcceptPolicy
 from participant.errors import ModelUnavailable, NotSupported, Revoked, SecAggUnavailable
+from participant.metrics import ParticipantMetrics, serve_participant_metrics
 from participant.service.answers import AnswerStore
 from participant.service.calls import ModelCalls
 from participant.service.identity import IdentityFiles
@@ -27,7 +28,7 @@ from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
-from participant.service.runner import ParticipantDaemon
+from participant.service.runner import ParticipantDaemon, WorkObserver
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.state_lock import StateDirLock
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
@@ -87,7 +88,7 @@ def paillier_jobs(config: ParticipantConfig, client: CoordinatorClient) -> Paill
 
 
 def build_daemon(
-    config: ParticipantConfig, stop: threading.Event
+    config: ParticipantConfig, stop: threading.Event, observer: WorkObserver | None = None
 ) -> tuple[ParticipantDaemon, ChannelSource]:
     """Wire a daemon from its configuration; returns it and its channels, to close after.
 
@@ -123,6 +124,7 @@ def build_daemon(
         ),
         paillier_states=PaillierStateStore(config.state_dir),
         paillier_workers=PaillierWorkers(),
+        observer=observer,
     )
     return daemon, channels
 
@@ -140,7 +142,14 @@ def run(config_path: Path | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with StateDirLock(config.state_dir):
-        daemon, channels = build_daemon(config, stop)
+        metrics, metrics_server = None, None
+        if config.metrics_listen:
+            metrics = ParticipantMetrics()
+            metrics_server, port = serve_participant_metrics(metrics, config.metrics_listen)
+            log.info(
+                "Prometheus metrics on %s", f"{config.metrics_listen.rpartition(':')[0]}:{port}"
+            )
+        daemon, channels = build_daemon(config, stop, metrics)
         try:
             daemon.run()
         except Revoked as exc:
@@ -148,6 +157,9 @@ def run(config_path: Path | None) -> int:
             return 3
         finally:
             channels.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
     return 0
 
 

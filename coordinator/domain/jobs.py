@@ -136,6 +136,10 @@ class JobSpec:
     """Parameters of the strategy ``algorithm`` names (docs/strategies.md)."""
     dp: DifferentialPrivacy = field(default_factory=DifferentialPrivacy)
     """Differential privacy of the released model (docs/differential-privacy.md)."""
+    initial_weights_from_seed: bool = False
+    """Version 0 is built by the participants from ``training.seed`` with the task's model and
+    committed once ``min_participants`` organizations sent the same bytes (docs/design.md,
+    "Version 0 from the seed"); False: the admin supplied version 0 with the job."""
 
     def validate(self) -> None:
         problems: list[str] = []

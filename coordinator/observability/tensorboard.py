@@ -11,12 +11,16 @@ round closed (whoever reports later is left out). Rounds are written in number o
 TensorBoard drops the later steps of a run when an earlier one arrives after them. What was
 written is read back from the event files themselves, so a restarted coordinator writes the
 rounds it missed and never a step twice.
+
+A deleted job's run (its directory, the organizations' runs in it) is removed on the next pass
+after ``fedsilo job delete``, also when the job was deleted while this coordinator was down.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +113,7 @@ class TensorBoardExporter:
         self._last_steps: dict[Path, int] = {}
         self._finished_jobs: set[str] = set()
         self._failing: set[str] = set()
+        self._removed: set[str] = set()
 
     def export_pending(self) -> int:
         """Write what became final since the last call; return the number of steps written.
@@ -118,12 +123,16 @@ class TensorBoardExporter:
         """
         written = 0
         with self._store.transaction() as tx:
+            listed = tx.list_jobs()
             jobs = [
                 job
-                for job in tx.list_jobs()
+                for job in listed
                 if job.job_id not in self._finished_jobs and job.state is not JobState.DELETED
             ]
             work = [(job, tx.list_rounds(job.job_id), tx.list_metrics(job.job_id)) for job in jobs]
+        for job in listed:
+            if job.state is JobState.DELETED and job.job_id not in self._removed:
+                self._remove_run(job)
         now = self._clock()
         for job, rounds, reports in work:
             try:
@@ -142,6 +151,28 @@ class TensorBoardExporter:
                 log.info("TensorBoard events written again", **context(job=job.job_id))
                 self._failing.discard(job.job_id)
         return written
+
+    def _remove_run(self, job: Job) -> None:
+        """Remove a deleted job's run directory; a failure is logged and retried next pass."""
+        job_dir = self._directory / job_run_name(job)
+        try:
+            shutil.rmtree(job_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning(
+                "cannot remove the deleted job's TensorBoard events %s: %s; retrying",
+                job_dir,
+                exc,
+                **context(job=job.job_id),
+            )
+            return
+        else:
+            log.info("TensorBoard events of the deleted job removed", **context(job=job.job_id))
+        for cached in [p for p in self._runs if p == job_dir or job_dir in p.parents]:
+            del self._runs[cached]
+            self._last_steps.pop(cached, None)
+        self._removed.add(job.job_id)
 
     def _export_job(
         self, job: Job, rounds: list[Round], reports: list[MetricReport], now: float

@@ -189,7 +189,8 @@ class Transaction:
         return [_job(r) for r in rows]
 
     def update_job(self, job: Job) -> None:
-        """Write the job's mutable fields (state, version, failures)."""
+        """Write the job's mutable fields (state, version, weight layout, failures); the layout
+        changes once, when a job whose version 0 is built from its seed gets it."""
         values = _job_values(job)
         result = self._conn.execute(
             update(t.jobs)
@@ -197,6 +198,7 @@ class Transaction:
             .values(
                 state=values["state"],
                 model_version=values["model_version"],
+                weight_specs_json=values["weight_specs_json"],
                 failed_rounds=values["failed_rounds"],
                 failure_reason=values["failure_reason"],
                 row_version=t.jobs.c.row_version + 1,
@@ -512,6 +514,7 @@ def _spec_to_json(spec: JobSpec) -> str:
             "paillier_key_bits": spec.paillier_key_bits,
             "strategy": spec.strategy.to_json(),
             "dp": spec.dp.to_json(),
+            "initial_weights_from_seed": spec.initial_weights_from_seed,
         },
         sort_keys=True,
     )
@@ -538,6 +541,8 @@ def _spec_from_json(text: str) -> JobSpec:
         strategy=StrategyParameters.from_json(data.get("strategy")),
         # Jobs stored before differential privacy existed have none.
         dp=DifferentialPrivacy.from_json(data.get("dp")),
+        # Jobs stored before participants built version 0 came with it.
+        initial_weights_from_seed=bool(data.get("initial_weights_from_seed", False)),
     )
 
 

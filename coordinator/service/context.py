@@ -16,7 +16,17 @@ from coordinator.errors import NotFound
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Store, Transaction
 
-__all__ = ["ChangeFeed", "CoordinatorSettings", "ServiceContext", "require_job", "sha256"]
+__all__ = [
+    "ChangeFeed",
+    "CoordinatorSettings",
+    "PhaseListener",
+    "ServiceContext",
+    "require_job",
+    "sha256",
+]
+
+PhaseListener = Callable[[str, str, float], None]
+"""Told (protection, phase, seconds) when a round leaves a phase it spent that long in."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class ServiceContext:
     new_id: Callable[[], str]
     lock: threading.RLock = field(default_factory=threading.RLock)
     changes: ChangeFeed = field(default_factory=ChangeFeed)
+    phase_listeners: list[PhaseListener] = field(default_factory=list)
+    """Called with (protection, phase, seconds) each time a round leaves a phase (metrics)."""
 
 
 def require_job(tx: Transaction, job_id: str) -> Job:

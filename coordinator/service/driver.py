@@ -18,6 +18,7 @@ from coordinator.domain.rounds import Phase, Round
 from coordinator.persistence.store import DuplicateKey, StaleWrite, Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.initial_weights import initial_weights_reason, pending_initial_weights
 from coordinator.service.round_ledger import RoundLedger
 from fedsilo.logs import context
 
@@ -40,7 +41,12 @@ class RoundDriver:
         with self._ctx.lock:
             with self._ctx.store.transaction() as tx:
                 open_rounds = tx.open_rounds()
-                running = tx.list_jobs((JobState.RUNNING,))
+                # A job whose version 0 the participants still build has nothing to start from.
+                running = [
+                    job
+                    for job in tx.list_jobs((JobState.RUNNING,))
+                    if not pending_initial_weights(tx, job)
+                ]
             for round_ in open_rounds:
                 changed |= self._unless_overtaken(
                     functools.partial(self._advance_round, round_), round_.job_id
@@ -103,6 +109,9 @@ class RoundDriver:
         suffix = f"; {note}" if note else ""
         live = self.live_organizations(tx, self._ctx.clock())
         needed = job.spec.min_participants
+        if pending_initial_weights(tx, job):
+            suffix = f"; {len(live)} organizations live{suffix}"
+            return initial_weights_reason(tx, job) + suffix
         if len(live) < needed:
             names = ", ".join(live) if live else "none"
             return f"needs {needed} live organizations, {len(live)} active: {names}{suffix}"

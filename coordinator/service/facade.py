@@ -14,9 +14,10 @@ from coordinator.domain.jobs import Job, JobSpec, MetricReport
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.spool import UploadSpool
 from coordinator.persistence.store import Store
-from coordinator.service.context import CoordinatorSettings, ServiceContext
+from coordinator.service.context import CoordinatorSettings, PhaseListener, ServiceContext
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.initial_weights import InitialWeightsService
 from coordinator.service.jobs import JobService
 from coordinator.service.metrics import MetricsService
 from coordinator.service.payloads import ReceivedPayload
@@ -65,10 +66,15 @@ class CoordinatorService:
         self.work = WorkService(ctx, engines)
         self.submissions = SubmissionService(ctx, ledger, engines, self.driver, self.spool)
         self.metrics = MetricsService(ctx)
+        self.initial_weights = InitialWeightsService(ctx, self.spool, self.driver.tick)
 
     @property
     def settings(self) -> CoordinatorSettings:
         return self._ctx.settings
+
+    def on_phase_end(self, listener: PhaseListener) -> None:
+        """Call ``listener(protection, phase, seconds)`` whenever a round leaves a phase."""
+        self._ctx.phase_listeners.append(listener)
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -147,6 +153,16 @@ class CoordinatorService:
         self, org_id: str, job_id: str, action: str, body: bytes, certificate_pem: bytes
     ) -> Acknowledgement:
         return self.submissions.submit_ceremony(org_id, job_id, action, body, certificate_pem)
+
+    def submit_initial_weights(
+        self, org_id: str, job_id: str, header: PayloadHeader, payload: ReceivedPayload
+    ) -> Acknowledgement:
+        return self.initial_weights.submit(org_id, job_id, header, payload)
+
+    def receive_initial_weights(
+        self, org_id: str, job_id: str, header: PayloadHeader, chunks: Iterable[bytes]
+    ) -> Acknowledgement:
+        return self.initial_weights.receive(org_id, job_id, header, chunks)
 
     def report_metrics(self, report: MetricReport) -> bool:
         return self.metrics.report_metrics(report)

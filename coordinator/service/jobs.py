@@ -1,4 +1,5 @@
-"""Job use cases: create (spec and initial weights), start, status, and reading model versions."""
+"""Job use cases: create (spec, and version 0 unless built from the seed), start, status, and
+reading model versions."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import numpy as np
 
 from coordinator.domain.jobs import Job, JobSpec, JobState, ModelVersion
 from coordinator.domain.privacy import privacy_spent, released_rounds
-from coordinator.domain.rounds import RoundEvent, transition
+from coordinator.domain.rounds import Round, RoundEvent, transition
 from coordinator.errors import InvalidRequest, WrongRoundPhase
 from coordinator.persistence.spool import SpooledUpload, UploadSpool
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job, sha256
 from coordinator.service.driver import RoundDriver
 from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.initial_weights import held_by_pending_reports, initial_weight_refs
 from coordinator.service.metrics import summarize
 from coordinator.service.payloads import (
     ReceivedPayload,
@@ -27,7 +29,7 @@ from coordinator.service.payloads import (
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import JobDeletion, JobView
 from fedsilo.chunking import CHUNK_BYTES
-from fedsilo.codec import PayloadHeader
+from fedsilo.codec import PayloadHeader, TensorSpec
 from fedsilo.logs import context
 from fedsilo.protection import Protection
 from fedsilo.strategies import resolve_parameters
@@ -61,8 +63,11 @@ class JobService:
         self, spec: JobSpec, header: PayloadHeader, chunks: Iterable[bytes], actor: str
     ) -> Job:
         """Create a job whose initial weights arrive in chunks: the spec and size are checked
-        first, the weights spooled as they arrive and moved into the blob store."""
+        first, the weights spooled as they arrive and moved into the blob store. A job whose
+        version 0 is built from its seed comes without weights (an empty header)."""
         spec.validate()
+        if spec.initial_weights_from_seed:
+            return self.create_job(spec, header, b"", actor)
         check_payload_size(header.total_bytes, self._ctx.settings.max_payload_bytes)
         with self._spool.receive(chunks, header.total_bytes, header.sha256, actor) as upload:
             return self.create_job(spec, header, upload, actor)
@@ -70,11 +75,21 @@ class JobService:
     def create_job(
         self, spec: JobSpec, header: PayloadHeader, payload: ReceivedPayload, actor: str
     ) -> Job:
-        """Validate the spec and initial weights, store them as model version 0."""
+        """Validate the spec and initial weights, store them as model version 0.
+
+        A job with ``initial_weights_from_seed`` takes no weights: its participants build
+        version 0 once it runs (coordinator/service/initial_weights.py).
+        """
         spec.validate()
         # The job keeps its strategy's parameters with every default filled in, so a later
         # release with other defaults does not change a running job.
         spec = dataclasses.replace(spec, strategy=resolve_parameters(spec.algorithm, spec.strategy))
+        if spec.initial_weights_from_seed:
+            if header.tensors or header.total_bytes:
+                raise InvalidRequest(
+                    "a job whose version 0 is built from its seed takes no initial weights"
+                )
+            return self._add_job(spec, (), None, actor)
         weights = decode_payload(header, payload, self._ctx.settings.max_payload_bytes)
         for index, array in enumerate(weights):
             if array.dtype != np.float32:
@@ -82,23 +97,32 @@ class JobService:
                     f"initial weight tensor {index} must be float32, not {array.dtype}"
                 )
         check_finite_or_invalid(weights)
+        if isinstance(payload, SpooledUpload):
+            blob_ref = self._ctx.blobs.put_file(payload.path, payload.sha256)
+        else:
+            blob_ref = self._ctx.blobs.put(payload)
+        return self._add_job(spec, header.tensors, blob_ref, actor)
+
+    def _add_job(
+        self, spec: JobSpec, weight_specs: tuple[TensorSpec, ...], blob_ref: str | None, actor: str
+    ) -> Job:
         now = self._ctx.clock()
         job = Job(
             job_id=self._ctx.new_id(),
             spec=spec,
             state=JobState.CREATED,
             model_version=0,
-            weight_specs=header.tensors,
+            weight_specs=weight_specs,
             created_at=now,
         )
-        if isinstance(payload, SpooledUpload):
-            blob_ref = self._ctx.blobs.put_file(payload.path, payload.sha256)
-        else:
-            blob_ref = self._ctx.blobs.put(payload)
         with self._ctx.lock, self._ctx.store.transaction() as tx:
             tx.add_job(job)
-            tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
-            tx.add_audit(now, actor, "job.create", "ok", f"job={job.job_id} task={spec.task_name}")
+            if blob_ref is not None:
+                tx.add_model_version(ModelVersion(job.job_id, 0, blob_ref, None, now))
+            detail = f"job={job.job_id} task={spec.task_name}"
+            if blob_ref is None:
+                detail += " version0=seed"
+            tx.add_audit(now, actor, "job.create", "ok", detail)
         log.info(
             "job created: %s (%d rounds, protection %s)",
             spec.name,
@@ -146,12 +170,15 @@ class JobService:
             now = self._ctx.clock()
             with self._ctx.store.transaction() as tx:
                 open_rounds = [r for r in tx.open_rounds() if r.job_id == job_id]
+                ended: list[tuple[Round, Round]] = []
                 for round_ in open_rounds:
                     aborted = transition(
                         round_, RoundEvent.ABORT, now=now, reason="job aborted by admin"
                     )
                     tx.update_round(aborted, expected_row_version=round_.row_version)
-            for round_ in open_rounds:
+                    ended.append((round_, aborted))
+            for round_, aborted in ended:
+                self._ledger.phase_ended(round_, aborted, now)
                 self._ledger.discard_blob(round_.accumulator_ref)
         self._ctx.changes.notify()
         return job
@@ -173,7 +200,11 @@ class JobService:
                         f"job is {job.state.value}; only a completed, failed or aborted job can "
                         "be deleted (fedsilo job abort first)"
                     )
+                # Version-0 reports of a job deleted before it had version 0 hold blobs too,
+                # unless another job waiting for its version 0 reported the same bytes.
+                reported = initial_weight_refs(tx.list_job_messages(job_id))
                 refs = tx.delete_job(job_id)
+                refs |= {r for r in reported if not held_by_pending_reports(tx, r)}
                 detail = f"job={job_id} name={job.spec.name}"
                 tx.add_audit(self._ctx.clock(), actor, "job.delete", "ok", detail)
             # After the rows are gone: a blob another job still references stays.

@@ -12,7 +12,7 @@ from typing import Any
 
 from coordinator.domain.jobs import Job, JobState, ModelVersion
 from coordinator.domain.privacy import epsilon_after, released_rounds, rounds_within_budget
-from coordinator.domain.rounds import Round, RoundEvent, transition
+from coordinator.domain.rounds import Phase, Round, RoundEvent, transition
 from coordinator.errors import NotFound
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext, require_job
@@ -30,6 +30,22 @@ class RoundLedger:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        # When each open round entered its current phase, as seen by this process.
+        self._phase_started: dict[str, float] = {}
+
+    def phase_ended(self, before: Round, after: Round, now: float) -> None:
+        """Tell the phase listeners how long ``before``'s phase lasted, now that ``after`` is
+        written. A phase a restart interrupted has no known start and is not reported (except
+        CREATED, which starts with the round)."""
+        started = self._phase_started.pop(before.round_id, None)
+        if started is None and before.phase is Phase.CREATED:
+            started = before.created_at
+        if not after.is_terminal:
+            self._phase_started[after.round_id] = now
+        if started is None:
+            return
+        for listener in self._ctx.phase_listeners:
+            listener(before.protection.value, before.phase.value, max(0.0, now - started))
 
     def write_transition(
         self, round_: Round, event: RoundEvent, now: float, **changes: Any
@@ -37,6 +53,7 @@ class RoundLedger:
         following = dataclasses.replace(transition(round_, event, now=now), **changes)
         with self._ctx.store.transaction() as tx:
             tx.update_round(following, expected_row_version=round_.row_version)
+        self.phase_ended(round_, following, now)
         log.info(
             "round %s -> %s",
             round_.phase.value,
@@ -60,6 +77,7 @@ class RoundLedger:
         with self._ctx.store.transaction() as tx:
             tx.update_round(following, expected_row_version=round_.row_version)
             tx.update_job(updated_job)
+        self.phase_ended(round_, following, now)
         self.discard_blob(round_.accumulator_ref)
         log.warning(
             "round aborted: %s%s",
@@ -105,6 +123,7 @@ class RoundLedger:
                     failure_reason=stop or job.failure_reason,
                 )
             )
+        self.phase_ended(round_, following, now)
         self.discard_blob(round_.accumulator_ref)
         log.info(
             "model version %d committed from %d updates%s",
@@ -142,6 +161,11 @@ class RoundLedger:
             wanted = job.model_version if version < 0 else version
             model = tx.get_model_version(job_id, wanted)
         if model is None:
+            if wanted == 0 and job.spec.initial_weights_from_seed:
+                raise NotFound(
+                    "version 0 is not built yet: the organizations build it from the job's seed "
+                    "once the job runs (fedsilo job status says what it waits for)"
+                )
             raise NotFound(f"model version {version} does not exist for this job")
         return job, wanted, model.blob_ref
 

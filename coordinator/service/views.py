@@ -31,6 +31,8 @@ class WorkKind(enum.StrEnum):
     EVALUATE = "evaluate"
     SECAGG_STEP = "secagg_step"
     KEY_CEREMONY = "key_ceremony"
+    INITIAL_WEIGHTS = "initial_weights"
+    """Build the job's version 0 from its seed and send it (docs/design.md)."""
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,17 @@ from coordinator.domain.rounds import Phase
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.registry import RoundEngines
+from coordinator.service.initial_weights import initial_weights_work
 from coordinator.service.views import RoundOutcomeView, WorkItem, WorkKind
 
 __all__ = ["WorkService"]
 
 _MAX_HELD_ROUNDS = 100
 """At most this many held rounds are looked up per GetTask call."""
+
+INITIAL_WEIGHTS_REOFFER_SECONDS = 30.0
+"""An organization asked for a job's version 0 is asked again only after this long: one without
+the task (which cannot answer) is not handed the same request in a tight loop."""
 
 
 class WorkService:
@@ -30,6 +35,8 @@ class WorkService:
         self._engines = engines
         # Per organization: the ceremony steps offered since it was last given other work.
         self._ceremony_offered: dict[str, set[int]] = {}
+        # Per (job, organization): when version 0 may be asked of it again (monotonic clock).
+        self._initial_offered: dict[tuple[str, str], float] = {}
 
     def wait_for_work(
         self, org_id: str, wait_seconds: float, still_wanted: Callable[[], bool] = lambda: True
@@ -53,7 +60,9 @@ class WorkService:
         3. EVALUATE the latest model it helped build, unless it takes part in a small phase now
            (then it waits for the next step instead of holding the cohort up).
         4. TRAIN in an open round (plain, or the masked INPUTS of a secure round).
-        5. WAIT.
+        5. INITIAL_WEIGHTS: build a job's version 0 from its seed (docs/design.md), when it has
+           nothing else to do: an organization without the task loses only idle time.
+        6. WAIT.
 
         A participant refuses a ceremony step by going silent, and nothing ends a ceremony step
         the way a phase deadline ends a round's: a ceremony step offered before and still
@@ -85,7 +94,7 @@ class WorkService:
             return fresh[0]
 
     def _round_and_model_work(self, tx: Transaction, org_id: str, now: float) -> WorkItem:
-        """org_id's work in open rounds and models to evaluate (1, 3, 4 and 5 of next_work)."""
+        """org_id's work in open rounds, models to evaluate and version 0 (1, 3-6 of next_work)."""
         training: WorkItem | None = None
         in_small_phase = False
         for round_ in tx.open_rounds():
@@ -108,7 +117,18 @@ class WorkService:
                 producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
                 if producer is not None and org_id in producer.contributors:
                     return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
-        return training or WorkItem(WorkKind.WAIT)
+        return training or self._initial_weights(tx, org_id) or WorkItem(WorkKind.WAIT)
+
+    def _initial_weights(self, tx: Transaction, org_id: str) -> WorkItem | None:
+        now = time.monotonic()
+        with self._ctx.lock:
+            item = initial_weights_work(
+                tx, org_id, lambda job_id: now < self._initial_offered.get((job_id, org_id), 0.0)
+            )
+            if item is not None and item.job is not None:
+                key = (item.job.job_id, org_id)
+                self._initial_offered[key] = now + INITIAL_WEIGHTS_REOFFER_SECONDS
+        return item
 
     def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcomeView]:
         """Of the given rounds, those that ended; an unknown round counts as aborted."""

@@ -71,6 +71,7 @@ KIND_TO_PB = {
     WorkKind.EVALUATE: pb.TASK_KIND_EVALUATE,
     WorkKind.SECAGG_STEP: pb.TASK_KIND_SECAGG_STEP,
     WorkKind.KEY_CEREMONY: pb.TASK_KIND_KEY_CEREMONY,
+    WorkKind.INITIAL_WEIGHTS: pb.TASK_KIND_INITIAL_WEIGHTS,
 }
 
 
@@ -142,6 +143,7 @@ def work_to_pb(
         if spec.dp.enabled:
             response.dp.CopyFrom(privacy_to_pb(spec.dp))
         response.min_participants = spec.min_participants
+        response.initial_weights_from_seed = spec.initial_weights_from_seed
     if item.round is not None:
         response.round_id = item.round.round_id
         response.round_number = item.round.number
@@ -289,6 +291,7 @@ def _spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         paillier_key_bits=spec.paillier_key_bits,
         strategy=strategy_parameters_to_pb(spec.strategy),
         dp=privacy_to_pb(spec.dp) if spec.dp.enabled else None,
+        initial_weights_from_seed=spec.initial_weights_from_seed,
     )
 
 
@@ -318,6 +321,7 @@ def spec_from_pb(message: pb.JobSpec) -> JobSpec:
         paillier_key_bits=message.paillier_key_bits or defaults.paillier_key_bits,
         strategy=strategy_parameters_from_pb(message.strategy),
         dp=privacy_from_pb(message.dp),
+        initial_weights_from_seed=message.initial_weights_from_seed,
     )
 
 

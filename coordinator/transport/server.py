@@ -144,6 +144,8 @@ def start_coordinator(
         stream_idle_seconds=limits.stream_idle_seconds,
     )
     metrics = CoordinatorMetrics(store) if config.metrics_listen else None
+    if metrics is not None:
+        service.on_phase_end(metrics.observe_phase)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.limits.max_workers),
         interceptors=([RpcMetricsInterceptor(metrics)] if metrics else []) + [interceptor],

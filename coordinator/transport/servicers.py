@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ from coordinator.transport.convert import (
     work_to_pb,
 )
 from coordinator.transport.interceptors import current_identity
-from fedsilo.codec import header_from_proto
+from fedsilo.codec import PayloadHeader, header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
@@ -152,6 +153,21 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
         )
         return acknowledgement_to_pb(ack)
 
+    def SubmitInitialWeights(  # noqa: N802
+        self,
+        request_iterator: Iterator[pb.SubmitInitialWeightsRequest],
+        context: grpc.ServicerContext,
+    ) -> pb.SubmitUpdateResponse:
+        org = current_identity().org_id
+        _authenticate(self._membership)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise InvalidRequest("the first message of SubmitInitialWeights must be its header")
+        header = header_from_proto(first.header.payload)
+        chunks = _data_chunks(request_iterator)
+        ack = self._service.receive_initial_weights(org, first.header.job_id, header, chunks)
+        return acknowledgement_to_pb(ack)
+
     def ReportMetrics(  # noqa: N802
         self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ReportMetricsResponse:
@@ -213,7 +229,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidRequest("the first message of CreateJob must be its header")
         spec = spec_from_pb(first.header.spec)
-        header = header_from_proto(first.header.initial_weights)
+        if spec.initial_weights_from_seed and not first.header.HasField("initial_weights"):
+            header = PayloadHeader((), 0, hashlib.sha256(b"").digest())
+        else:
+            header = header_from_proto(first.header.initial_weights)
         chunks = _data_chunks(request_iterator)
         job = self._service.receive_job(spec, header, chunks, actor=current_identity().org_id)
         return job_view_to_pb(self._service.get_job(job.job_id))

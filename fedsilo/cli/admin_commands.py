@@ -35,7 +35,7 @@ from fedsilo.convert import (
     training_settings_to_pb,
 )
 from fedsilo.protection import Protection
-from fedsilo.tasks import TrainingSettings, as_float32, load_task
+from fedsilo.tasks import TrainingSettings, load_task
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = ["participant_export", "run_admin"]
@@ -141,7 +141,8 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
         raise ConfigError(f"--task-config is not valid JSON: {exc}") from exc
     if not isinstance(task_config, dict):
         raise ConfigError("--task-config must be a JSON object")
-    task = load_task(args.task)
+    # No task is loaded here: the participants build version 0 from the seed with the task's
+    # model, so the admin's machine never imports TensorFlow (docs/design.md).
     privacy = privacy_settings(args)
     spec = pb.JobSpec(
         name=args.name or args.task,
@@ -173,7 +174,7 @@ def _create(client: AdminClient, args: argparse.Namespace, console: Console) -> 
         ),
         task_config_json=json.dumps(task_config),
     )
-    status = client.create_job(spec, as_float32(task.initial_weights(args.seed)))
+    status = client.create_job(spec)
     if args.start:
         status = client.start_job(status.job_id)
     _show_job(status, args.json, console)

@@ -33,7 +33,7 @@ from fedsilo.errors import FedsiloError
 from fedsilo.health import health_serving
 from fedsilo.pki import make_demo_pki
 from fedsilo.protection import Protection
-from fedsilo.tasks import as_float32, installed_tasks, load_task
+from fedsilo.tasks import installed_tasks, load_task
 from fedsilo.tls import TlsFiles
 from fedsilo.v1 import fedsilo_pb2 as pb
 
@@ -178,7 +178,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 round_timeout_seconds=JobSpec(name="", task_name="").round_timeout_seconds,
                 training=training_settings_to_pb(replace(settings, seed=options.seed)),
             )
-            status = admin.create_job(spec, as_float32(task.initial_weights(options.seed)))
+            # No weights: the organizations build version 0 from the seed and agree on it.
+            status = admin.create_job(spec)
             admin.start_job(status.job_id)
             final = _follow(admin, status.job_id, len(orgs), rounds, processes, console)
         if final.state != pb.JOB_STATE_COMPLETED:
@@ -276,13 +277,18 @@ def _follow(
 ) -> pb.JobStatus:
     """Print one row per committed round once its model has been evaluated by every contributor."""
     header = f"  {'round':>5}  {'participants':>12}  {'loss':>8}  {'accuracy':>8}  {'seconds':>7}"
-    console.print(header)
     printed: set[int] = set()
+    console.print("  the organizations build version 0 from the job's seed ...")
 
     def step() -> pb.JobStatus | None:
         _check_alive(processes)
         status = admin.get_job(job_id)
         metrics = {m.version: m for m in status.metrics}
+        if status.rounds and 0 not in printed:
+            # Rounds open only once version 0 is committed: every organization built it alike.
+            printed.add(0)
+            console.print("  version 0 agreed by every organization; training")
+            console.print(header)
         for round_ in status.rounds:
             if round_.number in printed:
                 continue

@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
     job = commands.add_parser("job", help="create, start and follow jobs")
     job_cmds = job.add_subparsers(dest="action", required=True)
-    create = job_cmds.add_parser("create", help="create a job (initial weights come from the task)")
+    create = job_cmds.add_parser(
+        "create", help="create a job (the organizations build version 0 from its seed)"
+    )
     create.add_argument(
         "--task", required=True, type=_installed_task, help="task name (an installed fedsilo task)"
     )
@@ -139,7 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
     create.add_argument("--learning-rate", type=positive_float, default=_TRAINING.learning_rate)
-    create.add_argument("--seed", type=int, default=_TRAINING.seed)
+    create.add_argument(
+        "--seed",
+        type=int,
+        default=_TRAINING.seed,
+        help="seed of version 0 (built by the organizations) and of local training",
+    )
     create.add_argument(
         "--task-config", default=_JOB.task_config_json, help="JSON object passed to every task"
     )

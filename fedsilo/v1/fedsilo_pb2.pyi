@@ -144,6 +144,10 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """
     TASK_KIND_KEY_CEREMONY: _TaskKind.ValueType  # 5
     """A step of a paillier job's key ceremony: answer with SubmitCeremony."""
+    TASK_KIND_INITIAL_WEIGHTS: _TaskKind.ValueType  # 6
+    """Build the job's version 0 from its seed with the task's model and send it with
+    SubmitInitialWeights (docs/design.md, "Version 0 from the seed").
+    """
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
@@ -157,6 +161,10 @@ SubmitMessage. The INPUTS step of a secagg round is a TRAIN task carrying its sh
 """
 TASK_KIND_KEY_CEREMONY: TaskKind.ValueType  # 5
 """A step of a paillier job's key ceremony: answer with SubmitCeremony."""
+TASK_KIND_INITIAL_WEIGHTS: TaskKind.ValueType  # 6
+"""Build the job's version 0 from its seed with the task's model and send it with
+SubmitInitialWeights (docs/design.md, "Version 0 from the seed").
+"""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
@@ -547,6 +555,7 @@ class GetTaskResponse(_message.Message):
     MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
     MEMBERSHIP_LIST_FIELD_NUMBER: _builtins.int
     DP_FIELD_NUMBER: _builtins.int
+    INITIAL_WEIGHTS_FROM_SEED_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     job_id: _builtins.str
     task_name: _builtins.str
@@ -570,6 +579,10 @@ class GetTaskResponse(_message.Message):
     membership_list: _builtins.bytes
     """The membership list the consortium CA signed (fedsilo.membership), when it is newer than
     the request's membership_serial; empty otherwise. The participant verifies it itself.
+    """
+    initial_weights_from_seed: _builtins.bool
+    """The job's version 0 is built from its seed (training.seed) with the task's model: the
+    participant checks the served version 0 against the one it builds itself.
     """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
@@ -611,10 +624,11 @@ class GetTaskResponse(_message.Message):
         min_participants: _builtins.int = ...,
         membership_list: _builtins.bytes = ...,
         dp: Global___DifferentialPrivacy | None = ...,
+        initial_weights_from_seed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "dp", b"dp", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "dp", b"dp", "finished_rounds", b"finished_rounds", "job_id", b"job_id", "kind", b"kind", "membership_list", b"membership_list", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "ceremony", b"ceremony", "dp", b"dp", "finished_rounds", b"finished_rounds", "initial_weights_from_seed", b"initial_weights_from_seed", "job_id", b"job_id", "kind", b"kind", "membership_list", b"membership_list", "min_participants", b"min_participants", "model_version", b"model_version", "phase", b"phase", "protection", b"protection", "round_id", b"round_id", "round_number", b"round_number", "secagg", b"secagg", "seconds_left", b"seconds_left", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -844,6 +858,59 @@ class SubmitCeremonyRequest(_message.Message):
 Global___SubmitCeremonyRequest: _TypeAlias = SubmitCeremonyRequest  # noqa: Y015
 
 @_typing.final
+class InitialWeightsHeader(_message.Message):
+    """A participant's version 0 of a job built from the job's seed: the header first, then the
+    payload in data chunks. The coordinator commits version 0 once enough organizations sent the
+    same bytes (docs/design.md, "Version 0 from the seed").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def payload(self) -> Global___PayloadHeader: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        payload: Global___PayloadHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InitialWeightsHeader: _TypeAlias = InitialWeightsHeader  # noqa: Y015
+
+@_typing.final
+class SubmitInitialWeightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___InitialWeightsHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___InitialWeightsHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___SubmitInitialWeightsRequest: _TypeAlias = SubmitInitialWeightsRequest  # noqa: Y015
+
+@_typing.final
 class ReportMetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -964,6 +1031,7 @@ class JobSpec(_message.Message):
     PAILLIER_KEY_BITS_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     DP_FIELD_NUMBER: _builtins.int
+    INITIAL_WEIGHTS_FROM_SEED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task_name: _builtins.str
     protection: Global___Protection.ValueType
@@ -980,6 +1048,11 @@ class JobSpec(_message.Message):
     """
     paillier_key_bits: _builtins.int
     """Paillier key size of a paillier job (0: 2048; 3072 also accepted)."""
+    initial_weights_from_seed: _builtins.bool
+    """Version 0 is built by the participants from training.seed with the task's model, and
+    CreateJob carries no weights (docs/design.md, "Version 0 from the seed"); false: the
+    CreateJob stream carries version 0.
+    """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
     @_builtins.property
@@ -1012,10 +1085,11 @@ class JobSpec(_message.Message):
         paillier_key_bits: _builtins.int = ...,
         strategy: Global___StrategyParameters | None = ...,
         dp: Global___DifferentialPrivacy | None = ...,
+        initial_weights_from_seed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "dp", b"dp", "max_failed_rounds", b"max_failed_rounds", "secagg", b"secagg", "strategy", b"strategy", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "dp", b"dp", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds", "algorithm", b"algorithm", "dp", b"dp", "initial_weights_from_seed", b"initial_weights_from_seed", "max_failed_rounds", b"max_failed_rounds", "min_participants", b"min_participants", "name", b"name", "num_rounds", b"num_rounds", "paillier_key_bits", b"paillier_key_bits", "phase_timeout_seconds", b"phase_timeout_seconds", "protection", b"protection", "round_timeout_seconds", b"round_timeout_seconds", "secagg", b"secagg", "strategy", b"strategy", "task_config_json", b"task_config_json", "task_name", b"task_name", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_failed_rounds: _TypeAlias = _typing.Literal["max_failed_rounds"]  # noqa: Y015
     _WhichOneofArgType__max_failed_rounds: _TypeAlias = _typing.Literal["_max_failed_rounds", b"_max_failed_rounds"]  # noqa: Y015
@@ -1219,7 +1293,9 @@ class CreateJobHeader(_message.Message):
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
-    def initial_weights(self) -> Global___PayloadHeader: ...
+    def initial_weights(self) -> Global___PayloadHeader:
+        """Unset (and no data follows) when spec.initial_weights_from_seed."""
+
     def __init__(
         self,
         *,

@@ -69,6 +69,11 @@ class ParticipantServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsRequest.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsResponse.FromString,
                 _registered_method=True)
+        self.SubmitInitialWeights = channel.stream_unary(
+                '/fedsilo.v1.ParticipantService/SubmitInitialWeights',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitInitialWeightsRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -116,6 +121,12 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitInitialWeights(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsRequest.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsResponse.SerializeToString,
+            ),
+            'SubmitInitialWeights': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitInitialWeights,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitInitialWeightsRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class ParticipantService:
             '/fedsilo.v1.ParticipantService/ReportMetrics',
             fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsRequest.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.ReportMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitInitialWeights(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedsilo.v1.ParticipantService/SubmitInitialWeights',
+            fedsilo_dot_v1_dot_fedsilo__pb2.SubmitInitialWeightsRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,

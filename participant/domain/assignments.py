@@ -34,6 +34,8 @@ class AssignmentKind(enum.StrEnum):
     """A small secure-aggregation phase (keys, shares, consistency, unmask); INPUTS is TRAIN."""
     KEY_CEREMONY = "key_ceremony"
     """A step of a paillier job's key ceremony (no round: ``job_id`` and ``ceremony`` only)."""
+    INITIAL_WEIGHTS = "initial_weights"
+    """Build the job's version 0 from its seed with the task's model and send it (no round)."""
 
 
 class SecAggPhase(enum.StrEnum):
@@ -134,6 +136,9 @@ class Assignment:
     min_participants: int = 0
     privacy: DifferentialPrivacy = field(default_factory=DifferentialPrivacy)
     """The job's differential privacy: clip and noise applied to every update it trains."""
+    initial_weights_from_seed: bool = False
+    """The job's version 0 is built from ``training.seed`` with the task's model: the served
+    version 0 must be the one this organization builds itself."""
 
     def round_settings(self) -> TrainingSettings:
         """The training settings with this round's seed and the strategy's client term.

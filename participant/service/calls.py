@@ -68,3 +68,7 @@ class DaemonCalls(SecureRoundCalls, CeremonyCalls, Protocol):
     def report_metrics(
         self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
     ) -> bool: ...
+
+    def submit_initial_weights(
+        self, job_id: str, header: PayloadHeader, payload: bytes
+    ) -> SubmissionReceipt: ...

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy.typing as npt
 
@@ -37,9 +38,10 @@ from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.secure_rounds import SecureRoundParticipant
+from participant.service.version_zero import CheckedCalls, VersionZero
 from secagg.paillier import PaillierWorkers
 
-__all__ = ["ParticipantDaemon"]
+__all__ = ["ParticipantDaemon", "WorkObserver"]
 
 log = logging.getLogger("participant")
 
@@ -57,6 +59,23 @@ GIVE_UP = frozenset(
 T = TypeVar("T")
 
 
+class WorkObserver(Protocol):
+    """What the daemon's loop reports for monitoring (``participant.metrics``)."""
+
+    def contact(self) -> None:
+        """The coordinator answered a request for work."""
+        ...
+
+    def work(self, kind: str, outcome: str, seconds: float) -> None:
+        """A work item of ``kind`` ended: ``answered``, ``unanswered`` (a secure step left
+        unanswered), ``failed`` (it could not run here) or ``coordinator_error``."""
+        ...
+
+    def coordinator_error(self, code: str) -> None:
+        """A call to the coordinator failed with the gRPC status ``code``."""
+        ...
+
+
 class ParticipantDaemon:
     """Runs until ``stop`` is set: outbound calls only, local data never leaves this process.
 
@@ -69,7 +88,9 @@ class ParticipantDaemon:
     terms of each job as first seen: every round it trains in or answers is checked against both;
     ``ledger`` is what it contributed to each job's secure rounds (one input per base version).
     ``membership`` holds the consortium CA's newest membership list, taken from the replies:
-    every peer of a secure round or key ceremony must be a member it admits.
+    every peer of a secure round or key ceremony must be a member it admits. Version 0 of a job
+    built from its seed is built here when asked, and every downloaded version 0 of such a job
+    is checked against it (``VersionZero``).
     """
 
     def __init__(
@@ -89,7 +110,11 @@ class ParticipantDaemon:
         paillier_states: PaillierStateStore | None = None,
         paillier_workers: PaillierWorkers | None = None,
         generate_paillier_key: KeyGenerator | None = None,
+        observer: WorkObserver | None = None,
     ) -> None:
+        self._observer = observer
+        self._version_zero = VersionZero(tasks)
+        client = CheckedCalls(client, self._version_zero)
         self._client = client
         self._answers = answers
         self._terms = job_terms
@@ -153,16 +178,20 @@ class ParticipantDaemon:
                         self._poll, self._secure.held_round_ids(), self._membership.serial
                     )
                 )
+                if self._observer is not None:
+                    self._observer.contact()
                 self._secure.finish_rounds(reply.finished_rounds)
                 if reply.membership_list:
                     self._take_membership_list(reply.membership_list)
-                if not self.handle(reply.assignment) and self._client.pause():
+                if not self._observed(reply.assignment) and self._client.pause():
                     # Work left unanswered (a refused secure round) is offered again at once:
                     # wait a backoff step rather than ask again in a tight loop.
                     break
             except Stopped:
                 break
             except CallFailed as exc:
+                if self._observer is not None:
+                    self._observer.coordinator_error(exc.status.name)
                 if is_revocation(exc):
                     # Permanent: retrying would only fill the coordinator's audit log.
                     raise Revoked(
@@ -180,6 +209,22 @@ class ParticipantDaemon:
                 if self._client.pause():
                     break
 
+    def _observed(self, assignment: Assignment) -> bool:
+        """``handle``, timed and reported to the observer with its outcome."""
+        if self._observer is None:
+            return self.handle(assignment)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            answered = self.handle(assignment)
+            outcome = "answered" if answered else "unanswered"
+            return answered
+        except CallFailed:
+            outcome = "coordinator_error"
+            raise
+        finally:
+            self._observer.work(assignment.kind.value, outcome, time.perf_counter() - started)
+
     def handle(self, assignment: Assignment) -> bool:
         """Do one unit of work; False if a secure-aggregation or key-ceremony task was left
         unanswered."""
@@ -187,7 +232,12 @@ class ParticipantDaemon:
         secure = assignment.kind in (AssignmentKind.SECAGG_STEP, AssignmentKind.KEY_CEREMONY) or (
             assignment.kind is AssignmentKind.TRAIN and assignment.protection is not Protection.NONE
         )
+        # Before any model of the job is downloaded: whether its version 0 comes from a seed.
+        self._version_zero.note(assignment)
         try:
+            if assignment.kind is AssignmentKind.INITIAL_WEIGHTS:
+                self._send_initial_weights(assignment)
+                return True
             if assignment.kind is AssignmentKind.TRAIN and not secure:
                 # Before anything is trained or sent: the organization's bounds and the job's
                 # terms as first seen (UntrustedMessage names the setting; nothing is sent).
@@ -287,6 +337,22 @@ class ParticipantDaemon:
             )
         )
         log.info("update acknowledged%s", " (duplicate)" if receipt.duplicate else "", **ctx)
+
+    def _send_initial_weights(self, assignment: Assignment) -> None:
+        """Build the job's version 0 from its seed and send it: nothing private is used."""
+        # The job's terms as first seen (its seed among them) and the organization's bounds.
+        self._terms.check(assignment)
+        header, payload = self._version_zero.build(assignment.job_id)
+        receipt = self._client.retrying(
+            lambda: self._client.submit_initial_weights(assignment.job_id, header, payload)
+        )
+        log.info(
+            "version 0 built from seed %d and sent (sha256 %s)%s",
+            assignment.training.seed,
+            header.sha256.hex()[:12],
+            " (duplicate)" if receipt.duplicate else "",
+            **context(job=assignment.job_id),
+        )
 
     def _train_round(self, assignment: Assignment, weights: list[npt.NDArray[Any]]) -> TrainResult:
         """Local training for a secure round, exactly as for a plain one (same round seed)."""

@@ -326,6 +326,29 @@ class CoordinatorClient:
             response = self._stub().SubmitCeremony(request, timeout=self._timeout)
         return receipt_from_pb(response)
 
+    def submit_initial_weights(
+        self, job_id: str, header: PayloadHeader, payload: bytes
+    ) -> SubmissionReceipt:
+        """Send this organization's version 0 of a job, built from the job's seed."""
+        first = pb.SubmitInitialWeightsRequest(
+            header=pb.InitialWeightsHeader(job_id=job_id, payload=header_to_proto(header))
+        )
+        requests = header_then_chunks(
+            first, payload, lambda d: pb.SubmitInitialWeightsRequest(data=d)
+        )
+        watchdog = ProgressWatchdog(self._timeout)
+        try:
+            with watchdog.converted(), mapped_rpc_errors():
+                call = self._stub().SubmitInitialWeights.future(
+                    watchdog.through(requests),
+                    timeout=self._timeout + len(payload) / MIN_TRANSFER_BYTES_PER_S,
+                )
+                watchdog.watch(call)
+                response = call.result()
+        finally:
+            watchdog.stop()
+        return receipt_from_pb(response)
+
     def report_metrics(
         self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
     ) -> bool:

@@ -41,6 +41,7 @@ _KINDS = {
     pb.TASK_KIND_EVALUATE: AssignmentKind.EVALUATE,
     pb.TASK_KIND_SECAGG_STEP: AssignmentKind.SECAGG_STEP,
     pb.TASK_KIND_KEY_CEREMONY: AssignmentKind.KEY_CEREMONY,
+    pb.TASK_KIND_INITIAL_WEIGHTS: AssignmentKind.INITIAL_WEIGHTS,
 }
 _PHASES = {
     value: name.removeprefix("ROUND_PHASE_").lower() for name, value in pb.RoundPhase.items()
@@ -122,6 +123,7 @@ def _assignment_from_pb(response: pb.GetTaskResponse) -> Assignment:
         ),
         min_participants=response.min_participants,
         privacy=privacy,
+        initial_weights_from_seed=response.initial_weights_from_seed,
     )
 
 

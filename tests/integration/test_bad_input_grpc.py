@@ -705,7 +705,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 23  # 7 participant + 16 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 24  # 8 participant + 16 admin RPCs; update when the API grows
 
 
 def _raw_call(

@@ -72,6 +72,11 @@ def test_metrics_follow_a_job_as_its_rounds_commit(
     assert after[("fedsilo_active_organizations", ())] == len(ORGS)
     assert after[("fedsilo_jobs", (("state", "completed"),))] == 1
     assert after[("fedsilo_round_duration_seconds_count", ())] == committed
+    # Every phase a plain round passes through, once per round, by protection and phase.
+    for phase in ("created", "inputs", "aggregated"):
+        labels = (("phase", phase), ("protection", "none"))
+        assert after[("fedsilo_phase_duration_seconds_count", labels)] == committed, phase
+        assert after[("fedsilo_phase_duration_seconds_sum", labels)] >= 0
     for method in ("CreateJob", "StartJob", "GetJob", "GetTask", "SubmitUpdate"):
         latency = ("fedsilo_rpc_duration_seconds_count", (("method", method),))
         assert after.get(latency, 0) > 0, method

@@ -95,12 +95,14 @@ def secure_spec(
     )
 
 
-def start_job(consortium: Consortium, spec: pb.JobSpec) -> str:
-    """Create and start the job once every organization of the consortium registered."""
+def start_job(consortium: Consortium, spec: pb.JobSpec, *, seeded: bool = False) -> str:
+    """Create and start the job once every organization of the consortium registered: with
+    ``BASE`` as version 0, or (``seeded``) with version 0 built by the organizations from the
+    job's seed."""
     count = len(consortium.orgs)
     with consortium.admin() as admin:
         wait_for(lambda: len(admin.list_participants()) == count, 60, f"{count} organizations")
-        job = admin.create_job(spec, BASE)
+        job = admin.create_job(spec, None if seeded else BASE)
         admin.start_job(job.job_id)
     return str(job.job_id)
 

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -19,7 +21,27 @@ from fedsilo.cli.daemons import wait_for
 pytestmark = pytest.mark.system
 
 
-def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+# Runs the fedsilo command with every import of TensorFlow or Keras failing, and says so on
+# stderr: the admin CLI must not need them (version 0 is built by the organizations).
+_WITHOUT_TENSORFLOW = """
+import importlib.abc, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            sys.stderr.write("BLOCKED IMPORT " + name + "\\n")
+            raise ImportError("importing " + name + " is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+from fedsilo.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _fedsilo(  # type: ignore[no-untyped-def]
+    consortium, *args: str, check: bool = True, without_tensorflow: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "FEDSILO_ADMIN_COORDINATOR": consortium.target,
@@ -28,8 +50,9 @@ def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.Completed
         "FEDSILO_ADMIN_KEY": str(consortium.pki.admin_key),
         "COLUMNS": "200",
     }
+    command = ["-c", _WITHOUT_TENSORFLOW] if without_tensorflow else ["-m", "fedsilo"]
     result = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "fedsilo", *args],
+        [sys.executable, *command, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,6 +61,8 @@ def _fedsilo(consortium, *args: str, check: bool = True) -> subprocess.Completed
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
+    if without_tensorflow:
+        assert "BLOCKED IMPORT" not in result.stderr, result.stderr
     return result
 
 
@@ -84,9 +109,13 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
         "--server-learning-rate",
         "0.05",
         "--json",
+        without_tensorflow=True,
     )
     job = json.loads(created.stdout)
     assert job["state"] == "created" and job["model_version"] == 0
+    # No weights came with the job: the organizations build version 0 from its seed.
+    assert job["spec"]["initial_weights_from_seed"] is True
+    assert job["waiting_reason"].startswith("created, not started")
     # The strategy is the job's, with the unset parameters at their defaults.
     assert job["spec"]["algorithm"] == "fedadam"
     assert job["spec"]["strategy"] == {
@@ -106,6 +135,9 @@ def test_admin_cli_runs_a_job_end_to_end(consortium) -> None:  # type: ignore[no
 
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
     assert status["state"] == "completed"
+    # Version 0 is what every organization builds from the seed, byte for byte.
+    audit = _fedsilo(consortium, "audit", "list", "--limit", "100").stdout
+    assert "job.initial_weights" in audit
     assert [r["phase"] for r in status["rounds"]] == ["committed"] * 2
     listed = json.loads(_fedsilo(consortium, "job", "list", "--json").stdout)
     assert [j["job_id"] for j in listed] == [job["job_id"]]
@@ -145,17 +177,60 @@ def test_participant_certificate_cannot_use_the_admin_cli(consortium) -> None:  
     assert "PERMISSION_DENIED" in result.stdout
 
 
+def _digits_job_with_version_zero(consortium, seed: int) -> str:  # type: ignore[no-untyped-def]
+    """A digits job whose organizations built version 0 from ``seed``, paused right after its
+    start: a first round that opened meanwhile finishes, and none follows."""
+    consortium.start_coordinator()
+    for org in consortium.orgs:
+        path = consortium.participant_config(org)
+        config = yaml.safe_load(path.read_text())
+        config["tasks"]["digits"] = "examples.digits.task:task"
+        path.write_text(yaml.safe_dump(config))
+        consortium.start_participant(org)
+    with consortium.admin() as admin:
+        wait_for(lambda: len(admin.list_participants()) == 3, 60, "three organizations")
+    created = _fedsilo(
+        consortium, "job", "create", "--task", "digits", "--seed", str(seed), "--start", "--json"
+    )
+    job_id = str(json.loads(created.stdout)["job_id"])
+    _fedsilo(consortium, "job", "pause", job_id)
+
+    def version_zero() -> bool:
+        with consortium.admin() as admin:
+            try:
+                admin.download_model(job_id, 0)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+                return False
+        return True
+
+    wait_for(version_zero, 120, "version 0 built by the organizations")
+    return job_id
+
+
+def test_version_zero_cannot_be_exported_before_the_organizations_built_it(
+    consortium, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    consortium.start_coordinator()
+    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--json")
+    job_id = json.loads(created.stdout)["job_id"]
+    exported = _fedsilo(
+        consortium, "model", "export", job_id, "--out", str(tmp_path / "m.keras"), check=False
+    )
+    assert exported.returncode == 1
+    assert "version 0 is not built yet" in exported.stdout
+
+
 @pytest.mark.tf
 def test_model_export_writes_a_keras_file_with_the_global_weights(
     consortium, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    consortium.start_coordinator()
-    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
-    job_id = json.loads(created.stdout)["job_id"]
+    job_id = _digits_job_with_version_zero(consortium, seed=5)
     out = tmp_path / "model.keras"
     exported = _fedsilo(
-        consortium, "model", "export", job_id, "--task", "digits", "--out", str(out), "--json"
-    )
+        consortium, "model", "export", job_id, "--task", "digits", "--version", "0",
+        "--out", str(out), "--json",
+    )  # fmt: skip
     assert json.loads(exported.stdout)["version"] == 0
 
     import keras
@@ -174,12 +249,11 @@ def test_model_export_writes_a_keras_file_with_the_global_weights(
 def test_model_export_takes_the_task_from_the_job_and_writes_a_checked_int8_tflite_model(
     consortium, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    consortium.start_coordinator()
-    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
-    job_id = json.loads(created.stdout)["job_id"]
+    job_id = _digits_job_with_version_zero(consortium, seed=5)
     out = tmp_path / "model.tflite"
     exported = _fedsilo(
-        consortium, "model", "export", job_id, "--format", "tflite", "--quantization", "int8",
+        consortium, "model", "export", job_id, "--version", "0",
+        "--format", "tflite", "--quantization", "int8",
         "--task-config", '{"partition": 0, "num_partitions": 2}', "--out", str(out), "--json",
     )  # fmt: skip
     result = json.loads(exported.stdout)
@@ -200,12 +274,10 @@ def test_model_export_writes_a_tfjs_graph_model_checked_in_tfjs(consortium, tmp_
     repo = Path(__file__).resolve().parents[2]
     if not Path(configured or repo / ".venv-tfjs" / "bin" / "python").exists():
         pytest.skip("the TF.js converter's environment is missing: `make tfjs-venv` (make test)")
-    consortium.start_coordinator()
-    created = _fedsilo(consortium, "job", "create", "--task", "digits", "--seed", "5", "--json")
-    job_id = json.loads(created.stdout)["job_id"]
+    job_id = _digits_job_with_version_zero(consortium, seed=5)
     out = tmp_path / "model-tfjs"
     exported = _fedsilo(
-        consortium, "model", "export", job_id, "--format", "tfjs",
+        consortium, "model", "export", job_id, "--version", "0", "--format", "tfjs",
         "--task-config", '{"partition": 0, "num_partitions": 2}', "--out", str(out), "--json",
     )  # fmt: skip
     result = json.loads(exported.stdout)
@@ -306,6 +378,9 @@ def test_admin_cli_runs_a_dp_job_until_its_budget_is_spent(consortium) -> None: 
     assert "after 1 released rounds" in shown
     assert "stopped: stopped by the privacy budget: after 1 released rounds" in shown
     status = json.loads(_fedsilo(consortium, "job", "status", job["job_id"], "--json").stdout)
-    assert status["state"] == "completed" and status["model_version"] == 1
+    assert status["state"] == "completed"
+    # Version 0 is what every organization builds from the seed, byte for byte.
+    audit = _fedsilo(consortium, "audit", "list", "--limit", "100").stdout
+    assert "job.initial_weights" in audit and status["model_version"] == 1
     assert status["privacy"]["rounds"] == 1
     assert status["privacy"]["epsilon"] == pytest.approx(epsilon_after(dp, 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
 from secure_round_harness import (
     ORGS,
     TASK_NAME,
@@ -26,7 +28,7 @@ from secure_round_harness import (
 )
 
 from examples.synthetic.task import task
-from fedsilo.codec import decode_tensors
+from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.privacy import DifferentialPrivacy, clip_to_norm, noise_share_std
 from fedsilo.protection import Protection, flatten
@@ -39,6 +41,11 @@ from participant.domain.assignments import (
 )
 from participant.domain.policy import AcceptPolicy
 from participant.errors import CallStatus, RequestRefused, Revoked, Stopped
+from participant.metrics import (
+    PARTICIPANT_METRIC_NAMES,
+    ParticipantMetrics,
+    serve_participant_metrics,
+)
 from participant.service.answers import AnswerStore
 from participant.service.identity import IdentityFiles
 from participant.service.job_terms import JobTermsStore
@@ -70,6 +77,7 @@ class ScriptedClient(FakeTransport):
         self.held: list[list[str]] = []
         self.pauses = 0
         self.refuse_messages = False
+        self.initial: list[tuple[str, PayloadHeader, bytes]] = []
 
     def retrying(self, call: Callable[[], T]) -> T:
         return call()
@@ -92,13 +100,22 @@ class ScriptedClient(FakeTransport):
             raise _Refusal()
         return super().submit_message(assignment, body)
 
+    def submit_initial_weights(
+        self, job_id: str, header: PayloadHeader, payload: bytes
+    ) -> SubmissionReceipt:
+        self.initial.append((job_id, header, payload))
+        return SubmissionReceipt(f"initial-{len(self.initial)}", False)
+
 
 def _no_ca() -> x509.Certificate:
     raise AssertionError("a daemon without TLS checks no membership list")
 
 
 def _daemon(
-    tmp_path: Path, pki: DemoPki | None, replies: list[TaskReply]
+    tmp_path: Path,
+    pki: DemoPki | None,
+    replies: list[TaskReply],
+    observer: ParticipantMetrics | None = None,
 ) -> tuple[ParticipantDaemon, ScriptedClient]:
     stop = threading.Event()
     client = ScriptedClient(replies, stop)
@@ -120,6 +137,7 @@ def _daemon(
             if pki is not None
             else MembershipStore(tmp_path, _no_ca, required=False)
         ),
+        observer=observer,
     )
     return daemon, client
 
@@ -295,3 +313,86 @@ def test_a_plain_dp_round_sends_the_clipped_noisy_update_with_weight_one(
     std = noise_share_std(privacy, 2)
     # 650 coordinates (variance ratio standard error ~0.055); float32 rounding is far below std.
     assert 0.75 < np.var(noise) / std**2 < 1.3
+
+
+# -- version 0 from the seed -------------------------------------------------------------------
+
+
+def test_version_zero_is_built_from_the_job_seed_and_sent(tmp_path: Path) -> None:
+    build = Assignment(
+        AssignmentKind.INITIAL_WEIGHTS,
+        job_id="job-1",
+        task_name=TASK_NAME,
+        training=replace(TRAINING, seed=3),
+        initial_weights_from_seed=True,
+    )
+    daemon, client = _daemon(tmp_path, None, [TaskReply(build)])
+    daemon.run()
+
+    ((job_id, header, payload),) = client.initial
+    expected_header, expected_payload = encode_tensors(task.initial_weights(3))
+    assert job_id == "job-1" and payload == expected_payload and header == expected_header
+    assert client.sent == []
+
+
+@pytest.mark.parametrize("seed, trains", [(3, True), (7, False)])
+def test_a_served_version_zero_unlike_the_own_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, seed: int, trains: bool
+) -> None:
+    # The coordinator serves task.initial_weights(3) as version 0 (base_weights).
+    train = replace(
+        _plain_train(), training=replace(TRAINING, seed=seed), initial_weights_from_seed=True
+    )
+    # A later assignment leaving the flag out does not switch the check off.
+    unflagged = replace(train, round_id="0a0b0c0d-0000-4000-8000-000000000001")
+    unflagged = replace(unflagged, initial_weights_from_seed=False)
+    daemon, client = _daemon(tmp_path, None, [TaskReply(train), TaskReply(unflagged)])
+
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        daemon.run()
+
+    if trains:
+        assert len(client.sent) == 2 and "version 0" not in caplog.text
+    else:
+        assert client.sent == [] and client.pauses == 2
+        assert caplog.text.count("is not the one this organization builds from seed 7") == 2
+
+
+# -- the daemon's Prometheus metrics -----------------------------------------------------------
+
+
+def test_the_daemon_reports_its_work_to_its_metrics_endpoint(tmp_path: Path, pki: DemoPki) -> None:
+    metrics = ParticipantMetrics()
+    replies = [
+        TaskReply(Assignment(AssignmentKind.WAIT)),
+        TaskReply(_plain_train()),
+        TaskReply(Coordinator(pki).keys_task()),  # refused: this daemon has no TLS identity
+    ]
+    daemon, client = _daemon(tmp_path, None, replies, observer=metrics)
+    daemon.run()
+    assert len(client.sent) == 1
+
+    server, port = serve_participant_metrics(metrics, "127.0.0.1:0")
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    work = "fedsilo_participant_work_total"
+    assert samples[(work, (("kind", "wait"), ("outcome", "answered")))] == 1
+    assert samples[(work, (("kind", "train"), ("outcome", "answered")))] == 1
+    assert samples[(work, (("kind", "secagg_step"), ("outcome", "failed")))] == 1
+    train_seconds = ("fedsilo_participant_work_duration_seconds_count", (("kind", "train"),))
+    assert samples[train_seconds] == 1
+    assert samples[("fedsilo_participant_last_contact_timestamp_seconds", ())] > 0
+    names = {name for name, _ in samples}
+    for metric in PARTICIPANT_METRIC_NAMES:
+        if metric != "fedsilo_participant_coordinator_errors_total":  # no error happened
+            assert any(n.startswith(metric) for n in names), metric

@@ -399,3 +399,30 @@ def test_tensorboard_reads_the_job_run_and_the_org_runs(store: Store, tmp_path: 
     assert (org_b.step, org_b.value) == (1, pytest.approx(0.4))
     committed = multiplexer.Scalars(job, "round/committed")
     assert [e.value for e in committed] == [1.0, 0.0]
+
+
+def test_a_deleted_jobs_run_is_removed_on_the_next_pass_and_other_jobs_stay(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    out = tmp_path / "tensorboard"
+    other = out / "other-job"
+    ScalarRun(other).append([ScalarEvent(1, T0, {"round/committed": 1.0})])
+    with store.transaction() as tx:
+        tx.add_round(make_round(1, Phase.ABORTED, 0))
+    clock.now = T0 + 300
+    exporter = TensorBoardExporter(store, out, clock)
+    assert exporter.export_pending() == 1
+    job_run = out / f"digits-{JOB_ID}"
+    assert job_run.is_dir()
+
+    with store.transaction() as tx:
+        tx.update_job(make_job(JobState.ABORTED))
+        tx.delete_job(JOB_ID)
+    assert exporter.export_pending() == 0
+    assert not job_run.exists()
+    assert sorted(scalars_by_step(other)) == [1]
+    # A coordinator that was down when the job was deleted removes the run at its start.
+    ScalarRun(job_run).append([ScalarEvent(1, T0, {"round/committed": 0.0})])
+    assert TensorBoardExporter(store, out, clock).export_pending() == 0
+    assert not job_run.exists()

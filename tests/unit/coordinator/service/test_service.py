@@ -1163,3 +1163,26 @@ def test_a_dp_job_keeps_its_settings_across_a_restart(file_harness: Harness) -> 
     # A job without differential privacy reports no spending at all.
     plain = harness.create_job()
     assert harness.service.get_job(plain.job_id).privacy is None
+
+
+def test_each_phase_a_round_leaves_is_timed_for_the_metrics(harness: Harness) -> None:
+    seen: list[tuple[str, str, float]] = []
+    harness.service.on_phase_end(lambda *observed: seen.append(observed))
+    job, round_ = harness.running_job()
+    assert seen == [("none", "created", 0.0)]
+    for index, org in enumerate(ORGS):
+        harness.clock.now += 1
+        harness.submit(org, round_, update_weights(index), 10)
+    harness.drive(lambda: harness.round(round_.round_id).phase is Phase.COMMITTED, "commit")
+    assert seen[1:] == [("none", "inputs", 3.0), ("none", "aggregated", 0.0)]
+
+    # An admin's abort ends the phase too; the registry files each under its labels.
+    metrics = CoordinatorMetrics(harness.store)
+    harness.service.on_phase_end(metrics.observe_phase)
+    other, _ = harness.running_job()
+    harness.clock.now += 5
+    harness.service.abort_job(other.job_id, actor="admin")
+    assert seen[-1] == ("none", "inputs", 5.0)
+    labels = {"protection": "none", "phase": "inputs"}
+    assert metrics.registry.get_sample_value("fedsilo_phase_duration_seconds_sum", labels) == 5.0
+    assert metrics.registry.get_sample_value("fedsilo_phase_duration_seconds_count", labels) == 1

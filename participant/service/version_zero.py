@@ -1,0 +1,140 @@
+"""Version 0 from the seed: build it with the task's model, and refuse a served one unlike it.
+
+A job created with ``initial_weights_from_seed`` has no weights from its admin: this
+organization builds version 0 from the job's seed (Keras initialization is deterministic for a
+seed) and sends it; the coordinator commits it once enough organizations sent the same bytes.
+Whatever version 0 the coordinator then serves must be byte for byte the one built here: a
+coordinator serving other weights (or one that committed the weights of organizations running
+another TensorFlow) is refused with ``UntrustedMessage``, before anything is trained on them
+(docs/design.md, "Version 0 from the seed").
+
+``CheckedCalls`` wraps the coordinator client so that every download, by the daemon's loop,
+secure rounds or the paillier model chain, goes through the check.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy.typing as npt
+
+from fedsilo.codec import PayloadHeader, encode_tensors
+from fedsilo.tasks import as_float32, load_task
+from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
+from participant.errors import TaskFailed, UntrustedMessage
+from participant.service.calls import DaemonCalls
+
+__all__ = ["CheckedCalls", "VersionZero"]
+
+T = TypeVar("T")
+Weights = list[npt.NDArray[Any]]
+
+
+class VersionZero:
+    """The version 0 this organization builds for each job whose version 0 comes from a seed.
+
+    Which jobs those are, with their task and seed, is taken from the first assignment of each
+    job that says so, and kept for the daemon's lifetime: a later assignment that leaves the
+    flag out does not switch the check off.
+    """
+
+    def __init__(self, tasks: Mapping[str, str]) -> None:
+        self._tasks = dict(tasks)
+        self._lock = threading.Lock()
+        self._seeded: dict[str, tuple[str, int]] = {}
+        self._built: dict[str, tuple[PayloadHeader, bytes]] = {}
+
+    def note(self, assignment: Assignment) -> None:
+        """Remember a job whose version 0 comes from its seed (the first word on it wins)."""
+        if assignment.job_id and assignment.initial_weights_from_seed:
+            with self._lock:
+                self._seeded.setdefault(
+                    assignment.job_id, (assignment.task_name, assignment.training.seed)
+                )
+
+    def build(self, job_id: str) -> tuple[PayloadHeader, bytes]:
+        """Version 0 of a noted job as encoded tensors (built once per job, then kept)."""
+        with self._lock:
+            if job_id not in self._seeded:
+                raise UntrustedMessage(f"job {job_id} does not build its version 0 from a seed")
+            task_name, seed = self._seeded[job_id]
+            if job_id not in self._built:
+                task = load_task(task_name, self._tasks or None)
+                try:
+                    weights = as_float32(task.initial_weights(seed))
+                    self._built[job_id] = encode_tensors(weights)
+                except (ValueError, ArithmeticError) as exc:
+                    raise TaskFailed(str(exc)) from exc
+            return self._built[job_id]
+
+    def check(self, job_id: str, version: int, weights: Weights) -> None:
+        """Refuse version 0 of a noted job unless it is the one built here."""
+        with self._lock:
+            seeded = job_id in self._seeded
+        if version != 0 or not seeded:
+            return
+        own, _ = self.build(job_id)
+        try:
+            served, _ = encode_tensors(weights)
+        except ValueError as exc:
+            raise UntrustedMessage(f"version 0 of job {job_id} is malformed: {exc}") from exc
+        if served.tensors != own.tensors or served.sha256 != own.sha256:
+            _, seed = self._seeded[job_id]
+            raise UntrustedMessage(
+                f"version 0 of job {job_id} (sha256 {served.sha256.hex()[:12]}) is not the one "
+                f"this organization builds from seed {seed} (sha256 {own.sha256.hex()[:12]}): "
+                "refusing it (another task or TensorFlow version, or a coordinator serving "
+                "other weights)"
+            )
+
+
+class CheckedCalls:
+    """The coordinator client with every downloaded version 0 checked by ``VersionZero``."""
+
+    def __init__(self, calls: DaemonCalls, version_zero: VersionZero) -> None:
+        self._calls = calls
+        self._version_zero = version_zero
+
+    def download_model(self, job_id: str, version: int) -> tuple[int, Weights]:
+        got, weights = self._calls.download_model(job_id, version)
+        self._version_zero.check(job_id, got, weights)
+        return got, weights
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        return self._calls.retrying(call)
+
+    def pause(self) -> bool:
+        return self._calls.pause()
+
+    def get_assignment(
+        self, wait_seconds: float, held_round_ids: Sequence[str] = (), membership_serial: int = 0
+    ) -> TaskReply:
+        return self._calls.get_assignment(wait_seconds, held_round_ids, membership_serial)
+
+    def submit_update(
+        self,
+        assignment: Assignment,
+        num_examples: int,
+        train_loss: float,
+        header: PayloadHeader,
+        payload: bytes,
+    ) -> SubmissionReceipt:
+        return self._calls.submit_update(assignment, num_examples, train_loss, header, payload)
+
+    def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
+        return self._calls.submit_message(assignment, body)
+
+    def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt:
+        return self._calls.submit_ceremony(job_id, action, body)
+
+    def report_metrics(
+        self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
+    ) -> bool:
+        return self._calls.report_metrics(job_id, version, num_examples, loss, accuracy)
+
+    def submit_initial_weights(
+        self, job_id: str, header: PayloadHeader, payload: bytes
+    ) -> SubmissionReceipt:
+        return self._calls.submit_initial_weights(job_id, header, payload)
