@@ -215,17 +215,28 @@ def run_bench(
     stalled: int,
     idle_seconds: float,
     scenarios: tuple[str, ...] = SCENARIOS,
+    stalled_fraction: float = 0.5,
 ) -> list[Figure]:
     """Each scenario in a coordinator process of its own: memory a process freed is often kept
-    (and reused) rather than returned, which would hide the next scenario's growth."""
+    (and reused) rather than returned, which would hide the next scenario's growth.
+
+    ``stalled_fraction``: how much of the model each stalled upload sends before it goes silent.
+    """
     return [
-        _run_scenario(workdir / scenario, scenario, megabytes, stalled, idle_seconds)
+        _run_scenario(
+            workdir / scenario, scenario, megabytes, stalled, idle_seconds, stalled_fraction
+        )
         for scenario in scenarios
     ]
 
 
 def _run_scenario(
-    workdir: Path, scenario: str, megabytes: int, stalled: int, idle_seconds: float
+    workdir: Path,
+    scenario: str,
+    megabytes: int,
+    stalled: int,
+    idle_seconds: float,
+    stalled_fraction: float = 0.5,
 ) -> Figure:
     workdir.mkdir(parents=True)
     parameters = megabytes * MIB // 4
@@ -281,7 +292,7 @@ def _run_scenario(
 
             def stalled_stream() -> Iterator[Any]:
                 yield header_message(tasks[ORGS[0]], update)
-                yield from data_messages(update[1], limit=model_bytes // 2)
+                yield from data_messages(update[1], limit=int(model_bytes * stalled_fraction))
                 release.wait(timeout=STREAM_SECONDS)
 
             def call() -> None:
@@ -305,8 +316,8 @@ def _run_scenario(
                 coordinator,
                 "stalled",
                 model_bytes,
-                f"{stalled} uploads of half the model each, then silence until the "
-                f"{idle_seconds:g} s idle timeout",
+                f"{stalled} uploads of {stalled_fraction:g} of the model each, then silence "
+                f"until the {idle_seconds:g} s idle timeout",
                 stall,
             )
 

@@ -122,6 +122,7 @@ def test_a_pending_organization_is_refused_before_its_upload_sends_anything(
     assert "pending" in (refused.value.details() or "")
 
 
+@pytest.mark.slow  # it waits out the idle cut of 8 silent uploads: about 9 s
 def test_silent_uploads_of_two_organizations_cannot_freeze_the_coordinator(
     start_test_coordinator: Callable[..., RunningCoordinator],
     pki: ConsortiumPki,

@@ -48,6 +48,7 @@ def paillier_spec() -> pb.JobSpec:
     return spec
 
 
+@pytest.mark.slow  # a key ceremony and paillier rounds of three daemons: about 4 s
 def test_three_daemons_complete_a_paillier_job(
     admin: AdminClient,
     target: str,
@@ -172,6 +173,7 @@ def test_a_coordinator_serving_another_correction_is_refused_for_good(
     assert all(f"job {job_id}" in line and "model version 1 failed" in line for line in lines)
 
 
+@pytest.mark.slow  # about 3 s
 def test_a_malformed_input_is_excluded_and_its_sender_named(
     admin: AdminClient,
     target: str,

@@ -31,6 +31,7 @@ CLIPPED_MEAN = 1.0 / (3 * math.sqrt(15))
 NOISE_STD = MULTIPLIER * CLIP * math.sqrt(3 / 2) / 3
 
 
+@pytest.mark.slow  # rounds until the budget is spent: 1-3 s each
 @pytest.mark.parametrize(
     "protection", [pb.PROTECTION_SECAGG, pb.PROTECTION_PAILLIER], ids=["secagg", "paillier"]
 )

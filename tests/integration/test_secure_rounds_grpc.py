@@ -281,6 +281,7 @@ def evil_consortium(
     indirect=["evil_consortium"],
     ids=["S10", "S11", "S12", "S14"],
 )
+@pytest.mark.slow  # three daemons per case, each waiting out a refused round: 2-3 s each
 def test_honest_daemons_refuse_a_deviating_coordinator(
     evil_consortium: tuple[RunningCoordinator, Evidence],
     refused_phase: int,
@@ -384,6 +385,7 @@ def show_different_survivor_sets(
         response.secagg.unmask_request = tampered.to_bytes()
 
 
+@pytest.mark.slow  # about 4 s
 def test_equivocation_about_the_survivor_set_is_detected(
     start_test_coordinator: Callable[..., RunningCoordinator],
     pki: Any,

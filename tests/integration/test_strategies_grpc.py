@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from inproc_consortium import ORGS, DaemonThread, initial_weights, shift_job_spec, wait_for_job
 
 from fedsilo.admin import AdminClient
@@ -109,6 +110,7 @@ def test_a_secagg_job_with_fedadam_steps_at_the_coordinator(
         assert abs(metrics.loss - mean_abs(expected[version])) <= version * QUANTIZATION
 
 
+@pytest.mark.slow  # paillier rounds of three daemons: about 4 s
 def test_a_paillier_job_with_fedadam_gives_every_organization_the_same_model(
     admin: AdminClient,
     target: str,

@@ -119,6 +119,7 @@ def test_multi_segment_vectors_and_threads() -> None:
     assert np.array_equal(result.total, plain_sum(inputs, ["org-00", "org-02"]))
 
 
+@pytest.mark.slow  # 40 whole protocol runs: about 4 s
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_property_sum_over_exactly_the_survivors(data: st.DataObject) -> None:
