@@ -11,7 +11,13 @@ from fedsilo import chunking
 from fedsilo.codec import CodecError, decode_tensors, header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 
-__all__ = ["BUSY_TRAILER", "header_then_chunks", "receive_model", "refused_as_busy"]
+__all__ = [
+    "BUSY_TRAILER",
+    "GRPC_CONCURRENCY_REFUSAL",
+    "header_then_chunks",
+    "receive_model",
+    "refused_as_busy",
+]
 
 M = TypeVar("M")
 
@@ -24,8 +30,19 @@ again can never succeed, while a call refused for a busy coordinator succeeds la
 tells the two apart (docs/configuration.md, "Limits")."""
 
 
-def refused_as_busy(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-    """Whether a failed call's trailing metadata carries :data:`BUSY_TRAILER`."""
+GRPC_CONCURRENCY_REFUSAL = "Concurrent RPC limit exceeded!"
+"""The details of gRPC Python's own RESOURCE_EXHAUSTED for a call over the server's
+``maximum_concurrent_rpcs`` (``limits.max_concurrent_rpcs``): gRPC refuses it before any fedsilo
+code runs, so it can carry no trailer; its fixed text marks it busy instead."""
+
+
+def refused_as_busy(
+    trailing_metadata: Iterable[tuple[str, str | bytes]] | None, details: str = ""
+) -> bool:
+    """Whether a failed call was refused because the coordinator is busy: its trailing metadata
+    carries :data:`BUSY_TRAILER`, or it is gRPC's own concurrency refusal."""
+    if details == GRPC_CONCURRENCY_REFUSAL:
+        return True
     return any((key, value) == BUSY_TRAILER for key, value in (trailing_metadata or ()))
 
 

@@ -34,5 +34,5 @@ def mapped_rpc_errors() -> Iterator[None]:
             exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
         )
         raise CallFailed.of(
-            call_status(code), details or "", busy=refused_as_busy(trailers)
+            call_status(code), details or "", busy=refused_as_busy(trailers, details or "")
         ) from exc

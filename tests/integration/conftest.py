@@ -139,6 +139,7 @@ def start_test_coordinator(
         publish_membership: bool = True,
         max_payload_bytes: int = 1 << 30,
         spool_bytes_per_org: int = 0,
+        max_concurrent_rpcs: int = 256,
     ) -> RunningCoordinator:
         if data_dir is None:
             data_dir = tmp_path / ("coordinator" if not started else f"coordinator-{len(started)}")
@@ -164,6 +165,7 @@ def start_test_coordinator(
                 stream_idle_seconds=stream_idle_seconds,
                 max_payload_bytes=max_payload_bytes,
                 spool_bytes_per_org=spool_bytes_per_org,
+                max_concurrent_rpcs=max_concurrent_rpcs,
             ),
             tick_seconds=tick_seconds,
             # Membership approval has its own tests; elsewhere every consortium member is admitted.

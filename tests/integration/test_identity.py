@@ -44,7 +44,7 @@ from fedsilo.config import CoordinatorConfig, TlsSection
 from fedsilo.tls import InsecureTransportError, TlsFiles, channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
-from fedsilo.wire import refused_as_busy
+from fedsilo.wire import GRPC_CONCURRENCY_REFUSAL, refused_as_busy
 from participant.domain.assignments import AssignmentKind, TaskReply
 from participant.errors import CallStatus, CoordinatorBusy
 from participant.transport.client import Backoff, ChannelSource, CoordinatorClient
@@ -373,6 +373,52 @@ def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
     assert [type(a) for a in attempts[:-1]] == [CoordinatorBusy] * (len(attempts) - 1)
     assert attempts[-1] is None
     assert len(replies) == 1 and replies[0].assignment.kind is AssignmentKind.WAIT
+
+
+def test_grpcs_own_concurrency_refusal_is_retried_as_busy(
+    start_test_coordinator: Callable[..., RunningCoordinator], pki: ConsortiumPki
+) -> None:
+    # gRPC refuses a call over limits.max_concurrent_rpcs before any fedsilo code runs, so the
+    # refusal has no busy trailer; the participant still backs off and calls again, and gets
+    # through once the call holding the only slot ends.
+    running = start_test_coordinator(max_concurrent_rpcs=1)
+    target = target_of(running.port)
+    stop = threading.Event()
+    source = ChannelSource(target, pki.participant_tls("org-a"))
+    client = CoordinatorClient(source, RPC_TIMEOUT_S, Backoff(0.05, 0.2), stop)
+    with grpc.secure_channel(target, channel_credentials(pki.participant_tls("org-a"))) as held:
+        stub = _participant_stub(held)
+        stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)  # registers org-a
+        hold = stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60)
+        try:
+
+            def refused() -> CoordinatorBusy | None:
+                try:
+                    client.get_assignment(0.0)
+                except CoordinatorBusy as exc:
+                    return exc
+                return None
+
+            busy = wait_for(refused, RPC_TIMEOUT_S, "the concurrency limit to apply")
+            assert busy.status is CallStatus.RESOURCE_EXHAUSTED
+            cause = busy.__cause__
+            assert isinstance(cause, grpc.Call)
+            assert not refused_as_busy(cause.trailing_metadata())  # no trailer: gRPC's own
+            assert cause.details() == GRPC_CONCURRENCY_REFUSAL
+            assert not hold.done()
+            replies: list[TaskReply] = []
+            worker = threading.Thread(
+                target=lambda: replies.append(client.retrying(lambda: client.get_assignment(0.0)))
+            )
+            worker.start()
+            hold.cancel()
+            worker.join(RPC_TIMEOUT_S)
+            assert not worker.is_alive()
+            assert len(replies) == 1 and replies[0].assignment.kind is AssignmentKind.WAIT
+        finally:
+            stop.set()
+            hold.cancel()
+            source.close()
 
 
 # -- S21: no plaintext except on loopback ---------------------------------------------------------

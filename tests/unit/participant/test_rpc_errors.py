@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 import participant
-from fedsilo.wire import BUSY_TRAILER
+from fedsilo.wire import BUSY_TRAILER, GRPC_CONCURRENCY_REFUSAL
 from participant.errors import (
     CallFailed,
     CallStatus,
@@ -114,6 +114,12 @@ def test_the_call_caps_refusal_is_retried_and_an_oversized_message_is_not() -> N
     # The mark means nothing on another status.
     with pytest.raises(RequestRefused), mapped_rpc_errors():
         raise _RpcError(grpc.StatusCode.NOT_FOUND, "unknown job", (BUSY_TRAILER,))
+    # gRPC's own refusal of a call over the server's concurrency limit carries no trailer
+    # (no fedsilo code runs for it); its fixed text marks it busy.
+    with pytest.raises(CoordinatorBusy), mapped_rpc_errors():
+        raise _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, GRPC_CONCURRENCY_REFUSAL)
+    with pytest.raises(RequestRefused), mapped_rpc_errors():
+        raise _RpcError(grpc.StatusCode.INTERNAL, GRPC_CONCURRENCY_REFUSAL)
 
 
 def test_a_command_gives_up_on_an_unavailable_coordinator() -> None:
