@@ -18,6 +18,7 @@ from fedsilo.cli.model_export import add_format_arguments
 from fedsilo.cli.privacy_arguments import (
     add_privacy_arguments,
     positive_float,
+    positive_int,
     privacy_argument_problem,
 )
 from fedsilo.cli.strategy_arguments import add_strategy_arguments
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--task", required=True, type=_installed_task, help="task name (an installed fedsilo task)"
     )
     create.add_argument("--name", help="job name (default: the task name)")
-    create.add_argument("--rounds", type=_positive_int, default=_JOB.num_rounds)
+    create.add_argument("--rounds", type=positive_int, default=_JOB.num_rounds)
     create.add_argument(
         "--protection",
         choices=sorted(_PROTECTIONS),
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         help="secagg (default): the coordinator sees only the sum; paillier: not even the sum; "
         "none: every update in the clear",
     )
-    create.add_argument("--min-participants", type=_positive_int, default=_JOB.min_participants)
+    create.add_argument("--min-participants", type=positive_int, default=_JOB.min_participants)
     create.add_argument(
         "--round-timeout",
         type=float,
@@ -135,11 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=_TRAINING.local_epochs,
         help="local epochs per round",
     )
-    create.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
+    create.add_argument("--batch-size", type=positive_int, default=_TRAINING.batch_size)
     create.add_argument("--learning-rate", type=positive_float, default=_TRAINING.learning_rate)
     create.add_argument(
         "--seed",
@@ -237,17 +238,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.register(commands)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    # argparse names the flag in its one-line error: "argument --rounds: must be ...".
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
 
 
 def _installed_task(name: str) -> str:

@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_DP_DELTA",
     "add_privacy_arguments",
     "positive_float",
+    "positive_int",
     "privacy_argument_problem",
     "privacy_settings",
 ]
@@ -78,6 +79,18 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A flag's positive whole number; argparse names the flag in the one-line error
+    ("argument --rounds: must be ...")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
     return value
 
 

@@ -20,6 +20,7 @@ from fedsilo.aggregation import fold_weighted, weighted_mean
 from fedsilo.cli.privacy_arguments import (
     add_privacy_arguments,
     positive_float,
+    positive_int,
     privacy_settings,
 )
 from fedsilo.cli.simulated_rounds import RoundJob, VirtualOrganizations, secure_round
@@ -312,8 +313,8 @@ def register(commands: Any) -> None:
         "database.",
     )
     parser.add_argument("--task", default="digits-linear", choices=sorted(installed_tasks()))
-    parser.add_argument("--participants", type=_positive_int, default=3)
-    parser.add_argument("--rounds", type=_positive_int, default=2)
+    parser.add_argument("--participants", type=positive_int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=2)
     parser.add_argument("--split", default="dirichlet:0.5", help="iid or dirichlet:ALPHA")
     parser.add_argument(
         "--task-config",
@@ -330,7 +331,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--max-weight",
-        type=_positive_int,
+        type=positive_int,
         help="cap on one organization's example count (default: the job's, lowered until "
         "the secure-aggregation bit budget holds for the cohort)",
     )
@@ -341,8 +342,8 @@ def register(commands: Any) -> None:
         "with --dp-clip it must leave room for the noise, docs/differential-privacy.md)",
     )
     parser.add_argument("--paillier-key-bits", type=int, choices=[2048, 3072], default=2048)
-    parser.add_argument("--local-epochs", type=_positive_int, default=_TRAINING.local_epochs)
-    parser.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
+    parser.add_argument("--local-epochs", type=positive_int, default=_TRAINING.local_epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=_TRAINING.batch_size)
     parser.add_argument("--learning-rate", type=float, default=_TRAINING.learning_rate)
     parser.add_argument("--summary-json", type=Path, help="write the result summary here")
     add_strategy_arguments(parser)
@@ -387,14 +388,3 @@ def run_simulate(args: argparse.Namespace, console: Console) -> int:
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(summary(result), indent=2), encoding="utf-8")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    # argparse names the flag in its one-line error: "argument --rounds: must be ...".
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value

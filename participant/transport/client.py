@@ -291,20 +291,7 @@ class CoordinatorClient:
             )
         )
         requests = header_then_chunks(first, payload, lambda d: pb.SubmitUpdateRequest(data=d))
-        # As for downloads: cut when no chunk moves (or no answer comes after the last one) for
-        # rpc_timeout seconds; a slow but moving upload of a large update goes on.
-        watchdog = ProgressWatchdog(self._timeout)
-        try:
-            with watchdog.converted(), mapped_rpc_errors():
-                call = self._stub().SubmitUpdate.future(
-                    watchdog.through(requests),
-                    timeout=self._timeout + len(payload) / MIN_TRANSFER_BYTES_PER_S,
-                )
-                watchdog.watch(call)
-                response = call.result()
-        finally:
-            watchdog.stop()
-        return receipt_from_pb(response)
+        return self._upload(self._stub().SubmitUpdate, requests, len(payload))
 
     def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
         """Send the answer to a small secure-aggregation phase (the canonical message bytes)."""
@@ -336,12 +323,20 @@ class CoordinatorClient:
         requests = header_then_chunks(
             first, payload, lambda d: pb.SubmitInitialWeightsRequest(data=d)
         )
+        return self._upload(self._stub().SubmitInitialWeights, requests, len(payload))
+
+    def _upload(
+        self, method: Any, requests: Iterator[Any], payload_bytes: int
+    ) -> SubmissionReceipt:
+        """One client-streaming upload. As for downloads: cut when no chunk moves (or no answer
+        comes after the last one) for rpc_timeout seconds; a slow but moving upload of a large
+        payload goes on."""
         watchdog = ProgressWatchdog(self._timeout)
         try:
             with watchdog.converted(), mapped_rpc_errors():
-                call = self._stub().SubmitInitialWeights.future(
+                call = method.future(
                     watchdog.through(requests),
-                    timeout=self._timeout + len(payload) / MIN_TRANSFER_BYTES_PER_S,
+                    timeout=self._timeout + payload_bytes / MIN_TRANSFER_BYTES_PER_S,
                 )
                 watchdog.watch(call)
                 response = call.result()
