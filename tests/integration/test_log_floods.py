@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -17,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc_consortium import ConsortiumPki, initial_weights
 
 from coordinator.transport.server import RunningCoordinator
+from fedsilo.cli.daemons import wait_for
 from fedsilo.codec import encode_tensors, header_to_proto
 from fedsilo.tls import channel_credentials
 from fedsilo.v1 import fedsilo_pb2 as pb
@@ -70,10 +70,12 @@ def test_a_cancelled_upload_is_one_info_line_and_no_traceback(
         call.cancel()
     finally:
         release.set()
-    deadline = time.monotonic() + DEADLINE_S
-    while not any("SubmitUpdate" in r.getMessage() for r in caplog.records):
-        assert time.monotonic() < deadline, "the coordinator never logged the cancelled call"
-        time.sleep(0.02)
+    wait_for(
+        lambda: any("SubmitUpdate" in r.getMessage() for r in caplog.records),
+        DEADLINE_S,
+        "the coordinator to log the cancelled call",
+        interval=0.02,
+    )
     assert tracebacks(caplog) == []
     lines = [r for r in caplog.records if "SubmitUpdate" in r.getMessage()]
     assert [r.levelno for r in lines] == [logging.INFO], [r.getMessage() for r in lines]
@@ -170,10 +172,8 @@ def test_silent_uploads_of_two_organizations_cannot_freeze_the_coordinator(
                 return full and not any(call.done() for call in holding)
             return False
 
-        deadline = time.monotonic() + DEADLINE_S
-        while not exhausted():  # the silent uploads fill every thread organizations may use
-            assert time.monotonic() < deadline, "the silent uploads never filled the budget"
-            time.sleep(0.02)
+        # The silent uploads fill every thread organizations may use.
+        wait_for(exhausted, DEADLINE_S, "the silent uploads to fill the budget", interval=0.02)
         # Health and the admin API still answer at once, on the reserved threads.
         health = health_pb2_grpc.HealthStub(channels["org-c"])
         reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -242,10 +242,12 @@ def test_an_upload_over_the_organizations_spool_budget_is_refused_before_it_is_r
     held = stub.SubmitUpdate.future(held_upload(), timeout=DEADLINE_S)
     try:
         assert half_sent.wait(DEADLINE_S)
-        deadline = time.monotonic() + DEADLINE_S
-        while spool.held_bytes("org-a") != PAYLOAD_BYTES:
-            assert time.monotonic() < deadline, "the first upload never reached the spool"
-            time.sleep(0.02)
+        wait_for(
+            lambda: spool.held_bytes("org-a") == PAYLOAD_BYTES,
+            DEADLINE_S,
+            "the first upload to reach the spool",
+            interval=0.02,
+        )
         second = stub.SubmitUpdate.future(header_only_until_answered(), timeout=DEADLINE_S)
         try:
             refused = second.exception(timeout=DEADLINE_S)
@@ -264,10 +266,12 @@ def test_an_upload_over_the_organizations_spool_budget_is_refused_before_it_is_r
     finally:
         held.cancel()
         release.set()
-    deadline = time.monotonic() + DEADLINE_S
-    while spool.held_bytes() != 0:
-        assert time.monotonic() < deadline, "the cancelled upload's reservation was kept"
-        time.sleep(0.02)
+    wait_for(
+        lambda: spool.held_bytes() == 0,
+        DEADLINE_S,
+        "the cancelled upload's reservation to be released",
+        interval=0.02,
+    )
     accepted = stub.SubmitUpdate(
         iter([update_header(), pb.SubmitUpdateRequest(data=payload)]), timeout=DEADLINE_S
     )
