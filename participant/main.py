@@ -28,6 +28,7 @@ from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
+from participant.service.private_files import remove_orphaned_writes
 from participant.service.runner import ParticipantDaemon, WorkObserver
 from participant.service.secagg_state import SecAggStateStore
 from participant.service.state_lock import StateDirLock
@@ -142,6 +143,9 @@ def run(config_path: Path | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with StateDirLock(config.state_dir):
+        removed = remove_orphaned_writes(config.state_dir)
+        if removed:
+            log.info("removed %d unfinished state file write(s) left by an earlier run", removed)
         metrics, metrics_server = None, None
         if config.metrics_listen:
             metrics = ParticipantMetrics()

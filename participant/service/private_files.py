@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedsilo.files import write_atomic
+from fedsilo.files import atomic_write_owner, remove_orphaned, write_atomic
 
 __all__ = [
     "is_safe_name",
     "private_directory",
     "read_private_json",
+    "remove_orphaned_writes",
     "remove_private",
     "write_private",
 ]
@@ -57,6 +58,16 @@ def remove_private(path: Path) -> None:
     path.unlink(missing_ok=True)
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
         leftover.unlink(missing_ok=True)
+
+
+def remove_orphaned_writes(state_dir: Path) -> int:
+    """Remove, anywhere under ``state_dir``, the temporary files of writers that died mid-write
+    (a daemon killed while saving its ledger, say); the number removed.
+
+    Called by the daemon once it holds the state directory's lock, before it writes anything.
+    A temporary file of another live process (an export writing the model chain) is kept.
+    """
+    return remove_orphaned(state_dir.rglob(".*.tmp"), atomic_write_owner)
 
 
 def read_private_json(path: Path, decode: Callable[[Any], T], damaged: Exception) -> T | None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
-from participant.service.private_files import remove_private, write_private
+from participant.service.private_files import (
+    remove_orphaned_writes,
+    remove_private,
+    write_private,
+)
 
 
 def test_a_write_leaves_only_the_file_with_mode_0600(tmp_path: Path) -> None:
@@ -49,3 +56,28 @@ def test_remove_private_deletes_the_file_and_leftover_temporary_files(tmp_path: 
     (tmp_path / "other.json").write_bytes(b"{}")
     remove_private(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]
+
+
+def test_orphaned_writes_of_dead_writers_are_removed_anywhere_in_the_state_dir(
+    tmp_path: Path,
+) -> None:
+    # A daemon killed while saving its ledger left a temporary file; its next start removes it.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "secagg").mkdir()
+    orphans = [
+        tmp_path / "ledger" / f".job.json.{dead_pid}-x1y2.tmp",
+        tmp_path / "secagg" / f".round.json.{dead_pid}-a9b8.tmp",
+    ]
+    live = tmp_path / "ledger" / f".export.bin.{os.getppid()}-k3k3.tmp"  # a live export's
+    kept = [tmp_path / "ledger" / "job.json", live]
+    for path in [*orphans, *kept]:
+        path.write_bytes(b"partial")
+    assert remove_orphaned_writes(tmp_path) == 2
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
