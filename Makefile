@@ -12,6 +12,9 @@ KFP_STAMP := $(KFP_VENV)/.installed
 # with TF.js for Node.js (checks converted models) in $(TFJS_VENV)/node.
 TFJS_VENV := .venv-tfjs
 TFJS_STAMP := $(TFJS_VENV)/.installed
+# The tests start hundreds of Python processes (daemons, coordinators, CLI commands): each would
+# compile the repository's modules again without a bytecode cache (__pycache__, ignored by git).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast chaos lint typecheck check protos bench bench-round bench-paillier-round bench-learning \
 	bench-upload-memory clean \
