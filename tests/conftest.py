@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,3 +202,15 @@ def new_coordinator_db(migrated_sqlite: Path) -> Callable[[Path], str]:
         return f"sqlite:///{path}"
 
     return make
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has ended: stands for a writer that died mid-write."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(ended.stdout)

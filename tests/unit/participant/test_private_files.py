@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -59,16 +57,9 @@ def test_remove_private_deletes_the_file_and_leftover_temporary_files(tmp_path: 
 
 
 def test_orphaned_writes_of_dead_writers_are_removed_anywhere_in_the_state_dir(
-    tmp_path: Path,
+    tmp_path: Path, dead_pid: int
 ) -> None:
     # A daemon killed while saving its ledger left a temporary file; its next start removes it.
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(dead.stdout)
     (tmp_path / "ledger").mkdir()
     (tmp_path / "secagg").mkdir()
     orphans = [

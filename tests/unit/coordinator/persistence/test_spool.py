@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,17 +86,10 @@ def test_a_stream_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
 
 
 def test_files_of_a_dead_process_are_removed_at_start_and_a_live_ones_kept(
-    tmp_path: Path,
+    tmp_path: Path, dead_pid: int
 ) -> None:
     root = tmp_path / "spool"
     root.mkdir()
-    ended = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    dead_pid = int(ended.stdout)
     dead = root / f"upload-{dead_pid}-abc.part"
     mine = root / f"upload-{os.getpid()}-def.part"  # a crashed earlier run that had our pid
     live = root / f"upload-{os.getppid()}-ghi.part"  # another coordinator still receiving
