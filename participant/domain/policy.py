@@ -115,6 +115,8 @@ class JobTerms:
     refused. ``secure`` is filled at the job's first secure round. ``dp_clip`` and
     ``dp_noise_multiplier`` are the job's differential privacy (0: none): a coordinator cannot
     lower every organization's noise after the job was accepted (docs/differential-privacy.md).
+    ``initial_weights_from_seed``: version 0 is built from ``seed`` by the organizations, so the
+    check of a served version 0 survives restarts and cannot be switched off later.
     """
 
     task_name: str
@@ -126,6 +128,7 @@ class JobTerms:
     secure: SecureTerms | None = None
     dp_clip: float = 0.0
     dp_noise_multiplier: float = 0.0
+    initial_weights_from_seed: bool = False
 
     @classmethod
     def of(
@@ -134,6 +137,7 @@ class JobTerms:
         protection: str,
         training: TrainingSettings,
         privacy: DifferentialPrivacy | None = None,
+        initial_weights_from_seed: bool = False,
     ) -> JobTerms:
         privacy = privacy or DifferentialPrivacy()
         return cls(
@@ -145,6 +149,7 @@ class JobTerms:
             seed=training.seed,
             dp_clip=float(privacy.clip),
             dp_noise_multiplier=float(privacy.noise_multiplier),
+            initial_weights_from_seed=bool(initial_weights_from_seed),
         )
 
     def differences(self, other: JobTerms) -> list[str]:
@@ -160,6 +165,7 @@ class JobTerms:
                 "seed",
                 "dp_clip",
                 "dp_noise_multiplier",
+                "initial_weights_from_seed",
             )
             if getattr(other, name) != getattr(self, name)
         ]
@@ -181,4 +187,6 @@ class JobTerms:
             # Terms recorded before differential privacy existed: a job without it.
             dp_clip=float(data.get("dp_clip", 0.0)),
             dp_noise_multiplier=float(data.get("dp_noise_multiplier", 0.0)),
+            # Terms recorded before version 0 could come from the seed: admin-supplied weights.
+            initial_weights_from_seed=bool(data.get("initial_weights_from_seed", False)),
         )

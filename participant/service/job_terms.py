@@ -1,12 +1,12 @@
 """The terms each job had when this organization first saw it, kept durably, and their checks.
 
 One JSON file per job, ``state_dir/jobs/<job_id>.json`` (directory 0700, file 0600, atomic
-writes): task, protection, training settings, differential privacy and, from the job's first
-secure round, its secure aggregation parameters. Every round this organization trains in or
-answers must carry the same values and stay inside the organization's own bounds
-(``AcceptPolicy``); otherwise the work is refused with ``UntrustedMessage`` naming the setting,
-and nothing is sent. The files survive restarts, so a coordinator cannot change a job's settings
-by waiting for one.
+writes): task, protection, training settings, differential privacy, whether version 0 comes
+from the seed and, from the job's first secure round, its secure aggregation parameters. Every
+round this organization trains in or answers must carry the same values and stay inside the
+organization's own bounds (``AcceptPolicy``); otherwise the work is refused with
+``UntrustedMessage`` naming the setting, and nothing is sent. The files survive restarts, so a
+coordinator cannot change a job's settings by waiting for one.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class JobTermsStore:
             assignment.protection.value,
             assignment.training,
             assignment.privacy,
+            assignment.initial_weights_from_seed,
         )
         recorded = self.load(assignment.job_id)
         if recorded is None:
@@ -81,6 +82,13 @@ class JobTermsStore:
                 "the job's settings changed since this organization accepted it: "
                 + "; ".join(changed)
             )
+
+    def seeded(self, job_id: str) -> tuple[str, int] | None:
+        """Task and seed of a job accepted as building its version 0 from the seed, else None."""
+        recorded = self.load(job_id) if is_safe_name(job_id) else None
+        if recorded is None or not recorded.initial_weights_from_seed:
+            return None
+        return recorded.task_name, recorded.seed
 
     def check_secure(self, job_id: str, parameters: SecAggParameters) -> None:
         """Refuse secure-round parameters unlike the job's first secure round (recorded here)."""

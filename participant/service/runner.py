@@ -113,7 +113,7 @@ class ParticipantDaemon:
         observer: WorkObserver | None = None,
     ) -> None:
         self._observer = observer
-        self._version_zero = VersionZero(tasks)
+        self._version_zero = VersionZero(tasks, job_terms.seeded)
         client = CheckedCalls(client, self._version_zero)
         self._client = client
         self._answers = answers

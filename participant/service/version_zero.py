@@ -36,30 +36,49 @@ class VersionZero:
     """The version 0 this organization builds for each job whose version 0 comes from a seed.
 
     Which jobs those are, with their task and seed, is taken from the first assignment of each
-    job that says so, and kept for the daemon's lifetime: a later assignment that leaves the
-    flag out does not switch the check off.
+    job that says so and kept for the daemon's lifetime, and from the job's terms this
+    organization recorded when it accepted the job (``recorded``, kept in the state directory):
+    neither a later assignment that leaves the flag out nor a restart switches the check off.
     """
 
-    def __init__(self, tasks: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        tasks: Mapping[str, str],
+        recorded: Callable[[str], tuple[str, int] | None] = lambda _job_id: None,
+    ) -> None:
         self._tasks = dict(tasks)
+        self._recorded = recorded
         self._lock = threading.Lock()
         self._seeded: dict[str, tuple[str, int]] = {}
         self._built: dict[str, tuple[PayloadHeader, bytes]] = {}
 
     def note(self, assignment: Assignment) -> None:
-        """Remember a job whose version 0 comes from its seed (the first word on it wins)."""
+        """Remember a job whose version 0 comes from its seed (the first word on it wins, and
+        the recorded terms win over any assignment)."""
         if assignment.job_id and assignment.initial_weights_from_seed:
             with self._lock:
-                self._seeded.setdefault(
-                    assignment.job_id, (assignment.task_name, assignment.training.seed)
-                )
+                if self._seed_of(assignment.job_id) is None:
+                    self._seeded[assignment.job_id] = (
+                        assignment.task_name,
+                        assignment.training.seed,
+                    )
+
+    def _seed_of(self, job_id: str) -> tuple[str, int] | None:
+        """Task and seed of a job whose version 0 comes from its seed; the lock is held."""
+        if job_id not in self._seeded:
+            recorded = self._recorded(job_id)
+            if recorded is None:
+                return None
+            self._seeded[job_id] = recorded
+        return self._seeded[job_id]
 
     def build(self, job_id: str) -> tuple[PayloadHeader, bytes]:
         """Version 0 of a noted job as encoded tensors (built once per job, then kept)."""
         with self._lock:
-            if job_id not in self._seeded:
+            seeded = self._seed_of(job_id)
+            if seeded is None:
                 raise UntrustedMessage(f"job {job_id} does not build its version 0 from a seed")
-            task_name, seed = self._seeded[job_id]
+            task_name, seed = seeded
             if job_id not in self._built:
                 task = load_task(task_name, self._tasks or None)
                 try:
@@ -71,9 +90,11 @@ class VersionZero:
 
     def check(self, job_id: str, version: int, weights: Weights) -> None:
         """Refuse version 0 of a noted job unless it is the one built here."""
+        if version != 0:
+            return
         with self._lock:
-            seeded = job_id in self._seeded
-        if version != 0 or not seeded:
+            seeded = self._seed_of(job_id)
+        if seeded is None:
             return
         own, _ = self.build(job_id)
         try:
@@ -81,7 +102,7 @@ class VersionZero:
         except ValueError as exc:
             raise UntrustedMessage(f"version 0 of job {job_id} is malformed: {exc}") from exc
         if served.tensors != own.tensors or served.sha256 != own.sha256:
-            _, seed = self._seeded[job_id]
+            _, seed = seeded
             raise UntrustedMessage(
                 f"version 0 of job {job_id} (sha256 {served.sha256.hex()[:12]}) is not the one "
                 f"this organization builds from seed {seed} (sha256 {own.sha256.hex()[:12]}): "

@@ -40,7 +40,7 @@ from participant.domain.assignments import (
     TaskReply,
 )
 from participant.domain.policy import AcceptPolicy
-from participant.errors import CallStatus, RequestRefused, Revoked, Stopped
+from participant.errors import CallStatus, RequestRefused, Revoked, Stopped, UntrustedMessage
 from participant.metrics import (
     PARTICIPANT_METRIC_NAMES,
     ParticipantMetrics,
@@ -53,6 +53,7 @@ from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore
 from participant.service.runner import ParticipantDaemon
 from participant.service.secagg_state import SecAggStateStore
+from participant.service.version_zero import VersionZero
 
 T = TypeVar("T")
 
@@ -343,10 +344,8 @@ def test_a_served_version_zero_unlike_the_own_one_is_refused(
     train = replace(
         _plain_train(), training=replace(TRAINING, seed=seed), initial_weights_from_seed=True
     )
-    # A later assignment leaving the flag out does not switch the check off.
-    unflagged = replace(train, round_id="0a0b0c0d-0000-4000-8000-000000000001")
-    unflagged = replace(unflagged, initial_weights_from_seed=False)
-    daemon, client = _daemon(tmp_path, None, [TaskReply(train), TaskReply(unflagged)])
+    again = replace(train, round_id="0a0b0c0d-0000-4000-8000-000000000001")
+    daemon, client = _daemon(tmp_path, None, [TaskReply(train), TaskReply(again)])
 
     with caplog.at_level(logging.ERROR, logger="participant"):
         daemon.run()
@@ -356,6 +355,44 @@ def test_a_served_version_zero_unlike_the_own_one_is_refused(
     else:
         assert client.sent == [] and client.pauses == 2
         assert caplog.text.count("is not the one this organization builds from seed 7") == 2
+
+
+def test_the_seed_flag_cannot_be_dropped_later_or_across_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Accepted as building version 0 from seed 3; then, before and after a restart of the
+    # daemon, the coordinator leaves the flag out (to serve a version 0 of its own choosing).
+    train = replace(
+        _plain_train(), training=replace(TRAINING, seed=3), initial_weights_from_seed=True
+    )
+    unflagged = replace(
+        train, round_id="0a0b0c0d-0000-4000-8000-000000000001", initial_weights_from_seed=False
+    )
+    first, client = _daemon(tmp_path, None, [TaskReply(train), TaskReply(unflagged)])
+    restarted, after_restart = _daemon(tmp_path, None, [TaskReply(unflagged)])
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        first.run()
+        restarted.run()
+    assert len(client.sent) == 1 and after_restart.sent == []
+    changed = "initial_weights_from_seed is False, the job was accepted with True"
+    assert caplog.text.count(changed) == 2
+
+
+def test_a_restarted_daemon_checks_version_zero_against_the_recorded_seed(
+    tmp_path: Path,
+) -> None:
+    terms = JobTermsStore(tmp_path, AcceptPolicy(local_epochs=(0, 1000)))
+    terms.check(
+        replace(_plain_train(), training=replace(TRAINING, seed=7), initial_weights_from_seed=True)
+    )
+    # A new daemon that has seen no assignment of the job yet, e.g. after a restart.
+    version_zero = VersionZero({TASK_NAME: "examples.synthetic.task:task"}, terms.seeded)
+    with pytest.raises(UntrustedMessage, match="builds from seed 7"):
+        version_zero.check("job-1", 0, task.initial_weights(3))
+    version_zero.check("job-1", 0, task.initial_weights(7))
+    version_zero.check("job-1", 1, task.initial_weights(3))  # only version 0 is built here
+    plain = VersionZero({TASK_NAME: "examples.synthetic.task:task"}, terms.seeded)
+    plain.check("job-2", 0, task.initial_weights(3))  # a job never accepted: nothing recorded
 
 
 # -- the daemon's Prometheus metrics -----------------------------------------------------------
