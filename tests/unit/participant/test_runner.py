@@ -40,7 +40,7 @@ from participant.domain.assignments import (
     TaskReply,
 )
 from participant.domain.policy import AcceptPolicy
-from participant.errors import CallStatus, RequestRefused, Revoked, Stopped, UntrustedMessage
+from participant.errors import CallStatus, RequestRefused, Revoked, Stopped
 from participant.metrics import (
     PARTICIPANT_METRIC_NAMES,
     ParticipantMetrics,
@@ -79,6 +79,7 @@ class ScriptedClient(FakeTransport):
         self.pauses = 0
         self.refuse_messages = False
         self.initial: list[tuple[str, PayloadHeader, bytes]] = []
+        self.metrics: list[tuple[str, int]] = []
 
     def retrying(self, call: Callable[[], T]) -> T:
         return call()
@@ -106,6 +107,12 @@ class ScriptedClient(FakeTransport):
     ) -> SubmissionReceipt:
         self.initial.append((job_id, header, payload))
         return SubmissionReceipt(f"initial-{len(self.initial)}", False)
+
+    def report_metrics(
+        self, job_id: str, version: int, num_examples: int, loss: float, accuracy: float
+    ) -> bool:
+        self.metrics.append((job_id, version))
+        return False
 
 
 def _no_ca() -> x509.Certificate:
@@ -379,20 +386,30 @@ def test_the_seed_flag_cannot_be_dropped_later_or_across_a_restart(
 
 
 def test_a_restarted_daemon_checks_version_zero_against_the_recorded_seed(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    terms = JobTermsStore(tmp_path, AcceptPolicy(local_epochs=(0, 1000)))
-    terms.check(
-        replace(_plain_train(), training=replace(TRAINING, seed=7), initial_weights_from_seed=True)
+    # Accepted with seed 7; the coordinator serves task.initial_weights(3) as version 0. After
+    # a restart it asks, without the flag, for an evaluation of that version 0.
+    train = replace(
+        _plain_train(), training=replace(TRAINING, seed=7), initial_weights_from_seed=True
     )
-    # A new daemon that has seen no assignment of the job yet, e.g. after a restart.
+    evaluate = Assignment(
+        AssignmentKind.EVALUATE, job_id="job-1", task_name=TASK_NAME, training=TRAINING
+    )
+    first, _ = _daemon(tmp_path, None, [TaskReply(train)])
+    restarted, client = _daemon(tmp_path, None, [TaskReply(evaluate), TaskReply(evaluate)])
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        first.run()
+        restarted.run()
+    assert client.metrics == []
+    assert caplog.text.count("is not the one this organization builds from seed 7") == 3
+
+    # Straight from the recorded terms: only version 0 of that job is checked.
+    terms = JobTermsStore(tmp_path, AcceptPolicy(local_epochs=(0, 1000)))
     version_zero = VersionZero({TASK_NAME: "examples.synthetic.task:task"}, terms.seeded)
-    with pytest.raises(UntrustedMessage, match="builds from seed 7"):
-        version_zero.check("job-1", 0, task.initial_weights(3))
     version_zero.check("job-1", 0, task.initial_weights(7))
-    version_zero.check("job-1", 1, task.initial_weights(3))  # only version 0 is built here
-    plain = VersionZero({TASK_NAME: "examples.synthetic.task:task"}, terms.seeded)
-    plain.check("job-2", 0, task.initial_weights(3))  # a job never accepted: nothing recorded
+    version_zero.check("job-1", 1, task.initial_weights(3))
+    version_zero.check("job-2", 0, task.initial_weights(3))  # a job never accepted
 
 
 # -- the daemon's Prometheus metrics -----------------------------------------------------------
