@@ -167,6 +167,7 @@ class ParticipantDaemon:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            assignment: Assignment | None = None
             try:
                 if self._ceremony is not None:
                     # Key-ceremony messages a restart interrupted (the coordinator does not ask
@@ -183,7 +184,8 @@ class ParticipantDaemon:
                 self._secure.finish_rounds(reply.finished_rounds)
                 if reply.membership_list:
                     self._take_membership_list(reply.membership_list)
-                if not self._observed(reply.assignment) and self._client.pause():
+                assignment = reply.assignment
+                if not self._observed(assignment) and self._client.pause():
                     # Work left unanswered (a refused secure round) is offered again at once:
                     # wait a backoff step rather than ask again in a tight loop.
                     break
@@ -205,7 +207,7 @@ class ParticipantDaemon:
             except (ParticipantError, TaskNotFoundError) as exc:
                 # A work item that cannot run (an untrusted task, missing support, a failing
                 # task, damaged local state) is skipped; anything else is a defect and surfaces.
-                log.error("cannot run this work item: %s", exc)
+                log.error("cannot run this work item: %s", exc, **_work_context(assignment))
                 if self._client.pause():
                     break
 
@@ -228,7 +230,7 @@ class ParticipantDaemon:
     def handle(self, assignment: Assignment) -> bool:
         """Do one unit of work; False if a secure-aggregation or key-ceremony task was left
         unanswered."""
-        ctx = context(job=assignment.job_id or None, round=str(assignment.round_number or "-"))
+        ctx = _work_context(assignment)
         secure = assignment.kind in (AssignmentKind.SECAGG_STEP, AssignmentKind.KEY_CEREMONY) or (
             assignment.kind is AssignmentKind.TRAIN and assignment.protection is not Protection.NONE
         )
@@ -376,6 +378,13 @@ class ParticipantDaemon:
             result.num_examples,
             **context(job=assignment.job_id),
         )
+
+
+def _work_context(assignment: Assignment | None) -> dict[str, Any]:
+    """The log context of a work item: its job and round, where it has them."""
+    if assignment is None:
+        return context()
+    return context(job=assignment.job_id or None, round=str(assignment.round_number or "-"))
 
 
 def _task_call(call: Callable[[], T]) -> T:

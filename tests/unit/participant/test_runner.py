@@ -383,6 +383,9 @@ def test_the_seed_flag_cannot_be_dropped_later_or_across_a_restart(
     assert len(client.sent) == 1 and after_restart.sent == []
     changed = "initial_weights_from_seed is False, the job was accepted with True"
     assert caplog.text.count(changed) == 2
+    # Each refusal names the work item's job and round in its log fields.
+    refusals = [r for r in caplog.records if changed in r.getMessage()]
+    assert [(r.job, r.round) for r in refusals] == [("job-1", "1")] * 2  # type: ignore[attr-defined]
 
 
 def test_a_restarted_daemon_checks_version_zero_against_the_recorded_seed(
