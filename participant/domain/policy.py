@@ -116,7 +116,8 @@ class JobTerms:
     ``dp_noise_multiplier`` are the job's differential privacy (0: none): a coordinator cannot
     lower every organization's noise after the job was accepted (docs/differential-privacy.md).
     ``initial_weights_from_seed``: version 0 is built from ``seed`` by the organizations, so the
-    check of a served version 0 survives restarts and cannot be switched off later.
+    check of a served version 0 survives restarts and cannot be switched off later (None: terms
+    recorded by a release without the flag, taken from the job's next round).
     """
 
     task_name: str
@@ -128,7 +129,7 @@ class JobTerms:
     secure: SecureTerms | None = None
     dp_clip: float = 0.0
     dp_noise_multiplier: float = 0.0
-    initial_weights_from_seed: bool = False
+    initial_weights_from_seed: bool | None = False
 
     @classmethod
     def of(
@@ -167,7 +168,7 @@ class JobTerms:
                 "dp_noise_multiplier",
                 "initial_weights_from_seed",
             )
-            if getattr(other, name) != getattr(self, name)
+            if getattr(other, name) != getattr(self, name) and getattr(self, name) is not None
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +188,10 @@ class JobTerms:
             # Terms recorded before differential privacy existed: a job without it.
             dp_clip=float(data.get("dp_clip", 0.0)),
             dp_noise_multiplier=float(data.get("dp_noise_multiplier", 0.0)),
-            # Terms recorded before version 0 could come from the seed: admin-supplied weights.
-            initial_weights_from_seed=bool(data.get("initial_weights_from_seed", False)),
+            # Terms recorded before the flag was pinned: not known yet (None).
+            initial_weights_from_seed=(
+                None
+                if data.get("initial_weights_from_seed") is None
+                else bool(data["initial_weights_from_seed"])
+            ),
         )

@@ -82,6 +82,12 @@ class JobTermsStore:
                 "the job's settings changed since this organization accepted it: "
                 + "; ".join(changed)
             )
+        if recorded.initial_weights_from_seed is None:
+            # Recorded by a release that did not pin the flag: pinned from this round on.
+            self._save(
+                assignment.job_id,
+                replace(recorded, initial_weights_from_seed=seen.initial_weights_from_seed),
+            )
 
     def seeded(self, job_id: str) -> tuple[str, int] | None:
         """Task and seed of a job accepted as building its version 0 from the seed, else None."""

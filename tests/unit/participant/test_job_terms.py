@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from fractions import Fraction
@@ -149,3 +150,22 @@ def test_the_jobs_differential_privacy_is_pinned(tmp_path: Path) -> None:
         restarted.check(replace(_train(), privacy=replace(privacy, noise_multiplier=0.5)))
     with pytest.raises(UntrustedMessage, match=r"dp_clip is 0\.0"):
         restarted.check(_train())
+
+
+def test_terms_recorded_before_the_seed_flag_was_pinned_take_it_from_the_next_round(
+    tmp_path: Path,
+) -> None:
+    # A job accepted by the previous release (no flag in its file) keeps running after an
+    # upgrade; the flag of its next round is pinned from then on.
+    JobTermsStore(tmp_path, AcceptPolicy()).check(_train())
+    path = tmp_path / "jobs" / "job-1.json"
+    recorded = json.loads(path.read_text())
+    del recorded["initial_weights_from_seed"]
+    path.write_text(json.dumps(recorded))
+
+    upgraded = JobTermsStore(tmp_path, AcceptPolicy())
+    assert upgraded.seeded("job-1") is None
+    upgraded.check(replace(_train(), initial_weights_from_seed=True))
+    assert upgraded.seeded("job-1") == ("digits-linear", TRAINING.seed)
+    with pytest.raises(UntrustedMessage, match="initial_weights_from_seed is False"):
+        upgraded.check(_train())
