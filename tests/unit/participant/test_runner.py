@@ -343,14 +343,19 @@ def test_version_zero_is_built_from_the_job_seed_and_sent(tmp_path: Path) -> Non
     assert client.sent == []
 
 
+def _seeded_train(seed: int) -> Assignment:
+    """Round 1 of a job whose version 0 the organizations build from ``seed``."""
+    return replace(
+        _plain_train(), training=replace(TRAINING, seed=seed), initial_weights_from_seed=True
+    )
+
+
 @pytest.mark.parametrize("seed, trains", [(3, True), (7, False)])
 def test_a_served_version_zero_unlike_the_own_one_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, seed: int, trains: bool
 ) -> None:
     # The coordinator serves task.initial_weights(3) as version 0 (base_weights).
-    train = replace(
-        _plain_train(), training=replace(TRAINING, seed=seed), initial_weights_from_seed=True
-    )
+    train = _seeded_train(seed)
     again = replace(train, round_id="0a0b0c0d-0000-4000-8000-000000000001")
     daemon, client = _daemon(tmp_path, None, [TaskReply(train), TaskReply(again)])
 
@@ -369,9 +374,7 @@ def test_the_seed_flag_cannot_be_dropped_later_or_across_a_restart(
 ) -> None:
     # Accepted as building version 0 from seed 3; then, before and after a restart of the
     # daemon, the coordinator leaves the flag out (to serve a version 0 of its own choosing).
-    train = replace(
-        _plain_train(), training=replace(TRAINING, seed=3), initial_weights_from_seed=True
-    )
+    train = _seeded_train(3)
     unflagged = replace(
         train, round_id="0a0b0c0d-0000-4000-8000-000000000001", initial_weights_from_seed=False
     )
@@ -393,9 +396,7 @@ def test_a_restarted_daemon_checks_version_zero_against_the_recorded_seed(
 ) -> None:
     # Accepted with seed 7; the coordinator serves task.initial_weights(3) as version 0. After
     # a restart it asks, without the flag, for an evaluation of that version 0.
-    train = replace(
-        _plain_train(), training=replace(TRAINING, seed=7), initial_weights_from_seed=True
-    )
+    train = _seeded_train(7)
     evaluate = Assignment(
         AssignmentKind.EVALUATE, job_id="job-1", task_name=TASK_NAME, training=TRAINING
     )
