@@ -214,3 +214,20 @@ def dead_pid() -> int:
         text=True,
     )
     return int(ended.stdout)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the chaos test injected and survived (tests/system/test_chaos.py).
+
+    Here, not in tests/system/conftest.py: under pytest-xdist the controlling process prints the
+    summary and loads only this conftest; the lines come with the test's report from its worker.
+    The key is ``netns.CHAOS_REPORT_KEY``.
+    """
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for key, lines in getattr(report, "user_properties", ()):
+                if key == "chaos_report":
+                    for line in lines:
+                        terminalreporter.write_line(line)

@@ -29,20 +29,6 @@ from coordinator_settings import coordinator_settings  # noqa: E402  (needs the 
 LINEAR_TASK = {"digits-linear": "examples.synthetic.task:task"}
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print what the chaos test injected and survived (tests/system/test_chaos.py)."""
-    from netns import CHAOS_REPORT_KEY
-
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            if getattr(report, "when", None) != "call":
-                continue
-            for key, lines in getattr(report, "user_properties", ()):
-                if key == CHAOS_REPORT_KEY:
-                    for line in lines:
-                        terminalreporter.write_line(line)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
