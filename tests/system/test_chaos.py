@@ -42,7 +42,8 @@ ROUNDS = int(os.environ.get("FEDSILO_CHAOS_ROUNDS", "8"))
 SEED_OF_RUN = int(
     os.environ.get("FEDSILO_CHAOS_SEED", str(random.SystemRandom().randrange(1 << 30)))
 )
-# The driver waits this long (uniformly drawn) between faults; a partition lasts this long.
+# The driver waits this long (uniformly drawn) between faults, and injects one as each round
+# opens; a partition lasts this long.
 FAULT_GAP_S = (1.0, 4.0)
 PARTITION_S = (1.0, 6.0)
 DEADLINE_S = 60.0 + 45.0 * ROUNDS
@@ -120,6 +121,7 @@ def test_a_secure_job_survives_random_kills_and_partitions(
     deadline = time.monotonic() + DEADLINE_S
     next_fault = time.monotonic() + rng.uniform(*FAULT_GAP_S)
     status = chaos.status(job_id)
+    rounds_seen = 0
     while status.state == pb.JOB_STATE_RUNNING:
         assert time.monotonic() < deadline, f"the job did not end in {DEADLINE_S:.0f} s"
         now = time.monotonic()
@@ -127,7 +129,11 @@ def test_a_secure_job_survives_random_kills_and_partitions(
             if now >= until:
                 chaos.heal(org)
                 del cut[org]
-        if now >= next_fault:
+        # A fault every few seconds, and one as each new round shows up: however fast the job
+        # runs, every round meets at least one.
+        new_round = len(status.rounds) > rounds_seen
+        rounds_seen = len(status.rounds)
+        if now >= next_fault or new_round:
             kind = rng.choice(
                 ["kill coordinator", "kill organization", "partition", "kill database"]
             )
