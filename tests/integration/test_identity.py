@@ -6,6 +6,7 @@ test_bad_input_grpc.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -14,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,6 +313,26 @@ def test_per_organization_call_cap_refuses_the_greedy_member_only(
                 hold.cancel()
 
 
+@contextlib.contextmanager
+def _org_a_client_and_held_channel(
+    running: RunningCoordinator, pki: ConsortiumPki
+) -> Iterator[tuple[CoordinatorClient, threading.Event, pb_grpc.ParticipantServiceStub]]:
+    """org-a's participant client (short backoff; ``stop`` ends its retries) and a stub on a
+    second channel of org-a, registered, to hold calls with."""
+    target = target_of(running.port)
+    stop = threading.Event()
+    source = ChannelSource(target, pki.participant_tls("org-a"))
+    client = CoordinatorClient(source, RPC_TIMEOUT_S, Backoff(0.05, 0.2), stop)
+    try:
+        with grpc.secure_channel(target, channel_credentials(pki.participant_tls("org-a"))) as held:
+            stub = _participant_stub(held)
+            stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)  # registers org-a
+            yield client, stop, stub
+    finally:
+        stop.set()
+        source.close()
+
+
 def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
     start_test_coordinator: Callable[..., RunningCoordinator], pki: ConsortiumPki
 ) -> None:
@@ -319,26 +340,20 @@ def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
     # backs off and calls again (an oversized message, without the trailer, is refused for good:
     # test_bad_input_grpc.py, S6).
     running = start_test_coordinator(max_calls_per_org=1)
-    target = target_of(running.port)
-    stop = threading.Event()
-    source = ChannelSource(target, pki.participant_tls("org-a"))
-    client = CoordinatorClient(source, RPC_TIMEOUT_S, Backoff(0.05, 0.2), stop)
     attempts: list[BaseException | None] = []
     replies: list[TaskReply] = []
+    with _org_a_client_and_held_channel(running, pki) as (client, stop, stub):
 
-    def poll_once() -> TaskReply:
-        try:
-            reply = client.get_assignment(0.0)
-        except BaseException as exc:
-            attempts.append(exc)
-            raise
-        attempts.append(None)
-        return reply
+        def poll_once() -> TaskReply:
+            try:
+                reply = client.get_assignment(0.0)
+            except BaseException as exc:
+                attempts.append(exc)
+                raise
+            attempts.append(None)
+            return reply
 
-    worker = threading.Thread(target=lambda: replies.append(client.retrying(poll_once)))
-    with grpc.secure_channel(target, channel_credentials(pki.participant_tls("org-a"))) as held:
-        stub = _participant_stub(held)
-        stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)  # registers org-a
+        worker = threading.Thread(target=lambda: replies.append(client.retrying(poll_once)))
         holds: list[grpc.Future] = []
 
         def refused_while_held() -> CoordinatorBusy | None:
@@ -369,7 +384,6 @@ def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
                 hold.cancel()
             if worker.ident is not None:
                 worker.join(RPC_TIMEOUT_S)
-            source.close()
     assert [type(a) for a in attempts[:-1]] == [CoordinatorBusy] * (len(attempts) - 1)
     assert attempts[-1] is None
     assert len(replies) == 1 and replies[0].assignment.kind is AssignmentKind.WAIT
@@ -382,13 +396,7 @@ def test_grpcs_own_concurrency_refusal_is_retried_as_busy(
     # refusal has no busy trailer; the participant still backs off and calls again, and gets
     # through once the call holding the only slot ends.
     running = start_test_coordinator(max_concurrent_rpcs=1)
-    target = target_of(running.port)
-    stop = threading.Event()
-    source = ChannelSource(target, pki.participant_tls("org-a"))
-    client = CoordinatorClient(source, RPC_TIMEOUT_S, Backoff(0.05, 0.2), stop)
-    with grpc.secure_channel(target, channel_credentials(pki.participant_tls("org-a"))) as held:
-        stub = _participant_stub(held)
-        stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)  # registers org-a
+    with _org_a_client_and_held_channel(running, pki) as (client, stop, stub):
         hold = stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60)
         try:
 
@@ -418,7 +426,6 @@ def test_grpcs_own_concurrency_refusal_is_retried_as_busy(
         finally:
             stop.set()
             hold.cancel()
-            source.close()
 
 
 # -- S21: no plaintext except on loopback ---------------------------------------------------------

@@ -44,9 +44,11 @@ def adam_spec(protection: pb.Protection.ValueType) -> pb.JobSpec:
     return spec
 
 
-def expected_models() -> list[list[npt.NDArray[np.float32]]]:
-    """Versions 0..ROUNDS of FedAdam when every round's mean is the base + 0.4 exactly."""
-    strategy = load_strategy("fedadam", ADAM)
+def models_of(
+    algorithm: str, parameters: StrategyParameters
+) -> list[list[npt.NDArray[np.float32]]]:
+    """Versions 0..ROUNDS of a strategy when every round's mean is the base + SHIFT exactly."""
+    strategy = load_strategy(algorithm, parameters)
     models = [initial_weights()]
     state = None
     for _ in range(ROUNDS):
@@ -100,7 +102,7 @@ def test_a_secagg_job_with_fedadam_steps_at_the_coordinator(
     # The job keeps its strategy with every default filled in.
     assert status.spec.strategy.beta1 == 0.9 and status.spec.strategy.beta2 == 0.99
     assert not status.spec.strategy.HasField("proximal_mu")
-    expected = expected_models()
+    expected = models_of("fedadam", ADAM)
     for version in range(1, ROUNDS + 1):
         got_version, got = admin.download_model(job_id, version)
         assert got_version == version
@@ -121,7 +123,7 @@ def test_a_paillier_job_with_fedadam_gives_every_organization_the_same_model(
     tmp_path: Path,
 ) -> None:
     job_id, status = run_job(admin, target, run_daemon, pb.PROTECTION_PAILLIER)
-    expected = expected_models()
+    expected = models_of("fedadam", ADAM)
     participants = tmp_path / "participants"
     for version in range(1, ROUNDS + 1):
         kept = {
@@ -158,21 +160,6 @@ STRATEGY_PARAMETERS = {
 }
 
 
-def models_of(
-    algorithm: str, parameters: pb.StrategyParameters
-) -> list[list[npt.NDArray[np.float32]]]:
-    """Versions 0..ROUNDS of a strategy when every round's mean is the base + SHIFT exactly."""
-    strategy = load_strategy(algorithm, strategy_parameters_from_pb(parameters))
-    models = [initial_weights()]
-    state = None
-    for _ in range(ROUNDS):
-        base = models[-1]
-        mean = [(w.astype(np.float64) + SHIFT).astype(np.float32) for w in base]
-        following, state = apply_server_step(strategy, base, mean, state)
-        models.append(following)
-    return models
-
-
 @pytest.mark.slow  # twelve jobs of three rounds with three daemons each: about 30 s
 @pytest.mark.parametrize(
     "protection", [pb.PROTECTION_SECAGG, pb.PROTECTION_PAILLIER], ids=["secagg", "paillier"]
@@ -190,7 +177,7 @@ def test_every_built_in_strategy_completes_a_secure_and_a_paillier_job(
     spec.strategy.CopyFrom(STRATEGY_PARAMETERS[algorithm])
     _, status = run_job(admin, target, run_daemon, protection, spec)
     # The server step the job ran is this strategy's, with the defaults the job filled in.
-    expected = models_of(algorithm, status.spec.strategy)
+    expected = models_of(algorithm, strategy_parameters_from_pb(status.spec.strategy))
     for version in range(1, ROUNDS + 1):
         metrics = next(m for m in status.metrics if m.version == version)
         assert metrics.reports == len(ORGS)
