@@ -325,9 +325,10 @@ def _org_a_client_and_held_channel(
     client = CoordinatorClient(source, RPC_TIMEOUT_S, Backoff(0.05, 0.2), stop)
     try:
         with grpc.secure_channel(target, channel_credentials(pki.participant_tls("org-a"))) as held:
-            stub = _participant_stub(held)
-            stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)  # registers org-a
-            yield client, stop, stub
+            # Registers org-a. Through the client's retries: a server at max_concurrent_rpcs=1
+            # may still count the call that found it ready for a moment after it answered.
+            client.retrying(lambda: client.get_assignment(0.0))
+            yield client, stop, _participant_stub(held)
     finally:
         stop.set()
         source.close()
@@ -397,35 +398,40 @@ def test_grpcs_own_concurrency_refusal_is_retried_as_busy(
     # through once the call holding the only slot ends.
     running = start_test_coordinator(max_concurrent_rpcs=1)
     with _org_a_client_and_held_channel(running, pki) as (client, stop, stub):
-        hold = stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60)
+        holds: list[grpc.Future] = []
+
+        def refused() -> CoordinatorBusy | None:
+            # The call holding the only slot is made again if it was itself refused.
+            holds[:] = [h for h in holds if not h.done()]
+            if not holds:
+                holds.append(stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60))
+            try:
+                client.get_assignment(0.0)
+            except CoordinatorBusy as exc:
+                return exc if not holds[0].done() else None
+            return None
+
         try:
-
-            def refused() -> CoordinatorBusy | None:
-                try:
-                    client.get_assignment(0.0)
-                except CoordinatorBusy as exc:
-                    return exc
-                return None
-
             busy = wait_for(refused, RPC_TIMEOUT_S, "the concurrency limit to apply")
             assert busy.status is CallStatus.RESOURCE_EXHAUSTED
             cause = busy.__cause__
             assert isinstance(cause, grpc.Call)
             assert not refused_as_busy(cause.trailing_metadata())  # no trailer: gRPC's own
             assert cause.details() == GRPC_CONCURRENCY_REFUSAL
-            assert not hold.done()
+            assert not holds[0].done()
             replies: list[TaskReply] = []
             worker = threading.Thread(
                 target=lambda: replies.append(client.retrying(lambda: client.get_assignment(0.0)))
             )
             worker.start()
-            hold.cancel()
+            holds[0].cancel()
             worker.join(RPC_TIMEOUT_S)
             assert not worker.is_alive()
             assert len(replies) == 1 and replies[0].assignment.kind is AssignmentKind.WAIT
         finally:
             stop.set()
-            hold.cancel()
+            for hold in holds:
+                hold.cancel()
 
 
 # -- S21: no plaintext except on loopback ---------------------------------------------------------
