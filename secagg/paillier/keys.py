@@ -125,6 +125,28 @@ def random_unit(modulus: int, random: RandomSource) -> int:
             return candidate
 
 
+# Digests of keys that passed validation in this process. A participant builds its job key
+# from its state directory for every round and every version it checks, and the primality
+# tests dominate that; a key seen before is not checked again. Only digests are kept, so no
+# secret outlives the key objects that hold it; a key that fails is never remembered.
+_VALIDATED: dict[bytes, None] = {}
+_VALIDATED_LIMIT = 256
+
+
+def _validation_digest(kind: bytes, *values: int) -> bytes:
+    digest = hashlib.sha256(b"fedsilo/paillier/validated/" + kind)
+    for value in values:
+        encoded = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+        digest.update(encode_uint(len(encoded), 4) + encoded)
+    return digest.digest()
+
+
+def _remember_validated(digest: bytes) -> None:
+    if len(_VALIDATED) >= _VALIDATED_LIMIT:
+        _VALIDATED.pop(next(iter(_VALIDATED)), None)
+    _VALIDATED[digest] = None
+
+
 def _random_prime(bits: int, random: RandomSource) -> int:
     """A uniform probable prime among odd ``bits``-bit integers whose two top bits are set."""
     top = 0b11 << (bits - 2)
@@ -150,6 +172,13 @@ class PaillierPublicKey:
         if not _is_int(self.n) or not _is_int(self.h_s):
             raise InvalidInput("a Paillier public key holds two integers")
         check_key_bits(self.n.bit_length())
+        digest = _validation_digest(b"public", self.n, self.h_s)
+        if digest in _VALIDATED:
+            return
+        self._validate()
+        _remember_validated(digest)
+
+    def _validate(self) -> None:
         if (
             gcd(self.n, _SMALL_PRIMES_PRODUCT) != 1
             or is_perfect_square(self.n)
@@ -242,6 +271,15 @@ class PaillierPrivateKey:
             p, q = self.q, self.p
             object.__setattr__(self, "p", p)
             object.__setattr__(self, "q", q)
+        digest = _validation_digest(
+            b"private", self.p, self.q, self.public_key.n, self.public_key.h_s
+        )
+        if digest in _VALIDATED:
+            return
+        self._validate()
+        _remember_validated(digest)
+
+    def _validate(self) -> None:
         p, q, n = self.p, self.q, self.public_key.n
         half = self.public_key.bits // 2
         if p * q != n:

@@ -555,8 +555,10 @@ def test_grpcurl_checks_health_with_a_participant_certificate_and_fails_without(
     )
     assert "fedsilo.v1.ParticipantService" in listed.stdout  # served by reflection
 
+    # Without a certificate the handshake fails; grpcurl may take the failure for a transient
+    # one and dial again until its deadline, so that deadline is short.
     refused = subprocess.run(  # noqa: S603
-        [*base, target, "grpc.health.v1.Health/Check"],
+        [*base, "-connect-timeout", "1", target, "grpc.health.v1.Health/Check"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -564,6 +566,7 @@ def test_grpcurl_checks_health_with_a_participant_certificate_and_fails_without(
     )
     assert refused.returncode != 0
     assert "SERVING" not in refused.stdout
+    assert "Failed to dial target host" in refused.stderr, refused.stderr
 
 
 def test_admin_api_refuses_a_participant_certificate_and_audits_it(

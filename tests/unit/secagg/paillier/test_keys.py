@@ -15,6 +15,8 @@ from secagg.paillier import (
     default_exponent_bits,
     generate_private_key,
 )
+from secagg.paillier import keys as keys_module
+from secagg.paillier.arithmetic import is_probable_prime
 from secagg.paillier.keys import minimum_exponent_bits, security_strength
 from secagg.primitives.encoding import decode_fields, encode_fields
 
@@ -173,6 +175,37 @@ def test_private_key_must_match_its_public_key(
 ) -> None:
     with pytest.raises(InvalidInput, match="does not equal"):
         PaillierPrivateKey(private_key.p, private_key.q, other_private_key.public_key)
+
+
+def test_a_key_built_again_is_not_validated_again(
+    private_key: PaillierPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tests: list[int] = []
+
+    def counted(value: int) -> bool:
+        tests.append(value)
+        return is_probable_prime(value)
+
+    monkeypatch.setattr(keys_module, "is_probable_prime", counted)
+    PaillierPrivateKey.from_bytes(private_key.to_bytes())
+    assert tests == []  # the fixture built this key already
+    fresh = generate_private_key(2048, DeterministicRandom("validated once"))
+    tests.clear()
+    PaillierPrivateKey.from_bytes(fresh.to_bytes())
+    assert tests == []
+    public = fresh.public_key
+    PaillierPublicKey(public.n, public.h_s * public.h_s % public.n_squared)
+    assert tests == [public.n]  # another base: checked
+
+
+def test_primes_validated_with_one_modulus_are_checked_again_with_another(
+    private_key: PaillierPrivateKey, other_private_key: PaillierPrivateKey
+) -> None:
+    small, large = sorted([private_key, other_private_key], key=lambda k: k.public_key.n)
+    # The same p, q and h_s, only the modulus differs: nothing remembered may let it through.
+    lying = PaillierPublicKey(large.public_key.n, small.public_key.h_s)
+    with pytest.raises(InvalidInput, match="does not equal"):
+        PaillierPrivateKey(small.p, small.q, lying)
 
 
 def test_private_key_refuses_a_randomizer_base_that_is_not_an_nth_residue(
