@@ -137,6 +137,13 @@ class Transaction:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self.superseded_blobs: list[str] = []
+
+    def supersede_blob(self, ref: str | None) -> None:
+        """Note a blob this transaction stops pointing at. The caller discards it once the
+        transaction has committed (``RoundLedger.discard_blob``); a rollback keeps it in use."""
+        if ref is not None:
+            self.superseded_blobs.append(ref)
 
     # -- participants ------------------------------------------------------------------------
 

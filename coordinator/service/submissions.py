@@ -175,6 +175,9 @@ class SubmissionService:
                     row = self._engines[round_.protection].check_message(
                         tx, round_, job, org_id, message, certificate_pem, now
                     )
+            # Checking a message can change the round (an exclusion replaces the running sum).
+            for ref in tx.superseded_blobs:
+                self._ledger.discard_blob(ref)
             if previous is not None:
                 return self._repeated(
                     previous, digest, org_id, message.round_id, message.phase, now

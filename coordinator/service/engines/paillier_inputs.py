@@ -171,6 +171,7 @@ def exclude_reported(
         row_version=round_.row_version + 1,
     )
     tx.update_round(updated, expected_row_version=round_.row_version)
+    tx.supersede_blob(round_.accumulator_ref)
     # Signatures on the old set are void: whoever gave one is asked again with the new set.
     tx.delete_phase_messages(round_.round_id, Phase.CONSISTENCY.value)
     for raw in evidence:

@@ -1427,6 +1427,11 @@ def test_a_malformed_paillier_input_is_excluded_on_the_members_signed_reports(
     verify_input(
         consortium.participants["org-a"].peers["org-c"], _config_of(consortium, "org-a"), kept
     )
+    # The running sum the exclusion replaced is gone; only versions and evidence are kept.
+    evidence_refs = {detail.split("evidence_blob=")[1].split()[0] for detail in events}
+    with consortium.store.transaction() as tx:
+        unused = [ref for ref in consortium.blobs.refs() if not tx.blob_in_use(ref)]
+    assert set(unused) == evidence_refs
 
 
 def _config_of(consortium: Consortium, member: str) -> RoundConfig:
