@@ -1117,12 +1117,43 @@ def test_a_revoked_key_holder_starts_a_new_key_generation_before_the_next_round(
     assert (
         sorted(second.cohort) == sorted(second.contributors) == ["org-a", "org-b", "org-c", "org-d"]
     )
-    generations = []
+    records = {}
     for version in (1, 2):
         _, header, payload = consortium.service.read_model(job.job_id, version, encrypted=True)
         record, _ = decode_tensors(header, payload)
-        generations.append(PaillierVersion.from_bytes(record.tobytes()).generation)
-    assert generations == [0, 1]
+        records[version] = PaillierVersion.from_bytes(record.tobytes())
+    assert [records[v].generation for v in (1, 2)] == [0, 1]
+    # Each round's signed context names the key of its generation: its record's terms give that
+    # context with that generation's key, and not with the other's.
+    held = consortium.participants["org-a"].paillier
+    assert held is not None
+    keys = {0: paillier_key.public_key, 1: held.public_key}
+    settings = job.spec.secagg
+    for version, record in records.items():
+        _, base, _ = consortium.service.read_model(job.job_id, version - 1, encrypted=True)
+        assert record.terms is not None
+        parameters = SecAggParameters(
+            threshold=record.transcript.threshold,
+            modulus_bits=settings.modulus_bits,
+            vector_length=0,
+            cohort=record.transcript.cohort,
+            clip=settings.clip,
+            levels_bits=settings.levels_bits,
+            max_participants=settings.max_participants,
+            max_weight=settings.max_weight,
+        )
+        contexts = {
+            generation: record.terms.context(
+                job_id=job.job_id,
+                base_version=version - 1,
+                base_model_sha256=base.sha256,
+                parameters=parameters,
+                key_fingerprint=round_key_fingerprint(job.job_id, generation, key),
+            )
+            for generation, key in keys.items()
+        }
+        assert contexts[record.generation] == record.transcript.context
+        assert contexts[1 - record.generation] != record.transcript.context
     with consortium.store.transaction() as tx:
         kinds = [(m.org_id, m.kind) for m in tx.list_job_messages(job.job_id)]
     assert ("", "rotate:1") in kinds
