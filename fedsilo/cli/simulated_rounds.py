@@ -28,6 +28,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fedsilo.codec import specs_of, tensors_sha256
+from fedsilo.paillier_versions import round_key_fingerprint
 from fedsilo.privacy import DifferentialPrivacy, privatize_update
 from fedsilo.protection import Protection, SecAggParameters, flatten, round_context, unflatten
 from fedsilo.tasks import TrainingSettings, TrainResult
@@ -122,6 +123,12 @@ def secure_round(
     if protection is Protection.NONE:
         raise ValueError("a secure round needs protection secagg or paillier")
     members = tuple(sorted(cohort))
+    # A paillier round binds the job key, as the daemons do (the simulation has one generation).
+    key_fingerprint = (
+        round_key_fingerprint(job.job_id, 0, _paillier_key(organizations).public_key)
+        if protection is Protection.PAILLIER
+        else b""
+    )
     config = RoundConfig(
         job_id=job.job_id,
         round_id=f"{job.job_id}-round-{round_number}",
@@ -140,6 +147,7 @@ def secure_round(
             training=job.training,
             parameters=parameters,
             min_participants=job.min_participants,
+            paillier_key_fingerprint=key_fingerprint,
             dp=job.dp,
         ),
     )

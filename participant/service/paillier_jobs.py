@@ -32,7 +32,12 @@ import numpy.typing as npt
 
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of, tensors_sha256
 from fedsilo.logs import context
-from fedsilo.paillier_versions import PaillierVersion, replay_correction, tag_binding
+from fedsilo.paillier_versions import (
+    PaillierVersion,
+    replay_correction,
+    round_key_fingerprint,
+    tag_binding,
+)
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.protection import SecAggParameters, unflatten
 from fedsilo.strategies import (
@@ -59,6 +64,7 @@ from secagg.paillier import (
     PackingLayout,
     PaillierCiphertexts,
     PaillierPrivateKey,
+    PaillierPublicKey,
     PaillierWorkers,
     check_ciphertexts,
     decrypt_integers,
@@ -156,6 +162,19 @@ class PaillierJobs:
         if state is None:
             return None
         return self._generation_key(job_id, state, state.generation)
+
+    def key_fingerprint(self, job_id: str) -> bytes:
+        """What a round of the job binds of its current key into the round context
+        (``fedsilo.paillier_versions.round_key_fingerprint``); empty if no key is held here
+        (such a round is refused by :meth:`check_round`)."""
+        try:
+            state = self._store.load(job_id)
+            key = None if state is None else self._generation_key(job_id, state, state.generation)
+        except (PaillierStateUnreadable, SecAggError):
+            return b""
+        if state is None or key is None:
+            return b""
+        return round_key_fingerprint(job_id, state.generation, key.public_key)
 
     def generation(self, job_id: str) -> int:
         """The job's key generation this participant is at (0 for an unknown job)."""
@@ -533,6 +552,7 @@ class PaillierJobs:
             check_ciphertexts([tag], public)
         except SecAggError as exc:
             raise VersionRefused(f"version {version} is malformed: {exc}") from None
+        self._check_context(job_id, version, record, public, base_served, length)
         correction = self._replay(job_id, version, record, spec, length)
         if not np.array_equal(correction, served_correction):
             raise VersionRefused(
@@ -641,6 +661,58 @@ class PaillierJobs:
             raise VersionRefused(
                 f"version {version}: the round's signed messages do not verify: {exc}"
             ) from None
+
+    def _check_context(
+        self,
+        job_id: str,
+        version: int,
+        record: PaillierVersion,
+        public: PaillierPublicKey,
+        base_served: bytes,
+        length: int,
+    ) -> None:
+        """The context the round's transcript signs is the one this organization computes from
+        the record's round terms, version ``version - 1`` as it holds it, the job's quantization
+        settings, and the key it holds for the generation the record names.
+
+        So a round signed under one key generation never passes as a version under another:
+        the revoked holder of a retired key could make the tag of a later round's version under
+        that key, but not the signatures of that round's cohort over a context naming it
+        (docs/paillier.md, "Key rotation"). Checked before anything is decrypted.
+        """
+        if record.terms is None:
+            # Nothing was decrypted: not held against the coordinator.
+            raise ModelUnavailable(
+                f"version {version} carries no round terms (a record written before the round "
+                "context bound the job key): it cannot be verified"
+            )
+        state = self._store.load(job_id)
+        if state is None or state.parameters is None:
+            raise ModelUnavailable("the quantization settings of this paillier job are unknown")
+        transcript = record.transcript
+        parameters = replace(
+            state.parameters,
+            threshold=transcript.threshold,
+            vector_length=length,
+            cohort=tuple(sorted(transcript.cohort)),
+        )
+        try:
+            expected = record.terms.context(
+                job_id=job_id,
+                base_version=version - 1,
+                base_model_sha256=base_served,
+                parameters=parameters,
+                key_fingerprint=round_key_fingerprint(job_id, record.generation, public),
+            )
+        except (SecAggError, ValueError) as exc:
+            raise VersionRefused(f"version {version} is malformed: {exc}") from None
+        if expected != transcript.context:
+            raise VersionRefused(
+                f"version {version}: the round context its transcript signs is not the one this "
+                f"organization computes from the record's round terms, version {version - 1} "
+                f"as it holds it and its key of generation {record.generation}: that round "
+                "was not run on this base under this key"
+            )
 
     def _check_retired_round(self, job_id: str, version: int, record: PaillierVersion) -> None:
         """A version under a retired key generation comes from a round started before this

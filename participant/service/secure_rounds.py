@@ -254,7 +254,9 @@ class SecureRoundParticipant:
             log.error("%s", exc, **ctx)
             return StepOutcome.REFUSED
         try:
-            _check_unchanged(assignment, data.parameters, state, client)
+            _check_unchanged(
+                assignment, data.parameters, state, client, self._key_fingerprint(assignment)
+            )
             self._check_protection(assignment)
             # Every phase: a peer revoked since the round started ends it here.
             self._check_members(assignment, identity, state.parameters, state.peer_certificates)
@@ -291,7 +293,9 @@ class SecureRoundParticipant:
         # the round context, so peers handed another base model cannot finish the round with it.
         base_sha256 = self._base_digest(assignment, protection)
         try:
-            config = round_config(assignment, parameters, base_sha256)
+            config = round_config(
+                assignment, parameters, base_sha256, self._key_fingerprint(assignment)
+            )
             # The bit budget: refuse a round whose sums could overflow (BitBudgetExceeded).
             parameters.quantization()
             self._check_protection(assignment)
@@ -624,6 +628,13 @@ class SecureRoundParticipant:
         self._silenced.add(key)
         return outcome
 
+    def _key_fingerprint(self, assignment: Assignment) -> bytes:
+        """What the round context binds of the job key: under paillier the current key of the
+        job held here (its generation and public key), nothing for other protections."""
+        if assignment.protection is not Protection.PAILLIER or self._paillier is None:
+            return b""
+        return self._paillier.key_fingerprint(assignment.job_id)
+
     def _require_paillier(self) -> PaillierJobs:
         if self._paillier is None:
             raise NotSupported("protection paillier is not supported by this participant")
@@ -700,10 +711,15 @@ def model_digest(weights: list[npt.NDArray[Any]]) -> bytes:
 
 
 def round_config(
-    assignment: Assignment, parameters: SecAggParameters, base_sha256: bytes
+    assignment: Assignment,
+    parameters: SecAggParameters,
+    base_sha256: bytes,
+    key_fingerprint: bytes = b"",
 ) -> RoundConfig:
     """The round as this organization signs it: the context binds everything that determines
-    its input, as it received it (``fedsilo.protection.round_context``)."""
+    its input, as it received it (``fedsilo.protection.round_context``), and under paillier the
+    job key it encrypts under (``key_fingerprint``: ``round_key_fingerprint`` of the key it
+    holds; empty for secagg)."""
     context = round_context(
         protection=assignment.protection,
         job_id=assignment.job_id,
@@ -715,6 +731,7 @@ def round_config(
         training=assignment.training,
         parameters=parameters,
         min_participants=assignment.min_participants,
+        paillier_key_fingerprint=key_fingerprint,
         dp=assignment.privacy,
     )
     return RoundConfig(
@@ -733,11 +750,13 @@ def _check_unchanged(
     parameters: SecAggParameters,
     state: SecureRoundState,
     client: SecAggClient,
+    key_fingerprint: bytes,
 ) -> None:
-    """Every phase of a round must carry the parameters its first phase carried."""
+    """Every phase of a round must carry the parameters its first phase carried (and, under
+    paillier, the job key of the generation it started under)."""
     if _normalized(parameters) != state.parameters:
         raise ProtocolViolation("the round's parameters changed since it started")
-    if round_config(assignment, parameters, state.base_sha256) != client.config:
+    if round_config(assignment, parameters, state.base_sha256, key_fingerprint) != client.config:
         raise ProtocolViolation(
             "the round's job, round, cohort or settings changed since it started"
         )

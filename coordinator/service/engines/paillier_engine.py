@@ -29,13 +29,14 @@ from coordinator.service.engines.paillier_inputs import (
     inputs_for,
     signed_input,
 )
+from coordinator.service.engines.secure_rounds import SecureRoundCoordinator
 from coordinator.service.payloads import ReceivedPayload, decode_payload
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors
 from fedsilo.faults import crash_point
 from fedsilo.paillier_inputs import ExclusionReport, SignedInput, is_exclusion_report
-from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
+from fedsilo.paillier_versions import PaillierVersion, RoundTranscript, round_key_fingerprint
 from secagg import InvalidInput, SecAggError
 from secagg.paillier import (
     PackingLayout,
@@ -56,6 +57,18 @@ class PaillierRoundEngine(MaskedRoundEngine):
     def __init__(self, ctx: ServiceContext, ledger: RoundLedger) -> None:
         super().__init__(ctx, ledger)
         self._ceremony = CeremonyCoordinator()
+        # Every round's context names the job key of the current generation: a round signed
+        # under one generation's key is never taken as a round of another (docs/paillier.md).
+        self._secure = SecureRoundCoordinator(ctx.blobs, key_fingerprint=self._key_fingerprint)
+
+    def _key_fingerprint(self, tx: Transaction, job: Job) -> bytes:
+        """The fingerprint of the job key the current round's inputs are encrypted under."""
+        public_key = self._ceremony.public_key(tx, job.job_id)
+        if public_key is None:
+            # Rounds open only once the generation's key was dealt.
+            raise WrongRoundPhase("the job's Paillier key of this generation is not dealt yet")
+        generation = self._ceremony.generation(tx, job.job_id)
+        return round_key_fingerprint(job.job_id, generation, public_key)
 
     # -- the key ceremony -----------------------------------------------------------------------
 
@@ -259,7 +272,10 @@ class PaillierRoundEngine(MaskedRoundEngine):
             return
         assert round_.accumulator_ref is not None  # U3 has at least t >= 2 members
         running = RunningInputs.from_bytes(self._ctx.blobs.get(round_.accumulator_ref))
-        record = PaillierVersion(running.summed, running.tag, transcript, generation).to_bytes()
+        terms = self._secure.terms(round_, job)
+        record = PaillierVersion(
+            running.summed, running.tag, transcript, generation, terms
+        ).to_bytes()
         _, payload = encode_tensors([np.frombuffer(record, dtype=np.uint8), correction])
         result_ref = self._ctx.blobs.put(payload)
         crash_point("coordinator.secagg.before_aggregated")

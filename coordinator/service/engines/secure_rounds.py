@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from coordinator.errors import InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from fedsilo.codec import CodecError, PayloadHeader, TensorSpec
+from fedsilo.paillier_versions import RoundTerms
 from fedsilo.protection import (
     SecAggParameters,
     decode_share_list,
@@ -96,8 +98,15 @@ class Unmasked:
 class SecureRoundCoordinator:
     """Secure-aggregation bookkeeping of the coordinator over its store and blob store."""
 
-    def __init__(self, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        key_fingerprint: Callable[[Transaction, Job], bytes] | None = None,
+    ) -> None:
         self._blobs = blobs
+        # Under paillier: the fingerprint of the job key a round's inputs are encrypted under
+        # (``fedsilo.paillier_versions.round_key_fingerprint``), bound into its context.
+        self._key_fingerprint = key_fingerprint
 
     # -- round parameters -----------------------------------------------------------------------
 
@@ -145,30 +154,49 @@ class SecureRoundCoordinator:
             context=self.context(tx, round_, job, p),
         )
 
-    @staticmethod
-    def context(tx: Transaction, round_: Round, job: Job, parameters: SecAggParameters) -> bytes:
+    def context(
+        self, tx: Transaction, round_: Round, job: Job, parameters: SecAggParameters
+    ) -> bytes:
         """The round context every organization signs (``fedsilo.protection.round_context``).
 
         The base model is bound by the digest of the exact bytes served for the round's base
-        version (blobs are named by their SHA-256): under paillier, its ciphertexts.
+        version (blobs are named by their SHA-256): under paillier, its ciphertexts. A paillier
+        round binds the job key of its generation too; a secagg round binds no key (an empty
+        field, the encoding from before paillier rounds bound one).
         """
-        spec = job.spec
         # Blobs are named by the SHA-256 of their bytes, which are what is served: the model,
         # or under paillier the version's ciphertexts (version 0 is plain).
         model = tx.get_model_version(job.job_id, round_.base_version)
         if model is None:
             raise NotFound(f"model version {round_.base_version} of job {job.job_id} is gone")
         base = bytes.fromhex(model.blob_ref)
+        terms = self.terms(round_, job)
+        fingerprint = b"" if self._key_fingerprint is None else self._key_fingerprint(tx, job)
         return round_context(
-            protection=spec.protection,
+            protection=job.spec.protection,
             job_id=job.job_id,
+            round_number=terms.round_number,
+            task_name=terms.task_name,
+            algorithm=terms.algorithm,
+            base_version=round_.base_version,
+            base_model_sha256=base,
+            training=terms.training,
+            parameters=parameters,
+            min_participants=terms.min_participants,
+            paillier_key_fingerprint=fingerprint,
+            dp=terms.dp,
+        )
+
+    @staticmethod
+    def terms(round_: Round, job: Job) -> RoundTerms:
+        """What the round context binds of the job and the round, besides the base model, the
+        quantization settings and the key: written into a paillier version's record."""
+        spec = job.spec
+        return RoundTerms(
             round_number=round_.number,
             task_name=spec.task_name,
             algorithm=StrategyChoice(spec.algorithm, spec.strategy).canonical(),
-            base_version=round_.base_version,
-            base_model_sha256=base,
             training=spec.training,
-            parameters=parameters,
             min_participants=spec.min_participants,
             dp=spec.dp,
         )

@@ -37,7 +37,12 @@ from fedsilo.paillier_inputs import (
     is_exclusion_report,
     verify_input,
 )
-from fedsilo.paillier_versions import PaillierVersion, RoundTranscript
+from fedsilo.paillier_versions import (
+    PaillierVersion,
+    RoundTerms,
+    RoundTranscript,
+    round_key_fingerprint,
+)
 from fedsilo.pki import DemoPki
 from fedsilo.protection import Protection, SecAggParameters, decode_share_list, flatten
 from fedsilo.strategies import StrategyChoice
@@ -104,6 +109,8 @@ class CeremonyCoordinator:
         self.dealt: tuple[str, bytes] | None = None
         self.sealed: dict[str, tuple[str, bytes]] = {}  # receiver -> (sender, SealedKey bytes)
         self.confirmed: dict[str, bytes] = {}
+        self.generation = 0
+        """The job's key generation the steps and rounds are of (a test rotating sets it)."""
         self.stopped: dict[str, str] = {}
         self.received: list[tuple[str, str, bytes]] = []
         self.models: dict[int, Weights] = {0: initial_weights()}
@@ -147,7 +154,9 @@ class CeremonyCoordinator:
         return tuple(AdvertisedKeys(*self.job_keys[org]) for org in orgs)
 
     def step_data(self, org: str) -> KeyCeremonyStepData | None:
-        base = KeyCeremonyStepData("", key_bits=KEY_BITS, parameters=job_settings())
+        base = KeyCeremonyStepData(
+            "", key_bits=KEY_BITS, parameters=job_settings(), generation=self.generation
+        )
         if org not in self.job_keys:
             return replace(base, action="advertise")
         if self.dealt is None:
@@ -248,6 +257,7 @@ class PaillierParticipant:
     pki: DemoPki
     generate: Callable[[int], PaillierPrivateKey]
     min_key_bits: int = KEY_BITS
+    policy: AcceptPolicy = field(default_factory=AcceptPolicy)
     rounds: SecureRoundParticipant = field(init=False)
     ceremony: CeremonyParticipant = field(init=False)
     membership: MembershipStore = field(init=False)
@@ -283,7 +293,7 @@ class PaillierParticipant:
             identity,
             train,
             paillier=self.paillier,
-            terms=JobTermsStore(self.state_dir, AcceptPolicy()),
+            terms=JobTermsStore(self.state_dir, self.policy),
             ledger=ledger,
             membership=self.membership,
         )
@@ -300,7 +310,13 @@ class PaillierParticipant:
         """New objects over the same state directory and transport (a process restart)."""
         self.transport.fail_ceremony_after = None
         return PaillierParticipant(
-            self.org, self.state_dir, self.transport, self.pki, self.generate, self.min_key_bits
+            self.org,
+            self.state_dir,
+            self.transport,
+            self.pki,
+            self.generate,
+            self.min_key_bits,
+            self.policy,
         )
 
     @property
@@ -324,9 +340,17 @@ def make_participants(
     coordinator: CeremonyCoordinator,
     generate: Callable[[int], PaillierPrivateKey],
     orgs: Sequence[str] = ORGS4[:3],
+    policy: AcceptPolicy | None = None,
 ) -> list[PaillierParticipant]:
     return [
-        PaillierParticipant(org, root / org, PaillierTransport(coordinator, org), pki, generate)
+        PaillierParticipant(
+            org,
+            root / org,
+            PaillierTransport(coordinator, org),
+            pki,
+            generate,
+            policy=policy or AcceptPolicy(),
+        )
         for org in orgs
     ]
 
@@ -363,6 +387,7 @@ class PaillierRound(Coordinator):
         self.ceremony = ceremony
         self.base_version = ceremony.latest() if base_version is None else base_version
         self.public = ceremony.public_key()
+        self.generation = ceremony.generation
         self.total: PaillierCiphertexts | None = None
         self.tag = 1
         self.encrypted: dict[str, bytes] = {}
@@ -378,7 +403,8 @@ class PaillierRound(Coordinator):
         self.correction: npt.NDArray[Any] | None = None
         # Signed as a paillier round: its context binds the base version's served bytes.
         served = tensors_sha256(ceremony.models[self.base_version])
-        self.config = round_config(self.keys_task(), self.params, served)
+        key = round_key_fingerprint(ceremony.job_id, self.generation, self.public)
+        self.config = round_config(self.keys_task(), self.params, served, key)
         self.server = SecAggServer(self.config, verifying_keys=self.verifying_keys)
 
     def task(self, phase: SecAggPhase, **step: Any) -> Assignment:
@@ -490,8 +516,20 @@ class PaillierRound(Coordinator):
             unmask=tuple(self.messages.get(SecAggPhase.UNMASK, [])),
         )
 
+    def terms(self) -> RoundTerms:
+        """What the round context binds of the job and the round, as the record carries it."""
+        task = self.keys_task()
+        return RoundTerms(
+            round_number=task.round_number,
+            task_name=task.task_name,
+            algorithm=task.strategy.canonical(),
+            training=task.training,
+            min_participants=task.min_participants,
+            dp=task.privacy,
+        )
+
     def record(self, total: PaillierCiphertexts | None = None, tag: int | None = None) -> bytes:
-        """The version record: summed ciphertexts, summed tag, transcript."""
+        """The version record: summed ciphertexts, summed tag, transcript, generation, terms."""
         total = total or self.total
         assert total is not None
         tag_value = self.tag if tag is None else tag
@@ -499,6 +537,8 @@ class PaillierRound(Coordinator):
             total.to_bytes(),
             tag_value.to_bytes(self.public.ciphertext_bytes, "big"),
             self.transcript(),
+            self.generation,
+            self.terms(),
         ).to_bytes()
 
     def publish(self) -> int:

@@ -21,32 +21,40 @@ from paillier_harness import (
     CeremonyCoordinator,
     PaillierParticipant,
     PaillierRound,
+    expected_total,
     job_settings,
     make_participants,
     run_ceremony,
 )
 from secure_round_harness import JOB_ID, identity_files
 
+from fedsilo.codec import tensors_sha256
 from fedsilo.membership import certificate_sha256, sign_membership_list
-from fedsilo.paillier_versions import PaillierVersion, key_scope
+from fedsilo.paillier_versions import PaillierVersion, key_scope, tag_binding
 from fedsilo.pki import DemoPki, load_ca, load_certificate, load_private_key, make_demo_pki
 from participant.domain.assignments import (
     AdvertisedKeys,
     KeyCeremonyStepData,
     RevokedKeyHolder,
+    SecAggPhase,
     StepOutcome,
 )
+from participant.domain.policy import AcceptPolicy
 from participant.errors import ModelUnavailable
 from participant.service.identity import IdentityFiles
 from participant.service.key_ceremony import CeremonyParticipant
 from participant.service.ledger import ContributionLedger
 from participant.service.paillier_jobs import VersionRefused
 from participant.service.paillier_state import PaillierStateStore
-from secagg import decode_fields
+from secagg import CohortPolicy, decode_fields
 from secagg.paillier import (
+    PackingLayout,
+    PaillierCiphertexts,
     PaillierPrivateKey,
     SealedKey,
+    encrypt_integers,
     generate_private_key,
+    input_tag,
     make_job_key,
     sign_public_key,
 )
@@ -395,3 +403,94 @@ def test_a_later_round_passed_off_as_under_the_retired_key_is_refused(
     assert org_a.paillier.stopped(JOB_ID)
     # Version 1, from round 1 (started under key 0), is still read with the retired key.
     assert org_a.store.model_versions(JOB_ID) == [0, 1]
+
+
+# -- a round after the rotation, passed off as under the old key --------------------------------
+
+
+def _round_two_after_a_rotation(
+    pki: DemoPki, root: Path, keys: list[PaillierPrivateKey]
+) -> tuple[list[PaillierParticipant], PaillierRound]:
+    """Round 1 of all four organizations under key 0; org-c revoked; org-a, org-b and org-d
+    take key generation 1; round 2 runs among org-a and org-b only (org-d stays out)."""
+    coordinator = CeremonyCoordinator(pki)
+    # Cohorts of two: org-d can stay out of round 2 while the revoked org-c is gone.
+    policy = AcceptPolicy(cohort=CohortPolicy(min_cohort=2))
+    everyone = make_participants(
+        pki, root, coordinator, lambda bits: keys.pop(0), orgs=ORGS4, policy=policy
+    )
+    run_ceremony(coordinator, everyone)
+    assert PaillierRound(pki, coordinator, ORGS4).run(everyone) == 1
+    revoke_org_c(pki, everyone, 2)
+    org_a, org_b, _, org_d = everyone
+    # Each knows org-c held key 0 (it was in round 1's cohort): the list shows it compromised.
+    coordinator.generation = 1
+    run_ceremony(coordinator, [org_a, org_b, org_d])
+    assert all(p.paillier.generation(JOB_ID) == 1 for p in (org_a, org_b, org_d))
+    round_2 = PaillierRound(pki, coordinator, ["org-a", "org-b"])
+    assert round_2.run([org_a, org_b]) == 2
+    return everyone, round_2
+
+
+def test_a_round_after_the_rotation_decrypts_at_an_organization_outside_its_cohort(
+    pki: DemoPki, tmp_path: Path, keys: list[PaillierPrivateKey]
+) -> None:
+    everyone, _ = _round_two_after_a_rotation(pki, tmp_path, keys)
+    org_a, org_d = everyone[0], everyone[3]
+    # org-d rebuilds version 1 with the retired key 0 and version 2 with key 1.
+    version, weights = org_d.paillier.model(JOB_ID, 2)
+    assert version == 2 and org_d.store.model_versions(JOB_ID) == [0, 1, 2]
+    assert org_d.paillier.stopped(JOB_ID) == ""
+    for mine, theirs in zip(weights, org_a.paillier.model(JOB_ID, 2)[1], strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_round_after_the_rotation_forged_under_the_old_key_is_refused_outside_its_cohort(
+    pki: DemoPki,
+    tmp_path: Path,
+    keys: list[PaillierPrivateKey],
+    paillier_key: PaillierPrivateKey,
+) -> None:
+    """org-c, revoked, still holds key 0 and makes its tags. With the coordinator it serves,
+    as version 2, a sum of its choice encrypted and tagged under key 0 for round 2, with round
+    2's honest transcript and correction. org-d was not in round 2: its ledger cannot tell the
+    round came after the rotation. But round 2's cohort signed a context naming key generation
+    1's key, and org-d computes the context under the key 0 the record names."""
+    everyone, round_2 = _round_two_after_a_rotation(pki, tmp_path, keys)
+    org_a, org_d = everyone[0], everyone[3]
+    coordinator = org_d.transport.coordinator
+    honest, correction = coordinator.models[2]
+    served = PaillierVersion.from_bytes(honest.tobytes())
+    assert served.generation == 1
+    # The chosen update: a well-formed sum of two contributions, org-c's and org-d's.
+    _, base = org_a.paillier.model(JOB_ID, 1)
+    settings = round_2.task(SecAggPhase.KEYS).round_settings()
+    params = round_2.params
+    chosen = expected_total(params, base, ("org-c", "org-d"), settings) - correction
+    public = paillier_key.public_key
+    layout = PackingLayout(params.modulus_bits, params.max_participants, public.bits)
+    plaintexts = layout.pack(chosen)
+    summed = PaillierCiphertexts(
+        public.fingerprint,
+        layout,
+        2,
+        params.vector_length,
+        tuple(encrypt_integers(public, plaintexts)),
+    )
+    binding = tag_binding(
+        JOB_ID, served.transcript.round_id, 1, tensors_sha256(coordinator.models[1]), 0
+    )
+    (tag,) = encrypt_integers(public, [input_tag(paillier_key, binding, plaintexts)])
+    forged = replace(
+        served,
+        ciphertexts=summed.to_bytes(),
+        tag=tag.to_bytes(public.ciphertext_bytes, "big"),
+        generation=0,
+    )
+    coordinator.models[2] = [np.frombuffer(forged.to_bytes(), dtype=np.uint8).copy(), correction]
+
+    with pytest.raises(VersionRefused, match="round context its transcript signs") as refused:
+        org_d.paillier.model(JOB_ID, 2)
+    assert "key of generation 0" in str(refused.value)
+    assert org_d.store.model_versions(JOB_ID) == [0, 1]
+    assert "model version 2 failed verification" in org_d.paillier.stopped(JOB_ID)

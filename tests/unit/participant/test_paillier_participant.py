@@ -729,6 +729,8 @@ def test_a_version_that_is_no_mean_of_clipped_updates_is_refused(
     paillier_key: PaillierPrivateKey,
 ) -> None:
     run_ceremony(coordinator, participants)
+    _round(pki, coordinator, participants)
+    # Round 2, on version 1: its signed messages are served with the crafted sum as version 2.
     round_ = _round(pki, coordinator, participants)
     assert round_.correction is not None
     params = round_.params

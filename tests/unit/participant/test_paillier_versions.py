@@ -134,7 +134,7 @@ def test_a_tampered_contributor_count_is_refused(
     inflated = PaillierCiphertexts(
         summed.fingerprint, summed.layout, 4, summed.value_count, summed.ciphertexts
     )
-    forged = PaillierVersion(inflated.to_bytes(), record.tag, record.transcript)
+    forged = replace(record, ciphertexts=inflated.to_bytes())
     _serve(coordinator, 1, forged, coordinator.models[1][1])
 
     with pytest.raises(VersionRefused, match="count 4 contributions, the round's signed"):
@@ -158,7 +158,7 @@ def test_a_sum_shifted_by_an_encryption_of_the_coordinators_choice_is_refused(
     shifted = PaillierCiphertexts(
         shifted.fingerprint, layout, 3, shifted.value_count, shifted.ciphertexts
     )
-    forged = PaillierVersion(shifted.to_bytes(), record.tag, record.transcript)
+    forged = replace(record, ciphertexts=shifted.to_bytes())
     _serve(coordinator, 1, forged, coordinator.models[1][1])
 
     with pytest.raises(VersionRefused, match="their tag does not match"):
@@ -175,7 +175,8 @@ def test_a_sum_re_served_under_another_version_is_refused(
     assert participants[0].paillier.model(JOB_ID, 1)[0] == 1
     coordinator.models[2] = [w.copy() for w in coordinator.models[1]]
 
-    with pytest.raises(VersionRefused, match="base version 1 \\(their tag does not match\\)"):
+    # Its transcript signs the context of a round on version 0: refused before decrypting.
+    with pytest.raises(VersionRefused, match="version 2: the round context its transcript signs"):
         participants[0].paillier.model(JOB_ID, 2)
     assert participants[0].store.model_versions(JOB_ID) == [0, 1]
 
@@ -197,7 +198,8 @@ def test_a_sum_of_another_round_is_refused(
     coordinator.models[1] = [w.copy() for w in coordinator.models[2]]
 
     # org-d joined later: it rebuilds version 1 first, and is served round 2's sum for it.
-    with pytest.raises(VersionRefused, match="base version 0 \\(their tag does not match\\)"):
+    # Its transcript signs the context of a round on version 1: refused before decrypting.
+    with pytest.raises(VersionRefused, match="version 1: the round context its transcript signs"):
         late.paillier.model(JOB_ID, 2)
     assert late.store.model_versions(JOB_ID) == [0]
 
@@ -322,9 +324,7 @@ def test_a_version_with_a_dropout_verifies_from_the_dropped_masking_key(
     # replay no longer knows who sent shares, so it cannot account for org-d's masks.
     record = _record(coordinator, 1)
     shares = tuple(item for item in record.transcript.shares if item[0] != "org-d")
-    forged = PaillierVersion(
-        record.ciphertexts, record.tag, replace(record.transcript, shares=shares)
-    )
+    forged = replace(record, transcript=replace(record.transcript, shares=shares))
     late = make_participants(
         pki, tmp_path / "again", coordinator, lambda bits: paillier_key, ORGS4[:1]
     )[0]
@@ -348,7 +348,7 @@ def test_a_transcript_certificate_that_does_not_verify_now_refuses_without_stopp
         (org, body, foreign.participants[org].cert_path.read_bytes() if org == "org-b" else pem)
         for org, body, pem in record.transcript.keys
     )
-    forged = PaillierVersion(record.ciphertexts, record.tag, replace(record.transcript, keys=keys))
+    forged = replace(record, transcript=replace(record.transcript, keys=keys))
     honest = [w.copy() for w in coordinator.models[1]]
     _serve(coordinator, 1, forged, honest[1])
 

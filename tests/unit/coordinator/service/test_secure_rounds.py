@@ -53,6 +53,7 @@ from fedsilo.paillier_versions import (
     PaillierVersion,
     key_scope,
     replay_correction,
+    round_key_fingerprint,
     tag_binding,
 )
 from fedsilo.pki import Role, create_ca, make_csr, make_key, sign_csr
@@ -152,6 +153,8 @@ class Participant:
     dealer_key: PaillierPrivateKey | None = None
     job_pair: AgreementKeyPair | None = None
     paillier: PaillierPrivateKey | None = None
+    generation: int = 0
+    """The key generation of ``paillier``: a paillier round's context names that key."""
     tamper_input: Callable[[npt.NDArray[Any], SecAggParameters], npt.NDArray[Any]] | None = None
     """A malicious organization's change to its encoded input, before it is masked."""
     tamper_plaintexts: Callable[[PackingLayout, list[int]], None] | None = None
@@ -184,7 +187,7 @@ class Participant:
             send("job_key", job_key.to_bytes())
         elif step.action == "deal":
             assert self.dealer_key is not None
-            self.paillier = self.dealer_key
+            self.paillier, self.generation = self.dealer_key, step.generation
             dealt = sign_public_key(scope, me, self.paillier.public_key, self.org.key)
             send("dealt_key", dealt.to_bytes())
             seal_for(tuple(k for k in step.job_keys if JobKey.from_bytes(k[0]).participant != me))
@@ -199,8 +202,15 @@ class Participant:
             sender.verify(scope, self.peers[sender.participant])
             sealed = SealedKey.from_bytes(step.sealed_key)
             self.paillier = open_private_key(scope, sealed, self.job_pair, sender, public)
+            self.generation = step.generation
             send("confirm", public.fingerprint)
         return True
+
+    def key_fingerprint(self, job: Job) -> bytes:
+        """What a round of ``job`` binds of the job key held here (nothing under secagg)."""
+        if job.spec.protection is not Protection.PAILLIER or self.paillier is None:
+            return b""
+        return round_key_fingerprint(job.job_id, self.generation, self.paillier.public_key)
 
     def act(self, service: CoordinatorService, item: WorkItem) -> bool:
         if item.kind is WorkKind.KEY_CEREMONY:
@@ -218,7 +228,9 @@ class Participant:
                 p.threshold,
                 p.vector_length,
                 p.modulus_bits,
-                context=_context_as_an_honest_participant_computes_it(service, item),
+                context=_context_as_an_honest_participant_computes_it(
+                    service, item, self.key_fingerprint(item.job)
+                ),
             )
             context = ParticipantContext(self.org.org_id, self.org.key, self.peers)
             # A simulated participant: it accepts any round the coordinator opens.
@@ -1105,12 +1117,43 @@ def test_a_revoked_key_holder_starts_a_new_key_generation_before_the_next_round(
     assert (
         sorted(second.cohort) == sorted(second.contributors) == ["org-a", "org-b", "org-c", "org-d"]
     )
-    generations = []
+    records = {}
     for version in (1, 2):
         _, header, payload = consortium.service.read_model(job.job_id, version, encrypted=True)
         record, _ = decode_tensors(header, payload)
-        generations.append(PaillierVersion.from_bytes(record.tobytes()).generation)
-    assert generations == [0, 1]
+        records[version] = PaillierVersion.from_bytes(record.tobytes())
+    assert [records[v].generation for v in (1, 2)] == [0, 1]
+    # Each round's signed context names the key of its generation: its record's terms give that
+    # context with that generation's key, and not with the other's.
+    held = consortium.participants["org-a"].paillier
+    assert held is not None
+    keys = {0: paillier_key.public_key, 1: held.public_key}
+    settings = job.spec.secagg
+    for version, record in records.items():
+        _, base, _ = consortium.service.read_model(job.job_id, version - 1, encrypted=True)
+        assert record.terms is not None
+        parameters = SecAggParameters(
+            threshold=record.transcript.threshold,
+            modulus_bits=settings.modulus_bits,
+            vector_length=0,
+            cohort=record.transcript.cohort,
+            clip=settings.clip,
+            levels_bits=settings.levels_bits,
+            max_participants=settings.max_participants,
+            max_weight=settings.max_weight,
+        )
+        contexts = {
+            generation: record.terms.context(
+                job_id=job.job_id,
+                base_version=version - 1,
+                base_model_sha256=base.sha256,
+                parameters=parameters,
+                key_fingerprint=round_key_fingerprint(job.job_id, generation, key),
+            )
+            for generation, key in keys.items()
+        }
+        assert contexts[record.generation] == record.transcript.context
+        assert contexts[1 - record.generation] != record.transcript.context
     with consortium.store.transaction() as tx:
         kinds = [(m.org_id, m.kind) for m in tx.list_job_messages(job.job_id)]
     assert ("", "rotate:1") in kinds
@@ -1377,9 +1420,10 @@ def test_bad_ceremony_messages_are_refused_and_change_nothing(
 
 
 def _context_as_an_honest_participant_computes_it(
-    service: CoordinatorService, item: WorkItem
+    service: CoordinatorService, item: WorkItem, key_fingerprint: bytes = b""
 ) -> bytes:
-    """The round context from what the work item says and the base model as served."""
+    """The round context from what the work item says, the base model as served and, under
+    paillier, the job key the participant holds."""
     assert item.job is not None and item.round is not None and item.secagg is not None
     spec = item.job.spec
     # The bytes a participant is served: the model, or under paillier its ciphertexts.
@@ -1396,6 +1440,7 @@ def _context_as_an_honest_participant_computes_it(
         training=spec.training,
         parameters=item.secagg.parameters,
         min_participants=spec.min_participants,
+        paillier_key_fingerprint=key_fingerprint,
         dp=spec.dp,
     )
 
