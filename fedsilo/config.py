@@ -186,8 +186,8 @@ class ParticipantConfig:
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _DURATION = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[smhd])+\s*\Z")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-# Beyond ten years an age limit limits nothing (the CA's own certificate expires first).
-MAX_DURATION = dt.timedelta(days=3650)
+# Beyond ten years an age limit limits nothing (the demo CA's own certificate expires first).
+_MAX_MEMBERSHIP_AGE = dt.timedelta(days=3650)
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -201,7 +201,10 @@ def parse_duration(text: str) -> dt.timedelta:
     seconds = sum(
         float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(lowered)
     )
-    return dt.timedelta(seconds=seconds)
+    try:
+        return dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def format_duration(duration: dt.timedelta) -> str:
@@ -418,7 +421,7 @@ def _check_accept(accept: AcceptSection) -> None:
             )
     try:
         max_age = accept.membership_max_age()
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"accept.max_membership_age: {exc}") from None
     # No off switch: a list that never ages lets a coordinator withhold a revocation for ever.
     # An operator who cannot re-sign often widens the window instead.
@@ -427,9 +430,9 @@ def _check_accept(accept: AcceptSection) -> None:
             f"accept.max_membership_age: must be positive (there is no off switch; give a "
             f"longer duration such as 365d to widen it), got {accept.max_membership_age!r}"
         )
-    if max_age > MAX_DURATION:
+    if max_age > _MAX_MEMBERSHIP_AGE:
         raise ConfigError(
-            f"accept.max_membership_age: must be at most {format_duration(MAX_DURATION)}, "
+            f"accept.max_membership_age: must be at most {format_duration(_MAX_MEMBERSHIP_AGE)}, "
             f"got {accept.max_membership_age!r}"
         )
 
