@@ -7,9 +7,11 @@ A key's variable is its dotted path upper-cased with dots as underscores: ``data
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -29,7 +31,9 @@ __all__ = [
     "ParticipantConfig",
     "TlsSection",
     "env_name",
+    "format_duration",
     "load_config",
+    "parse_duration",
 ]
 
 T = TypeVar("T")
@@ -133,7 +137,9 @@ class AcceptSection:
     bound every secure round: a round with ``t < ceil(fraction * n)`` or ``n < min_cohort`` is
     refused at KEYS. ``min_paillier_key_bits`` (>= 2048) bounds the key of every paillier job:
     a key ceremony for a smaller key is refused. The ``[min, max]`` ranges bound the training
-    settings of every round.
+    settings of every round. ``max_membership_age`` (a duration such as ``30d``, positive, at
+    most ``3650d``) is how old the CA's membership list may be for a secure round step or key
+    ceremony step to be answered (fedsilo/membership.py).
     """
 
     min_threshold_fraction: str = "2/3"
@@ -142,10 +148,17 @@ class AcceptSection:
     learning_rate: tuple[float, float] = (1e-6, 1.0)
     local_epochs: tuple[int, int] = (1, 100)
     batch_size: tuple[int, int] = (1, 4096)
+    # A month: the CA re-signs the list monthly, and a coordinator withholding a newer one keeps
+    # an organization on the old one for a month at most (docs/configuration.md).
+    max_membership_age: str = "30d"
 
     def threshold_fraction(self) -> Fraction:
         """``min_threshold_fraction`` as an exact fraction (validated at load)."""
         return Fraction(self.min_threshold_fraction)
+
+    def membership_max_age(self) -> dt.timedelta:
+        """``max_membership_age`` as a duration (validated at load)."""
+        return parse_duration(self.max_membership_age)
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,43 @@ class ParticipantConfig:
     log_format: str = "text"
     # host:port of a plaintext Prometheus /metrics endpoint of the daemon; empty: off.
     metrics_listen: str = ""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_DURATION = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[smhd])+\s*\Z")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# Beyond ten years an age limit limits nothing (the demo CA's own certificate expires first).
+_MAX_MEMBERSHIP_AGE = dt.timedelta(days=3650)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """A duration written as numbers with units: ``30d``, ``12h``, ``1.5h``, ``31d 2h 5m 45s``.
+
+    ValueError otherwise; a bare number is refused, so that no one means days and gets seconds.
+    """
+    lowered = text.lower()
+    if _DURATION.match(lowered) is None:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
+    seconds = sum(
+        float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(lowered)
+    )
+    try:
+        return dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
+
+
+def format_duration(duration: dt.timedelta) -> str:
+    """A duration as ``parse_duration`` reads it, to the second: ``30d``, ``31d 2h 5m``."""
+    seconds = round(duration.total_seconds())
+    if seconds < 0:
+        return "-" + format_duration(-duration)
+    parts = []
+    for unit, size in _DURATION_UNITS.items():
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts) or "0s"
 
 
 def env_name(path: str) -> str:
@@ -369,6 +419,22 @@ def _check_accept(accept: AcceptSection) -> None:
             raise ConfigError(
                 f"accept.{name}: must be [min, max] with 0 < min <= max, got [{low}, {high}]"
             )
+    try:
+        max_age = accept.membership_max_age()
+    except ValueError as exc:
+        raise ConfigError(f"accept.max_membership_age: {exc}") from None
+    # No off switch: a list that never ages lets a coordinator withhold a revocation for ever.
+    # An operator who cannot re-sign often widens the window instead.
+    if max_age <= dt.timedelta(0):
+        raise ConfigError(
+            f"accept.max_membership_age: must be positive (there is no off switch; give a "
+            f"longer duration such as 365d to widen it), got {accept.max_membership_age!r}"
+        )
+    if max_age > _MAX_MEMBERSHIP_AGE:
+        raise ConfigError(
+            f"accept.max_membership_age: must be at most {format_duration(_MAX_MEMBERSHIP_AGE)}, "
+            f"got {accept.max_membership_age!r}"
+        )
 
 
 def _positive(value: float, key: str) -> None:

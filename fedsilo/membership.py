@@ -6,6 +6,9 @@ The list is the consortium CA's word on membership, so participants need not tak
 coordinator's: the CA signs it offline (``fedsilo pki membership sign``), the admin publishes it
 at the coordinator, the coordinator hands it on, and every participant checks its signature
 against the CA certificate it already trusts (docs/threat-model.md, "Revoked organizations").
+A list also ages: participants take part in nothing secure under a list issued longer ago than
+their ``accept.max_membership_age``, so the CA re-issues it (``membership sign --renew``) and a
+coordinator cannot keep an organization on an old list for longer than that.
 
 The document is JSON: ``{"format": "fedsilo-membership/1", "body": BODY, "signature": SIG}``.
 ``BODY`` is a string holding the canonical JSON (sorted keys, no spaces, ASCII) of::
@@ -39,7 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from fedsilo.pki import PeerCertificateError, PkiError, validate_org_id
+from fedsilo.pki import CLOCK_SKEW_ALLOWANCE, PeerCertificateError, PkiError, validate_org_id
 
 __all__ = [
     "FORMAT",
@@ -89,6 +92,19 @@ class MembershipList:
     members: Mapping[str, frozenset[str]]
     revoked: frozenset[str]
     document: bytes = field(repr=False, compare=False)
+
+    def age(self, now: dt.datetime) -> dt.timedelta:
+        """How long before ``now`` the CA issued the list (negative on a clock behind the CA's)."""
+        return now - self.issued_at
+
+    def is_stale(self, now: dt.datetime, max_age: dt.timedelta) -> bool:
+        """Whether the list is older than ``max_age`` at ``now``, beyond the skew allowed between
+        the reader's clock and the CA's (``CLOCK_SKEW_ALLOWANCE``, as for certificates).
+
+        What bounds a coordinator that withholds a newer list: a reader that refuses a stale list
+        can be kept on this one for at most ``max_age`` (docs/threat-model.md, "Freshness").
+        """
+        return self.age(now) > max_age + CLOCK_SKEW_ALLOWANCE
 
     def check_peer(self, org_id: str, certificate_pem: bytes | None = None) -> None:
         """Raise NotAMember unless ``org_id`` is a listed, non-revoked member and, when given,

@@ -21,6 +21,7 @@ from fedsilo.errors import FedsiloError
 from secagg import InvalidInput, VerifyingKey, verifying_key
 
 __all__ = [
+    "CLOCK_SKEW_ALLOWANCE",
     "DEFAULT_CA_VALID_DAYS",
     "DEFAULT_CERT_VALID_DAYS",
     "CertificateAuthority",
@@ -49,8 +50,9 @@ DEFAULT_CA_VALID_DAYS = 3650
 DEFAULT_CERT_VALID_DAYS = 365
 
 # Certificates start a little in the past so that an organization whose clock is slightly behind
-# the CA's does not reject a freshly issued certificate as "not yet valid".
-_CLOCK_SKEW_ALLOWANCE = dt.timedelta(minutes=5)
+# the CA's does not reject a freshly issued certificate as "not yet valid"; a membership list is
+# stale only this long after its age limit, for the same reason (fedsilo/membership.py).
+CLOCK_SKEW_ALLOWANCE = dt.timedelta(minutes=5)
 
 # \Z rather than $: "$" also matches before a trailing newline, which would let "acme\n" through.
 _ORG_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
@@ -551,7 +553,7 @@ def _validity(now: dt.datetime | None, valid_days: int) -> tuple[dt.datetime, dt
     # X.509 times have one-second resolution; dropping microseconds keeps what we ask for equal
     # to what ends up in the certificate.
     now = now.astimezone(dt.UTC).replace(microsecond=0)
-    return now - _CLOCK_SKEW_ALLOWANCE, now + dt.timedelta(days=valid_days)
+    return now - CLOCK_SKEW_ALLOWANCE, now + dt.timedelta(days=valid_days)
 
 
 def _subject_alternative_names(

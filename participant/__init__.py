@@ -17,6 +17,7 @@ Errors the participant raises on purpose form one tree (see ``participant.errors
     ├── NotSupported              work this participant is not set up for (e.g. paillier)
     │   └── SecAggUnavailable         no usable organization key and certificate
     ├── MembershipUnavailable     no CA-signed membership list yet, and one is required
+    │   └── MembershipStale           the newest list held is older than max_membership_age
     ├── ModelUnavailable          a global model version cannot be obtained or rebuilt
     ├── TaskFailed                the organization's task rejected its settings, data or weights
     └── LocalStateError           an id that is no safe file name, a damaged state file

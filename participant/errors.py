@@ -10,6 +10,7 @@ __all__ = [
     "CoordinatorBusy",
     "CoordinatorUnavailable",
     "LocalStateError",
+    "MembershipStale",
     "MembershipUnavailable",
     "ModelUnavailable",
     "NotSupported",
@@ -119,6 +120,12 @@ class SecAggUnavailable(NotSupported):
 class MembershipUnavailable(ParticipantError, ValueError):
     """No membership list signed by the consortium CA is held and one is required: secure
     rounds and key-ceremony steps wait for it (nothing is recorded as refused)."""
+
+
+class MembershipStale(MembershipUnavailable):
+    """The newest membership list held is older than ``accept.max_membership_age``: secure
+    rounds and key-ceremony steps wait for a list the CA issued since (nothing is recorded as
+    refused, so they are answered once it arrives)."""
 
 
 class ModelUnavailable(ParticipantError, ValueError):

@@ -77,7 +77,10 @@ def paillier_jobs(config: ParticipantConfig, client: CoordinatorClient) -> Paill
         return PaillierJobs(PaillierStateStore(config.state_dir), client)
     identity = IdentityFiles(tls)
     membership = MembershipStore(
-        config.state_dir, lambda: identity().ca, required=config.require_membership_list
+        config.state_dir,
+        lambda: identity().ca,
+        required=config.require_membership_list,
+        max_age=config.accept.membership_max_age(),
     )
     return PaillierJobs(
         PaillierStateStore(config.state_dir),
@@ -121,7 +124,10 @@ def build_daemon(
         job_terms=JobTermsStore(config.state_dir, AcceptPolicy.from_config(config.accept)),
         ledger=ContributionLedger(config.state_dir),
         membership=MembershipStore(
-            config.state_dir, consortium_ca, required=config.require_membership_list
+            config.state_dir,
+            consortium_ca,
+            required=config.require_membership_list,
+            max_age=config.accept.membership_max_age(),
         ),
         paillier_states=PaillierStateStore(config.state_dir),
         paillier_workers=PaillierWorkers(),

@@ -39,6 +39,7 @@ from rich.markup import escape
 
 from fedsilo import membership, pki
 from fedsilo.cli.admin_connection import AdminConnectionError, add_admin_connection, admin_tls
+from fedsilo.config import format_duration
 from fedsilo.pki import Role
 from fedsilo.tls import TlsFiles
 
@@ -194,6 +195,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     member_sign.add_argument(
         "--previous", type=Path, metavar="FILE", help="the list this one replaces (checked)"
+    )
+    member_sign.add_argument(
+        "--renew",
+        type=Path,
+        metavar="FILE",
+        help="re-issue FILE's members and revocations under a new serial and time of issue "
+        "(instead of --member, --revoke and --previous)",
     )
     member_sign.add_argument("--out", type=Path, required=True, metavar="FILE", help="list file")
     _add_passphrase_flags(member_sign)
@@ -475,7 +483,10 @@ _HELP_MEMBERSHIP_SIGN = (
     "Run by the CA: writes a membership list admitting each --member (its certificate file, or "
     "ORG=SHA256 of its certificate as 'fedsilo pki show' prints it) and naming each --revoke'd "
     "organization. The serial must be above every earlier list's (participants refuse a lower "
-    "one): by default it is the current Unix time, or one above --previous if that is higher."
+    "one): by default it is the current Unix time, or one above --previous if that is higher. "
+    "Participants answer no secure work under a list older than their "
+    "accept.max_membership_age (30 days by default): --renew FILE re-issues the current list "
+    "unchanged, with a new serial and time of issue, to publish before it ages out."
 )
 
 
@@ -489,25 +500,36 @@ def _membership_sign(args: argparse.Namespace, console: Console) -> int:
     out: Path = args.out
     if out.exists():
         raise _UserError(f"refusing to overwrite {out}; choose another --out file")
-    if not args.member:
+    if args.renew is not None and (args.member or args.revoke or args.previous is not None):
+        raise _UserError(
+            "--renew re-issues a list as it is: give no --member, --revoke or --previous"
+        )
+    if args.renew is None and not args.member:
         raise _UserError("a membership list needs at least one --member")
     ca = _load_ca(args.ca, args.passphrase_file)
     members: dict[str, set[str]] = {}
+    revoked: set[str] = set()
+    lowest = 1
+    if args.renew is not None:
+        renewed = membership.verify_membership_list(args.renew.read_bytes(), ca.cert)
+        members = {org: set(prints) for org, prints in renewed.members.items()}
+        revoked = set(renewed.revoked)
+        lowest = renewed.serial + 1
     for text in args.member:
         org_id, fingerprint = _member(text)
         members.setdefault(org_id, set()).add(fingerprint)
-    revoked = {pki.validate_org_id(org) for org in args.revoke}
+    revoked |= {pki.validate_org_id(org) for org in args.revoke}
     both = sorted(set(members) & revoked)
     if both:
         raise _UserError(f"both --member and --revoke: {', '.join(both)}")
     now = dt.datetime.now(dt.UTC)
-    lowest = 1
     if args.previous is not None:
         previous = membership.verify_membership_list(args.previous.read_bytes(), ca.cert)
         lowest = previous.serial + 1
     serial = args.serial if args.serial is not None else max(int(now.timestamp()), lowest)
     if serial < lowest:
-        raise _UserError(f"--serial {serial} is not above the --previous list's {lowest - 1}")
+        earlier = "--renew" if args.renew is not None else "--previous"
+        raise _UserError(f"--serial {serial} is not above the {earlier} list's {lowest - 1}")
     document = membership.sign_membership_list(
         ca.cert, ca.key, members, revoked, serial, issued_at=now
     )
@@ -517,6 +539,7 @@ def _membership_sign(args: argparse.Namespace, console: Console) -> int:
     result = {
         "file": str(out),
         "serial": serial,
+        "issued_at": now.replace(microsecond=0).isoformat(),
         "members": {org: sorted(prints) for org, prints in sorted(members.items())},
         "revoked": sorted(revoked),
     }
@@ -525,7 +548,7 @@ def _membership_sign(args: argparse.Namespace, console: Console) -> int:
         args.json,
         result,
         [
-            f"signed membership list {serial} -> {out}",
+            f"signed membership list {serial}, issued {result['issued_at']} -> {out}",
             f"  members: {', '.join(sorted(members))}",
             f"  revoked: {', '.join(sorted(revoked)) or '-'}",
             f"next: fedsilo participants publish-membership {out}",
@@ -563,7 +586,8 @@ def _membership_show(args: argparse.Namespace, console: Console) -> int:
     }
     lines = [
         f"{args.file}: membership list {listed.serial}, signed by the CA, "
-        f"issued {listed.issued_at.isoformat()}",
+        f"issued {listed.issued_at.isoformat()} "
+        f"({format_duration(listed.age(dt.datetime.now(dt.UTC)))} ago)",
         *(f"  member {org}: {', '.join(prints)}" for org, prints in members.items()),
         f"  revoked: {', '.join(revoked) or '-'}",
     ]

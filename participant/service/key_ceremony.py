@@ -38,6 +38,7 @@ from participant.domain.assignments import (
     StepOutcome,
 )
 from participant.errors import (
+    MembershipStale,
     MembershipUnavailable,
     PaillierStateUnreadable,
     RequestRefused,
@@ -134,8 +135,10 @@ class CeremonyParticipant:
         try:
             self._membership.ready()
         except MembershipUnavailable as exc:
-            # Not a refusal: the step is answered once the CA's list has arrived.
-            return self._silent(job_id, data, StepOutcome.SKIPPED, logging.WARNING, str(exc), ctx)
+            # Not recorded as a refusal: the step is answered once the CA's (newer) list has
+            # arrived. A stale list is an error: the admin has to act, or it is being withheld.
+            level = logging.ERROR if isinstance(exc, MembershipStale) else logging.WARNING
+            return self._silent(job_id, data, StepOutcome.SKIPPED, level, str(exc), ctx)
         try:
             state = self._store.load(job_id) or PaillierJobState()
         except PaillierStateUnreadable as exc:

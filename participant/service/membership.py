@@ -6,14 +6,20 @@ this store keeps the one with the highest serial this organization verified, in
 list with a lower serial, or another list under the serial it holds: a coordinator cannot bring
 back a list from before a revocation, not even across the daemon's restarts.
 
-Secure rounds and key ceremonies ask :meth:`MembershipStore.check_peers` about every peer they
-deal with. Without a list, ``require_membership_list`` (docs/configuration.md) decides: true
-(the default) and no secure round or ceremony step is answered until a list arrives; false and
-peers are checked against the CA only, as before lists existed.
+Secure rounds and key ceremonies ask :meth:`MembershipStore.ready` before every step, then
+:meth:`MembershipStore.check_peers` about every peer they deal with. Without a list,
+``require_membership_list`` (docs/configuration.md) decides: true (the default) and no secure
+round or ceremony step is answered until a list arrives; false and peers are checked against the
+CA only, as before lists existed. A list held that the CA issued longer ago than
+``accept.max_membership_age`` (by this organization's clock, with the clock skew allowed for
+certificates) is no better than none: no step is answered until a newer list arrives, whatever
+``require_membership_list`` says, so a coordinator that withholds a newer list (one revoking its
+accomplice) keeps this organization on the old one for at most that long.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,6 +27,7 @@ from typing import Any
 
 from cryptography import x509
 
+from fedsilo.config import AcceptSection, format_duration
 from fedsilo.membership import (
     MembershipList,
     MembershipListError,
@@ -28,16 +35,20 @@ from fedsilo.membership import (
     verify_membership_list,
 )
 from participant.errors import (
+    MembershipStale,
     MembershipUnavailable,
     ParticipantError,
     StateUnreadable,
     UntrustedMessage,
 )
+from participant.service.identity import utc_now
 from participant.service.private_files import private_directory, write_private
 
 __all__ = ["MembershipStore", "log_refused_member"]
 
 log = logging.getLogger("participant")
+
+DEFAULT_MAX_AGE = AcceptSection().membership_max_age()
 
 
 def log_refused_member(exc: Exception, ctx: Mapping[str, Any]) -> None:
@@ -48,16 +59,26 @@ def log_refused_member(exc: Exception, ctx: Mapping[str, Any]) -> None:
 
 
 class MembershipStore:
-    """The newest verified membership list (see the module docstring)."""
+    """The newest verified membership list (see the module docstring); ``max_age`` is
+    ``accept.max_membership_age``, ``clock`` this organization's clock."""
 
     def __init__(
-        self, state_dir: Path, ca: Callable[[], x509.Certificate], *, required: bool = True
+        self,
+        state_dir: Path,
+        ca: Callable[[], x509.Certificate],
+        *,
+        required: bool = True,
+        max_age: dt.timedelta = DEFAULT_MAX_AGE,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._path = private_directory(state_dir / "membership") / "list.json"
         self._ca = ca
         self.required = required
+        self.max_age = max_age
+        self._clock = clock
         self._current: MembershipList | None = None
         self._loaded = False
+        self._warned_serial = 0
 
     def current(self) -> MembershipList | None:
         """The list held (None if none was ever accepted); StateUnreadable if its file is bad."""
@@ -119,8 +140,9 @@ class MembershipStore:
         write_private(self._path, offered.document)
         self._current = offered
         log.info(
-            "accepted membership list %d (%d members, %d revoked)",
+            "accepted membership list %d issued %s (%d members, %d revoked)",
             offered.serial,
+            _issued(offered),
             len(offered.members),
             len(offered.revoked),
         )
@@ -157,5 +179,35 @@ class MembershipStore:
             ) from None
 
     def ready(self) -> None:
-        """MembershipUnavailable unless a list is held or none is required."""
-        self.check_peers("", {})
+        """MembershipUnavailable unless a list is held or none is required; MembershipStale if
+        the list held is older than ``max_age``. Every secure round step and key-ceremony step
+        passes here first."""
+        held = self.current()
+        if held is None:
+            self.check_peers("", {})
+            return
+        now = self._clock()
+        age = held.age(now)
+        if held.is_stale(now, self.max_age):
+            raise MembershipStale(
+                f"membership list {held.serial} (issued {_issued(held)}) is "
+                f"{format_duration(age)} old, older than accept.max_membership_age="
+                f"{format_duration(self.max_age)}: no secure round or key-ceremony step is "
+                "answered until a newer list arrives (the CA re-issues it with 'fedsilo pki "
+                "membership sign --renew', the admin publishes it)"
+            )
+        if age > self.max_age * 3 / 4 and self._warned_serial != held.serial:
+            # Once per list: time enough for the CA to re-issue it before rounds stop.
+            self._warned_serial = held.serial
+            log.warning(
+                "membership list %d (issued %s) reaches accept.max_membership_age=%s in %s: "
+                "ask the CA to re-issue it ('fedsilo pki membership sign --renew')",
+                held.serial,
+                _issued(held),
+                format_duration(self.max_age),
+                format_duration(self.max_age - age),
+            )
+
+
+def _issued(held: MembershipList) -> str:
+    return held.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ")

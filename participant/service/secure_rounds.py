@@ -55,6 +55,7 @@ from participant.domain.assignments import (
     StepOutcome,
 )
 from participant.errors import (
+    MembershipStale,
     MembershipUnavailable,
     NotSupported,
     SecAggUnavailable,
@@ -188,10 +189,10 @@ class SecureRoundParticipant:
         try:
             self._membership.ready()
         except MembershipUnavailable as exc:
-            # Not a refusal: the round is answered once the CA's list has arrived.
-            return self._silent(
-                assignment, StepOutcome.SKIPPED, logging.WARNING, "%s", exc, ctx=ctx
-            )
+            # Not recorded as a refusal: the round is answered once the CA's (newer) list has
+            # arrived. A stale list is an error: the admin has to act, or it is being withheld.
+            level = logging.ERROR if isinstance(exc, MembershipStale) else logging.WARNING
+            return self._silent(assignment, StepOutcome.SKIPPED, level, "%s", exc, ctx=ctx)
         try:
             state = self._states.load(assignment.round_id)
         except StateUnreadable as exc:

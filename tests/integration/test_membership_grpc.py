@@ -1,10 +1,12 @@
 """The consortium CA's membership list over real gRPC: published by the admin, handed on by the
 coordinator, verified by the real participant daemons, which then refuse a round holding an
-organization the CA revoked even when the coordinator keeps it in the cohort.
+organization the CA revoked even when the coordinator keeps it in the cohort, and take part in
+nothing secure while the newest list they hold is older than their accept.max_membership_age.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -18,29 +20,35 @@ from inproc_consortium import (
     DaemonThread,
     initial_weights,
     rpc_error,
+    wait_for_job,
 )
-from test_secure_rounds_grpc import secure_spec
+from test_secure_rounds_grpc import secret_files, secure_spec
 
 from coordinator.domain.jobs import ParticipantStatus
 from coordinator.persistence.store import Store
 from fedsilo.admin import AdminClient
 from fedsilo.cli.daemons import wait_for
 from fedsilo.cli.main import main
-from fedsilo.membership import certificate_sha256, sign_membership_list
+from fedsilo.config import AcceptSection
+from fedsilo.membership import certificate_sha256, sign_membership_list, verify_membership_list
 from fedsilo.pki import create_ca, load_ca, load_certificate
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
 
 
 def signed_list(
-    pki: ConsortiumPki, serial: int, members: Sequence[str], revoked: Sequence[str] = ()
+    pki: ConsortiumPki,
+    serial: int,
+    members: Sequence[str],
+    revoked: Sequence[str] = (),
+    issued_at: dt.datetime | None = None,
 ) -> bytes:
     ca = load_ca(pki.demo.ca_cert, pki.demo.ca_key)
     prints = {
         org: [certificate_sha256(load_certificate(pki.demo.participants[org].cert_path))]
         for org in members
     }
-    return sign_membership_list(ca.cert, ca.key, prints, revoked, serial)
+    return sign_membership_list(ca.cert, ca.key, prints, revoked, serial, issued_at=issued_at)
 
 
 def test_the_coordinator_hands_on_the_newest_list_only_when_it_is_newer(
@@ -166,3 +174,70 @@ def test_the_operator_publishes_a_list_from_the_shell(
     assert "FAILED_PRECONDITION" in capsys.readouterr().out
     assert main(["participants", "publish-membership", str(tmp_path / "none"), *connection]) == 2
     assert "cannot read" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("coordinator", [{"publish_membership": False}], indirect=True)
+def test_a_coordinator_serving_a_list_past_its_age_limit_gets_no_secure_work_until_renewed(
+    pki: ConsortiumPki,
+    admin: AdminClient,
+    target: str,
+    run_daemon: Callable[..., DaemonThread],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.INFO, logger="participant")
+    # The newest list this coordinator lets anyone see was issued two days ago (it withholds any
+    # later one, say one revoking its accomplice); the organizations accept lists a day old.
+    issued = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+    assert admin.publish_membership_list(signed_list(pki, 2, ORGS, issued_at=issued)) == (2, False)
+    for org in ORGS:
+        run_daemon(org, target, poll_seconds=0.5, accept=AcceptSection(max_membership_age="1d"))
+    wait_for(
+        lambda: len(admin.list_participants()) == len(ORGS),
+        20,
+        "three organizations to register",
+        interval=0.02,
+    )
+    spec = secure_spec(phase_timeout=4.0)
+    spec.max_failed_rounds = 5
+    job_id = admin.create_job(spec, initial_weights()).job_id
+    admin.start_job(job_id)
+
+    stale = f"membership list 2 (issued {issued.strftime('%Y-%m-%dT%H:%M:%SZ')}) is 2d"
+
+    def held_back(org: str) -> bool:
+        return any(
+            getattr(record, "org", None) == org
+            and record.levelno == logging.ERROR
+            and record.getMessage().startswith(stale)
+            and "older than accept.max_membership_age=1d" in record.getMessage()
+            for record in caplog.records
+        )
+
+    wait_for(
+        lambda: all(held_back(org) for org in ORGS),
+        60,
+        "every daemon to hold back the round under the stale list",
+        interval=0.05,
+    )
+    # The admin sees the round end at its KEYS deadline without one answer; no key was made.
+    status = wait_for_job(
+        admin,
+        job_id,
+        lambda s: any(r.phase == pb.ROUND_PHASE_ABORTED for r in s.rounds),
+        "the first round to abort",
+        timeout=60,
+    )
+    aborted = next(r for r in status.rounds if r.phase == pb.ROUND_PHASE_ABORTED)
+    assert aborted.abort_reason.startswith("phase keys closed with 0 of 3 answers")
+    assert status.model_version == 0
+    assert secret_files(tmp_path) == []
+
+    # The CA re-issues the same membership; once it is published the job goes on, no restart.
+    assert admin.publish_membership_list(signed_list(pki, 3, ORGS)) == (3, False)
+    done = wait_for_job(admin, job_id, lambda s: s.model_version == 1, "a committed round", 90)
+    assert sorted(done.rounds[-1].contributors) == list(ORGS)
+    ca_cert = load_certificate(pki.demo.ca_cert)
+    for org in ORGS:
+        held = tmp_path / "participants" / org / "membership" / "list.json"
+        assert verify_membership_list(held.read_bytes(), ca_cert).serial == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from fedsilo.config import (
     ParticipantConfig,
     TlsSection,
     env_name,
+    format_duration,
     load_config,
+    parse_duration,
 )
 
 INSECURE = {"FEDSILO_TLS_INSECURE": "true"}
@@ -397,3 +400,75 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 def test_config_error_is_a_value_error() -> None:
     # fedsilo.cli turns ValueError subclasses into a one-line message and exit code 2.
     assert issubclass(ConfigError, ValueError)
+
+
+# -- the membership list's age limit ---------------------------------------------------------------
+
+
+def test_the_membership_list_ages_out_after_30_days_unless_configured(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"tls": {"insecure": True}})
+    assert load_config(ParticipantConfig, path, {}).accept.membership_max_age() == dt.timedelta(
+        days=30
+    )
+    widened = write_yaml(
+        tmp_path, {"tls": {"insecure": True}, "accept": {"max_membership_age": "90d"}}
+    )
+    assert load_config(ParticipantConfig, widened, {}).accept.membership_max_age() == dt.timedelta(
+        days=90
+    )
+    # The variable wins over the file, as for every key.
+    environ = {"FEDSILO_ACCEPT_MAX_MEMBERSHIP_AGE": "1.5h"}
+    config = load_config(ParticipantConfig, widened, environ)
+    assert config.accept.membership_max_age() == dt.timedelta(minutes=90)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", dt.timedelta(days=30)),
+        ("12h", dt.timedelta(hours=12)),
+        (" 90M ", dt.timedelta(minutes=90)),
+        ("45s", dt.timedelta(seconds=45)),
+        ("0.5s", dt.timedelta(milliseconds=500)),
+        ("31d 2h 5s", dt.timedelta(days=31, hours=2, seconds=5)),
+    ],
+)
+def test_durations_read_and_print_alike(text: str, expected: dt.timedelta) -> None:
+    assert parse_duration(text) == expected
+    if expected.total_seconds().is_integer():
+        assert parse_duration(format_duration(expected)) == expected
+
+
+def test_durations_print_in_their_largest_units() -> None:
+    assert format_duration(dt.timedelta(days=31, hours=2, seconds=5)) == "31d 2h 5s"
+    assert format_duration(dt.timedelta(0)) == "0s"
+    assert format_duration(dt.timedelta(minutes=-4)) == "-4m"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0d", "must be positive"),
+        ("0s", "must be positive"),
+        ("30", "is not a duration"),  # a bare number: days or seconds? refused, not guessed
+        ("-1d", "is not a duration"),
+        ("a month", "is not a duration"),
+        ("", "is not a duration"),
+        ("1e3d", "is not a duration"),
+        ("2h 30", "is not a duration"),
+        ("3651d", "must be at most 3650d"),
+        ("9" * 400 + "d", "is too long a duration"),
+        ("99999999999d", "is too long a duration"),
+    ],
+)
+def test_a_bad_membership_age_limit_is_named(tmp_path: Path, value: str, reason: str) -> None:
+    path = write_yaml(tmp_path, {"tls": {"insecure": True}})
+    with pytest.raises(ConfigError, match=r"^accept\.max_membership_age: ") as raised:
+        load_config(ParticipantConfig, path, {"FEDSILO_ACCEPT_MAX_MEMBERSHIP_AGE": value})
+    assert reason in str(raised.value)
+
+
+def test_a_membership_age_limit_from_yaml_needs_a_unit(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, {"tls": {"insecure": True}, "accept": {"max_membership_age": 30}})
+    with pytest.raises(ConfigError, match=r"^accept\.max_membership_age: '30' is not a duration"):
+        load_config(ParticipantConfig, path, {})

@@ -20,7 +20,14 @@ from fedsilo.membership import (
     sign_membership_list,
     verify_membership_list,
 )
-from fedsilo.pki import CertificateAuthority, PeerCertificateError, Role, create_ca, issue
+from fedsilo.pki import (
+    CLOCK_SKEW_ALLOWANCE,
+    CertificateAuthority,
+    PeerCertificateError,
+    Role,
+    create_ca,
+    issue,
+)
 
 ISSUED = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 
@@ -218,3 +225,21 @@ def test_garbage_is_refused_with_a_plain_message(ca: CertificateAuthority) -> No
     for document in (b"", b"not json", b"[]", b'{"format": "fedsilo-membership/1"}'):
         with pytest.raises(MembershipListError):
             verify_membership_list(document, ca.cert)
+
+
+def test_a_list_is_stale_only_past_its_age_limit_and_the_clock_skew_allowance(
+    ca: CertificateAuthority, org_certificates: dict[str, bytes]
+) -> None:
+    listed = verify_membership_list(_sign(ca, org_certificates), ca.cert)
+    max_age = dt.timedelta(days=30)
+    limit = ISSUED + max_age + CLOCK_SKEW_ALLOWANCE
+    assert CLOCK_SKEW_ALLOWANCE == dt.timedelta(minutes=5)  # as for certificates
+    assert listed.age(ISSUED + dt.timedelta(days=2)) == dt.timedelta(days=2)
+    assert not listed.is_stale(ISSUED, max_age)
+    # A reader whose clock runs minutes ahead of the CA's still takes a list within its limit.
+    assert not listed.is_stale(ISSUED + max_age + dt.timedelta(minutes=4), max_age)
+    assert not listed.is_stale(limit, max_age)
+    assert listed.is_stale(limit + dt.timedelta(seconds=1), max_age)
+    # A reader whose clock is behind the CA's sees a list from the future: not stale.
+    assert listed.age(ISSUED - dt.timedelta(minutes=4)) < dt.timedelta(0)
+    assert not listed.is_stale(ISSUED - dt.timedelta(minutes=4), max_age)

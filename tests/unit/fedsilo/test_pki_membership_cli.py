@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from fedsilo import pki
 from fedsilo.cli.pki_commands import PASSPHRASE_ENV, register, run
-from fedsilo.membership import certificate_sha256, verify_membership_list
+from fedsilo.membership import certificate_sha256, sign_membership_list, verify_membership_list
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -146,3 +147,57 @@ def test_show_refuses_a_list_of_another_ca(ca_dir: Path, tmp_path: Path) -> None
     other = pki.create_ca("other").save(tmp_path / "other")
     code, text = _run("membership", "show", str(out), "--ca-cert", str(other.cert_path))
     assert code == 2 and "not signed by the consortium CA" in text
+
+
+def test_renew_re_issues_the_same_membership_under_a_new_serial_and_time(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    ca = pki.load_ca(ca_dir / "ca.crt", ca_dir / "ca.key", password=PASSPHRASE.encode())
+    old = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    current = tmp_path / "membership.json"
+    current.write_bytes(
+        sign_membership_list(
+            ca.cert, ca.key, {"acme": ["a" * 64], "beta": ["b" * 64]}, ["gamma"], 41, issued_at=old
+        )
+    )
+    renewed = tmp_path / "membership-next.json"
+    code, text = _run(
+        "membership", "sign", "--ca", str(ca_dir), "--renew", str(current), "--out", str(renewed)
+    )
+    assert code == 0, text
+    ca_cert = pki.load_certificate(ca_dir / "ca.crt")
+    before = verify_membership_list(current.read_bytes(), ca_cert)
+    after = verify_membership_list(renewed.read_bytes(), ca_cert)
+    assert (after.members, after.revoked) == (before.members, before.revoked)
+    assert after.serial > before.serial
+    assert after.issued_at > dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    # An explicit serial must still go above the renewed list's.
+    code, text = _run(
+        "membership",
+        "sign",
+        "--ca",
+        str(ca_dir),
+        "--renew",
+        str(current),
+        "--serial",
+        "41",
+        "--out",
+        str(tmp_path / "m.json"),
+    )
+    assert code == 2 and "is not above the --renew list's 41" in text
+    code, text = _run("membership", "show", str(renewed), "--ca-cert", str(ca_dir / "ca.crt"))
+    assert code == 0 and "s ago)" in text  # a list issued seconds ago
+
+
+@pytest.mark.parametrize(
+    "extra", [("--member", "acme=" + "a" * 64), ("--revoke", "acme"), ("--previous", "x.json")]
+)
+def test_renew_takes_the_list_as_it_is(
+    ca_dir: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    out = tmp_path / "m.json"
+    code, text = _run(
+        "membership", "sign", "--ca", str(ca_dir), "--renew", "x.json", *extra, "--out", str(out)
+    )
+    assert code == 2 and "--renew re-issues a list as it is" in text
+    assert not out.exists()

@@ -7,6 +7,7 @@ rounds and ceremony steps with organizations the CA's newest list no longer admi
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,9 +32,21 @@ from secure_round_harness import (
 )
 
 from fedsilo.membership import certificate_sha256, sign_membership_list
-from fedsilo.pki import DemoPki, create_ca, load_ca, load_certificate, make_demo_pki
+from fedsilo.pki import (
+    CLOCK_SKEW_ALLOWANCE,
+    DemoPki,
+    create_ca,
+    load_ca,
+    load_certificate,
+    make_demo_pki,
+)
 from participant.domain.assignments import KeyCeremonyStepData, SecAggPhase, StepOutcome
-from participant.errors import StateUnreadable, UntrustedMessage
+from participant.errors import (
+    MembershipStale,
+    MembershipUnavailable,
+    StateUnreadable,
+    UntrustedMessage,
+)
 from participant.service.membership import MembershipStore
 from secagg.paillier import PaillierPrivateKey
 
@@ -49,16 +62,17 @@ def signed_list(
     members: Sequence[str] = ORGS4,
     revoked: Sequence[str] = (),
     certificate_of: dict[str, str] | None = None,
+    issued_at: dt.datetime | None = None,
 ) -> bytes:
-    """A list signed by the demo consortium's CA; ``certificate_of`` lists another org's
-    certificate for a member (a certificate that is not the one the member presents)."""
+    """A list signed by the demo consortium's CA (now, or at ``issued_at``); ``certificate_of``
+    lists another org's certificate for a member (not the one the member presents)."""
     ca = load_ca(pki.ca_cert, pki.ca_key)
     named = certificate_of or {}
     prints = {
         org: [certificate_sha256(load_certificate(pki.participants[named.get(org, org)].cert_path))]
         for org in members
     }
-    return sign_membership_list(ca.cert, ca.key, prints, revoked, serial)
+    return sign_membership_list(ca.cert, ca.key, prints, revoked, serial, issued_at=issued_at)
 
 
 def _store(tmp_path: Path, pki: DemoPki, *, required: bool = True) -> MembershipStore:
@@ -352,3 +366,138 @@ def test_a_round_cohort_is_remembered_as_key_holders(
     assert PaillierParticipant(
         "org-b", receiver.state_dir, receiver.transport, pki, receiver.generate
     ).paillier.key_holders(JOB_ID) == {"org-a", "org-b", "org-c", "org-d"}
+
+
+# -- the list's age --------------------------------------------------------------------------------
+
+ISSUED = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+MONTH = dt.timedelta(days=30)
+
+
+class Clock:
+    """This organization's clock, moved by the test."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def _aged_store(
+    state_dir: Path, pki: DemoPki, clock: Clock, *, required: bool = True
+) -> MembershipStore:
+    ca = load_certificate(pki.ca_cert)
+    return MembershipStore(state_dir, lambda: ca, required=required, max_age=MONTH, clock=clock)
+
+
+def test_a_list_past_its_age_limit_holds_back_secure_work_until_a_newer_one_arrives(
+    pki: DemoPki, tmp_path: Path
+) -> None:
+    clock = Clock(ISSUED)
+    store = _aged_store(tmp_path, pki, clock)
+    store.offer(signed_list(pki, 7, issued_at=ISSUED))
+    store.ready()
+    # The limit, plus the clock skew allowed for certificates: a clock minutes ahead of the
+    # CA's does not stop a consortium that re-signs on the day.
+    clock.now = ISSUED + MONTH + CLOCK_SKEW_ALLOWANCE
+    store.ready()
+    clock.now += dt.timedelta(seconds=1)
+    with pytest.raises(MembershipStale) as stale:
+        store.ready()
+    assert str(stale.value).startswith(
+        "membership list 7 (issued 2026-11-01T00:00:00Z) is 30d 5m 1s old, older than "
+        "accept.max_membership_age=30d: no secure round or key-ceremony step is answered"
+    )
+    assert isinstance(stale.value, MembershipUnavailable)  # waited out, never recorded
+    # The age is the list's own: a restart does not make it younger.
+    with pytest.raises(MembershipStale):
+        _aged_store(tmp_path, pki, clock).ready()
+    # Nor does not requiring a list: from the first list on, it is enforced.
+    with pytest.raises(MembershipStale):
+        _aged_store(tmp_path, pki, clock, required=False).ready()
+    # The CA re-issues the same membership: work resumes in this very process.
+    store.offer(signed_list(pki, 8, issued_at=clock.now - dt.timedelta(hours=1)))
+    store.ready()
+
+
+def test_a_list_from_a_ca_clock_ahead_of_this_one_is_not_refused(
+    pki: DemoPki, tmp_path: Path
+) -> None:
+    clock = Clock(ISSUED - dt.timedelta(minutes=4))
+    store = _aged_store(tmp_path, pki, clock)
+    store.offer(signed_list(pki, 7, issued_at=ISSUED))
+    store.ready()
+
+
+def test_the_operator_is_warned_once_before_the_list_ages_out(
+    pki: DemoPki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(ISSUED + dt.timedelta(days=22))
+    store = _aged_store(tmp_path, pki, clock)
+    store.offer(signed_list(pki, 7, issued_at=ISSUED))
+    with caplog.at_level(logging.WARNING, logger="participant"):
+        store.ready()
+        assert "reaches" not in caplog.text  # at 22 of 30 days: not yet
+        clock.now = ISSUED + dt.timedelta(days=23)
+        store.ready()
+        store.ready()
+    warnings = [r.getMessage() for r in caplog.records if "reaches" in r.getMessage()]
+    assert warnings == [
+        "membership list 7 (issued 2026-11-01T00:00:00Z) reaches accept.max_membership_age=30d "
+        "in 7d: ask the CA to re-issue it ('fedsilo pki membership sign --renew')"
+    ]
+
+
+def test_a_stale_list_holds_back_every_round_phase_and_the_round_goes_on_once_renewed(
+    pki: DemoPki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    stores = [_aged_store(tmp_path / org / "membership-store", pki, clock) for org in ORGS]
+    for store in stores:
+        store.offer(signed_list(pki, 2, issued_at=clock.now - MONTH - dt.timedelta(days=1)))
+    participants = [
+        make_participant(org, tmp_path / org, pki, membership=store)
+        for org, store in zip(ORGS, stores, strict=True)
+    ]
+    honest = participants[0]
+    coordinator = Coordinator(pki)
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert honest.step(coordinator.keys_task()) is StepOutcome.SKIPPED
+    assert "membership list 2 (issued " in caplog.text
+    assert "older than accept.max_membership_age=30d" in caplog.text
+    assert honest.transport.sent == []
+    assert honest.rounds.held_round_ids() == []  # nothing recorded: answered once renewed
+
+    renewed = signed_list(pki, 3, issued_at=clock.now)
+    for store in stores:
+        store.offer(renewed)
+    coordinator.run_phase(SecAggPhase.KEYS, participants)
+    # The list ages out mid-round (the coordinator withholds the next one): the round waits.
+    clock.now += MONTH + CLOCK_SKEW_ALLOWANCE + dt.timedelta(seconds=1)
+    sent = len(honest.transport.sent)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert honest.step(coordinator.shares_task()) is StepOutcome.SKIPPED
+    assert "membership list 3 (issued " in caplog.text
+    assert len(honest.transport.sent) == sent
+    stores[0].offer(signed_list(pki, 4, issued_at=clock.now))
+    assert honest.step(coordinator.shares_task()) is StepOutcome.ANSWERED
+
+
+def test_a_stale_list_holds_back_the_key_ceremony_until_renewed(
+    pki: DemoPki,
+    ceremony: CeremonyCoordinator,
+    holders: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    late = holders[1]
+    now = dt.datetime.now(dt.UTC)
+    late.membership.offer(signed_list(pki, 2, issued_at=now - MONTH - dt.timedelta(days=1)))
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert late.step(ceremony.task(late.org)) is StepOutcome.SKIPPED
+    assert "older than accept.max_membership_age=30d" in caplog.text
+    assert ceremony.sent_by(late.org) == []
+    late.membership.offer(signed_list(pki, 3, issued_at=now))
+    assert late.step(ceremony.task(late.org)) is StepOutcome.ANSWERED
+    assert [action for action, _ in ceremony.sent_by(late.org)] == ["job_key"]
