@@ -10,7 +10,9 @@ makes version ``v`` from version ``v - 1`` and that mean here, at every organiza
 optimizer state of version ``v - 1`` (docs/strategies.md): the step is deterministic, so every
 organization rebuilds the same bits. It rebuilds any version from version 0 by applying
 versions ``1..v`` in order, and keeps each version it rebuilt and its optimizer state
-(:class:`PaillierStateStore`), so each is decrypted once.
+(:class:`PaillierStateStore`), so each is decrypted once; a version whose summed ciphertexts
+are exactly the product this participant decrypted when it vetted the round's inputs is built
+from that decryption (:meth:`PaillierJobs.remember_sum`).
 
 Each version says which key generation it is under (docs/paillier.md, "Key rotation"): it is
 decrypted and its tag checked with that generation's key, the current one or one retired by a
