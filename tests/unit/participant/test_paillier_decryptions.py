@@ -30,6 +30,7 @@ import participant.service.paillier_jobs
 from fedsilo.paillier_versions import PaillierVersion
 from fedsilo.pki import DemoPki, make_demo_pki
 from participant.domain.assignments import SecAggPhase
+from participant.service.answers import AnswerStore
 from participant.service.paillier_jobs import VersionRefused
 from secagg.paillier import (
     PackingLayout,
@@ -200,3 +201,29 @@ def test_the_vetted_sum_re_served_as_another_version_fails_its_tag(
     assert decryptions.during(build) == 0
     assert participants[1].store.model_versions(JOB_ID) == [0, 1]
     assert "version 2" in participants[1].paillier.stopped(JOB_ID)
+
+
+def test_a_member_without_its_stored_input_vets_the_others_and_decrypts_the_version(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    paillier_key: PaillierPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """org-a's stored input is gone by CONSISTENCY: it checks the others' sum alone, which is
+    not the version's product, keeps nothing, and decrypts the version as before."""
+    decryptions = Decryptions(monkeypatch)
+    round_ = PaillierRound(pki, coordinator, ORGS)
+    once = _sum_size(round_, paillier_key)
+    for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES, SecAggPhase.INPUTS):
+        round_.run_phase(phase, participants)
+    AnswerStore(participants[0].state_dir).forget(round_.round_id, SecAggPhase.INPUTS)
+    for phase in (SecAggPhase.CONSISTENCY, SecAggPhase.UNMASK):
+        round_.run_phase(phase, participants)
+    assert round_.publish() == 1
+
+    assert decryptions.during(lambda: participants[0].paillier.model(JOB_ID, 1)) == once
+    assert decryptions.during(lambda: participants[1].paillier.model(JOB_ID, 1)) == 0
+    decrypted, built = (p.store.load_model(JOB_ID, 1) for p in participants[:2])
+    assert decrypted is not None and built is not None
+    assert all(np.array_equal(a, b) for a, b in zip(decrypted, built, strict=True))
