@@ -176,10 +176,9 @@ def vet_inputs(
             )
         _log_malformed(item, reason, "the coordinator excluded it; checked here", ctx)
     excluded: list[str] = []
-    # One decryption of the survivors' sum in the usual case (this participant's own input is
-    # well formed: the sum is well formed exactly when the others' is, and it is the product
-    # the round's version carries); each input alone only when the sum shows that one of them
-    # is malformed.
+    # One decryption of the survivors' sum in the usual case (this participant's own input
+    # included: that is the very sum the round's version carries, checked as every key holder
+    # will decrypt it); each input alone only when the sum shows that one of them is malformed.
     reason, decrypted = "", None
     mine = [own] if own is not None and own.sender == me and me in survivors else []
     if shown:
