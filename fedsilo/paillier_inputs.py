@@ -46,6 +46,7 @@ from secagg.paillier import (
 )
 
 __all__ = [
+    "DecryptedSum",
     "ExclusionReport",
     "SignedInput",
     "input_defect",
@@ -54,6 +55,7 @@ __all__ = [
     "is_exclusion_report",
     "sign_input",
     "verify_input",
+    "vet_sum",
 ]
 
 _STATEMENT_LABEL = b"fedsilo/paillier/v1/input-statement"
@@ -210,6 +212,34 @@ def inputs_defect(
     caught: the sum decodes, and modulo ``R`` it is an aggregate a sender could reach by
     choosing its masked words, which any sender may do anyway.
     """
+    return vet_sum(key, layout, value_count, binding, items, workers)[0]
+
+
+@dataclass(frozen=True)
+class DecryptedSum:
+    """A product of encrypted inputs (ciphertexts and tags) and what it decrypts to.
+
+    ``plaintexts`` and ``tag_plaintext`` are the decryption of exactly ``ciphertexts`` and
+    ``tag`` under the key of ``ciphertexts.fingerprint``: a participant that meets the same
+    product again (the round's version) may use them instead of decrypting it a second time.
+    """
+
+    ciphertexts: PaillierCiphertexts
+    tag: int
+    plaintexts: tuple[int, ...]
+    tag_plaintext: int
+
+
+def vet_sum(
+    key: PaillierPrivateKey,
+    layout: PackingLayout,
+    value_count: int,
+    binding: bytes,
+    items: Sequence[SignedInput],
+    workers: PaillierWorkers | None = None,
+) -> tuple[str, DecryptedSum | None]:
+    """:func:`inputs_defect`, and the decrypted product of ``items`` when the sum is a sum of
+    well-formed inputs of the round (None otherwise)."""
     public = key.public_key
     parsed: list[PaillierCiphertexts] = []
     tag = 1
@@ -228,13 +258,13 @@ def inputs_defect(
             tag = tag * value % public.n_squared
         summed = add_ciphertexts(public, parsed)
     except SecAggError as exc:
-        return f"invalid ciphertexts: {exc}"
+        return f"invalid ciphertexts: {exc}", None
     try:
         plaintexts = decrypt_integers(key, summed.ciphertexts, workers=workers)
         (tag_plaintext,) = decrypt_integers(key, [tag])
         layout.unpack(plaintexts, value_count, len(items))
     except SecAggError as exc:
-        return f"it does not decode as a sum of masked vectors: {exc}"
+        return f"it does not decode as a sum of masked vectors: {exc}", None
     if not tag_matches(key, binding, plaintexts, tag_plaintext):
-        return "the tag is not the tag of the ciphertexts for this round"
-    return ""
+        return "the tag is not the tag of the ciphertexts for this round", None
+    return "", DecryptedSum(summed, tag, tuple(plaintexts), tag_plaintext)

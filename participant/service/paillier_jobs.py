@@ -10,7 +10,9 @@ makes version ``v`` from version ``v - 1`` and that mean here, at every organiza
 optimizer state of version ``v - 1`` (docs/strategies.md): the step is deterministic, so every
 organization rebuilds the same bits. It rebuilds any version from version 0 by applying
 versions ``1..v`` in order, and keeps each version it rebuilt and its optimizer state
-(:class:`PaillierStateStore`), so each is decrypted once.
+(:class:`PaillierStateStore`), so each is decrypted once; a version whose summed ciphertexts
+are exactly the product this participant decrypted when it vetted the round's inputs is built
+from that decryption (:meth:`PaillierJobs.remember_sum`).
 
 Each version says which key generation it is under (docs/paillier.md, "Key rotation"): it is
 decrypted and its tag checked with that generation's key, the current one or one retired by a
@@ -20,9 +22,12 @@ rotation (kept read-only for this), and the generations along the chain never go
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -32,6 +37,7 @@ import numpy.typing as npt
 
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors, specs_of, tensors_sha256
 from fedsilo.logs import context
+from fedsilo.paillier_inputs import DecryptedSum
 from fedsilo.paillier_versions import (
     PaillierVersion,
     replay_correction,
@@ -78,6 +84,9 @@ __all__ = ["MalformedAggregate", "PaillierJobs", "VersionRefused", "job_paramete
 log = logging.getLogger("participant")
 
 Weights = list[npt.NDArray[Any]]
+
+_KEPT_SUMS = 4
+"""How many vetted sums are kept in memory: those of the last rounds, whose versions come next."""
 
 
 class VersionRefused(ModelUnavailable):
@@ -130,6 +139,10 @@ class PaillierJobs:
         self._clock = clock
         self._keys: dict[tuple[str, int], PaillierPrivateKey] = {}
         self._new_stops = False
+        # What vetted products of a round's inputs decrypted to (remember_sum), by job, round,
+        # key generation and the SHA-256 of the product.
+        self._sums: OrderedDict[tuple[str, str, int, bytes, int], DecryptedSum] = OrderedDict()
+        self._sums_lock = threading.Lock()
 
     @property
     def store(self) -> PaillierStateStore:
@@ -294,6 +307,41 @@ class PaillierJobs:
         data = np.frombuffer(ciphertexts.to_bytes(), dtype=np.uint8)
         tag_bytes = encrypted[-1].to_bytes(public.ciphertext_bytes, "big")
         return encode_tensors([data, np.frombuffer(tag_bytes, dtype=np.uint8)])
+
+    def remember_sum(
+        self, job_id: str, round_id: str, generation: int, decrypted: DecryptedSum
+    ) -> None:
+        """Keep, in memory, what the product of a round's signed inputs decrypted to when this
+        participant vetted them at CONSISTENCY (``paillier_vetting.vet_inputs``).
+
+        When the round's version carries exactly that product (ciphertexts and tag), building
+        the version uses these plaintexts instead of decrypting the same ciphertexts again; every
+        check of the version runs as before. Only the last few sums are kept; after a restart,
+        or for any other product, the version is decrypted.
+        """
+        key = _sum_key(job_id, round_id, generation, decrypted.ciphertexts, decrypted.tag)
+        with self._sums_lock:
+            self._sums[key] = decrypted
+            self._sums.move_to_end(key)
+            while len(self._sums) > _KEPT_SUMS:
+                self._sums.popitem(last=False)
+
+    def _remembered_sum(
+        self,
+        job_id: str,
+        round_id: str,
+        generation: int,
+        summed: PaillierCiphertexts,
+        tag: int,
+    ) -> DecryptedSum | None:
+        """The remembered decryption of exactly ``summed`` and ``tag``, if there is one."""
+        key = _sum_key(job_id, round_id, generation, summed, tag)
+        with self._sums_lock:
+            found = self._sums.get(key)
+        # The very ciphertexts, not only their digest: the plaintexts are theirs and no other's.
+        if found is None or found.ciphertexts != summed or found.tag != tag:
+            return None
+        return found
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -568,11 +616,20 @@ class PaillierJobs:
         binding = tag_binding(
             job_id, record.transcript.round_id, version - 1, base_served, record.generation
         )
-        try:
-            plaintexts = decrypt_integers(key, summed.ciphertexts, workers=self._workers)
-            (tag_plaintext,) = decrypt_integers(key, [tag])
-        except SecAggError as exc:
-            raise VersionRefused(f"version {version} does not decrypt: {exc}") from None
+        # The product this participant decrypted when it vetted the round's inputs decrypts to
+        # the same plaintexts: decryption is a function of the ciphertexts, so using them
+        # changes no outcome below, and nothing else is ever taken from the memory.
+        vetted = self._remembered_sum(
+            job_id, record.transcript.round_id, record.generation, summed, tag
+        )
+        if vetted is not None:
+            plaintexts, tag_plaintext = list(vetted.plaintexts), vetted.tag_plaintext
+        else:
+            try:
+                plaintexts = decrypt_integers(key, summed.ciphertexts, workers=self._workers)
+                (tag_plaintext,) = decrypt_integers(key, [tag])
+            except SecAggError as exc:
+                raise VersionRefused(f"version {version} does not decrypt: {exc}") from None
         if not tag_matches(key, binding, plaintexts, tag_plaintext):
             raise VersionRefused(
                 f"version {version} does not decrypt: the summed ciphertexts are not the sum of "
@@ -760,6 +817,14 @@ class PaillierJobs:
                 f"version {version}: the round's transcript names an organization the "
                 f"membership list does not admit: {exc}"
             ) from None
+
+
+def _sum_key(
+    job_id: str, round_id: str, generation: int, summed: PaillierCiphertexts, tag: int
+) -> tuple[str, str, int, bytes, int]:
+    """What a product of inputs is remembered under: its job, round and key generation, the
+    SHA-256 of its ciphertexts' encoding and its tag."""
+    return job_id, round_id, generation, hashlib.sha256(summed.to_bytes()).digest(), tag
 
 
 def _retired(state: PaillierJobState, generation: int) -> RetiredKey | None:

@@ -9,6 +9,10 @@ left out of the set it signs, like a dropout (so secure aggregation removes its 
 in an ERROR line and in the answer. Evidence the coordinator shows for organizations it already
 excluded is checked the same way; an exclusion without a validly signed malformed input, or an
 input its sender did not sign for this round, makes the participant refuse the round.
+
+The sum it decrypts is that of the whole survivor set, its own input included: the product the
+round's version will carry. What it decrypts to is kept (``PaillierJobs.remember_sum``), so the
+version is not decrypted a second time.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from fedsilo.paillier_inputs import (
     ExclusionReport,
     SignedInput,
     input_defect,
-    inputs_defect,
     sign_input,
     verify_input,
+    vet_sum,
 )
 from fedsilo.paillier_versions import tag_binding
 from participant.domain.assignments import Assignment, SecAggStepData
+from participant.service.answers import StoredAnswer
 from participant.service.paillier_jobs import PaillierJobs
 from secagg import (
     InvalidSignature,
@@ -45,7 +50,13 @@ from secagg import (
 )
 from secagg.paillier import PackingLayout
 
-__all__ = ["Vetted", "sign_encrypted_input", "signed_consistency_answer", "vet_inputs"]
+__all__ = [
+    "Vetted",
+    "own_signed_input",
+    "sign_encrypted_input",
+    "signed_consistency_answer",
+    "vet_inputs",
+]
 
 log = logging.getLogger("participant")
 
@@ -65,6 +76,17 @@ def sign_encrypted_input(
     return encode_tensors([data, tag, signature])
 
 
+def own_signed_input(stored: StoredAnswer | None, sender: str) -> SignedInput | None:
+    """This participant's own signed input from its stored INPUTS answer (None without one)."""
+    if stored is None:
+        return None
+    try:
+        data, tag, signature = decode_tensors(stored.header, stored.payload)
+    except ValueError:
+        return None
+    return SignedInput(sender, data.tobytes(), tag.tobytes(), signature.tobytes())
+
+
 @dataclass(frozen=True)
 class Vetted:
     """The survivor set to sign and the senders this participant found malformed inputs from."""
@@ -82,10 +104,13 @@ def vet_inputs(
     certificates: Mapping[str, bytes],
     me: str,
     ctx: Mapping[str, Any],
+    own: SignedInput | None = None,
 ) -> Vetted:
     """Check the signed inputs of a paillier CONSISTENCY step (see the module docstring).
 
-    ``certificates`` are the peers' certificates accepted at SHARES. Raises ProtocolViolation
+    ``certificates`` are the peers' certificates accepted at SHARES; ``own`` is the input this
+    participant sent in the round (None if it no longer has it: the others' sum is checked
+    alone and nothing is kept for the version). Raises ProtocolViolation
     when the coordinator deviated: an input not signed by its sender for this round, inputs that
     do not cover the survivor set, or an exclusion whose evidence is a well-formed input.
     """
@@ -102,12 +127,13 @@ def vet_inputs(
         parameters.modulus_bits, parameters.max_participants, key.public_key.bits
     )
     # Inputs are tagged under the generation of the key they are encrypted with, as at INPUTS.
+    generation = paillier.generation(assignment.job_id)
     binding = tag_binding(
         assignment.job_id,
         assignment.round_id,
         assignment.model_version,
         base_sha256,
-        paillier.generation(assignment.job_id),
+        generation,
     )
     keys = {org: _key_of(pem) for org, pem in certificates.items()}
 
@@ -150,11 +176,19 @@ def vet_inputs(
             )
         _log_malformed(item, reason, "the coordinator excluded it; checked here", ctx)
     excluded: list[str] = []
-    # One decryption of the others' sum in the usual case; each input alone only when the sum
-    # shows that one of them is malformed.
-    if shown and inputs_defect(
-        key, layout, parameters.vector_length, binding, shown, paillier.workers
-    ):
+    # One decryption of the survivors' sum in the usual case (this participant's own input
+    # included: that is the very sum the round's version carries, checked as every key holder
+    # will decrypt it); each input alone only when the sum shows that one of them is malformed.
+    reason, decrypted = "", None
+    mine = [own] if own is not None and own.sender == me and me in survivors else []
+    if shown:
+        reason, decrypted = vet_sum(
+            key, layout, parameters.vector_length, binding, [*shown, *mine], paillier.workers
+        )
+    if decrypted is not None and mine:
+        # The product of exactly U3's inputs: what the version of this round is made of.
+        paillier.remember_sum(assignment.job_id, assignment.round_id, generation, decrypted)
+    if reason:
         for item in shown:
             reason = input_defect(
                 key, layout, parameters.vector_length, binding, item, paillier.workers

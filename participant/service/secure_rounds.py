@@ -35,6 +35,7 @@ from cryptography import x509
 from fedsilo.codec import encode_tensors, tensors_sha256
 from fedsilo.faults import crash_point
 from fedsilo.logs import context
+from fedsilo.paillier_inputs import SignedInput
 from fedsilo.paillier_versions import tag_binding
 from fedsilo.pki import PeerCertificateError, Role, verify_peer_certificate
 from fedsilo.privacy import privatize_update
@@ -55,6 +56,7 @@ from participant.domain.assignments import (
     StepOutcome,
 )
 from participant.errors import (
+    LocalStateError,
     MembershipStale,
     MembershipUnavailable,
     NotSupported,
@@ -71,6 +73,7 @@ from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_vetting import (
+    own_signed_input,
     sign_encrypted_input,
     signed_consistency_answer,
     vet_inputs,
@@ -387,6 +390,7 @@ class SecureRoundParticipant:
                     state.peer_certificates,
                     identity.participant_id,
                     ctx,
+                    own=self._own_input(assignment, identity.participant_id),
                 )
                 body = signed_consistency_answer(client, vetted)
                 return _Answer(replace(state, client=client.to_dict()), body)
@@ -408,6 +412,14 @@ class SecureRoundParticipant:
             **ctx,
         )
         return _Answer(replace(state, client=client.to_dict()), response.to_bytes())
+
+    def _own_input(self, assignment: Assignment, me: str) -> SignedInput | None:
+        """The signed encrypted input this participant sent in the round (None if it is gone)."""
+        try:
+            stored = self._answers.load(assignment.round_id, SecAggPhase.INPUTS)
+        except (LocalStateError, OSError):
+            return None
+        return own_signed_input(stored, me)
 
     def _share_keys(
         self,
