@@ -10,6 +10,7 @@ of the ciphertexts handed to the real ``decrypt_integers``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_a_product_other_than_the_vetted_one_is_decrypted_and_checked(
         tuple(c * z % public.n_squared for c, z in zip(summed.ciphertexts, zeros, strict=True)),
     )
     assert rerandomized.ciphertexts != summed.ciphertexts
-    served = PaillierVersion(rerandomized.to_bytes(), record.tag, record.transcript)
+    served = dataclasses.replace(record, ciphertexts=rerandomized.to_bytes())
     coordinator.models[1][0] = np.frombuffer(served.to_bytes(), dtype=np.uint8).copy()
 
     built: list[tuple[int, list[np.ndarray]]] = []
@@ -180,22 +181,22 @@ def test_a_product_other_than_the_vetted_one_is_decrypted_and_checked(
     assert built[0][0] == 1 and participants[0].paillier.stopped(JOB_ID) == ""
 
 
-def test_the_vetted_sum_re_served_as_another_version_fails_its_tag(
+def test_the_vetted_sum_re_served_as_another_version_is_refused_undecrypted(
     pki: DemoPki,
     coordinator: CeremonyCoordinator,
     participants: list[PaillierParticipant],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Round 1's record served again as version 2: the kept plaintexts are those of its
-    ciphertexts, and its tag must still match them for version 2's binding. Refused (the job
-    stopped) without decrypting anything, as when the member decrypted it."""
+    ciphertexts, but its transcript signs a round on version 0, not 1 (and its tag binds that
+    base). Refused (the job stopped) without decrypting anything."""
     decryptions = Decryptions(monkeypatch)
     round_ = PaillierRound(pki, coordinator, ORGS)
     _run_to_version(round_, participants, decryptions)
     coordinator.models[2] = [array.copy() for array in coordinator.models[1]]
 
     def build() -> None:
-        with pytest.raises(VersionRefused, match="their tag does not match"):
+        with pytest.raises(VersionRefused, match="round context"):
             participants[1].paillier.model(JOB_ID, 2)
 
     assert decryptions.during(build) == 0
