@@ -61,6 +61,10 @@ class DaemonCalls(SecureRoundCalls, CeremonyCalls, Protocol):
         """Wait one backoff step after a failure; True if asked to stop meanwhile."""
         ...
 
+    def certificate_renewal_pending(self) -> bool:
+        """Whether renewed certificate files wait to be presented on the next call."""
+        ...
+
     def get_assignment(
         self, wait_seconds: float, held_round_ids: Sequence[str] = (), membership_serial: int = 0
     ) -> TaskReply: ...

@@ -194,11 +194,14 @@ class ParticipantDaemon:
             except CallFailed as exc:
                 if self._observer is not None:
                     self._observer.coordinator_error(exc.status.name)
-                if is_revocation(exc):
+                if is_revocation(exc) and not self._client.certificate_renewal_pending():
                     # Permanent: retrying would only fill the coordinator's audit log.
                     raise Revoked(
                         f"the coordinator refused this organization for good: {exc.details}"
                     ) from exc
+                # A certificate revoked right after it was renewed (the call left on the old
+                # channel a moment before the new files appeared, or they are not complete yet)
+                # is not the end: the next call presents the renewed one.
                 # A long-lived daemon outlives refusals (pending approval, a certificate being
                 # rotated, a coordinator error): report and try again after a backoff.
                 log.warning("coordinator answered %s: %s; retrying", exc.status.name, exc.details)

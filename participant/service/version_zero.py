@@ -129,6 +129,9 @@ class CheckedCalls:
     def pause(self) -> bool:
         return self._calls.pause()
 
+    def certificate_renewal_pending(self) -> bool:
+        return self._calls.certificate_renewal_pending()
+
     def get_assignment(
         self, wait_seconds: float, held_round_ids: Sequence[str] = (), membership_serial: int = 0
     ) -> TaskReply:

@@ -151,6 +151,13 @@ class ChannelSource:
                     self._channel, self._stamp = fresh, stamp
         return self._channel
 
+    def renewal_pending(self) -> bool:
+        """Whether the certificate files on disk differ from those of the open channel (usable
+        or not yet): the channel presents a certificate that is being replaced."""
+        if self._tls is None:
+            return False
+        return files_stamp(self._tls) not in ((), self._stamp)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -198,6 +205,10 @@ class CoordinatorClient:
 
     def _stub(self) -> pb_grpc.ParticipantServiceStub:
         return pb_grpc.ParticipantServiceStub(self._channels.current())
+
+    def certificate_renewal_pending(self) -> bool:
+        """Whether renewed certificate files wait to be used (see ``ChannelSource``)."""
+        return self._channels.renewal_pending()
 
     def pause(self) -> bool:
         """Wait one backoff step after a failure; True if asked to stop meanwhile."""

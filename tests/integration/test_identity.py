@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc_consortium import (
     ORGS,
     RPC_TIMEOUT_S,
+    WAIT_S,
     ConsortiumPki,
     DaemonThread,
     initial_weights,
@@ -201,6 +202,49 @@ def test_participant_certificate_rotation_mid_job_keeps_the_job_going(
     )
     committed = [r for r in status.rounds if r.phase == pb.ROUND_PHASE_COMMITTED]
     assert len(committed) == 4
+    assert all(sorted(r.contributors) == list(ORGS) for r in committed)
+    assert all(d.thread.is_alive() and not d.errors for d in daemons)
+
+
+def test_a_certificate_revoked_while_its_renewal_is_under_way_does_not_stop_the_daemon(
+    coordinator: RunningCoordinator,
+    run_daemon: Callable[..., DaemonThread],
+    admin: AdminClient,
+    pki: ConsortiumPki,
+    target: str,
+) -> None:
+    """The old certificate is revoked while the renewed files are incomplete (the new key is
+    there, its certificate not yet): org-a's calls still present the old certificate and are
+    refused as revoked. That is no final refusal: once the renewed certificate is there, org-a
+    reconnects with it and the job finishes with every organization."""
+    daemons = [run_daemon(org, target, poll_seconds=0.2) for org in ORGS]
+    job_id = admin.create_job(shift_job_spec(num_rounds=3), initial_weights()).job_id
+    wait_for(lambda: len(admin.list_participants()) == 3, RPC_TIMEOUT_S, "three organizations")
+    admin.start_job(job_id)
+    wait_for_job(admin, job_id, lambda s: s.model_version >= 1, "round 1")
+
+    files = pki.demo.participants["org-a"]
+    old_serial = _serial(files.cert_path)
+    ca = pki_lib.load_ca(pki.demo.ca_cert, pki.demo.ca_key)
+    key = pki_lib.make_key()
+    pki_lib.write_private_key(files.key_path, key, overwrite=True)  # the certificate comes later
+    admin.revoke_certificate(old_serial, "rotated")
+    refused = ("org-a", "certificate_revoked")
+    wait_for(
+        lambda: refused in [(e.actor, e.outcome) for e in admin.audit_events(limit=1000)],
+        WAIT_S,
+        "a call of org-a with its revoked certificate",
+    )
+    assert daemons[0].thread.is_alive() and not daemons[0].errors
+
+    csr = pki_lib.make_csr("org-a", pki_lib.Role.PARTICIPANT, key)
+    cert = pki_lib.sign_csr(ca, csr, dns_names=["org-a"])
+    pki_lib.write_certificate(files.cert_path, cert, overwrite=True)
+    status = wait_for_job(
+        admin, job_id, lambda s: s.state == pb.JOB_STATE_COMPLETED, "the job after renewal"
+    )
+    committed = [r for r in status.rounds if r.phase == pb.ROUND_PHASE_COMMITTED]
+    assert len(committed) == 3
     assert all(sorted(r.contributors) == list(ORGS) for r in committed)
     assert all(d.thread.is_alive() and not d.errors for d in daemons)
 
