@@ -48,11 +48,14 @@ from secagg.paillier import (
 __all__ = [
     "DecryptedSum",
     "ExclusionReport",
+    "RoundInputs",
+    "RoundInputsInfo",
     "SignedInput",
     "input_defect",
     "inputs_defect",
     "input_statement",
     "is_exclusion_report",
+    "round_inputs_limit",
     "sign_input",
     "verify_input",
     "vet_sum",
@@ -61,6 +64,11 @@ __all__ = [
 _STATEMENT_LABEL = b"fedsilo/paillier/v1/input-statement"
 _SIGNED_INPUT_LABEL = b"fedsilo/paillier/v1/signed-input"
 _REPORT_LABEL = b"fedsilo/paillier/v1/exclusion-report"
+_ROUND_INPUTS_LABEL = b"fedsilo/paillier/v1/round-inputs"
+
+_INPUT_OVERHEAD_BYTES = 4096
+"""Bound on what a signed input holds beyond its ciphertexts and tag: labels, length prefixes,
+the ciphertexts' header, the sender's id and its signature (a few hundred bytes in practice)."""
 
 
 def input_statement(config: RoundConfig, sender: str, ciphertexts: bytes, tag: bytes) -> bytes:
@@ -164,6 +172,53 @@ class ExclusionReport:
         if not excluded or len(set(excluded)) != len(excluded) or not all(excluded):
             raise InvalidInput("an exclusion report names distinct organizations, at least one")
         return cls(fields[1], excluded)
+
+
+@dataclass(frozen=True)
+class RoundInputsInfo:
+    """How a CONSISTENCY step announces the :class:`RoundInputs` to download: their size and
+    SHA-256 (bytes that differ, say because U3 changed since the step, are not vetted)."""
+
+    total_bytes: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a member of a paillier round's U3 vets at CONSISTENCY: the other members' signed
+    inputs and the evidence against the excluded senders (both ``SignedInput`` bytes).
+
+    Downloaded in chunks (``DownloadRoundInputs``) as one payload: no gRPC message cap limits
+    the size of the model whose inputs are vetted.
+    """
+
+    inputs: tuple[bytes, ...] = ()
+    excluded: tuple[bytes, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return encode_fields(
+            [_ROUND_INPUTS_LABEL, encode_fields(self.inputs), encode_fields(self.excluded)]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RoundInputs:
+        fields = decode_fields(data)
+        if len(fields) != 3 or fields[0] != _ROUND_INPUTS_LABEL:
+            raise InvalidInput("not a round's signed inputs")
+        return cls(tuple(decode_fields(fields[1])), tuple(decode_fields(fields[2])))
+
+    def info(self) -> RoundInputsInfo:
+        data = self.to_bytes()
+        return RoundInputsInfo(len(data), hashlib.sha256(data).digest())
+
+
+def round_inputs_limit(layout: PackingLayout, value_count: int, cohort_size: int) -> int:
+    """The most bytes the :class:`RoundInputs` of a round can take: ``cohort_size - 1`` inputs
+    (each member is shown every input but its own, the excluded ones included) of one
+    contribution of ``value_count`` values in ``layout``, with their tags."""
+    ciphertext_bytes = layout.key_bits // 4
+    per_input = (layout.ciphertext_count(value_count) + 1) * ciphertext_bytes
+    return 1024 + max(cohort_size - 1, 0) * (per_input + _INPUT_OVERHEAD_BYTES)
 
 
 def is_exclusion_report(body: bytes) -> bool:

@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from fedsilo import chunking
 from fedsilo.codec import CodecError, decode_tensors, header_from_proto
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.v1 import fedsilo_pb2 as pb
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "GRPC_CONCURRENCY_REFUSAL",
     "header_then_chunks",
     "receive_model",
+    "receive_round_inputs",
     "refused_as_busy",
 ]
 
@@ -64,3 +66,18 @@ def receive_model(chunks: Iterable[pb.ModelChunk]) -> tuple[int, list[npt.NDArra
     header = header_from_proto(first.info.header)
     payload = chunking.assemble((c.data for c in iterator), header.total_bytes, header.sha256)
     return int(first.info.version), decode_tensors(header, payload)
+
+
+def receive_round_inputs(
+    chunks: Iterable[pb.RoundInputsChunk], announced: RoundInputsInfo
+) -> bytes | None:
+    """Read a DownloadRoundInputs stream: info first, then data, checked against the size and
+    hash the CONSISTENCY step ``announced`` (never more bytes are read). None, without reading
+    the data, when the info is another: the round's inputs changed since the step was sent."""
+    iterator = iter(chunks)
+    first = next(iterator, None)
+    if first is None or first.WhichOneof("item") != "info":
+        raise CodecError("a round's inputs stream must start with its info message")
+    if RoundInputsInfo(first.info.total_bytes, first.info.sha256) != announced:
+        return None
+    return chunking.assemble((c.data for c in iterator), announced.total_bytes, announced.sha256)

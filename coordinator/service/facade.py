@@ -132,6 +132,9 @@ class CoordinatorService:
     def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcomeView]:
         return self.work.round_outcomes(round_ids)
 
+    def round_inputs(self, org_id: str, job_id: str, round_id: str) -> bytes:
+        return self.work.round_inputs(org_id, job_id, round_id)
+
     # -- submissions and metrics ----------------------------------------------------------------
 
     def submit_update(

@@ -1,7 +1,8 @@
 """What a participant is handed next: a round step, a key-ceremony step, an evaluation, or WAIT.
 
 Participants pull (they never accept connections): ``wait_for_work`` is the long poll behind
-GetTask, ``round_outcomes`` tells a participant which rounds it holds secrets for have ended.
+GetTask, ``round_inputs`` what a paillier CONSISTENCY step announces (DownloadRoundInputs),
+``round_outcomes`` tells a participant which rounds it holds secrets for have ended.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 from coordinator.domain.jobs import JobState
 from coordinator.domain.rounds import Phase
+from coordinator.errors import NotFound
 from coordinator.persistence.store import Transaction
 from coordinator.service.context import ServiceContext
 from coordinator.service.engines.registry import RoundEngines
@@ -129,6 +131,16 @@ class WorkService:
                 key = (item.job.job_id, org_id)
                 self._initial_offered[key] = now + INITIAL_WEIGHTS_REOFFER_SECONDS
         return item
+
+    def round_inputs(self, org_id: str, job_id: str, round_id: str) -> bytes:
+        """The ``RoundInputs`` bytes a CONSISTENCY step announced to ``org_id`` (see
+        ``RoundEngine.round_inputs``): only a member of U3 gets them, read-only."""
+        with self._ctx.store.transaction() as tx:
+            round_ = tx.get_round(round_id) if round_id else None
+            if round_ is None or round_.job_id != job_id:
+                raise NotFound("no such round of this job")
+            inputs = self._engines[round_.protection].round_inputs(tx, round_, org_id)
+        return inputs.to_bytes()
 
     def round_outcomes(self, round_ids: list[str]) -> list[RoundOutcomeView]:
         """Of the given rounds, those that ended; an unknown round counts as aborted."""

@@ -184,15 +184,20 @@ def _ceremony_to_pb(step: CeremonyStep) -> pb.KeyCeremonyStep:
 
 
 def _step_to_pb(step: SecAggStep) -> pb.SecAggStep:
-    return pb.SecAggStep(
+    message = pb.SecAggStep(
         parameters=secagg_parameters_to_pb(step.parameters),
         keys=_advertised_to_pb(step.keys),
         shares=list(step.shares),
         survivors=list(step.survivors),
         unmask_request=step.unmask_request,
-        inputs=list(step.inputs),
-        excluded_inputs=list(step.excluded_inputs),
     )
+    if step.round_inputs is not None:
+        message.round_inputs.CopyFrom(
+            pb.RoundInputsInfo(
+                total_bytes=step.round_inputs.total_bytes, sha256=step.round_inputs.sha256
+            )
+        )
+    return message
 
 
 def _advertised_to_pb(keys: tuple[tuple[bytes, bytes], ...]) -> list[pb.AdvertisedKeys]:

@@ -26,6 +26,7 @@ from coordinator.transport.convert import (
     work_to_pb,
 )
 from coordinator.transport.interceptors import current_identity
+from fedsilo import chunking
 from fedsilo.codec import PayloadHeader, header_from_proto
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
@@ -113,6 +114,18 @@ class ParticipantServicer(pb_grpc.ParticipantServiceServicer):
     ) -> Iterator[pb.ModelChunk]:
         _authenticate(self._membership)
         yield from _model_chunks(self._service, request, encrypted=True)
+
+    def DownloadRoundInputs(  # noqa: N802
+        self, request: pb.DownloadRoundInputsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RoundInputsChunk]:
+        """A paillier round's inputs for a member of U3 to vet: the info, then data chunks."""
+        org = current_identity().org_id
+        _authenticate(self._membership)
+        payload = self._service.round_inputs(org, request.job_id, request.round_id)
+        digest = hashlib.sha256(payload).digest()
+        yield pb.RoundInputsChunk(info=pb.RoundInputsInfo(total_bytes=len(payload), sha256=digest))
+        for piece in chunking.split(payload):
+            yield pb.RoundInputsChunk(data=piece)
 
     def SubmitUpdate(  # noqa: N802
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext

@@ -334,8 +334,7 @@ class SecAggStep(_message.Message):
     SHARES_FIELD_NUMBER: _builtins.int
     SURVIVORS_FIELD_NUMBER: _builtins.int
     UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
-    INPUTS_FIELD_NUMBER: _builtins.int
-    EXCLUDED_INPUTS_FIELD_NUMBER: _builtins.int
+    ROUND_INPUTS_FIELD_NUMBER: _builtins.int
     unmask_request: _builtins.bytes
     """UNMASK: the unmask request (survivors, dropped and the consistency signatures)."""
     @_builtins.property
@@ -353,15 +352,9 @@ class SecAggStep(_message.Message):
         """CONSISTENCY: the survivor set U3 to sign."""
 
     @_builtins.property
-    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """CONSISTENCY of a paillier round: the signed encrypted inputs of the other members of U3
-        (fedsilo.paillier_inputs.SignedInput), for the caller to vet before it signs.
-        """
-
-    @_builtins.property
-    def excluded_inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """CONSISTENCY of a paillier round: the evidence for every organization excluded from U3 as the
-        sender of a malformed input: its signed encrypted input.
+    def round_inputs(self) -> Global___RoundInputsInfo:
+        """CONSISTENCY of a paillier round: the size and SHA-256 of the round's inputs the caller is to
+        vet before it signs U3, fetched with DownloadRoundInputs (docs/paillier.md).
         """
 
     def __init__(
@@ -372,16 +365,42 @@ class SecAggStep(_message.Message):
         shares: _abc.Iterable[_builtins.bytes] | None = ...,
         survivors: _abc.Iterable[_builtins.str] | None = ...,
         unmask_request: _builtins.bytes = ...,
-        inputs: _abc.Iterable[_builtins.bytes] | None = ...,
-        excluded_inputs: _abc.Iterable[_builtins.bytes] | None = ...,
+        round_inputs: Global___RoundInputsInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "round_inputs", b"round_inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded_inputs", b"excluded_inputs", "inputs", b"inputs", "keys", b"keys", "parameters", b"parameters", "shares", b"shares", "survivors", b"survivors", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "parameters", b"parameters", "round_inputs", b"round_inputs", "shares", b"shares", "survivors", b"survivors", "unmask_request", b"unmask_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SecAggStep: _TypeAlias = SecAggStep  # noqa: Y015
+
+@_typing.final
+class RoundInputsInfo(_message.Message):
+    """The signed encrypted inputs a member of a paillier round's U3 vets at CONSISTENCY, as one
+    payload (fedsilo.paillier_inputs.RoundInputs): the other members' inputs and the evidence
+    against the senders excluded as malformed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    total_bytes: _builtins.int
+    sha256: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        total_bytes: _builtins.int = ...,
+        sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundInputsInfo: _TypeAlias = RoundInputsInfo  # noqa: Y015
 
 @_typing.final
 class KeyCeremonyStep(_message.Message):
@@ -681,6 +700,57 @@ class ModelChunk(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___ModelChunk: _TypeAlias = ModelChunk  # noqa: Y015
+
+@_typing.final
+class DownloadRoundInputsRequest(_message.Message):
+    """The round's inputs for the caller to vet: only a member of the round's U3, at CONSISTENCY."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    round_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        round_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadRoundInputsRequest: _TypeAlias = DownloadRoundInputsRequest  # noqa: Y015
+
+@_typing.final
+class RoundInputsChunk(_message.Message):
+    """A DownloadRoundInputs stream: the info first, then the payload in data chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def info(self) -> Global___RoundInputsInfo: ...
+    def __init__(
+        self,
+        *,
+        info: Global___RoundInputsInfo | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["info", "data"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___RoundInputsChunk: _TypeAlias = RoundInputsChunk  # noqa: Y015
 
 @_typing.final
 class ModelInfo(_message.Message):

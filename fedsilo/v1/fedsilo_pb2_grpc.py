@@ -74,6 +74,11 @@ class ParticipantServiceStub:
                 request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitInitialWeightsRequest.SerializeToString,
                 response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
                 _registered_method=True)
+        self.DownloadRoundInputs = channel.unary_stream(
+                '/fedsilo.v1.ParticipantService/DownloadRoundInputs',
+                request_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.DownloadRoundInputsRequest.SerializeToString,
+                response_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.RoundInputsChunk.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -127,6 +132,12 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadRoundInputs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.SubmitInitialWeights,
                     request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitInitialWeightsRequest.FromString,
                     response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.SerializeToString,
+            ),
+            'DownloadRoundInputs': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadRoundInputs,
+                    request_deserializer=fedsilo_dot_v1_dot_fedsilo__pb2.DownloadRoundInputsRequest.FromString,
+                    response_serializer=fedsilo_dot_v1_dot_fedsilo__pb2.RoundInputsChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class ParticipantService:
             '/fedsilo.v1.ParticipantService/SubmitInitialWeights',
             fedsilo_dot_v1_dot_fedsilo__pb2.SubmitInitialWeightsRequest.SerializeToString,
             fedsilo_dot_v1_dot_fedsilo__pb2.SubmitUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadRoundInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedsilo.v1.ParticipantService/DownloadRoundInputs',
+            fedsilo_dot_v1_dot_fedsilo__pb2.DownloadRoundInputsRequest.SerializeToString,
+            fedsilo_dot_v1_dot_fedsilo__pb2.RoundInputsChunk.FromString,
             options,
             channel_credentials,
             insecure,

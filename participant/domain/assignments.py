@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import Protection, SecAggParameters
 from fedsilo.strategies import StrategyChoice
@@ -64,10 +65,9 @@ class SecAggStepData:
 
     SHARES: ``keys`` (U1); INPUTS: ``shares`` (``secagg.EncryptedShare`` bytes addressed to this
     participant); CONSISTENCY: ``survivors`` (U3); UNMASK: ``unmask_request``
-    (``secagg.UnmaskRequest`` bytes). CONSISTENCY of a paillier round also carries the signed
-    encrypted inputs of the other members of U3 (``inputs``) and the evidence against those
-    excluded as senders of malformed inputs (``excluded_inputs``), both
-    ``fedsilo.paillier_inputs.SignedInput`` bytes.
+    (``secagg.UnmaskRequest`` bytes). CONSISTENCY of a paillier round also announces the signed
+    encrypted inputs to vet (``round_inputs``: size and digest of the
+    ``fedsilo.paillier_inputs.RoundInputs`` the participant downloads in chunks).
     """
 
     parameters: SecAggParameters
@@ -75,8 +75,7 @@ class SecAggStepData:
     shares: tuple[bytes, ...] = ()
     survivors: tuple[str, ...] = ()
     unmask_request: bytes = b""
-    inputs: tuple[bytes, ...] = ()
-    excluded_inputs: tuple[bytes, ...] = ()
+    round_inputs: RoundInputsInfo | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import numpy.typing as npt
 
 from fedsilo.codec import PayloadHeader
+from fedsilo.paillier_inputs import RoundInputsInfo
 from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
 
 __all__ = ["CeremonyCalls", "DaemonCalls", "ModelCalls", "RetryingCalls", "SecureRoundCalls"]
@@ -46,6 +47,12 @@ class SecureRoundCalls(ModelCalls, Protocol):
     ) -> SubmissionReceipt: ...
 
     def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt: ...
+
+    def download_round_inputs(
+        self, job_id: str, round_id: str, announced: RoundInputsInfo
+    ) -> bytes | None:
+        """The inputs a paillier CONSISTENCY step announced (None: they changed since)."""
+        ...
 
 
 class CeremonyCalls(RetryingCalls, Protocol):

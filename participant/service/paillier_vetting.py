@@ -3,8 +3,9 @@
 At INPUTS the participant signs its encrypted input with its organization key over the round
 configuration (``fedsilo.paillier_inputs``): the coordinator cannot forge or swap it, and a
 malformed one is evidence against its sender. At CONSISTENCY, before it signs the survivor set,
-it decrypts every other contributor's signed input the coordinator shows it and checks that it
-is one well-formed masked vector with the right tag. A sender whose signed input is malformed is
+it downloads the signed inputs the step announces (in chunks, whatever the model's size), and
+checks every other contributor's: one well-formed masked vector with the right tag. Without
+all of them it does not sign. A sender whose signed input is malformed is
 left out of the set it signs, like a dropout (so secure aggregation removes its masks), named
 in an ERROR line and in the answer. Evidence the coordinator shows for organizations it already
 excluded is checked the same way; an exclusion without a validly signed malformed input, or an
@@ -28,8 +29,10 @@ from cryptography import x509
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.paillier_inputs import (
     ExclusionReport,
+    RoundInputs,
     SignedInput,
     input_defect,
+    round_inputs_limit,
     sign_input,
     verify_input,
     vet_sum,
@@ -37,6 +40,7 @@ from fedsilo.paillier_inputs import (
 from fedsilo.paillier_versions import tag_binding
 from participant.domain.assignments import Assignment, SecAggStepData
 from participant.service.answers import StoredAnswer
+from participant.service.calls import SecureRoundCalls
 from participant.service.paillier_jobs import PaillierJobs
 from secagg import (
     InvalidSignature,
@@ -52,6 +56,7 @@ from secagg.paillier import PackingLayout
 
 __all__ = [
     "Vetted",
+    "fetch_round_inputs",
     "own_signed_input",
     "sign_encrypted_input",
     "signed_consistency_answer",
@@ -99,6 +104,7 @@ def vet_inputs(
     paillier: PaillierJobs,
     assignment: Assignment,
     data: SecAggStepData,
+    inputs: RoundInputs,
     config: RoundConfig,
     base_sha256: bytes,
     certificates: Mapping[str, bytes],
@@ -108,17 +114,14 @@ def vet_inputs(
 ) -> Vetted:
     """Check the signed inputs of a paillier CONSISTENCY step (see the module docstring).
 
-    ``certificates`` are the peers' certificates accepted at SHARES; ``own`` is the input this
-    participant sent in the round (None if it no longer has it: the others' sum is checked
-    alone and nothing is kept for the version). Raises ProtocolViolation
-    when the coordinator deviated: an input not signed by its sender for this round, inputs that
-    do not cover the survivor set, or an exclusion whose evidence is a well-formed input.
+    ``inputs`` are those the step announced (:func:`fetch_round_inputs`); ``certificates`` are
+    the peers' certificates accepted at SHARES; ``own`` is the input this participant sent in
+    the round (None if it no longer has it: the others' sum is checked alone and nothing is kept
+    for the version). Raises ProtocolViolation when the coordinator deviated: an input not
+    signed by its sender for this round, inputs that do not cover the survivor set, or an
+    exclusion whose evidence is a well-formed input.
     """
     survivors = tuple(sorted(data.survivors))
-    if not data.inputs and not data.excluded_inputs:
-        # Nothing shown (the inputs did not fit in one message): the sum is checked when it is
-        # decrypted instead, and a malformed one is refused there.
-        return Vetted(survivors, ())
     key = paillier.private_key(assignment.job_id)
     if key is None:
         raise ProtocolViolation("this participant holds no Paillier key for the job")
@@ -157,14 +160,14 @@ def vet_inputs(
         return item
 
     expected = set(survivors) - {me}
-    shown = [signed(raw, expected, "contributor's input") for raw in data.inputs]
+    shown = [signed(raw, expected, "contributor's input") for raw in inputs.inputs]
     if expected:
         raise ProtocolViolation(
             f"the step shows no signed encrypted input of {sorted(expected)}, members of the "
             "survivor set"
         )
     outsiders = set(config.cohort) - set(survivors) - {me}
-    for raw in data.excluded_inputs:
+    for raw in inputs.excluded:
         item = signed(raw, outsiders, "excluded organization's input")
         reason = input_defect(
             key, layout, parameters.vector_length, binding, item, paillier.workers
@@ -200,6 +203,49 @@ def vet_inputs(
                 )
     remaining = tuple(org for org in survivors if org not in excluded)
     return Vetted(remaining, tuple(sorted(excluded)))
+
+
+def fetch_round_inputs(
+    client: SecureRoundCalls,
+    paillier: PaillierJobs,
+    assignment: Assignment,
+    data: SecAggStepData,
+) -> RoundInputs | None:
+    """Download the signed inputs a paillier CONSISTENCY step announces (of any size, in
+    chunks); None if the coordinator has other inputs for this participant now (U3 changed
+    since the step: it is asked again). The announced size must fit ``n - 1`` inputs of the
+    job's layout (``round_inputs_limit``) before a byte is read, and the bytes must be exactly
+    those announced. Raises ProtocolViolation when the step announces none or too many: U3 is
+    never signed without every other member's input vetted.
+    """
+    announced = data.round_inputs
+    if announced is None:
+        raise ProtocolViolation(
+            "the consistency step of a paillier round announces no inputs to vet: the survivor "
+            "set is not signed without them"
+        )
+    key = paillier.private_key(assignment.job_id)
+    if key is None:
+        raise ProtocolViolation("this participant holds no Paillier key for the job")
+    parameters = data.parameters
+    layout = PackingLayout(
+        parameters.modulus_bits, parameters.max_participants, key.public_key.bits
+    )
+    limit = round_inputs_limit(layout, parameters.vector_length, len(parameters.cohort))
+    if not 0 < announced.total_bytes <= limit:
+        raise ProtocolViolation(
+            f"the consistency step announces {announced.total_bytes} bytes of inputs to vet, "
+            f"where {len(parameters.cohort) - 1} inputs of the job's layout take at most {limit}"
+        )
+    payload = client.retrying(
+        lambda: client.download_round_inputs(assignment.job_id, assignment.round_id, announced)
+    )
+    if payload is None:
+        return None
+    try:
+        return RoundInputs.from_bytes(payload)
+    except SecAggError as exc:
+        raise ProtocolViolation(f"the round's inputs to vet do not decode: {exc}") from None
 
 
 def signed_consistency_answer(client: SecAggClient, vetted: Vetted) -> bytes:

@@ -73,6 +73,7 @@ from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_vetting import (
+    fetch_round_inputs,
     own_signed_input,
     sign_encrypted_input,
     signed_consistency_answer,
@@ -381,10 +382,17 @@ class SecureRoundParticipant:
             if assignment.protection is Protection.PAILLIER:
                 # Every other contributor's signed input is vetted before U3 is signed; senders
                 # of malformed ones are left out like dropouts (paillier_vetting.py).
+                inputs = fetch_round_inputs(
+                    self._client, self._require_paillier(), assignment, data
+                )
+                if inputs is None:
+                    log.info("the round's inputs changed since this step: asking again", **ctx)
+                    return None
                 vetted = vet_inputs(
                     self._require_paillier(),
                     assignment,
                     data,
+                    inputs,
                     client.config,
                     state.base_sha256,
                     state.peer_certificates,

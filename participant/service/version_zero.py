@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 
 from fedsilo.codec import PayloadHeader, encode_tensors
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.tasks import as_float32, load_task
 from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
 from participant.errors import TaskFailed, UntrustedMessage
@@ -149,6 +150,11 @@ class CheckedCalls:
 
     def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
         return self._calls.submit_message(assignment, body)
+
+    def download_round_inputs(
+        self, job_id: str, round_id: str, announced: RoundInputsInfo
+    ) -> bytes | None:
+        return self._calls.download_round_inputs(job_id, round_id, announced)
 
     def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt:
         return self._calls.submit_ceremony(job_id, action, body)

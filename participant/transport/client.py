@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 import grpc
 import numpy.typing as npt
 
-from fedsilo.chunking import MAX_MESSAGE_BYTES
+from fedsilo.chunking import MAX_MESSAGE_BYTES, ChunkError
 from fedsilo.codec import CodecError, PayloadHeader, header_to_proto
 from fedsilo.idle import IdleWatchdog
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.tls import (
     TlsConfigError,
     TlsFiles,
@@ -25,7 +26,7 @@ from fedsilo.tls import (
 )
 from fedsilo.v1 import fedsilo_pb2 as pb
 from fedsilo.v1 import fedsilo_pb2_grpc as pb_grpc
-from fedsilo.wire import header_then_chunks, receive_model
+from fedsilo.wire import header_then_chunks, receive_model, receive_round_inputs
 from participant.domain.assignments import Assignment, SubmissionReceipt, TaskReply
 from participant.errors import (
     CallFailed,
@@ -279,6 +280,30 @@ class CoordinatorClient:
                     return receive_model(watchdog.through(stream))
                 except CodecError as exc:
                     raise UntrustedMessage(str(exc)) from exc
+        finally:
+            watchdog.stop()
+
+    def download_round_inputs(
+        self, job_id: str, round_id: str, announced: RoundInputsInfo
+    ) -> bytes | None:
+        """The signed inputs a paillier CONSISTENCY step announced, streamed in chunks and
+        checked against the announced size and hash (``fedsilo.wire.receive_round_inputs``);
+        None if the coordinator now has other inputs for this participant (U3 changed)."""
+        watchdog = ProgressWatchdog(self._timeout)
+        try:
+            with watchdog.converted(), mapped_rpc_errors():
+                stream = self._stub().DownloadRoundInputs(
+                    pb.DownloadRoundInputsRequest(job_id=job_id, round_id=round_id),
+                    timeout=LONGEST_TRANSFER_S,
+                )
+                watchdog.watch(stream)
+                try:
+                    payload = receive_round_inputs(watchdog.through(stream), announced)
+                except (CodecError, ChunkError) as exc:
+                    raise UntrustedMessage(str(exc)) from exc
+                if payload is None:
+                    stream.cancel()
+                return payload
         finally:
             watchdog.stop()
 

@@ -17,6 +17,7 @@ from fedsilo.convert import (
     strategy_parameters_from_pb,
     training_settings_from_pb,
 )
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.protection import Protection
 from fedsilo.strategies import StrategyChoice
 from fedsilo.v1 import fedsilo_pb2 as pb
@@ -138,8 +139,9 @@ def _secagg_step_from_pb(step: pb.SecAggStep) -> SecAggStepData:
         shares=tuple(step.shares),
         survivors=tuple(step.survivors),
         unmask_request=step.unmask_request,
-        inputs=tuple(step.inputs),
-        excluded_inputs=tuple(step.excluded_inputs),
+        round_inputs=RoundInputsInfo(step.round_inputs.total_bytes, step.round_inputs.sha256)
+        if step.HasField("round_inputs")
+        else None,
     )
 
 

@@ -573,6 +573,60 @@ def test_bad_metric_reports_are_refused_and_not_recorded(
     assert (metrics.version, metrics.reports, metrics.loss) == (0, 1, 0.5)
 
 
+InputsRequest = Callable[[str, str], pb.DownloadRoundInputsRequest]
+
+BAD_ROUND_INPUTS: dict[str, tuple[InputsRequest, grpc.StatusCode]] = {
+    "unknown job": (
+        lambda job, round_id: pb.DownloadRoundInputsRequest(job_id="no-job", round_id=round_id),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    "unknown round": (
+        lambda job, round_id: pb.DownloadRoundInputsRequest(job_id=job, round_id=str(uuid.uuid4())),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    "empty round id": (
+        lambda job, round_id: pb.DownloadRoundInputsRequest(job_id=job),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    "empty request": (
+        lambda job, round_id: pb.DownloadRoundInputsRequest(),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    # Only a paillier round's members vet inputs, and only at CONSISTENCY: outsiders and other
+    # phases of such a round are in tests/unit/coordinator/service/test_secure_rounds.py.
+    "a round whose protection vets no inputs": (
+        lambda job, round_id: pb.DownloadRoundInputsRequest(job_id=job, round_id=round_id),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+}
+
+
+def test_bad_round_inputs_requests_are_refused_and_change_nothing(
+    running_round: StartRound,
+    participant_stub: StubFor,
+    admin: AdminClient,
+    coordinator: RunningCoordinator,
+    blob_refs: Callable[[], list[str]],
+) -> None:
+    job_id, round_ = running_round()
+    stub = participant_stub(ORG_A)
+    before, blobs_before = job_snapshot(admin, job_id), blob_refs()
+
+    codes = {}
+    for case, (make, _) in BAD_ROUND_INPUTS.items():
+        request = make(job_id, round_.round_id)
+        codes[case] = rpc_error(
+            lambda r=request: list(stub.DownloadRoundInputs(r, timeout=RPC_TIMEOUT_S))
+        ).code()
+
+    assert codes == {case: code for case, (_, code) in BAD_ROUND_INPUTS.items()}
+    assert job_snapshot(admin, job_id) == before
+    assert blob_refs() == blobs_before
+    assert stored_submissions(coordinator, round_.round_id) == []
+    accepted = submit(stub, update_for(ORG_A, job_id, round_).requests())
+    assert accepted.duplicate is False
+
+
 def test_bad_admin_requests_are_refused_and_create_nothing(
     admin: AdminClient, blob_refs: Callable[[], list[str]]
 ) -> None:
@@ -705,7 +759,7 @@ def _method_id(value: object) -> str:
 
 
 ALL_METHODS = _methods()
-assert len(ALL_METHODS) == 24  # 8 participant + 16 admin RPCs; update when the API grows
+assert len(ALL_METHODS) == 25  # 9 participant + 16 admin RPCs; update when the API grows
 
 
 def _raw_call(
@@ -908,6 +962,9 @@ def _valid_request(path: str, job_id: str) -> list[bytes]:
         return [pb.GetTaskRequest(wait_seconds=0).SerializeToString()]
     if name == "DownloadModel":
         return [pb.DownloadModelRequest(job_id=job_id, version=0).SerializeToString()]
+    if name == "DownloadRoundInputs":
+        request = pb.DownloadRoundInputsRequest(job_id=job_id, round_id=str(uuid.uuid4()))
+        return [request.SerializeToString()]
     if name == "ReportMetrics":
         request = pb.ReportMetricsRequest(
             job_id=job_id, model_version=0, num_examples=5, loss=0.5, accuracy=0.5

@@ -25,12 +25,15 @@ from integration_shift_task import ORG_SETTINGS
 
 from coordinator.transport.server import RunningCoordinator
 from fedsilo.admin import AdminClient
+from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.cli.daemons import wait_for
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.protection import SecAggParameters
 from fedsilo.v1 import fedsilo_pb2 as pb
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
+from participant.transport.client import CoordinatorClient
 from secagg.paillier import PackingLayout, PaillierCiphertexts, encrypt_integers, input_tag
 
 LEVELS_BITS = 12
@@ -187,6 +190,66 @@ def test_a_malformed_input_is_excluded_and_its_sender_named(
     signing U3, leave org-c out like a dropout and name it; the coordinator keeps the signed
     input as evidence, and the round commits exactly org-a's and org-b's sum, which every key
     holder decrypts. Without the vetting the sum would not decode and the job would stall."""
+    _exclude_a_malformed_input(
+        admin, target, run_daemon, tmp_path, monkeypatch, caplog, initial_weights()
+    )
+
+
+LARGE_PARAMETERS = 240_000
+"""Above 225,280 values (4,096 ciphertexts of 55 slots at 2048 bits, k = 32), one input takes
+more than 2 MiB: the two inputs each member vets exceed one 4 MiB gRPC message."""
+
+
+@pytest.mark.slow  # decrypting 240,000 values several times per member: about 1-3 minutes
+def test_inputs_larger_than_one_message_are_streamed_and_a_malformed_one_excluded(
+    admin: AdminClient,
+    target: str,
+    run_daemon: Callable[..., DaemonThread],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same exclusion with a model whose inputs do not fit in one gRPC message: every
+    member downloads the others' signed inputs in chunks (DownloadRoundInputs, more than 4 MiB
+    each time), vets them, and org-c is named and excluded; the round commits the honest sum.
+    Were the inputs carried in the step, they could not be shown, nobody could name org-c and
+    the job would stall."""
+    sizes: list[int] = []
+    download = CoordinatorClient.download_round_inputs
+
+    def spied(
+        self: CoordinatorClient, job_id: str, round_id: str, announced: RoundInputsInfo
+    ) -> bytes | None:
+        payload = download(self, job_id, round_id, announced)
+        if payload is not None:
+            sizes.append(len(payload))
+        return payload
+
+    monkeypatch.setattr(CoordinatorClient, "download_round_inputs", spied)
+    rng = np.random.default_rng(11)
+    initial = [
+        rng.standard_normal((LARGE_PARAMETERS - 1000,)).astype(np.float32),
+        rng.standard_normal((1000,)).astype(np.float32),
+    ]
+    _exclude_a_malformed_input(
+        admin, target, run_daemon, tmp_path, monkeypatch, caplog, initial, timeout=900
+    )
+    # Every member of the first U3 (org-c too) and the honest ones again after the exclusion.
+    assert len(sizes) >= 3
+    assert min(sizes) > MAX_MESSAGE_BYTES
+
+
+def _exclude_a_malformed_input(
+    admin: AdminClient,
+    target: str,
+    run_daemon: Callable[..., DaemonThread],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    initial: list[np.ndarray],
+    timeout: float = 120,
+) -> None:
+    """org-c signs an input with a padding bit; org-a and org-b exclude it (see above)."""
     caplog.set_level(logging.INFO)
     honest_encrypt = PaillierJobs.encrypt_input
 
@@ -221,9 +284,11 @@ def test_a_malformed_input_is_excluded_and_its_sender_named(
         "three organizations to register",
         interval=0.02,
     )
-    initial = initial_weights()
     spec = paillier_spec()
     spec.num_rounds = 1
+    # Minutes of decryption per member for a large model, on a machine shared by three daemons.
+    spec.phase_timeout_seconds = timeout
+    spec.round_timeout_seconds = 3 * timeout
     job_id = admin.create_job(spec, initial).job_id
     admin.start_job(job_id)
 
@@ -231,7 +296,9 @@ def test_a_malformed_input_is_excluded_and_its_sender_named(
         final = [m for m in status.metrics if m.version == 1]
         return status.state == pb.JOB_STATE_COMPLETED and bool(final) and final[0].reports >= 2
 
-    status = wait_for_job(admin, job_id, done, "the paillier job to complete without org-c", 120)
+    status = wait_for_job(
+        admin, job_id, done, "the paillier job to complete without org-c", timeout
+    )
     (round_,) = status.rounds
     assert round_.phase == pb.ROUND_PHASE_COMMITTED, round_.abort_reason
     assert sorted(round_.contributors) == ["org-a", "org-b"]

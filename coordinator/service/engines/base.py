@@ -21,6 +21,7 @@ from coordinator.service.payloads import ReceivedPayload
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
 from fedsilo.codec import TensorSpec
+from fedsilo.paillier_inputs import RoundInputs
 
 __all__ = ["CeremonyRow", "FoldedInput", "RoundEngine", "check_phase", "revoked_orgs"]
 
@@ -76,6 +77,11 @@ class RoundEngine(abc.ABC):
     def holds_cohort(self, tx: Transaction, round_: Round, org_id: str) -> bool:
         """Whether ``org_id`` takes part in a short step of the round the cohort waits for."""
         return False
+
+    def round_inputs(self, tx: Transaction, round_: Round, org_id: str) -> RoundInputs:
+        """The signed inputs ``org_id`` vets now (DownloadRoundInputs); WrongRoundPhase unless
+        it is a member of U3 of a round whose inputs are vetted, in its consistency phase."""
+        raise WrongRoundPhase("the inputs of this round's protection are not vetted by members")
 
     def status_note(self, tx: Transaction, job: Job) -> str:
         """What the admin should know about the job's organizations ("" if nothing)."""

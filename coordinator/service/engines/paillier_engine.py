@@ -35,7 +35,12 @@ from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
 from fedsilo.codec import PayloadHeader, TensorSpec, encode_tensors
 from fedsilo.faults import crash_point
-from fedsilo.paillier_inputs import ExclusionReport, SignedInput, is_exclusion_report
+from fedsilo.paillier_inputs import (
+    ExclusionReport,
+    RoundInputs,
+    SignedInput,
+    is_exclusion_report,
+)
 from fedsilo.paillier_versions import PaillierVersion, RoundTranscript, round_key_fingerprint
 from secagg import InvalidInput, SecAggError
 from secagg.paillier import (
@@ -130,11 +135,19 @@ class PaillierRoundEngine(MaskedRoundEngine):
             or round_.accumulator_ref is None
         ):
             return item
-        # Every member decrypts the others' signed inputs and checks them before it signs U3.
-        running = RunningInputs.from_bytes(self._ctx.blobs.get(round_.accumulator_ref))
-        inputs, excluded = inputs_for(running, org_id)
-        step = dataclasses.replace(item.secagg, inputs=inputs, excluded_inputs=excluded)
+        # Every member decrypts the others' signed inputs and checks them before it signs U3;
+        # the step announces them, the member downloads them in chunks (any size).
+        announced = self.round_inputs(tx, round_, org_id).info()
+        step = dataclasses.replace(item.secagg, round_inputs=announced)
         return dataclasses.replace(item, secagg=step)
+
+    def round_inputs(self, tx: Transaction, round_: Round, org_id: str) -> RoundInputs:
+        if round_.phase is not Phase.CONSISTENCY or round_.accumulator_ref is None:
+            raise WrongRoundPhase("a round's inputs are vetted only in its consistency phase")
+        if org_id not in round_.contributors:
+            raise WrongRoundPhase("this organization does not take part in the consistency phase")
+        running = RunningInputs.from_bytes(self._ctx.blobs.get(round_.accumulator_ref))
+        return inputs_for(running, org_id)
 
     def check_message(
         self,

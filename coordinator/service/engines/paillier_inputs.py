@@ -3,7 +3,8 @@ and a sender of a malformed input excluded from U3 on a key holder's signed repo
 
 The coordinator cannot decrypt, so it cannot tell a malformed input; the key holders can
 (``fedsilo.paillier_inputs``). It keeps every contributor's signed input beside the running
-products, shows each CONSISTENCY step the other contributors' inputs, and when a member answers
+products, has each CONSISTENCY step announce the other contributors' inputs (downloaded with
+DownloadRoundInputs, of any size), and when a member answers
 with an ``ExclusionReport`` it drops the named senders from U3 (they become dropouts: the
 unmask request asks for their masking keys, so their pairwise masks are removed), recomputes
 the products without them, forgets the consistency signatures given for the old set, keeps each
@@ -24,20 +25,16 @@ from coordinator.errors import InvalidRequest
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from coordinator.service.engines.secure_rounds import SecureRoundCoordinator, certificate_key
-from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.logs import context
-from fedsilo.paillier_inputs import ExclusionReport, SignedInput, verify_input
+from fedsilo.paillier_inputs import ExclusionReport, RoundInputs, SignedInput, verify_input
 from secagg import InvalidSignature, SecAggError, decode_fields, encode_fields
 from secagg.paillier import PaillierCiphertexts, PaillierPublicKey, add_ciphertexts
 
-__all__ = ["STEP_INPUT_BUDGET", "RunningInputs", "exclude_reported", "inputs_for", "signed_input"]
+__all__ = ["RunningInputs", "exclude_reported", "inputs_for", "signed_input"]
 
 log = logging.getLogger("coordinator")
 
 _LABEL = b"fedsilo/paillier/v1/running-inputs"
-
-STEP_INPUT_BUDGET = MAX_MESSAGE_BYTES - (512 << 10)
-"""Bytes of signed inputs one CONSISTENCY step may carry: a task is one gRPC message."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +105,11 @@ def signed_input(
     return item
 
 
-def inputs_for(running: RunningInputs, org_id: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """What a CONSISTENCY step shows ``org_id``: the other contributors' signed inputs and the
-    evidence against the excluded; nothing when they would not fit in one task message (each
-    member then checks the sum when it decrypts it)."""
+def inputs_for(running: RunningInputs, org_id: str) -> RoundInputs:
+    """What ``org_id`` vets at CONSISTENCY: the other contributors' signed inputs and the
+    evidence against the excluded, whatever their size (downloaded in chunks)."""
     others = tuple(raw for raw in running.inputs if SignedInput.from_bytes(raw).sender != org_id)
-    if sum(map(len, others)) + sum(map(len, running.excluded)) > STEP_INPUT_BUDGET:
-        return (), ()
-    return others, running.excluded
+    return RoundInputs(others, running.excluded)
 
 
 def exclude_reported(

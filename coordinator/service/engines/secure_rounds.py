@@ -37,6 +37,7 @@ from coordinator.errors import InvalidRequest, NotFound, WrongRoundPhase
 from coordinator.persistence.blobs import BlobStore
 from coordinator.persistence.store import Transaction
 from fedsilo.codec import CodecError, PayloadHeader, TensorSpec
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.paillier_versions import RoundTerms
 from fedsilo.protection import (
     SecAggParameters,
@@ -81,10 +82,8 @@ class SecAggStep:
     """CONSISTENCY: U3."""
     unmask_request: bytes = b""
     """UNMASK: the request every member of U4 answers."""
-    inputs: tuple[bytes, ...] = ()
-    """CONSISTENCY (paillier): the signed encrypted inputs of U3's other members, to vet."""
-    excluded_inputs: tuple[bytes, ...] = ()
-    """CONSISTENCY (paillier): the signed inputs of those excluded from U3 as malformed."""
+    round_inputs: RoundInputsInfo | None = None
+    """CONSISTENCY (paillier): the signed inputs to vet, downloaded with DownloadRoundInputs."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from examples.synthetic.task import task
 from fedsilo.codec import decode_tensors, tensors_sha256
 from fedsilo.paillier_inputs import (
     ExclusionReport,
+    RoundInputs,
+    RoundInputsInfo,
     SignedInput,
     is_exclusion_report,
     verify_input,
@@ -114,6 +116,8 @@ class CeremonyCoordinator:
         self.stopped: dict[str, str] = {}
         self.received: list[tuple[str, str, bytes]] = []
         self.models: dict[int, Weights] = {0: initial_weights()}
+        self.round_inputs: dict[tuple[str, str], bytes] = {}
+        """What DownloadRoundInputs serves, by (round id, organization)."""
 
     def certificate(self, org: str) -> bytes:
         return self.pki.participants[org].cert_path.read_bytes()
@@ -219,6 +223,7 @@ class PaillierTransport(FakeTransport):
         self.refused_actions: set[str] = set()
         self.ceremony_calls = 0
         self.downloaded: list[int] = []
+        self.downloaded_inputs = 0
 
     def download_model(self, job_id: str, version: int) -> tuple[int, Weights]:
         assert job_id == self.coordinator.job_id
@@ -227,6 +232,18 @@ class PaillierTransport(FakeTransport):
             version = self.coordinator.latest()
         self.downloaded.append(version)
         return version, [w.copy() for w in self.coordinator.models[version]]
+
+    def download_round_inputs(
+        self, job_id: str, round_id: str, announced: RoundInputsInfo
+    ) -> bytes | None:
+        assert job_id == self.coordinator.job_id
+        payload = self.coordinator.round_inputs.get((round_id, self.org))
+        if payload is None:
+            raise Refusal("a round's inputs are vetted only in its consistency phase")
+        if RoundInputs.from_bytes(payload).info() != announced:
+            return None
+        self.downloaded_inputs += 1
+        return payload
 
     def submit_ceremony(self, job_id: str, action: str, body: bytes) -> SubmissionReceipt:
         assert job_id == self.coordinator.job_id
@@ -398,7 +415,7 @@ class PaillierRound(Coordinator):
         """The signed inputs shown as evidence for exclusions (none in an honest round)."""
         self.reports: dict[str, ExclusionReport] = {}
         self.show_inputs = True
-        """False: a coordinator whose CONSISTENCY step could not carry the inputs."""
+        """False: a coordinator whose CONSISTENCY step announces no inputs to vet."""
         self.messages: dict[SecAggPhase, list[tuple[str, bytes]]] = {}
         self.correction: npt.NDArray[Any] | None = None
         # Signed as a paillier round: its context binds the base version's served bytes.
@@ -417,18 +434,20 @@ class PaillierRound(Coordinator):
         )
 
     def consistency_task_for(self, org: str) -> Assignment:
-        """U3 with the other members' signed inputs, and the evidence for any exclusion."""
-        inputs = tuple(
-            self.signed[other].to_bytes()
-            for other in self.survivors
-            if other != org and self.show_inputs
-        )
-        return self.task(
-            SecAggPhase.CONSISTENCY,
-            survivors=self.survivors,
-            inputs=inputs,
-            excluded_inputs=tuple(item.to_bytes() for item in self.evidence),
-        )
+        """U3, announcing the other members' signed inputs and the evidence for any exclusion
+        (served to ``org`` by its transport's ``download_round_inputs``)."""
+        inputs = tuple(self.signed[other].to_bytes() for other in self.survivors if other != org)
+        served = RoundInputs(inputs, tuple(item.to_bytes() for item in self.evidence))
+        return self.serve_inputs(org, served)
+
+    def serve_inputs(self, org: str, served: RoundInputs) -> Assignment:
+        """The CONSISTENCY task of ``org`` announcing exactly ``served``."""
+        task = self.task(SecAggPhase.CONSISTENCY, survivors=self.survivors)
+        if not self.show_inputs:
+            return task
+        self.ceremony.round_inputs[(task.round_id, org)] = served.to_bytes()
+        assert task.secagg is not None
+        return replace(task, secagg=replace(task.secagg, round_inputs=served.info()))
 
     def task_for(self, phase: SecAggPhase, org: str) -> Assignment:
         if phase is SecAggPhase.CONSISTENCY:

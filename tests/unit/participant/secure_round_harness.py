@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from examples.synthetic.task import task
 from fedsilo.codec import PayloadHeader, decode_tensors
+from fedsilo.paillier_inputs import RoundInputsInfo
 from fedsilo.pki import DemoPki, load_certificate
 from fedsilo.privacy import DifferentialPrivacy
 from fedsilo.protection import (
@@ -126,6 +127,11 @@ class FakeTransport:
         duplicate = any(s.payload == payload for s in self.sent)
         self.sent.append(Sent(assignment, b"", header, payload, num_examples, train_loss))
         return SubmissionReceipt(f"ack-{len(self.sent)}", duplicate)
+
+    def download_round_inputs(
+        self, job_id: str, round_id: str, announced: RoundInputsInfo
+    ) -> bytes | None:
+        raise AssertionError("only a paillier round's members download inputs to vet")
 
     def submit_message(self, assignment: Assignment, body: bytes) -> SubmissionReceipt:
         duplicate = any(s.body == body for s in self.sent)

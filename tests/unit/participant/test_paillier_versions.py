@@ -30,9 +30,11 @@ from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.paillier_versions import PaillierVersion
 from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.protection import SecAggParameters
-from participant.domain.assignments import SecAggPhase, StepOutcome
+from participant.domain.assignments import SecAggPhase, SecAggStepData, StepOutcome
 from participant.errors import ModelUnavailable
+from participant.service import secure_rounds
 from participant.service.paillier_jobs import MalformedAggregate, VersionRefused
+from participant.service.paillier_vetting import Vetted
 from secagg.paillier import (
     PackingLayout,
     PaillierCiphertexts,
@@ -258,10 +260,10 @@ def test_a_malformed_input_of_a_contributor_is_refused_without_stopping_the_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """org-c holds the key and tags its input properly, but one slot of it overflows. The
-    coordinator could not show the members the inputs before CONSISTENCY (they did not fit in
-    one message), so nobody excluded org-c (tests/unit/participant/test_paillier_vetting.py):
-    the version verifies (it is the round's), its sum is no aggregate. The coordinator did
-    nothing wrong, so nothing is held against it; the round's contributors are named."""
+    members signed U3 without vetting the inputs (no honest member does,
+    tests/unit/participant/test_paillier_vetting.py), so nobody excluded org-c: the version
+    verifies (it is the round's), its sum is no aggregate. The coordinator did nothing wrong,
+    so nothing is held against it; the round's contributors are named."""
     run_ceremony(coordinator, participants)
     bad = participants[2]
     public = paillier_key.public_key
@@ -286,7 +288,13 @@ def test_a_malformed_input_of_a_contributor_is_refused_without_stopping_the_job(
 
     monkeypatch.setattr(bad.paillier, "encrypt_input", oversized)
     round_ = PaillierRound(pki, coordinator, [p.org for p in participants])
-    round_.show_inputs = False
+
+    def unvetted(
+        paillier: object, assignment: object, data: SecAggStepData, *rest: object, **kw: object
+    ) -> Vetted:
+        return Vetted(tuple(sorted(data.survivors)), ())
+
+    monkeypatch.setattr(secure_rounds, "vet_inputs", unvetted)
     assert round_.run(participants) == 1
 
     with caplog.at_level(logging.ERROR, logger="participant"):

@@ -29,7 +29,7 @@ from paillier_harness import (
 from secure_round_harness import JOB_ID
 
 from fedsilo.codec import PayloadHeader, encode_tensors, specs_of
-from fedsilo.paillier_inputs import SignedInput, input_statement
+from fedsilo.paillier_inputs import RoundInputs, SignedInput, input_statement
 from fedsilo.pki import DemoPki, make_demo_pki
 from fedsilo.protection import SecAggParameters, unflatten
 from participant.domain.assignments import SecAggPhase, StepOutcome
@@ -110,6 +110,12 @@ def _malformed_encryption(key: PaillierPrivateKey, tamper: Tamper) -> Callable[.
 def _to_inputs(round_: PaillierRound, participants: list[PaillierParticipant]) -> None:
     for phase in (SecAggPhase.KEYS, SecAggPhase.SHARES, SecAggPhase.INPUTS):
         round_.run_phase(phase, participants)
+
+
+def _consistency_answers(participant: PaillierParticipant) -> int:
+    """How many CONSISTENCY answers (signatures on U3) the participant sent."""
+    phase = SecAggPhase.CONSISTENCY.value
+    return sum(sent.assignment.phase == phase for sent in participant.transport.sent)
 
 
 def _secagg_model(round_: PaillierRound, orgs: tuple[str, ...]) -> list[np.ndarray]:
@@ -265,7 +271,64 @@ def test_a_step_that_hides_a_member_input_is_refused(
     """Inputs shown must cover U3: one left out could be the malformed one."""
     round_ = PaillierRound(pki, coordinator, ORGS)
     _to_inputs(round_, participants)
+    only_b = RoundInputs((round_.signed["org-b"].to_bytes(),))
+    task = round_.serve_inputs("org-a", only_b)
+    assert participants[0].step(task) is StepOutcome.REFUSED
+    assert participants[0].transport.downloaded_inputs == 1
+    assert _consistency_answers(participants[0]) == 0
+
+
+def test_a_step_that_announces_no_inputs_is_refused(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """U3 is never signed unvetted: a step without inputs to download is refused."""
+    round_ = PaillierRound(pki, coordinator, ORGS)
+    _to_inputs(round_, participants)
+    round_.show_inputs = False
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        assert participants[0].step(round_.consistency_task_for("org-a")) is StepOutcome.REFUSED
+    assert "announces no inputs to vet" in caplog.text
+    assert participants[0].transport.downloaded_inputs == 0
+    assert _consistency_answers(participants[0]) == 0
+
+
+def test_inputs_announced_above_what_the_cohort_can_send_are_not_downloaded(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The announced size is checked against n - 1 inputs of the job's layout before a byte is
+    read: a coordinator cannot make a member hold more than the round's inputs."""
+    round_ = PaillierRound(pki, coordinator, ORGS)
+    _to_inputs(round_, participants)
     task = round_.consistency_task_for("org-a")
-    assert task.secagg is not None
-    hidden = replace(task.secagg, inputs=task.secagg.inputs[:1])
-    assert participants[0].step(replace(task, secagg=hidden)) is StepOutcome.REFUSED
+    assert task.secagg is not None and task.secagg.round_inputs is not None
+    huge = replace(task.secagg.round_inputs, total_bytes=task.secagg.round_inputs.total_bytes * 4)
+    with caplog.at_level(logging.ERROR, logger="participant"):
+        step = replace(task, secagg=replace(task.secagg, round_inputs=huge))
+        assert participants[0].step(step) is StepOutcome.REFUSED
+    assert "bytes of inputs to vet" in caplog.text
+    assert participants[0].transport.downloaded_inputs == 0
+
+
+def test_inputs_that_changed_since_the_step_are_asked_again_not_signed(
+    pki: DemoPki,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+) -> None:
+    """The coordinator serves other inputs than the step announced (U3 changed meanwhile):
+    nothing is signed, the round is not refused, and the fresh step is answered."""
+    round_ = PaillierRound(pki, coordinator, ORGS)
+    _to_inputs(round_, participants)
+    stale = round_.consistency_task_for("org-a")
+    round_.ceremony.round_inputs[(stale.round_id, "org-a")] = RoundInputs(
+        (round_.signed["org-b"].to_bytes(),)
+    ).to_bytes()
+    assert participants[0].step(stale) is StepOutcome.SKIPPED
+    assert _consistency_answers(participants[0]) == 0
+    assert participants[0].step(round_.consistency_task_for("org-a")) is StepOutcome.ANSWERED
+    assert _consistency_answers(participants[0]) == 1

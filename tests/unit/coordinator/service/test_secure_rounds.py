@@ -44,6 +44,7 @@ from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkI
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.paillier_inputs import (
     ExclusionReport,
+    RoundInputs,
     SignedInput,
     input_defect,
     sign_input,
@@ -264,13 +265,19 @@ class Participant:
         assert self.client is not None and item.secagg is not None and item.round is not None
         survivors = list(item.secagg.survivors)
         bad: list[str] = []
-        if self.paillier is not None and item.secagg.inputs:
+        if self.paillier is not None:
+            # The step announces the inputs; the member downloads them (DownloadRoundInputs).
+            announced = item.secagg.round_inputs
+            assert announced is not None
+            payload = service.round_inputs(self.org.org_id, item.job.job_id, item.round.round_id)
+            downloaded = RoundInputs.from_bytes(payload)
+            assert downloaded.info() == announced
             p = item.secagg.parameters
             layout = PackingLayout(
                 p.modulus_bits, p.max_participants, self.paillier.public_key.bits
             )
             binding = _binding(service, item)
-            for raw in item.secagg.inputs:
+            for raw in downloaded.inputs:
                 shown = SignedInput.from_bytes(raw)
                 verify_input(self.peers[shown.sender], self.client.config, shown)
                 if input_defect(self.paillier, layout, p.vector_length, binding, shown):
@@ -1518,6 +1525,41 @@ def test_an_exclusion_report_must_sign_the_set_it_leaves(
             )
         assert consortium.round(job).contributors == round_.contributors
     assert not _malformed_events(consortium)
+
+
+def test_only_a_member_of_u3_downloads_the_inputs_and_only_at_consistency(
+    consortium: Consortium, paillier_key: PaillierPrivateKey
+) -> None:
+    """The inputs to vet go to members of U3 in the consistency phase only, each without its
+    own input; an outsider, another phase, another job's id or an unknown round are refused,
+    and asking changes nothing."""
+    job = _paillier_job(consortium, paillier_key)
+    round_ = None
+    for _ in range(20):
+        if consortium.service.get_job(job.job_id).rounds:
+            round_ = consortium.round(job)
+            if round_.phase is Phase.CONSISTENCY:
+                break
+            if round_.phase in (Phase.KEYS, Phase.SHARES, Phase.INPUTS):
+                with pytest.raises(WrongRoundPhase):
+                    consortium.service.round_inputs("org-a", job.job_id, round_.round_id)
+        consortium.step()
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.CONSISTENCY
+    members = sorted(round_.contributors)
+    for member in members:
+        shown = RoundInputs.from_bytes(
+            consortium.service.round_inputs(member, job.job_id, round_.round_id)
+        )
+        senders = [SignedInput.from_bytes(raw).sender for raw in shown.inputs]
+        assert sorted(senders) == [m for m in members if m != member]
+        assert shown.excluded == ()
+    with pytest.raises(WrongRoundPhase):
+        consortium.service.round_inputs("org-z", job.job_id, round_.round_id)
+    for job_id, round_id in ((job.job_id, "no-such-round"), ("another-job", round_.round_id)):
+        with pytest.raises(NotFound):
+            consortium.service.round_inputs(members[0], job_id, round_id)
+    assert consortium.round(job) == round_
 
 
 def _malformed_events(consortium: Consortium) -> list[str]:
