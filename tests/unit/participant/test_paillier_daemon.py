@@ -103,6 +103,7 @@ class ScriptedClient(PaillierTransport):
         self.replies = replies
         self.stop = threading.Event()
         self.pauses = 0
+        self.renewal_pending = False
         self.metrics: list[tuple[str, int, int]] = []
         self.asked = 0
 
@@ -112,6 +113,9 @@ class ScriptedClient(PaillierTransport):
     def pause(self) -> bool:
         self.pauses += 1
         return False
+
+    def certificate_renewal_pending(self) -> bool:
+        return self.renewal_pending
 
     def get_assignment(
         self, wait_seconds: float, held_round_ids: list[str], membership_serial: int = 0

@@ -77,6 +77,7 @@ class ScriptedClient(FakeTransport):
         self.stop = stop
         self.held: list[list[str]] = []
         self.pauses = 0
+        self.renewal_pending = False
         self.refuse_messages = False
         self.initial: list[tuple[str, PayloadHeader, bytes]] = []
         self.metrics: list[tuple[str, int]] = []
@@ -87,6 +88,9 @@ class ScriptedClient(FakeTransport):
     def pause(self) -> bool:
         self.pauses += 1
         return False
+
+    def certificate_renewal_pending(self) -> bool:
+        return self.renewal_pending
 
     def get_assignment(
         self, wait_seconds: float, held_round_ids: list[str], membership_serial: int = 0
@@ -283,6 +287,27 @@ def test_a_revoked_organization_stops_instead_of_retrying(
     with pytest.raises(Revoked, match="refused this organization for good"):
         daemon.run()
     assert client.pauses == 0  # no backoff and retry
+
+
+def test_a_revocation_of_a_certificate_being_renewed_is_retried_with_the_renewal(
+    tmp_path: Path, pki: DemoPki
+) -> None:
+    """Refused as revoked while renewed certificate files wait on disk: the refused certificate
+    is the old one, so the daemon backs off and calls again (with the renewed files)."""
+    daemon, client = _daemon(tmp_path, pki, [])
+    client.renewal_pending = True
+    calls: list[int] = []
+
+    def refused(wait_seconds: float, held_round_ids: list[str], serial: int = 0) -> TaskReply:
+        calls.append(1)
+        if len(calls) == 3:
+            client.stop.set()
+            raise Stopped()
+        raise RequestRefused(CallStatus.UNAUTHENTICATED, "this certificate has been revoked")
+
+    client.get_assignment = refused  # type: ignore[method-assign]
+    daemon.run()
+    assert len(calls) == 3 and client.pauses == 2
 
 
 def test_a_pending_organization_keeps_retrying(tmp_path: Path, pki: DemoPki) -> None:
