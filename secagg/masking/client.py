@@ -454,7 +454,7 @@ class SurvivorsSigned:
         )
         # Signed like every other answer: whoever uses the shares, the server or a participant
         # replaying the round from its transcript, can tell a share this participant revealed
-        # from one the server forged (docs/secagg.md, "Messages").
+        # from one the server forged (docs/secagg.md, round 4 of "The protocol").
         payload = unmask_payload(config, self.survivors, dropped, self.keys_digest, unsigned)
         response = replace(unsigned, signature=sign(context.signing_key, payload))
         return Completed(), response

@@ -81,8 +81,8 @@ def unmask_payload(
     share lists, everything of its answer but the signature.
 
     Whoever uses the shares (the server, or a participant replaying the round from its
-    transcript) checks this signature first: a share nobody could change is one its owner's
-    peer revealed for this very run of the round and this survivor set.
+    transcript) checks this signature first, so the only shares used are those their sender
+    revealed for this very run of the round and this survivor set.
     """
     self_mask, masking_key = response.shares_bytes()
     fields = [
