@@ -345,9 +345,10 @@ def replay_correction(
 
     Every signature is checked against ``verifying_keys`` (the caller verified the certificates):
     the signed keys against the round's configuration, the survivor set against at least ``t``
-    consistency signatures. The unmask answers reconstruct the self-mask seeds of U3 and the
-    masking keys of the dropped (each checked against its signed public key), as the coordinator
-    did. Raises secagg's SecAggError when anything does not replay.
+    consistency signatures, each unmask answer against its sender's signature over the round and
+    U3 before any of its shares is used. The unmask answers reconstruct the self-mask seeds of U3
+    and the masking keys of the dropped (each checked against its signed public key), as the
+    coordinator did. Raises secagg's SecAggError when anything does not replay.
     """
     config = RoundConfig(
         job_id,

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -48,6 +48,7 @@ from secagg.masking.derivation import (
     pairwise_mask_seeds,
     share_associated_data,
     share_channel_keys,
+    unmask_payload,
 )
 from secagg.masking.messages import (
     ConsistencySignature,
@@ -441,7 +442,7 @@ class SurvivorsSigned:
                 raise InvalidSignature(
                     f"the consistency signature of {item.participant!r} is not on this survivor set"
                 ) from None
-        response = UnmaskResponse(
+        unsigned = UnmaskResponse(
             participant=me,
             self_mask_shares=tuple(
                 RevealedShare(owner, self.held.self_mask[owner]) for owner in self.survivors
@@ -449,7 +450,13 @@ class SurvivorsSigned:
             masking_key_shares=tuple(
                 RevealedShare(owner, self.held.masking_key[owner]) for owner in sorted(dropped)
             ),
+            signature=b"",
         )
+        # Signed like every other answer: whoever uses the shares, the server or a participant
+        # replaying the round from its transcript, can tell a share this participant revealed
+        # from one the server forged (docs/secagg.md, round 4 of "The protocol").
+        payload = unmask_payload(config, self.survivors, dropped, self.keys_digest, unsigned)
+        response = replace(unsigned, signature=sign(context.signing_key, payload))
         return Completed(), response
 
 

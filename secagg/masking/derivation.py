@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 from secagg.masking.config import RoundConfig
-from secagg.masking.messages import SignedKeys
+from secagg.masking.messages import SignedKeys, UnmaskResponse
 from secagg.primitives.agreement import shared_secrets
 from secagg.primitives.encoding import encode_fields, encode_text
 from secagg.primitives.kdf import derive_key
@@ -24,11 +24,13 @@ __all__ = [
     "pairwise_mask_seeds",
     "share_associated_data",
     "share_channel_keys",
+    "unmask_payload",
 ]
 
 _SALT = b"fedsilo/secagg/v1"
 _ADVERTISE_KEYS = b"fedsilo/secagg/v1/advertise-keys"
 _CONSISTENCY = b"fedsilo/secagg/v1/consistency"
+_UNMASK = b"fedsilo/secagg/v1/unmask"
 _SHARE_CHANNEL = b"fedsilo/secagg/v1/share-channel"
 _SHARE_AD = b"fedsilo/secagg/v1/share"
 _PAIRWISE_MASK = b"fedsilo/secagg/v1/pairwise-mask"
@@ -64,6 +66,34 @@ def consistency_payload(
     """
     members = encode_fields(encode_text(member) for member in sorted(survivors))
     fields = [*_round_fields(_CONSISTENCY, config), encode_text(participant), members, keys_digest]
+    return encode_fields(fields)
+
+
+def unmask_payload(
+    config: RoundConfig,
+    survivors: Iterable[str],
+    dropped: Iterable[str],
+    keys_digest: bytes,
+    response: UnmaskResponse,
+) -> bytes:
+    """What a participant signs in round 4 (Unmasking): the survivor set U3 and dropped set
+    U2 \\ U3 it answers for (both sorted), the digest of the key list U1, its id and both of its
+    share lists, everything of its answer but the signature.
+
+    Whoever uses the shares (the server, or a participant replaying the round from its
+    transcript) checks this signature first, so the only shares used are those their sender
+    revealed for this very run of the round and this survivor set.
+    """
+    self_mask, masking_key = response.shares_bytes()
+    fields = [
+        *_round_fields(_UNMASK, config),
+        encode_text(response.participant),
+        encode_fields(encode_text(member) for member in sorted(survivors)),
+        encode_fields(encode_text(member) for member in sorted(dropped)),
+        keys_digest,
+        self_mask,
+        masking_key,
+    ]
     return encode_fields(fields)
 
 

@@ -173,27 +173,39 @@ class RevealedShare:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """Round 4 answer: shares of ``b`` for every survivor and of ``s_sk`` for every dropped peer."""
+    """Round 4 answer: shares of ``b`` for every survivor and of ``s_sk`` for every dropped peer,
+    and the org-key signature over them and the round (``derivation.unmask_payload``)."""
 
     participant: str
     self_mask_shares: tuple[RevealedShare, ...] = field(repr=False)
     masking_key_shares: tuple[RevealedShare, ...] = field(repr=False)
+    signature: bytes = field(repr=False)
+
+    def shares_bytes(self) -> tuple[bytes, bytes]:
+        """The canonical encodings of both share lists: what the signature covers of them."""
+        return (
+            encode_fields(item.to_bytes() for item in self.self_mask_shares),
+            encode_fields(item.to_bytes() for item in self.masking_key_shares),
+        )
 
     def to_bytes(self) -> bytes:
+        self_mask, masking_key = self.shares_bytes()
         return encode_fields(
             [
                 _UNMASK_RESPONSE,
                 encode_text(self.participant),
-                encode_fields(item.to_bytes() for item in self.self_mask_shares),
-                encode_fields(item.to_bytes() for item in self.masking_key_shares),
+                self_mask,
+                masking_key,
+                self.signature,
             ]
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskResponse:
-        participant, self_mask, masking_key = _open(data, _UNMASK_RESPONSE, 3)
+        participant, self_mask, masking_key, signature = _open(data, _UNMASK_RESPONSE, 4)
         return cls(
             _participant(participant),
             tuple(RevealedShare.from_bytes(item) for item in decode_fields(self_mask)),
             tuple(RevealedShare.from_bytes(item) for item in decode_fields(masking_key)),
+            signature,
         )

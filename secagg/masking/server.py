@@ -22,6 +22,7 @@ import numpy as np
 from secagg.errors import (
     InvalidInput,
     InvalidShare,
+    InvalidSignature,
     NotEnoughSurvivors,
     SecAggError,
     WrongPhase,
@@ -33,6 +34,7 @@ from secagg.masking.derivation import (
     key_list_digest,
     mask_is_added,
     pairwise_mask_seeds,
+    unmask_payload,
 )
 from secagg.masking.messages import (
     ConsistencySignature,
@@ -301,6 +303,18 @@ class SecAggServer:
                 raise InvalidInput(f"the unmask response of {sender!r} has shares of another x")
         if self._repeat(self._responses, sender, response):
             return
+        if self._verifying_keys is not None:
+            keys = (self._keys[member] for member in self._key_holders)
+            payload = unmask_payload(
+                self._config, self._survivors, self._dropped(), key_list_digest(keys), response
+            )
+            try:
+                verify(self._verifying_key(sender), response.signature, payload)
+            except InvalidSignature:
+                raise InvalidSignature(
+                    f"the unmask response of {sender!r} is not signed by {sender!r} for this "
+                    "round and survivor set"
+                ) from None
         self._responses[sender] = response
 
     def finish(self) -> MaskVector:

@@ -10,6 +10,7 @@ close to the model after version 0.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import stat
@@ -29,12 +30,22 @@ from fedsilo.chunking import MAX_MESSAGE_BYTES
 from fedsilo.cli.daemons import wait_for
 from fedsilo.codec import PayloadHeader, decode_tensors, encode_tensors
 from fedsilo.paillier_inputs import RoundInputsInfo
-from fedsilo.protection import SecAggParameters
+from fedsilo.paillier_versions import PaillierVersion
+from fedsilo.protection import SecAggParameters, decode_share_list
 from fedsilo.v1 import fedsilo_pb2 as pb
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.transport.client import CoordinatorClient
+from secagg import (
+    ConsistencySignature,
+    RevealedShare,
+    RoundConfig,
+    SecAggServer,
+    SignedKeys,
+    UnmaskResponse,
+)
 from secagg.paillier import PackingLayout, PaillierCiphertexts, encrypt_integers, input_tag
+from secagg.primitives.shamir import FIELD_PRIME, Share
 
 LEVELS_BITS = 12
 BOUND = math.ldexp(1.0, -(LEVELS_BITS + 1)) + 1e-5
@@ -174,6 +185,106 @@ def test_a_coordinator_serving_another_correction_is_refused_for_good(
     lines = [r.getMessage() for r in caplog.records if "stopped serving job" in r.getMessage()]
     assert len(lines) == len(ORGS)
     assert all(f"job {job_id}" in line and "model version 1 failed" in line for line in lines)
+
+
+def _correction_without_checks(job_id: str, record: PaillierVersion, like: Any) -> Any:
+    """The correction the record's transcript gives when no signature is checked: what a
+    coordinator serves beside unmask shares it changed, so that the two agree."""
+    transcript = record.transcript
+    config = RoundConfig(
+        job_id,
+        transcript.round_id,
+        transcript.cohort,
+        transcript.threshold,
+        like.size,
+        like.dtype.itemsize * 8,
+        context=transcript.context,
+    )
+    server = SecAggServer(config)
+    for org, body, _ in transcript.keys:
+        server.receive_keys(org, SignedKeys.from_bytes(body))
+    server.close_keys()
+    for org, body in transcript.shares:
+        server.receive_shares(org, decode_share_list(body))
+    server.close_shares()
+    server.restore_inputs(transcript.contributors, np.zeros(like.size, dtype=like.dtype))
+    server.close_inputs()
+    for org, body in transcript.consistency:
+        server.receive_consistency(org, ConsistencySignature.from_bytes(body))
+    server.close_consistency()
+    for org, body in transcript.unmask:
+        server.receive_unmask(org, UnmaskResponse.from_bytes(body))
+    return server.finish()
+
+
+def _moved_seed(body: bytes) -> bytes:
+    """An unmask answer whose share of the first survivor's self-mask seed is one more (so
+    every responder's shares still lie on one polynomial), its signature kept."""
+    answer = UnmaskResponse.from_bytes(body)
+    first, *rest = answer.self_mask_shares
+    moved = RevealedShare(first.owner, Share(first.share.x, (first.share.y + 1) % FIELD_PRIME))
+    return dataclasses.replace(answer, self_mask_shares=(moved, *rest)).to_bytes()
+
+
+@pytest.mark.slow  # it waits out the rounds the stopped organizations refuse: about 30 s
+def test_a_coordinator_forging_unmask_shares_in_the_transcript_is_refused_for_good(
+    admin: AdminClient,
+    target: str,
+    coordinator: RunningCoordinator,
+    run_daemon: Callable[..., DaemonThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Version 1 is served with every unmask answer's share of one self-mask seed moved
+    consistently, and the correction those shares give: the transcript replays without its
+    signatures. Every daemon checks each answer's signature before using a share, refuses the
+    version without decrypting it, and stops serving the job for good."""
+    service = coordinator.service
+    honest_read = service.read_model
+
+    def forged(job_id: str, version: int, *, encrypted: bool = False) -> Any:
+        got, header, payload = honest_read(job_id, version, encrypted=encrypted)
+        if not encrypted or got < 1:
+            return got, header, iter([payload])
+        data, correction = decode_tensors(header, payload)
+        record = PaillierVersion.from_bytes(data.tobytes())
+        unmask = tuple((org, _moved_seed(body)) for org, body in record.transcript.unmask)
+        record = dataclasses.replace(
+            record, transcript=dataclasses.replace(record.transcript, unmask=unmask)
+        )
+        header, payload = encode_tensors(
+            [
+                np.frombuffer(record.to_bytes(), dtype=np.uint8),
+                _correction_without_checks(job_id, record, correction),
+            ]
+        )
+        return got, header, iter([payload])
+
+    service.stream_model = forged  # type: ignore[method-assign]
+    for org in ORGS:
+        run_daemon(org, target, poll_seconds=0.5)
+    wait_for(
+        lambda: sorted(p.org_id for p in admin.list_participants()) == list(ORGS),
+        20,
+        "three organizations to register",
+        interval=0.02,
+    )
+    spec = paillier_spec()
+    spec.max_failed_rounds = 3
+    spec.round_timeout_seconds = 5
+    job_id = admin.create_job(spec, initial_weights()).job_id
+    admin.start_job(job_id)
+
+    def refused(status: pb.JobStatus) -> bool:
+        return all(f"{org} (version 1:" in status.waiting_reason for org in ORGS)
+
+    status = wait_for_job(admin, job_id, refused, "every organization to report the refusal", 120)
+    assert "stopped serving this job for good" in status.waiting_reason
+    assert "the unmask response of" in status.waiting_reason
+    assert status.rounds[0].phase == pb.ROUND_PHASE_COMMITTED
+    assert all(r.phase != pb.ROUND_PHASE_COMMITTED for r in status.rounds[1:])
+    lines = [r.getMessage() for r in caplog.records if "stopped serving job" in r.getMessage()]
+    assert len(lines) == len(ORGS)
+    assert all("is not signed" in line for line in lines)
 
 
 @pytest.mark.slow  # about 3 s

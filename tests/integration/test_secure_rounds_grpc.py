@@ -11,6 +11,7 @@ secrets are deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -27,13 +28,20 @@ from integration_shift_task import ORG_SETTINGS
 
 from coordinator.service.facade import CoordinatorService
 from coordinator.service.membership import MembershipService
-from coordinator.transport.interceptors import current_identity
+from coordinator.transport.interceptors import current_identity, status_for
 from coordinator.transport.server import RunningCoordinator
 from coordinator.transport.servicers import ParticipantServicer
 from fedsilo.admin import AdminClient
 from fedsilo.cli.daemons import wait_for
 from fedsilo.v1 import fedsilo_pb2 as pb
-from secagg import ConsistencySignature, SignedKeys, UnmaskRequest
+from secagg import (
+    ConsistencySignature,
+    RevealedShare,
+    SignedKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg.primitives.shamir import FIELD_PRIME, Share
 
 CLIP = 2.0
 LEVELS_BITS = 12
@@ -414,3 +422,81 @@ def test_equivocation_about_the_survivor_set_is_detected(
     refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     detected = [m for m in refusals if "is not on this survivor set" in m]
     assert len(detected) >= 2, refusals  # org-b and org-c
+
+
+class ShareForgingServicer(EvilServicer):
+    """The real participant API, but org-a's UNMASK answer reaches the coordinator with one
+    share changed (its signature kept): what a coordinator that forged shares would hold."""
+
+    refusals: list[tuple[grpc.StatusCode, str]]
+
+    def SubmitMessage(  # noqa: N802
+        self, request: pb.SubmitMessageRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitUpdateResponse:
+        if current_identity().org_id != "org-a" or request.phase != pb.ROUND_PHASE_UNMASK:
+            return super().SubmitMessage(request, context)
+        answer = UnmaskResponse.from_bytes(request.body)
+        first, *rest = answer.self_mask_shares
+        moved = RevealedShare(first.owner, Share(first.share.x, (first.share.y + 1) % FIELD_PRIME))
+        forged = dataclasses.replace(answer, self_mask_shares=(moved, *rest))
+        tampered = pb.SubmitMessageRequest()
+        tampered.CopyFrom(request)
+        tampered.body = forged.to_bytes()
+        try:
+            return super().SubmitMessage(tampered, context)
+        except Exception as exc:
+            # What the transport's interceptor answers the daemon with.
+            self.refusals.append(status_for(exc))
+            raise
+
+
+def _pass_tasks(evil: EvilServicer, response: pb.GetTaskResponse, org: str) -> None:
+    """Tasks go out as the coordinator made them."""
+
+
+@pytest.mark.slow  # about 5 s
+def test_an_unmask_answer_with_a_forged_share_is_invalid_argument(
+    start_test_coordinator: Callable[..., RunningCoordinator],
+    pki: Any,
+    run_daemon: Callable[..., DaemonThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over gRPC, the coordinator refuses an UNMASK answer whose share does not carry its
+    sender's signature with INVALID_ARGUMENT and keeps nothing of it; the round completes with
+    the answers of the others (t = 2 of 3), whose signatures verify."""
+    servicer: list[ShareForgingServicer] = []
+
+    def make(service: CoordinatorService, membership: MembershipService) -> ParticipantServicer:
+        made = ShareForgingServicer(service, membership, _pass_tasks, Evidence())
+        made.refusals = []
+        servicer.append(made)
+        return made
+
+    running = start_test_coordinator(0, participant_servicer=make)
+    target = f"127.0.0.1:{running.port}"
+    with AdminClient(target, pki.admin_tls()) as admin:
+        start_daemons(admin, target, run_daemon)
+        job_id = admin.create_job(secure_spec(phase_timeout=5.0), initial_weights()).job_id
+        admin.start_job(job_id)
+        status = wait_for_job(
+            admin, job_id, lambda s: s.state == pb.JOB_STATE_COMPLETED, "the job to complete", 40
+        )
+    (round_,) = status.rounds
+    assert round_.phase == pb.ROUND_PHASE_COMMITTED, round_.abort_reason
+    assert sorted(round_.contributors) == list(ORGS)
+    (made,) = servicer
+    assert made.refusals, "org-a sent no unmask answer"
+    refused = [r.getMessage() for r in caplog.records if "coordinator refused" in r.getMessage()]
+    assert any("the unmask message was refused" in line for line in refused), refused
+    # org-a answers again while the phase waits for it; once its deadline has passed, a late
+    # answer is refused for that reason before its signature is looked at.
+    late = [(c, d) for c, d in made.refusals if "the phase deadline has passed" in d]
+    forged = [(c, d) for c, d in made.refusals if (c, d) not in late]
+    assert forged, made.refusals
+    for code, details in forged:
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+        assert "the unmask response of 'org-a' is not signed by 'org-a'" in details
+    assert all(code is grpc.StatusCode.FAILED_PRECONDITION for code, _ in late)
+    with running.store.transaction() as tx:
+        stored = tx.list_phase_messages(round_.round_id)
+    assert sorted(m.org_id for m in stored if m.phase == "unmask") == ["org-b", "org-c"]

@@ -29,12 +29,19 @@ from secure_round_harness import JOB_ID
 from fedsilo.codec import PayloadHeader, encode_tensors
 from fedsilo.paillier_versions import PaillierVersion
 from fedsilo.pki import DemoPki, make_demo_pki
-from fedsilo.protection import SecAggParameters
+from fedsilo.protection import SecAggParameters, decode_share_list
 from participant.domain.assignments import SecAggPhase, SecAggStepData, StepOutcome
 from participant.errors import ModelUnavailable
-from participant.service import secure_rounds
+from participant.service import paillier_jobs, secure_rounds
 from participant.service.paillier_jobs import MalformedAggregate, VersionRefused
 from participant.service.paillier_vetting import Vetted
+from secagg import (
+    ConsistencySignature,
+    RevealedShare,
+    SecAggServer,
+    SignedKeys,
+    UnmaskResponse,
+)
 from secagg.paillier import (
     PackingLayout,
     PaillierCiphertexts,
@@ -44,6 +51,7 @@ from secagg.paillier import (
     encrypt_vector,
     input_tag,
 )
+from secagg.primitives.shamir import FIELD_PRIME, Share
 
 
 @pytest.fixture(scope="module")
@@ -365,3 +373,78 @@ def test_a_transcript_certificate_that_does_not_verify_now_refuses_without_stopp
     assert participants[0].paillier.stopped(JOB_ID) == ""
     coordinator.models[1] = honest
     assert participants[0].paillier.model(JOB_ID, 1)[0] == 1
+
+
+def _correction_a_coordinator_computes(
+    round_: PaillierRound, record: PaillierVersion
+) -> np.ndarray:
+    """The correction the transcript's shares give, replayed without checking one signature:
+    what a coordinator serves beside a transcript it forged, so that the two agree."""
+    server = SecAggServer(round_.config)
+    transcript = record.transcript
+    for org, body, _ in transcript.keys:
+        server.receive_keys(org, SignedKeys.from_bytes(body))
+    server.close_keys()
+    for org, body in transcript.shares:
+        server.receive_shares(org, decode_share_list(body))
+    server.close_shares()
+    length = round_.params.vector_length
+    server.restore_inputs(transcript.contributors, np.zeros(length, dtype=round_.config.dtype))
+    server.close_inputs()
+    for org, body in transcript.consistency:
+        server.receive_consistency(org, ConsistencySignature.from_bytes(body))
+    server.close_consistency()
+    for org, body in transcript.unmask:
+        server.receive_unmask(org, UnmaskResponse.from_bytes(body))
+    return server.finish()
+
+
+def _shifted_self_mask_seed(response: UnmaskResponse) -> UnmaskResponse:
+    """Every responder's share of the first survivor's self-mask seed, plus one: the shares
+    still lie on one polynomial, which now hides another seed (its signature kept)."""
+    first, *rest = response.self_mask_shares
+    moved = Share(first.share.x, (first.share.y + 1) % FIELD_PRIME)
+    return replace(response, self_mask_shares=(RevealedShare(first.owner, moved), *rest))
+
+
+def _unsigned(response: UnmaskResponse) -> UnmaskResponse:
+    return replace(response, signature=b"")
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [_shifted_self_mask_seed, _unsigned],
+    ids=["shares changed by the coordinator", "unsigned answers"],
+)
+def test_unmask_answers_their_senders_did_not_sign_are_refused_before_decrypting(
+    released: PaillierRound,
+    coordinator: CeremonyCoordinator,
+    participants: list[PaillierParticipant],
+    monkeypatch: pytest.MonkeyPatch,
+    forge: Callable[[UnmaskResponse], UnmaskResponse],
+) -> None:
+    """The coordinator forwards the round's unmask answers in the transcript. Shares it changed
+    consistently (so they reconstruct, to a seed it moved) with the correction they give, or
+    answers stripped of their signatures, are refused at the replay: the job stops, and nothing
+    was decrypted, so the refusal says nothing about the aggregate."""
+    record = _record(coordinator, 1)
+    assert np.array_equal(
+        _correction_a_coordinator_computes(released, record), coordinator.models[1][1]
+    )
+    unmask = tuple(
+        (org, forge(UnmaskResponse.from_bytes(body)).to_bytes())
+        for org, body in record.transcript.unmask
+    )
+    forged = replace(record, transcript=replace(record.transcript, unmask=unmask))
+    _serve(coordinator, 1, forged, _correction_a_coordinator_computes(released, forged))
+
+    def no_decryption(*args: object, **kwargs: object) -> list[int]:
+        raise AssertionError("a version whose unmask answers do not verify was decrypted")
+
+    monkeypatch.setattr(paillier_jobs, "decrypt_integers", no_decryption)
+    monkeypatch.setattr(participants[0].paillier, "_remembered_sum", lambda *args: None)
+
+    with pytest.raises(VersionRefused, match="the unmask response of 'org-a' is not signed"):
+        participants[0].paillier.model(JOB_ID, 1)
+    assert "model version 1 failed verification" in participants[0].paillier.stopped(JOB_ID)
+    assert participants[0].store.model_versions(JOB_ID) == [0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import numpy as np
@@ -19,9 +19,11 @@ from secagg import (
     SecAggServer,
     SignedKeys,
     UnmaskRequest,
+    UnmaskResponse,
 )
+from secagg.masking.derivation import key_list_digest, unmask_payload
 from secagg.primitives.prg import MaskVector, expand
-from secagg.primitives.signatures import SigningKey, VerifyingKey
+from secagg.primitives.signatures import SigningKey, VerifyingKey, sign
 
 ANY_MAJORITY = CohortPolicy(min_threshold_fraction=Fraction(1, 2), min_cohort=2)
 """A policy accepting every round ``RoundConfig`` allows: for tests of the rest of the protocol."""
@@ -200,6 +202,23 @@ def drive(
             response = cohort.clients[signature.participant].unmask(driven.request)
             server.receive_unmask(signature.participant, response)
     return driven
+
+
+def signed_unmask(
+    cohort: Cohort, driven: Driven, response: UnmaskResponse, signer: str | None = None
+) -> UnmaskResponse:
+    """``response`` signed by ``signer``'s organization key (its sender's by default) for the
+    round ``driven`` reached: how a malicious participant signs shares it changed itself."""
+    assert driven.request is not None
+    payload = unmask_payload(
+        cohort.config,
+        driven.request.survivors,
+        driven.request.dropped,
+        key_list_digest(driven.keys),
+        response,
+    )
+    key = cohort.signing_keys[signer or response.participant]
+    return replace(response, signature=sign(key, payload))
 
 
 @dataclass

@@ -73,6 +73,7 @@ from secagg import (
     CohortPolicy,
     EncryptedShare,
     ParticipantContext,
+    RevealedShare,
     RoundConfig,
     SecAggClient,
     SignedKeys,
@@ -100,6 +101,7 @@ from secagg.paillier import (
     sign_public_key,
     tag_matches,
 )
+from secagg.primitives.shamir import FIELD_PRIME, Share
 
 T0 = 1_700_000_000.0
 SHAPES = ((4, 3), (3,))
@@ -704,6 +706,59 @@ def test_bad_messages_are_refused_and_change_nothing(consortium: Consortium) -> 
         with pytest.raises((InvalidRequest, WrongRoundPhase, NotFound)):
             consortium.service.submit_message(sender, message, pem)
         assert _state(consortium) == before, what
+
+
+def test_an_unmask_answer_not_signed_by_its_sender_is_refused_and_changes_nothing(
+    consortium: Consortium,
+) -> None:
+    """The shares of an UNMASK answer count only with their sender's signature over them and
+    the round: a forged or unsigned answer is refused like any bad message (INVALID_ARGUMENT)."""
+    job = consortium.start()
+    for _ in range(6):
+        if consortium.round(job).phase is Phase.UNMASK:
+            break
+        assert consortium.step()
+    round_ = consortium.round(job)
+    assert round_.phase is Phase.UNMASK
+    answers = {}
+    for member in ("org-a", "org-b"):
+        item = consortium.service.next_work(member)
+        assert item.secagg is not None and consortium.participants[member].client is not None
+        request = UnmaskRequest.from_bytes(item.secagg.unmask_request)
+        answers[member] = consortium.participants[member].client.unmask(request)
+    honest = answers["org-a"]
+    share = honest.self_mask_shares[0]
+    changed = RevealedShare(share.owner, Share(share.share.x, (share.share.y + 1) % FIELD_PRIME))
+    forged = {
+        "unsigned": dataclasses.replace(honest, signature=b""),
+        "a share changed by the coordinator": dataclasses.replace(
+            honest, self_mask_shares=(changed, *honest.self_mask_shares[1:])
+        ),
+        "another member's signature": dataclasses.replace(
+            honest, signature=answers["org-b"].signature
+        ),
+    }
+    pem = consortium.orgs["org-a"].certificate_pem
+    before = _state(consortium)
+    for what, answer in forged.items():
+        message = MessageSubmission(job.job_id, round_.round_id, Phase.UNMASK, answer.to_bytes())
+        with pytest.raises(InvalidRequest, match="unmask response of 'org-a' is not signed"):
+            consortium.service.submit_message("org-a", message, pem)
+        assert _state(consortium) == before, what
+    # The answer as it was before answers were signed: refused as malformed.
+    self_mask, masking_key = honest.shares_bytes()
+    unsigned_format = encode_fields(
+        [b"secagg/v1/unmask-response", b"org-a", self_mask, masking_key]
+    )
+    message = MessageSubmission(job.job_id, round_.round_id, Phase.UNMASK, unsigned_format)
+    with pytest.raises(InvalidRequest, match="unmask message was refused"):
+        consortium.service.submit_message("org-a", message, pem)
+    assert _state(consortium) == before
+    # Nothing was taken from them: the honest answers unmask the round's sum.
+    finished = consortium.run(job)
+    assert finished.phase is Phase.COMMITTED, finished.abort_reason
+    got = committed_delta(consortium, job)
+    assert np.max(np.abs(got - expected_delta(consortium.members))) <= bound()
 
 
 def test_bad_masked_inputs_are_refused_and_change_nothing(consortium: Consortium) -> None:

@@ -26,6 +26,7 @@ RESPONSE = UnmaskResponse(
     "org-a",
     (RevealedShare("org-a", Share(1, 5)), RevealedShare("org-b", Share(1, 6))),
     (RevealedShare("org-c", Share(1, 7)),),
+    b"sig",
 )
 MESSAGES = [KEYS, SHARE, SIGNATURE, REQUEST, RESPONSE]
 
@@ -57,3 +58,4 @@ def test_empty_participant_and_bad_shares_are_refused() -> None:
 def test_secrets_stay_out_of_repr() -> None:
     assert "ciphertext" not in repr(SHARE)
     assert "Share(" not in repr(RESPONSE)
+    assert "sig" not in repr(RESPONSE)

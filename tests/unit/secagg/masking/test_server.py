@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from secagg_harness import Cohort, Drop, Stage, drive, make_cohort, plain_sum
+from secagg_harness import Cohort, Driven, Drop, Stage, drive, make_cohort, plain_sum, signed_unmask
 
 from secagg import (
     ConsistencySignature,
@@ -84,7 +84,7 @@ def test_calls_out_of_phase_are_wrong_phase() -> None:
         lambda: server.receive_shares(A, []),
         lambda: server.receive_masked_input(A, MaskedInput(A, np.zeros(6, np.uint32))),
         lambda: server.receive_consistency(A, ConsistencySignature(A, b"")),
-        lambda: server.receive_unmask(A, UnmaskResponse(A, (), ())),
+        lambda: server.receive_unmask(A, UnmaskResponse(A, (), (), b"")),
     ):
         with pytest.raises(WrongPhase, match="phase keys"):
             call()
@@ -168,7 +168,7 @@ def test_consistency_validation() -> None:
     assert [s.participant for s in request.signatures] == [A, B, C]
 
 
-def _unmask_stage(drops: dict[str, Drop]) -> tuple[Cohort, SecAggServer, dict[str, UnmaskResponse]]:
+def _unmask_stage(drops: dict[str, Drop]) -> tuple[Cohort, Driven, dict[str, UnmaskResponse]]:
     cohort = _cohort()
     driven = drive(cohort, cohort.vectors(), drops, through=Stage.CONSISTENCY)
     assert driven.request is not None
@@ -176,11 +176,12 @@ def _unmask_stage(drops: dict[str, Drop]) -> tuple[Cohort, SecAggServer, dict[st
         s.participant: cohort.clients[s.participant].unmask(driven.request)
         for s in driven.request.signatures
     }
-    return cohort, driven.server, responses
+    return cohort, driven, responses
 
 
 def test_unmask_response_validation() -> None:
-    cohort, server, responses = _unmask_stage({E: Drop.AFTER_SHARES, D: Drop.AFTER_INPUT})
+    cohort, driven, responses = _unmask_stage({E: Drop.AFTER_SHARES, D: Drop.AFTER_INPUT})
+    server = driven.server
     response = responses[A]
     with pytest.raises(WrongPhase, match="did not sign"):
         server.receive_unmask(D, dataclasses.replace(response, participant=D))
@@ -202,9 +203,66 @@ def test_unmask_response_validation() -> None:
         server.receive_unmask(A, dataclasses.replace(response, masking_key_shares=other))
 
 
+def test_an_unmask_response_must_carry_its_senders_signature_on_this_round() -> None:
+    cohort, driven, responses = _unmask_stage({E: Drop.AFTER_SHARES, D: Drop.AFTER_INPUT})
+    server = driven.server
+    response = responses[A]
+    bad = response.self_mask_shares[0]
+    changed = dataclasses.replace(
+        response,
+        self_mask_shares=(
+            RevealedShare(bad.owner, Share(bad.share.x, (bad.share.y + 1) % FIELD_PRIME)),
+            *response.self_mask_shares[1:],
+        ),
+    )
+    refused = {
+        "unsigned": dataclasses.replace(response, signature=b""),
+        "a share changed after signing": changed,
+        "signed by another organization": signed_unmask(cohort, driven, changed, signer=B),
+        "the signature of another member's answer": dataclasses.replace(
+            response, signature=responses[B].signature
+        ),
+    }
+    for what, forged in refused.items():
+        with pytest.raises(InvalidSignature, match="not signed by 'org-00'"):
+            server.receive_unmask(A, forged)
+        assert server.phase is ServerPhase.UNMASK, what
+    # Nothing was accepted: the honest answers still unmask the round.
+    for member, honest in responses.items():
+        server.receive_unmask(member, honest)
+    assert np.array_equal(server.finish(), plain_sum(cohort.vectors(), (A, B, C, D)))
+
+
+def test_an_unmask_response_signed_for_another_survivor_set_or_run_is_refused() -> None:
+    # The same shares signed over another U3, or over another run's key list, do not verify.
+    cohort, driven, responses = _unmask_stage({E: Drop.AFTER_SHARES, D: Drop.AFTER_INPUT})
+    assert driven.request is not None
+    other_set = dataclasses.replace(
+        driven, request=dataclasses.replace(driven.request, survivors=(A, B, C))
+    )
+    other_run = dataclasses.replace(driven, keys=driven.keys[1:])
+    for elsewhere in (other_set, other_run):
+        forged = signed_unmask(cohort, elsewhere, responses[A])
+        with pytest.raises(InvalidSignature, match="for this round and survivor set"):
+            driven.server.receive_unmask(A, forged)
+
+
+def test_unmask_responses_without_verifying_keys_are_not_checked() -> None:
+    cohort = _cohort()
+    server = SecAggServer(cohort.config)
+    driven = drive(cohort, cohort.vectors(), through=Stage.CONSISTENCY, server=server)
+    assert driven.request is not None
+    for signature in driven.request.signatures:
+        response = cohort.clients[signature.participant].unmask(driven.request)
+        server.receive_unmask(signature.participant, dataclasses.replace(response, signature=b""))
+    assert np.array_equal(server.finish(), plain_sum(cohort.vectors(), cohort.config.cohort))
+
+
 def test_inconsistent_b_shares_abort_the_round() -> None:
     # Four responders, t = 3: the extra share exposes a share that is off the polynomial.
-    cohort, server, responses = _unmask_stage({})
+    # B itself sends (and signs) a share off the polynomial.
+    cohort, driven, responses = _unmask_stage({})
+    server = driven.server
     for member, response in responses.items():
         if member == B:
             bad = response.self_mask_shares[0]
@@ -212,6 +270,7 @@ def test_inconsistent_b_shares_abort_the_round() -> None:
             response = dataclasses.replace(
                 response, self_mask_shares=(tampered, *response.self_mask_shares[1:])
             )
+            response = signed_unmask(cohort, driven, response)
         server.receive_unmask(member, response)
     with pytest.raises(InvalidShare, match="one polynomial"):
         server.finish()
@@ -222,12 +281,14 @@ def test_inconsistent_b_shares_abort_the_round() -> None:
 def test_a_wrong_masking_key_share_is_detected_by_its_public_key() -> None:
     # Exactly t responders: a bad s_sk share cannot be outvoted but yields a key that does not
     # match the signed s_pk of the dropped participant.
-    cohort, server, responses = _unmask_stage({E: Drop.AFTER_SHARES, D: Drop.AFTER_INPUT})
+    cohort, driven, responses = _unmask_stage({E: Drop.AFTER_SHARES, D: Drop.AFTER_INPUT})
+    server = driven.server
     for member, response in responses.items():
         if member == C:
             bad = response.masking_key_shares[0]
             tampered = RevealedShare(bad.owner, Share(bad.share.x, (bad.share.y + 1) % FIELD_PRIME))
             response = dataclasses.replace(response, masking_key_shares=(tampered,))
+            response = signed_unmask(cohort, driven, response)
         server.receive_unmask(member, response)
     with pytest.raises(InvalidShare, match="does not match its s_pk"):
         server.finish()
