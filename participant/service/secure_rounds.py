@@ -43,7 +43,6 @@ from fedsilo.protection import (
     Protection,
     SecAggParameters,
     encode_share_list,
-    flatten,
     round_context,
 )
 from fedsilo.tasks import TrainResult
@@ -498,7 +497,7 @@ class SecureRoundParticipant:
                 "were signed for (the coordinator served other bytes)"
             )
         result = self._train(assignment, base)
-        update = flatten(_delta(base, result.weights))
+        update = _delta(base, result.weights)
         parameters = data.parameters
         if parameters.vector_length != update.size + 1:
             raise ProtocolViolation(
@@ -790,13 +789,24 @@ def _certificate_keys(certificates: Mapping[str, bytes]) -> dict[str, VerifyingK
     }
 
 
-def _delta(base: Weights, trained: Weights) -> list[npt.NDArray[np.float64]]:
-    """Trained minus base weights, tensor by tensor, in float64."""
+def _delta(base: Weights, trained: Weights) -> npt.NDArray[np.float64]:
+    """Trained minus base weights in float64, flattened in tensor order (as ``flatten``)."""
     if len(base) != len(trained) or any(
         np.shape(b) != np.shape(t) for b, t in zip(base, trained, strict=False)
     ):
         raise TaskFailed("the task returned weights of other shapes than the model it trained")
-    return [
-        np.asarray(t, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-        for b, t in zip(base, trained, strict=True)
-    ]
+    # One pass into one vector: the ufunc casts each operand to float64 as it goes, the same
+    # values as converting both tensors first, without three model-sized temporaries.
+    delta = np.empty(sum(int(np.size(b)) for b in base), dtype=np.float64)
+    start = 0
+    for b, t in zip(base, trained, strict=True):
+        end = start + int(np.size(b))
+        np.subtract(
+            np.asarray(t).ravel(),
+            np.asarray(b).ravel(),
+            out=delta[start:end],
+            dtype=np.float64,
+            casting="unsafe",
+        )
+        start = end
+    return delta
