@@ -103,11 +103,13 @@ class Task(Protocol):
 
     def load_data(self, config: Mapping[str, Any]) -> LocalData: ...
 
-    def train(
-        self, weights: Weights, data: LocalData, settings: TrainingSettings
-    ) -> TrainResult: ...
+    def train(self, weights: Weights, data: LocalData, settings: TrainingSettings) -> TrainResult:
+        """Train locally from ``weights`` (read-only arrays: return new ones)."""
+        ...
 
-    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult: ...
+    def evaluate(self, weights: Weights, data: LocalData) -> EvalResult:
+        """Evaluate ``weights`` (read-only arrays) on the held-out split."""
+        ...
 
 
 class TaskNotFoundError(FedsiloError, LookupError):

@@ -34,6 +34,7 @@ from participant.service.job_terms import JobTermsStore
 from participant.service.key_ceremony import CeremonyParticipant, KeyGenerator
 from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore
+from participant.service.model_cache import ModelCache
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_state import PaillierStateStore
 from participant.service.secagg_state import SecAggStateStore
@@ -116,6 +117,8 @@ class ParticipantDaemon:
         self._version_zero = VersionZero(tasks, job_terms.seeded)
         client = CheckedCalls(client, self._version_zero)
         self._client = client
+        # A round's base version is the version the organization evaluates: fetched once.
+        self._models = ModelCache(client)
         self._answers = answers
         self._terms = job_terms
         self._tasks = dict(tasks)
@@ -154,6 +157,7 @@ class ParticipantDaemon:
             ledger=ledger,
             membership=membership,
             paillier=self._paillier,
+            models=self._models,
         )
 
     def run(self) -> None:
@@ -290,7 +294,8 @@ class ParticipantDaemon:
             return self._paillier.model(job_id, version, assignment.strategy)
         if assignment.protection is Protection.PAILLIER:
             raise NotSupported("protection paillier is not supported by this participant")
-        return self._client.retrying(lambda: self._client.download_model(job_id, version))
+        model = self._models.fetch(job_id, version)
+        return model.version, model.weights
 
     def _task_and_data(self, assignment: Assignment) -> tuple[Task, LocalData]:
         key = (assignment.job_id, assignment.task_name)
@@ -308,9 +313,8 @@ class ParticipantDaemon:
         answer = self._answers.load(assignment.round_id, assignment.phase)
         if answer is None:
             task, data = self._task_and_data(assignment)
-            version, weights = self._client.retrying(
-                lambda: self._client.download_model(assignment.job_id, assignment.model_version)
-            )
+            model = self._models.fetch(assignment.job_id, assignment.model_version)
+            version, weights = model.version, model.weights
             if version != assignment.model_version:
                 log.warning(
                     "coordinator sent version %d, expected %d",

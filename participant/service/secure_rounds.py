@@ -43,7 +43,6 @@ from fedsilo.protection import (
     Protection,
     SecAggParameters,
     encode_share_list,
-    flatten,
     round_context,
 )
 from fedsilo.tasks import TrainResult
@@ -71,6 +70,7 @@ from participant.service.identity import OrgIdentity, utc_now
 from participant.service.job_terms import JobTermsStore
 from participant.service.ledger import ContributionLedger
 from participant.service.membership import MembershipStore, log_refused_member
+from participant.service.model_cache import ModelCache
 from participant.service.paillier_jobs import PaillierJobs
 from participant.service.paillier_vetting import (
     fetch_round_inputs,
@@ -132,6 +132,7 @@ class SecureRoundParticipant:
         terms: JobTermsStore,
         ledger: ContributionLedger,
         membership: MembershipStore,
+        models: ModelCache | None = None,
     ) -> None:
         self._client = client
         self._states = states
@@ -146,10 +147,10 @@ class SecureRoundParticipant:
         self._ledger = ledger
         self._membership = membership
         self._silenced: set[tuple[str, str, StepOutcome]] = set()
-        # The base model downloaded at KEYS (job, version, digest, weights): INPUTS trains from
-        # these very bytes instead of downloading them again. One model at most; after a restart
-        # INPUTS downloads and checks the digest.
-        self._base: tuple[str, int, bytes, Weights] | None = None
+        # The base model hashed at KEYS is held there (with the daemon's evaluations sharing
+        # it): INPUTS trains from these very bytes instead of downloading them again. One model
+        # at most; after a restart INPUTS downloads and checks the digest.
+        self._models = models if models is not None else ModelCache(client)
 
     def held_round_ids(self) -> list[str]:
         """Rounds this participant keeps state for; the coordinator says which have ended."""
@@ -352,15 +353,14 @@ class SecureRoundParticipant:
         """The digest of the base model as served for this round (what the coordinator binds):
         the model itself, or under paillier the ciphertexts of the version (version 0 itself)."""
         # Whatever is served is what the digest binds; INPUTS trains only from the same bytes.
-        version, base = self._client.retrying(
+        if protection is not Protection.PAILLIER:
+            # Held read-only (training must never change the signed bytes), as served to this
+            # organization for that version: by this download or by its evaluation's.
+            return self._models.fetch(assignment.job_id, assignment.model_version).digest
+        _, base = self._client.retrying(
             lambda: self._client.download_model(assignment.job_id, assignment.model_version)
         )
-        digest = model_digest(base)
-        if protection is not Protection.PAILLIER and version == assignment.model_version:
-            for array in base:
-                array.flags.writeable = False  # training must never change the signed bytes
-            self._base = (assignment.job_id, version, digest, base)
-        return digest
+        return model_digest(base)
 
     def _answer(
         self,
@@ -496,17 +496,16 @@ class SecureRoundParticipant:
         # The round was signed for the base model served at KEYS: train from nothing else.
         if paillier is not None:
             served = paillier.served_digest(assignment.job_id, version)
-        elif self._base is not None and self._base[3] is base:
-            served = self._base[2]  # the very arrays hashed at KEYS, kept read-only since
         else:
-            served = model_digest(base)
+            # The very arrays hashed at KEYS, kept read-only since, are not hashed again.
+            served = self._models.digest_of(assignment.job_id, version, base)
         if served != state.base_sha256:
             raise ProtocolViolation(
                 f"the model version {version} to train from is not the one this round's keys "
                 "were signed for (the coordinator served other bytes)"
             )
         result = self._train(assignment, base)
-        update = flatten(_delta(base, result.weights))
+        update = _delta(base, result.weights)
         parameters = data.parameters
         if parameters.vector_length != update.size + 1:
             raise ProtocolViolation(
@@ -599,16 +598,11 @@ class SecureRoundParticipant:
 
     def _kept_base(self, assignment: Assignment, base_sha256: bytes) -> tuple[int, Weights]:
         """The base model signed for at KEYS, kept in memory, or downloaded again."""
-        kept = self._base
-        if kept is not None and kept[:3] == (
-            assignment.job_id,
-            assignment.model_version,
-            base_sha256,
-        ):
-            return kept[1], kept[3]
-        return self._client.retrying(
-            lambda: self._client.download_model(assignment.job_id, assignment.model_version)
-        )
+        job_id, version = assignment.job_id, assignment.model_version
+        kept = self._models.held(job_id, version)
+        fresh = kept is None or kept.digest != base_sha256
+        model = self._models.fetch(job_id, version, fresh=fresh)
+        return model.version, model.weights
 
     def _send(self, assignment: Assignment, answer: _Answer, ctx: dict[str, Any]) -> None:
         # Saved before the first send: after a crash the same bytes go out, never other ones.
@@ -803,13 +797,24 @@ def _certificate_keys(certificates: Mapping[str, bytes]) -> dict[str, VerifyingK
     }
 
 
-def _delta(base: Weights, trained: Weights) -> list[npt.NDArray[np.float64]]:
-    """Trained minus base weights, tensor by tensor, in float64."""
+def _delta(base: Weights, trained: Weights) -> npt.NDArray[np.float64]:
+    """Trained minus base weights in float64, flattened in tensor order (as ``flatten``)."""
     if len(base) != len(trained) or any(
         np.shape(b) != np.shape(t) for b, t in zip(base, trained, strict=False)
     ):
         raise TaskFailed("the task returned weights of other shapes than the model it trained")
-    return [
-        np.asarray(t, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-        for b, t in zip(base, trained, strict=True)
-    ]
+    # One pass into one vector: the ufunc casts each operand to float64 as it goes, the same
+    # values as converting both tensors first, without three model-sized temporaries.
+    delta = np.empty(sum(int(np.size(b)) for b in base), dtype=np.float64)
+    start = 0
+    for b, t in zip(base, trained, strict=True):
+        end = start + int(np.size(b))
+        np.subtract(
+            np.asarray(t).ravel(),
+            np.asarray(b).ravel(),
+            out=delta[start:end],
+            dtype=np.float64,
+            casting="unsafe",
+        )
+        start = end
+    return delta

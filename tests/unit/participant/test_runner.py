@@ -348,6 +348,24 @@ def test_a_plain_dp_round_sends_the_clipped_noisy_update_with_weight_one(
     assert 0.75 < np.var(noise) / std**2 < 1.3
 
 
+def test_a_plain_round_trains_from_the_version_it_just_evaluated_without_downloading_it_again(
+    tmp_path: Path,
+) -> None:
+    evaluate = Assignment(
+        AssignmentKind.EVALUATE, job_id="job-1", task_name=TASK_NAME, model_version=0
+    )
+    daemon, client = _daemon(tmp_path, None, [TaskReply(evaluate), TaskReply(_plain_train())])
+    daemon.run()
+
+    assert client.metrics == [("job-1", 0)]
+    (update,) = client.sent
+    assert update.header is not None
+    trained = task.train(base_weights(), local_data("org-a"), _plain_train().round_settings())
+    sent = decode_tensors(update.header, update.payload)
+    assert all(np.array_equal(s, t) for s, t in zip(sent, trained.weights, strict=True))
+    assert client.downloads == 1
+
+
 # -- version 0 from the seed -------------------------------------------------------------------
 
 
