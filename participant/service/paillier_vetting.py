@@ -52,7 +52,7 @@ from secagg import (
     VerifyingKey,
     verifying_key,
 )
-from secagg.paillier import PackingLayout
+from secagg.paillier import PackingLayout, PaillierPrivateKey
 
 __all__ = [
     "Vetted",
@@ -122,13 +122,8 @@ def vet_inputs(
     exclusion whose evidence is a well-formed input.
     """
     survivors = tuple(sorted(data.survivors))
-    key = paillier.private_key(assignment.job_id)
-    if key is None:
-        raise ProtocolViolation("this participant holds no Paillier key for the job")
+    key, layout = _key_and_layout(paillier, assignment, data)
     parameters = data.parameters
-    layout = PackingLayout(
-        parameters.modulus_bits, parameters.max_participants, key.public_key.bits
-    )
     # Inputs are tagged under the generation of the key they are encrypted with, as at INPUTS.
     generation = paillier.generation(assignment.job_id)
     binding = tag_binding(
@@ -224,13 +219,8 @@ def fetch_round_inputs(
             "the consistency step of a paillier round announces no inputs to vet: the survivor "
             "set is not signed without them"
         )
-    key = paillier.private_key(assignment.job_id)
-    if key is None:
-        raise ProtocolViolation("this participant holds no Paillier key for the job")
+    key, layout = _key_and_layout(paillier, assignment, data)
     parameters = data.parameters
-    layout = PackingLayout(
-        parameters.modulus_bits, parameters.max_participants, key.public_key.bits
-    )
     limit = round_inputs_limit(layout, parameters.vector_length, len(parameters.cohort))
     if not 0 < announced.total_bytes <= limit:
         raise ProtocolViolation(
@@ -255,6 +245,19 @@ def signed_consistency_answer(client: SecAggClient, vetted: Vetted) -> bytes:
     if not vetted.excluded:
         return signature
     return ExclusionReport(signature, vetted.excluded).to_bytes()
+
+
+def _key_and_layout(
+    paillier: PaillierJobs, assignment: Assignment, data: SecAggStepData
+) -> tuple[PaillierPrivateKey, PackingLayout]:
+    """The job's key this participant holds and the round's packing layout under it."""
+    key = paillier.private_key(assignment.job_id)
+    if key is None:
+        raise ProtocolViolation("this participant holds no Paillier key for the job")
+    parameters = data.parameters
+    return key, PackingLayout(
+        parameters.modulus_bits, parameters.max_participants, key.public_key.bits
+    )
 
 
 def _log_malformed(item: SignedInput, reason: str, outcome: str, ctx: Mapping[str, Any]) -> None:
