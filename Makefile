@@ -53,7 +53,7 @@ demo: $(STAMP)
 # checks of deploy/ (compose config, hadolint, Kubernetes schemas, the compiled Kubeflow
 # pipeline), and the TF.js export run in TF.js. The compose testbed on a real engine is
 # `make testbed` (deploy/README.md).
-# The fast tests run on every core (pytest-xdist); the rest, which start processes, databases
+# The fast tests run on every core and one more (pytest-xdist); the rest, which start processes, databases
 # and TensorFlow of their own, two at a time (they mostly wait on deadlines, idle phases and
 # shaped links; each has its own ports, directories and namespaces), with the slowest listed.
 FAST_TESTS := not tf and not postgres and not system and not slow
@@ -62,16 +62,19 @@ FAST_TESTS := not tf and not postgres and not system and not slow
 # tests), which costs a disk's latency each and nothing on tmpfs. Durability against real
 # crashes is tested by the slow tests, on disk.
 FAST_TMPDIR := $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
+# About a third of the fast tests' time is spent waiting on in-process servers and child
+# processes: one worker more than there are cores keeps the cores busy (39 s -> 32 s on 2).
+FAST_WORKERS := $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 test: $(STAMP) $(KFP_STAMP) $(TFJS_STAMP)
 	scripts/ensure-test-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	TMPDIR=$(FAST_TMPDIR) $(BIN)/python -m pytest -q -n auto -m "$(FAST_TESTS)"
+	TMPDIR=$(FAST_TMPDIR) $(BIN)/python -m pytest -q -n $(FAST_WORKERS) -m "$(FAST_TESTS)"
 	$(BIN)/python -m pytest -q -n 2 -m "not ($(FAST_TESTS))" --durations=15
 
 # Everything without TensorFlow, PostgreSQL or real processes: seconds, not minutes.
 test-fast: $(STAMP)
-	TMPDIR=$(FAST_TMPDIR) $(BIN)/python -m pytest -q -n auto -m "$(FAST_TESTS)"
+	TMPDIR=$(FAST_TMPDIR) $(BIN)/python -m pytest -q -n $(FAST_WORKERS) -m "$(FAST_TESTS)"
 
 # The long chaos run: a 20-round secure job on PostgreSQL under random kills of the coordinator,
 # the database and organizations, and network partitions (make test runs a short one).
