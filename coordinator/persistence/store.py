@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, exists, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from coordinator.domain.jobs import (
@@ -125,6 +125,19 @@ _GET_MODEL_VERSION = select(t.model_versions).where(
     t.model_versions.c.job_id == bindparam("job_id"),
     t.model_versions.c.version == bindparam("version"),
 )
+_JOBS_AWAITING_METRIC = (
+    select(t.jobs)
+    .where(
+        _j.state.in_(bindparam("states", expanding=True)),
+        _j.model_version >= 1,
+        ~exists().where(
+            t.metrics.c.job_id == _j.job_id,
+            t.metrics.c.version == _j.model_version,
+            t.metrics.c.org_id == bindparam("org_id"),
+        ),
+    )
+    .order_by(_j.created_at, _j.job_id)
+)
 _GET_METRIC = select(t.metrics).where(
     t.metrics.c.job_id == bindparam("job_id"),
     t.metrics.c.version == bindparam("version"),
@@ -193,6 +206,15 @@ class Transaction:
             rows = self._conn.execute(_LIST_JOBS)
         else:
             rows = self._conn.execute(_LIST_JOBS_IN, {"states": [s.value for s in states]})
+        return [_job(r) for r in rows]
+
+    def jobs_awaiting_metric(self, org_id: str, states: tuple[JobState, ...]) -> list[Job]:
+        """Jobs in ``states`` with a model version after version 0 whose latest version
+        ``org_id`` has reported no evaluation of, oldest first (one query, however many jobs
+        the coordinator has run)."""
+        rows = self._conn.execute(
+            _JOBS_AWAITING_METRIC, {"states": [s.value for s in states], "org_id": org_id}
+        )
         return [_job(r) for r in rows]
 
     def update_job(self, job: Job) -> None:

@@ -110,15 +110,13 @@ class WorkService:
             in_small_phase = in_small_phase or engine.holds_cohort(tx, round_, org_id)
         if in_small_phase:
             return WorkItem(WorkKind.WAIT)
-        for job in tx.list_jobs((JobState.RUNNING, JobState.COMPLETED)):
-            if (
-                job.model_version >= 1
-                and tx.get_metric(job.job_id, job.model_version, org_id) is None
-            ):
-                latest = tx.get_model_version(job.job_id, job.model_version)
-                producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
-                if producer is not None and org_id in producer.contributors:
-                    return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
+        # Only jobs whose latest version org_id has not evaluated: every poll runs this, and a
+        # coordinator keeps every job it has completed.
+        for job in tx.jobs_awaiting_metric(org_id, (JobState.RUNNING, JobState.COMPLETED)):
+            latest = tx.get_model_version(job.job_id, job.model_version)
+            producer = tx.get_round(latest.round_id) if latest and latest.round_id else None
+            if producer is not None and org_id in producer.contributors:
+                return WorkItem(WorkKind.EVALUATE, job, None, job.model_version)
         return training or self._initial_weights(tx, org_id) or WorkItem(WorkKind.WAIT)
 
     def _initial_weights(self, tx: Transaction, org_id: str) -> WorkItem | None:

@@ -442,6 +442,28 @@ def test_model_version_round_trip_and_uniqueness(store: Store) -> None:
         assert tx.get_model_version("job-1", 1) == v1
 
 
+def test_jobs_awaiting_metric_are_those_whose_latest_version_the_org_has_not_evaluated(
+    store: Store,
+) -> None:
+    running, completed = JobState.RUNNING, JobState.COMPLETED
+    with store.transaction() as tx:
+        tx.add_job(make_job("job-new", T0 + 1, state=running))  # version 0 only
+        tx.add_job(make_job("job-run", T0 + 2, state=running, model_version=2))
+        tx.add_job(make_job("job-done", T0 + 3, state=completed, model_version=3))
+        tx.add_job(make_job("job-seen", T0 + 4, state=completed, model_version=1))
+        tx.add_job(make_job("job-failed", T0 + 5, state=JobState.FAILED, model_version=1))
+        tx.add_metric(MetricReport("job-run", 1, "org-a", 1, 0.5, 0.5, T0))  # an older version
+        tx.add_metric(MetricReport("job-seen", 1, "org-a", 1, 0.5, 0.5, T0))
+        tx.add_metric(MetricReport("job-done", 3, "org-b", 1, 0.5, 0.5, T0))  # another org
+    with store.transaction() as tx:
+        awaiting = tx.jobs_awaiting_metric("org-a", (running, completed))
+        for_b = tx.jobs_awaiting_metric("org-b", (running, completed))
+        only_running = tx.jobs_awaiting_metric("org-a", (running,))
+    assert [j.job_id for j in awaiting] == ["job-run", "job-done"]
+    assert [j.job_id for j in for_b] == ["job-run", "job-seen"]
+    assert [j.job_id for j in only_running] == ["job-run"]
+
+
 def test_metric_round_trip_order_and_uniqueness(store: Store) -> None:
     reports = [
         MetricReport("job-1", 2, "org-a", 10, 0.25, 0.5, T0),
