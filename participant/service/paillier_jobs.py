@@ -22,7 +22,6 @@ rotation (kept read-only for this), and the generations along the chain never go
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import math
 import os
@@ -139,9 +138,9 @@ class PaillierJobs:
         self._clock = clock
         self._keys: dict[tuple[str, int], PaillierPrivateKey] = {}
         self._new_stops = False
-        # What vetted products of a round's inputs decrypted to (remember_sum), by job, round,
-        # key generation and the SHA-256 of the product.
-        self._sums: OrderedDict[tuple[str, str, int, bytes, int], DecryptedSum] = OrderedDict()
+        # What the last vetted product of a round's inputs decrypted to (remember_sum), by job,
+        # round and key generation; used only for exactly that product.
+        self._sums: OrderedDict[tuple[str, str, int], DecryptedSum] = OrderedDict()
         self._sums_lock = threading.Lock()
 
     @property
@@ -319,7 +318,7 @@ class PaillierJobs:
         check of the version runs as before. Only the last few sums are kept; after a restart,
         or for any other product, the version is decrypted.
         """
-        key = _sum_key(job_id, round_id, generation, decrypted.ciphertexts, decrypted.tag)
+        key = (job_id, round_id, generation)
         with self._sums_lock:
             self._sums[key] = decrypted
             self._sums.move_to_end(key)
@@ -335,9 +334,8 @@ class PaillierJobs:
         tag: int,
     ) -> DecryptedSum | None:
         """The remembered decryption of exactly ``summed`` and ``tag``, if there is one."""
-        key = _sum_key(job_id, round_id, generation, summed, tag)
         with self._sums_lock:
-            found = self._sums.get(key)
+            found = self._sums.get((job_id, round_id, generation))
         # The very ciphertexts, not only their digest: the plaintexts are theirs and no other's.
         if found is None or found.ciphertexts != summed or found.tag != tag:
             return None
@@ -817,14 +815,6 @@ class PaillierJobs:
                 f"version {version}: the round's transcript names an organization the "
                 f"membership list does not admit: {exc}"
             ) from None
-
-
-def _sum_key(
-    job_id: str, round_id: str, generation: int, summed: PaillierCiphertexts, tag: int
-) -> tuple[str, str, int, bytes, int]:
-    """What a product of inputs is remembered under: its job, round and key generation, the
-    SHA-256 of its ciphertexts' encoding and its tag."""
-    return job_id, round_id, generation, hashlib.sha256(summed.to_bytes()).digest(), tag
 
 
 def _retired(state: PaillierJobState, generation: int) -> RetiredKey | None:

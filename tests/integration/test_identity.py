@@ -401,18 +401,10 @@ def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
         worker = threading.Thread(target=lambda: replies.append(client.retrying(poll_once)))
         holds: list[grpc.Future] = []
 
-        def refused_while_held() -> CoordinatorBusy | None:
-            holds[:] = [h for h in holds if not h.done()]
-            if not holds:
-                holds.append(stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60))
-            try:
-                client.get_assignment(0.0)
-            except CoordinatorBusy as exc:
-                return exc if not holds[0].done() else None
-            return None
-
         try:
-            busy = wait_for(refused_while_held, RPC_TIMEOUT_S, "the cap to apply")
+            busy = wait_for(
+                lambda: _busy_while_held(stub, client, holds), RPC_TIMEOUT_S, "the cap to apply"
+            )
             assert busy.status is CallStatus.RESOURCE_EXHAUSTED
             cause = busy.__cause__
             assert isinstance(cause, grpc.Call)
@@ -434,6 +426,21 @@ def test_a_participant_retries_a_refusal_of_the_call_cap_until_a_call_ends(
     assert len(replies) == 1 and replies[0].assignment.kind is AssignmentKind.WAIT
 
 
+def _busy_while_held(
+    stub: pb_grpc.ParticipantServiceStub, client: CoordinatorClient, holds: list[grpc.Future]
+) -> CoordinatorBusy | None:
+    """org-a's call refused as busy while its other call (``holds``) holds the slot; None if
+    it was not. The holding call is made again if it was itself refused or has ended."""
+    holds[:] = [h for h in holds if not h.done()]
+    if not holds:
+        holds.append(stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60))
+    try:
+        client.get_assignment(0.0)
+    except CoordinatorBusy as exc:
+        return exc if not holds[0].done() else None
+    return None
+
+
 def test_grpcs_own_concurrency_refusal_is_retried_as_busy(
     start_test_coordinator: Callable[..., RunningCoordinator], pki: ConsortiumPki
 ) -> None:
@@ -444,19 +451,12 @@ def test_grpcs_own_concurrency_refusal_is_retried_as_busy(
     with _org_a_client_and_held_channel(running, pki) as (client, stop, stub):
         holds: list[grpc.Future] = []
 
-        def refused() -> CoordinatorBusy | None:
-            # The call holding the only slot is made again if it was itself refused.
-            holds[:] = [h for h in holds if not h.done()]
-            if not holds:
-                holds.append(stub.GetTask.future(pb.GetTaskRequest(wait_seconds=30), timeout=60))
-            try:
-                client.get_assignment(0.0)
-            except CoordinatorBusy as exc:
-                return exc if not holds[0].done() else None
-            return None
-
         try:
-            busy = wait_for(refused, RPC_TIMEOUT_S, "the concurrency limit to apply")
+            busy = wait_for(
+                lambda: _busy_while_held(stub, client, holds),
+                RPC_TIMEOUT_S,
+                "the concurrency limit to apply",
+            )
             assert busy.status is CallStatus.RESOURCE_EXHAUSTED
             cause = busy.__cause__
             assert isinstance(cause, grpc.Call)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 
 from coordinator.domain.jobs import Job, PhaseMessage
 from coordinator.domain.rounds import Phase, Round, RoundEvent
@@ -33,9 +34,15 @@ log = logging.getLogger("coordinator")
 class MaskedRoundEngine(RoundEngine):
     """The secure-aggregation phases over ``SecureRoundCoordinator``; subclasses sum inputs."""
 
-    def __init__(self, ctx: ServiceContext, ledger: RoundLedger) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        ledger: RoundLedger,
+        key_fingerprint: Callable[[Transaction, Job], bytes] | None = None,
+    ) -> None:
         super().__init__(ctx, ledger)
-        self._secure = SecureRoundCoordinator(ctx.blobs)
+        # key_fingerprint: what a round's context binds of the job key (paillier only).
+        self._secure = SecureRoundCoordinator(ctx.blobs, key_fingerprint=key_fingerprint)
 
     # -- opening and closing phases -------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from coordinator.service.engines.paillier_inputs import (
     inputs_for,
     signed_input,
 )
-from coordinator.service.engines.secure_rounds import SecureRoundCoordinator
 from coordinator.service.payloads import ReceivedPayload, decode_payload
 from coordinator.service.round_ledger import RoundLedger
 from coordinator.service.views import MessageSubmission, UpdateSubmission, WorkItem
@@ -60,11 +59,10 @@ class PaillierRoundEngine(MaskedRoundEngine):
     has_key_ceremony = True
 
     def __init__(self, ctx: ServiceContext, ledger: RoundLedger) -> None:
-        super().__init__(ctx, ledger)
         self._ceremony = CeremonyCoordinator()
         # Every round's context names the job key of the current generation: a round signed
         # under one generation's key is never taken as a round of another (docs/paillier.md).
-        self._secure = SecureRoundCoordinator(ctx.blobs, key_fingerprint=self._key_fingerprint)
+        super().__init__(ctx, ledger, key_fingerprint=self._key_fingerprint)
 
     def _key_fingerprint(self, tx: Transaction, job: Job) -> bytes:
         """The fingerprint of the job key the current round's inputs are encrypted under."""

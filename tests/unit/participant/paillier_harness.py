@@ -388,6 +388,15 @@ def run_ceremony(
             progress = True
 
 
+def dealt_participants(
+    pki: DemoPki, root: Path, coordinator: CeremonyCoordinator, key: PaillierPrivateKey
+) -> list[PaillierParticipant]:
+    """Participants of the first three organizations, ``key`` dealt to them by the ceremony."""
+    everyone = make_participants(pki, root, coordinator, lambda bits: key)
+    run_ceremony(coordinator, everyone)
+    return everyone
+
+
 class PaillierRound(Coordinator):
     """One paillier round: the SecAggServer keeps the mask bookkeeping, inputs are ciphertexts."""
 

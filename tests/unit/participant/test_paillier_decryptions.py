@@ -21,8 +21,7 @@ from paillier_harness import (
     CeremonyCoordinator,
     PaillierParticipant,
     PaillierRound,
-    make_participants,
-    run_ceremony,
+    dealt_participants,
 )
 from secure_round_harness import JOB_ID
 
@@ -62,10 +61,7 @@ def participants(
     coordinator: CeremonyCoordinator,
     paillier_key: PaillierPrivateKey,
 ) -> list[PaillierParticipant]:
-    generate: Callable[[int], PaillierPrivateKey] = lambda bits: paillier_key  # noqa: E731
-    everyone = make_participants(pki, tmp_path, coordinator, generate)
-    run_ceremony(coordinator, everyone)
-    return everyone
+    return dealt_participants(pki, tmp_path, coordinator, paillier_key)
 
 
 class Decryptions:

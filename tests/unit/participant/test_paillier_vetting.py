@@ -21,10 +21,9 @@ from paillier_harness import (
     CeremonyCoordinator,
     PaillierParticipant,
     PaillierRound,
+    dealt_participants,
     expected_total,
     initial_weights,
-    make_participants,
-    run_ceremony,
 )
 from secure_round_harness import JOB_ID
 
@@ -64,10 +63,7 @@ def participants(
     coordinator: CeremonyCoordinator,
     paillier_key: PaillierPrivateKey,
 ) -> list[PaillierParticipant]:
-    generate: Callable[[int], PaillierPrivateKey] = lambda bits: paillier_key  # noqa: E731
-    everyone = make_participants(pki, tmp_path, coordinator, generate)
-    run_ceremony(coordinator, everyone)
-    return everyone
+    return dealt_participants(pki, tmp_path, coordinator, paillier_key)
 
 
 Tamper = Callable[[PackingLayout, list[int]], None]
